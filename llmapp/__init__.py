@@ -1,0 +1,128 @@
+"""llmapp: a self-hosted platform to create, deploy, manage and monitor LLM applications."""
+
+from pathlib import Path
+
+from flask import Flask, render_template
+from flask_wtf.csrf import CSRFError
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from . import config as llmapp_config
+from .extensions import csrf, db, htmx, limiter, login_manager, migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the platform web app: config, extensions, blueprints. It neither migrates nor seeds."""
+    app = Flask(
+        __name__,
+        instance_path=str(ROOT / "instance"),
+        template_folder=str(ROOT / "templates"),
+        static_folder=str(ROOT / "static"),
+    )
+    app.config.update(llmapp_config.load(app.instance_path, test_config))
+    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "memory://")
+    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+
+    register_extensions(app)
+    register_blueprints(app)
+    register_error_handlers(app)
+    register_template_helpers(app)
+    register_cli(app)
+
+    from .web import add_security_headers
+
+    app.after_request(add_security_headers)
+    return app
+
+
+def register_extensions(app: Flask) -> None:
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(ROOT / "migrations"))
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.login_message = "Please log in to continue."
+    login_manager.login_message_category = "info"
+    csrf.init_app(app)
+    htmx.init_app(app)
+    limiter.init_app(app)
+
+    from .models import User
+
+    @login_manager.user_loader
+    def load_user(user_id: str):
+        return db.session.get(User, int(user_id))
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_foreign_keys(dbapi_connection, _record):
+    # SQLite enforces ON DELETE CASCADE / RESTRICT only when asked, per connection.
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+def register_blueprints(app: Flask) -> None:
+    from .applications import bp as applications_bp
+    from .auth import bp as auth_bp
+    from .plugins import bp as plugins_bp
+    from .registry import bp as registry_bp
+
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(applications_bp)
+    app.register_blueprint(registry_bp)
+    app.register_blueprint(plugins_bp)
+
+
+def register_error_handlers(app: Flask) -> None:
+    messages = {
+        400: "The request could not be understood.",
+        403: "You are not allowed to do that.",
+        404: "There is nothing here, or it is not yours to see.",
+        405: "That action is not allowed here.",
+        429: "Too many attempts. Wait a minute and try again.",
+        500: "Something went wrong on our side. The error was logged; try again.",
+    }
+
+    def render_error(code: int, message: str | None = None):
+        return render_template("error.html", code=code, message=message or messages[code]), code
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(e):
+        return render_error(400, "Your form expired or came from elsewhere. Reload the page and try again.")
+
+    def handle(e):
+        code = getattr(e, "code", 500) or 500
+        # A message of ours (abort(404, "...")) is shown; werkzeug's stock descriptions are not.
+        custom = getattr(e, "description", None) if code in (403, 404) else None
+        if custom == getattr(type(e), "description", None):
+            custom = None
+        return render_error(code, custom)
+
+    for code in messages:
+        app.register_error_handler(code, handle)
+
+
+def register_template_helpers(app: Flask) -> None:
+    from .secrets_box import MASK
+    from .services import lifecycle
+
+    app.jinja_env.globals.update(
+        allowed_actions=lifecycle.allowed_actions,
+        STATUSES=lifecycle.STATUSES,
+        MASK=MASK,
+        # Deploy and stop arrive with the deployment issue; until then their buttons stay disabled.
+        DEPLOYMENT_AVAILABLE=False,
+    )
+
+    @app.template_filter("when")
+    def format_when(value):
+        return value.strftime("%Y-%m-%d %H:%M UTC") if value else "—"
+
+
+def register_cli(app: Flask) -> None:
+    from .cli import register
+
+    register(app)

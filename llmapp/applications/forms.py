@@ -1,0 +1,115 @@
+import re
+
+from flask_wtf import FlaskForm
+from wtforms import (
+    BooleanField,
+    FieldList,
+    Form,
+    FormField,
+    HiddenField,
+    IntegerField,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
+from wtforms.validators import InputRequired, Length, NumberRange, Optional, StopValidation, ValidationError
+
+from ..services import applications, recommendations
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_ENV_VARS = 100
+
+
+class EnvVarForm(Form):
+    """One row of the environment table. ``secret_id`` points at a stored secret this row keeps."""
+
+    name = StringField("Name", validators=[InputRequired("Give the variable a name."), Length(max=128)])
+    value = StringField("Value", validators=[Length(max=10_000)])
+    secret = BooleanField("Secret")
+    secret_id = HiddenField()
+
+    def validate_name(self, field):
+        if not ENV_NAME.match(field.data.strip()):
+            raise ValidationError("Use letters, digits and _, not starting with a digit.")
+
+    def validate_secret_id(self, field):
+        if field.data and not field.data.isdigit():
+            raise ValidationError("Invalid secret reference.")
+
+
+def _model_id(value):
+    """A model id, or None for anything else (the validator then says what is wrong)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _parsed(form, field):
+    """Stop at "Not a valid integer value." rather than also complaining about the range."""
+    if field.data is None:
+        raise StopValidation()
+
+
+def _bounded(name: str, key: str):
+    low, high = recommendations.LIMITS[key]
+    return IntegerField(
+        name,
+        validators=[
+            InputRequired(f"{name} is required."),
+            _parsed,
+            NumberRange(low, high, f"Must be between {low} and {high}."),
+        ],
+    )
+
+
+class ApplicationForm(FlaskForm):
+    name = StringField(
+        "Name", validators=[InputRequired("Name is required."), Length(max=100, message="At most 100 characters.")]
+    )
+    model_id = SelectField(
+        "Model", coerce=_model_id, validators=[InputRequired("Choose a model.")], validate_choice=False
+    )
+    description = TextAreaField("Description", validators=[Optional(), Length(max=2000)])
+    max_concurrency = _bounded("Max concurrency", "max_concurrency")
+    timeout_s = _bounded("Timeout (seconds)", "timeout_s")
+    log_level = SelectField("Log level", choices=[(level, level) for level in applications.LOG_LEVELS])
+    cache_size = _bounded("Cache size (entries)", "cache_size")
+    batch_size = _bounded("Batch size", "batch_size")
+    env = FieldList(FormField(EnvVarForm), max_entries=MAX_ENV_VARS)
+
+    def __init__(self, *args, owner_id: int, application_id=None, models=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.owner_id, self.application_id = owner_id, application_id
+        self.model_id.choices = [(m.id, m.name) for m in models]
+
+    def validate_model_id(self, field):
+        if field.data not in {model_id for model_id, _ in field.choices}:
+            raise ValidationError("Choose a model from the registry.")
+
+    def validate_name(self, field):
+        field.data = (field.data or "").strip()
+        if not field.data:
+            raise ValidationError("Name is required.")
+        if applications.name_taken(self.owner_id, field.data, except_id=self.application_id):
+            raise ValidationError(f"You already have an application named “{field.data}”.")
+
+    def validate_env(self, field):
+        seen = set()
+        for entry in field.entries:
+            name = (entry.form.name.data or "").strip()
+            if name in seen:
+                entry.form.name.errors.append(f"{name} is defined twice.")
+                raise ValidationError("Each variable name may appear only once.")
+            seen.add(name)
+
+    def service_data(self) -> dict:
+        """What the applications service takes."""
+        data = {
+            key: getattr(self, key).data for key in ("name", "model_id", "description", *applications.DEFAULT_CONFIG)
+        }
+        data["env"] = [
+            {**entry.data, "secret_id": int(entry.data["secret_id"]) if entry.data["secret_id"] else None}
+            for entry in self.env.entries
+        ]
+        return data

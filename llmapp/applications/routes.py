@@ -1,0 +1,184 @@
+from flask import abort, flash, render_template, request, url_for
+from flask_login import current_user, login_required
+from werkzeug.datastructures import MultiDict
+
+from ..services import Conflict, NotFound, applications, lifecycle, registry
+from ..web import redirect_to, render
+from . import bp
+from .forms import MAX_ENV_VARS, ApplicationForm
+
+
+@bp.before_request
+@login_required
+def require_login():
+    """Every application page needs a logged-in user."""
+
+
+def get_application(application_id):
+    """The current user's application (any, for an admin).
+
+    :raise 404: no such application, or another member's.
+    """
+    try:
+        return applications.get_for_user(application_id, current_user)
+    except NotFound:
+        abort(404, "No such application, or it is not yours.")
+
+
+def _form(application=None, **kwargs) -> ApplicationForm:
+    return ApplicationForm(
+        owner_id=application.created_by_id if application else current_user.id,
+        application_id=application.id if application else None,
+        models=registry.list_models(),
+        **kwargs,
+    )
+
+
+def _recommendation(model_id):
+    try:
+        return applications.recommendation_for(registry.get_model(model_id)) if model_id else None
+    except NotFound:
+        return None
+
+
+def _render_form(form, application=None, code=200):
+    return render(
+        "applications/form.html",
+        "applications/_form.html",
+        code=code,
+        form=form,
+        application=application,
+        recommendation=_recommendation(form.model_id.data),
+    )
+
+
+@bp.get("/")
+def index():
+    """List the applications the user sees, filtered and paginated; the table alone for htmx."""
+    q = request.args.get("q", "").strip()
+    status = request.args.get("status", "")
+    page = request.args.get("page", 1, type=int)
+    pagination = applications.search(current_user, q, status, page)
+    return render("applications/index.html", "applications/_table.html", pagination=pagination, q=q, status=status)
+
+
+@bp.route("/new", methods=["GET", "POST"])
+def create():
+    """Create an application with the form; errors re-render it inline."""
+    form = _form(data=applications.DEFAULT_CONFIG)
+    if request.method == "GET" and form.model_id.choices:
+        form.model_id.data = form.model_id.choices[0][0]
+    if form.validate_on_submit():
+        try:
+            application = applications.create(current_user, form.service_data())
+        except (Conflict, NotFound) as e:
+            form.form_errors.append(str(e))
+        else:
+            return _saved(application, "created")
+    return _render_form(form, code=422 if form.errors or form.form_errors else 200)
+
+
+@bp.get("/<application_id>")
+def detail(application_id):
+    """Show one application: info, configuration, environment (secrets masked), status."""
+    application = get_application(application_id)
+    return render_template(
+        "applications/detail.html",
+        application=application,
+        env=applications.masked_env(application),
+        warnings=applications.config_warnings(application),
+    )
+
+
+@bp.route("/<application_id>/edit", methods=["GET", "POST"])
+def edit(application_id):
+    """Edit an application, only while it is stopped or failed."""
+    application = get_application(application_id)
+    if "edit" not in lifecycle.allowed_actions(application.status) and request.method == "GET":
+        flash(f"{application.name} is {application.status}: stop it before editing.", "error")
+        return redirect_to(url_for(".detail", application_id=application.id))
+    if request.method == "GET":
+        form = _form(application, data=_form_data(application))
+    else:
+        form = _form(application)
+    if form.validate_on_submit():
+        try:
+            applications.update(application, form.service_data())
+        except (Conflict, NotFound) as e:
+            form.form_errors.append(str(e))
+            return _render_form(form, application, code=409)
+        return _saved(application, "saved")
+    return _render_form(form, application, code=422 if form.errors else 200)
+
+
+def _form_data(application) -> dict:
+    env = [
+        {
+            "name": var["name"],
+            "value": "" if var["secret"] else var["value"],
+            "secret": var["secret"],
+            "secret_id": str(var["id"]) if var["secret"] else "",
+        }
+        for var in applications.masked_env(application)
+    ]
+    return {
+        "name": application.name,
+        "model_id": application.model_id,
+        "description": application.description,
+        **applications.DEFAULT_CONFIG,
+        **application.config,
+        "env": env,
+    }
+
+
+def _saved(application, verb: str):
+    flash(f"Application “{application.name}” {verb}.", "success")
+    for warning in applications.config_warnings(application):
+        flash(warning, "warning")
+    return redirect_to(url_for(".index"))
+
+
+@bp.route("/<application_id>/delete", methods=["POST", "DELETE"])
+def delete(application_id):
+    """Delete an application (the page asked for confirmation), only while stopped or failed."""
+    application = get_application(application_id)
+    name, application_id = application.name, application.id
+    try:
+        applications.delete(application)
+    except Conflict as e:
+        flash(str(e), "error")
+        return redirect_to(url_for(".detail", application_id=application_id))
+    flash(f"Application “{name}” deleted.", "success")
+    return redirect_to(url_for(".index"))
+
+
+@bp.get("/env-row")
+def env_row():
+    """A new environment row for the form, plus the add button moved on to the next index."""
+    index = min(request.args.get("index", 0, type=int), MAX_ENV_VARS - 1)
+    form = _form(formdata=None)
+    form.env.last_index = index - 1  # append_entry names the row env-<last_index + 1>
+    row = form.env.append_entry()
+    return render_template("applications/_env_row.html", row=row, next_index=index + 1, oob=True)
+
+
+@bp.get("/recommendation")
+def recommendation():
+    """The configuration recommended for the chosen model, with its reasoning and an Apply button."""
+    return render_template(
+        "applications/_recommendation.html",
+        recommendation=_recommendation(request.args.get("model_id", type=int)),
+        model_id=request.args.get("model_id", type=int),
+    )
+
+
+@bp.get("/recommendation/apply")
+def apply_recommendation():
+    """The configuration fields, filled with the recommendation (other fields as the user left them)."""
+    recommended = _recommendation(request.args.get("model_id", type=int))
+    values = MultiDict(request.args)
+    if recommended:
+        for key, value in recommended.as_config().items():
+            values[key] = str(value)
+    form = _form(formdata=values, meta={"csrf": False})
+    return render_template("applications/_config_fields.html", form=form)

@@ -1,0 +1,47 @@
+from urllib.parse import urlsplit
+
+from flask import current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required, login_user, logout_user
+
+from ..extensions import limiter
+from ..services import users
+from . import bp
+from .forms import LoginForm
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site, never another host (open redirect)."""
+    if target and not urlsplit(target).netloc and target.startswith("/") and not target.startswith("//"):
+        return target
+    return url_for("applications.index")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit(lambda: current_app.config["LOGIN_RATE_LIMIT"], methods=["POST"])
+def login():
+    """Log a user in by email and password."""
+    if current_user.is_authenticated:
+        return redirect(url_for("applications.index"))
+    form = LoginForm()
+    if form.validate_on_submit():
+        user = users.find_by_email(form.email.data)
+        if user is not None and user.check_password(form.password.data):
+            login_user(user, remember=form.remember.data)
+            return redirect(_safe_next(request.args.get("next")))
+        form.password.errors.append("Wrong email or password.")
+    return render_template("auth/login.html", form=form), 422 if form.errors else 200
+
+
+@bp.post("/logout")
+@login_required
+def logout():
+    """Log the current user out."""
+    logout_user()
+    flash("You are logged out.", "info")
+    return redirect(url_for("auth.login"), code=303)
+
+
+@bp.get("/")
+def home():
+    """The App Center opens on its Applications tab."""
+    return redirect(url_for("applications.index"))

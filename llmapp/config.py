@@ -1,0 +1,95 @@
+"""Configuration, read once at start-up from defaults, the environment and an override mapping."""
+
+import os
+import secrets
+from pathlib import Path
+
+DEVELOPMENT, PRODUCTION, TESTING = "development", "production", "testing"
+
+DEFAULTS = {
+    "LLMAPP_ENV": PRODUCTION,
+    "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+    "SESSION_COOKIE_HTTPONLY": True,
+    "SESSION_COOKIE_SAMESITE": "Lax",
+    "REMEMBER_COOKIE_HTTPONLY": True,
+    "REMEMBER_COOKIE_SAMESITE": "Lax",
+    "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
+    "LOGIN_RATE_LIMIT": "10 per minute",
+    "APPLICATIONS_PER_PAGE": 25,
+    # Memory the recommendations plan for, in GB; None means "this host's RAM".
+    "ACCELERATOR_MEMORY_GB": None,
+    "DEMO": False,
+}
+
+# Environment variables read at start-up, and the config key each one sets.
+ENVIRONMENT = {
+    "LLMAPP_ENV": "LLMAPP_ENV",
+    "DATABASE_URL": "SQLALCHEMY_DATABASE_URI",
+    "REDIS_URL": "REDIS_URL",
+    "SECRET_KEY": "SECRET_KEY",
+    "LLMAPP_SECRETS_KEY": "SECRETS_KEY",
+    "LLMAPP_ACCELERATOR_MEMORY_GB": "ACCELERATOR_MEMORY_GB",
+    "LLMAPP_DEMO": "DEMO",
+    "LLMAPP_LOGIN_RATE_LIMIT": "LOGIN_RATE_LIMIT",
+}
+
+REDIS_URL_FILE = "redis.url"  # where `python app.py` publishes its embedded Redis for the CLI and workers
+
+
+def _truthy(value) -> bool:
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def load(instance_path: str, overrides: dict | None = None) -> dict:
+    """Return the configuration: defaults, then the environment, then ``overrides``."""
+    config = dict(DEFAULTS)
+    for variable, key in ENVIRONMENT.items():
+        if os.environ.get(variable):
+            config[key] = os.environ[variable]
+    config.update(overrides or {})
+
+    instance = Path(instance_path)
+    config.setdefault("SQLALCHEMY_DATABASE_URI", f"sqlite:///{instance / 'llmapp.db'}")
+    config["SQLALCHEMY_DATABASE_URI"] = _normalise_database_url(config["SQLALCHEMY_DATABASE_URI"])
+    if not config.get("REDIS_URL") and (instance / REDIS_URL_FILE).exists():
+        config["REDIS_URL"] = (instance / REDIS_URL_FILE).read_text().strip()
+    config["DEMO"] = _truthy(config["DEMO"])
+    if config["ACCELERATOR_MEMORY_GB"] not in (None, ""):
+        config["ACCELERATOR_MEMORY_GB"] = float(config["ACCELERATOR_MEMORY_GB"])
+    else:
+        config["ACCELERATOR_MEMORY_GB"] = None
+
+    if not config.get("SECRET_KEY"):
+        if config["LLMAPP_ENV"] == PRODUCTION:
+            raise RuntimeError(
+                "SECRET_KEY is not set. Outside development llmapp refuses to start without it: "
+                "set SECRET_KEY to a long random string (e.g. python -c 'import secrets; "
+                "print(secrets.token_hex(32))')."
+            )
+        config["SECRET_KEY"] = _instance_secret_key(instance)
+    config["SESSION_COOKIE_SECURE"] = config.get(
+        "SESSION_COOKIE_SECURE",
+        config["LLMAPP_ENV"] == PRODUCTION and not _truthy(os.environ.get("LLMAPP_INSECURE_COOKIES")),
+    )
+    return config
+
+
+def _normalise_database_url(url: str) -> str:
+    # Plain postgresql:// URLs would pick psycopg2; we ship psycopg 3.
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def _instance_secret_key(instance: Path) -> str:
+    """Development only: a random key kept under instance/, so sessions and stored secrets
+    survive restarts and the `flask` CLI decrypts what `python app.py` encrypted."""
+    instance.mkdir(parents=True, exist_ok=True)
+    path = instance / "secret_key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip()

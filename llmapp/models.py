@@ -1,0 +1,149 @@
+"""Database models. Lifecycle rules live in services/lifecycle.py, not here."""
+
+import uuid
+from datetime import UTC, datetime
+
+from flask_login import UserMixin
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, Uuid
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from .extensions import db
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)  # stored naive, always UTC
+
+
+class User(UserMixin, db.Model):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def set_password(self, password: str) -> None:
+        self.password_hash = generate_password_hash(password)
+
+    def check_password(self, password: str) -> bool:
+        return check_password_hash(self.password_hash, password)
+
+    def __repr__(self) -> str:
+        return f"<User {self.email}>"
+
+
+class RegistryModel(db.Model):
+    """A model of the registry (the seed's "training center"). Not named `Model`: that is db.Model."""
+
+    __tablename__ = "registry_models"
+
+    PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
+    ENGINES = ("transformers", "openai")
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    family: Mapped[str] = mapped_column(String(50), default="")
+    parameters_billions: Mapped[float]
+    precision: Mapped[str] = mapped_column(String(8))
+    context_length: Mapped[int]
+    engine: Mapped[str] = mapped_column(String(20))
+    # transformers: a local Hugging Face model directory; openai: where the upstream lives (free text).
+    source: Mapped[str] = mapped_column(String(500), default="")
+    base_url: Mapped[str | None] = mapped_column(String(500))
+    upstream_model: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<RegistryModel {self.name}>"
+
+
+class Application(db.Model):
+    __tablename__ = "applications"
+    __table_args__ = (
+        UniqueConstraint("created_by_id", "name", name="uq_applications_owner_name"),
+        # The list orders by most recently updated, per owner (members) or overall (admins).
+        Index("ix_applications_owner_updated", "created_by_id", "updated_at"),
+        Index("ix_applications_updated", "updated_at"),
+        Index("ix_applications_status", "status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="")
+    model_id: Mapped[int] = mapped_column(ForeignKey("registry_models.id", ondelete="RESTRICT"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="stopped")
+    endpoint: Mapped[str | None] = mapped_column(String(500))
+    config: Mapped[dict] = mapped_column(JSON, default=dict)
+    resource_usage: Mapped[dict] = mapped_column(JSON, default=dict)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_by_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deployed_at: Mapped[datetime | None]
+
+    model: Mapped[RegistryModel] = relationship(lazy="raise")
+    owner: Mapped[User] = relationship(lazy="raise")
+    env_vars: Mapped[list["EnvVar"]] = relationship(
+        back_populates="application",
+        order_by="EnvVar.position",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+    plugin_links: Mapped[list["ApplicationPlugin"]] = relationship(
+        back_populates="application",
+        order_by="ApplicationPlugin.position",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+
+    def __repr__(self) -> str:
+        return f"<Application {self.name} {self.status}>"
+
+
+class EnvVar(db.Model):
+    """An environment variable of an application; a secret one holds only its ciphertext."""
+
+    __tablename__ = "app_env_vars"
+    __table_args__ = (UniqueConstraint("application_id", "name", name="uq_app_env_vars_app_name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    application_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("applications.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(default=0)
+    name: Mapped[str] = mapped_column(String(128))
+    value: Mapped[str] = mapped_column(Text, default="")  # plain text, or a Fernet token when is_secret
+    is_secret: Mapped[bool] = mapped_column(default=False)
+
+    application: Mapped[Application] = relationship(back_populates="env_vars")
+
+
+class Plugin(db.Model):
+    __tablename__ = "plugins"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    version: Mapped[str] = mapped_column(String(32), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    config_schema: Mapped[dict] = mapped_column(JSON, default=dict)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ApplicationPlugin(db.Model):
+    """A plugin attached to an application: its place in the pipeline, its config, on or off."""
+
+    __tablename__ = "application_plugins"
+
+    application_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("applications.id", ondelete="CASCADE"), primary_key=True
+    )
+    plugin_id: Mapped[int] = mapped_column(ForeignKey("plugins.id", ondelete="RESTRICT"), primary_key=True)
+    position: Mapped[int] = mapped_column(default=0)
+    config: Mapped[dict] = mapped_column(JSON, default=dict)
+    enabled: Mapped[bool] = mapped_column(default=True)
+
+    application: Mapped[Application] = relationship(back_populates="plugin_links")
+    plugin: Mapped[Plugin] = relationship()

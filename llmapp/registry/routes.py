@@ -1,0 +1,66 @@
+from flask import abort, flash, render_template, url_for
+from flask_login import login_required
+
+from ..services import Conflict, NotFound, registry
+from ..web import admin_required, redirect_to, render
+from . import bp
+from .forms import RegistryModelForm
+
+
+@bp.before_request
+@login_required
+def require_login():
+    """Every registry page needs a logged-in user; changes need an admin (below)."""
+
+
+def get_model(model_id: int):
+    """:raise 404: no such model."""
+    try:
+        return registry.get_model(model_id)
+    except NotFound:
+        abort(404, "No such model in the registry.")
+
+
+@bp.get("/")
+def index():
+    """List the registry's models, with how many applications use each."""
+    return render_template("registry/index.html", models=registry.list_models(), usage=registry.usage_counts())
+
+
+@bp.route("/new", methods=["GET", "POST"])
+def create():
+    """Register a model (admins only)."""
+    admin_required()
+    form = RegistryModelForm()
+    if form.validate_on_submit():
+        model = registry.create_model(form.data)
+        flash(f"Model “{model.name}” registered.", "success")
+        return redirect_to(url_for(".index"))
+    return render("registry/form.html", "registry/_form.html", code=422 if form.errors else 200, form=form, model=None)
+
+
+@bp.route("/<int:model_id>/edit", methods=["GET", "POST"])
+def edit(model_id):
+    """Edit a registered model (admins only)."""
+    admin_required()
+    model = get_model(model_id)
+    form = RegistryModelForm(obj=model, model_id=model.id)
+    if form.validate_on_submit():
+        registry.update_model(model.id, form.data)
+        flash(f"Model “{model.name}” saved.", "success")
+        return redirect_to(url_for(".index"))
+    return render("registry/form.html", "registry/_form.html", code=422 if form.errors else 200, form=form, model=model)
+
+
+@bp.route("/<int:model_id>/delete", methods=["POST", "DELETE"])
+def delete(model_id):
+    """Remove a model from the registry, unless applications use it (admins only)."""
+    admin_required()
+    name = get_model(model_id).name
+    try:
+        registry.delete_model(model_id)
+    except Conflict as e:
+        flash(str(e), "error")
+    else:
+        flash(f"Model “{name}” removed.", "success")
+    return redirect_to(url_for(".index"))

@@ -1,0 +1,99 @@
+"""Demo data (the seed's VUE_APP_USE_MOCK_DATA): a demo admin, registry models, applications.
+
+Everything is looked up before it is created, so seeding twice creates nothing twice.
+"""
+
+from sqlalchemy import select
+
+from ..extensions import db
+from ..models import RegistryModel
+from . import applications, users
+
+DEMO_EMAIL = "demo@llmapp.local"
+DEMO_PASSWORD = "demo-password"
+
+MODELS = [
+    dict(
+        name="Qwen2.5-0.5B-Instruct",
+        family="qwen2",
+        parameters_billions=0.5,
+        precision="bf16",
+        context_length=32768,
+        engine="transformers",
+        source="/models/Qwen2.5-0.5B-Instruct",
+    ),
+    dict(
+        name="Llama-3.1-8B-Instruct",
+        family="llama",
+        parameters_billions=8,
+        precision="bf16",
+        context_length=131072,
+        engine="transformers",
+        source="/models/Llama-3.1-8B-Instruct",
+    ),
+    dict(
+        name="Mistral-7B-Instruct-int4",
+        family="mistral",
+        parameters_billions=7.2,
+        precision="int4",
+        context_length=32768,
+        engine="transformers",
+        source="/models/Mistral-7B-Instruct-v0.3-AWQ",
+    ),
+    dict(
+        name="Llama-3.1-70B (vLLM)",
+        family="llama",
+        parameters_billions=70,
+        precision="bf16",
+        context_length=8192,
+        engine="openai",
+        source="vLLM cluster",
+        base_url="http://vllm.internal:8000/v1",
+        upstream_model="meta-llama/Llama-3.1-70B-Instruct",
+    ),
+]
+
+APPLICATIONS = [
+    ("support-bot", "Qwen2.5-0.5B-Instruct", "Answers customer questions from the help centre."),
+    ("code-review", "Llama-3.1-8B-Instruct", "Reviews pull requests and suggests changes."),
+    ("summarizer", "Mistral-7B-Instruct-int4", "Summarises long documents into five bullet points."),
+    ("analyst", "Llama-3.1-70B (vLLM)", "Answers questions about sales data, through the shared vLLM."),
+]
+
+
+def seed() -> dict:
+    """Create what is missing of the demo data; return what was created."""
+    created = {"users": 0, "models": 0, "applications": 0}
+    admin = users.find_by_email(DEMO_EMAIL)
+    if admin is None:
+        admin = users.create_user(DEMO_EMAIL, DEMO_PASSWORD, admin=True)
+        created["users"] += 1
+    models = {}
+    for spec in MODELS:
+        model = db.session.scalar(select(RegistryModel).where(RegistryModel.name == spec["name"]))
+        if model is None:
+            model = RegistryModel(**spec)
+            db.session.add(model)
+            created["models"] += 1
+        models[spec["name"]] = model
+    db.session.commit()
+    for name, model_name, description in APPLICATIONS:
+        if applications.name_taken(admin.id, name):
+            continue
+        model = models[model_name]
+        config = dict(applications.DEFAULT_CONFIG, **applications.recommendation_for(model).as_config())
+        applications.create(
+            admin,
+            dict(
+                name=name,
+                model_id=model.id,
+                description=description,
+                **config,
+                env=[
+                    {"name": "LOG_FORMAT", "value": "json"},
+                    {"name": "UPSTREAM_API_KEY", "value": "demo-not-a-real-key", "secret": True},
+                ],
+            ),
+        )
+        created["applications"] += 1
+    return created

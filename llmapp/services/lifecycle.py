@@ -1,0 +1,112 @@
+"""The lifecycle of an application: which transitions are allowed, enforced in one place.
+
+    stopped ──deploy──► deploying ──deployed──► running ──stop──► stopping ──stopped──► stopped
+       ▲                    │ deploy_failed                 │ crashed
+       └──── deploy ◄── failed ◄────────────────────────────┘
+
+Every transition is one conditional UPDATE (... WHERE status IN (sources)), so a double click or
+two browsers can never perform it twice: the second UPDATE matches no row and is refused.
+"""
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete, update
+
+from ..extensions import db
+from ..models import Application, utcnow
+from . import Conflict
+
+STOPPED, DEPLOYING, RUNNING, STOPPING, FAILED = "stopped", "deploying", "running", "stopping", "failed"
+STATUSES = (STOPPED, DEPLOYING, RUNNING, STOPPING, FAILED)
+# Edit and delete need an application that is neither running nor on its way somewhere.
+EDITABLE = frozenset({STOPPED, FAILED})
+
+
+@dataclass(frozen=True)
+class Transition:
+    sources: frozenset[str]
+    target: str
+    refusal: str  # why it is refused, completed with the current status
+
+
+TRANSITIONS = {
+    "deploy": Transition(
+        frozenset({STOPPED, FAILED}), DEPLOYING, "Only a stopped or failed application can be deployed"
+    ),
+    "deployed": Transition(frozenset({DEPLOYING}), RUNNING, "Only a deploying application can become running"),
+    "deploy_failed": Transition(frozenset({DEPLOYING}), FAILED, "Only a deploying application can fail to deploy"),
+    "stop": Transition(frozenset({RUNNING}), STOPPING, "Only a running application can be stopped"),
+    "stopped": Transition(frozenset({STOPPING}), STOPPED, "Only a stopping application can become stopped"),
+    "crashed": Transition(frozenset({RUNNING}), FAILED, "Only a running application can crash"),
+}
+
+
+class TransitionRefused(Conflict):
+    pass
+
+
+def allowed_actions(status: str) -> frozenset[str]:
+    """What a user may ask of an application in this status: drives which buttons are enabled."""
+    actions = {"view"}
+    if status in EDITABLE:
+        actions |= {"edit", "delete"}
+    actions |= {name for name in ("deploy", "stop") if status in TRANSITIONS[name].sources}
+    return frozenset(actions)
+
+
+def _refusal(application_id, message: str) -> TransitionRefused:
+    current = db.session.scalar(db.select(Application.status).where(Application.id == application_id))
+    if current is None:
+        return TransitionRefused("This application no longer exists.")
+    return TransitionRefused(f"{message}; this one is {current}.")
+
+
+def transition(application_id, action: str, **values) -> None:
+    """Move an application along ``action`` with one conditional UPDATE, setting ``values`` too.
+
+    :raise TransitionRefused: the application is not in a status the action starts from.
+    """
+    rule = TRANSITIONS[action]
+    result = db.session.execute(
+        update(Application)
+        .where(Application.id == application_id, Application.status.in_(rule.sources))
+        .values(status=rule.target, updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        db.session.rollback()
+        raise _refusal(application_id, rule.refusal)
+    db.session.commit()
+
+
+def claim_for_edit(application_id, **values) -> None:
+    """Update an application's own columns only while it is editable (one conditional UPDATE).
+
+    The caller commits, so related rows (environment variables) change in the same transaction.
+    :raise TransitionRefused: it is running or in a transitional status.
+    """
+    result = db.session.execute(
+        update(Application)
+        .where(Application.id == application_id, Application.status.in_(EDITABLE))
+        .values(updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        db.session.rollback()
+        raise _refusal(application_id, "An application can be edited only while stopped or failed")
+
+
+def delete_if_editable(application_id) -> None:
+    """Delete an application only while it is stopped or failed (one conditional DELETE).
+
+    :raise TransitionRefused: it is running or in a transitional status.
+    """
+    result = db.session.execute(
+        delete(Application)
+        .where(Application.id == application_id, Application.status.in_(EDITABLE))
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        db.session.rollback()
+        raise _refusal(application_id, "An application can be deleted only while stopped or failed")
+    db.session.commit()

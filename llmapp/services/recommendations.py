@@ -1,0 +1,129 @@
+"""Serving-configuration recommendations from a model's size: a pure function, no I/O.
+
+The formula (also in README.md, "How recommendations are computed"):
+
+1. Weights:   W = P × bytes_per_parameter(precision)          (fp32 4, bf16/fp16 2, int8 1, int4 0.5)
+   Model memory M = 1.2 × W   (20 % for activations, the CUDA/CPU runtime and fragmentation).
+2. KV cache per sequence, estimated from P alone. Decoder transformers have P ≈ 12·L·d² with
+   L ≈ d/128 layers (true of Llama, Mistral, Qwen within ~10 %), so d ≈ (P·128/12)^(1/3) and
+   KV = 2 (K and V) × L × d × kv_bytes × context_length, with kv_bytes 4 for fp32, else 2
+   (quantised weights still keep an fp16 cache). This ignores grouped-query attention,
+   so it errs on the safe side.
+3. Usable memory U = 0.9 × the memory available to serve (a configured accelerator memory, else
+   the host's RAM). Free for the cache F = U − M. If F ≤ 0 the model does not fit.
+4. max concurrency = clamp(⌊F / KV⌋, 1, 1024): every in-flight request may fill its context.
+   batch size      = the largest power of two ≤ min(max concurrency, 64)  (past ~64 a forward
+                     pass is compute-bound and larger batches add latency, not throughput).
+   timeout (s)     = clamp(⌈30 + 10 × P_billions × context_length / 4096⌉, 30, 3600)
+                     (~100 s for a 7B model at 4k context: it may have to generate it all).
+   cache size      = clamp(64 × max concurrency, 64, 100 000) entries: cached responses live
+                     in the server's RAM (a few kB each), and more traffic repeats more often.
+"""
+
+import math
+from dataclasses import dataclass
+
+BYTES_PER_PARAMETER = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
+OVERHEAD = 1.2
+USABLE_FRACTION = 0.9
+LAYER_WIDTH_RATIO = 128
+LIMITS = {"max_concurrency": (1, 1024), "batch_size": (1, 256), "timeout_s": (1, 3600), "cache_size": (0, 100_000)}
+GB = 1024**3
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    model_memory_bytes: int
+    kv_cache_per_sequence_bytes: int
+    available_memory_bytes: int
+    fits: bool
+    max_concurrency: int
+    batch_size: int
+    timeout_s: int
+    cache_size: int
+
+    def as_config(self) -> dict:
+        return {
+            "max_concurrency": self.max_concurrency,
+            "batch_size": self.batch_size,
+            "timeout_s": self.timeout_s,
+            "cache_size": self.cache_size,
+        }
+
+    @property
+    def reasoning(self) -> str:
+        """The recommendation's why, in one line."""
+        memory = f"needs ~{_gb(self.model_memory_bytes)} for weights of {_gb(self.available_memory_bytes)} available"
+        if not self.fits:
+            return f"The model {memory}: it does not fit, so serve one request at a time (or add memory)."
+        free = USABLE_FRACTION * self.available_memory_bytes - self.model_memory_bytes
+        if free < self.kv_cache_per_sequence_bytes:
+            return (
+                f"The model {memory}; one full-context request needs ~{_gb(self.kv_cache_per_sequence_bytes)} "
+                f"of KV cache, more than the {_gb(free)} left: serve one request at a time."
+            )
+        return (
+            f"The model {memory}; each full-context request needs ~{_gb(self.kv_cache_per_sequence_bytes)} "
+            f"of KV cache, so {self.max_concurrency} fit at once, batched by {self.batch_size}."
+        )
+
+
+def _gb(n: int) -> str:
+    return f"{n / GB:.1f} GB" if n >= GB / 10 else f"{n / 1024**2:.0f} MB"
+
+
+def _clamp(value: float, low: int, high: int) -> int:
+    return int(max(low, min(high, value)))
+
+
+def kv_cache_bytes(parameters: float, precision: str, context_length: int) -> int:
+    """Estimated KV cache of one sequence that fills ``context_length`` tokens."""
+    width = (parameters * LAYER_WIDTH_RATIO / 12) ** (1 / 3)
+    layers = max(1.0, width / LAYER_WIDTH_RATIO)
+    kv_bytes = 4 if precision == "fp32" else 2
+    return int(2 * layers * width * kv_bytes * context_length)
+
+
+def recommend(parameters_billions: float, precision: str, context_length: int, memory_bytes: int) -> Recommendation:
+    """Recommend a serving configuration for a model of this size on ``memory_bytes`` of memory."""
+    if precision not in BYTES_PER_PARAMETER:
+        raise ValueError(f"unknown precision {precision!r}")
+    if parameters_billions <= 0 or context_length <= 0 or memory_bytes <= 0:
+        raise ValueError("parameters, context length and memory must be positive")
+    parameters = parameters_billions * 1e9
+    model_memory = int(OVERHEAD * parameters * BYTES_PER_PARAMETER[precision])
+    per_sequence = kv_cache_bytes(parameters, precision, context_length)
+    free = USABLE_FRACTION * memory_bytes - model_memory
+    fits = free > 0
+    concurrency = _clamp(free // per_sequence if fits else 1, *LIMITS["max_concurrency"])
+    batch = 2 ** int(math.log2(min(concurrency, 64)))
+    timeout = _clamp(math.ceil(30 + 10 * parameters_billions * context_length / 4096), 30, 3600)
+    cache = _clamp(64 * concurrency, 64, LIMITS["cache_size"][1])
+    return Recommendation(
+        model_memory_bytes=model_memory,
+        kv_cache_per_sequence_bytes=per_sequence,
+        available_memory_bytes=int(memory_bytes),
+        fits=fits,
+        max_concurrency=concurrency,
+        batch_size=batch,
+        timeout_s=timeout,
+        cache_size=cache,
+    )
+
+
+FIELD_LABELS = {
+    "max_concurrency": "Max concurrency",
+    "batch_size": "Batch size",
+    "timeout_s": "Timeout",
+    "cache_size": "Cache size",
+}
+
+
+def warnings_for(config: dict, recommendation: Recommendation) -> list[str]:
+    """The values of ``config`` above the recommendation, each as a sentence (warnings, not errors)."""
+    recommended = recommendation.as_config()
+    return [
+        f"{FIELD_LABELS[key]} {config[key]} is above the {recommended[key]} recommended for this model."
+        for key in ("max_concurrency", "batch_size", "timeout_s", "cache_size")
+        if key in config and config[key] > recommended[key]
+    ]

@@ -1,0 +1,49 @@
+"""Helpers shared by the blueprints: full page or fragment, lookups, security headers."""
+
+from flask import abort, make_response, redirect, render_template, request
+from flask_login import current_user
+
+# Only our own vendored scripts and stylesheet; htmx is configured (base.html) to need no inline style or eval.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+)
+
+
+def wants_fragment() -> bool:
+    """An htmx request that swaps part of a page. Boosted and history-restore requests need the whole page."""
+    return bool(request.htmx) and not request.htmx.boosted and not request.htmx.history_restore_request
+
+
+def render(page: str, fragment: str, code: int = 200, **context):
+    """Render ``page``, or only ``fragment`` (which the page includes) for an htmx swap, with status ``code``."""
+    response = make_response(render_template(fragment if wants_fragment() else page, **context), code)
+    response.vary.add("HX-Request")
+    return response
+
+
+def redirect_to(location: str):
+    """After a mutation: a browser follows a 303; htmx ignores 3xx headers, so it gets HX-Redirect.
+
+    Not HX-Location: that fetches the page as an htmx request, and our pages answer htmx with a
+    fragment, which would replace the whole body (and lose the flash message).
+    """
+    if request.htmx:
+        response = make_response("", 200)
+        response.headers["HX-Redirect"] = location
+        return response
+    return redirect(location, code=303)
+
+
+def admin_required() -> None:
+    """:raise 403: the current user is not an admin."""
+    if not current_user.is_admin:
+        abort(403, "Only an admin can change the model registry.")
+
+
+def add_security_headers(response):
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response

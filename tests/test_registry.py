@@ -1,0 +1,113 @@
+from llmapp.extensions import db
+from llmapp.models import RegistryModel
+
+HX = {"HX-Request": "true"}
+
+
+def model_form(**overrides):
+    data = {
+        "name": "Qwen2.5-0.5B",
+        "family": "qwen2",
+        "parameters_billions": "0.5",
+        "precision": "bf16",
+        "context_length": "32768",
+        "engine": "transformers",
+        "source": "/models/qwen",
+        "base_url": "",
+        "upstream_model": "",
+    }
+    data.update(overrides)
+    return data
+
+
+def models(app):
+    with app.app_context():
+        return db.session.scalars(db.select(RegistryModel).order_by(RegistryModel.name)).all()
+
+
+def test_admin_adds_edits_and_removes_a_model(client, auth, admin, app):
+    auth.login(admin)
+    assert client.get("/models/new").status_code == 200
+    response = client.post("/models/new", data=model_form())
+    assert response.status_code == 303
+    (model,) = models(app)
+    assert (model.name, model.parameters_billions, model.precision, model.engine) == (
+        "Qwen2.5-0.5B",
+        0.5,
+        "bf16",
+        "transformers",
+    )
+    listing = client.get("/models/").text
+    assert "Model “Qwen2.5-0.5B” registered." in listing and "32,768" in listing and "/models/qwen" in listing
+    assert client.get(f"/models/{model.id}/edit").status_code == 200
+    client.post(f"/models/{model.id}/edit", data=model_form(name="Qwen2.5-0.5B-Instruct", precision="int8"))
+    (model,) = models(app)
+    assert (model.name, model.precision) == ("Qwen2.5-0.5B-Instruct", "int8")
+    response = client.delete(f"/models/{model.id}/delete", headers=HX)
+    assert response.headers["HX-Redirect"] == "/models/"
+    assert models(app) == []
+    assert "Model “Qwen2.5-0.5B-Instruct” removed." in client.get("/models/").text
+
+
+def test_openai_engine_needs_an_upstream(client, auth, admin, app):
+    auth.login(admin)
+    response = client.post("/models/new", data=model_form(engine="openai", source="", base_url="ftp://x"), headers=HX)
+    assert response.status_code == 422
+    assert (
+        "must start with http:// or https://" in response.text
+        and "Give the model name the upstream serves." in response.text
+    )
+    response = client.post(
+        "/models/new",
+        data=model_form(
+            engine="openai", source="", base_url="http://vllm:8000/v1", upstream_model="meta-llama/Llama-3.1-8B"
+        ),
+    )
+    assert response.status_code == 303
+    (model,) = models(app)
+    assert (model.base_url, model.upstream_model) == ("http://vllm:8000/v1", "meta-llama/Llama-3.1-8B")
+
+
+def test_validation_keeps_input(client, auth, admin, app):
+    auth.login(admin)
+    response = client.post(
+        "/models/new", data=model_form(parameters_billions="-1", context_length="x", source="", precision="fp8")
+    )
+    assert response.status_code == 422
+    text = response.text
+    assert "Between 0.000001 and 10,000." in text and "Not a valid integer value." in text
+    assert "Give the path of the local Hugging Face model directory." in text and "Not a valid choice." in text
+    assert 'value="Qwen2.5-0.5B"' in text
+    assert models(app) == []
+
+
+def test_names_are_unique(client, auth, admin, factory):
+    factory.model(name="Llama")
+    auth.login(admin)
+    response = client.post("/models/new", data=model_form(name="llama"))
+    assert response.status_code == 422 and "A model named “llama” is already registered." in response.text
+
+
+def test_a_model_in_use_cannot_be_removed(client, auth, admin, factory, app):
+    model = factory.model(name="busy-model")
+    factory.application(admin, model)
+    auth.login(admin)
+    response = client.post(f"/models/{model.id}/delete", follow_redirects=True)
+    assert "“busy-model” is used by 1 application; change or delete those applications first." in response.text
+    assert len(models(app)) == 1
+
+
+def test_members_see_the_registry_but_cannot_change_it(logged_in, factory, app):
+    model = factory.model(name="visible-model")
+    text = logged_in.get("/models/").text
+    assert "visible-model" in text and "+ Add model" not in text
+    assert logged_in.get("/models/new").status_code == 403
+    assert logged_in.post("/models/new", data=model_form()).status_code == 403
+    assert logged_in.post(f"/models/{model.id}/edit", data=model_form()).status_code == 403
+    assert logged_in.post(f"/models/{model.id}/delete").status_code == 403
+    assert [m.name for m in models(app)] == ["visible-model"]
+
+
+def test_unknown_model_is_404(client, auth, admin):
+    auth.login(admin)
+    assert client.get("/models/4242/edit").status_code == 404
