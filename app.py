@@ -19,10 +19,16 @@ def create_app():
     return llmapp.create_app({"LLMAPP_ENV": os.environ.get("LLMAPP_ENV", llmapp_config.DEVELOPMENT)})
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM and SIGHUP stop everything, like Ctrl-C
+
+
 def main() -> None:
     from llmapp.embedded import EmbeddedRedis
     from llmapp.services import bootstrap
 
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     host = os.environ.get("LLMAPP_HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "5000"))
     instance = os.path.join(llmapp.ROOT, "instance")

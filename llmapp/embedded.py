@@ -46,10 +46,12 @@ class EmbeddedRedis:
         import redis
 
         pid = self.client.pid
-        try:
-            self.client.shutdown(save=True, now=True, force=True)
-        except redis.RedisError:
-            pass
+        for save in (True, False):  # keep the data when it can be saved; stop in any case
+            try:
+                self.client.shutdown(save=save, nosave=not save)  # redis 6.2: no NOW or FORCE
+                break
+            except redis.RedisError:
+                continue
         try:
             psutil.Process(pid).wait(timeout=10)
         except psutil.NoSuchProcess:

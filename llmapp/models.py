@@ -64,9 +64,10 @@ class Application(db.Model):
     __tablename__ = "applications"
     __table_args__ = (
         UniqueConstraint("created_by_id", "name", name="uq_applications_owner_name"),
-        # The list orders by most recently updated, per owner (members) or overall (admins).
-        Index("ix_applications_owner_updated", "created_by_id", "updated_at"),
-        Index("ix_applications_updated", "updated_at"),
+        # The list orders by (updated_at, id) descending, per owner (members) or overall (admins):
+        # these indexes serve that order directly, so a page never sorts the whole table.
+        Index("ix_applications_owner_updated", "created_by_id", "updated_at", "id"),
+        Index("ix_applications_updated", "updated_at", "id"),
         Index("ix_applications_status", "status"),
     )
 

@@ -35,7 +35,7 @@ def search(user: User, q: str = "", status: str = "", page: int = 1, per_page: i
         query = query.where(Application.name.icontains(q.strip(), autoescape=True))
     if status in lifecycle.STATUSES:
         query = query.where(Application.status == status)
-    query = query.order_by(Application.updated_at.desc(), Application.id)
+    query = query.order_by(Application.updated_at.desc(), Application.id.desc())
     return db.paginate(query, page=page, per_page=per_page, max_per_page=100, error_out=False)
 
 

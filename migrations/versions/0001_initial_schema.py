@@ -76,9 +76,9 @@ def upgrade():
     )
     with op.batch_alter_table('applications', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_applications_model_id'), ['model_id'], unique=False)
-        batch_op.create_index('ix_applications_owner_updated', ['created_by_id', 'updated_at'], unique=False)
+        batch_op.create_index('ix_applications_owner_updated', ['created_by_id', 'updated_at', 'id'], unique=False)
         batch_op.create_index('ix_applications_status', ['status'], unique=False)
-        batch_op.create_index('ix_applications_updated', ['updated_at'], unique=False)
+        batch_op.create_index('ix_applications_updated', ['updated_at', 'id'], unique=False)
 
     op.create_table('app_env_vars',
     sa.Column('id', sa.Integer(), nullable=False),
