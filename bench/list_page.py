@@ -31,8 +31,15 @@ REPEAT = 30
 
 def main():
     url = os.environ.get("DATABASE_URL") or f"sqlite:///{tempfile.mkdtemp()}/bench.db"
-    app = create_app({"LLMAPP_ENV": "testing", "SECRET_KEY": "bench", "SQLALCHEMY_DATABASE_URI": url,
-                      "WTF_CSRF_ENABLED": False, "RATELIMIT_ENABLED": False})
+    app = create_app(
+        {
+            "LLMAPP_ENV": "testing",
+            "SECRET_KEY": "bench",
+            "SQLALCHEMY_DATABASE_URI": url,
+            "WTF_CSRF_ENABLED": False,
+            "RATELIMIT_ENABLED": False,
+        }
+    )
     with app.app_context():
         if db.engine.dialect.name == "postgresql":
             with db.engine.begin() as conn:
@@ -43,16 +50,37 @@ def main():
             user = User(email=f"user{i}@example.com", is_admin=(i == 0))
             user.set_password("password123")
             users.append(user)
-        models = [RegistryModel(name=f"model-{i}", parameters_billions=7, precision="bf16", context_length=4096,
-                                engine="transformers", source="/m") for i in range(10)]
+        models = [
+            RegistryModel(
+                name=f"model-{i}",
+                parameters_billions=7,
+                precision="bf16",
+                context_length=4096,
+                engine="transformers",
+                source="/m",
+            )
+            for i in range(10)
+        ]
         db.session.add_all(users + models)
         db.session.commit()
         statuses = ["stopped", "running", "failed", "stopped", "deploying"]
         config = {"max_concurrency": 8, "timeout_s": 60, "log_level": "INFO", "cache_size": 128, "batch_size": 4}
         now = utcnow()
-        rows = [dict(id=uuid.uuid4(), name=f"app-{i:05d}", description="", model_id=models[i % 10].id,
-                     status=statuses[i % 5], config=config, resource_usage={}, created_by_id=users[i % 50].id,
-                     created_at=now, updated_at=now) for i in range(N)]
+        rows = [
+            dict(
+                id=uuid.uuid4(),
+                name=f"app-{i:05d}",
+                description="",
+                model_id=models[i % 10].id,
+                status=statuses[i % 5],
+                config=config,
+                resource_usage={},
+                created_by_id=users[i % 50].id,
+                created_at=now,
+                updated_at=now,
+            )
+            for i in range(N)
+        ]
         db.session.execute(insert(Application), rows)
         db.session.commit()
         dialect = db.engine.dialect.name
@@ -72,7 +100,7 @@ def main():
         client.post("/login", data={"email": email, "password": "password123"})
         queries = []
         with app.app_context():
-            listener = lambda *a: queries.append(1)  # noqa: E731
+            listener = lambda *a, queries=queries: queries.append(1)  # noqa: E731
             event.listen(db.engine, "before_cursor_execute", listener)
             assert client.get(path, headers=headers).status_code == 200
             event.remove(db.engine, "before_cursor_execute", listener)
@@ -83,8 +111,8 @@ def main():
             timings.append((time.perf_counter() - start) * 1000)
             assert response.status_code == 200
         timings.sort()
-        print(f"  {label:45s} median {statistics.median(timings):6.1f} ms   p95 {timings[int(REPEAT * 0.95) - 1]:6.1f} ms"
-              f"   {len(queries)} SQL statements")
+        median, p95 = statistics.median(timings), timings[int(REPEAT * 0.95) - 1]
+        print(f"  {label:45s} median {median:6.1f} ms   p95 {p95:6.1f} ms   {len(queries)} SQL statements")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Refresh docs/screenshot.png: the App Center of a running demo install.
 
-    LLMAPP_DEMO=1 PORT=5055 .venv/bin/python app.py &     # then:
-    .venv/bin/python scripts/screenshot.py http://127.0.0.1:5055
+LLMAPP_DEMO=1 PORT=5055 .venv/bin/python app.py &     # then:
+.venv/bin/python scripts/screenshot.py http://127.0.0.1:5055
 """
 
 import sys

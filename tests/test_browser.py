@@ -25,13 +25,19 @@ def browser_page():
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         errors = []
         # A 422 is how a form with errors comes back; chromium logs every 4xx, so those are expected.
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "status of 422" not in m.text else None)
+        page.on("console", lambda m: m.type == "error" and "status of 422" not in m.text and errors.append(m.text))
         yield page
         browser.close()
         assert errors == [], f"the browser console reported errors: {errors}"
