@@ -1,5 +1,6 @@
 """llmapp: a self-hosted platform to create, deploy, manage and monitor LLM applications."""
 
+import os
 from pathlib import Path
 
 from flask import Flask, render_template
@@ -17,7 +18,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     """Build the platform web app: config, extensions, blueprints. It neither migrates nor seeds."""
     app = Flask(
         __name__,
-        instance_path=str(ROOT / "instance"),
+        # instance/ holds the SQLite file, the embedded Redis and the servers' run files
+        instance_path=os.environ.get("LLMAPP_INSTANCE_PATH") or str(ROOT / "instance"),
         template_folder=str(ROOT / "templates"),
         static_folder=str(ROOT / "static"),
     )
@@ -113,9 +115,20 @@ def register_template_helpers(app: Flask) -> None:
         allowed_actions=lifecycle.allowed_actions,
         STATUSES=lifecycle.STATUSES,
         MASK=MASK,
-        # Deploy and stop arrive with the deployment issue; until then their buttons stay disabled.
-        DEPLOYMENT_AVAILABLE=False,
     )
+
+    @app.template_filter("bytes")
+    def format_bytes(value):
+        for unit in ("B", "KB", "MB", "GB"):
+            if value < 1024 or unit == "GB":
+                return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+            value /= 1024
+
+    @app.template_filter("logtime")
+    def format_log_time(ts):
+        from datetime import UTC, datetime
+
+        return datetime.fromtimestamp(float(ts), UTC).strftime("%H:%M:%S")
 
     @app.template_filter("when")
     def format_when(value):

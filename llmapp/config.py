@@ -19,6 +19,13 @@ DEFAULTS = {
     # Memory the recommendations plan for, in GB; None means "this host's RAM".
     "ACCELERATOR_MEMORY_GB": None,
     "DEMO": False,
+    # Serving processes (see services/deployments.py)
+    "HOSTNAME": None,  # this machine's name among the workers; default: socket.gethostname()
+    "BIND_HOST": "127.0.0.1",  # where app servers listen; 0.0.0.0 to serve other machines
+    "ADVERTISE_HOST": "127.0.0.1",  # the host name in endpoint URLs
+    "DEPLOY_TIMEOUT_S": 180,  # from process start to ready, at most
+    "STOP_GRACE_S": 10,  # in-flight requests get this long to finish after a stop
+    "RECONCILE_INTERVAL_S": 5,
 }
 
 # Environment variables read at start-up, and the config key each one sets.
@@ -31,6 +38,12 @@ ENVIRONMENT = {
     "LLMAPP_ACCELERATOR_MEMORY_GB": "ACCELERATOR_MEMORY_GB",
     "LLMAPP_DEMO": "DEMO",
     "LLMAPP_LOGIN_RATE_LIMIT": "LOGIN_RATE_LIMIT",
+    "LLMAPP_HOSTNAME": "HOSTNAME",
+    "LLMAPP_BIND_HOST": "BIND_HOST",
+    "LLMAPP_ADVERTISE_HOST": "ADVERTISE_HOST",
+    "LLMAPP_DEPLOY_TIMEOUT_S": "DEPLOY_TIMEOUT_S",
+    "LLMAPP_STOP_GRACE_S": "STOP_GRACE_S",
+    "LLMAPP_RECONCILE_INTERVAL_S": "RECONCILE_INTERVAL_S",
 }
 
 REDIS_URL_FILE = "redis.url"  # where `python app.py` publishes its embedded Redis for the CLI and workers
@@ -54,6 +67,8 @@ def load(instance_path: str, overrides: dict | None = None) -> dict:
     if not config.get("REDIS_URL") and (instance / REDIS_URL_FILE).exists():
         config["REDIS_URL"] = (instance / REDIS_URL_FILE).read_text().strip()
     config["DEMO"] = _truthy(config["DEMO"])
+    for key in ("DEPLOY_TIMEOUT_S", "STOP_GRACE_S", "RECONCILE_INTERVAL_S"):
+        config[key] = float(config[key])
     if config["ACCELERATOR_MEMORY_GB"] not in (None, ""):
         config["ACCELERATOR_MEMORY_GB"] = float(config["ACCELERATOR_MEMORY_GB"])
     else:

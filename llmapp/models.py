@@ -53,6 +53,8 @@ class RegistryModel(db.Model):
     source: Mapped[str] = mapped_column(String(500), default="")
     base_url: Mapped[str | None] = mapped_column(String(500))
     upstream_model: Mapped[str | None] = mapped_column(String(200))
+    # openai engine: which of the application's environment variables holds the upstream's API key
+    api_key_env: Mapped[str] = mapped_column(String(128), default="OPENAI_API_KEY", server_default="OPENAI_API_KEY")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -84,12 +86,26 @@ class Application(db.Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     deployed_at: Mapped[datetime | None]
+    # The current (or last) deploy, and the server process it started: where it runs, so a stop or a
+    # reconcile for it goes to a worker on that host.
+    deploy_id: Mapped[str | None] = mapped_column(String(32))
+    deploy_phases: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
+    restarts: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
+    process_host: Mapped[str | None] = mapped_column(String(255), index=True)
+    process_pid: Mapped[int | None]
+    process_port: Mapped[int | None]
 
     model: Mapped[RegistryModel] = relationship(lazy="raise")
     owner: Mapped[User] = relationship(lazy="raise")
     env_vars: Mapped[list["EnvVar"]] = relationship(
         back_populates="application",
         order_by="EnvVar.position",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+    api_keys: Mapped[list["ApiKey"]] = relationship(
+        back_populates="application",
+        order_by="ApiKey.created_at",
         cascade="all, delete-orphan",
         passive_deletes=True,
     )
@@ -148,3 +164,20 @@ class ApplicationPlugin(db.Model):
 
     application: Mapped[Application] = relationship(back_populates="plugin_links")
     plugin: Mapped[Plugin] = relationship()
+
+
+class ApiKey(db.Model):
+    """A key to an application's endpoint. Only its SHA-256 is stored; the key is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    application_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("applications.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(100), default="")
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # the first characters, to tell keys apart
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    application: Mapped[Application] = relationship(back_populates="api_keys")

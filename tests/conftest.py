@@ -210,3 +210,94 @@ class LiveServer:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.thread.join(5)
+
+
+# --- deployments: a tiny model, real RQ workers, real server processes ----------------------------
+
+WORKER_ENV = {
+    "LLMAPP_ENV": "testing",
+    "SECRET_KEY": "test-secret-key",
+    "LLMAPP_RECONCILE_INTERVAL_S": "1",
+    "LLMAPP_DEPLOY_TIMEOUT_S": "90",
+    "LLMAPP_STOP_GRACE_S": "3",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from llmapp.runtime.tiny_model import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-gpt2"))
+
+
+def wait_for(predicate, timeout=60.0, interval=0.1, message="condition"):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+
+
+class Workers:
+    """Real `python -m jobs.worker` processes on the test database and Redis."""
+
+    def __init__(self, database_url, redis_url):
+        self.env = {**os.environ, **WORKER_ENV, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+        self.processes = []
+
+    def start(self, count=1):
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        root = Path(__file__).resolve().parent.parent
+        for _ in range(count):
+            self.processes.append(
+                subprocess.Popen([sys.executable, "-m", "jobs.worker"], cwd=root, env=self.env, start_new_session=True)
+            )
+        return self
+
+    def kill(self, process):
+        import signal
+
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    def stop(self):
+        import signal
+
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(10)
+            except Exception:  # noqa: BLE001
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def server_processes(application_id=None):
+    """The app server processes running now (of one application or run folder, or all)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "llmapp.runtime" in cmdline and (application_id is None or str(application_id) in cmdline):
+            if process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
+
+
+@pytest.fixture
+def workers(app, database_url, redis_url, tmp_path):
+    started = Workers(database_url, redis_url)
+    started.env["LLMAPP_INSTANCE_PATH"] = str(tmp_path / "instance")
+    yield started
+    started.stop()
+    for process in server_processes(str(tmp_path)):  # no server of this test outlives it
+        process.kill()

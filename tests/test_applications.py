@@ -19,6 +19,8 @@ def form_data(model, **overrides):
         "log_level": "INFO",
         "cache_size": "64",
         "batch_size": "2",
+        "restart_policy": "on-failure",
+        "max_restarts": "3",
     }
     data.update(overrides)
     return data
@@ -149,6 +151,8 @@ def test_create_succeeds_flashes_and_lists(logged_in, factory, app, member):
         "log_level": "INFO",
         "cache_size": 64,
         "batch_size": 2,
+        "restart_policy": "on-failure",
+        "max_restarts": 3,
     }
     page = logged_in.get("/applications/")
     assert "Application “support-bot” created." in page.text and ">support-bot</a>" in page.text

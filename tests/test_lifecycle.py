@@ -79,7 +79,7 @@ def test_edit_and_delete_only_when_stopped_or_failed(app, application, status):
     [
         ("stopped", {"view", "edit", "delete", "deploy"}),
         ("failed", {"view", "edit", "delete", "deploy"}),
-        ("running", {"view", "stop"}),
+        ("running", {"view", "stop", "call"}),
         ("deploying", {"view"}),
         ("stopping", {"view"}),
     ],

@@ -76,6 +76,18 @@ class ApplicationForm(FlaskForm):
     log_level = SelectField("Log level", choices=[(level, level) for level in applications.LOG_LEVELS])
     cache_size = _bounded("Cache size (entries)", "cache_size")
     batch_size = _bounded("Batch size", "batch_size")
+    restart_policy = SelectField(
+        "Restart policy",
+        choices=[("on-failure", "On failure (exponential back-off)"), ("never", "Never")],
+    )
+    max_restarts = IntegerField(
+        "Max restarts",
+        validators=[
+            InputRequired("Max restarts is required."),
+            _parsed,
+            NumberRange(0, 10, "Must be between 0 and 10."),
+        ],
+    )
     env = FieldList(FormField(EnvVarForm), max_entries=MAX_ENV_VARS)
 
     def __init__(self, *args, owner_id: int, application_id=None, models=(), **kwargs):

@@ -2,7 +2,9 @@ from flask import abort, flash, render_template, request, url_for
 from flask_login import current_user, login_required
 from werkzeug.datastructures import MultiDict
 
-from ..services import Conflict, NotFound, applications, lifecycle, registry
+from .. import queues
+from ..runtime import logs
+from ..services import Conflict, NotFound, api_keys, applications, deployments, lifecycle, registry
 from ..web import redirect_to, render
 from . import bp
 from .forms import MAX_ENV_VARS, ApplicationForm
@@ -80,13 +82,67 @@ def create():
 
 @bp.get("/<application_id>")
 def detail(application_id):
-    """Show one application: info, configuration, environment (secrets masked), status."""
+    """Show one application; htmx polls the same URL for the live part (status, phases, logs)."""
     application = get_application(application_id)
-    return render_template(
+    return render(
         "applications/detail.html",
+        "applications/_live.html",
         application=application,
         env=applications.masked_env(application),
         warnings=applications.config_warnings(application),
+        keys=api_keys.list_keys(application),
+        log_lines=logs.tail(queues.connection(), application.id, 40),
+        new_key=None,
+    )
+
+
+@bp.post("/<application_id>/deploy")
+def deploy(application_id):
+    """Deploy (the page asked for confirmation): deploying now, the job starts the server."""
+    application = get_application(application_id)
+    try:
+        deployments.request_deploy(application)
+    except Conflict as e:
+        flash(str(e), "error")
+    else:
+        flash(f"Deploying “{application.name}”…", "info")
+    return redirect_to(url_for(".detail", application_id=application.id))
+
+
+@bp.post("/<application_id>/stop")
+def stop(application_id):
+    """Stop (the page asked for confirmation): in-flight requests finish, then the server exits."""
+    application = get_application(application_id)
+    try:
+        deployments.request_stop(application)
+    except Conflict as e:
+        flash(str(e), "error")
+    else:
+        flash(f"Stopping “{application.name}”…", "info")
+    return redirect_to(url_for(".detail", application_id=application.id))
+
+
+@bp.post("/<application_id>/keys")
+def create_key(application_id):
+    """Make an API key and show it once, in the keys section."""
+    application = get_application(application_id)
+    label = request.form.get("label", "").strip()[:100]
+    _, plain = api_keys.create_key(application, label)
+    return render_template(
+        "applications/_keys.html", application=application, keys=api_keys.list_keys(application), new_key=plain
+    )
+
+
+@bp.post("/<application_id>/keys/<int:key_id>/revoke")
+def revoke_key(application_id, key_id):
+    """Revoke a key: the running server refuses it from the next request on."""
+    application = get_application(application_id)
+    try:
+        api_keys.revoke_key(application, key_id)
+    except NotFound:
+        abort(404, "No such key.")
+    return render_template(
+        "applications/_keys.html", application=application, keys=api_keys.list_keys(application), new_key=None
     )
 
 

@@ -13,7 +13,15 @@ from ..extensions import db
 from ..models import Application, EnvVar, RegistryModel, User
 from . import Conflict, NotFound, lifecycle, recommendations, registry
 
-DEFAULT_CONFIG = {"max_concurrency": 8, "timeout_s": 60, "log_level": "INFO", "cache_size": 128, "batch_size": 4}
+DEFAULT_CONFIG = {
+    "max_concurrency": 8,
+    "timeout_s": 60,
+    "log_level": "INFO",
+    "cache_size": 128,
+    "batch_size": 4,
+    "restart_policy": "on-failure",
+    "max_restarts": 3,
+}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -105,7 +113,7 @@ def _env_rows(rows: list[dict], existing: list[EnvVar]) -> list[EnvVar]:
 
 
 def _config(data: dict) -> dict:
-    return {key: data[key] for key in DEFAULT_CONFIG}
+    return {key: data.get(key, default) for key, default in DEFAULT_CONFIG.items()}
 
 
 def create(owner: User, data: dict) -> Application:
@@ -162,8 +170,15 @@ def _commit_or_name_conflict(name: str) -> None:
 
 
 def delete(application: Application) -> None:
-    """:raise TransitionRefused: it is running, deploying or stopping."""
+    """Delete an application and everything it left: server process, keys and logs in Redis.
+
+    :raise TransitionRefused: it is running, deploying or stopping.
+    """
+    from . import deployments
+
+    leftovers = (application.id, application.process_pid, application.process_host)
     lifecycle.delete_if_editable(application.id)
+    deployments.cleanup(*leftovers)
 
 
 def masked_env(application: Application) -> list[dict]:

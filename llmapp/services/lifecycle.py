@@ -1,8 +1,8 @@
 """The lifecycle of an application: which transitions are allowed, enforced in one place.
 
     stopped ──deploy──► deploying ──deployed──► running ──stop──► stopping ──stopped──► stopped
-       ▲                    │ deploy_failed                 │ crashed
-       └──── deploy ◄── failed ◄────────────────────────────┘
+       ▲                    │ deploy_failed  ▲ restart │ crashed
+       └──── deploy ◄── failed ◄─────────────┴─────────┘
 
 Every transition is one conditional UPDATE (... WHERE status IN (sources)), so a double click or
 two browsers can never perform it twice: the second UPDATE matches no row and is refused.
@@ -38,6 +38,8 @@ TRANSITIONS = {
     "stop": Transition(frozenset({RUNNING}), STOPPING, "Only a running application can be stopped"),
     "stopped": Transition(frozenset({STOPPING}), STOPPED, "Only a stopping application can become stopped"),
     "crashed": Transition(frozenset({RUNNING}), FAILED, "Only a running application can crash"),
+    # The restart policy brings a crashed server back through a new deploy.
+    "restart": Transition(frozenset({RUNNING}), DEPLOYING, "Only a running application can be restarted"),
 }
 
 
@@ -51,6 +53,8 @@ def allowed_actions(status: str) -> frozenset[str]:
     if status in EDITABLE:
         actions |= {"edit", "delete"}
     actions |= {name for name in ("deploy", "stop") if status in TRANSITIONS[name].sources}
+    if status == RUNNING:
+        actions.add("call")
     return frozenset(actions)
 
 

@@ -1,0 +1,19 @@
+"""Deployment jobs: thin wrappers over llmapp.services.deployments (the worker provides the app context)."""
+
+from llmapp.services import deployments
+
+
+def deploy_application(application_id: str, deploy_id: str) -> str:
+    return deployments.run_deploy(application_id, deploy_id)
+
+
+def stop_application(application_id: str) -> str:
+    return deployments.run_stop(application_id)
+
+
+def reconcile_host(host: str) -> dict:
+    return deployments.reconcile(host)
+
+
+def kill_process(pid: int, application_id: str) -> None:
+    deployments.kill_orphan(pid, application_id)
