@@ -7,6 +7,7 @@ shared "default" queue (deploys), and schedules the reconcile of its host every 
 Run one or more on every machine that should serve applications (see README, "More machines").
 """
 
+import os
 import threading
 
 from rq import Worker
@@ -49,7 +50,7 @@ def main() -> None:
         stop = threading.Event()
         threading.Thread(target=schedule_reconcile, args=(app, stop), daemon=True, name="reconcile").start()
         try:
-            worker.work(with_scheduler=True)
+            worker.work(with_scheduler=True, logging_level=os.environ.get("LLMAPP_WORKER_LOG_LEVEL", "INFO"))
         finally:
             stop.set()
 

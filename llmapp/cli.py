@@ -1,15 +1,21 @@
 """The `flask` commands: thin wrappers over the services."""
 
+import json
 import sys
+import time
 
 import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
-from .services import ServiceError, bootstrap, demo, users
+from .extensions import db
+from .services import ServiceError, api_keys, applications, bootstrap, demo, deployments, lifecycle, users
 
 users_cli = AppGroup("users", help="Manage users.")
 demo_cli = AppGroup("demo", help="Demo data.")
+apps_cli = AppGroup("apps", help="Deploy, stop and inspect applications (as an operator: all of them).")
+keys_cli = AppGroup("keys", help="API keys of an application's endpoint.")
+apps_cli.add_command(keys_cli)
 
 
 @users_cli.command("create")
@@ -44,7 +50,97 @@ def setup():
         click.echo(line)
 
 
+def _find(name):
+    try:
+        return applications.find(name)
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from e
+
+
+def _wait(application, until: set[str], timeout: float):
+    """Poll the database until the application reaches one of ``until``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        db.session.expire_all()
+        current = db.session.get(type(application), application.id)
+        if current.status in until:
+            return current
+        time.sleep(0.25)
+    raise click.ClickException(f"Still {current.status} after {timeout:g} s.")
+
+
+def _report(application, as_json: bool) -> None:
+    data = applications.summary(application)
+    if as_json:
+        click.echo(json.dumps(data))
+    else:
+        click.echo(f"{data['name']}: {data['status']}" + (f" at {data['endpoint']}" if data["endpoint"] else ""))
+    if application.status == lifecycle.FAILED:
+        raise click.ClickException(application.last_error or "failed")
+
+
+@apps_cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+def list_apps(as_json):
+    """List every application with its status and endpoint."""
+    rows = db.session.scalars(db.select(applications.Application).order_by(applications.Application.name)).all()
+    if as_json:
+        click.echo(json.dumps([applications.summary(a) for a in rows]))
+        return
+    for a in rows:
+        click.echo(f"{a.name:30} {a.status:10} {a.endpoint or '-'}")
+
+
+@apps_cli.command("deploy")
+@click.argument("name")
+@click.option("--wait", is_flag=True, help="Wait until it is running (exit 1 if it fails).")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True)
+def deploy_app(name, wait, timeout, as_json):
+    """Deploy the application NAME (a name, or an id)."""
+    application = _find(name)
+    try:
+        deployments.request_deploy(application)
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from e
+    if wait:
+        application = _wait(application, {lifecycle.RUNNING, lifecycle.FAILED}, timeout)
+    _report(application, as_json)
+
+
+@apps_cli.command("stop")
+@click.argument("name")
+@click.option("--wait", is_flag=True, help="Wait until it is stopped.")
+@click.option("--timeout", default=120.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def stop_app(name, wait, timeout, as_json):
+    """Stop the application NAME: in-flight requests finish, then its server exits."""
+    application = _find(name)
+    try:
+        deployments.request_stop(application)
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from e
+    if wait:
+        application = _wait(application, {lifecycle.STOPPED, lifecycle.FAILED}, timeout)
+    _report(application, as_json)
+
+
+@keys_cli.command("create")
+@click.argument("name")
+@click.option("--label", default="", help="A name for the key, e.g. the script that uses it.")
+@click.option("--json", "as_json", is_flag=True)
+def create_key(name, label, as_json):
+    """Create an API key for NAME and print it once."""
+    application = _find(name)
+    _, plain = api_keys.create_key(application, label)
+    if as_json:
+        click.echo(json.dumps({"key": plain, "endpoint": application.endpoint, "application": application.name}))
+    else:
+        click.echo(f"{plain}\n(shown once) endpoint: {application.endpoint or 'not running'}")
+
+
 def register(app: Flask) -> None:
+    app.cli.add_command(apps_cli)
     app.cli.add_command(users_cli)
     app.cli.add_command(demo_cli)
     app.cli.add_command(setup)

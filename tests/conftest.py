@@ -220,6 +220,7 @@ WORKER_ENV = {
     "LLMAPP_RECONCILE_INTERVAL_S": "1",
     "LLMAPP_DEPLOY_TIMEOUT_S": "90",
     "LLMAPP_STOP_GRACE_S": "3",
+    "LLMAPP_WORKER_LOG_LEVEL": "WARNING",
 }
 
 
@@ -262,9 +263,13 @@ class Workers:
         return self
 
     def kill(self, process):
-        import signal
+        """SIGKILL a worker and its direct children (rq's work horse runs in a session of its own);
+        the app servers the horse started are not its direct children and live on."""
+        import psutil
 
-        os.killpg(process.pid, signal.SIGKILL)
+        worker = psutil.Process(process.pid)
+        for child in [*worker.children(), worker]:
+            child.kill()
         process.wait(10)
 
     def stop(self):

@@ -1,6 +1,10 @@
 """Deploy for real: RQ workers (separate processes) start app servers (separate processes) that the
 official `openai` client calls. Nothing here calls a job function directly or fakes an HTTP server."""
 
+import concurrent.futures
+import os
+import signal
+
 import httpx
 import openai
 import psutil
@@ -184,3 +188,277 @@ def test_a_failed_deploy_says_why_and_leaves_nothing(app, client, auth, member, 
     assert "does not exist on this host" in log_text(app, application.id)
     page = client.get(f"/applications/{application.id}").text
     assert "Why it failed" in page and "does not exist on this host" in page
+
+
+def running_app(app, client, auth, owner, factory, model, name, env=(), **config):
+    application = factory.application(owner, model, name=name, config={**CONFIG, **config})
+    if env:
+        from llmapp.services import applications
+
+        with app.app_context():
+            row_ = db.session.get(Application, application.id)
+            applications.update(
+                row_, {"name": name, "model_id": model.id, "description": "", **row_.config, "env": list(env)}
+            )
+    auth.login(owner)
+    deployed = deploy(client, app, application)
+    assert deployed.status == "running", deployed.last_error
+    key = new_key(app, application.id)
+    return deployed, openai.OpenAI(base_url=deployed.endpoint, api_key=key, max_retries=0), key
+
+
+def health_of(application):
+    return httpx.get(application.endpoint.replace("/v1", "/health")).json()
+
+
+def test_concurrency_timeout_cache_log_level_and_environment(app, client, auth, member, factory, tiny, workers):
+    workers.start(1)
+    deployed, api, _ = running_app(
+        app,
+        client,
+        auth,
+        member,
+        factory,
+        tiny,
+        "strict",
+        max_concurrency=1,
+        timeout_s=1,
+        cache_size=1,
+        batch_size=1,
+        log_level="ERROR",
+        env=[
+            {"name": "GREETING", "value": "bonjour"},
+            {"name": "UPSTREAM_TOKEN", "value": "tok-secret-123", "secret": True},
+        ],
+    )
+    long_request = {"model": "strict", "prompt": "hello", "max_tokens": 6000, "extra_body": {"min_tokens": 6000}}
+
+    # Timeout 1 s: a long generation is answered 504, and the generation itself is cancelled.
+    with pytest.raises(openai.APIStatusError) as timed_out:
+        api.completions.create(**long_request)
+    assert timed_out.value.status_code == 504 and "timeout" in timed_out.value.message
+    wait_for(lambda: health_of(deployed)["engine"]["cancelled_generations"] == 1, 10, message="cancelled generation")
+    before = health_of(deployed)["engine"]["batches"]
+    assert api.completions.create(model="strict", prompt="hi", max_tokens=2).usage.completion_tokens >= 1
+    assert health_of(deployed)["engine"]["batches"] == before + 1  # the batcher was free again
+
+    # Max concurrency 1: while one request is in flight the next gets 429 with Retry-After.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(
+            lambda: httpx.post(
+                deployed.endpoint + "/completions",
+                headers={"Authorization": f"Bearer {api.api_key}"},
+                json={"model": "strict", "prompt": "hello", "max_tokens": 6000, "min_tokens": 6000},
+                timeout=30,
+            )
+        )
+        wait_for(lambda: health_of(deployed)["in_flight"] == 1, 10, 0.02, message="a request in flight")
+        with pytest.raises(openai.RateLimitError) as limited:
+            api.completions.create(model="strict", prompt="hi", max_tokens=2)
+        assert limited.value.response.headers["Retry-After"] == "1"
+        assert in_flight.result().status_code == 504
+
+    # Cache size 1: a deterministic request is a MISS then a HIT; another evicts it (LRU at capacity).
+    def cached(prompt):
+        raw = api.completions.with_raw_response.create(model="strict", prompt=prompt, max_tokens=4, temperature=0)
+        return raw.headers["X-Cache"], raw.parse().choices[0].text
+
+    first = cached("hello world")
+    assert first[0] == "MISS" and cached("hello world") == ("HIT", first[1])
+    assert cached("the quick brown fox")[0] == "MISS"
+    assert cached("hello world")[0] == "MISS"
+    sampled = api.completions.with_raw_response.create(model="strict", prompt="hello world", max_tokens=4)
+    assert sampled.headers["X-Cache"] == "MISS"  # temperature 1 is not deterministic: never cached
+    assert health_of(deployed)["cache"]["evictions"] >= 1
+
+    # Batch size 1: every forward pass serves one request.
+    assert set(health_of(deployed)["engine"]["batch_size_histogram"]) == {"1"}
+
+    # Log level ERROR: the server logs no request lines (INFO) and no 429/504 warnings.
+    text = log_text(app, deployed.id)
+    assert "/v1/completions 200" not in text and "429:" not in text and "504:" not in text
+
+    # Environment variables reach the server's process; the secret never reaches logs or pages.
+    environment = psutil.Process(deployed.process_pid).environ()
+    assert environment["GREETING"] == "bonjour" and environment["UPSTREAM_TOKEN"] == "tok-secret-123"
+    assert "SECRET_KEY" not in environment and "DATABASE_URL" not in environment
+    assert "tok-secret-123" not in text
+    assert "tok-secret-123" not in client.get(f"/applications/{deployed.id}").text
+
+
+def test_batching_debug_logs_and_cache_off_then_openai_engine_in_front(
+    app, client, auth, member, factory, tiny, workers
+):
+    workers.start(2)
+    backend, api, backend_key = running_app(
+        app,
+        client,
+        auth,
+        member,
+        factory,
+        tiny,
+        "batched",
+        max_concurrency=16,
+        batch_size=4,
+        cache_size=0,
+        log_level="DEBUG",
+    )
+
+    # Batch size 4: eight concurrent requests share forward passes of at most four.
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(
+            pool.map(
+                lambda i: api.completions.create(
+                    model="batched", prompt=f"hello {i}", max_tokens=16, extra_body={"min_tokens": 16}
+                ),
+                range(8),
+            )
+        )
+    assert all(r.usage.completion_tokens == 16 for r in results)
+    histogram = health_of(backend)["engine"]["batch_size_histogram"]
+    sizes = {int(size) for size in histogram}
+    assert max(sizes) > 1 and max(sizes) <= 4, histogram
+    text = log_text(app, backend.id)
+    assert "batch of 4 request(s)" in text or "batch of 3 request(s)" in text or "batch of 2 request(s)" in text
+    assert "DEBUG /v1/completions request:" in text and "/v1/completions 200" in text  # DEBUG shows detail
+
+    # Cache size 0: no cache, no X-Cache header, never a HIT.
+    for _ in range(2):
+        raw = api.completions.with_raw_response.create(model="batched", prompt="same", max_tokens=3, temperature=0)
+        assert "X-Cache" not in raw.headers
+
+    # An `openai` engine application in front of it: upstream URL and model from the registry, the key
+    # from one of its environment variables.
+    upstream = factory.model(
+        name="batched-upstream",
+        parameters_billions=0.0004,
+        precision="fp32",
+        context_length=8192,
+        engine="openai",
+        source="llmapp",
+        base_url=backend.endpoint,
+        upstream_model="batched",
+    )
+    proxy, proxy_api, _ = running_app(
+        app,
+        client,
+        auth,
+        member,
+        factory,
+        upstream,
+        "proxy",
+        cache_size=4,
+        env=[{"name": "OPENAI_API_KEY", "value": backend_key, "secret": True}],
+    )
+    chat = proxy_api.chat.completions.create(
+        model="proxy", messages=[{"role": "user", "content": "hi"}], max_tokens=6, extra_body={"min_tokens": 6}
+    )
+    assert chat.model == "proxy" and chat.usage.completion_tokens == 6
+    chunks = list(
+        proxy_api.chat.completions.create(
+            model="proxy",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=6,
+            stream=True,
+            extra_body={"min_tokens": 6},
+        )
+    )
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 2
+    assert health_of(proxy)["engine"]["forwarded"] == 2
+    with pytest.raises(openai.BadRequestError):  # upstream errors come back in the same shape
+        proxy_api.completions.create(model="proxy", prompt="x", max_tokens=100_000)
+
+
+def test_kill_9_with_restart_policy_never_fails_the_application(app, client, auth, member, factory, tiny, workers):
+    workers.start(1)
+    deployed, _, _ = running_app(app, client, auth, member, factory, tiny, "fragile", restart_policy="never")
+    os.kill(deployed.process_pid, signal.SIGKILL)
+    failed = wait_status(app, deployed.id, {"failed"}, timeout=15)
+    assert failed.last_error == "The server process died (restart policy: never)."
+    assert failed.endpoint is None and server_processes(deployed.id) == []
+    assert "The server process died" in log_text(app, deployed.id)
+
+
+def test_kill_9_with_restart_on_failure_serves_again(app, client, auth, member, factory, tiny, workers):
+    workers.start(1)
+    deployed, _, key = running_app(
+        app, client, auth, member, factory, tiny, "phoenix", restart_policy="on-failure", max_restarts=2
+    )
+    os.kill(deployed.process_pid, signal.SIGKILL)
+    wait_for(lambda: row(app, deployed.id).restarts, 15, 0.2, "a recorded restart")
+    back = wait_status(app, deployed.id, {"running"}, timeout=60)
+    assert back.process_pid != deployed.process_pid
+    assert [r["reason"] for r in back.restarts] == ["the server process died"]
+    again = openai.OpenAI(base_url=back.endpoint, api_key=key, max_retries=0)  # keys survive the restart
+    assert again.completions.create(model="phoenix", prompt="hi", max_tokens=2).usage.completion_tokens >= 1
+    assert "Restarts (1)" in client.get(f"/applications/{deployed.id}").text
+
+
+def test_worker_killed_mid_deploy_is_repaired(app, client, auth, member, factory, tiny, workers):
+    workers.start(1)
+    application = factory.application(member, tiny, name="orphan", config=dict(CONFIG))
+    auth.login(member)
+    client.post(f"/applications/{application.id}/deploy", headers=HX)
+    wait_for(lambda: row(app, application.id).process_pid, 30, 0.05, "the server process")
+    workers.kill(workers.processes[0])  # the worker and its work horse die mid-deploy
+    assert status(app, application.id) == "deploying"
+    workers.start(1)  # another worker's reconcile finds the deploy without its job
+    repaired = wait_status(app, application.id, {"running", "failed"}, timeout=60)
+    assert repaired.status == "running", repaired.last_error
+    assert len(server_processes(application.id)) == 1
+    assert "completed by the reconcile" in log_text(app, application.id)
+
+
+def test_a_deploy_job_run_twice_starts_one_process(app, client, auth, member, factory, tiny, workers):
+    import redis
+    from rq import Queue
+
+    workers.start(2)
+    application = factory.application(member, tiny, name="twice", config=dict(CONFIG))
+    auth.login(member)
+    client.post(f"/applications/{application.id}/deploy", headers=HX)
+    deploy_id = row(app, application.id).deploy_id
+    queue = Queue("default", connection=redis.Redis.from_url(app.config["REDIS_URL"]))
+    queue.enqueue("jobs.deploy.deploy_application", str(application.id), deploy_id)  # the same deploy again
+    assert wait_status(app, application.id, {"running", "failed"}).status == "running"
+    import time
+
+    time.sleep(2)  # let the duplicate job run to its end too
+    assert len(server_processes(application.id)) == 1
+
+
+def test_deploy_refused_twice_and_edit_refused_while_running(app, client, auth, member, factory, tiny, workers):
+    workers.start(1)
+    deployed, _, _ = running_app(app, client, auth, member, factory, tiny, "busy")
+    response = client.post(f"/applications/{deployed.id}/deploy", headers=HX, follow_redirects=False)
+    assert response.headers["HX-Redirect"] == f"/applications/{deployed.id}"
+    assert (
+        "Only a stopped or failed application can be deployed; this one is running."
+        in client.get(f"/applications/{deployed.id}").text
+    )
+    assert client.post(f"/applications/{deployed.id}/delete").status_code == 303
+    assert status(app, deployed.id) == "running" and len(server_processes(deployed.id)) == 1
+
+
+def test_cli_deploy_keys_and_stop(app, runner, member, factory, tiny, workers):
+    import json
+
+    workers.start(1)
+    factory.application(member, tiny, name="cli-app", config=dict(CONFIG))
+    result = runner.invoke(args=["apps", "deploy", "cli-app", "--wait", "--json"])
+    assert result.exit_code == 0, result.output
+    deployed = json.loads(result.output)
+    assert deployed["status"] == "running" and deployed["endpoint"].startswith("http://127.0.0.1:")
+    result = runner.invoke(args=["apps", "keys", "create", "cli-app", "--label", "script", "--json"])
+    key = json.loads(result.output)
+    assert key["endpoint"] == deployed["endpoint"] and key["key"].startswith("llm-")
+    api = openai.OpenAI(base_url=key["endpoint"], api_key=key["key"], max_retries=0)
+    assert api.models.list().data[0].id == "cli-app"
+    listing = json.loads(runner.invoke(args=["apps", "list", "--json"]).output)
+    assert [(a["name"], a["status"]) for a in listing] == [("cli-app", "running")]
+    refused = runner.invoke(args=["apps", "deploy", "cli-app"])
+    assert refused.exit_code != 0 and "this one is running" in refused.output
+    result = runner.invoke(args=["apps", "stop", "cli-app", "--wait", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["status"] == "stopped"
+    assert runner.invoke(args=["apps", "stop", "nope"]).exit_code != 0

@@ -71,6 +71,39 @@ def get_for_user(application_id, user: User) -> Application:
     return application
 
 
+def find(name_or_id: str) -> Application:
+    """An application by id, or by name when only one owner has that name (the CLI's lookup).
+
+    :raise NotFound: none, or several owners have an application of that name.
+    """
+    try:
+        found = [db.session.get(Application, uuid.UUID(name_or_id))]
+    except ValueError:
+        found = db.session.scalars(select(Application).where(Application.name == name_or_id)).all()
+    found = [a for a in found if a is not None]
+    if not found:
+        raise NotFound(f"No application named “{name_or_id}”.")
+    if len(found) > 1:
+        raise NotFound(
+            f"Several owners have an application named “{name_or_id}”; use its id: "
+            + ", ".join(str(a.id) for a in found)
+        )
+    return found[0]
+
+
+def summary(application: Application) -> dict:
+    """What scripts get: the application with its status and endpoint."""
+    return {
+        "id": str(application.id),
+        "name": application.name,
+        "status": application.status,
+        "endpoint": application.endpoint,
+        "model_id": application.model_id,
+        "last_error": application.last_error,
+        "deployed_at": application.deployed_at.isoformat() if application.deployed_at else None,
+    }
+
+
 def name_taken(owner_id: int, name: str, except_id=None) -> bool:
     query = select(Application.id).where(
         Application.created_by_id == owner_id, func.lower(Application.name) == name.strip().lower()
