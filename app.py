@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 
+import psutil
+
 import llmapp
 from llmapp import config as llmapp_config
 
@@ -25,14 +27,14 @@ def _interrupt(signum, frame):
 
 def main() -> None:
     from llmapp.embedded import EmbeddedRedis
-    from llmapp.services import bootstrap
+    from llmapp.services import bootstrap, deployments
 
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
     host = os.environ.get("LLMAPP_HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "5000"))
     instance = os.path.join(llmapp.ROOT, "instance")
-    embedded = None
+    embedded = app = None
     children: list[subprocess.Popen] = []
     try:
         if not os.environ.get("REDIS_URL"):
@@ -43,7 +45,10 @@ def main() -> None:
         with app.app_context():
             lines = bootstrap.prepare()
         env = dict(os.environ, LLMAPP_ENV=app.config["LLMAPP_ENV"])
-        children.append(subprocess.Popen([sys.executable, "-m", "jobs.worker"], cwd=llmapp.ROOT, env=env))
+        # Two workers: a long deploy on one leaves the other free for stops and the reconcile.
+        children += [
+            subprocess.Popen([sys.executable, "-m", "jobs.worker"], cwd=llmapp.ROOT, env=env) for _ in range(2)
+        ]
         children.append(
             subprocess.Popen(
                 [
@@ -86,7 +91,12 @@ def main() -> None:
             try:
                 child.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                child.kill()
+                for process in [*psutil.Process(child.pid).children(recursive=True), child]:
+                    process.kill()  # gunicorn's workers too, not only its master
+        if app is not None and children:
+            with app.app_context():  # the servers it started go too, recorded as stopped
+                if stopped := deployments.shutdown_host("the platform was shut down"):
+                    print(f"Stopped {stopped} application server(s).")
         if embedded is not None:
             embedded.stop()
 

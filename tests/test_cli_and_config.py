@@ -63,8 +63,14 @@ def test_first_admin_with_a_generated_password_printed_once(runner, app, monkeyp
     assert "password" not in runner.invoke(args=["setup"]).output
 
 
-@pytest.mark.parametrize("config_overrides", [{"DEMO": True}])
-def test_demo_data_seeds_once(runner, app, config_overrides):
+def test_demo_data_seeds_once(app, database_url, redis_url, tiny_model_dir, tmp_path):
+    import shutil
+
+    from conftest import make_config
+
+    shutil.copytree(tiny_model_dir, tmp_path / "tiny-gpt2")  # built once per run; seeding finds it
+    app = create_app(make_config(database_url, redis_url, DEMO=True, MODELS_DIR=str(tmp_path)))
+    runner = app.test_cli_runner()
     for _ in range(2):
         assert runner.invoke(args=["setup"]).exit_code == 0
         assert runner.invoke(args=["demo", "seed"]).exit_code == 0
@@ -72,7 +78,11 @@ def test_demo_data_seeds_once(runner, app, config_overrides):
         counts = [
             db.session.scalar(db.select(db.func.count()).select_from(t)) for t in (User, RegistryModel, Application)
         ]
-    assert counts == [2, 4, 4]  # the first admin and the demo admin; nothing twice
+    assert counts == [2, 5, 5]  # the first admin and the demo admin; nothing twice
+    with app.app_context():
+        tiny = db.session.scalar(db.select(RegistryModel).filter_by(name="tiny-gpt2"))
+        hello = db.session.scalar(db.select(Application).filter_by(name="hello-tiny"))
+        assert hello.model_id == tiny.id and tiny.source == str(tmp_path / "tiny-gpt2")
 
 
 def test_production_refuses_to_start_without_a_secret_key(monkeypatch):

@@ -1,8 +1,14 @@
 """Demo data (the seed's VUE_APP_USE_MOCK_DATA): a demo admin, registry models, applications.
 
-Everything is looked up before it is created, so seeding twice creates nothing twice.
+Everything is looked up before it is created, so seeding twice creates nothing twice. The tiny GPT-2
+behind `hello-tiny` is built on this machine on first run (a few seconds; nothing is downloaded); the
+other models are registry entries that show recommendations for their sizes (their directories are
+not on this machine, so deploying them fails with that reason).
 """
 
+from pathlib import Path
+
+from flask import current_app
 from sqlalchemy import select
 
 from ..extensions import db
@@ -53,7 +59,9 @@ MODELS = [
     ),
 ]
 
+TINY_MODEL = "tiny-gpt2"
 APPLICATIONS = [
+    ("hello-tiny", TINY_MODEL, "A 2-layer GPT-2 built on this machine: deploy it and call it within a minute."),
     ("support-bot", "Qwen2.5-0.5B-Instruct", "Answers customer questions from the help centre."),
     ("code-review", "Llama-3.1-8B-Instruct", "Reviews pull requests and suggests changes."),
     ("summarizer", "Mistral-7B-Instruct-int4", "Summarises long documents into five bullet points."),
@@ -69,7 +77,21 @@ def seed() -> dict:
         admin = users.create_user(DEMO_EMAIL, DEMO_PASSWORD, admin=True)
         created["users"] += 1
     models = {}
-    for spec in MODELS:
+    tiny = Path(current_app.config.get("MODELS_DIR") or Path(current_app.instance_path) / "models") / TINY_MODEL
+    if not (tiny / "config.json").exists():
+        from ..runtime.tiny_model import build_tiny_model
+
+        build_tiny_model(tiny)  # random weights, offline: junk text, real serving
+    tiny_spec = dict(
+        name=TINY_MODEL,
+        family="gpt2",
+        parameters_billions=0.0004,
+        precision="fp32",
+        context_length=8192,
+        engine="transformers",
+        source=str(tiny),
+    )
+    for spec in [tiny_spec, *MODELS]:
         model = db.session.scalar(select(RegistryModel).where(RegistryModel.name == spec["name"]))
         if model is None:
             model = RegistryModel(**spec)

@@ -370,6 +370,22 @@ def cleanup(application_id, pid: int | None, host: str | None) -> None:
     )
 
 
+def shutdown_host(reason: str) -> int:
+    """Stop every server on this host and record it (the embedded platform's Ctrl-C). Returns how many."""
+    host = queues.this_host()
+    stopped = 0
+    for application in db.session.scalars(db.select(Application).where(Application.process_host == host)).all():
+        if application.status == lifecycle.RUNNING:
+            lifecycle.transition(application.id, "stop")
+        terminate(application, current_app.config["STOP_GRACE_S"])
+        if application.status == lifecycle.DEPLOYING:
+            _fail_deploy(application, f"The deploy was interrupted: {reason}.")
+        else:
+            _stopped(application, f"stopped: {reason}")
+        stopped += 1
+    return stopped
+
+
 def kill_orphan(pid: int, application_id: str) -> None:
     try:
         process = psutil.Process(pid)
