@@ -77,13 +77,16 @@ class _Job:
 
 
 class TransformersEngine(Engine):
-    WINDOW_S = 0.004  # how long the batcher waits for company once a request arrives (batch_size > 1)
+    # How long the batcher waits for company once a request arrives (batch_size > 1). Clients that send
+    # their next request when the last one returns need a few ms to do it; measured in bench/serving.py.
+    WINDOW_S = 0.02
 
     def __init__(self, path: str, batch_size: int, precision: str = "fp32"):
         self.path, self.batch_size, self.precision = path, batch_size, precision
         self.queue: queue.Queue = queue.Queue()
         self.pending: deque = deque()
         self.batch_sizes: Counter = Counter()
+        self.last_group_size = 1
         self.cancelled = 0
         self.thread = None
 
@@ -182,15 +185,23 @@ class TransformersEngine(Engine):
     # the batcher thread --------------------------------------------------------------------------
 
     def _next_group(self) -> list[_Job]:
+        """The next requests to generate together: the oldest, and those with its sampling settings.
+
+        It waits (up to WINDOW_S) only for as many requests as the last batch held: clients that
+        got their answers tend to come back together, while a lone client is never kept waiting.
+        """
         first = self.pending.popleft() if self.pending else self.queue.get()
         group, key = [first], first.request.sampling_key()
-        deadline = time.monotonic() + (self.WINDOW_S if self.batch_size > 1 else 0)
+        expected = min(self.batch_size, self.last_group_size)
+        deadline = time.monotonic() + self.WINDOW_S
         while len(group) < self.batch_size:
+            wait = deadline - time.monotonic() if len(group) < expected else 0
             try:
-                job = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                job = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
             except queue.Empty:
                 break
             (group if job.request.sampling_key() == key else self.pending).append(job)
+        self.last_group_size = len(group)
         live = []
         for job in group:  # a request that timed out while queued never reaches the model
             if job.cancelled.is_set():
@@ -268,6 +279,8 @@ class TransformersEngine(Engine):
             if job.finish_reason == "cancelled":
                 job.resolve(APIError(499, "The generation was cancelled."))
             else:
+                if not (job.request.stream or job.request.stop):
+                    job.text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
                 self._flush(job)
                 job.resolve(Generation(job.text, job.finish_reason, len(job.prompt_ids), len(job.tokens)))
 
@@ -276,6 +289,10 @@ class TransformersEngine(Engine):
             job.finish_reason = "stop"
             return
         job.tokens.append(token)
+        if len(job.tokens) >= job.request.max_tokens:
+            job.finish_reason = "length"
+        if not (job.request.stream or job.request.stop):
+            return  # decoded once, at the end (_generate): nothing reads the text before
         text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
         for stop in job.request.stop:
             if (at := text.find(stop)) != -1:
@@ -283,9 +300,7 @@ class TransformersEngine(Engine):
                 self._flush(job)
                 return
         job.text = text
-        if len(job.tokens) >= job.request.max_tokens:
-            job.finish_reason = "length"
-        elif not text.endswith("\ufffd"):  # hold back half a multi-byte character
+        if job.finished or not text.endswith("\ufffd"):  # hold back half a multi-byte character
             self._flush(job)
 
     def _flush(self, job: _Job) -> None:
@@ -298,29 +313,26 @@ class TransformersEngine(Engine):
 
 
 class OpenAIEngine(Engine):
+    """Forwards to an upstream with aiohttp: in bench/serving.py's profile, httpx's async client spent
+    more CPU per request than the rest of the proxy together, and on a shared machine that CPU is latency."""
+
     max_context = 10_000_000  # the upstream enforces its own
 
     def __init__(self, base_url: str, upstream_model: str, api_key: str | None, timeout_s: float):
-        import httpx
-
         self.base_url, self.upstream_model = base_url.rstrip("/"), upstream_model
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(timeout_s + 5, connect=10),
-            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
-        )
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.timeout_s = timeout_s
+        self.session = None  # made on the server's event loop, at the first request
         self.forwarded = 0
 
     def load(self) -> None:
         import httpx
 
         # The upstream must answer; a wrong URL fails the deploy with a clear reason.
-        with httpx.Client(headers=self.client.headers, timeout=10) as client:
-            try:
-                response = client.get(f"{self.base_url}/models")
-            except httpx.HTTPError as e:
-                raise ConnectionError(f"The upstream {self.base_url} does not answer: {e}") from e
+        try:
+            response = httpx.get(f"{self.base_url}/models", headers=self.headers, timeout=10)
+        except httpx.HTTPError as e:
+            raise ConnectionError(f"The upstream {self.base_url} does not answer: {e}") from e
         if response.status_code in (401, 403):
             raise PermissionError(f"The upstream {self.base_url} refused the API key ({response.status_code}).")
         log.info("upstream %s answers (%d), model %s", self.base_url, response.status_code, self.upstream_model)
@@ -331,53 +343,67 @@ class OpenAIEngine(Engine):
     def stats(self) -> dict:
         return {"forwarded": self.forwarded, "upstream": self.base_url}
 
-    def _path(self, request: GenerationRequest) -> str:
+    def _session(self):
+        import aiohttp
+
+        if self.session is None:
+            self.session = aiohttp.ClientSession(
+                headers=self.headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s + 5, connect=10),
+                connector=aiohttp.TCPConnector(limit=1024, keepalive_timeout=30),
+            )
+        return self.session
+
+    def _url(self, request: GenerationRequest) -> str:
         return f"{self.base_url}/{'chat/completions' if request.kind == 'chat' else 'completions'}"
 
-    def _body(self, body: dict) -> dict:
-        return {**body, "model": self.upstream_model}
-
     @staticmethod
-    def _error(response, text: bytes) -> APIError:
+    def _error(status: int, text: bytes) -> APIError:
         try:
             error = json.loads(text)["error"]
             return APIError(
-                response.status_code,
+                status,
                 error.get("message", "upstream error"),
                 error.get("type", "upstream_error"),
                 error.get("code"),
                 error.get("param"),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
-            return APIError(502, f"The upstream answered {response.status_code}.", "upstream_error")
+            return APIError(502, f"The upstream answered {status}.", "upstream_error")
 
     async def complete(self, body: dict, request: GenerationRequest) -> dict:
-        import httpx
+        import aiohttp
 
         self.forwarded += 1
         try:
-            response = await self.client.post(self._path(request), json=self._body(body))
-        except httpx.HTTPError as e:
+            async with self._session().post(
+                self._url(request), json={**body, "model": self.upstream_model}
+            ) as response:
+                content = await response.read()
+        except aiohttp.ClientError as e:
             raise APIError(502, f"The upstream did not answer: {e}", "upstream_error") from e
-        if response.status_code != 200:
-            raise self._error(response, response.content)
-        data = response.json()
+        if response.status != 200:
+            raise self._error(response.status, content)
+        data = json.loads(content)
         data["model"] = body.get("model") or data.get("model")
         return data
 
     async def stream(self, body: dict, request: GenerationRequest) -> AsyncIterator[str]:
-        import httpx
+        import aiohttp
 
         self.forwarded += 1
         try:
-            async with self.client.stream("POST", self._path(request), json=self._body(body)) as response:
-                if response.status_code != 200:
-                    raise self._error(response, await response.aread())
-                async for line in response.aiter_lines():
-                    if line:
-                        yield line + "\n\n"
-        except httpx.HTTPError as e:
+            async with self._session().post(
+                self._url(request), json={**body, "model": self.upstream_model}
+            ) as response:
+                if response.status != 200:
+                    raise self._error(response.status, await response.read())
+                async for line in response.content:  # server-sent events, passed on one by one
+                    if line.strip():
+                        yield line.decode().rstrip("\r\n") + "\n\n"
+        except aiohttp.ClientError as e:
             raise APIError(502, f"The upstream stream broke: {e}", "upstream_error") from e
 
     async def close(self) -> None:
-        await self.client.aclose()
+        if self.session is not None:
+            await self.session.close()

@@ -32,10 +32,23 @@ def publish(connection, application_id, active: dict[str, int]) -> None:
         pipe.execute()
 
 
-async def check(connection, application_id, key: str) -> str | None:
-    """The key's id when it is valid; records when it was used."""
-    key_id = await connection.hget(keys_key(application_id), digest(key))
-    if key_id is None:
-        return None
-    await connection.hset(used_key(application_id), key_id, f"{time.time():.0f}")
-    return key_id.decode()
+class KeyChecker:
+    """Checks keys against Redis on every request, so a new or revoked key applies at once.
+
+    The last-used time is written at most once a second per key: one Redis round trip per request, not two.
+    """
+
+    def __init__(self, connection, application_id):
+        self.connection, self.application_id = connection, application_id
+        self.recorded: dict[bytes, float] = {}
+
+    async def check(self, key: str) -> str | None:
+        """The key's id when it is valid."""
+        key_id = await self.connection.hget(keys_key(self.application_id), digest(key))
+        if key_id is None:
+            return None
+        now = time.time()
+        if now - self.recorded.get(key_id, 0) >= 1:
+            self.recorded[key_id] = now
+            await self.connection.hset(used_key(self.application_id), key_id, f"{now:.0f}")
+        return key_id.decode()

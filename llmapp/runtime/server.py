@@ -56,6 +56,7 @@ def build_app(spec: dict, engine: Engine, redis_connection) -> Starlette:
     application_id, model_name = spec["app_id"], spec["app_name"]
     max_concurrency, timeout_s = config["max_concurrency"], config["timeout_s"]
     cache = ResponseCache(config["cache_size"])
+    key_checker = keys.KeyChecker(redis_connection, application_id)
     state = {"in_flight": 0, "requests": 0, "rejected": 0, "timeouts": 0, "started": time.time()}
 
     async def authenticate(request: Request) -> None:
@@ -67,7 +68,7 @@ def build_app(spec: dict, engine: Engine, redis_connection) -> Starlette:
                 "Missing API key: send 'Authorization: Bearer <key>'. Keys are made on the application's page.",
                 code="invalid_api_key",
             )
-        if await keys.check(redis_connection, application_id, key.strip()) is None:
+        if await key_checker.check(key.strip()) is None:
             raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
 
     async def health(request: Request) -> JSONResponse:

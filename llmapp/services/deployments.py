@@ -375,13 +375,16 @@ def shutdown_host(reason: str) -> int:
     host = queues.this_host()
     stopped = 0
     for application in db.session.scalars(db.select(Application).where(Application.process_host == host)).all():
-        if application.status == lifecycle.RUNNING:
-            lifecycle.transition(application.id, "stop")
-        terminate(application, current_app.config["STOP_GRACE_S"])
-        if application.status == lifecycle.DEPLOYING:
-            _fail_deploy(application, f"The deploy was interrupted: {reason}.")
-        else:
-            _stopped(application, f"stopped: {reason}")
+        try:
+            if application.status == lifecycle.DEPLOYING:
+                _fail_deploy(application, f"The deploy was interrupted: {reason}.")
+            else:
+                if application.status == lifecycle.RUNNING:
+                    lifecycle.transition(application.id, "stop")
+                terminate(application, current_app.config["STOP_GRACE_S"])
+                _stopped(application, f"stopped: {reason}")
+        except lifecycle.TransitionRefused:
+            continue  # a worker's job or reconcile finished it meanwhile
         stopped += 1
     return stopped
 
