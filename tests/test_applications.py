@@ -425,3 +425,45 @@ def test_pages_need_login(client, factory):
     for url in ("/applications/", "/applications/new", "/models/", "/plugins/"):
         response = client.get(url)
         assert response.status_code == 302 and response.headers["Location"].startswith("/login")
+
+
+def test_detail_polls_its_live_fragment_while_deploying(logged_in, factory, member, app):
+    application = factory.application(
+        member,
+        factory.model(),
+        name="moving",
+        status="deploying",
+        deploy_phases=[
+            {
+                "name": "queued",
+                "started_at": "2026-01-01T00:00:00.000",
+                "ended_at": None,
+                "seconds": None,
+                "status": "running",
+            }
+        ],
+    )
+    page = logged_in.get(f"/applications/{application.id}")
+    assert "<html" in page.text and 'hx-trigger="every 1s"' in page.text and "API keys" in page.text
+    fragment = logged_in.get(f"/applications/{application.id}", headers=HX)
+    assert fragment.text.lstrip().startswith('<div id="live"') and "<html" not in fragment.text
+    assert "Deploying" in fragment.text and "queued" in fragment.text and "API keys" not in fragment.text
+    stopped = factory.application(member, factory.model(), name="still")
+    assert "hx-trigger" not in logged_in.get(f"/applications/{stopped.id}", headers=HX).text
+
+
+def test_delete_clears_the_applications_keys_and_logs_from_redis(logged_in, factory, member, app):
+    import redis
+
+    from llmapp.runtime import keys as runtime_keys
+    from llmapp.runtime import logs
+    from llmapp.services import api_keys
+
+    application = factory.application(member, factory.model(), name="gone")
+    connection = redis.Redis.from_url(app.config["REDIS_URL"])
+    with app.app_context():
+        api_keys.create_key(db.session.get(Application, application.id), "k")
+    logs.append(connection, application.id, "hello")
+    assert connection.exists(runtime_keys.keys_key(application.id), logs.stream_key(application.id)) == 2
+    assert logged_in.post(f"/applications/{application.id}/delete").status_code == 303
+    assert connection.exists(runtime_keys.keys_key(application.id), logs.stream_key(application.id)) == 0

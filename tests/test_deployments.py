@@ -462,3 +462,12 @@ def test_cli_deploy_keys_and_stop(app, runner, member, factory, tiny, workers):
     result = runner.invoke(args=["apps", "stop", "cli-app", "--wait", "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["status"] == "stopped"
     assert runner.invoke(args=["apps", "stop", "nope"]).exit_code != 0
+
+
+def test_a_server_that_stops_answering_fails_with_that_reason(app, client, auth, member, factory, tiny, workers):
+    workers.start(1)
+    deployed, _, _ = running_app(app, client, auth, member, factory, tiny, "frozen", restart_policy="never")
+    os.kill(deployed.process_pid, signal.SIGSTOP)  # alive, but silent
+    failed = wait_status(app, deployed.id, {"failed"}, timeout=30)
+    assert failed.last_error == "The server stopped answering its health checks (restart policy: never)."
+    assert server_processes(deployed.id) == []  # the silent process was killed, not left behind
