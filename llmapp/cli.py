@@ -91,6 +91,17 @@ def list_apps(as_json):
         click.echo(f"{a.name:30} {a.status:10} {a.endpoint or '-'}")
 
 
+def _transition(name, request_transition, until: set[str], wait: bool, timeout: float, as_json: bool):
+    application = _find(name)
+    try:
+        request_transition(application)
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from e
+    if wait:
+        application = _wait(application, until, timeout)
+    _report(application, as_json)
+
+
 @apps_cli.command("deploy")
 @click.argument("name")
 @click.option("--wait", is_flag=True, help="Wait until it is running (exit 1 if it fails).")
@@ -98,14 +109,7 @@ def list_apps(as_json):
 @click.option("--json", "as_json", is_flag=True)
 def deploy_app(name, wait, timeout, as_json):
     """Deploy the application NAME (a name, or an id)."""
-    application = _find(name)
-    try:
-        deployments.request_deploy(application)
-    except ServiceError as e:
-        raise click.ClickException(str(e)) from e
-    if wait:
-        application = _wait(application, {lifecycle.RUNNING, lifecycle.FAILED}, timeout)
-    _report(application, as_json)
+    _transition(name, deployments.request_deploy, {lifecycle.RUNNING, lifecycle.FAILED}, wait, timeout, as_json)
 
 
 @apps_cli.command("stop")
@@ -115,14 +119,7 @@ def deploy_app(name, wait, timeout, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def stop_app(name, wait, timeout, as_json):
     """Stop the application NAME: in-flight requests finish, then its server exits."""
-    application = _find(name)
-    try:
-        deployments.request_stop(application)
-    except ServiceError as e:
-        raise click.ClickException(str(e)) from e
-    if wait:
-        application = _wait(application, {lifecycle.STOPPED, lifecycle.FAILED}, timeout)
-    _report(application, as_json)
+    _transition(name, deployments.request_stop, {lifecycle.STOPPED, lifecycle.FAILED}, wait, timeout, as_json)
 
 
 @keys_cli.command("create")

@@ -4,7 +4,7 @@ from werkzeug.datastructures import MultiDict
 
 from .. import queues
 from ..runtime import logs
-from ..services import Conflict, NotFound, api_keys, applications, deployments, lifecycle, registry
+from ..services import Conflict, NotFound, ServiceError, api_keys, applications, deployments, lifecycle, registry
 from ..web import redirect_to, render
 from . import bp
 from .forms import MAX_ENV_VARS, ApplicationForm
@@ -96,30 +96,27 @@ def detail(application_id):
     )
 
 
+def _request(application_id, request_transition, progress: str):
+    application = get_application(application_id)
+    try:
+        request_transition(application)
+    except ServiceError as e:
+        flash(str(e), "error")
+    else:
+        flash(f"{progress} “{application.name}”…", "info")
+    return redirect_to(url_for(".detail", application_id=application.id))
+
+
 @bp.post("/<application_id>/deploy")
 def deploy(application_id):
     """Deploy (the page asked for confirmation): deploying now, the job starts the server."""
-    application = get_application(application_id)
-    try:
-        deployments.request_deploy(application)
-    except Conflict as e:
-        flash(str(e), "error")
-    else:
-        flash(f"Deploying “{application.name}”…", "info")
-    return redirect_to(url_for(".detail", application_id=application.id))
+    return _request(application_id, deployments.request_deploy, "Deploying")
 
 
 @bp.post("/<application_id>/stop")
 def stop(application_id):
     """Stop (the page asked for confirmation): in-flight requests finish, then the server exits."""
-    application = get_application(application_id)
-    try:
-        deployments.request_stop(application)
-    except Conflict as e:
-        flash(str(e), "error")
-    else:
-        flash(f"Stopping “{application.name}”…", "info")
-    return redirect_to(url_for(".detail", application_id=application.id))
+    return _request(application_id, deployments.request_stop, "Stopping")
 
 
 @bp.post("/<application_id>/keys")

@@ -24,8 +24,11 @@ def append(
 
 
 def tail(connection: redis.Redis, application_id, count: int = 50) -> list[dict]:
-    """The last ``count`` lines, oldest first."""
-    entries = connection.xrevrange(stream_key(application_id), count=count)
+    """The last ``count`` lines, oldest first (none when Redis is unreachable: a page still renders)."""
+    try:
+        entries = connection.xrevrange(stream_key(application_id), count=count)
+    except redis.RedisError:
+        return []
     return [
         {"id": entry_id.decode(), **{k.decode(): v.decode() for k, v in fields.items()}}
         for entry_id, fields in reversed(entries)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import redis
 from flask import current_app
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
@@ -26,7 +27,7 @@ from ..extensions import db
 from ..models import ApiKey, Application, utcnow
 from ..runtime import keys as runtime_keys
 from ..runtime import logs
-from . import lifecycle, registry
+from . import ServiceError, lifecycle, registry
 
 PHASES = ("queued", "starting process", "loading model", "warming up", "ready")
 HEALTH_PHASES = {"loading": "loading model", "warming_up": "warming up", "ready": "ready"}
@@ -96,13 +97,17 @@ def request_deploy(application: Application, *, restart_reason: str | None = Non
     else:
         lifecycle.transition(application.id, "deploy", restarts=[], **values)
         log_event(application.id, "deploy requested")
-    queue = queues.queue()
     args = ("jobs.deploy.deploy_application", str(application.id), deploy_id)
     options = {"job_id": f"deploy-{deploy_id}", "job_timeout": int(current_app.config["DEPLOY_TIMEOUT_S"]) + 120}
-    if delay_s:
-        queue.enqueue_in(timedelta(seconds=delay_s), *args, **options)
-    else:
-        queue.enqueue(*args, **options)
+    try:
+        queue = queues.queue()
+        if delay_s:
+            queue.enqueue_in(timedelta(seconds=delay_s), *args, **options)
+        else:
+            queue.enqueue(*args, **options)
+    except redis.RedisError as e:
+        lifecycle.transition(application.id, "deploy_failed", last_error="The job queue (Redis) is unreachable.")
+        raise ServiceError("The deploy could not be queued: Redis is unreachable. Try again shortly.") from e
     return deploy_id
 
 
@@ -303,13 +308,18 @@ def request_stop(application: Application) -> None:
     :raise TransitionRefused: it is not running.
     """
     lifecycle.transition(application.id, "stop")
-    log_event(application.id, "stop requested")
-    queues.queue(queues.host_queue_name(application.process_host or queues.this_host())).enqueue(
-        "jobs.deploy.stop_application",
-        str(application.id),
-        job_id=f"stop-{application.deploy_id}",
-        job_timeout=int(current_app.config["STOP_GRACE_S"]) + 60,
-    )
+    try:
+        log_event(application.id, "stop requested")
+        queues.queue(queues.host_queue_name(application.process_host or queues.this_host())).enqueue(
+            "jobs.deploy.stop_application",
+            str(application.id),
+            job_id=f"stop-{application.deploy_id}",
+            job_timeout=int(current_app.config["STOP_GRACE_S"]) + 60,
+        )
+    except redis.RedisError as e:  # the reconcile finishes the stop once Redis is back
+        raise ServiceError(
+            "Stopping, but the stop job could not be queued (Redis is unreachable); it completes when Redis is back."
+        ) from e
 
 
 def terminate(application: Application, grace_s: float) -> int | None:
