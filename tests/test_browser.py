@@ -129,3 +129,67 @@ def test_create_validate_recommend_save_find_delete(app, factory, browser_page, 
         expect(page.locator(".flash-success")).to_contain_text("Application “browser-bot” deleted.")
         expect(page.locator("#app-table")).not_to_contain_text("browser-bot")
         shot(page, "06-deleted")
+
+
+@pytest.mark.parametrize("config_overrides", [{"WTF_CSRF_ENABLED": True}])
+def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny_model_dir, config_overrides):
+    import openai
+    from playwright.sync_api import expect
+
+    workers.start(1)
+    user = factory.user("operator@example.com")
+    tiny = factory.model(
+        name="tiny-gpt2",
+        parameters_billions=0.0004,
+        precision="fp32",
+        context_length=8192,
+        engine="transformers",
+        source=tiny_model_dir,
+    )
+    factory.application(
+        user,
+        tiny,
+        name="hello-tiny",
+        config={
+            "max_concurrency": 4,
+            "timeout_s": 30,
+            "log_level": "INFO",
+            "cache_size": 16,
+            "batch_size": 4,
+            "restart_policy": "on-failure",
+            "max_restarts": 3,
+        },
+    )
+    page = browser_page
+    with LiveServer(app) as server:
+        page.goto(server.url + "/login")
+        page.fill("#email", user.email)
+        page.fill("#password", "password123")
+        page.click("button[type=submit]")
+        page.click("#app-table a:has-text('hello-tiny')")
+
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#live button:has-text('Deploy')")
+        expect(page.locator("#live .phases")).to_contain_text("starting process", timeout=15_000)
+        shot(page, "07-deploying")
+        # No reload: the live part polls until the server is ready.
+        expect(page.locator("#live h1 .badge")).to_have_text("running", timeout=60_000)
+        expect(page.locator("#live .phases")).to_contain_text("warming up")
+        expect(page.locator("#live")).to_contain_text("Call it")
+
+        page.fill("[name=label]", "browser")
+        page.click("button:has-text('Create key')")
+        key = page.locator(".new-key").inner_text().strip()
+        endpoint = page.locator("#live code.mono").first.inner_text().strip()
+        reply = openai.OpenAI(base_url=endpoint, api_key=key, max_retries=0).chat.completions.create(
+            model="hello-tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=4
+        )
+        assert reply.usage.completion_tokens >= 1
+        expect(page.locator("#live .logs")).to_contain_text("ready on port", timeout=10_000)
+        shot(page, "08-running")
+
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#live button:has-text('Stop')")
+        expect(page.locator("#live h1 .badge")).to_have_text("stopped", timeout=30_000)
+        expect(page.locator("#live .logs")).to_contain_text("stopped")
+        shot(page, "09-stopped")

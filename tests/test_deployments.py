@@ -471,3 +471,27 @@ def test_a_server_that_stops_answering_fails_with_that_reason(app, client, auth,
     failed = wait_status(app, deployed.id, {"failed"}, timeout=30)
     assert failed.last_error == "The server stopped answering its health checks (restart policy: never)."
     assert server_processes(deployed.id) == []  # the silent process was killed, not left behind
+
+
+def test_stop_lets_a_request_in_flight_finish(app, client, auth, member, factory, tiny, workers):
+    workers.start(1)
+    deployed, api, _ = running_app(app, client, auth, member, factory, tiny, "draining")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # About a second of generation; the stop's grace in the tests is 3 s.
+        in_flight = pool.submit(
+            api.completions.create, model="draining", prompt="hello", max_tokens=400, extra_body={"min_tokens": 400}
+        )
+        wait_for(lambda: health_of(deployed)["in_flight"] == 1, 10, 0.01, message="a request in flight")
+        assert client.post(f"/applications/{deployed.id}/stop", headers=HX).status_code == 200
+        assert in_flight.result(timeout=30).usage.completion_tokens == 400  # answered in full, not cut off
+    assert wait_status(app, deployed.id, {"stopped"}, timeout=30).process_pid is None
+
+
+def test_after_the_last_restart_the_application_fails(app, client, auth, member, factory, tiny, workers):
+    workers.start(1)
+    deployed, _, _ = running_app(
+        app, client, auth, member, factory, tiny, "spent", restart_policy="on-failure", max_restarts=0
+    )
+    os.kill(deployed.process_pid, signal.SIGKILL)
+    failed = wait_status(app, deployed.id, {"failed"}, timeout=15)
+    assert failed.last_error == "The server process died after 0 restarts."
