@@ -495,3 +495,15 @@ def test_after_the_last_restart_the_application_fails(app, client, auth, member,
     os.kill(deployed.process_pid, signal.SIGKILL)
     failed = wait_status(app, deployed.id, {"failed"}, timeout=15)
     assert failed.last_error == "The server process died after 0 restarts."
+
+
+def test_a_stop_whose_job_was_lost_is_repaired(app, client, auth, member, factory, tiny, workers):
+    from llmapp.services import lifecycle
+
+    workers.start(1)
+    deployed, _, _ = running_app(app, client, auth, member, factory, tiny, "lost-stop")
+    with app.app_context():
+        lifecycle.transition(deployed.id, "stop")  # stopping, but no stop job will ever run
+    stopped = wait_status(app, deployed.id, {"stopped"}, timeout=20)
+    assert stopped.process_pid is None and server_processes(deployed.id) == []
+    assert "repaired" in log_text(app, deployed.id)

@@ -60,7 +60,7 @@ def _advance(phases: list, name: str, status: str = "running") -> list:
         last = phases[-1]
         last["ended_at"] = now
         last["seconds"] = round((utcnow() - datetime.fromisoformat(last["started_at"])).total_seconds(), 3)
-        last["status"] = "done" if status != "failed" or name else "failed"
+        last["status"] = "failed" if status == "failed" and not name else "done"
     if name:
         phases.append({"name": name, "started_at": now, "ended_at": None, "seconds": None, "status": status})
     return phases
