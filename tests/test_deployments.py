@@ -477,7 +477,7 @@ def test_stop_lets_a_request_in_flight_finish(app, client, auth, member, factory
     workers.start(1)
     deployed, api, _ = running_app(app, client, auth, member, factory, tiny, "draining")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        # About a second of generation; the stop's grace in the tests is 3 s.
+        # About a second or two of generation; the stop's grace in the tests is 10 s.
         in_flight = pool.submit(
             api.completions.create, model="draining", prompt="hello", max_tokens=400, extra_body={"min_tokens": 400}
         )
