@@ -224,11 +224,36 @@ WORKER_ENV = {
 }
 
 
+SERVING_CONFIG = {
+    "max_concurrency": 8,
+    "timeout_s": 30,
+    "log_level": "INFO",
+    "cache_size": 16,
+    "batch_size": 4,
+    "restart_policy": "on-failure",
+    "max_restarts": 3,
+}
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     from llmapp.runtime.tiny_model import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-gpt2"))
+
+
+@pytest.fixture
+def tiny(factory, tiny_model_dir):
+    """The tiny GPT-2, registered as a transformers model."""
+    return factory.model(
+        name="tiny-gpt2",
+        family="gpt2",
+        parameters_billions=0.0004,
+        precision="fp32",
+        context_length=8192,
+        engine="transformers",
+        source=tiny_model_dir,
+    )
 
 
 def wait_for(predicate, timeout=60.0, interval=0.1, message="condition"):

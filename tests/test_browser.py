@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LiveServer
+from conftest import SERVING_CONFIG, LiveServer
 
 pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -132,34 +132,13 @@ def test_create_validate_recommend_save_find_delete(app, factory, browser_page, 
 
 
 @pytest.mark.parametrize("config_overrides", [{"WTF_CSRF_ENABLED": True}])
-def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny_model_dir, config_overrides):
+def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, config_overrides):
     import openai
     from playwright.sync_api import expect
 
     workers.start(1)
     user = factory.user("operator@example.com")
-    tiny = factory.model(
-        name="tiny-gpt2",
-        parameters_billions=0.0004,
-        precision="fp32",
-        context_length=8192,
-        engine="transformers",
-        source=tiny_model_dir,
-    )
-    factory.application(
-        user,
-        tiny,
-        name="hello-tiny",
-        config={
-            "max_concurrency": 4,
-            "timeout_s": 30,
-            "log_level": "INFO",
-            "cache_size": 16,
-            "batch_size": 4,
-            "restart_policy": "on-failure",
-            "max_restarts": 3,
-        },
-    )
+    factory.application(user, tiny, name="hello-tiny", config=dict(SERVING_CONFIG))
     page = browser_page
     with LiveServer(app) as server:
         page.goto(server.url + "/login")

@@ -10,6 +10,7 @@ import openai
 import psutil
 import pytest
 
+from conftest import SERVING_CONFIG as CONFIG
 from conftest import server_processes, wait_for
 from llmapp.extensions import db
 from llmapp.models import Application
@@ -17,15 +18,6 @@ from llmapp.runtime import logs
 from llmapp.services import api_keys
 
 HX = {"HX-Request": "true"}
-CONFIG = {
-    "max_concurrency": 8,
-    "timeout_s": 30,
-    "log_level": "INFO",
-    "cache_size": 16,
-    "batch_size": 4,
-    "restart_policy": "on-failure",
-    "max_restarts": 3,
-}
 
 
 def row(app, application_id) -> Application:
@@ -54,20 +46,7 @@ def log_text(app, application_id) -> str:
     return "\n".join(f"{line['level']} {line['message']}" for line in logs.tail(connection, application_id, 2000))
 
 
-@pytest.fixture
-def tiny(factory, tiny_model_dir):
-    return factory.model(
-        name="tiny-gpt2",
-        family="gpt2",
-        parameters_billions=0.0004,
-        precision="fp32",
-        context_length=8192,
-        engine="transformers",
-        source=tiny_model_dir,
-    )
-
-
-def deploy(client, app, application, workers_started=True):
+def deploy(client, app, application):
     response = client.post(f"/applications/{application.id}/deploy", headers=HX)
     assert response.status_code == 200 and response.headers["HX-Redirect"] == f"/applications/{application.id}"
     return wait_status(app, application.id, {"running", "failed"})
