@@ -26,7 +26,7 @@ import httpx  # noqa: E402
 from llmapp import create_app  # noqa: E402
 from llmapp.embedded import EmbeddedRedis  # noqa: E402
 from llmapp.extensions import db  # noqa: E402
-from llmapp.models import Application, RegistryModel, User  # noqa: E402
+from llmapp.models import Application, EnvVar, RegistryModel, User  # noqa: E402
 from llmapp.runtime.tiny_model import build_tiny_model  # noqa: E402
 from llmapp.services import api_keys, deployments  # noqa: E402
 
@@ -110,30 +110,29 @@ def main():
         redis_server.stop()
 
 
-def deploy(application, timings=None):
+def transition(application, request_transition, until: set[str], timings=None) -> Application:
+    """Ask for a deploy or a stop, wait until the application reaches ``until``, record the time."""
     start = time.perf_counter()
-    deployments.request_deploy(application)
+    request_transition(application)
     while True:
         db.session.expire_all()
         current = db.session.get(Application, application.id)
-        if current.status in ("running", "failed"):
+        if current.status in until:
             break
         time.sleep(0.02)
-    assert current.status == "running", current.last_error
     if timings is not None:
         timings.append(time.perf_counter() - start)
     return current
 
 
+def deploy(application, timings=None):
+    current = transition(application, deployments.request_deploy, {"running", "failed"}, timings)
+    assert current.status == "running", current.last_error
+    return current
+
+
 def stop(application, timings):
-    start = time.perf_counter()
-    deployments.request_stop(application)
-    while True:
-        db.session.expire_all()
-        if db.session.get(Application, application.id).status == "stopped":
-            break
-        time.sleep(0.02)
-    timings.append(time.perf_counter() - start)
+    transition(application, deployments.request_stop, {"stopped"}, timings)
 
 
 def run(app, work):
@@ -184,9 +183,6 @@ def run(app, work):
     db.session.add(upstream)
     db.session.commit()
     proxied = application("proxy", model_id=upstream.id)
-    proxied.env_vars = []
-    from llmapp.models import EnvVar
-
     db.session.add(EnvVar(application_id=proxied.id, name="OPENAI_API_KEY", value=direct_key))
     db.session.commit()
     proxied = deploy(proxied)

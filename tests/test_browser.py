@@ -43,6 +43,13 @@ def browser_page():
         assert errors == [], f"the browser console reported errors: {errors}"
 
 
+def log_in(page, server, user):
+    page.goto(server.url + "/login")
+    page.fill("#email", user.email)
+    page.fill("#password", "password123")
+    page.click("button[type=submit]")
+
+
 def shot(page, name):
     ARTIFACTS.mkdir(exist_ok=True)
     # caret="initial": hiding the caret injects a style, which our CSP (rightly) blocks.
@@ -58,10 +65,7 @@ def test_create_validate_recommend_save_find_delete(app, factory, browser_page, 
     factory.model(name="Qwen-0.5B", parameters_billions=0.5, precision="bf16", context_length=4096)
     page = browser_page
     with LiveServer(app) as server:
-        page.goto(server.url + "/")
-        page.fill("#email", user.email)
-        page.fill("#password", "password123")
-        page.click("button[type=submit]")
+        log_in(page, server, user)
         expect(page.locator("h1")).to_have_text("App Center")
         shot(page, "01-empty-list")
 
@@ -141,10 +145,7 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
     factory.application(user, tiny, name="hello-tiny", config=dict(SERVING_CONFIG))
     page = browser_page
     with LiveServer(app) as server:
-        page.goto(server.url + "/login")
-        page.fill("#email", user.email)
-        page.fill("#password", "password123")
-        page.click("button[type=submit]")
+        log_in(page, server, user)
         page.click("#app-table a:has-text('hello-tiny')")
 
         page.once("dialog", lambda dialog: dialog.accept())
