@@ -7,6 +7,10 @@ def deploy_application(application_id: str, deploy_id: str) -> str:
     return deployments.run_deploy(application_id, deploy_id)
 
 
+def resume_deploy(application_id: str, deploy_id: str) -> str:
+    return deployments.run_deploy(application_id, deploy_id, resumed=True)
+
+
 def stop_application(application_id: str) -> str:
     return deployments.run_stop(application_id)
 

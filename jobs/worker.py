@@ -5,12 +5,17 @@
 It listens to this host's queue (stops and reconciles of the servers that run here) and to the
 shared "default" queue (deploys), and schedules the reconcile of its host every few seconds.
 Run one or more on every machine that should serve applications (see README, "More machines").
+Like the web app it follows LLMAPP_ENV (default production: SECRET_KEY is required).
 """
 
+import logging
 import os
 import threading
 
+import redis
 from rq import Worker
+
+log = logging.getLogger("llmapp.worker")
 
 
 class AppWorker(Worker):
@@ -24,29 +29,48 @@ class AppWorker(Worker):
 
 
 def schedule_reconcile(app, stop: threading.Event) -> None:
-    """Every RECONCILE_INTERVAL_S, enqueue one reconcile for this host (a Redis lock dedupes the workers)."""
-    from llmapp import queues
+    """Every RECONCILE_INTERVAL_S, queue one reconcile for this host, unless one already waits there
+    (the reconcile clears the mark when it starts; the mark's TTL covers a lost job). It outlives
+    Redis outages: an error is logged once and the loop carries on."""
+    from llmapp import keyspace, queues
 
     interval = app.config["RECONCILE_INTERVAL_S"]
+    failing = False
     with app.app_context():
         host = queues.this_host()
         while not stop.wait(interval):
-            if queues.connection().set(f"llmapp:reconcile-due:{host}", "1", nx=True, ex=max(1, int(interval))):
-                queues.queue(queues.host_queue_name(host)).enqueue(
-                    "jobs.deploy.reconcile_host", host, job_timeout=120, result_ttl=60, failure_ttl=3600
-                )
+            try:
+                if queues.connection().set(
+                    keyspace.reconcile_queued(host), "1", nx=True, ex=max(60, int(interval * 10))
+                ):
+                    queues.queue(queues.host_queue_name(host)).enqueue(
+                        "jobs.deploy.reconcile_host", host, job_timeout=300, result_ttl=60, failure_ttl=3600
+                    )
+                if failing:
+                    log.warning("Redis is reachable again: reconciling %s", host)
+                failing = False
+            except redis.RedisError as e:
+                if not failing:
+                    log.error("Redis is unreachable (%s): the reconcile of %s waits for it", e, host)
+                failing = True
 
 
 def main() -> None:
-    from app import create_app  # the project's entry point: same config as `python app.py`
-    from llmapp import queues
+    from llmapp import create_app, queues
 
-    app = create_app()
+    try:
+        app = create_app()
+    except RuntimeError as e:  # e.g. production without SECRET_KEY: it could not decrypt stored secrets
+        raise SystemExit(f"The worker can't start: {e}") from e
     if not app.config.get("REDIS_URL"):
         raise SystemExit("REDIS_URL is not set and no embedded Redis is running (start `python app.py`).")
+    logging.basicConfig(level=os.environ.get("LLMAPP_WORKER_LOG_LEVEL", "INFO"))
     with app.app_context():
         names = [queues.host_queue_name(queues.this_host()), queues.DEFAULT_QUEUE]
-        worker = AppWorker([queues.queue(name) for name in names], connection=queues.connection())
+        # Maintenance (which also restarts rq's scheduler if a Redis outage ended it) every 30 s, not 10 min.
+        worker = AppWorker(
+            [queues.queue(name) for name in names], connection=queues.connection(), maintenance_interval=30
+        )
         stop = threading.Event()
         threading.Thread(target=schedule_reconcile, args=(app, stop), daemon=True, name="reconcile").start()
         try:

@@ -26,6 +26,13 @@ DEFAULTS = {
     "DEPLOY_TIMEOUT_S": 180,  # from process start to ready, at most
     "STOP_GRACE_S": 10,  # in-flight requests get this long to finish after a stop
     "RECONCILE_INTERVAL_S": 5,
+    "MAX_REQUEST_MB": 4,  # an app server answers 413 to larger request bodies
+    "SERVER_ENV_ALLOW": "",  # more of the worker's environment variables for app servers (comma-separated)
+    # The platform's pages: larger bodies are refused (413) before they are parsed.
+    "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
+    # Logins are rate limited per address; while Redis is unreachable, in this process's memory.
+    "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+    "RATELIMIT_SWALLOW_ERRORS": True,
 }
 
 # Environment variables read at start-up, and the config key each one sets.
@@ -44,6 +51,8 @@ ENVIRONMENT = {
     "LLMAPP_DEPLOY_TIMEOUT_S": "DEPLOY_TIMEOUT_S",
     "LLMAPP_STOP_GRACE_S": "STOP_GRACE_S",
     "LLMAPP_RECONCILE_INTERVAL_S": "RECONCILE_INTERVAL_S",
+    "LLMAPP_MAX_REQUEST_MB": "MAX_REQUEST_MB",
+    "LLMAPP_SERVER_ENV_ALLOW": "SERVER_ENV_ALLOW",
 }
 
 REDIS_URL_FILE = "redis.url"  # where `python app.py` publishes its embedded Redis for the CLI and workers
@@ -67,8 +76,10 @@ def load(instance_path: str, overrides: dict | None = None) -> dict:
     if not config.get("REDIS_URL") and (instance / REDIS_URL_FILE).exists():
         config["REDIS_URL"] = (instance / REDIS_URL_FILE).read_text().strip()
     config["DEMO"] = _truthy(config["DEMO"])
-    for key in ("DEPLOY_TIMEOUT_S", "STOP_GRACE_S", "RECONCILE_INTERVAL_S"):
+    for key in ("DEPLOY_TIMEOUT_S", "STOP_GRACE_S", "RECONCILE_INTERVAL_S", "MAX_REQUEST_MB"):
         config[key] = float(config[key])
+    if isinstance(config["SERVER_ENV_ALLOW"], str):
+        config["SERVER_ENV_ALLOW"] = [n.strip() for n in config["SERVER_ENV_ALLOW"].split(",") if n.strip()]
     if config["ACCELERATOR_MEMORY_GB"] not in (None, ""):
         config["ACCELERATOR_MEMORY_GB"] = float(config["ACCELERATOR_MEMORY_GB"])
     else:

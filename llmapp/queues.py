@@ -1,12 +1,19 @@
 """Redis and RQ queues of the platform. One connection per app, made on first use."""
 
+import contextlib
 import socket
+import threading
+import uuid
 
 import redis
 from flask import current_app
 from rq import Queue
 
 DEFAULT_QUEUE = "default"
+# A lock's holder renews it every third of its TTL, from a thread of its own, so it holds whatever
+# the holder waits on; when the holder dies the lock lapses after its TTL.
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end return 0"
 
 
 def connection() -> redis.Redis:
@@ -16,7 +23,9 @@ def connection() -> redis.Redis:
         url = app.config.get("REDIS_URL")
         if not url:
             raise RuntimeError("REDIS_URL is not set and no embedded Redis is running: start `python app.py`.")
-        app.extensions["redis"] = redis.Redis.from_url(url)
+        # A Redis that can't be reached answers an error in seconds instead of hanging a page or a job.
+        # (No read timeout: RQ's workers block on their queues for minutes on this connection.)
+        app.extensions["redis"] = redis.Redis.from_url(url, socket_connect_timeout=5, socket_keepalive=True)
     return app.extensions["redis"]
 
 
@@ -32,3 +41,43 @@ def host_queue_name(host: str) -> str:
 
 def queue(name: str = DEFAULT_QUEUE) -> Queue:
     return Queue(name, connection=connection())
+
+
+class HeldLock:
+    """A Redis lock taken with SET NX and kept alive by a renewing thread until released."""
+
+    def __init__(self, conn: redis.Redis, key: str, ttl_s: int, token: str | None = None):
+        self.connection, self.key, self.ttl_s = conn, key, max(1, int(ttl_s))
+        self.token = token or uuid.uuid4().hex
+        self.stopped = threading.Event()
+        self.thread = None
+
+    def acquire(self) -> bool:
+        if not self.connection.set(self.key, self.token, nx=True, ex=self.ttl_s):
+            return False
+        self.thread = threading.Thread(target=self._renew, name=f"lock {self.key}", daemon=True)
+        self.thread.start()
+        return True
+
+    def _renew(self) -> None:
+        while not self.stopped.wait(self.ttl_s / 3):
+            with contextlib.suppress(redis.RedisError):  # during an outage the lock may lapse: the work goes on
+                self.connection.eval(_RENEW, 1, self.key, self.token, self.ttl_s)
+
+    def release(self) -> None:
+        self.stopped.set()
+        with contextlib.suppress(redis.RedisError):
+            self.connection.eval(_RELEASE, 1, self.key, self.token)
+
+
+@contextlib.contextmanager
+def held_lock(conn: redis.Redis, key: str, ttl_s: int, token: str | None = None):
+    """Yield True while holding ``key`` (renewed until the block ends), or False when another holds it."""
+    lock = HeldLock(conn, key, ttl_s, token)
+    if not lock.acquire():
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()

@@ -455,7 +455,7 @@ def test_detail_polls_its_live_fragment_while_deploying(logged_in, factory, memb
 def test_delete_clears_the_applications_keys_and_logs_from_redis(logged_in, factory, member, app):
     import redis
 
-    from llmapp.runtime import keys as runtime_keys
+    from llmapp import keyspace
     from llmapp.runtime import logs
     from llmapp.services import api_keys
 
@@ -464,6 +464,6 @@ def test_delete_clears_the_applications_keys_and_logs_from_redis(logged_in, fact
     with app.app_context():
         api_keys.create_key(db.session.get(Application, application.id), "k")
     logs.append(connection, application.id, "hello")
-    assert connection.exists(runtime_keys.keys_key(application.id), logs.stream_key(application.id)) == 2
+    assert connection.exists(keyspace.api_keys(application.id), keyspace.logs(application.id)) == 2
     assert logged_in.post(f"/applications/{application.id}/delete").status_code == 303
-    assert connection.exists(runtime_keys.keys_key(application.id), logs.stream_key(application.id)) == 0
+    assert connection.exists(keyspace.api_keys(application.id), keyspace.logs(application.id)) == 0

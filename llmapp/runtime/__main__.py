@@ -1,13 +1,12 @@
 """Run one application's server: python -m llmapp.runtime --spec instance/run/<application id>.json
 
-The spec (written by the deploy job) holds no secrets: those arrive in the process environment.
+The spec (written by the deploy job, readable by its owner only) holds no credentials: the Redis URL
+and the application's environment variables arrive in the process environment.
 """
 
 import argparse
-import json
 import logging
 import os
-import socket
 import sys
 import threading
 
@@ -18,48 +17,39 @@ import uvicorn
 from . import logs
 from .engines import Engine, OpenAIEngine, TransformersEngine
 from .server import build_app
+from .spec import REDIS_URL_VARIABLE, ServerSpec
 
 log = logging.getLogger("llmapp.server")
+REDIS_TIMEOUTS = {"socket_timeout": 2, "socket_connect_timeout": 2}  # an unreachable Redis never hangs a request
 
 
-def make_engine(spec: dict) -> Engine:
-    if spec["engine"] == "openai":
-        api_key = os.environ.get(spec.get("api_key_env") or "OPENAI_API_KEY")
-        return OpenAIEngine(spec["base_url"], spec["upstream_model"], api_key, spec["config"]["timeout_s"])
-    return TransformersEngine(spec["model_path"], spec["config"]["batch_size"], spec.get("precision", "fp32"))
+def make_engine(spec: ServerSpec) -> Engine:
+    if spec.engine == "openai":
+        api_key = os.environ.get(spec.api_key_env or "OPENAI_API_KEY")
+        return OpenAIEngine(spec.base_url, spec.upstream_model, api_key, spec.config.timeout_s, spec.app_name)
+    return TransformersEngine(spec.model_path, spec.config.batch_size, spec.precision, spec.app_name)
 
 
-def configure_logging(spec: dict, connection: redis.Redis) -> None:
-    secrets = [os.environ.get(name, "") for name in spec.get("secret_names", [])]
-    to_redis = logs.RedisStreamHandler(connection, spec["app_id"], source="server")
+def configure_logging(spec: ServerSpec, writer: logs.StreamWriter) -> None:
+    secrets = [os.environ.get(name, "") for name in spec.secret_names]
+    to_redis = logs.RedisStreamHandler(writer, source="server")
     to_stderr = logging.StreamHandler(sys.stderr)
     to_stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     for handler in (to_redis, to_stderr):
         handler.addFilter(logs.RedactSecrets(secrets))
         log.addHandler(handler)
-    log.setLevel(spec["config"]["log_level"])  # the application's log level field
+    log.setLevel(spec.config.log_level)  # the application's log level field
     log.propagate = False
 
 
-def load(engine: Engine, spec: dict, connection: redis.Redis) -> None:
+def load(engine: Engine, spec: ServerSpec) -> None:
     """Load and warm up in the background, so /health answers (503, with the phase) meanwhile."""
     try:
         engine.load()
         engine.status = "warming_up"
         engine.warm_up()
         engine.status = "ready"
-        connection.hset(
-            f"llmapp:servers:{spec['app_id']}",
-            mapping={
-                "host": spec["host"],
-                "port": spec["port"],
-                "pid": os.getpid(),
-                "deploy_id": spec.get("deploy_id", ""),
-                "config": json.dumps(spec["config"]),
-                "hostname": socket.gethostname(),
-            },
-        )
-        log.info("ready on port %d", spec["port"])
+        log.info("ready on port %d", spec.port)
     except Exception as e:  # noqa: BLE001 - any load failure is reported through /health and the logs
         engine.error = f"{type(e).__name__}: {e}"
         engine.status = "failed"
@@ -70,27 +60,27 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--spec", required=True)
     args = parser.parse_args(argv)
-    with open(args.spec) as f:
-        spec = json.load(f)
-    connection = redis.Redis.from_url(spec["redis_url"])
-    configure_logging(spec, connection)
+    spec = ServerSpec.read(args.spec)
+    redis_url = os.environ[REDIS_URL_VARIABLE]
+    writer = logs.StreamWriter(redis.Redis.from_url(redis_url, **REDIS_TIMEOUTS), spec.app_id)
+    configure_logging(spec, writer)
     engine = make_engine(spec)
-    app = build_app(spec, engine, redis.asyncio.Redis.from_url(spec["redis_url"]))
-    threading.Thread(target=load, args=(engine, spec, connection), name="loader", daemon=True).start()
-    log.info("starting %s (engine %s) on %s:%d", spec["app_name"], spec["engine"], spec["host"], spec["port"])
+    app = build_app(spec, engine, redis.asyncio.Redis.from_url(redis_url, **REDIS_TIMEOUTS))
+    threading.Thread(target=load, args=(engine, spec), name="loader", daemon=True).start()
+    log.info("starting %s (engine %s) on %s:%d", spec.app_name, spec.engine, spec.host, spec.port)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            host=spec["bind"],
-            port=spec["port"],
+            host=spec.bind,
+            port=spec.port,
             log_level="warning",
             access_log=False,
-            timeout_graceful_shutdown=spec.get("grace_s", 10),  # SIGTERM: finish in-flight requests, then exit
+            timeout_graceful_shutdown=spec.grace_s,  # SIGTERM: finish in-flight requests, then exit
         )
     )
     server.run()
-    connection.delete(f"llmapp:servers:{spec['app_id']}")
     log.info("stopped")
+    writer.flush()
 
 
 if __name__ == "__main__":

@@ -5,10 +5,13 @@
 - OpenAIEngine: an OpenAI-compatible upstream (vLLM, Ollama, TGI, llama.cpp, a cloud API), forwarded
   with the upstream's model name and API key; streams pass through event by event.
 
-Both answer the same two calls, so the server's concurrency limit, timeout and cache apply to either.
+Both answer the same calls, so the server's pipeline (limits, timeout, cache) applies to either:
+``prepare`` (CPU work, e.g. tokenising, off the event loop), then ``complete`` (a response dict) or
+``stream`` (chunk dicts, ending with a usage chunk that the pipeline passes on only when asked).
 """
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -17,27 +20,53 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from . import openai_api
-from .openai_api import APIError, ChunkWriter, Generation, GenerationRequest
+from .openai_api import APIError, ChunkWriter, Generation, GenerationRequest, TokenLogprob
 
 log = logging.getLogger("llmapp.server")
 
 
+@dataclass
+class Prepared:
+    """A validated request, ready for the engine: its body and, for a local model, its prompt's tokens."""
+
+    request: GenerationRequest
+    body: dict
+    prompt_ids: list[int] | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids or ())
+
+
 class Engine:
+    name = "engine"
+    passthrough = False  # True: the upstream judges the request's parameters itself
     status = "loading"  # loading → warming_up → ready, or failed
+    error = None
     max_context = 4096
+
+    def __init__(self, served_name: str):
+        self.served_name = served_name  # the model name clients send and get back
 
     def load(self) -> None:
         """Blocking: load weights or check the upstream. Runs in a thread while /health says so."""
 
+    def warm_up(self) -> None:
+        pass
+
     def stats(self) -> dict:
         return {}
 
-    async def complete(self, body: dict, request: GenerationRequest) -> dict:
+    async def prepare(self, request: GenerationRequest, body: dict) -> Prepared:
+        return Prepared(request, body)
+
+    async def complete(self, prepared: Prepared) -> dict:
         raise NotImplementedError
 
-    def stream(self, body: dict, request: GenerationRequest) -> AsyncIterator[str]:
+    def stream(self, prepared: Prepared) -> AsyncIterator[dict]:
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -55,6 +84,9 @@ class _Job:
         self.tokens: list[int] = []
         self.text = ""  # decoded so far, up to a stop string
         self.sent = 0  # characters of text already handed to the stream
+        self.logprobs: list[TokenLogprob] | None = [] if request.logprobs else None
+        self.logprobs_sent = 0
+        self.pending_logprob: TokenLogprob | None = None  # the current step's, until its token is taken
         self.finish_reason: str | None = None
         self.cancelled = threading.Event()
         self.deltas: asyncio.Queue = asyncio.Queue()
@@ -77,11 +109,13 @@ class _Job:
 
 
 class TransformersEngine(Engine):
+    name = "transformers"
     # How long the batcher waits for company once a request arrives (batch_size > 1). Clients that send
     # their next request when the last one returns need a few ms to do it; measured in bench/serving.py.
     WINDOW_S = 0.02
 
-    def __init__(self, path: str, batch_size: int, precision: str = "fp32"):
+    def __init__(self, path: str, batch_size: int, precision: str = "fp32", served_name: str = ""):
+        super().__init__(served_name)
         self.path, self.batch_size, self.precision = path, batch_size, precision
         self.queue: queue.Queue = queue.Queue()
         self.pending: deque = deque()
@@ -89,16 +123,20 @@ class TransformersEngine(Engine):
         self.last_group_size = 1
         self.cancelled = 0
         self.thread = None
+        # Tokenising and chat templates are CPU work: one thread of their own keeps them off the event
+        # loop (the tokenizer releases the GIL) and never runs one tokenizer from two threads at once.
+        self.tokenizing = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tokenizer")
+        self.max_token_chars = 1
 
     # loading -----------------------------------------------------------------------------------
 
     def load(self) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local directory; never the network
+        if not os.path.isdir(self.path):
+            raise FileNotFoundError(f"The model directory {self.path} does not exist on this host.")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if not os.path.isdir(self.path):
-            raise FileNotFoundError(f"The model directory {self.path} does not exist on this host.")
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.float32
@@ -112,6 +150,9 @@ class TransformersEngine(Engine):
         extra_eos = self.model.generation_config.eos_token_id
         self.eos_ids |= set(extra_eos if isinstance(extra_eos, list) else [extra_eos] if extra_eos is not None else [])
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
+        # No token stands for more characters than its longest vocabulary entry, so a text longer than
+        # max_context × that cannot fit, whatever the tokenizer makes of it: refused without tokenising.
+        self.max_token_chars = max(map(len, self.tokenizer.get_vocab()), default=1)
         log.info("loaded %s on %s (%s, context %d)", self.path, self.device, dtype, self.max_context)
 
     def warm_up(self) -> None:
@@ -135,6 +176,15 @@ class TransformersEngine(Engine):
 
     # requests ----------------------------------------------------------------------------------
 
+    def _too_long(self, prompt_tokens: int | str, request: GenerationRequest) -> APIError:
+        return APIError(
+            400,
+            f"The prompt ({prompt_tokens} tokens) and max_tokens ({request.max_tokens}) exceed the "
+            f"model's context of {self.max_context} tokens.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.kind == "chat":
             if self.tokenizer.chat_template:
@@ -146,39 +196,50 @@ class TransformersEngine(Engine):
                 ids = self.tokenizer(text)["input_ids"]
         else:
             ids = self.tokenizer(request.prompt)["input_ids"]
+        if not ids:
+            raise APIError(400, "The prompt has no tokens.", param="prompt")
         if len(ids) + request.max_tokens > self.max_context:
-            raise APIError(
-                400,
-                f"The prompt ({len(ids)} tokens) and max_tokens ({request.max_tokens}) exceed the "
-                f"model's context of {self.max_context} tokens.",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
+            raise self._too_long(len(ids), request)
         return list(ids)
 
-    def _submit(self, request: GenerationRequest) -> _Job:
-        job = _Job(request, self._prompt_ids(request), asyncio.get_running_loop())
+    async def prepare(self, request: GenerationRequest, body: dict) -> Prepared:
+        """Tokenise (in the tokenizer's thread).
+
+        :raise APIError: 400 when the prompt and max_tokens exceed the context.
+        """
+        characters = len(request.prompt or "") + sum(len(m["content"]) for m in request.messages or ())
+        if characters > self.max_context * self.max_token_chars:
+            raise self._too_long(f"at least {characters // self.max_token_chars}", request)
+        loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(self.tokenizing, self._prompt_ids, request)
+        return Prepared(request, body, ids)
+
+    def _submit(self, prepared: Prepared) -> _Job:
+        job = _Job(prepared.request, prepared.prompt_ids, asyncio.get_running_loop())
         self.queue.put(job)
         return job
 
-    async def complete(self, body: dict, request: GenerationRequest) -> dict:
-        job = self._submit(request)
+    async def complete(self, prepared: Prepared) -> dict:
+        job = self._submit(prepared)
         try:
             generation = await asyncio.shield(job.done)
         except asyncio.CancelledError:
-            job.cancelled.set()  # the timeout fired: the batcher stops this row at its next token
+            job.cancelled.set()  # the timeout fired or the client left: the batcher stops this row
             raise
-        return openai_api.response(request.kind, body.get("model") or "", generation)
+        return openai_api.response(prepared.request.kind, self.served_name, generation)
 
-    async def stream(self, body: dict, request: GenerationRequest) -> AsyncIterator[str]:
-        job = self._submit(request)
-        writer = ChunkWriter(request.kind, body.get("model") or "")
+    async def stream(self, prepared: Prepared) -> AsyncIterator[dict]:
+        request = prepared.request
+        job = self._submit(prepared)
+        writer = ChunkWriter(request.kind, self.served_name)
         try:
             if first := writer.first():
                 yield first
             while (delta := await job.deltas.get()) is not None:
-                yield writer.delta(delta)
-            yield writer.last(await job.done, request.include_usage)
+                yield writer.delta(*delta)
+            generation = await job.done
+            yield writer.last(generation.finish_reason)
+            yield writer.usage(generation.prompt_tokens, generation.completion_tokens)
         finally:
             job.cancelled.set()  # a no-op once finished; stops generation if the client went away
 
@@ -220,11 +281,11 @@ class TransformersEngine(Engine):
             except Exception as e:  # noqa: BLE001 - one failed batch must not stop the server
                 log.exception("generation failed for a batch of %d", len(group))
                 for job in group:
-                    job.resolve(APIError(500, f"Generation failed: {e}", "server_error"))
+                    job.resolve(APIError(500, f"Generation failed: {type(e).__name__}.", "server_error"))
 
     def _generate(self, group: list[_Job]) -> None:
         torch = self.torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         engine = self
         width = max(len(job.prompt_ids) for job in group)
@@ -233,6 +294,21 @@ class TransformersEngine(Engine):
         request = group[0].request  # every job of a group has the same sampling settings
         self.batch_sizes[len(group)] += 1
         log.debug("batch of %d request(s), prompt width %d", len(group), width)
+        wants_logprobs = [row for row, job in enumerate(group) if job.logprobs is not None]
+
+        class Scores(LogitsProcessor):
+            """Keeps each step's log-probabilities for the rows that asked for them (changes nothing).
+
+            It runs after the engine's token constraints and before temperature and top-p, so the
+            numbers are the model's distribution over the tokens it may emit."""
+
+            latest = None
+
+            def __call__(self, input_ids, scores):
+                self.latest = torch.log_softmax(scores[wants_logprobs].float(), dim=-1).cpu()
+                return scores
+
+        scores = Scores()
 
         class Streamer:
             """Receives each step's new tokens, one per row, and hands text to each request."""
@@ -243,8 +319,12 @@ class TransformersEngine(Engine):
                 if not self.prompt_seen:  # generate() first puts the prompt
                     self.prompt_seen = True
                     return
-                for job, token in zip(group, value.reshape(-1).tolist(), strict=True):
+                for row, (job, token) in enumerate(zip(group, value.reshape(-1).tolist(), strict=True)):
                     if not job.finished:
+                        if job.logprobs is not None and scores.latest is not None:
+                            job.pending_logprob = engine._logprob(
+                                scores.latest[wants_logprobs.index(row)], token, job.request.top_logprobs
+                            )
                         engine._advance(job, token)
 
             def end(self):
@@ -259,8 +339,8 @@ class TransformersEngine(Engine):
                         log.info("generation cancelled after %d tokens", len(job.tokens))
                 return torch.tensor([job.finished for job in group], device=input_ids.device)
 
-        kwargs = {"do_sample": request.temperature > 0, "pad_token_id": self.pad_id}
-        if request.temperature > 0:
+        kwargs = {"do_sample": not request.greedy, "pad_token_id": self.pad_id}
+        if not request.greedy:
             kwargs.update(temperature=request.temperature, top_p=request.top_p)
         if request.seed is not None:
             torch.manual_seed(request.seed)
@@ -272,6 +352,7 @@ class TransformersEngine(Engine):
                 min_new_tokens=request.min_tokens,
                 streamer=Streamer(),
                 stopping_criteria=StoppingCriteriaList([RowsDone()]),
+                logits_processor=LogitsProcessorList([scores] if wants_logprobs else []),
                 **kwargs,
             )
         for job in group:
@@ -282,13 +363,24 @@ class TransformersEngine(Engine):
                 if not (job.request.stream or job.request.stop):
                     job.text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
                 self._flush(job)
-                job.resolve(Generation(job.text, job.finish_reason, len(job.prompt_ids), len(job.tokens)))
+                job.resolve(Generation(job.text, job.finish_reason, len(job.prompt_ids), len(job.tokens), job.logprobs))
+
+    def _logprob(self, row, token: int, top: int) -> TokenLogprob:
+        entry = TokenLogprob(self.tokenizer.decode([token]), float(row[token]))
+        if top:
+            values, ids = row.topk(top)
+            entry.top = [
+                (self.tokenizer.decode([i]), float(v)) for v, i in zip(values.tolist(), ids.tolist(), strict=True)
+            ]
+        return entry
 
     def _advance(self, job: _Job, token: int) -> None:
         if token in self.eos_ids and len(job.tokens) >= job.request.min_tokens:
             job.finish_reason = "stop"
             return
         job.tokens.append(token)
+        if job.logprobs is not None and job.pending_logprob is not None:
+            job.logprobs.append(job.pending_logprob)
         if len(job.tokens) >= job.request.max_tokens:
             job.finish_reason = "length"
         if not (job.request.stream or job.request.stop):
@@ -304,8 +396,12 @@ class TransformersEngine(Engine):
             self._flush(job)
 
     def _flush(self, job: _Job) -> None:
-        if job.request.stream and len(job.text) > job.sent:
-            job.emit(job.text[job.sent :])
+        if job.request.stream and (len(job.text) > job.sent or job.finished):
+            logprobs = None
+            if job.logprobs is not None:
+                logprobs, job.logprobs_sent = job.logprobs[job.logprobs_sent :], len(job.logprobs)
+            if len(job.text) > job.sent or logprobs:
+                job.emit((job.text[job.sent :], logprobs))
             job.sent = len(job.text)
 
 
@@ -316,9 +412,12 @@ class OpenAIEngine(Engine):
     """Forwards to an upstream with aiohttp: in bench/serving.py's profile, httpx's async client spent
     more CPU per request than the rest of the proxy together, and on a shared machine that CPU is latency."""
 
+    name = "openai"
+    passthrough = True
     max_context = 10_000_000  # the upstream enforces its own
 
-    def __init__(self, base_url: str, upstream_model: str, api_key: str | None, timeout_s: float):
+    def __init__(self, base_url: str, upstream_model: str, api_key: str | None, timeout_s: float, served_name=""):
+        super().__init__(served_name)
         self.base_url, self.upstream_model = base_url.rstrip("/"), upstream_model
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout_s = timeout_s
@@ -336,9 +435,6 @@ class OpenAIEngine(Engine):
         if response.status_code in (401, 403):
             raise PermissionError(f"The upstream {self.base_url} refused the API key ({response.status_code}).")
         log.info("upstream %s answers (%d), model %s", self.base_url, response.status_code, self.upstream_model)
-
-    def warm_up(self) -> None:
-        pass
 
     def stats(self) -> dict:
         return {"forwarded": self.forwarded, "upstream": self.base_url}
@@ -363,44 +459,60 @@ class OpenAIEngine(Engine):
             error = json.loads(text)["error"]
             return APIError(
                 status,
-                error.get("message", "upstream error"),
-                error.get("type", "upstream_error"),
-                error.get("code"),
-                error.get("param"),
+                str(error.get("message", "upstream error")),
+                str(error.get("type", "upstream_error")),
+                error.get("code") if isinstance(error.get("code"), str) else None,
+                error.get("param") if isinstance(error.get("param"), str) else None,
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return APIError(502, f"The upstream answered {status}.", "upstream_error")
 
-    async def complete(self, body: dict, request: GenerationRequest) -> dict:
+    def _upstream_body(self, prepared: Prepared) -> dict:
+        body = {**prepared.body, "model": self.upstream_model}
+        if prepared.request.stream:  # usage is always asked for (and recorded); the client gets it if it asked
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return body
+
+    async def complete(self, prepared: Prepared) -> dict:
         import aiohttp
 
         self.forwarded += 1
         try:
-            async with self._session().post(
-                self._url(request), json={**body, "model": self.upstream_model}
-            ) as response:
-                content = await response.read()
+            async with self._session().post(self._url(prepared.request), json=self._upstream_body(prepared)) as answer:
+                content = await answer.read()
         except aiohttp.ClientError as e:
             raise APIError(502, f"The upstream did not answer: {e}", "upstream_error") from e
-        if response.status != 200:
-            raise self._error(response.status, content)
-        data = json.loads(content)
-        data["model"] = body.get("model") or data.get("model")
+        if answer.status != 200:
+            raise self._error(answer.status, content)
+        try:
+            data = json.loads(content)
+        except ValueError as e:
+            raise APIError(502, "The upstream's answer is not JSON.", "upstream_error") from e
+        data["model"] = self.served_name
         return data
 
-    async def stream(self, body: dict, request: GenerationRequest) -> AsyncIterator[str]:
+    async def stream(self, prepared: Prepared) -> AsyncIterator[dict]:
         import aiohttp
 
         self.forwarded += 1
         try:
-            async with self._session().post(
-                self._url(request), json={**body, "model": self.upstream_model}
-            ) as response:
-                if response.status != 200:
-                    raise self._error(response.status, await response.read())
-                async for line in response.content:  # server-sent events, passed on one by one
-                    if line.strip():
-                        yield line.decode().rstrip("\r\n") + "\n\n"
+            async with self._session().post(self._url(prepared.request), json=self._upstream_body(prepared)) as answer:
+                if answer.status != 200:
+                    raise self._error(answer.status, await answer.read())
+                async for line in answer.content:  # server-sent events, passed on one by one
+                    line = line.strip()
+                    if not line.startswith(b"data:"):
+                        continue  # comments, event names, blank separators
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        return
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError:
+                        continue
+                    if isinstance(chunk, dict) and "model" in chunk:
+                        chunk["model"] = self.served_name
+                    yield chunk
         except aiohttp.ClientError as e:
             raise APIError(502, f"The upstream stream broke: {e}", "upstream_error") from e
 

@@ -1,10 +1,23 @@
-"""API keys of applications as the app servers see them: hashes in Redis, so a change applies at once."""
+"""API keys of applications as the app servers see them: hashes in Redis, so a change applies at once.
+
+The platform publishes an application's active keys (digest → "id:label"); its server looks each
+request's key up there. While Redis is unreachable the server keeps serving the keys it has already
+seen (and the set it loaded when it became ready); a key it has never seen is answered 503, never
+let in unchecked.
+"""
 
 import hashlib
+import logging
 import secrets
 import time
+from dataclasses import dataclass
+
+import redis
+
+from .. import keyspace
 
 PREFIX = "llm-"
+log = logging.getLogger("llmapp.server")
 
 
 def generate() -> str:
@@ -15,40 +28,89 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def keys_key(application_id) -> str:
-    return f"llmapp:keys:{application_id}"
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    label: str
 
 
-def used_key(application_id) -> str:
-    return f"llmapp:keys-used:{application_id}"
-
-
-def publish(connection, application_id, active: dict[str, int]) -> None:
-    """Replace the application's published keys with ``active`` ({digest: key id}), atomically."""
+def publish(connection, application_id, active: dict[str, tuple[int, str]]) -> None:
+    """Replace the application's published keys with ``active`` ({digest: (key id, label)}), atomically."""
     with connection.pipeline() as pipe:
-        pipe.delete(keys_key(application_id))
+        pipe.delete(keyspace.api_keys(application_id))
         if active:
-            pipe.hset(keys_key(application_id), mapping=active)
+            pipe.hset(
+                keyspace.api_keys(application_id),
+                mapping={digest_: f"{key_id}:{label}" for digest_, (key_id, label) in active.items()},
+            )
         pipe.execute()
 
 
-class KeyChecker:
-    """Checks keys against Redis on every request, so a new or revoked key applies at once.
+def _info(value: bytes) -> KeyInfo:
+    key_id, _, label = value.decode().partition(":")
+    return KeyInfo(key_id, label)
 
-    The last-used time is written at most once a second per key: one Redis round trip per request, not two.
-    """
+
+class KeyStoreUnavailable(Exception):
+    """Redis is unreachable and this key has not been seen before."""
+
+
+class KeyChecker:
+    """Checks keys against Redis on every request, so a new or revoked key applies at once."""
+
+    RETRY_S = 1.0  # after a Redis error, answer from the known keys this long before asking again
 
     def __init__(self, connection, application_id):
         self.connection, self.application_id = connection, application_id
-        self.recorded: dict[bytes, float] = {}
+        self.known: dict[str, KeyInfo] = {}  # digest → key, of keys Redis said were valid
+        self.used: dict[str, float] = {}  # key id → last use, written to Redis by flush_used()
+        self.unreachable_until = 0.0
 
-    async def check(self, key: str) -> str | None:
-        """The key's id when it is valid."""
-        key_id = await self.connection.hget(keys_key(self.application_id), digest(key))
-        if key_id is None:
-            return None
-        now = time.time()
-        if now - self.recorded.get(key_id, 0) >= 1:
-            self.recorded[key_id] = now
-            await self.connection.hset(used_key(self.application_id), key_id, f"{now:.0f}")
-        return key_id.decode()
+    async def load(self) -> None:
+        """Know every active key up front (best effort), so an outage right after start still serves them."""
+        try:
+            published = await self.connection.hgetall(keyspace.api_keys(self.application_id))
+        except redis.RedisError:
+            return
+        self.known = {d.decode(): _info(v) for d, v in published.items()}
+
+    async def check(self, key: str) -> KeyInfo | None:
+        """The key, when it is valid; None when it is not.
+
+        :raise KeyStoreUnavailable: Redis can't be asked and the key was never seen.
+        """
+        key_digest = digest(key)
+        if time.monotonic() >= self.unreachable_until:
+            try:
+                value = await self.connection.hget(keyspace.api_keys(self.application_id), key_digest)
+            except redis.RedisError as e:
+                if not self.unreachable_until:
+                    log.warning("Redis is unreachable (%s): serving the API keys already known", e)
+                self.unreachable_until = time.monotonic() + self.RETRY_S
+            else:
+                if self.unreachable_until:
+                    log.warning("Redis is reachable again")
+                    self.unreachable_until = 0.0
+                if value is None:
+                    self.known.pop(key_digest, None)
+                    return None
+                info = self.known[key_digest] = _info(value)
+                self.used[info.id] = time.time()
+                return info
+        info = self.known.get(key_digest)
+        if info is None:
+            raise KeyStoreUnavailable()
+        self.used[info.id] = time.time()
+        return info
+
+    async def flush_used(self) -> None:
+        """Record when each key was last used (the reconcile copies it to the database)."""
+        if not self.used:
+            return
+        used, self.used = self.used, {}
+        try:
+            await self.connection.hset(
+                keyspace.api_keys_used(self.application_id), mapping={k: f"{v:.0f}" for k, v in used.items()}
+            )
+        except redis.RedisError:
+            self.used = {**used, **self.used}  # next time

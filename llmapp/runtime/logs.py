@@ -1,32 +1,38 @@
-"""Application logs: a bounded Redis Stream per application, written by app servers and jobs alike."""
+"""Application logs: a bounded Redis Stream per application, written by app servers and jobs alike.
+
+App servers never write to Redis on the request path: their records go to a bounded in-memory queue
+that one thread drains in batches (one pipeline per batch). While Redis is unreachable the thread
+keeps what it holds (up to the queue's size), retries with back-off, and says how many lines it had
+to drop once Redis is back.
+"""
 
 import logging
+import queue
+import threading
 import time
 
 import redis
 
+from .. import keyspace
+
 MAXLEN = 2000  # lines kept per application (approximately: XADD MAXLEN ~)
 
 
-def stream_key(application_id) -> str:
-    return f"llmapp:logs:{application_id}"
+def record(message: str, level: str = "INFO", source: str = "platform", request_id: str | None = None) -> dict:
+    fields = {"ts": f"{time.time():.3f}", "level": level, "source": source, "message": message}
+    if request_id:
+        fields["request_id"] = request_id
+    return fields
 
 
-def append(
-    connection: redis.Redis, application_id, message: str, level: str = "INFO", source: str = "platform"
-) -> None:
-    connection.xadd(
-        stream_key(application_id),
-        {"ts": f"{time.time():.3f}", "level": level, "source": source, "message": message},
-        maxlen=MAXLEN,
-        approximate=True,
-    )
+def append(connection: redis.Redis, application_id, message: str, level: str = "INFO", source="platform") -> None:
+    connection.xadd(keyspace.logs(application_id), record(message, level, source), maxlen=MAXLEN, approximate=True)
 
 
 def tail(connection: redis.Redis, application_id, count: int = 50) -> list[dict]:
     """The last ``count`` lines, oldest first (none when Redis is unreachable: a page still renders)."""
     try:
-        entries = connection.xrevrange(stream_key(application_id), count=count)
+        entries = connection.xrevrange(keyspace.logs(application_id), count=count)
     except redis.RedisError:
         return []
     return [
@@ -51,13 +57,84 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-class RedisStreamHandler(logging.Handler):
-    def __init__(self, connection: redis.Redis, application_id, source: str = "server"):
-        super().__init__()
-        self.connection, self.application_id, self.source = connection, application_id, source
+class StreamWriter:
+    """Appends records to one application's stream from a thread of its own, in batches."""
 
-    def emit(self, record: logging.LogRecord) -> None:
+    BATCH = 500
+    RETRY_S = (0.5, 1, 2, 5)
+
+    def __init__(self, connection: redis.Redis, application_id, capacity: int = 10_000):
+        self.connection, self.key = connection, keyspace.logs(application_id)
+        self.queue: queue.Queue = queue.Queue(capacity)
+        self.dropped = 0  # lines lost to a full queue (Redis unreachable for long)
+        self.written = 0
+        self.thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self.thread.start()
+
+    def write(self, fields: dict) -> None:
+        """Never blocks: when the queue is full the line is dropped and counted."""
         try:
-            append(self.connection, self.application_id, self.format(record), record.levelname, self.source)
-        except redis.RedisError:
-            self.handleError(record)
+            self.queue.put_nowait(fields)
+        except queue.Full:
+            self.dropped += 1
+
+    def _take(self) -> list[dict]:
+        batch = [self.queue.get()]
+        while len(batch) < self.BATCH:
+            try:
+                batch.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _run(self) -> None:
+        failures = 0
+        batch: list[dict] = []
+        while True:
+            if not batch:
+                batch = self._take()
+                taken = len(batch)  # queue items in this batch: each is marked done once written
+                if self.dropped:
+                    dropped, self.dropped = self.dropped, 0
+                    notice = f"{dropped} log lines were dropped while Redis was unreachable."
+                    batch.insert(0, record(notice, "WARNING"))
+            try:
+                with self.connection.pipeline(transaction=False) as pipe:
+                    for fields in batch:
+                        pipe.xadd(self.key, fields, maxlen=MAXLEN, approximate=True)
+                    pipe.execute()
+            except redis.RedisError:
+                time.sleep(self.RETRY_S[min(failures, len(self.RETRY_S) - 1)])
+                failures += 1
+                continue  # keep the batch; new lines wait in the queue (or are dropped when it is full)
+            self.written += len(batch)
+            failures, batch = 0, []
+            for _ in range(taken):
+                self.queue.task_done()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until what was written so far reached Redis (at exit). False if it did not in time."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.queue.unfinished_tasks == 0:
+                return True
+            time.sleep(0.02)
+        return False
+
+
+class RedisStreamHandler(logging.Handler):
+    """A logging handler that hands records to a StreamWriter (never a Redis round trip of its own)."""
+
+    def __init__(self, writer: StreamWriter, source: str = "server"):
+        super().__init__()
+        self.writer, self.source = writer, source
+
+    def emit(self, log_record: logging.LogRecord) -> None:
+        try:
+            self.writer.write(
+                record(
+                    self.format(log_record), log_record.levelname, self.source, getattr(log_record, "request_id", None)
+                )
+            )
+        except Exception:  # noqa: BLE001 - logging must never break the server
+            self.handleError(log_record)

@@ -1,84 +1,72 @@
-"""The app server's HTTP API (Starlette on uvicorn): OpenAI-compatible, with the application's
-concurrency limit, timeout, response cache and API keys in front of its engine."""
+"""The app server's HTTP API (Starlette on uvicorn): OpenAI-compatible, in front of one application's
+engine. Completions go through the pipeline (pipeline.py); this module holds the routes, the request
+id every response carries, and the server's background upkeep (its address and key usage in Redis)."""
 
 import asyncio
+import contextlib
 import json
 import logging
-import time
-from collections import OrderedDict
+import os
+import socket
 
+import redis
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from . import keys, openai_api
+from .. import keyspace
+from . import openai_api, pipeline
 from .engines import Engine
-from .openai_api import APIError, ChunkWriter
+from .keys import KeyChecker
+from .openai_api import APIError
+from .pipeline import Context, Served, error_response, new_request_id
+from .spec import ServerSpec
 
 log = logging.getLogger("llmapp.server")
+HEARTBEAT_S = 5  # how often a server renews its address in Redis (it expires after 6 beats)
 
 
-class ResponseCache:
-    """Exact-match LRU of deterministic (temperature 0), non-streamed responses; capacity 0 disables it."""
+class RequestIds:
+    """ASGI middleware: every response carries X-Request-Id (the client's own if it sent a sensible one)."""
 
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.entries: OrderedDict[str, dict] = OrderedDict()
-        self.hits = self.misses = self.evictions = 0
+    def __init__(self, app):
+        self.app = app
 
-    @staticmethod
-    def key(path: str, body: dict) -> str:
-        return path + json.dumps({k: v for k, v in body.items() if k not in ("user", "stream")}, sort_keys=True)
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
+        request_id = new_request_id(given)
+        scope.setdefault("state", {})["request_id"] = request_id
 
-    def get(self, key: str) -> dict | None:
-        if key in self.entries:
-            self.entries.move_to_end(key)
-            self.hits += 1
-            return self.entries[key]
-        self.misses += 1
-        return None
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
 
-    def put(self, key: str, value: dict) -> None:
-        self.entries[key] = value
-        self.entries.move_to_end(key)
-        while len(self.entries) > self.capacity:
-            self.entries.popitem(last=False)
-            self.evictions += 1
+        await self.app(scope, receive, send_with_id)
 
 
-def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
-
-
-def build_app(spec: dict, engine: Engine, redis_connection) -> Starlette:
-    config = spec["config"]
-    application_id, model_name = spec["app_id"], spec["app_name"]
-    max_concurrency, timeout_s = config["max_concurrency"], config["timeout_s"]
-    cache = ResponseCache(config["cache_size"])
-    key_checker = keys.KeyChecker(redis_connection, application_id)
-    state = {"in_flight": 0, "requests": 0, "rejected": 0, "timeouts": 0, "started": time.time()}
-
-    async def authenticate(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key:
-            raise APIError(
-                401,
-                "Missing API key: send 'Authorization: Bearer <key>'. Keys are made on the application's page.",
-                code="invalid_api_key",
-            )
-        if await key_checker.check(key.strip()) is None:
-            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+def build_app(spec: ServerSpec, engine: Engine, redis_connection) -> Starlette:
+    served = Served(spec, engine, KeyChecker(redis_connection, spec.app_id))
+    upkeep = Upkeep(served, redis_connection)
 
     async def health(request: Request) -> JSONResponse:
+        admission, cache = served.admission, served.cache
         body = {
             "status": engine.status,
-            "application": model_name,
-            "in_flight": state["in_flight"],
-            "requests": state["requests"],
-            "rejected": state["rejected"],
-            "timeouts": state["timeouts"],
+            "error": engine.error,
+            "application": spec.app_name,
+            "deploy_id": spec.deploy_id,
+            "in_flight": admission.in_flight,
+            "requests": sum(served.outcomes.values()),
+            "rejected": admission.rejected,
+            "timeouts": served.outcomes[504],
+            "client_disconnects": served.outcomes[499],
+            "outcomes": {str(code): count for code, count in sorted(served.outcomes.items())},
+            "redis": "unreachable" if served.keys.unreachable_until or upkeep.failing else "ok",
             "cache": {
                 "size": len(cache.entries),
                 "capacity": cache.capacity,
@@ -87,140 +75,118 @@ def build_app(spec: dict, engine: Engine, redis_connection) -> Starlette:
                 "evictions": cache.evictions,
             },
             "engine": engine.stats(),
-            "config": config,
-            "deploy_id": spec.get("deploy_id"),
+            "config": spec.config.__dict__,
         }
         return JSONResponse(body, status_code=200 if engine.status == "ready" else 503)
 
-    async def models(request: Request) -> Response:
-        try:
-            await authenticate(request)
-        except APIError as e:
-            return error_response(e)
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [{"id": model_name, "object": "model", "created": int(state["started"]), "owned_by": "llmapp"}],
-            }
-        )
+    async def authenticated(request: Request) -> None:
+        ctx = Context(served, request, "models", request.state.request_id)
+        await pipeline.authenticate(ctx)
 
-    async def completions(request: Request, kind: str) -> Response:
-        started = time.perf_counter()
+    async def models(request: Request):
         try:
-            await authenticate(request)
-            if engine.status != "ready":
-                raise APIError(
-                    503,
-                    f"The model is {engine.status.replace('_', ' ')}.",
-                    "server_error",
-                    headers={"Retry-After": "5"},
-                )
-            try:
-                body = await request.json()
-            except ValueError as e:
-                raise APIError(400, "The request body is not valid JSON.") from e
-            parsed = openai_api.parse(kind, body, engine.max_context)
-            if state["in_flight"] >= max_concurrency:
-                state["rejected"] += 1
-                log.warning("429: %d requests in flight (max concurrency %d)", state["in_flight"], max_concurrency)
-                raise APIError(
-                    429,
-                    f"This application serves at most {max_concurrency} requests at once; retry shortly.",
-                    "rate_limit_error",
-                    headers={"Retry-After": "1"},
-                )
+            await authenticated(request)
         except APIError as e:
             return error_response(e)
-        body["model"] = model_name
-        state["requests"] += 1
-        log.debug(
-            "%s request: %s", request.url.path, {k: v for k, v in body.items() if k not in ("messages", "prompt")}
-        )
-        if parsed.stream:
-            return StreamingResponse(
-                stream(body, parsed, started),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        cache_key = ResponseCache.key(request.url.path, body) if cache.capacity and parsed.deterministic else None
-        headers = {}
-        state["in_flight"] += 1
+        return JSONResponse({"object": "list", "data": [openai_api.model_object(spec.app_name, int(served.started))]})
+
+    async def model(request: Request):
         try:
-            if cache.capacity:
-                headers["X-Cache"] = "MISS"
-            if cache_key and (cached := cache.get(cache_key)) is not None:
-                headers["X-Cache"] = "HIT"
-                result = cached
-            else:
-                async with asyncio.timeout(timeout_s):
-                    result = await engine.complete(body, parsed)
-                if cache_key:
-                    cache.put(cache_key, result)
-        except TimeoutError:
-            state["timeouts"] += 1
-            log.warning("504: the request ran past the %d s timeout and was cancelled", timeout_s)
-            return error_response(
-                APIError(
-                    504,
-                    f"The request took longer than the application's {timeout_s} s "
-                    "timeout; its generation was stopped.",
-                    "timeout_error",
-                )
-            )
+            await authenticated(request)
+            if request.path_params["model"] != spec.app_name:
+                raise openai_api.model_not_found(request.path_params["model"])
         except APIError as e:
             return error_response(e)
+        return JSONResponse(openai_api.model_object(spec.app_name, int(served.started)))
+
+    def completions(kind: str):
+        async def endpoint(request: Request):
+            return await pipeline.run(Context(served, request, kind, request.state.request_id))
+
+        return endpoint
+
+    async def http_error(request: Request, exc: HTTPException):
+        messages = {404: "Unknown path: the endpoints are /v1/models, /v1/chat/completions and /v1/completions."}
+        message = messages.get(exc.status_code, exc.detail)
+        return error_response(APIError(exc.status_code, message, headers=getattr(exc, "headers", None)))
+
+    async def server_error(request: Request, exc: Exception):
+        log.error("unexpected error: %r", exc, extra={"request_id": getattr(request.state, "request_id", None)})
+        return error_response(APIError(500, "Internal error.", "server_error"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        task = asyncio.create_task(upkeep.run())
+        try:
+            yield
         finally:
-            state["in_flight"] -= 1
-        elapsed = (time.perf_counter() - started) * 1000
-        headers["X-Server-Time-Ms"] = f"{elapsed:.3f}"
-        log.info(
-            "%s 200 %s tokens in %.0f ms%s",
-            request.url.path,
-            result.get("usage", {}).get("total_tokens", "?"),
-            elapsed,
-            " (cache hit)" if headers.get("X-Cache") == "HIT" else "",
-        )
-        return JSONResponse(result, headers=headers)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await upkeep.leave()
+            await engine.close()
 
-    async def stream(body, parsed, started):
-        state["in_flight"] += 1
-        chunks = engine.stream(body, parsed)
-        try:
-            async with asyncio.timeout(timeout_s):
-                async for chunk in chunks:
-                    yield chunk
-        except TimeoutError:
-            state["timeouts"] += 1
-            log.warning("stream ran past the %d s timeout and was cancelled", timeout_s)
-            yield ChunkWriter.error(
-                APIError(
-                    504,
-                    f"The stream took longer than the application's {timeout_s} s timeout; its generation was stopped.",
-                    "timeout_error",
-                )
-            )
-        except APIError as e:
-            yield ChunkWriter.error(e)
-        finally:
-            await chunks.aclose()  # stops the generation if the client left or the timeout fired
-            state["in_flight"] -= 1
-            log.info(
-                "%s stream ended after %.0f ms",
-                "/v1/" + ("chat/completions" if parsed.kind == "chat" else "completions"),
-                (time.perf_counter() - started) * 1000,
-            )
-
-    async def chat(request):
-        return await completions(request, "chat")
-
-    async def completion(request):
-        return await completions(request, "completion")
-
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/health", health),
             Route("/v1/models", models),
-            Route("/v1/chat/completions", chat, methods=["POST"]),
-            Route("/v1/completions", completion, methods=["POST"]),
-        ]
+            Route("/v1/models/{model:path}", model),
+            Route("/v1/chat/completions", completions("chat"), methods=["POST"]),
+            Route("/v1/completions", completions("completion"), methods=["POST"]),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+        lifespan=lifespan,
     )
+    app.state.served = served
+    return RequestIds(app)
+
+
+class Upkeep:
+    """The server's periodic work, which outlives Redis outages: once ready, publish where it answers
+    (renewed with a TTL, so it reappears after Redis lost its data), load the keys, and write when each
+    key was last used."""
+
+    def __init__(self, served: Served, connection):
+        self.served, self.connection = served, connection
+        self.failing = False
+        self.keys_loaded = False
+
+    async def beat(self) -> None:
+        spec, engine = self.served.spec, self.served.engine
+        if engine.status != "ready":
+            return
+        if not self.keys_loaded:
+            await self.served.keys.load()
+            self.keys_loaded = True
+        key = keyspace.server(spec.app_id)
+        async with self.connection.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "host": spec.host,
+                    "port": spec.port,
+                    "pid": os.getpid(),
+                    "deploy_id": spec.deploy_id,
+                    "config": json.dumps(spec.config.__dict__),
+                    "hostname": socket.gethostname(),
+                },
+            )
+            pipe.expire(key, HEARTBEAT_S * 6)
+            await pipe.execute()
+        await self.served.keys.flush_used()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.beat()
+                if self.failing:
+                    log.warning("Redis is reachable again: the server's address is published")
+                self.failing = False
+            except redis.RedisError as e:
+                if not self.failing:
+                    log.warning("Redis is unreachable (%s); the server keeps serving and retries", e)
+                self.failing = True
+            await asyncio.sleep(0.2 if self.served.engine.status != "ready" or self.failing else HEARTBEAT_S)
+
+    async def leave(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            await self.connection.delete(keyspace.server(self.served.spec.app_id))

@@ -1,32 +1,54 @@
-"""API keys of an application's endpoint: made here, shown once, stored hashed, revocable."""
+"""API keys of an application's endpoint: made here, shown once, stored hashed, revocable.
+
+A change is published to Redis (where running servers look keys up) before it is committed, so the
+database and the servers never disagree: when Redis is unreachable nothing changes and the user is
+told so (no key that nobody saw, no revoked key still accepted).
+"""
+
+import redis
 
 from ..extensions import db
 from ..models import ApiKey, Application, utcnow
 from ..runtime import keys as runtime_keys
-from . import NotFound, deployments
+from . import NotFound, ServiceError, deployments
+
+UNREACHABLE = "Redis is unreachable, so running servers could not learn of the change; nothing changed. Try again."
+
+
+def _publish_and_commit(application: Application, failure: str) -> None:
+    db.session.flush()
+    try:
+        deployments.publish_keys(application)
+    except redis.RedisError as e:
+        db.session.rollback()
+        raise ServiceError(f"{failure}: {UNREACHABLE}") from e
+    db.session.commit()
 
 
 def create_key(application: Application, label: str = "") -> tuple[ApiKey, str]:
-    """A new key; the plain key is returned here once and never stored."""
+    """A new key; the plain key is returned here once and never stored.
+
+    :raise ServiceError: Redis is unreachable (no key was made).
+    """
     plain = runtime_keys.generate()
     key = ApiKey(
         application_id=application.id, label=label.strip()[:100], key_hash=runtime_keys.digest(plain), prefix=plain[:10]
     )
     db.session.add(key)
-    db.session.commit()
-    deployments.publish_keys(application)  # a running server accepts it at once
+    _publish_and_commit(application, "The key was not created")
     return key, plain
 
 
 def revoke_key(application: Application, key_id: int) -> ApiKey:
-    """:raise NotFound: no such key on this application."""
+    """:raise NotFound: no such key on this application.
+    :raise ServiceError: Redis is unreachable (the key stays valid).
+    """
     key = db.session.scalar(db.select(ApiKey).where(ApiKey.id == key_id, ApiKey.application_id == application.id))
     if key is None:
         raise NotFound("No such key.")
     if key.revoked_at is None:
         key.revoked_at = utcnow()
-        db.session.commit()
-        deployments.publish_keys(application)  # a running server refuses it at once
+        _publish_and_commit(application, "The key was not revoked")
     return key
 
 

@@ -5,13 +5,13 @@ on the application, so the stop and the reconcile for it go to that host's queue
 to the application's log (a Redis Stream, see runtime/logs.py).
 """
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,19 +22,35 @@ from flask import current_app
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
-from .. import ROOT, queues, secrets_box
+from .. import ROOT, keyspace, queues, secrets_box
 from ..extensions import db
 from ..models import ApiKey, Application, utcnow
 from ..runtime import keys as runtime_keys
 from ..runtime import logs
+from ..runtime.spec import REDIS_URL_VARIABLE, ServerSpec, ServingConfig
 from . import ServiceError, lifecycle, registry
 
 PHASES = ("queued", "starting process", "loading model", "warming up", "ready")
 HEALTH_PHASES = {"loading": "loading model", "warming_up": "warming up", "ready": "ready"}
-# The platform's own secrets never reach a serving process's environment.
-PLATFORM_SECRETS = {"SECRET_KEY", "LLMAPP_SECRETS_KEY", "DATABASE_URL", "LLMAPP_ADMIN_PASSWORD", "REDIS_URL"}
+# What a server inherits from its worker's environment: the system's basics and what its engine and
+# libraries read. Nothing else (cloud credentials, the platform's own secrets) reaches user-configured
+# servers; operators add names with LLMAPP_SERVER_ENV_ALLOW.
+INHERITED_ENV = frozenset(
+    {
+        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
+        "VIRTUAL_ENV", "PYTHONPATH", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_VISIBLE_DEVICES",
+        "NVIDIA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM",
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+        "http_proxy", "https_proxy", "no_proxy",
+    }
+)  # fmt: skip
 RESTART_POLICIES = ("on-failure", "never")
-LOCK_TTL_S = 5  # a deploy job renews its lock while it waits; a lock that lapses means the job died
+LOCK_TTL_S = 5  # a deploy job's lock, renewed while it runs; a lock that lapses means the job died
+RECONCILE_LOCK_TTL_S = 30
+HEALTH_TIMEOUT_S = 2.0
+SILENT_CHECKS = 3  # unanswered health checks, with no CPU used meanwhile, before a server counts as dead
+BUSY_LIMIT_S = 120  # a server that answers nothing while it keeps using CPU is hung after this long
 
 
 class DeployFailed(Exception):
@@ -42,7 +58,11 @@ class DeployFailed(Exception):
 
 
 def log_event(application_id, message: str, level: str = "INFO") -> None:
-    logs.append(queues.connection(), application_id, message, level, source="platform")
+    """Add a line to the application's log; the platform's work never fails for want of its log."""
+    try:
+        logs.append(queues.connection(), application_id, message, level, source="platform")
+    except redis.RedisError as e:
+        current_app.logger.warning("application %s: %s (not in its log: Redis: %s)", application_id, message, e)
 
 
 # --- phases -------------------------------------------------------------------------------------
@@ -83,21 +103,27 @@ def request_deploy(application: Application, *, restart_reason: str | None = Non
     """Move to deploying (one conditional UPDATE) and enqueue the deploy job; return the deploy id.
 
     :raise TransitionRefused: it is not stopped or failed (or running, for a restart).
+    :raise ServiceError: Redis is unreachable (the application is left as it was).
     """
+    application_id = application.id
+    try:
+        queues.connection().ping()  # before anything changes: no deploy half-done for want of Redis
+    except redis.RedisError as e:
+        raise ServiceError("The deploy could not be queued: Redis is unreachable. Nothing changed; try again.") from e
     deploy_id = uuid.uuid4().hex
     values = {"deploy_id": deploy_id, "deploy_phases": _advance([], "queued"), "last_error": None, "endpoint": None}
     if restart_reason:
         values["restarts"] = [*application.restarts, {"at": _now_iso(), "reason": restart_reason}]
-        lifecycle.transition(application.id, "restart", **values)
+        lifecycle.transition(application_id, "restart", **values)
         log_event(
-            application.id,
+            application_id,
             f"restarting in {delay_s:g} s (restart {len(values['restarts'])}): {restart_reason}",
             "WARNING",
         )
     else:
-        lifecycle.transition(application.id, "deploy", restarts=[], **values)
-        log_event(application.id, "deploy requested")
-    args = ("jobs.deploy.deploy_application", str(application.id), deploy_id)
+        lifecycle.transition(application_id, "deploy", restarts=[], **values)
+        log_event(application_id, "deploy requested")
+    args = ("jobs.deploy.deploy_application", str(application_id), deploy_id)
     options = {"job_id": f"deploy-{deploy_id}", "job_timeout": int(current_app.config["DEPLOY_TIMEOUT_S"]) + 120}
     try:
         queue = queues.queue()
@@ -106,53 +132,54 @@ def request_deploy(application: Application, *, restart_reason: str | None = Non
         else:
             queue.enqueue(*args, **options)
     except redis.RedisError as e:
-        lifecycle.transition(application.id, "deploy_failed", last_error="The job queue (Redis) is unreachable.")
+        lifecycle.transition(application_id, "deploy_failed", last_error="The job queue (Redis) was unreachable.")
         raise ServiceError("The deploy could not be queued: Redis is unreachable. Try again shortly.") from e
     return deploy_id
 
 
-def _lock(name: str, application_id) -> str:
-    return f"llmapp:{name}-lock:{application_id}"
-
-
-def _spec(application: Application, port: int) -> dict:
+def _spec(application: Application, port: int) -> ServerSpec:
     model = registry.get_model(application.model_id)
     config = current_app.config
-    return {
-        "app_id": str(application.id),
-        "app_name": application.name,
-        "deploy_id": application.deploy_id,
-        "engine": model.engine,
-        "model_name": model.name,
-        "model_path": model.source,
-        "precision": model.precision,
-        "base_url": model.base_url,
-        "upstream_model": model.upstream_model,
-        "api_key_env": model.api_key_env,
-        "config": application.config,
-        "redis_url": config["REDIS_URL"],
-        "host": config["ADVERTISE_HOST"],
-        "bind": config["BIND_HOST"],
-        "port": port,
-        "grace_s": config["STOP_GRACE_S"],
-        "secret_names": [var.name for var in application.env_vars if var.is_secret],
-    }
+    return ServerSpec(
+        app_id=str(application.id),
+        app_name=application.name,
+        deploy_id=application.deploy_id,
+        engine=model.engine,
+        model_name=model.name,
+        model_path=model.source,
+        precision=model.precision,
+        base_url=model.base_url,
+        upstream_model=model.upstream_model,
+        api_key_env=model.api_key_env or "OPENAI_API_KEY",
+        config=ServingConfig.from_dict(application.config),
+        host=config["ADVERTISE_HOST"],
+        bind=config["BIND_HOST"],
+        port=port,
+        grace_s=config["STOP_GRACE_S"],
+        max_request_bytes=int(config["MAX_REQUEST_MB"] * 1024 * 1024),
+        secret_names=tuple(var.name for var in application.env_vars if var.is_secret),
+    )
 
 
 def _environment(application: Application) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in PLATFORM_SECRETS}
+    """The server's environment: an allow-list of the worker's, where Redis is, and the application's own."""
+    allowed = INHERITED_ENV | set(current_app.config["SERVER_ENV_ALLOW"])
+    env = {k: v for k, v in os.environ.items() if k in allowed or k.startswith("LC_")}
     for var in application.env_vars:
         try:
             env[var.name] = secrets_box.decrypt(var.value) if var.is_secret else var.value
         except ValueError as e:
             raise DeployFailed(f"The secret {var.name} could not be decrypted ({e}); enter it again.") from e
+    env[REDIS_URL_VARIABLE] = current_app.config["REDIS_URL"]
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
 def run_dir() -> Path:
+    """Where servers' specs and output go: readable by the platform's user only."""
     path = Path(current_app.instance_path) / "run"
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
     return path
 
 
@@ -160,10 +187,10 @@ def _spawn(application: Application) -> psutil.Process:
     from ..embedded import free_port
 
     port = free_port()
-    spec = _spec(application, port)
     spec_path = run_dir() / f"{application.id}.json"
-    spec_path.write_text(json.dumps(spec, indent=2))
-    with open(run_dir() / f"{application.id}.log", "ab") as output:
+    _spec(application, port).write(spec_path)
+    output = os.open(run_dir() / f"{application.id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
         # A session of its own: the server outlives this job, its worker, and a Ctrl-C of the worker.
         process = subprocess.Popen(
             [sys.executable, "-m", "llmapp.runtime", "--spec", str(spec_path)],
@@ -174,6 +201,10 @@ def _spawn(application: Application) -> psutil.Process:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    except (OSError, ValueError) as e:  # e.g. a variable the operating system refuses
+        raise DeployFailed(f"The server process could not be started: {e}.") from e
+    finally:
+        os.close(output)
     db.session.execute(
         db.update(Application)
         .where(Application.id == application.id)
@@ -201,7 +232,7 @@ def server_process(application: Application) -> psutil.Process | None:
         return None
 
 
-def health(application: Application, timeout: float = 2.0) -> dict | None:
+def health(application: Application, timeout: float = HEALTH_TIMEOUT_S) -> dict | None:
     try:
         return httpx.get(f"http://127.0.0.1:{application.process_port}/health", timeout=timeout).json()
     except (httpx.HTTPError, ValueError):
@@ -219,12 +250,21 @@ def _last_error_line(application: Application) -> str:
     return ""
 
 
-def _wait_ready(application: Application, process: psutil.Process, lock: str) -> None:
-    deadline = time.monotonic() + current_app.config["DEPLOY_TIMEOUT_S"]
-    connection = queues.connection()
-    current = application.deploy_phases[-1]["name"]
+def _deadline(application: Application) -> float:
+    """When the deploy must be ready by (a monotonic time): the deploy timeout after its process started."""
+    started = next((p["started_at"] for p in application.deploy_phases if p["name"] == "starting process"), None)
+    elapsed = (utcnow() - datetime.fromisoformat(started)).total_seconds() if started else 0
+    return time.monotonic() - elapsed + current_app.config["DEPLOY_TIMEOUT_S"]
+
+
+def _wait_ready(application: Application, process: psutil.Process) -> None:
+    """Follow the server's phases until it is ready, fails, exits or runs past the deploy deadline.
+
+    :raise DeployFailed: with the reason.
+    """
+    deadline = _deadline(application)
+    current = application.deploy_phases[-1]["name"] if application.deploy_phases else "starting process"
     while time.monotonic() < deadline:
-        connection.expire(lock, LOCK_TTL_S)  # a heartbeat: the reconcile repairs a deploy whose job died
         if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:
             code = process.wait(0) if process.is_running() else None
             detail = _last_error_line(application)
@@ -239,7 +279,7 @@ def _wait_ready(application: Application, process: psutil.Process, lock: str) ->
                     f"The model could not be loaded: {state.get('error') or _last_error_line(application)}"
                 )
             phase = HEALTH_PHASES.get(state.get("status"))
-            if phase and phase != current:
+            if phase and phase != current and current in PHASES:
                 for name in PHASES[PHASES.index(current) + 1 : PHASES.index(phase) + 1]:
                     _set_phase(application, name)
                 current = phase
@@ -251,51 +291,63 @@ def _wait_ready(application: Application, process: psutil.Process, lock: str) ->
     )
 
 
-def run_deploy(application_id, deploy_id: str) -> str:
+def run_deploy(application_id, deploy_id: str, resumed: bool = False) -> str:
     """The deploy job's work: start the server, wait until it is ready, record running (or failed).
 
     Idempotent: a second run for the same deploy finds the lock or the process and starts nothing.
+    ``resumed``: the reconcile found the deploy without its job, its server alive; follow it.
     """
     connection = queues.connection()
-    lock = _lock("deploy", application_id)
-    if not connection.set(lock, deploy_id, nx=True, ex=LOCK_TTL_S):
-        return "another job is deploying this application"
-    try:
+    with queues.held_lock(connection, keyspace.lock("deploy", application_id), LOCK_TTL_S) as held:
+        if not held:
+            return "another job is deploying this application"
         application = db.session.get(Application, uuid.UUID(str(application_id)))
         if application is None or application.status != lifecycle.DEPLOYING or application.deploy_id != deploy_id:
             return "stale deploy: nothing to do"
-        log_event(application.id, "deploy job started")
+        log_event(application.id, "deploy resumed: following the server to ready" if resumed else "deploy job started")
         try:
             process = server_process(application)  # a previous run of this job already started it
             if process is None:
+                if resumed:
+                    raise DeployFailed("The deploy job stopped before finishing (its worker died). Deploy again.")
                 _set_phase(application, "starting process")
                 process = _spawn(application)
-            _wait_ready(application, process, lock)
+            _wait_ready(application, process)
         except DeployFailed as e:
             _fail_deploy(application, str(e))
             return f"failed: {e}"
         _set_phase(application, None)
-        lifecycle.transition(application.id, "deployed", endpoint=endpoint_url(application), deployed_at=utcnow())
+        try:
+            lifecycle.transition(
+                application.id, "deployed", endpoint=endpoint_url(application), deployed_at=utcnow()
+            )
+        except lifecycle.TransitionRefused:
+            return "finished meanwhile by another job"
         publish_keys(application)
-        log_event(application.id, f"running at {endpoint_url(application)}")
+        log_event(
+            application.id,
+            f"deploy completed by the reconcile (its job had died): running at {endpoint_url(application)}"
+            if resumed
+            else f"running at {endpoint_url(application)}",
+        )
         return "running"
-    finally:
-        if connection.get(lock) == deploy_id.encode():
-            connection.delete(lock)
 
 
 def _fail_deploy(application: Application, reason: str) -> None:
     terminate(application, grace_s=0)
     _set_phase(application, None, "failed")
-    lifecycle.transition(
-        application.id,
-        "deploy_failed",
-        last_error=reason,
-        endpoint=None,
-        process_pid=None,
-        process_port=None,
-        process_host=None,
-    )
+    try:
+        lifecycle.transition(
+            application.id,
+            "deploy_failed",
+            last_error=reason,
+            endpoint=None,
+            process_pid=None,
+            process_port=None,
+            process_host=None,
+        )
+    except lifecycle.TransitionRefused:
+        return  # another job or the reconcile settled it meanwhile
     log_event(application.id, f"deploy failed: {reason}", "ERROR")
 
 
@@ -341,43 +393,40 @@ def terminate(application: Application, grace_s: float) -> int | None:
 
 def run_stop(application_id) -> str:
     connection = queues.connection()
-    lock = _lock("stop", application_id)
-    if not connection.set(lock, "1", nx=True, ex=int(current_app.config["STOP_GRACE_S"]) + 30):
-        return "another job is stopping this application"
-    try:
+    with queues.held_lock(connection, keyspace.lock("stop", application_id), LOCK_TTL_S) as held:
+        if not held:
+            return "another job is stopping this application"
         application = db.session.get(Application, uuid.UUID(str(application_id)))
         if application is None or application.status != lifecycle.STOPPING:
             return "not stopping: nothing to do"
         code = terminate(application, current_app.config["STOP_GRACE_S"])
         _stopped(application, f"stopped (exit code {code})" if code is not None else "stopped")
         return "stopped"
-    finally:
-        connection.delete(lock)
 
 
 def _stopped(application: Application, message: str) -> None:
     lifecycle.transition(
         application.id, "stopped", endpoint=None, process_pid=None, process_port=None, process_host=None
     )
-    queues.connection().delete(f"llmapp:servers:{application.id}")
+    try:
+        queues.connection().delete(keyspace.server(application.id))
+    except redis.RedisError:
+        pass  # it expires by itself
     log_event(application.id, message)
 
 
 def cleanup(application_id, pid: int | None, host: str | None) -> None:
     """After a delete: no process left behind, no keys or logs kept in Redis."""
-    if pid:
-        queue = queues.host_queue_name(host) if host else queues.DEFAULT_QUEUE
-        if host == queues.this_host():
-            kill_orphan(pid, str(application_id))
-        else:
-            queues.queue(queue).enqueue("jobs.deploy.kill_process", pid, str(application_id))
-    connection = queues.connection()
-    connection.delete(
-        logs.stream_key(application_id),
-        runtime_keys.keys_key(application_id),
-        runtime_keys.used_key(application_id),
-        f"llmapp:servers:{application_id}",
-    )
+    try:
+        if pid:
+            queue = queues.host_queue_name(host) if host else queues.DEFAULT_QUEUE
+            if host == queues.this_host():
+                kill_orphan(pid, str(application_id))
+            else:
+                queues.queue(queue).enqueue("jobs.deploy.kill_process", pid, str(application_id))
+        queues.connection().delete(*keyspace.application_keys(application_id))
+    except redis.RedisError as e:  # the application is gone; what it left in Redis holds no secret
+        current_app.logger.warning("after deleting application %s, Redis was unreachable: %s", application_id, e)
 
 
 def shutdown_host(reason: str) -> int:
@@ -414,11 +463,13 @@ def kill_orphan(pid: int, application_id: str) -> None:
 def publish_keys(application: Application) -> None:
     """Give the running server the application's active keys (it reads them from Redis per request)."""
     active = db.session.execute(
-        db.select(ApiKey.key_hash, ApiKey.id).where(
+        db.select(ApiKey.key_hash, ApiKey.id, ApiKey.label).where(
             ApiKey.application_id == application.id, ApiKey.revoked_at.is_(None)
         )
     ).all()
-    runtime_keys.publish(queues.connection(), application.id, {key_hash: key_id for key_hash, key_id in active})
+    runtime_keys.publish(
+        queues.connection(), application.id, {key_hash: (key_id, label) for key_hash, key_id, label in active}
+    )
 
 
 # --- reconcile ----------------------------------------------------------------------------------
@@ -432,9 +483,20 @@ def _job_pending(job_id: str) -> bool:
 
 
 def reconcile(host: str) -> dict:
-    """Compare the database with the processes on ``host`` and repair the difference."""
-    summary = {"checked": 0, "restarted": 0, "failed": 0, "repaired": 0}
+    """Compare the database with the processes on ``host`` and repair the difference.
+
+    One reconcile per host at a time, however long it waits on a process: the others skip.
+    """
     connection = queues.connection()
+    connection.delete(keyspace.reconcile_queued(host))  # the scheduler may queue the next one
+    with queues.held_lock(connection, keyspace.reconcile_lock(host), RECONCILE_LOCK_TTL_S) as held:
+        if not held:
+            return {"skipped": "another reconcile of this host is running"}
+        return _reconcile(host, connection)
+
+
+def _reconcile(host: str, connection) -> dict:
+    summary = {"checked": 0, "restarted": 0, "failed": 0, "repaired": 0, "resumed": 0}
     candidates = db.session.scalars(
         db.select(Application).where(
             db.or_(
@@ -446,34 +508,109 @@ def reconcile(host: str) -> dict:
     ).all()
     for application in candidates:
         summary["checked"] += 1
-        if application.status == lifecycle.RUNNING:
-            summary[_reconcile_running(application, connection)] += 1
-        elif application.status == lifecycle.DEPLOYING:
-            if not connection.exists(_lock("deploy", application.id)) and not _job_pending(
-                f"deploy-{application.deploy_id}"
+        try:
+            if application.status == lifecycle.RUNNING:
+                summary[_reconcile_running(application, connection)] += 1
+            elif application.status == lifecycle.DEPLOYING:
+                summary[_reconcile_deploying(application, connection)] += 1
+            elif not connection.exists(keyspace.lock("stop", application.id)) and not _job_pending(
+                f"stop-{application.deploy_id}"
             ):
-                _repair_deploy(application)
+                terminate(application, grace_s=0)
+                _stopped(application, "stopped (repaired: its stop job had died)")
                 summary["repaired"] += 1
-        elif not connection.exists(_lock("stop", application.id)) and not _job_pending(f"stop-{application.deploy_id}"):
-            terminate(application, grace_s=0)
-            _stopped(application, "stopped (repaired: its stop job had died)")
-            summary["repaired"] += 1
+        except lifecycle.TransitionRefused:
+            continue  # a job moved it meanwhile: the next reconcile sees where it is
     return summary
+
+
+def _reconcile_deploying(application: Application, connection) -> str:
+    """A deploy whose job died: follow its server if one is alive (a job of this host's), else fail it."""
+    deploy_id = application.deploy_id
+    if connection.exists(keyspace.lock("deploy", application.id)) or any(
+        _job_pending(f"{kind}-{deploy_id}") for kind in ("deploy", "resume")
+    ):
+        return "checked"
+    if server_process(application) is None:
+        _fail_deploy(application, "The deploy job stopped before finishing (its worker died). Deploy again.")
+        return "repaired"
+    log_event(application.id, "the deploy job died while the server was starting: following it to ready", "WARNING")
+    queues.queue(queues.host_queue_name(queues.this_host())).enqueue(
+        "jobs.deploy.resume_deploy",
+        str(application.id),
+        deploy_id,
+        job_id=f"resume-{deploy_id}",
+        job_timeout=int(current_app.config["DEPLOY_TIMEOUT_S"]) + 120,
+    )
+    return "resumed"
+
+
+@dataclass(frozen=True)
+class Silence:
+    """What the reconcile remembers of a server that does not answer its health checks."""
+
+    misses: int = 0  # checks unanswered while the process used no CPU
+    cpu_s: float | None = None  # its CPU time at the last check
+    busy_since: float | None = None  # since when it answers nothing while using CPU (wall-clock seconds)
+
+    @classmethod
+    def load(cls, fields: dict) -> "Silence":
+        def number(name):
+            return float(fields[name]) if fields.get(name) not in (None, b"", "") else None
+
+        return cls(int(number(b"misses") or 0), number(b"cpu_s"), number(b"busy_since"))
+
+    def dump(self) -> dict:
+        return {k: "" if v is None else str(v) for k, v in self.__dict__.items()}
+
+
+def judge_silence(previous: Silence, cpu_s: float, now: float) -> tuple[Silence, str | None]:
+    """A server that did not answer its health check: is it dead (the reason) or busy (None)?
+
+    A process that used CPU since the last check is working (a burst of long prompts, a slow
+    machine): it is given BUSY_LIMIT_S. One that used none (stopped, deadlocked) is dead after
+    SILENT_CHECKS checks.
+    """
+    if previous.cpu_s is not None and cpu_s > previous.cpu_s + 0.01:
+        busy_since = previous.busy_since if previous.busy_since is not None else now
+        if now - busy_since >= BUSY_LIMIT_S:
+            return Silence(), f"the server answered no health check for {BUSY_LIMIT_S} s while busy (hung)"
+        return Silence(0, cpu_s, busy_since), None
+    misses = previous.misses + 1
+    if misses >= SILENT_CHECKS:
+        return Silence(), "the server stopped answering its health checks"
+    return Silence(misses, cpu_s, None), None
 
 
 def _reconcile_running(application: Application, connection) -> str:
     process = server_process(application)
-    state = health(application) if process else None
-    misses_key = f"llmapp:health-misses:{application.id}"
-    if process and state and state.get("status") == "ready":
-        connection.delete(misses_key)
+    if process is None:
+        return _restart_or_fail(application, "the server process died")
+    silence_key = keyspace.health_misses(application.id)
+    state = health(application)
+    if state and state.get("status") == "ready":
+        connection.delete(silence_key)
         _sample_usage(application, process)
+        if not connection.exists(keyspace.api_keys(application.id)):
+            publish_keys(application)  # Redis lost its data (a restart without persistence)
         return "checked"
-    if process and connection.incr(misses_key) < 3:  # alive but silent: allow for a busy moment
-        connection.expire(misses_key, 120)
+    try:
+        cpu = sum(process.cpu_times()[:2])
+    except psutil.NoSuchProcess:
+        return _restart_or_fail(application, "the server process died")
+    previous = Silence.load(connection.hgetall(silence_key))
+    silence, reason = judge_silence(previous, cpu, time.time())
+    if reason is None:
+        if silence.busy_since is not None and previous.busy_since is None:
+            log_event(application.id, "the server is too busy to answer its health check; not restarting it", "WARNING")
+        connection.hset(silence_key, mapping=silence.dump())
+        connection.expire(silence_key, BUSY_LIMIT_S * 2)
         return "checked"
-    connection.delete(misses_key)
-    reason = "the server stopped answering its health checks" if process else "the server process died"
+    connection.delete(silence_key)
+    return _restart_or_fail(application, reason)
+
+
+def _restart_or_fail(application: Application, reason: str) -> str:
     terminate(application, grace_s=0)
     policy = application.config.get("restart_policy", "on-failure")
     limit = int(application.config.get("max_restarts", 3))
@@ -497,19 +634,6 @@ def _reconcile_running(application: Application, connection) -> str:
     return "failed"
 
 
-def _repair_deploy(application: Application) -> None:
-    """The deploy job died (its worker was killed): finish it if the server is fine, else fail it."""
-    process = server_process(application)
-    state = health(application) if process else None
-    if state and state.get("status") == "ready":
-        _set_phase(application, None)
-        lifecycle.transition(application.id, "deployed", endpoint=endpoint_url(application), deployed_at=utcnow())
-        publish_keys(application)
-        log_event(application.id, "deploy completed by the reconcile (its job had died)", "WARNING")
-    else:
-        _fail_deploy(application, "The deploy job stopped before finishing (its worker died). Deploy again.")
-
-
 def _sample_usage(application: Application, process: psutil.Process) -> None:
     try:
         with process.oneshot():
@@ -521,7 +645,7 @@ def _sample_usage(application: Application, process: psutil.Process) -> None:
             }
     except psutil.NoSuchProcess:
         return
-    used = queues.connection().hgetall(runtime_keys.used_key(application.id))
+    used = queues.connection().hgetall(keyspace.api_keys_used(application.id))
     for key_id, ts in used.items():
         db.session.execute(
             db.update(ApiKey)

@@ -1,0 +1,56 @@
+"""Every Redis key the platform web, the workers and the app servers share, spelled once.
+
+Plain functions of ids, importable without Flask (the app servers use them too).
+"""
+
+PREFIX = "llmapp"
+
+
+def logs(application_id) -> str:
+    """The application's log: a bounded Redis Stream of records."""
+    return f"{PREFIX}:logs:{application_id}"
+
+
+def api_keys(application_id) -> str:
+    """Hash of the application's active API keys: SHA-256 digest → key id."""
+    return f"{PREFIX}:keys:{application_id}"
+
+
+def api_keys_used(application_id) -> str:
+    """Hash of key id → last time the app server saw it (unix seconds)."""
+    return f"{PREFIX}:keys-used:{application_id}"
+
+
+def server(application_id) -> str:
+    """Where the application's running server answers (host, port, pid, deploy, config), with a TTL."""
+    return f"{PREFIX}:servers:{application_id}"
+
+
+def health_misses(application_id) -> str:
+    return f"{PREFIX}:health-misses:{application_id}"
+
+
+def lock(name: str, application_id) -> str:
+    """A job's lock on an application (name: deploy or stop)."""
+    return f"{PREFIX}:{name}-lock:{application_id}"
+
+
+def reconcile_queued(host: str) -> str:
+    """Set while a reconcile of ``host`` waits in its queue, so at most one waits at a time."""
+    return f"{PREFIX}:reconcile-queued:{host}"
+
+
+def reconcile_lock(host: str) -> str:
+    """Held by the one reconcile of ``host`` that runs."""
+    return f"{PREFIX}:reconcile-lock:{host}"
+
+
+def application_keys(application_id) -> tuple[str, ...]:
+    """What an application leaves in Redis: deleted with it."""
+    return (
+        logs(application_id),
+        api_keys(application_id),
+        api_keys_used(application_id),
+        server(application_id),
+        health_misses(application_id),
+    )

@@ -1,0 +1,85 @@
+"""What the platform hands an app server: one versioned, typed structure, written by the deploy job
+and read by the server the same way.
+
+It goes to disk as JSON readable by its owner only, and holds no credentials: the Redis URL (which
+may carry a password) and the application's environment variables arrive in the process environment.
+"""
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VERSION = 1
+REDIS_URL_VARIABLE = "LLMAPP_REDIS_URL"  # how the server learns where Redis is
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """The application's configuration fields, as the server applies them."""
+
+    max_concurrency: int = 8
+    timeout_s: int = 60
+    log_level: str = "INFO"
+    cache_size: int = 128
+    batch_size: int = 4
+    restart_policy: str = "on-failure"
+    max_restarts: int = 3
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ServingConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    app_id: str
+    app_name: str
+    engine: str  # "transformers" or "openai"
+    config: ServingConfig
+    port: int
+    host: str = "127.0.0.1"  # the host name clients use
+    bind: str = "127.0.0.1"  # the address the server listens on
+    deploy_id: str = ""
+    model_name: str = ""
+    model_path: str = ""  # transformers: a local Hugging Face directory
+    precision: str = "fp32"
+    base_url: str | None = None  # openai: the upstream
+    upstream_model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"  # openai: the environment variable that holds the upstream's key
+    grace_s: float = 10.0  # after SIGTERM, in-flight requests get this long
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    secret_names: tuple[str, ...] = field(default_factory=tuple)  # their values are redacted from logs
+    version: int = VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServerSpec":
+        """:raise ValueError: not a spec of a version this server reads."""
+        data = json.loads(text)
+        if data.get("version") != VERSION:
+            raise ValueError(f"Spec version {data.get('version')!r}; this server reads version {VERSION}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["config"] = ServingConfig.from_dict(data.get("config") or {})
+        data["secret_names"] = tuple(data.get("secret_names") or ())
+        return cls(**data)
+
+    def write(self, path: Path) -> None:
+        """Write for the owner's eyes only (0600), replacing any earlier spec atomically."""
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.unlink(missing_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.to_json())
+        os.replace(temporary, path)
+
+    @classmethod
+    def read(cls, path: str | Path) -> "ServerSpec":
+        return cls.from_json(Path(path).read_text())
