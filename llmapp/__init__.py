@@ -24,6 +24,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         static_folder=str(ROOT / "static"),
     )
     app.config.update(llmapp_config.load(app.instance_path, test_config))
+    from .web import IdConverter
+
+    app.url_map.converters["id"] = IdConverter
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "memory://")
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
 
@@ -50,11 +53,11 @@ def register_extensions(app: Flask) -> None:
     htmx.init_app(app)
     limiter.init_app(app)
 
-    from .models import User
+    from .services import users
 
     @login_manager.user_loader
-    def load_user(user_id: str):
-        return db.session.get(User, int(user_id))
+    def load_user(session_id: str):
+        return users.user_of_session(session_id)
 
 
 @event.listens_for(Engine, "connect")
@@ -82,6 +85,7 @@ def register_error_handlers(app: Flask) -> None:
     messages = {
         400: "The request could not be understood.",
         403: "You are not allowed to do that.",
+        413: "That was too much to send at once: the request is larger than this platform accepts.",
         404: "There is nothing here, or it is not yours to see.",
         405: "That action is not allowed here.",
         429: "Too many attempts. Wait a minute and try again.",

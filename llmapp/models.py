@@ -24,6 +24,13 @@ class User(UserMixin, db.Model):
     is_admin: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+    # The login this request came with (services/users.py): Flask-Login keeps "id:token" in the
+    # session and the remember-me cookie, and a token whose login has ended lets nobody in.
+    session_token = None  # str, set per request
+
+    def get_id(self) -> str:
+        return f"{self.id}:{self.session_token}"
+
     def set_password(self, password: str) -> None:
         self.password_hash = generate_password_hash(password)
 
@@ -32,6 +39,17 @@ class User(UserMixin, db.Model):
 
     def __repr__(self) -> str:
         return f"<User {self.email}>"
+
+
+class LoginSession(db.Model):
+    """One login (a browser): it lasts until its user logs out. Only the token's SHA-256 is stored."""
+
+    __tablename__ = "login_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class RegistryModel(db.Model):

@@ -2,6 +2,9 @@
 
 from flask import abort, make_response, redirect, render_template, request
 from flask_login import current_user
+from werkzeug.routing import IntegerConverter
+
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database: a larger number names nothing
 
 # Only our own vendored scripts and stylesheet; htmx is configured (base.html) to need no inline style or eval.
 CONTENT_SECURITY_POLICY = (
@@ -33,6 +36,27 @@ def redirect_to(location: str):
         response.headers["HX-Redirect"] = location
         return response
     return redirect(location, code=303)
+
+
+class IdConverter(IntegerConverter):
+    """``<id:name>`` in a route: a database id (1 to MAX_ID); any other number is a 404, not an overflow."""
+
+    def __init__(self, url_map):
+        super().__init__(url_map, min=1, max=MAX_ID)
+
+
+def bounded_int(value, low: int = 1, high: int = MAX_ID, default=None) -> int | None:
+    """``value`` as an int within [low, high], else ``default`` (bad input names nothing; it never overflows)."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return default
+    return number if low <= number <= high else default
+
+
+def int_arg(name: str, low: int = 1, high: int = MAX_ID, default=None) -> int | None:
+    """A query-string integer within [low, high], else ``default``."""
+    return bounded_int(request.args.get(name), low, high, default)
 
 
 def admin_required() -> None:

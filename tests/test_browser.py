@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SERVING_CONFIG, LiveServer
+from llmapp.extensions import db
 
 pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -87,6 +88,9 @@ def test_create_validate_recommend_save_find_delete(app, factory, browser_page, 
         expect(page.locator("#batch_size-error")).to_have_text("Must be between 1 and 256.")
         expect(page.locator("#description")).to_have_value("Answers customer questions.")
         expect(page.locator("[name='env-0-name']")).to_have_value("API_KEY")
+        # The typed secret is kept (encrypted, in the form) but never sent back in clear.
+        expect(page.locator(".env-row .masked")).to_have_text("••••")
+        assert "sk-browser-secret" not in page.content()
         shot(page, "02-validation-errors")
 
         # Changing the model fetches its recommendation; Apply fills the configuration.
@@ -104,8 +108,6 @@ def test_create_validate_recommend_save_find_delete(app, factory, browser_page, 
         expect(page.locator(".env-row")).to_have_count(1)
 
         page.fill("#name", "browser-bot")
-        if not page.locator("[name='env-0-value']").input_value():  # a re-rendered secret is typed again
-            page.fill("[name='env-0-value']", "sk-browser-secret")
         shot(page, "03-form-filled")
         page.click("button:has-text('Create application')")
         expect(page.locator(".flash-success")).to_contain_text("Application “browser-bot” created.")
@@ -125,6 +127,12 @@ def test_create_validate_recommend_save_find_delete(app, factory, browser_page, 
         expect(page.locator("h1")).to_contain_text("browser-bot")
         expect(page.locator("body")).to_contain_text("API_KEY")
         expect(page.locator("body")).not_to_contain_text("sk-browser-secret")
+        with app.app_context():  # the secret typed before the errors is the one stored
+            from llmapp import secrets_box
+            from llmapp.models import EnvVar
+
+            stored = db.session.scalar(db.select(EnvVar).filter_by(name="API_KEY"))
+            assert stored.is_secret and secrets_box.decrypt(stored.value) == "sk-browser-secret"
         shot(page, "05-detail")
 
         page.goto(server.url + "/applications/")

@@ -1,6 +1,5 @@
 import re
 
-from flask_wtf import FlaskForm
 from wtforms import (
     BooleanField,
     FieldList,
@@ -14,35 +13,52 @@ from wtforms import (
 )
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, StopValidation, ValidationError
 
+from .. import secrets_box
+from ..forms import PlatformForm
 from ..services import applications, recommendations
+from ..web import bounded_int
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_ENV_VARS = 100
 
 
 class EnvVarForm(Form):
-    """One row of the environment table. ``secret_id`` points at a stored secret this row keeps."""
+    """One row of the environment table. ``secret_id`` points at a stored secret this row keeps;
+    ``secret_token`` carries, encrypted, a secret typed before the form came back with errors
+    (so it is neither echoed into the page nor lost)."""
 
     name = StringField("Name", validators=[InputRequired("Give the variable a name."), Length(max=128)])
-    value = StringField("Value", validators=[Length(max=10_000)])
+    value = StringField("Value", validators=[Length(max=10_000, message="At most 10,000 characters.")])
     secret = BooleanField("Secret")
     secret_id = HiddenField()
+    secret_token = HiddenField()
 
     def validate_name(self, field):
         if not ENV_NAME.match(field.data.strip()):
             raise ValidationError("Use letters, digits and _, not starting with a digit.")
 
     def validate_secret_id(self, field):
-        if field.data and not field.data.isdigit():
+        if field.data and bounded_int(field.data) is None:
             raise ValidationError("Invalid secret reference.")
+
+    def validate_secret_token(self, field):
+        if field.data and not self.value.data:
+            try:
+                self.value.data = secrets_box.decrypt(field.data)  # the value typed before, kept
+            except ValueError:
+                self.value.errors.append("Type this secret again.")
+
+    def conceal(self) -> None:
+        """Before the row goes back to the browser: a typed secret travels only encrypted."""
+        if self.secret.data and self.value.data:
+            if not self.value.errors:
+                self.secret_token.data = secrets_box.encrypt(self.value.data)
+            self.value.data = ""
 
 
 def _model_id(value):
     """A model id, or None for anything else (the validator then says what is wrong)."""
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
+    return bounded_int(value)
 
 
 def _parsed(form, field):
@@ -63,7 +79,7 @@ def _bounded(name: str, key: str):
     )
 
 
-class ApplicationForm(FlaskForm):
+class ApplicationForm(PlatformForm):
     name = StringField(
         "Name", validators=[InputRequired("Name is required."), Length(max=100, message="At most 100 characters.")]
     )
@@ -88,7 +104,8 @@ class ApplicationForm(FlaskForm):
             NumberRange(0, 10, "Must be between 0 and 10."),
         ],
     )
-    env = FieldList(FormField(EnvVarForm), max_entries=MAX_ENV_VARS)
+    # No max_entries: rows past the limit would be dropped without a word; the limit is checked below.
+    env = FieldList(FormField(EnvVarForm))
 
     def __init__(self, *args, owner_id: int, application_id=None, models=(), **kwargs):
         super().__init__(*args, **kwargs)
@@ -107,6 +124,10 @@ class ApplicationForm(FlaskForm):
             raise ValidationError(f"You already have an application named “{field.data}”.")
 
     def validate_env(self, field):
+        if len(field.entries) > MAX_ENV_VARS:
+            raise ValidationError(
+                f"At most {MAX_ENV_VARS} environment variables; this form has {len(field.entries)}. Remove some."
+            )
         seen = set()
         for entry in field.entries:
             name = (entry.form.name.data or "").strip()
@@ -115,13 +136,17 @@ class ApplicationForm(FlaskForm):
                 raise ValidationError("Each variable name may appear only once.")
             seen.add(name)
 
+    def conceal_secrets(self) -> None:
+        for entry in self.env.entries:
+            entry.form.conceal()
+
     def service_data(self) -> dict:
         """What the applications service takes."""
         data = {
             key: getattr(self, key).data for key in ("name", "model_id", "description", *applications.DEFAULT_CONFIG)
         }
         data["env"] = [
-            {**entry.data, "secret_id": int(entry.data["secret_id"]) if entry.data["secret_id"] else None}
+            {**entry.data, "secret_id": bounded_int(entry.data["secret_id"])}
             for entry in self.env.entries
         ]
         return data

@@ -5,9 +5,11 @@ from werkzeug.datastructures import MultiDict
 from .. import queues
 from ..runtime import logs
 from ..services import Conflict, NotFound, ServiceError, api_keys, applications, deployments, lifecycle, registry
-from ..web import redirect_to, render
+from ..web import int_arg, redirect_to, render
 from . import bp
 from .forms import MAX_ENV_VARS, ApplicationForm
+
+MAX_PAGE = 1_000_000  # past any real list; a larger page number is read as the first page
 
 
 @bp.before_request
@@ -44,6 +46,7 @@ def _recommendation(model_id):
 
 
 def _render_form(form, application=None, code=200):
+    form.conceal_secrets()
     return render(
         "applications/form.html",
         "applications/_form.html",
@@ -59,7 +62,7 @@ def index():
     """List the applications the user sees, filtered and paginated; the table alone for htmx."""
     q = request.args.get("q", "").strip()
     status = request.args.get("status", "")
-    page = request.args.get("page", 1, type=int)
+    page = int_arg("page", high=MAX_PAGE, default=1)
     pagination = applications.search(current_user, q, status, page)
     return render("applications/index.html", "applications/_table.html", pagination=pagination, q=q, status=status)
 
@@ -98,13 +101,16 @@ def detail(application_id):
 
 def _request(application_id, request_transition, progress: str):
     application = get_application(application_id)
+    # Read before the transition: if another request deletes the application meanwhile, the refused
+    # transition expires the object and it could not be loaded again.
+    application_id, name = application.id, application.name
     try:
         request_transition(application)
     except ServiceError as e:
         flash(str(e), "error")
     else:
-        flash(f"{progress} “{application.name}”…", "info")
-    return redirect_to(url_for(".detail", application_id=application.id))
+        flash(f"{progress} “{name}”…", "info")
+    return redirect_to(url_for(".detail", application_id=application_id))
 
 
 @bp.post("/<application_id>/deploy")
@@ -119,18 +125,29 @@ def stop(application_id):
     return _request(application_id, deployments.request_stop, "Stopping")
 
 
+def _keys_section(application, new_key=None, error=None):
+    return render_template(
+        "applications/_keys.html",
+        application=application,
+        keys=api_keys.list_keys(application),
+        new_key=new_key,
+        error=error,
+    )
+
+
 @bp.post("/<application_id>/keys")
 def create_key(application_id):
     """Make an API key and show it once, in the keys section."""
     application = get_application(application_id)
     label = request.form.get("label", "").strip()[:100]
-    _, plain = api_keys.create_key(application, label)
-    return render_template(
-        "applications/_keys.html", application=application, keys=api_keys.list_keys(application), new_key=plain
-    )
+    try:
+        _, plain = api_keys.create_key(application, label)
+    except ServiceError as e:
+        return _keys_section(application, error=str(e))
+    return _keys_section(application, new_key=plain)
 
 
-@bp.post("/<application_id>/keys/<int:key_id>/revoke")
+@bp.post("/<application_id>/keys/<id:key_id>/revoke")
 def revoke_key(application_id, key_id):
     """Revoke a key: the running server refuses it from the next request on."""
     application = get_application(application_id)
@@ -138,9 +155,9 @@ def revoke_key(application_id, key_id):
         api_keys.revoke_key(application, key_id)
     except NotFound:
         abort(404, "No such key.")
-    return render_template(
-        "applications/_keys.html", application=application, keys=api_keys.list_keys(application), new_key=None
-    )
+    except ServiceError as e:
+        return _keys_section(application, error=str(e))
+    return _keys_section(application)
 
 
 @bp.route("/<application_id>/edit", methods=["GET", "POST"])
@@ -208,7 +225,7 @@ def delete(application_id):
 @bp.get("/env-row")
 def env_row():
     """A new environment row for the form, plus the add button moved on to the next index."""
-    index = min(request.args.get("index", 0, type=int), MAX_ENV_VARS - 1)
+    index = int_arg("index", low=0, high=MAX_ENV_VARS - 1, default=0)
     form = _form(formdata=None)
     form.env.last_index = index - 1  # append_entry names the row env-<last_index + 1>
     row = form.env.append_entry()
@@ -220,15 +237,15 @@ def recommendation():
     """The configuration recommended for the chosen model, with its reasoning and an Apply button."""
     return render_template(
         "applications/_recommendation.html",
-        recommendation=_recommendation(request.args.get("model_id", type=int)),
-        model_id=request.args.get("model_id", type=int),
+        recommendation=_recommendation(int_arg("model_id")),
+        model_id=int_arg("model_id"),
     )
 
 
 @bp.get("/recommendation/apply")
 def apply_recommendation():
     """The configuration fields, filled with the recommendation (other fields as the user left them)."""
-    recommended = _recommendation(request.args.get("model_id", type=int))
+    recommended = _recommendation(int_arg("model_id"))
     values = MultiDict(request.args)
     if recommended:
         for key, value in recommended.as_config().items():

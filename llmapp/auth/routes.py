@@ -26,6 +26,7 @@ def login():
     if form.validate_on_submit():
         user = users.find_by_email(form.email.data)
         if user is not None and user.check_password(form.password.data):
+            users.start_session(user)
             login_user(user, remember=form.remember.data)
             return redirect(_safe_next(request.args.get("next")))
         form.password.errors.append("Wrong email or password.")
@@ -35,7 +36,8 @@ def login():
 @bp.post("/logout")
 @login_required
 def logout():
-    """Log the current user out."""
+    """Log the current user out: this login ends on the server too (its cookies let nobody in again)."""
+    users.end_session(current_user)
     logout_user()
     flash("You are logged out.", "info")
     return redirect(url_for("auth.login"), code=303)

@@ -1,12 +1,12 @@
-from flask_wtf import FlaskForm
 from wtforms import FloatField, IntegerField, SelectField, StringField, URLField
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, ValidationError
 
+from ..forms import PlatformForm
 from ..models import RegistryModel
 from ..services import registry
 
 
-class RegistryModelForm(FlaskForm):
+class RegistryModelForm(PlatformForm):
     name = StringField("Name", validators=[InputRequired("Name is required."), Length(max=100)])
     family = StringField("Family", validators=[Optional(), Length(max=50)])
     parameters_billions = FloatField(

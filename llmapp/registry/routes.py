@@ -39,7 +39,7 @@ def create():
     return render("registry/form.html", "registry/_form.html", code=422 if form.errors else 200, form=form, model=None)
 
 
-@bp.route("/<int:model_id>/edit", methods=["GET", "POST"])
+@bp.route("/<id:model_id>/edit", methods=["GET", "POST"])
 def edit(model_id):
     """Edit a registered model (admins only)."""
     admin_required()
@@ -52,7 +52,7 @@ def edit(model_id):
     return render("registry/form.html", "registry/_form.html", code=422 if form.errors else 200, form=form, model=model)
 
 
-@bp.route("/<int:model_id>/delete", methods=["POST", "DELETE"])
+@bp.route("/<id:model_id>/delete", methods=["POST", "DELETE"])
 def delete(model_id):
     """Remove a model from the registry, unless applications use it (admins only)."""
     admin_required()

@@ -1,12 +1,14 @@
 """Users: creation, and the first admin of a new installation."""
 
+import hashlib
 import re
 import secrets
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from ..extensions import db
-from ..models import User
+from ..models import LoginSession, User
+from ..web import bounded_int
 from . import Conflict, ServiceError
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
@@ -47,3 +49,42 @@ def ensure_first_admin(email: str | None, password: str | None) -> tuple[User, s
         email = email or "admin@llmapp.local"
         password = generated = secrets.token_urlsafe(12)
     return create_user(email, password, admin=True), generated
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def start_session(user: User) -> None:
+    """Begin a login of ``user`` (its token goes into the session and remember-me cookies)."""
+    token = secrets.token_urlsafe(32)
+    db.session.add(LoginSession(user_id=user.id, token_hash=_token_hash(token)))
+    db.session.commit()
+    user.session_token = token
+
+
+def user_of_session(session_id: str) -> User | None:
+    """The user of a live login, from the "id:token" Flask-Login stored; None once it has ended."""
+    user_id, _, token = (session_id or "").partition(":")
+    user_id = bounded_int(user_id)
+    if user_id is None or not token:
+        return None
+    user = db.session.scalar(
+        select(User)
+        .join(LoginSession, LoginSession.user_id == User.id)
+        .where(User.id == user_id, LoginSession.token_hash == _token_hash(token))
+    )
+    if user is not None:
+        user.session_token = token
+    return user
+
+
+def end_session(user: User) -> None:
+    """End this login on the server: its session and remember-me cookies let nobody in again."""
+    if user.session_token:
+        db.session.execute(
+            delete(LoginSession).where(
+                LoginSession.user_id == user.id, LoginSession.token_hash == _token_hash(user.session_token)
+            )
+        )
+        db.session.commit()
