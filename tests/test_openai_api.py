@@ -1,0 +1,186 @@
+"""The OpenAI wire format on its own: what a request may hold, and the shapes of what comes back."""
+
+import json
+
+import pytest
+
+import openai_shapes
+from llmapp.runtime import openai_api
+from llmapp.runtime.openai_api import APIError, Generation, TokenLogprob
+
+
+def parse(kind="chat", passthrough=False, **body):
+    body.setdefault("model", "app")
+    if kind == "chat":
+        body.setdefault("messages", [{"role": "user", "content": "hi"}])
+    else:
+        body.setdefault("prompt", "hello")
+    return openai_api.parse(kind, body, "app", 8192, "transformers", passthrough=passthrough)
+
+
+def refused(kind="chat", **body) -> APIError:
+    with pytest.raises(APIError) as error:
+        parse(kind, **body)
+    assert error.value.status in (400, 404), error.value.status
+    openai_shapes.check(error.value.body(), openai_shapes.ERROR)
+    return error.value
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"max_tokens": NaN}', b'{"max_tokens": Infinity}', b'{"a": -Infinity}', b"not json", b"\xff\xfe", b'{"a": '],
+)
+def test_bodies_that_are_not_strict_json_are_400(raw):
+    with pytest.raises(APIError) as error:
+        openai_api.load_json(raw)
+    assert error.value.status == 400 and "not valid JSON" in error.value.message
+
+
+def test_deeply_nested_json_is_400_not_a_recursion_error():
+    with pytest.raises(APIError) as error:
+        openai_api.load_json(b"[" * 100_000 + b"]" * 100_000)
+    assert error.value.status == 400 and "nested too deeply" in error.value.message
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "param", "words"),
+    [
+        (
+            "chat",
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+            "messages[0].content.text",
+            "must be a string",
+        ),
+        (
+            "chat",
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            "messages[0].content",
+            "Only text content parts",
+        ),
+        ("chat", {"messages": [{"role": "user", "content": "\ud800"}]}, "messages[0].content", "lone surrogate"),
+        ("chat", {"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "not supported"),
+        ("chat", {"messages": []}, "messages", "non-empty list"),
+        ("completion", {"prompt": ""}, "prompt", "must not be empty"),
+        ("completion", {"prompt": "a\udfff"}, "prompt", "lone surrogate"),
+        ("completion", {"prompt": ["a", "b"]}, "prompt", "one string"),
+        ("chat", {"stream": "no"}, "stream", "true or false"),
+        ("chat", {"stream_options": "yes"}, "stream_options", "must be an object"),
+        ("chat", {"max_tokens": 1.5}, "max_tokens", "an integer"),
+        ("chat", {"max_tokens": 0}, "max_tokens", "between 1 and"),
+        ("chat", {"max_tokens": True}, "max_tokens", "an integer"),
+        ("chat", {"temperature": 3}, "temperature", "between 0 and 2"),
+        ("chat", {"temperature": "hot"}, "temperature", "a number"),
+        ("chat", {"top_p": 0}, "top_p", "greater than 0"),
+        ("chat", {"n": 2}, "n", "between 1 and 1"),
+        ("chat", {"stop": ["a", "b", "c", "d", "e"]}, "stop", "up to 4"),
+        ("chat", {"stop": ["\ud800"]}, "stop", "lone surrogate"),
+        (
+            "chat",
+            {"tools": [{"type": "function", "function": {"name": "f"}}]},
+            "tools",
+            "not supported by this application's engine (transformers)",
+        ),
+        ("chat", {"response_format": {"type": "json_object"}}, "response_format", "not supported"),
+        ("chat", {"logit_bias": {"1": 5}}, "logit_bias", "not supported"),
+        ("chat", {"frequency_penalty": 0.5}, "frequency_penalty", "not supported"),
+        ("completion", {"echo": True}, "echo", "not supported"),
+        ("chat", {"top_logprobs": 3}, "top_logprobs", "requires 'logprobs'"),
+        ("chat", {"logprobs": True, "top_logprobs": 21}, "top_logprobs", "between 0 and 20"),
+        ("completion", {"logprobs": 6}, "logprobs", "between 0 and 5"),
+        ("chat", {"frobnicate": 1}, "frobnicate", "Unrecognized request argument"),
+        ("chat", {"prompt": "x"}, "prompt", "Unrecognized request argument"),
+        ("completion", {"top_logprobs": 2}, "top_logprobs", "Unrecognized request argument"),
+        ("chat", {"model": 7}, "model", "must be a string"),
+    ],
+)
+def test_hostile_or_unsupported_requests_are_400_naming_the_parameter(kind, body, param, words):
+    error = refused(kind, **body)
+    assert error.status == 400 and error.param == param and words in error.message, (error.param, error.message)
+
+
+def test_a_model_this_endpoint_does_not_serve_is_404_model_not_found():
+    error = refused(model="gpt-4o")
+    assert error.status == 404 and error.code == "model_not_found" and "`gpt-4o`" in error.message
+    with pytest.raises(APIError) as missing:
+        openai_api.parse("chat", {"messages": [{"role": "user", "content": "x"}]}, "app", 10, "transformers")
+    assert missing.value.status == 400 and missing.value.param == "model"
+
+
+def test_what_is_accepted():
+    chat = parse(
+        messages=[
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": None},
+        ],
+        temperature=1e-300,
+        stream=True,
+        stream_options={"include_usage": True},
+        logprobs=True,
+        top_logprobs=2,
+        user="u-1",
+        presence_penalty=0,
+        response_format={"type": "text"},
+        stop="END",
+    )
+    assert [m["role"] for m in chat.messages] == ["system", "user", "assistant"]
+    assert chat.messages[1]["content"] == "ab" and chat.messages[2]["content"] == ""
+    assert chat.greedy and chat.deterministic  # 1e-300 samples greedily: no division by almost zero
+    assert chat.stream and chat.include_usage and chat.logprobs and chat.top_logprobs == 2 and chat.stop == ["END"]
+    assert chat.max_tokens == 256 and parse("completion").max_tokens == 16
+    completion = parse("completion", prompt=["one"], logprobs=0, max_tokens=5.0)
+    assert completion.prompt == "one" and completion.logprobs and completion.top_logprobs == 0
+    assert completion.max_tokens == 5
+    assert not parse(temperature=0.7).deterministic and parse(temperature=0).deterministic
+
+
+def test_an_upstream_engine_judges_its_own_parameters():
+    forwarded = parse(passthrough=True, tools=[{"type": "function"}], frobnicate=1, temperature=0)
+    assert forwarded.deterministic and not forwarded.stream
+    with pytest.raises(APIError):  # what this server reads itself is still checked
+        parse(passthrough=True, stream="yes")
+
+
+def test_greedy_requests_share_a_batch_whatever_their_seed():
+    a, b = parse(temperature=0, seed=1), parse(temperature=1e-9, seed=2)
+    assert a.sampling_key() == b.sampling_key() != parse(temperature=0.5).sampling_key()
+
+
+ENTRIES = [TokenLogprob("Hel", -0.5, [("Hel", -0.5), ("Hi", -1.25)]), TokenLogprob("lo", float("-inf"), [])]
+
+
+def test_response_shapes_follow_openais_schema():
+    generation = Generation("Hello", "stop", 3, 2, ENTRIES)
+    chat = openai_api.response("chat", "app", generation)
+    openai_shapes.check(chat, openai_shapes.CHAT_COMPLETION)
+    assert chat["choices"][0]["message"]["refusal"] is None
+    content = chat["choices"][0]["logprobs"]["content"]
+    assert content[0]["bytes"] == list(b"Hel") and content[0]["top_logprobs"][1] == {
+        "token": "Hi",
+        "logprob": -1.25,
+        "bytes": list(b"Hi"),
+    }
+    assert content[1]["logprob"] == -9999.0  # JSON has no -Infinity: OpenAI's "very unlikely"
+    json.dumps(chat, allow_nan=False)
+
+    completion = openai_api.response("completion", "app", generation)
+    openai_shapes.check(completion, openai_shapes.TEXT_COMPLETION)
+    logprobs = completion["choices"][0]["logprobs"]
+    assert logprobs["tokens"] == ["Hel", "lo"] and logprobs["text_offset"] == [0, 3]
+    assert logprobs["top_logprobs"][0] == {"Hel": -0.5, "Hi": -1.25}
+    plain = openai_api.response("chat", "app", Generation("x", "length", 1, 1))
+    assert plain["choices"][0]["logprobs"] is None
+    openai_shapes.check(openai_api.model_object("app", 1), openai_shapes.MODEL)
+
+
+def test_chunk_shapes_follow_openais_schema():
+    chat = openai_api.ChunkWriter("chat", "app")
+    for chunk in (chat.first(), chat.delta("He", ENTRIES[:1]), chat.delta("llo"), chat.last("stop"), chat.usage(3, 2)):
+        openai_shapes.check(chunk, openai_shapes.CHAT_COMPLETION_CHUNK)
+    text = openai_api.ChunkWriter("completion", "app")
+    assert text.first() is None
+    first, second = text.delta("He", ENTRIES[:1]), text.delta("llo", ENTRIES[1:])
+    for chunk in (first, second, text.last("length")):
+        openai_shapes.check(chunk, openai_shapes.TEXT_COMPLETION)
+    assert second["choices"][0]["logprobs"]["text_offset"] == [2]  # offsets run on across chunks
+    assert openai_api.sse({"a": 1}) == b'data: {"a": 1}\n\n' and openai_api.sse("[DONE]") == b"data: [DONE]\n\n"
