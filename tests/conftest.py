@@ -331,3 +331,83 @@ def workers(app, database_url, redis_url, tmp_path):
     started.stop()
     for process in server_processes(str(tmp_path)):  # no server of this test outlives it
         process.kill()
+
+
+# --- one app server on the tiny model, shared by the tests of the serving path -------------------
+
+
+def redis_database(url: str, number: int) -> str:
+    """The same Redis server, another database (the per-test flush empties database 0 only)."""
+    base, _, last = url.rstrip("/").rpartition("/")
+    return f"{base}/{number}" if last.isdigit() else f"{url.rstrip('/')}/{number}"
+
+
+class ServedTiny:
+    """A real app server process (`python -m llmapp.runtime`) on the tiny GPT-2, started from a spec
+    as the deploy job starts one, with its API key published in Redis as the platform publishes it."""
+
+    NAME = "served"
+    KEY = "llm-tests-shared-key"
+
+    def __init__(self, model_dir, redis_url, run_dir):
+        import subprocess
+        import sys
+        import uuid
+        from pathlib import Path
+
+        from llmapp.embedded import free_port
+        from llmapp.runtime import keys
+        from llmapp.runtime.spec import REDIS_URL_VARIABLE, ServerSpec, ServingConfig
+
+        self.redis_url = redis_url
+        self.redis = redis.Redis.from_url(redis_url)
+        self.redis.flushdb()
+        self.app_id = uuid.uuid4().hex
+        keys.publish(self.redis, self.app_id, {keys.digest(self.KEY): (1, "tests")})
+        config = ServingConfig(max_concurrency=2, timeout_s=60, log_level="DEBUG", cache_size=8, batch_size=4)
+        self.spec = ServerSpec(
+            app_id=self.app_id, app_name=self.NAME, engine="transformers", model_path=model_dir, config=config,
+            port=free_port(),
+        )  # fmt: skip
+        spec_path = Path(run_dir) / "served.json"
+        self.spec.write(spec_path)
+        env = {"PATH": os.environ["PATH"], REDIS_URL_VARIABLE: redis_url, "PYTHONUNBUFFERED": "1"}
+        root = Path(__file__).resolve().parent.parent
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "llmapp.runtime", "--spec", str(spec_path)], cwd=root, env=env
+        )
+        self.base = f"http://127.0.0.1:{self.spec.port}"
+        self.url = self.base + "/v1"
+        self.headers = {"Authorization": f"Bearer {self.KEY}"}
+        wait_for(lambda: (self.health() or {}).get("status") == "ready", 120, 0.2, "the tiny server to be ready")
+
+    def health(self) -> dict | None:
+        import httpx
+
+        try:
+            return httpx.get(self.base + "/health", timeout=10).json()
+        except httpx.HTTPError:
+            return None
+
+    def idle(self) -> dict:
+        """Wait until nothing is in flight (a test leaves the server as it found it)."""
+        return wait_for(lambda: (h := self.health()) and h["in_flight"] == 0 and h, 60, 0.05, "no request in flight")
+
+    def log(self) -> list[dict]:
+        from llmapp.runtime import logs
+
+        return logs.tail(self.redis, self.app_id, 2000)
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except Exception:  # noqa: BLE001
+            self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def served_tiny(tiny_model_dir, redis_url, tmp_path_factory):
+    server = ServedTiny(tiny_model_dir, redis_database(redis_url, 15), tmp_path_factory.mktemp("served"))
+    yield server
+    server.stop()

@@ -1,0 +1,327 @@
+"""Each stage of the app server's request path on its own (pipeline.py), with a fake engine and the
+real Redis for keys. The stages' work against a real model, over real HTTP, is in test_serving.py."""
+
+import asyncio
+import json
+import threading
+import uuid
+
+import pytest
+import redis
+import redis.asyncio
+
+import openai_shapes
+from llmapp.runtime import keys, openai_api, pipeline
+from llmapp.runtime.engines import Engine, Prepared
+from llmapp.runtime.keys import KeyChecker
+from llmapp.runtime.openai_api import APIError, ChunkWriter, Generation
+from llmapp.runtime.pipeline import Context, Served
+from llmapp.runtime.spec import ServerSpec, ServingConfig
+
+
+class FakeEngine(Engine):
+    """Answers "hi" after ``delay`` seconds (per chunk when streaming); counts cancellations."""
+
+    name = "fake"
+    status = "ready"
+    max_context = 100
+
+    def __init__(self, delay=0.0, chunks=3):
+        super().__init__("app")
+        self.delay, self.chunks = delay, chunks
+        self.cancelled = 0
+        self.calls = 0
+        self.prepared_in = None
+
+    async def prepare(self, request, body):
+        self.prepared_in = threading.current_thread().name
+        return Prepared(request, body, [1, 2, 3])
+
+    async def complete(self, prepared):
+        self.calls += 1
+        try:
+            await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return openai_api.response(prepared.request.kind, "app", Generation("hi", "stop", 3, 1))
+
+    async def stream(self, prepared):
+        self.calls += 1
+        writer = ChunkWriter(prepared.request.kind, "app")
+        try:
+            yield writer.first()
+            for _ in range(self.chunks):
+                await asyncio.sleep(self.delay)
+                yield writer.delta("hi")
+            yield writer.last("stop")
+            yield writer.usage(3, self.chunks)
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            raise
+
+
+@pytest.fixture
+def published(redis_url):
+    """An application id with one published key, "good" labelled "laptop"."""
+    application_id = uuid.uuid4().hex
+    connection = redis.Redis.from_url(redis_url)
+    keys.publish(connection, application_id, {keys.digest("good"): (7, "laptop")})
+    yield application_id
+    connection.delete(f"llmapp:keys:{application_id}", f"llmapp:keys-used:{application_id}")
+    connection.close()
+
+
+def served(redis_url, application_id, engine=None, **config) -> Served:
+    spec = ServerSpec(
+        app_id=application_id,
+        app_name="app",
+        engine="fake",
+        port=0,
+        config=ServingConfig(**{"max_concurrency": 2, "timeout_s": 5, "cache_size": 4, **config}),
+        max_request_bytes=1000,
+    )
+    return Served(spec, engine or FakeEngine(), KeyChecker(redis.asyncio.Redis.from_url(redis_url), application_id))
+
+
+class Client:
+    """The ASGI side of one request: its body arrives, then the client stays or goes."""
+
+    def __init__(self, body=b"", chunks=None, headers=None):
+        self.messages = [{"type": "http.request", "body": c, "more_body": True} for c in chunks or []]
+        self.messages.append({"type": "http.request", "body": body, "more_body": False})
+        self.left = asyncio.Event()
+        self.sent = []
+        self.headers = {"authorization": "Bearer good", **(headers or {})}
+
+    async def receive(self):
+        if self.messages:
+            return self.messages.pop(0)
+        await self.left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message):
+        self.sent.append(message)
+
+    def request(self, path="/v1/chat/completions"):
+        from starlette.requests import Request
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "scheme": "http",
+            "server": ("test", 80),
+            "headers": [(k.encode(), v.encode()) for k, v in self.headers.items()],
+        }
+        return Request(scope, self.receive)
+
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")
+
+    def status(self) -> int:
+        return next(m["status"] for m in self.sent if m["type"] == "http.response.start")
+
+
+def chat(**extra) -> bytes:
+    return json.dumps({"model": "app", "messages": [{"role": "user", "content": "hi"}], **extra}).encode()
+
+
+def context(state: Served, client: Client, kind="chat") -> Context:
+    return Context(state, client.request(), kind, "req-1")
+
+
+async def answer(state: Served, client: Client, kind="chat") -> Context:
+    """Run the whole pipeline and send the answer, as the server does."""
+    ctx = context(state, client, kind)
+    response = await pipeline.run(ctx)
+    await response(ctx.request.scope, client.receive, client.send)
+    return ctx
+
+
+def test_the_stages_and_their_order_are_written_in_one_place():
+    assert [stage.__name__ for stage in pipeline.STAGES] == [
+        "authenticate",
+        "parse",
+        "admit",
+        "prepare",
+        "cache_lookup",
+        "generate",
+        "cache_store",
+    ]
+
+
+def test_authenticate(redis_url, published):
+    async def check(header, state=None):
+        state = state or served(redis_url, published)
+        client = Client(headers={"authorization": header})
+        ctx = context(state, client)
+        await pipeline.authenticate(ctx)
+        return ctx
+
+    for header in ("", "Basic good", "Bearer ", "Bearer wrong"):
+        with pytest.raises(APIError) as error:
+            asyncio.run(check(header))
+        assert error.value.status == 401 and error.value.code == "invalid_api_key"
+    assert asyncio.run(check("Bearer good")).key == keys.KeyInfo("7", "laptop")
+
+    async def outage():
+        state = served(redis_url, published)
+        await check("Bearer good", state)  # seen once while Redis answered
+        state.keys.connection = redis.asyncio.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+        known = await check("Bearer good", state)
+        with pytest.raises(APIError) as unknown:
+            await check("Bearer never-seen", state)
+        return known, unknown.value
+
+    known, unknown = asyncio.run(outage())
+    assert known.key.label == "laptop"  # Redis unreachable: a key already seen still works
+    assert unknown.status == 503 and unknown.headers["Retry-After"] == "5"  # never let in unchecked
+
+
+def test_parse_limits_the_body_and_checks_it(redis_url, published):
+    async def parse(client, state=None):
+        ctx = context(state or served(redis_url, published), client)
+        await pipeline.parse(ctx)
+        return ctx
+
+    with pytest.raises(APIError) as declared:
+        asyncio.run(parse(Client(chat(), headers={"content-length": "5000"})))
+    assert declared.value.status == 413 and declared.value.code == "request_too_large"
+    with pytest.raises(APIError) as streamed:  # no length given: counted as it arrives
+        asyncio.run(parse(Client(b"}", chunks=[b"{" + b" " * 600, b" " * 600])))
+    assert streamed.value.status == 413
+    with pytest.raises(APIError) as loading:
+        state = served(redis_url, published, FakeEngine())
+        state.engine.status = "loading"
+        asyncio.run(parse(Client(chat()), state))
+    assert loading.value.status == 503 and loading.value.message == "The model is loading."
+    ctx = asyncio.run(parse(Client(chat(max_tokens=5))))
+    assert ctx.parsed.max_tokens == 5 and ctx.body["model"] == "app"
+
+
+def test_admission_holds_a_slot_until_the_response_ends(redis_url, published):
+    state = served(redis_url, published, max_concurrency=1)
+
+    async def admitted():
+        first = context(state, Client())
+        await pipeline.admit(first)
+        with pytest.raises(APIError) as refused:
+            await pipeline.admit(context(state, Client()))
+        assert state.admission.in_flight == 1
+        first.finish()
+        first.finish()  # once only
+        return refused.value
+
+    refused = asyncio.run(admitted())
+    assert refused.status == 429 and refused.headers == {"Retry-After": "1"} and refused.type == "rate_limit_error"
+    assert state.admission.in_flight == 0 and state.admission.rejected == 1
+
+
+def test_cache_lookup_and_store(redis_url, published):
+    async def scenario():
+        state = served(redis_url, published, cache_size=4)
+        statuses = []
+        for extra in ({"temperature": 0}, {"temperature": 0}, {"temperature": 0.7}, {"temperature": 0.7}):
+            statuses.append((await answer(state, Client(chat(**extra)))).cache_status)
+        streamed = await answer(state, Client(chat(temperature=0, stream=True)))
+        return state, statuses, streamed
+
+    state, statuses, streamed = asyncio.run(scenario())
+    assert statuses == ["MISS", "HIT", "MISS", "MISS"]  # sampled: never from the cache
+    assert streamed.cache_status is None  # streams are not cached
+    assert state.engine.calls == 4 and state.cache.hits == 1
+
+
+def test_generate_stops_the_engine_at_the_timeout_and_when_the_client_leaves(redis_url, published):
+    engine = FakeEngine(delay=30)
+
+    async def scenario():
+        timed_out = await answer(served(redis_url, published, engine, timeout_s=0.2), Client(chat()))
+        state = served(redis_url, published, engine, timeout_s=30)
+        client = Client(chat())
+        task = asyncio.ensure_future(answer(state, client))
+        await asyncio.sleep(0.2)
+        client.left.set()
+        return timed_out, state, await task
+
+    timed_out, state, left = asyncio.run(scenario())
+    assert timed_out.status == 504 and engine.cancelled == 2
+    assert left.status == 499  # not generated on for nobody
+    assert state.admission.in_flight == 0 and state.outcomes == {499: 1}
+
+
+def test_a_stream_holds_its_slot_to_its_last_byte_and_frees_it_when_the_client_leaves(redis_url, published):
+    engine = FakeEngine(delay=0.05, chunks=4)
+
+    async def scenario():
+        state = served(redis_url, published, engine, max_concurrency=1)
+        first = Client(chat(stream=True))
+        streaming = asyncio.ensure_future(answer(state, first))
+        await asyncio.sleep(0.02)  # admitted, its body not yet sent
+        in_flight = state.admission.in_flight
+        refused = await answer(state, Client(chat(stream=True)))
+        done = await streaming
+        with_usage = Client(chat(stream=True, stream_options={"include_usage": True}))
+        await answer(state, with_usage)
+        engine.delay, engine.chunks = 0.1, 100
+        leaving = Client(chat(stream=True))
+        task = asyncio.ensure_future(answer(state, leaving))
+        await asyncio.sleep(0.3)
+        leaving.left.set()
+        gone = await task
+        return state, in_flight, first, done, refused, with_usage, gone
+
+    state, in_flight, first, done, refused, with_usage, gone = asyncio.run(scenario())
+    assert in_flight == 1 and refused.status == 429 and done.status == 200
+    events = [e for e in first.body().decode().split("\n\n") if e]
+    assert events[-1] == "data: [DONE]" and done.completion_tokens == 4
+    for event in events[:-1]:
+        openai_shapes.check(json.loads(event.removeprefix("data: ")), openai_shapes.CHAT_COMPLETION_CHUNK)
+    assert not any('"usage"' in e for e in events)  # recorded, but not asked for: not sent
+    assert '"usage": {"prompt_tokens": 3, "completion_tokens": 4' in with_usage.body().decode()
+    assert gone.status == 499 and engine.cancelled == 1 and state.admission.in_flight == 0
+
+
+def test_a_stream_past_the_timeout_ends_with_an_error_event(redis_url, published):
+    client = Client(chat(stream=True))
+
+    async def scenario():
+        return await answer(served(redis_url, published, FakeEngine(delay=0.2, chunks=50), timeout_s=0.5), client)
+
+    ctx = asyncio.run(scenario())
+    events = [e for e in client.body().decode().split("\n\n") if e]
+    assert ctx.status == 504 and events[-1] == "data: [DONE]"
+    assert json.loads(events[-2].removeprefix("data: "))["error"]["type"] == "timeout_error"
+
+
+def test_run_records_each_stage_and_answers_bugs_in_openai_shape(redis_url, published):
+    async def broken(ctx):
+        raise KeyError("a bug")
+
+    client = Client(chat())
+
+    async def scenario():
+        state = served(redis_url, published)
+        ok = await answer(state, Client(chat()))
+        ctx = context(state, client)
+        response = await pipeline.run(ctx, (pipeline.authenticate, broken))
+        await response(ctx.request.scope, client.receive, client.send)
+        return ok, ctx
+
+    ok, ctx = asyncio.run(scenario())
+    assert ok.status == 200 and list(ok.timings) == [stage.__name__ for stage in pipeline.STAGES]
+    assert all(seconds >= 0 for seconds in ok.timings.values())
+    assert client.status() == 500 and ctx.status == 500
+    openai_shapes.check(json.loads(client.body()), openai_shapes.ERROR)
+    assert "req-1" in json.loads(client.body())["error"]["message"]  # the id to find it in the log
+
+
+def test_request_ids():
+    assert pipeline.new_request_id("client-id_1.2:3") == "client-id_1.2:3"
+    for hostile in ("a b", "x" * 129, "<script>", "", None):
+        generated = pipeline.new_request_id(hostile)
+        assert generated != hostile and len(generated) == 32

@@ -1,0 +1,237 @@
+"""The app server over real HTTP, on the tiny GPT-2 (one server process for the module): hostile input,
+OpenAI conformance, request ids, limits, and what happens when a client leaves."""
+
+import asyncio
+import json
+
+import httpx
+import openai
+import pytest
+
+import openai_shapes
+
+
+@pytest.fixture
+def server(served_tiny):
+    served_tiny.idle()
+    yield served_tiny
+    served_tiny.idle()
+
+
+def post(server, path, body=None, raw=None, headers=None, timeout=60):
+    return httpx.post(
+        server.url + path,
+        content=raw if raw is not None else json.dumps(body),
+        headers={**server.headers, "Content-Type": "application/json", **(headers or {})},
+        timeout=timeout,
+    )
+
+
+def chat(server, **extra):
+    return {"model": server.NAME, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, **extra}
+
+
+def error_of(response, status):
+    assert response.status_code == status, response.text
+    body = response.json()
+    openai_shapes.check(body, openai_shapes.ERROR)
+    return body["error"]
+
+
+def test_hostile_bodies_are_400_in_openai_shape_and_the_server_stays_healthy(server):
+    name = server.NAME
+    cases = [
+        (b'{"model": "served", "prompt": "hi", "max_tokens": NaN}', "/completions", "not valid JSON"),
+        (b'{"model": "served", "prompt": "hi", "max_tokens": Infinity}', "/completions", "not valid JSON"),
+        (b"[" * 50_000 + b"]" * 50_000, "/completions", "nested too deeply"),
+        (b'{"model": "served", "prompt": "\\ud800"}', "/completions", "lone surrogate"),
+        (json.dumps({"model": name, "prompt": ""}).encode(), "/completions", "must not be empty"),
+        (json.dumps(chat(server, stream="no")).encode(), "/chat/completions", "true or false"),
+        (
+            json.dumps(chat(server, messages=[{"role": "user", "content": [{"type": "text", "text": 7}]}])).encode(),
+            "/chat/completions",
+            "must be a string",
+        ),
+    ]
+    for raw, path, words in cases:
+        assert words in error_of(post(server, path, raw=raw), 400)["message"], raw[:80]
+
+    # Too long for the context, streamed: refused before the stream starts (400), not 200 + an error event.
+    long = chat(server, messages=[{"role": "user", "content": "hello world " * 4000}], max_tokens=2000, stream=True)
+    assert error_of(post(server, "/chat/completions", long), 400)["code"] == "context_length_exceeded"
+
+    # A temperature of almost zero samples greedily instead of dividing by it.
+    tiny_temperature = post(server, "/completions", {"model": name, "prompt": "hi", "temperature": 1e-300})
+    assert tiny_temperature.status_code == 200, tiny_temperature.text
+    health = server.health()
+    assert health["status"] == "ready" and "500" not in health["outcomes"]
+
+
+def test_request_bodies_have_a_size_limit(server):
+    huge = json.dumps({"model": server.NAME, "prompt": "x" * (5 * 1024 * 1024)}).encode()
+    error = error_of(post(server, "/completions", raw=huge), 413)
+    assert error["code"] == "request_too_large" and "4096 KiB" in error["message"]
+    # Under the limit but longer than any prompt that could fit the context: refused without tokenising.
+    big = {"model": server.NAME, "prompt": "hello world " * 250_000}
+    assert error_of(post(server, "/completions", big), 400)["code"] == "context_length_exceeded"
+    assert server.health()["status"] == "ready"
+
+
+def test_openai_conformance(server):
+    api = openai.OpenAI(base_url=server.url, api_key=server.KEY, max_retries=0)
+    model = httpx.get(f"{server.url}/models/{server.NAME}", headers=server.headers)
+    openai_shapes.check(model.json(), openai_shapes.MODEL)
+    assert api.models.retrieve(server.NAME).id == server.NAME
+    openai_shapes.check(httpx.get(f"{server.url}/models", headers=server.headers).json(), openai_shapes.MODEL_LIST)
+    assert error_of(httpx.get(f"{server.url}/models/gpt-4o", headers=server.headers), 404)["code"] == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as other:
+        api.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert other.value.code == "model_not_found"
+    assert error_of(httpx.get(server.base + "/v2/nothing", headers=server.headers), 404)["type"]
+
+    answer = post(server, "/chat/completions", chat(server))
+    openai_shapes.check(answer.json(), openai_shapes.CHAT_COMPLETION)
+    assert answer.json()["choices"][0]["message"]["refusal"] is None
+    openai_shapes.check(
+        post(server, "/completions", {"model": server.NAME, "prompt": "hi", "max_tokens": 3}).json(),
+        openai_shapes.TEXT_COMPLETION,
+    )
+    with httpx.stream(
+        "POST", server.url + "/chat/completions", json=chat(server, stream=True), headers=server.headers
+    ) as stream:
+        events = [line.removeprefix("data: ") for line in stream.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    for event in events[:-1]:
+        openai_shapes.check(json.loads(event), openai_shapes.CHAT_COMPLETION_CHUNK)
+
+    error = error_of(post(server, "/chat/completions", chat(server, tools=[{"type": "function"}])), 400)
+    assert error["param"] == "tools" and "not supported" in error["message"]
+
+
+def test_logprobs_streamed_and_not(server):
+    api = openai.OpenAI(base_url=server.url, api_key=server.KEY, max_retries=0)
+    request = {"model": server.NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0}
+    reply = api.chat.completions.create(**request, logprobs=True, top_logprobs=3, extra_body={"min_tokens": 6})
+    content = reply.choices[0].logprobs.content
+    assert len(content) == 6 and "".join(t.token for t in content) == reply.choices[0].message.content
+    for token in content:
+        assert token.logprob <= 0 and len(token.top_logprobs) == 3
+        assert token.top_logprobs[0].logprob >= token.logprob  # greedy: the chosen token is the likeliest
+        assert token.top_logprobs[0].logprob >= token.top_logprobs[-1].logprob
+    streamed = list(api.chat.completions.create(**request, logprobs=True, stream=True, extra_body={"min_tokens": 6}))
+    tokens = [
+        t
+        for chunk in streamed
+        if chunk.choices and chunk.choices[0].logprobs
+        for t in chunk.choices[0].logprobs.content
+    ]
+    assert [t.token for t in tokens] == [t.token for t in content]
+    assert [round(t.logprob, 4) for t in tokens] == [round(t.logprob, 4) for t in content]
+
+    completion = api.completions.create(
+        model=server.NAME, prompt="hello", max_tokens=4, temperature=0, logprobs=2, extra_body={"min_tokens": 4}
+    )
+    logprobs = completion.choices[0].logprobs
+    assert len(logprobs.tokens) == 4 and "".join(logprobs.tokens) == completion.choices[0].text
+    assert all(len(top) <= 2 for top in logprobs.top_logprobs) and logprobs.text_offset[0] == 0
+
+
+def test_every_response_carries_a_request_id_that_is_in_its_log_line(server):
+    mine = post(
+        server,
+        "/completions",
+        {"model": server.NAME, "prompt": "hi", "max_tokens": 2},
+        headers={"X-Request-Id": "my-trace-42"},
+    )
+    assert mine.status_code == 200 and mine.headers["X-Request-Id"] == "my-trace-42"
+    generated = post(server, "/completions", {"model": server.NAME, "prompt": ""})
+    assert generated.status_code == 400 and len(generated.headers["X-Request-Id"]) == 32
+    assert httpx.get(server.base + "/health").headers["X-Request-Id"]
+
+    def logged(request_id, words):
+        return [line for line in server.log() if line.get("request_id") == request_id and words in line["message"]]
+
+    line = wait_for_value(lambda: logged("my-trace-42", "/v1/completions 200"), "the request's log line")[0]
+    assert "key=tests" in line["message"] and "2+2 tokens" in line["message"]
+    assert wait_for_value(lambda: logged(generated.headers["X-Request-Id"], "/v1/completions 400"), "a 400's line")
+
+
+def wait_for_value(predicate, message):
+    from conftest import wait_for
+
+    return wait_for(predicate, 30, 0.1, message)
+
+
+def test_a_client_that_leaves_stops_its_generation(server):
+    before = server.health()
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up after a second and closes the connection
+        post(
+            server,
+            "/completions",
+            {"model": server.NAME, "prompt": "hi", "max_tokens": 6000, "min_tokens": 6000},
+            timeout=1,
+        )
+    after = wait_for_value(
+        lambda: (h := server.health())["outcomes"].get("499", 0) > before["outcomes"].get("499", 0) and h,
+        "a 499 for the request whose client left",
+    )
+    assert after["in_flight"] == 0  # its slot is free
+    assert after["engine"]["cancelled_generations"] == before["engine"]["cancelled_generations"] + 1
+
+
+def test_a_burst_of_streams_never_runs_past_max_concurrency(server):
+    """Max concurrency 2: of 12 long streams sent at once, 2 are served and 10 refused at once."""
+
+    async def burst(kinds, tokens):
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=60) as client:
+            responses = []
+
+            async def one(stream):
+                body = {
+                    "model": server.NAME,
+                    "prompt": "hi",
+                    "max_tokens": tokens,
+                    "min_tokens": tokens,
+                    "stream": stream,
+                }
+                request = client.build_request("POST", "/completions", json=body)
+                response = await client.send(request, stream=True)
+                responses.append(response)  # a stream's headers come at admission, before its first token
+                return response.status_code
+
+            statuses = await asyncio.gather(*(one(stream) for stream in kinds))
+            in_flight = server.health()["in_flight"]
+            for response in responses:
+                await response.aclose()  # the clients leave: their slots come back
+            return statuses, in_flight
+
+    statuses, in_flight = asyncio.run(burst([True] * 12, 3000))
+    assert sorted(statuses) == [200] * 2 + [429] * 10 and in_flight == 2
+    assert server.idle()["in_flight"] == 0
+    # Mixed: streams and plain requests count against the same slots.
+    statuses, in_flight = asyncio.run(burst([True, False] * 4, 1000))
+    assert sorted(statuses) == [200] * 2 + [429] * 6 and in_flight <= 2
+
+
+def test_tokenising_runs_off_the_event_loop(tiny_model_dir):
+    """A long prompt is CPU work: it is tokenised in the engine's tokenizer thread, never on the loop
+    that answers /health and every other request meanwhile."""
+    import threading
+
+    from llmapp.runtime import openai_api
+    from llmapp.runtime.engines import TransformersEngine
+
+    engine = TransformersEngine(tiny_model_dir, batch_size=1, served_name="tiny")
+    engine.load()
+    threads = []
+    tokenise = engine._prompt_ids
+    engine._prompt_ids = lambda request: threads.append(threading.current_thread().name) or tokenise(request)
+    request = openai_api.parse("completion", {"model": "tiny", "prompt": "hello world " * 500}, "tiny", 8192, "t")
+
+    async def prepare():
+        loop_thread = threading.current_thread().name
+        return loop_thread, await engine.prepare(request, {})
+
+    loop_thread, prepared = asyncio.run(prepare())
+    assert threads and threads[0].startswith("tokenizer") and threads[0] != loop_thread
+    assert prepared.prompt_tokens > 500
