@@ -109,3 +109,21 @@ def test_models_match_the_migrations(app):
     with app.app_context(), db.engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), db.metadata)
     assert diff == []
+
+
+def test_a_worker_follows_the_production_rules(tmp_path):
+    """Without SECRET_KEY outside development, a worker refuses to start (as the web app does), rather
+    than make a key of its own and fail every deploy that needs a stored secret."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "LLMAPP_ENV", "LLMAPP_SECRETS_KEY")}
+    env.update(LLMAPP_INSTANCE_PATH=str(tmp_path), REDIS_URL="redis://127.0.0.1:1/0")
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.worker"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0 and "The worker can't start: SECRET_KEY is not set" in result.stderr
+    assert not (tmp_path / "secret_key").exists()

@@ -4,6 +4,7 @@ official `openai` client calls. Nothing here calls a job function directly or fa
 import concurrent.futures
 import os
 import signal
+import stat
 
 import httpx
 import openai
@@ -190,7 +191,11 @@ def health_of(application):
     return httpx.get(application.endpoint.replace("/v1", "/health")).json()
 
 
-def test_concurrency_timeout_cache_log_level_and_environment(app, client, auth, member, factory, tiny, workers):
+def test_concurrency_timeout_cache_log_level_and_environment(
+    app, client, auth, member, factory, tiny, workers, tmp_path
+):
+    # The worker's environment holds a cloud credential and a name the operator allows through.
+    workers.env.update(AWS_SECRET_ACCESS_KEY="worker-cloud-key", LLMAPP_SERVER_ENV_ALLOW="SITE_NAME", SITE_NAME="lab")
     workers.start(1)
     deployed, api, _ = running_app(
         app,
@@ -255,14 +260,23 @@ def test_concurrency_timeout_cache_log_level_and_environment(app, client, auth, 
 
     # Log level ERROR: the server logs no request lines (INFO) and no 429/504 warnings.
     text = log_text(app, deployed.id)
-    assert "/v1/completions 200" not in text and "429:" not in text and "504:" not in text
+    assert not any(f"/v1/completions {code}" in text for code in (200, 429, 504))
 
     # Environment variables reach the server's process; the secret never reaches logs or pages.
     environment = psutil.Process(deployed.process_pid).environ()
     assert environment["GREETING"] == "bonjour" and environment["UPSTREAM_TOKEN"] == "tok-secret-123"
     assert "SECRET_KEY" not in environment and "DATABASE_URL" not in environment
+    # Built from an allow-list, not a deny-list: the worker's cloud key stays behind.
+    assert "AWS_SECRET_ACCESS_KEY" not in environment and "REDIS_URL" not in environment
+    assert environment["SITE_NAME"] == "lab" and environment["PATH"] and environment["LLMAPP_REDIS_URL"]
     assert "tok-secret-123" not in text
     assert "tok-secret-123" not in client.get(f"/applications/{deployed.id}").text
+    # The spec on disk: readable by its owner only, and no credential in it (not even Redis's URL).
+    run = tmp_path / "instance" / "run"
+    spec = run / f"{deployed.id}.json"
+    assert stat.S_IMODE(spec.stat().st_mode) == 0o600 and stat.S_IMODE(run.stat().st_mode) == 0o700
+    assert stat.S_IMODE((run / f"{deployed.id}.log").stat().st_mode) == 0o600
+    assert "redis" not in spec.read_text().lower() and "tok-secret-123" not in spec.read_text()
 
 
 def test_batching_debug_logs_and_cache_off_then_openai_engine_in_front(
@@ -374,18 +388,24 @@ def test_kill_9_with_restart_on_failure_serves_again(app, client, auth, member, 
     assert "Restarts (1)" in client.get(f"/applications/{deployed.id}").text
 
 
-def test_worker_killed_mid_deploy_is_repaired(app, client, auth, member, factory, tiny, workers):
+def test_a_deploy_whose_worker_died_is_followed_to_ready_while_its_server_loads(
+    app, client, auth, member, factory, tiny, workers
+):
     workers.start(1)
     application = factory.application(member, tiny, name="orphan", config=dict(CONFIG))
     auth.login(member)
     client.post(f"/applications/{application.id}/deploy", headers=HX)
-    wait_for(lambda: row(app, application.id).process_pid, 30, 0.05, "the server process")
+    pid = wait_for(lambda: row(app, application.id).process_pid, 30, 0.05, "the server process")
+    os.kill(pid, signal.SIGSTOP)  # the server is alive but still loading, as on a busy machine
     workers.kill(workers.processes[0])  # the worker and its work horse die mid-deploy
-    assert status(app, application.id) == "deploying"
     workers.start(1)  # another worker's reconcile finds the deploy without its job
-    repaired = wait_status(app, application.id, {"running", "failed"}, timeout=60)
+    wait_for(lambda: "following it to ready" in log_text(app, application.id), 30, 0.2, "the reconcile to follow it")
+    assert status(app, application.id) == "deploying"  # judged by where it goes, not by one instant
+    os.kill(pid, signal.SIGCONT)
+    repaired = wait_status(app, application.id, {"running", "failed"}, timeout=90)
     assert repaired.status == "running", repaired.last_error
-    assert len(server_processes(application.id)) == 1
+    assert repaired.process_pid == pid and len(server_processes(application.id)) == 1
+    assert [p["name"] for p in repaired.deploy_phases][-1] == "ready"
     assert "completed by the reconcile" in log_text(app, application.id)
 
 
@@ -486,3 +506,47 @@ def test_a_stop_whose_job_was_lost_is_repaired(app, client, auth, member, factor
     stopped = wait_status(app, deployed.id, {"stopped"}, timeout=20)
     assert stopped.process_pid is None and server_processes(deployed.id) == []
     assert "repaired" in log_text(app, deployed.id)
+
+
+def test_one_reconcile_per_host_at_a_time_whatever_it_waits_on(app, client, auth, member, factory, tiny, workers):
+    """Two workers, a reconcile every second, and a silent server whose SIGTERM goes unheard: the
+    reconcile that restarts it waits for it, and no other reconcile of the host runs meanwhile."""
+    import redis
+    from rq.registry import FailedJobRegistry
+
+    workers.start(2)
+    deployed, _, _ = running_app(
+        app, client, auth, member, factory, tiny, "overlap", restart_policy="on-failure", max_restarts=1
+    )
+    os.kill(deployed.process_pid, signal.SIGSTOP)  # silent; a SIGTERM waits; only the SIGKILL ends it
+    back = (
+        wait_status(app, deployed.id, {"running"}, timeout=90)
+        if wait_for(lambda: row(app, deployed.id).restarts, 60, 0.2, "a restart")
+        else None
+    )
+    assert back.process_pid != deployed.process_pid
+    assert [r["reason"] for r in back.restarts] == ["the server stopped answering its health checks"]
+    connection = redis.Redis.from_url(app.config["REDIS_URL"])
+    failed = []
+    for name in connection.smembers("rq:queues"):
+        queue_name = name.decode().removeprefix("rq:queue:")
+        failed += FailedJobRegistry(queue_name, connection=connection).get_job_ids()
+    assert failed == []  # no reconcile lost a race and failed
+
+
+def test_a_busy_server_is_not_a_dead_one():
+    """The reconcile's judgement of a server that did not answer its health check (pure)."""
+    from llmapp.services.deployments import BUSY_LIMIT_S, SILENT_CHECKS, Silence, judge_silence
+
+    silence, reason = Silence(), None
+    for check in range(SILENT_CHECKS - 1):  # no CPU used: a stopped or deadlocked process
+        silence, reason = judge_silence(silence, cpu_s=5.0, now=100.0 + check)
+        assert reason is None and silence.misses == check + 1
+    assert judge_silence(silence, 5.0, 110.0)[1] == "the server stopped answering its health checks"
+
+    busy, reason = judge_silence(Silence(misses=2, cpu_s=5.0), cpu_s=9.0, now=200.0)  # it used CPU meanwhile
+    assert reason is None and busy.misses == 0 and busy.busy_since == 200.0
+    busy, reason = judge_silence(busy, cpu_s=13.0, now=200.0 + BUSY_LIMIT_S - 1)
+    assert reason is None and busy.busy_since == 200.0
+    assert "hung" in judge_silence(busy, cpu_s=17.0, now=200.0 + BUSY_LIMIT_S)[1]
+    assert Silence.load({k.encode(): v.encode() for k, v in busy.dump().items()}) == busy
