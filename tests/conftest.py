@@ -5,6 +5,7 @@ an empty Redis database."""
 import os
 import re
 import threading
+from pathlib import Path
 
 import flask_migrate
 import pytest
@@ -271,9 +272,10 @@ def wait_for(predicate, timeout=60.0, interval=0.1, message="condition"):
 class Workers:
     """Real `python -m jobs.worker` processes on the test database and Redis."""
 
-    def __init__(self, database_url, redis_url):
+    def __init__(self, database_url, redis_url, output=None):
         self.env = {**os.environ, **WORKER_ENV, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
         self.processes = []
+        self.output = output  # a file for what the workers print (else the test's own output)
 
     def start(self, count=1):
         import subprocess
@@ -282,10 +284,23 @@ class Workers:
 
         root = Path(__file__).resolve().parent.parent
         for _ in range(count):
+            out = open(self.output, "a") if self.output else None  # noqa: SIM115 - the worker holds it
             self.processes.append(
-                subprocess.Popen([sys.executable, "-m", "jobs.worker"], cwd=root, env=self.env, start_new_session=True)
+                subprocess.Popen(
+                    [sys.executable, "-m", "jobs.worker"],
+                    cwd=root,
+                    env=self.env,
+                    start_new_session=True,
+                    stdout=out,
+                    stderr=subprocess.STDOUT if out else None,
+                )
             )
+            if out:
+                out.close()
         return self
+
+    def printed(self) -> str:
+        return Path(self.output).read_text() if self.output else ""
 
     def kill(self, process):
         """SIGKILL a worker and its direct children (rq's work horse runs in a session of its own);
@@ -331,6 +346,70 @@ def workers(app, database_url, redis_url, tmp_path):
     started.stop()
     for process in server_processes(str(tmp_path)):  # no server of this test outlives it
         process.kill()
+
+
+# --- deploying through the platform: helpers of the tests that do -------------------------------
+
+HX = {"HX-Request": "true"}
+
+
+def row(app, application_id) -> Application:
+    with app.app_context():
+        return db.session.get(Application, application_id)
+
+
+def status(app, application_id) -> str:
+    return row(app, application_id).status
+
+
+def wait_status(app, application_id, wanted, timeout=90):
+    wait_for(lambda: status(app, application_id) in wanted, timeout, 0.2, f"status in {wanted}")
+    return row(app, application_id)
+
+
+def new_key(app, application_id, label="test") -> str:
+    from llmapp.services import api_keys
+
+    with app.app_context():
+        return api_keys.create_key(db.session.get(Application, application_id), label)[1]
+
+
+def log_text(app, application_id) -> str:
+    from llmapp.runtime import logs
+
+    connection = redis.Redis.from_url(app.config["REDIS_URL"])
+    return "\n".join(f"{line['level']} {line['message']}" for line in logs.tail(connection, application_id, 2000))
+
+
+def deploy(client, app, application):
+    response = client.post(f"/applications/{application.id}/deploy", headers=HX)
+    assert response.status_code == 200 and response.headers["HX-Redirect"] == f"/applications/{application.id}"
+    return wait_status(app, application.id, {"running", "failed"})
+
+
+def running_app(app, client, auth, owner, factory, model, name, env=(), **config):
+    application = factory.application(owner, model, name=name, config={**SERVING_CONFIG, **config})
+    if env:
+        from llmapp.services import applications
+
+        with app.app_context():
+            row_ = db.session.get(Application, application.id)
+            applications.update(
+                row_, {"name": name, "model_id": model.id, "description": "", **row_.config, "env": list(env)}
+            )
+    auth.login(owner)
+    deployed = deploy(client, app, application)
+    assert deployed.status == "running", deployed.last_error
+    key = new_key(app, application.id)
+    import openai
+
+    return deployed, openai.OpenAI(base_url=deployed.endpoint, api_key=key, max_retries=0), key
+
+
+def health_of(application):
+    import httpx
+
+    return httpx.get(application.endpoint.replace("/v1", "/health")).json()
 
 
 # --- one app server on the tiny model, shared by the tests of the serving path -------------------

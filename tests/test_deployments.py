@@ -11,46 +11,21 @@ import openai
 import psutil
 import pytest
 
+from conftest import (
+    HX,
+    deploy,
+    health_of,
+    log_text,
+    new_key,
+    row,
+    running_app,
+    server_processes,
+    status,
+    wait_for,
+    wait_status,
+)
 from conftest import SERVING_CONFIG as CONFIG
-from conftest import server_processes, wait_for
 from llmapp.extensions import db
-from llmapp.models import Application
-from llmapp.runtime import logs
-from llmapp.services import api_keys
-
-HX = {"HX-Request": "true"}
-
-
-def row(app, application_id) -> Application:
-    with app.app_context():
-        return db.session.get(Application, application_id)
-
-
-def status(app, application_id) -> str:
-    return row(app, application_id).status
-
-
-def wait_status(app, application_id, wanted, timeout=90):
-    wait_for(lambda: status(app, application_id) in wanted, timeout, 0.2, f"status in {wanted}")
-    return row(app, application_id)
-
-
-def new_key(app, application_id, label="test") -> str:
-    with app.app_context():
-        return api_keys.create_key(db.session.get(Application, application_id), label)[1]
-
-
-def log_text(app, application_id) -> str:
-    import redis
-
-    connection = redis.Redis.from_url(app.config["REDIS_URL"])
-    return "\n".join(f"{line['level']} {line['message']}" for line in logs.tail(connection, application_id, 2000))
-
-
-def deploy(client, app, application):
-    response = client.post(f"/applications/{application.id}/deploy", headers=HX)
-    assert response.status_code == 200 and response.headers["HX-Redirect"] == f"/applications/{application.id}"
-    return wait_status(app, application.id, {"running", "failed"})
 
 
 def test_deploy_call_and_stop(app, client, auth, member, factory, tiny, workers):
@@ -168,27 +143,6 @@ def test_a_failed_deploy_says_why_and_leaves_nothing(app, client, auth, member, 
     assert "does not exist on this host" in log_text(app, application.id)
     page = client.get(f"/applications/{application.id}").text
     assert "Why it failed" in page and "does not exist on this host" in page
-
-
-def running_app(app, client, auth, owner, factory, model, name, env=(), **config):
-    application = factory.application(owner, model, name=name, config={**CONFIG, **config})
-    if env:
-        from llmapp.services import applications
-
-        with app.app_context():
-            row_ = db.session.get(Application, application.id)
-            applications.update(
-                row_, {"name": name, "model_id": model.id, "description": "", **row_.config, "env": list(env)}
-            )
-    auth.login(owner)
-    deployed = deploy(client, app, application)
-    assert deployed.status == "running", deployed.last_error
-    key = new_key(app, application.id)
-    return deployed, openai.OpenAI(base_url=deployed.endpoint, api_key=key, max_retries=0), key
-
-
-def health_of(application):
-    return httpx.get(application.endpoint.replace("/v1", "/health")).json()
 
 
 def test_concurrency_timeout_cache_log_level_and_environment(
