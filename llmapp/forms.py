@@ -24,9 +24,11 @@ class PlatformForm(FlaskForm):
     PostgreSQL can't store them and no process environment can hold them."""
 
     def validate(self, extra_validators=None) -> bool:
-        nul = [f for f in _fields(self) if isinstance(f.data, str) and "\x00" in f.data]
-        if nul:
-            for field in nul:
-                field.errors = [NUL_ERROR]
-            return False
-        return super().validate(extra_validators)
+        refused = False
+        for top in self:
+            for field in _fields([top]):
+                if isinstance(field.data, str) and "\x00" in field.data:
+                    field.errors = [NUL_ERROR]
+                    top.errors = top.errors if field is top else [NUL_ERROR]  # so form.errors shows it
+                    refused = True
+        return not refused and super().validate(extra_validators)

@@ -69,3 +69,31 @@ def test_csrf_on_forms_and_htmx_mutations(client, factory, config_overrides):
 def test_errors_are_pages_not_tracebacks(logged_in):
     response = logged_in.get("/applications/00000000-0000-0000-0000-000000000000")
     assert response.status_code == 404 and "No such application, or it is not yours." in response.text
+
+
+def test_logout_ends_the_session_and_the_remember_me_cookie_on_the_server(app, client, factory, member):
+    application = factory.application(member, factory.model(), name="keep-me")
+    response = client.post("/login", data={"email": member.email, "password": "password123", "remember": "y"})
+    assert response.status_code == 302
+    cookies = {name: client.get_cookie(name).value for name in ("session", "remember_token")}
+    assert client.post("/logout").status_code == 303
+
+    # Someone who kept a copy of either cookie (a shared computer, a stolen backup) gets nothing.
+    for kept in ({"session": cookies["session"]}, {"remember_token": cookies["remember_token"]}, cookies):
+        replay = app.test_client()
+        for name, value in kept.items():
+            replay.set_cookie(name, value)
+        assert replay.get("/applications/").status_code == 302  # to the login page
+        assert replay.post(f"/applications/{application.id}/delete").status_code == 302
+    with app.app_context():
+        from llmapp.extensions import db
+        from llmapp.models import Application
+
+        assert db.session.get(Application, application.id) is not None
+
+    # Another login of the same user (another browser) is not ended by this one's logout.
+    other = app.test_client()
+    other.post("/login", data={"email": member.email, "password": "password123"})
+    client.post("/login", data={"email": member.email, "password": "password123"})
+    client.post("/logout")
+    assert other.get("/applications/").status_code == 200
