@@ -2,6 +2,7 @@
 official `openai` client calls. Nothing here calls a job function directly or fakes an HTTP server."""
 
 import concurrent.futures
+import json
 import os
 import signal
 import stat
@@ -383,7 +384,7 @@ def test_a_deploy_job_run_twice_starts_one_process(app, client, auth, member, fa
 
 def test_deploy_refused_twice_and_edit_refused_while_running(app, client, auth, member, factory, tiny, workers):
     workers.start(1)
-    deployed, _, _ = running_app(app, client, auth, member, factory, tiny, "busy")
+    deployed, _, key = running_app(app, client, auth, member, factory, tiny, "busy")
     response = client.post(f"/applications/{deployed.id}/deploy", headers=HX, follow_redirects=False)
     assert response.headers["HX-Redirect"] == f"/applications/{deployed.id}"
     assert (
@@ -392,6 +393,30 @@ def test_deploy_refused_twice_and_edit_refused_while_running(app, client, auth, 
     )
     assert client.post(f"/applications/{deployed.id}/delete").status_code == 303
     assert status(app, deployed.id) == "running" and len(server_processes(deployed.id)) == 1
+
+    # A flood of huge bodies can't get the server restarted: refused (413) or refused without
+    # tokenising (400), while /health keeps answering; three reconciles later nothing has happened.
+    def flood(size):
+        body = json.dumps({"model": "busy", "prompt": "hello world " * (size // 12)})
+        return httpx.post(
+            deployed.endpoint + "/completions",
+            content=body,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            timeout=60,
+        ).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        statuses = list(pool.map(flood, [5_000_000, 3_900_000] * 3))
+    assert sorted(statuses) == [400] * 3 + [413] * 3
+
+    def sampled():
+        return row(app, deployed.id).resource_usage.get("sampled_at")
+
+    for _ in range(3):
+        last = sampled()
+        wait_for(lambda last=last: sampled() != last, 30, 0.2, "the next reconcile")
+    after = row(app, deployed.id)
+    assert after.status == "running" and after.restarts == [] and after.process_pid == deployed.process_pid
 
 
 def test_cli_deploy_keys_and_stop(app, runner, member, factory, tiny, workers):

@@ -96,6 +96,7 @@ def test_a_redis_outage_is_survived_and_everything_resumes(
         return any(fields.get(b"request_id") == request_id.encode() for _, fields in entries)
 
     wait_for(lambda: logged("during-the-outage"), 60, 0.2, "the line logged during the outage")
+    wait_for(lambda: httpx.get(health_url).json()["redis"] == "ok", 60, 0.2, "the server to reach Redis again")
     # The reconcile resumes: a server killed now is noticed and the application fails with the reason.
     os.kill(steady.process_pid, signal.SIGKILL)
     failed = wait_status(app, steady.id, {"failed"}, timeout=90)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import time
 
 import redis
 from starlette.applications import Starlette
@@ -66,7 +67,7 @@ def build_app(spec: ServerSpec, engine: Engine, redis_connection) -> Starlette:
             "timeouts": served.outcomes[504],
             "client_disconnects": served.outcomes[499],
             "outcomes": {str(code): count for code, count in sorted(served.outcomes.items())},
-            "redis": "unreachable" if served.keys.unreachable_until or upkeep.failing else "ok",
+            "redis": "unreachable" if upkeep.failing or served.keys.unreachable_until > time.monotonic() else "ok",
             "cache": {
                 "size": len(cache.entries),
                 "capacity": cache.capacity,
@@ -185,7 +186,7 @@ class Upkeep:
                 if not self.failing:
                     log.warning("Redis is unreachable (%s); the server keeps serving and retries", e)
                 self.failing = True
-            await asyncio.sleep(0.2 if self.served.engine.status != "ready" or self.failing else HEARTBEAT_S)
+            await asyncio.sleep(HEARTBEAT_S if self.served.engine.status == "ready" and not self.failing else 0.5)
 
     async def leave(self) -> None:
         with contextlib.suppress(redis.RedisError):
