@@ -73,17 +73,20 @@ def register_blueprints(app: Flask) -> None:
     from .applications import bp as applications_bp
     from .auth import bp as auth_bp
     from .plugins import bp as plugins_bp
+    from .prometheus import bp as prometheus_bp
     from .registry import bp as registry_bp
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(applications_bp)
     app.register_blueprint(registry_bp)
     app.register_blueprint(plugins_bp)
+    app.register_blueprint(prometheus_bp)
 
 
 def register_error_handlers(app: Flask) -> None:
     messages = {
         400: "The request could not be understood.",
+        401: "This needs credentials that were not given.",
         403: "You are not allowed to do that.",
         413: "That was too much to send at once: the request is larger than this platform accepts.",
         404: "There is nothing here, or it is not yours to see.",
@@ -119,6 +122,13 @@ def register_template_helpers(app: Flask) -> None:
         allowed_actions=lifecycle.allowed_actions,
         STATUSES=lifecycle.STATUSES,
         MASK=MASK,
+    )
+
+    from . import charts
+
+    app.jinja_env.globals.update(
+        pct=lambda value: "—" if value is None else f"{value * 100:.1f} %",
+        secs=lambda value: "—" if value is None else charts.seconds(value),
     )
 
     @app.template_filter("bytes")

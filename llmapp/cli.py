@@ -10,8 +10,10 @@ from flask.cli import AppGroup, with_appcontext
 
 from .extensions import db
 from .services import ServiceError, api_keys, applications, bootstrap, demo, deployments, lifecycle, users
+from .services import metrics as metrics_service
 
 users_cli = AppGroup("users", help="Manage users.")
+metrics_cli = AppGroup("metrics", help="Prometheus: the token its scrape job sends.")
 demo_cli = AppGroup("demo", help="Demo data.")
 apps_cli = AppGroup("apps", help="Deploy, stop and inspect applications (as an operator: all of them).")
 keys_cli = AppGroup("keys", help="API keys of an application's endpoint.")
@@ -136,7 +138,68 @@ def create_key(name, label, as_json):
         click.echo(f"{plain}\n(shown once) endpoint: {application.endpoint or 'not running'}")
 
 
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def _print_metrics(report: dict) -> None:
+    if not report["available"]:
+        raise click.ClickException("The metrics can't be read: Redis is unreachable.")
+    click.echo(f"{report['application']} over {report['window']} (from {report['from']} to {report['to']})")
+    if not report["has_data"]:
+        click.echo("  no traffic and no resource samples in this window")
+        return
+    latency = report["latency_s"]
+    lines = [
+        ("requests", f"{report['requests']} ({report['requests_per_s']:.3g}/s)"),
+        ("by outcome", " ".join(f"{k}={v}" for k, v in report["outcomes"].items() if v) or "-"),
+        ("error rate", "-" if report["error_rate"] is None else f"{report['error_rate']:.1%}"),
+        ("latency p50/p95/p99", " / ".join(_ms(latency[p]) for p in ("p50", "p95", "p99"))),
+        ("time to first token p50", _ms(report["ttft_s"]["p50"])),
+        (
+            "tokens in/out",
+            f"{report['tokens']['input']} / {report['tokens']['output']} ({report['output_tokens_per_s']:.3g} out/s)",
+        ),
+        ("cache hit rate", "-" if report["cache"]["hit_rate"] is None else f"{report['cache']['hit_rate']:.1%}"),
+        ("in flight", "-" if report["in_flight"] is None else str(report["in_flight"])),
+    ]
+    for name, value in lines:
+        click.echo(f"  {name:26} {value}")
+    for key in report["keys"]:
+        click.echo(f"  key {key['label']:22} {key['requests']} requests, {key['output_tokens']} tokens out")
+
+
+@apps_cli.command("metrics")
+@click.argument("name")
+@click.option("--window", type=click.Choice(list(metrics_service.WINDOWS)), default=metrics_service.DEFAULT_WINDOW)
+@click.option("--as", "as_user", metavar="EMAIL", help="Look the application up as this user sees it.")
+@click.option("--json", "as_json", is_flag=True, help="The whole report, with chart points, for scripts.")
+def app_metrics(name, window, as_user, as_json):
+    """Request metrics of the application NAME over a window."""
+    application = _find(name)
+    if as_user:
+        user = users.find_by_email(as_user)
+        if user is None:
+            raise click.ClickException(f"No user {as_user}.")
+        try:
+            application = applications.get_for_user(application.id, user)
+        except ServiceError as e:  # another member's: the same answer as no such application
+            raise click.ClickException(f"No application named “{name}”.") from e
+    report = metrics_service.report(application, window)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        _print_metrics(report)
+
+
+@metrics_cli.command("token")
+def metrics_token():
+    """Print the token Prometheus sends to /metrics and to the target list (see README, Prometheus)."""
+    click.echo(metrics_service.metrics_token())
+
+
 def register(app: Flask) -> None:
+    app.cli.add_command(metrics_cli)
     app.cli.add_command(apps_cli)
     app.cli.add_command(users_cli)
     app.cli.add_command(demo_cli)

@@ -27,6 +27,8 @@ DEFAULTS = {
     "STOP_GRACE_S": 10,  # in-flight requests get this long to finish after a stop
     "RECONCILE_INTERVAL_S": 5,
     "MAX_REQUEST_MB": 4,  # an app server answers 413 to larger request bodies
+    "METRICS_FLUSH_S": 10,  # how often app servers add their counts to the series in Redis
+    "METRICS_TOKEN": None,  # Prometheus's token for /metrics and the target list; default: from SECRET_KEY
     "SERVER_ENV_ALLOW": "",  # more of the worker's environment variables for app servers (comma-separated)
     # The platform's pages: larger bodies are refused (413) before they are parsed.
     "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
@@ -52,6 +54,8 @@ ENVIRONMENT = {
     "LLMAPP_STOP_GRACE_S": "STOP_GRACE_S",
     "LLMAPP_RECONCILE_INTERVAL_S": "RECONCILE_INTERVAL_S",
     "LLMAPP_MAX_REQUEST_MB": "MAX_REQUEST_MB",
+    "LLMAPP_METRICS_FLUSH_S": "METRICS_FLUSH_S",
+    "LLMAPP_METRICS_TOKEN": "METRICS_TOKEN",
     "LLMAPP_SERVER_ENV_ALLOW": "SERVER_ENV_ALLOW",
 }
 
@@ -76,7 +80,7 @@ def load(instance_path: str, overrides: dict | None = None) -> dict:
     if not config.get("REDIS_URL") and (instance / REDIS_URL_FILE).exists():
         config["REDIS_URL"] = (instance / REDIS_URL_FILE).read_text().strip()
     config["DEMO"] = _truthy(config["DEMO"])
-    for key in ("DEPLOY_TIMEOUT_S", "STOP_GRACE_S", "RECONCILE_INTERVAL_S", "MAX_REQUEST_MB"):
+    for key in ("DEPLOY_TIMEOUT_S", "STOP_GRACE_S", "RECONCILE_INTERVAL_S", "MAX_REQUEST_MB", "METRICS_FLUSH_S"):
         config[key] = float(config[key])
     if isinstance(config["SERVER_ENV_ALLOW"], str):
         config["SERVER_ENV_ALLOW"] = [n.strip() for n in config["SERVER_ENV_ALLOW"].split(",") if n.strip()]

@@ -45,6 +45,21 @@ def reconcile_lock(host: str) -> str:
     return f"{PREFIX}:reconcile-lock:{host}"
 
 
+def metrics(application_id, resolution: str, start: int) -> str:
+    """One time bucket of the application's request metrics (a hash; see runtime/metrics.py)."""
+    return f"{PREFIX}:metrics:{application_id}:{resolution}:{start}"
+
+
+def metrics_pattern(application_id) -> str:
+    """Every metrics bucket of the application (for SCAN, when it is deleted)."""
+    return f"{PREFIX}:metrics:{application_id}:*"
+
+
+def metrics_overview(minute: int) -> str:
+    """Requests and errors of every application in one minute: the App Center's overview."""
+    return f"{PREFIX}:metrics-overview:{minute}"
+
+
 def application_keys(application_id) -> tuple[str, ...]:
     """What an application leaves in Redis: deleted with it."""
     return (

@@ -222,6 +222,7 @@ WORKER_ENV = {
     "LLMAPP_DEPLOY_TIMEOUT_S": "90",
     "LLMAPP_STOP_GRACE_S": "10",  # the drain test needs a request to finish within it
     "LLMAPP_WORKER_LOG_LEVEL": "WARNING",
+    "LLMAPP_METRICS_FLUSH_S": "1",  # servers add their counts to the series every second
 }
 
 
@@ -381,6 +382,11 @@ def log_text(app, application_id) -> str:
     return "\n".join(f"{line['level']} {line['message']}" for line in logs.tail(connection, application_id, 2000))
 
 
+def wait_logged(app, application_id, words: str, timeout=30):
+    """Wait for a line in the application's log (a job writes it just after it records the status)."""
+    wait_for(lambda: words in log_text(app, application_id), timeout, 0.2, f"“{words}” in the log")
+
+
 def deploy(client, app, application):
     response = client.post(f"/applications/{application.id}/deploy", headers=HX)
     assert response.status_code == 200 and response.headers["HX-Redirect"] == f"/applications/{application.id}"
@@ -427,8 +433,9 @@ class ServedTiny:
 
     NAME = "served"
     KEY = "llm-tests-shared-key"
+    METRICS_TOKEN = "tests-metrics-token"
 
-    def __init__(self, model_dir, redis_url, run_dir):
+    def __init__(self, model_dir, redis_url, run_dir, app_id=None, flush=True):
         import subprocess
         import sys
         import uuid
@@ -439,16 +446,20 @@ class ServedTiny:
         from llmapp.runtime.spec import REDIS_URL_VARIABLE, ServerSpec, ServingConfig
 
         self.redis_url = redis_url
+        import hashlib
+
         self.redis = redis.Redis.from_url(redis_url)
-        self.redis.flushdb()
-        self.app_id = uuid.uuid4().hex
+        if flush:
+            self.redis.flushdb()
+        self.app_id = app_id or uuid.uuid4().hex
         keys.publish(self.redis, self.app_id, {keys.digest(self.KEY): (1, "tests")})
         config = ServingConfig(max_concurrency=2, timeout_s=60, log_level="DEBUG", cache_size=8, batch_size=4)
         self.spec = ServerSpec(
             app_id=self.app_id, app_name=self.NAME, engine="transformers", model_path=model_dir, config=config,
-            port=free_port(),
+            port=free_port(), metrics_flush_s=1.0,
+            metrics_token_sha256=hashlib.sha256(self.METRICS_TOKEN.encode()).hexdigest(),
         )  # fmt: skip
-        spec_path = Path(run_dir) / "served.json"
+        spec_path = Path(run_dir) / f"served-{self.spec.port}.json"
         self.spec.write(spec_path)
         env = {"PATH": os.environ["PATH"], REDIS_URL_VARIABLE: redis_url, "PYTHONUNBUFFERED": "1"}
         root = Path(__file__).resolve().parent.parent

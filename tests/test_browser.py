@@ -176,6 +176,20 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
         expect(page.locator("#live .logs")).to_contain_text("ready on port", timeout=10_000)
         shot(page, "08-running")
 
+        # Monitoring: the requests sent are counted and charted, without a reload.
+        api = openai.OpenAI(base_url=endpoint, api_key=key, max_retries=0)
+        for i in range(6):
+            api.completions.create(model="hello-tiny", prompt=f"hello {i}", max_tokens=4)
+        with pytest.raises(openai.NotFoundError):
+            api.completions.create(model="not-this-one", prompt="x")
+        page.click("#monitoring nav a:has-text('15m')")
+        expect(page.locator("#monitoring [data-outcome='2xx']")).to_have_text("7", timeout=30_000)
+        expect(page.locator("#monitoring [data-outcome='404']")).to_have_text("1")
+        expect(page.locator("#monitoring .chart svg path.series-a").first).to_be_visible()
+        expect(page.locator("#monitoring")).to_contain_text("browser")  # the key's label
+        page.locator("#monitoring").scroll_into_view_if_needed()
+        shot(page, "08b-monitoring")
+
         page.once("dialog", lambda dialog: dialog.accept())
         page.click("#live button:has-text('Stop')")
         expect(page.locator("#live h1 .badge")).to_have_text("stopped", timeout=30_000)

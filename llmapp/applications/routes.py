@@ -2,9 +2,10 @@ from flask import abort, flash, render_template, request, url_for
 from flask_login import current_user, login_required
 from werkzeug.datastructures import MultiDict
 
-from .. import queues
+from .. import charts, queues
 from ..runtime import logs
 from ..services import Conflict, NotFound, ServiceError, api_keys, applications, deployments, lifecycle, registry
+from ..services import metrics as metrics_service
 from ..web import int_arg, redirect_to, render
 from . import bp
 from .forms import MAX_ENV_VARS, ApplicationForm
@@ -83,20 +84,45 @@ def create():
     return _render_form(form, code=422 if form.errors or form.form_errors else 200)
 
 
+def _detail_context(application) -> dict:
+    return {
+        "application": application,
+        "env": applications.masked_env(application),
+        "warnings": applications.config_warnings(application),
+        "keys": api_keys.list_keys(application),
+        "log_lines": logs.tail(queues.connection(), application.id, 40),
+        "new_key": None,
+        "windows": metrics_service.WINDOWS,
+    }
+
+
 @bp.get("/<application_id>")
 def detail(application_id):
     """Show one application; htmx polls the same URL for the live part (status, phases, logs)."""
     application = get_application(application_id)
+    return render("applications/detail.html", "applications/_live.html", **_detail_context(application))
+
+
+@bp.get("/<application_id>/monitoring")
+def monitoring(application_id):
+    """The Monitoring pane over ?window=15m|1h|24h|7d: the detail page with it, or the pane alone for htmx."""
+    application = get_application(application_id)
+    report = metrics_service.report(application, request.args.get("window"))
+    window = metrics_service.window(report["window"])
     return render(
         "applications/detail.html",
-        "applications/_live.html",
-        application=application,
-        env=applications.masked_env(application),
-        warnings=applications.config_warnings(application),
-        keys=api_keys.list_keys(application),
-        log_lines=logs.tail(queues.connection(), application.id, 40),
-        new_key=None,
+        "applications/_monitoring.html",
+        **_detail_context(application),
+        report=report,
+        window=window,
+        charts=charts.monitoring_charts(report.get("points", []), window.point_s),
     )
+
+
+@bp.get("/overview")
+def overview():
+    """The App Center's overview (applications by status, the busiest and most failing of the last hour)."""
+    return render_template("applications/_overview.html", overview=metrics_service.overview(current_user))
 
 
 def _request(application_id, request_transition, progress: str):

@@ -65,7 +65,7 @@ def main(argv=None) -> None:
     writer = logs.StreamWriter(redis.Redis.from_url(redis_url, **REDIS_TIMEOUTS), spec.app_id)
     configure_logging(spec, writer)
     engine = make_engine(spec)
-    app = build_app(spec, engine, redis.asyncio.Redis.from_url(redis_url, **REDIS_TIMEOUTS))
+    app = build_app(spec, engine, redis.asyncio.Redis.from_url(redis_url, **REDIS_TIMEOUTS), writer)
     threading.Thread(target=load, args=(engine, spec), name="loader", daemon=True).start()
     log.info("starting %s (engine %s) on %s:%d", spec.app_name, spec.engine, spec.host, spec.port)
     server = uvicorn.Server(

@@ -88,6 +88,7 @@ class Served:
     admission: Admission = None
     outcomes: Counter = field(default_factory=Counter)  # status code → requests answered with it
     started: float = field(default_factory=time.time)
+    recorder: object = None  # a recorder.Recorder, which counts each request for the metrics
 
     def __post_init__(self):
         self.cache = self.cache or ResponseCache(self.spec.config.cache_size)
@@ -275,9 +276,6 @@ async def generate(ctx: Context) -> None:
             raise APIError(499, "The client went away; its generation was stopped.")
         raise timed_out(ctx)
     ctx.result = answer.result()
-    usage = ctx.result.get("usage") or {}
-    ctx.prompt_tokens = usage.get("prompt_tokens", ctx.prompt_tokens)
-    ctx.completion_tokens = usage.get("completion_tokens", 0)
 
 
 def timed_out(ctx: Context) -> APIError:
@@ -419,8 +417,14 @@ def _has_content(chunk: dict) -> bool:
 
 
 def record(ctx: Context) -> None:
-    """One log line per request (with its request id and key label), and the server's outcome counts."""
+    """One log line per request (with its request id and key label), and its metrics."""
+    if ctx.result is not None:  # the usage the client was told (a cache hit's too)
+        usage = ctx.result.get("usage") or {}
+        ctx.prompt_tokens = usage.get("prompt_tokens", ctx.prompt_tokens)
+        ctx.completion_tokens = usage.get("completion_tokens", 0)
     ctx.served.outcomes[ctx.status] += 1
+    if ctx.served.recorder is not None:
+        ctx.served.recorder.observe(ctx)
     elapsed_ms = (time.perf_counter() - ctx.started) * 1000
     level = logging.ERROR if ctx.status >= 500 and ctx.status != 504 else logging.INFO
     if ctx.status in (429, 499, 504):

@@ -4,6 +4,8 @@ id every response carries, and the server's background upkeep (its address and k
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -11,10 +13,11 @@ import socket
 import time
 
 import redis
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import keyspace
@@ -23,6 +26,7 @@ from .engines import Engine
 from .keys import KeyChecker
 from .openai_api import APIError
 from .pipeline import Context, Served, error_response, new_request_id
+from .recorder import Recorder
 from .spec import ServerSpec
 
 log = logging.getLogger("llmapp.server")
@@ -50,8 +54,9 @@ class RequestIds:
         await self.app(scope, receive, send_with_id)
 
 
-def build_app(spec: ServerSpec, engine: Engine, redis_connection) -> Starlette:
+def build_app(spec: ServerSpec, engine: Engine, redis_connection, log_writer=None) -> Starlette:
     served = Served(spec, engine, KeyChecker(redis_connection, spec.app_id))
+    served.recorder = Recorder(spec.app_id, engine, served.admission, spec.metrics_flush_s)
     upkeep = Upkeep(served, redis_connection)
 
     async def health(request: Request) -> JSONResponse:
@@ -77,6 +82,11 @@ def build_app(spec: ServerSpec, engine: Engine, redis_connection) -> Starlette:
             },
             "engine": engine.stats(),
             "config": spec.config.__dict__,
+            "log": {
+                "written": getattr(log_writer, "written", 0),
+                "queued": log_writer.queue.unfinished_tasks if log_writer else 0,
+                "dropped": getattr(log_writer, "dropped", 0),
+            },
         }
         return JSONResponse(body, status_code=200 if engine.status == "ready" else 503)
 
@@ -100,6 +110,15 @@ def build_app(spec: ServerSpec, engine: Engine, redis_connection) -> Starlette:
             return error_response(e)
         return JSONResponse(openai_api.model_object(spec.app_name, int(served.started)))
 
+    async def prometheus(request: Request):
+        """Prometheus's text format, for the platform's metrics token only (the same for every server,
+        so one scrape job follows every application; the applications' own keys don't open it)."""
+        _, _, token = request.headers.get("authorization", "").partition(" ")
+        digest = hashlib.sha256(token.strip().encode()).hexdigest()
+        if not spec.metrics_token_sha256 or not hmac.compare_digest(digest, spec.metrics_token_sha256):
+            return error_response(APIError(401, "/metrics needs the platform's metrics token.", code="invalid_api_key"))
+        return Response(generate_latest(served.recorder.registry), media_type=CONTENT_TYPE_LATEST)
+
     def completions(kind: str):
         async def endpoint(request: Request):
             return await pipeline.run(Context(served, request, kind, request.state.request_id))
@@ -117,18 +136,21 @@ def build_app(spec: ServerSpec, engine: Engine, redis_connection) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        task = asyncio.create_task(upkeep.run())
+        tasks = [asyncio.create_task(upkeep.run()), asyncio.create_task(served.recorder.run(redis_connection))]
         try:
             yield
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await served.recorder.flush(redis_connection)  # the last seconds' counts, before exiting
             await upkeep.leave()
             await engine.close()
 
     app = Starlette(
         routes=[
             Route("/health", health),
+            Route("/metrics", prometheus),
             Route("/v1/models", models),
             Route("/v1/models/{model:path}", model),
             Route("/v1/chat/completions", completions("chat"), methods=["POST"]),

@@ -53,6 +53,8 @@ class ServerSpec:
     grace_s: float = 10.0  # after SIGTERM, in-flight requests get this long
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     secret_names: tuple[str, ...] = field(default_factory=tuple)  # their values are redacted from logs
+    metrics_flush_s: float = 10.0  # how often the server adds its counts to the application's series
+    metrics_token_sha256: str = ""  # /metrics answers a bearer token with this digest (not the token itself)
     version: int = VERSION
 
     def to_json(self) -> str:

@@ -5,6 +5,7 @@ on the application, so the stop and the reconcile for it go to that host's queue
 to the application's log (a Redis Stream, see runtime/logs.py).
 """
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from ..models import ApiKey, Application, utcnow
 from ..runtime import keys as runtime_keys
 from ..runtime import logs
 from ..runtime.spec import REDIS_URL_VARIABLE, ServerSpec, ServingConfig
-from . import ServiceError, lifecycle, registry
+from . import ServiceError, lifecycle, metrics, registry
 
 PHASES = ("queued", "starting process", "loading model", "warming up", "ready")
 HEALTH_PHASES = {"loading": "loading model", "warming_up": "warming up", "ready": "ready"}
@@ -158,6 +159,8 @@ def _spec(application: Application, port: int) -> ServerSpec:
         grace_s=config["STOP_GRACE_S"],
         max_request_bytes=int(config["MAX_REQUEST_MB"] * 1024 * 1024),
         secret_names=tuple(var.name for var in application.env_vars if var.is_secret),
+        metrics_flush_s=config["METRICS_FLUSH_S"],
+        metrics_token_sha256=hashlib.sha256(metrics.metrics_token().encode()).hexdigest(),
     )
 
 
@@ -425,6 +428,7 @@ def cleanup(application_id, pid: int | None, host: str | None) -> None:
             else:
                 queues.queue(queue).enqueue("jobs.deploy.kill_process", pid, str(application_id))
         queues.connection().delete(*keyspace.application_keys(application_id))
+        metrics.delete_series(application_id)
     except redis.RedisError as e:  # the application is gone; what it left in Redis holds no secret
         current_app.logger.warning("after deleting application %s, Redis was unreachable: %s", application_id, e)
 
@@ -654,3 +658,4 @@ def _sample_usage(application: Application, process: psutil.Process) -> None:
         )
     db.session.execute(db.update(Application).where(Application.id == application.id).values(resource_usage=usage))
     db.session.commit()
+    metrics.record_usage(application.id, usage["cpu_percent"], usage["rss_bytes"])

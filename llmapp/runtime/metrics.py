@@ -1,0 +1,222 @@
+"""Request metrics: what an app server counts, how it keeps them in Redis, and how they are read back.
+
+Only counters and fixed-bucket histograms, never averages: every number is a sum, so the series two
+server processes of one application write add up exactly (a rolling redeploy, a gateway), and
+percentiles come from the buckets.
+
+In Redis, per application, one hash per time bucket and resolution (`keyspace.metrics`): 10-second
+buckets kept 1 hour, 1-minute buckets kept 24 hours, 1-hour buckets kept 30 days. A server adds what
+it counted to all three at once, every FLUSH_S, with HINCRBY/HINCRBYFLOAT in one MULTI/EXEC: several
+writers never lose an increment, and a reader never sees half a flush. Fields:
+
+    n|<outcome>                     requests by outcome (2xx, 400, 401, 404, 4xx, 429, 499, 5xx, 504)
+    cache|hit, cache|miss           exact-match cache
+    lat|<i>, lat|sum                whole-request latency: count per bucket i of LATENCY_S, sum of seconds
+    ttft|<i>, ttft|sum              streams: time to first token
+    tpot|<i>, tpot|sum              streams: time per output token after the first
+    tok|in, tok|out                 prompt and completion tokens of answered requests
+    batch|<size>                    forward passes of the engine, by how many requests they held
+    stage|<name>, stage|<name>|n    seconds spent in each pipeline stage, and how many times it ran
+    key|<label>|n, |err, |in, |out  per API key label: requests, errors, tokens
+    cpu|sum, rss|sum, usage|n       the reconcile's samples of the server process (CPU %, RSS bytes)
+"""
+
+import bisect
+import math
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+import redis
+
+from .. import keyspace
+
+LATENCY_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TTFT_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+TPOT_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+HISTOGRAMS = {"lat": LATENCY_S, "ttft": TTFT_S, "tpot": TPOT_S}
+OUTCOMES = ("2xx", "400", "401", "404", "4xx", "429", "499", "5xx", "504")
+FLUSH_S = 10.0
+
+
+@dataclass(frozen=True)
+class Resolution:
+    name: str
+    seconds: int
+    keep_s: int
+
+
+RESOLUTIONS = (
+    Resolution("10s", 10, 3600),
+    Resolution("1m", 60, 24 * 3600),
+    Resolution("1h", 3600, 30 * 24 * 3600),
+)
+
+
+def outcome(status: int) -> str:
+    if 200 <= status < 300:
+        return "2xx"
+    if str(status) in OUTCOMES:
+        return str(status)
+    return "5xx" if status >= 500 else "4xx"
+
+
+def is_error(outcome_: str) -> bool:
+    """Answers that failed the caller: anything but 2xx, not counting clients that went away (499)."""
+    return outcome_ not in ("2xx", "499")
+
+
+def is_float_field(name: str) -> bool:
+    """Seconds and samples are sums of floats (HINCRBYFLOAT); everything else counts (HINCRBY)."""
+    return name.endswith("|sum") or (name.startswith("stage|") and not name.endswith("|n"))
+
+
+def bucket_index(bounds: tuple, value: float) -> int:
+    """The histogram bucket of ``value``: the first bound it does not exceed (len(bounds) is +Inf)."""
+    return bisect.bisect_left(bounds, value)
+
+
+class Aggregator:
+    """What a server counted since its last flush, per 10-second bucket. Touched on the event loop only."""
+
+    def __init__(self):
+        self.pending: defaultdict[int, Counter] = defaultdict(Counter)
+
+    def add(self, fields: dict, at: float | None = None) -> None:
+        bucket = int((time.time() if at is None else at) // RESOLUTIONS[0].seconds * RESOLUTIONS[0].seconds)
+        counter = self.pending[bucket]
+        for name, value in fields.items():
+            counter[name] += value
+
+    def take(self) -> dict[int, Counter]:
+        taken, self.pending = self.pending, defaultdict(Counter)
+        return taken
+
+    def give_back(self, taken: dict[int, Counter]) -> None:
+        """A flush that failed: its counts wait for the next one (nothing is lost or counted twice)."""
+        for bucket, counter in taken.items():
+            self.pending[bucket].update(counter)
+
+
+def request_fields(
+    status: int,
+    seconds: float,
+    key_label: str | None,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    cache: str | None = None,
+    ttft_s: float | None = None,
+    tpot_s: float | None = None,
+    stages: dict[str, float] | None = None,
+) -> dict:
+    """The fields one finished request adds."""
+    kind = outcome(status)
+    answered = kind == "2xx"
+    fields = {f"n|{kind}": 1, f"lat|{bucket_index(LATENCY_S, seconds)}": 1, "lat|sum": seconds}
+    if cache:
+        fields[f"cache|{'hit' if cache == 'HIT' else 'miss'}"] = 1
+    if answered:
+        fields["tok|in"], fields["tok|out"] = prompt_tokens, completion_tokens
+    if ttft_s is not None:
+        fields[f"ttft|{bucket_index(TTFT_S, ttft_s)}"] = 1
+        fields["ttft|sum"] = ttft_s
+    if tpot_s is not None:
+        fields[f"tpot|{bucket_index(TPOT_S, tpot_s)}"] = 1
+        fields["tpot|sum"] = tpot_s
+    for stage, spent in (stages or {}).items():
+        fields[f"stage|{stage}"] = spent
+        fields[f"stage|{stage}|n"] = 1
+    if key_label is not None:
+        label = key_label.replace("|", "/")
+        fields[f"key|{label}|n"] = 1
+        fields[f"key|{label}|err"] = int(is_error(kind))
+        if answered:
+            fields[f"key|{label}|in"], fields[f"key|{label}|out"] = prompt_tokens, completion_tokens
+    return fields
+
+
+def _queue_writes(pipe, application_id, taken: dict[int, Counter]) -> None:
+    for bucket, counter in taken.items():
+        for resolution in RESOLUTIONS:
+            start = bucket // resolution.seconds * resolution.seconds
+            key = keyspace.metrics(application_id, resolution.name, start)
+            for name, value in counter.items():
+                if is_float_field(name):
+                    pipe.hincrbyfloat(key, name, float(value))
+                elif value:
+                    pipe.hincrby(key, name, int(value))
+            pipe.expire(key, resolution.keep_s + resolution.seconds)
+        minute = bucket // 60 * 60  # the App Center's overview: requests and errors per application
+        requests = sum(v for k, v in counter.items() if k.startswith("n|"))
+        errors = sum(v for k, v in counter.items() if k.startswith("n|") and is_error(k[2:]))
+        if requests:
+            overview = keyspace.metrics_overview(minute)
+            pipe.hincrby(overview, f"{application_id}|n", int(requests))
+            if errors:
+                pipe.hincrby(overview, f"{application_id}|err", int(errors))
+            pipe.expire(overview, 2 * 3600)
+
+
+def write(connection: redis.Redis, application_id, taken: dict[int, Counter]) -> None:
+    """Add counts to the application's series, atomically (one MULTI/EXEC)."""
+    if not taken:
+        return
+    with connection.pipeline(transaction=True) as pipe:
+        _queue_writes(pipe, application_id, taken)
+        pipe.execute()
+
+
+async def write_async(connection, application_id, taken: dict[int, Counter]) -> None:
+    """The same, from an app server's event loop (redis.asyncio)."""
+    if not taken:
+        return
+    async with connection.pipeline(transaction=True) as pipe:
+        _queue_writes(pipe, application_id, taken)
+        await pipe.execute()
+
+
+# --- reading back ---------------------------------------------------------------------------------
+
+
+def percentile(bounds: tuple, counts: list[float], q: float) -> float | None:
+    """The q-quantile (0 < q < 1) of a histogram: per-bucket counts (the last is +Inf), interpolated
+    linearly inside the bucket that holds it, as Prometheus's histogram_quantile does. A quantile in
+    the +Inf bucket is reported as its lower bound. None for an empty histogram."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0.0
+    for i, count in enumerate(counts):
+        if count and seen + count >= rank:
+            if i == len(bounds):
+                return float(bounds[-1])
+            lower = 0.0 if i == 0 else bounds[i - 1]
+            return lower + (bounds[i] - lower) * (rank - seen) / count
+        seen += count
+    return float(bounds[-1])
+
+
+def histogram(fields: dict, name: str) -> list[float]:
+    bounds = HISTOGRAMS[name]
+    return [fields.get(f"{name}|{i}", 0) for i in range(len(bounds) + 1)]
+
+
+def merge(buckets: list[dict]) -> Counter:
+    total = Counter()
+    for fields in buckets:
+        total.update(fields)
+    return total
+
+
+def decode(raw: dict) -> dict[str, float]:
+    """A hash as Redis returns it (bytes) → field → number."""
+    out = {}
+    for key, value in raw.items():
+        number = float(value)
+        out[key.decode()] = int(number) if number.is_integer() else number
+    return out
+
+
+def is_finite(value) -> bool:
+    return value is not None and math.isfinite(value)
