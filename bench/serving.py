@@ -189,18 +189,22 @@ def run(app, work):
     proxy_key = api_keys.create_key(proxied, "bench")[1]
 
     # Proxy overhead: the same requests (max_tokens=1) straight to the app and through the openai engine.
-    body = {"model": "x", "prompt": "hello world", "max_tokens": 1}
+    body = {"prompt": "hello world", "max_tokens": 1}  # each server is asked for its own model name
     if "--profile-proxy" in sys.argv:  # where the proxy's time goes at concurrency 16 (py-spy, raw stacks)
         spy = subprocess.Popen(
             ["py-spy", "record", "-f", "raw", "-o", str(work / "proxy.txt"), "-d", "20", "-p", str(proxied.process_pid)]
         )
-        asyncio.run(load(f"{proxied.endpoint}/completions", proxy_key, body, 2000, 16))
+        asyncio.run(load(f"{proxied.endpoint}/completions", proxy_key, {**body, "model": "proxy"}, 2000, 16))
         spy.wait()
         print(f"profile of the proxy: {work / 'proxy.txt'}")
     print("proxy overhead (openai engine in front of the app), max_tokens=1, latency in ms:")
     for concurrency, total in ((1, 300), (16, 640)):
-        a = asyncio.run(load(f"{direct.endpoint}/completions", direct_key, body, total, concurrency))
-        b = asyncio.run(load(f"{proxied.endpoint}/completions", proxy_key, body, total, concurrency))
+        a = asyncio.run(
+            load(f"{direct.endpoint}/completions", direct_key, {**body, "model": "direct"}, total, concurrency)
+        )
+        b = asyncio.run(
+            load(f"{proxied.endpoint}/completions", proxy_key, {**body, "model": "proxy"}, total, concurrency)
+        )
         for name, p in (("p50", 50), ("p99", 99)):
             print(
                 f"  c={concurrency:2d} {name}: direct {percentile(a, p):7.2f}  via proxy {percentile(b, p):7.2f}  "
@@ -212,7 +216,7 @@ def run(app, work):
     for batch in (1, 8):
         served = deploy(application(f"batch-{batch}", batch_size=batch))
         key = api_keys.create_key(served, "bench")[1]
-        body = {"model": "x", "prompt": "hello", "max_tokens": 32, "min_tokens": 32}
+        body = {"model": f"batch-{batch}", "prompt": "hello", "max_tokens": 32, "min_tokens": 32}
         elapsed = []
         asyncio.run(load(f"{served.endpoint}/completions", key, body, 64, 8, elapsed_out=elapsed))
         health = httpx.get(served.endpoint.replace("/v1", "/health")).json()["engine"]
@@ -229,7 +233,7 @@ def run(app, work):
         for i in range(200):  # each prompt once: all misses
             response = client.post(
                 f"{cached.endpoint}/completions",
-                json={"model": "x", "prompt": f"cache {i}", "max_tokens": 8, "temperature": 0},
+                json={"model": "cached", "prompt": f"cache {i}", "max_tokens": 8, "temperature": 0},
             )
             assert response.headers["X-Cache"] == "MISS"
             misses.append(response.headers)
@@ -237,7 +241,7 @@ def run(app, work):
         load(
             f"{cached.endpoint}/completions",
             key,
-            {"model": "x", "prompt": "cache 0", "max_tokens": 8, "temperature": 0},
+            {"model": "cached", "prompt": "cache 0", "max_tokens": 8, "temperature": 0},
             200,
             1,
             hits,

@@ -189,6 +189,7 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
         expect(page.locator("#monitoring")).to_contain_text("browser")  # the key's label
         page.locator("#monitoring").scroll_into_view_if_needed()
         shot(page, "08b-monitoring")
+        page.locator("#monitoring").screenshot(path=str(ARTIFACTS / "08c-monitoring-pane.png"), caret="initial")
 
         page.once("dialog", lambda dialog: dialog.accept())
         page.click("#live button:has-text('Stop')")

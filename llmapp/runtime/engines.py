@@ -113,6 +113,9 @@ class TransformersEngine(Engine):
     # How long the batcher waits for company once a request arrives (batch_size > 1). Clients that send
     # their next request when the last one returns need a few ms to do it; measured in bench/serving.py.
     WINDOW_S = 0.02
+    # Prompts up to this many characters are tokenised on the event loop (tens of microseconds, less
+    # than a hop to a thread); longer ones in the tokenizer's thread. Measured in bench/overhead.py.
+    INLINE_CHARS = 2000
 
     def __init__(self, path: str, batch_size: int, precision: str = "fp32", served_name: str = ""):
         super().__init__(served_name)
@@ -123,9 +126,11 @@ class TransformersEngine(Engine):
         self.last_group_size = 1
         self.cancelled = 0
         self.thread = None
-        # Tokenising and chat templates are CPU work: one thread of their own keeps them off the event
-        # loop (the tokenizer releases the GIL) and never runs one tokenizer from two threads at once.
+        # Tokenising and chat templates are CPU work: a long prompt goes to a thread of its own (the
+        # tokenizer releases the GIL), so the event loop stays free; a short one (microseconds) is
+        # tokenised in place. The lock keeps one tokenizer from running in two threads at once.
         self.tokenizing = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tokenizer")
+        self.tokenizer_lock = threading.Lock()
         self.max_token_chars = 1
 
     # loading -----------------------------------------------------------------------------------
@@ -186,6 +191,10 @@ class TransformersEngine(Engine):
         )
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        with self.tokenizer_lock:
+            return self._tokenise(request)
+
+    def _tokenise(self, request: GenerationRequest) -> list[int]:
         if request.kind == "chat":
             if self.tokenizer.chat_template:
                 ids = self.tokenizer.apply_chat_template(
@@ -210,6 +219,11 @@ class TransformersEngine(Engine):
         characters = len(request.prompt or "") + sum(len(m["content"]) for m in request.messages or ())
         if characters > self.max_context * self.max_token_chars:
             raise self._too_long(f"at least {characters // self.max_token_chars}", request)
+        if characters <= self.INLINE_CHARS and self.tokenizer_lock.acquire(blocking=False):
+            try:
+                return Prepared(request, body, self._tokenise(request))
+            finally:
+                self.tokenizer_lock.release()
         loop = asyncio.get_running_loop()
         ids = await loop.run_in_executor(self.tokenizing, self._prompt_ids, request)
         return Prepared(request, body, ids)

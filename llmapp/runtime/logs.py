@@ -61,6 +61,7 @@ class StreamWriter:
     """Appends records to one application's stream from a thread of its own, in batches."""
 
     BATCH = 500
+    LINGER_S = 0.02  # after a line arrives, wait this long for more: one round trip for a burst of lines
     RETRY_S = (0.5, 1, 2, 5)
 
     def __init__(self, connection: redis.Redis, application_id, capacity: int = 10_000):
@@ -80,9 +81,10 @@ class StreamWriter:
 
     def _take(self) -> list[dict]:
         batch = [self.queue.get()]
+        deadline = time.monotonic() + self.LINGER_S
         while len(batch) < self.BATCH:
             try:
-                batch.append(self.queue.get_nowait())
+                batch.append(self.queue.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 break
         return batch

@@ -98,6 +98,9 @@ class Aggregator:
             self.pending[bucket].update(counter)
 
 
+_STAGE_FIELDS: dict[str, tuple[str, str]] = {}
+
+
 def request_fields(
     status: int,
     seconds: float,
@@ -124,8 +127,9 @@ def request_fields(
         fields[f"tpot|{bucket_index(TPOT_S, tpot_s)}"] = 1
         fields["tpot|sum"] = tpot_s
     for stage, spent in (stages or {}).items():
-        fields[f"stage|{stage}"] = spent
-        fields[f"stage|{stage}|n"] = 1
+        names = _STAGE_FIELDS.get(stage) or _STAGE_FIELDS.setdefault(stage, (f"stage|{stage}", f"stage|{stage}|n"))
+        fields[names[0]] = spent
+        fields[names[1]] = 1
     if key_label is not None:
         label = key_label.replace("|", "/")
         fields[f"key|{label}|n"] = 1

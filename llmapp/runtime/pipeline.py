@@ -1,6 +1,6 @@
 """The app server's request path, as a pipeline of stages (DESIGN.md, "The app server's request path").
 
-    authenticate → parse → admit → prepare → cache lookup → generate → cache store   … then record
+    authenticate → parse → admit → cache lookup → prepare → generate → cache store   … then record
 
 Each stage is a small async function of one request ``Context``; it raises ``APIError`` to answer
 early with an error, or returns True once the answer is ready (a cache hit), which skips the rest.
@@ -293,7 +293,7 @@ async def cache_store(ctx: Context) -> None:
 
 
 Stage = Callable[[Context], Awaitable[bool | None]]
-STAGES: tuple[Stage, ...] = (authenticate, parse, admit, prepare, cache_lookup, generate, cache_store)
+STAGES: tuple[Stage, ...] = (authenticate, parse, admit, cache_lookup, prepare, generate, cache_store)
 
 
 # --- running the stages, answering, recording ------------------------------------------------------
