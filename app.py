@@ -100,6 +100,7 @@ def main() -> None:
         with app.app_context():
             lines = bootstrap.prepare()
         env = dict(os.environ, LLMAPP_ENV=app.config["LLMAPP_ENV"])
+        env.setdefault("LLMAPP_WORKER_LOG_LEVEL", "WARNING")  # not three lines for every reconcile
         gunicorn = ["-m", "gunicorn", "--bind", f"{host}:{port}", "--worker-class", "gthread"]
         gunicorn += ["--workers", "2", "--threads", "64", "--access-logfile", "-", "app:create_app()"]
         # Two workers: a long deploy on one leaves the other free for stops and the reconcile.

@@ -105,8 +105,20 @@ def line_chart(
     return chart
 
 
+def number(value: float) -> str:
+    """Short and exact enough to read: 0.25, 3.5, 250, 1.2k, 3.4M."""
+    magnitude = abs(value)
+    if magnitude >= 1e6:
+        return f"{value / 1e6:.3g}M"
+    if magnitude >= 1e3:
+        return f"{value / 1e3:.3g}k"
+    if magnitude >= 10:
+        return f"{value:.0f}"
+    return f"{value:.2g}"
+
+
 def rate(value: float) -> str:
-    return f"{value:.2g}/s" if value else "0/s"
+    return f"{number(value)}/s" if value else "0/s"
 
 
 def seconds(value: float) -> str:

@@ -640,9 +640,11 @@ def _restart_or_fail(application: Application, reason: str) -> str:
 
 def _sample_usage(application: Application, process: psutil.Process) -> None:
     try:
+        # Not inside oneshot(): it caches the CPU times, and the two readings would be the same (0 %).
+        cpu_percent = process.cpu_percent(interval=0.1)
         with process.oneshot():
             usage = {
-                "cpu_percent": process.cpu_percent(interval=0.1),
+                "cpu_percent": cpu_percent,
                 "rss_bytes": process.memory_info().rss,
                 "threads": process.num_threads(),
                 "sampled_at": _now_iso(),
