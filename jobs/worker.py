@@ -11,11 +11,13 @@ Like the web app it follows LLMAPP_ENV (default production: SECRET_KEY is requir
 import logging
 import os
 import threading
+import time
 
 import redis
 from rq import Worker
 
 log = logging.getLogger("llmapp.worker")
+LOG_TRIM_EVERY_S = 60
 
 
 class AppWorker(Worker):
@@ -55,6 +57,18 @@ def schedule_reconcile(app, stop: threading.Event) -> None:
                 failing = True
 
 
+def wait_for_redis(connection) -> None:
+    """Until Redis answers again (1, 2, 4… up to 10 s between tries)."""
+    delay = 1.0
+    while True:
+        try:
+            connection.ping()
+            return
+        except redis.RedisError:
+            time.sleep(delay)
+            delay = min(delay * 2, 10)
+
+
 def main() -> None:
     from llmapp import create_app, queues
 
@@ -67,14 +81,24 @@ def main() -> None:
     logging.basicConfig(level=os.environ.get("LLMAPP_WORKER_LOG_LEVEL", "INFO"))
     with app.app_context():
         names = [queues.host_queue_name(queues.this_host()), queues.DEFAULT_QUEUE]
-        # Maintenance (which also restarts rq's scheduler if a Redis outage ended it) every 30 s, not 10 min.
-        worker = AppWorker(
-            [queues.queue(name) for name in names], connection=queues.connection(), maintenance_interval=30
-        )
         stop = threading.Event()
         threading.Thread(target=schedule_reconcile, args=(app, stop), daemon=True, name="reconcile").start()
         try:
-            worker.work(with_scheduler=True, logging_level=os.environ.get("LLMAPP_WORKER_LOG_LEVEL", "INFO"))
+            # rq's loop ends by itself on some Redis errors (a lost connection while a job runs, a
+            # timeout): unless it was asked to stop (SIGTERM, Ctrl-C), wait for Redis and start again.
+            while True:
+                # Maintenance (which also restarts rq's scheduler if an outage ended it) every 30 s, not 10 min.
+                worker = AppWorker(
+                    [queues.queue(name) for name in names], connection=queues.connection(), maintenance_interval=30
+                )
+                try:
+                    worker.work(with_scheduler=True, logging_level=os.environ.get("LLMAPP_WORKER_LOG_LEVEL", "INFO"))
+                except redis.RedisError as e:
+                    log.error("The worker lost Redis (%s); it starts again when Redis answers.", e)
+                if worker._shutdown_requested_date is not None:  # rq's mark of a SIGTERM or Ctrl-C
+                    break
+                log.error("The worker's loop ended without being asked to; it starts again when Redis answers.")
+                wait_for_redis(queues.connection())
         finally:
             stop.set()
 

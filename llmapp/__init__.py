@@ -139,10 +139,11 @@ def register_template_helpers(app: Flask) -> None:
             value /= 1024
 
     @app.template_filter("logtime")
-    def format_log_time(ts):
+    def format_log_time(ts, full=False):
         from datetime import UTC, datetime
 
-        return datetime.fromtimestamp(float(ts), UTC).strftime("%H:%M:%S")
+        moment = datetime.fromtimestamp(float(ts), UTC)
+        return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if full else moment.strftime("%H:%M:%S")
 
     @app.template_filter("when")
     def format_when(value):

@@ -10,6 +10,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from .extensions import db
 from .services import ServiceError, api_keys, applications, bootstrap, demo, deployments, lifecycle, users
+from .services import logs as logs_service
 from .services import metrics as metrics_service
 
 users_cli = AppGroup("users", help="Manage users.")
@@ -176,20 +177,62 @@ def _print_metrics(report: dict) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The whole report, with chart points, for scripts.")
 def app_metrics(name, window, as_user, as_json):
     """Request metrics of the application NAME over a window."""
-    application = _find(name)
-    if as_user:
-        user = users.find_by_email(as_user)
-        if user is None:
-            raise click.ClickException(f"No user {as_user}.")
-        try:
-            application = applications.get_for_user(application.id, user)
-        except ServiceError as e:  # another member's: the same answer as no such application
-            raise click.ClickException(f"No application named “{name}”.") from e
+    application = _as_user(_find(name), name, as_user)
     report = metrics_service.report(application, window)
     if as_json:
         click.echo(json.dumps(report))
     else:
         _print_metrics(report)
+
+
+def _as_user(application, name: str, email: str | None):
+    """The application as ``email`` sees it (another member's looks like no such application)."""
+    if not email:
+        return application
+    user = users.find_by_email(email)
+    if user is None:
+        raise click.ClickException(f"No user {email}.")
+    try:
+        return applications.get_for_user(application.id, user)
+    except ServiceError as e:
+        raise click.ClickException(f"No application named “{name}”.") from e
+
+
+@apps_cli.command("logs")
+@click.argument("name")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines as they are written (Ctrl-C stops).")
+@click.option("--level", help="Only this level and above: DEBUG, INFO, WARNING or ERROR.")
+@click.option("--since", help="Only lines this recent: 30s, 10m, 2h, 7d.")
+@click.option("--grep", "text", help="Only lines containing this text (case-insensitive; a request id works).")
+@click.option("--as", "as_user", metavar="EMAIL", help="Look the application up as this user sees it.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (NDJSON).")
+def app_logs(name, follow, level, since, text, as_user, as_json):
+    """Print the log of the application NAME (the retained lines, oldest first), like tail -f with --follow."""
+    application = _as_user(_find(name), name, as_user)
+    try:
+        levels = logs_service.level_at_least(level)
+        seconds = logs_service.parse_since(since)
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from e
+
+    def show(line):
+        if logs_service.matches(line, levels, (text or "").lower()):
+            click.echo(json.dumps(line.as_dict()) if as_json else line.as_text())
+
+    last = "0-0"
+    lines = logs_service.search(application, level, text, since=time.time() - seconds if seconds else None, limit=10**6)
+    for line in lines.lines:
+        show(line)
+    if lines.lines:
+        last = lines.lines[-1].id
+    elif not follow:
+        return
+    if follow:
+        latest = logs_service.recent(application, 1)
+        after = max([last] + [line.id for line in latest], key=logs_service.sort_key)
+        for line in logs_service.follow(application, after):
+            if line is not None:
+                show(line)
 
 
 @metrics_cli.command("token")

@@ -28,6 +28,10 @@ DEFAULTS = {
     "RECONCILE_INTERVAL_S": 5,
     "MAX_REQUEST_MB": 4,  # an app server answers 413 to larger request bodies
     "METRICS_FLUSH_S": 10,  # how often app servers add their counts to the series in Redis
+    "LOG_LINES": 2000,  # a new application's log retention (each application can change its own)
+    "LOG_DAYS": 7,
+    "LOG_HEARTBEAT_S": 15,  # an idle live log stream sends a comment this often (proxies, dead clients)
+    "LOG_STREAM_BLOCK_S": 5,  # how long a log reader waits for new lines before looking again
     "METRICS_TOKEN": None,  # Prometheus's token for /metrics and the target list; default: from SECRET_KEY
     "SERVER_ENV_ALLOW": "",  # more of the worker's environment variables for app servers (comma-separated)
     # The platform's pages: larger bodies are refused (413) before they are parsed.
@@ -56,6 +60,9 @@ ENVIRONMENT = {
     "LLMAPP_MAX_REQUEST_MB": "MAX_REQUEST_MB",
     "LLMAPP_METRICS_FLUSH_S": "METRICS_FLUSH_S",
     "LLMAPP_METRICS_TOKEN": "METRICS_TOKEN",
+    "LLMAPP_LOG_LINES": "LOG_LINES",
+    "LLMAPP_LOG_DAYS": "LOG_DAYS",
+    "LLMAPP_LOG_HEARTBEAT_S": "LOG_HEARTBEAT_S",
     "LLMAPP_SERVER_ENV_ALLOW": "SERVER_ENV_ALLOW",
 }
 
@@ -80,8 +87,13 @@ def load(instance_path: str, overrides: dict | None = None) -> dict:
     if not config.get("REDIS_URL") and (instance / REDIS_URL_FILE).exists():
         config["REDIS_URL"] = (instance / REDIS_URL_FILE).read_text().strip()
     config["DEMO"] = _truthy(config["DEMO"])
-    for key in ("DEPLOY_TIMEOUT_S", "STOP_GRACE_S", "RECONCILE_INTERVAL_S", "MAX_REQUEST_MB", "METRICS_FLUSH_S"):
+    for key in (
+        "DEPLOY_TIMEOUT_S", "STOP_GRACE_S", "RECONCILE_INTERVAL_S", "MAX_REQUEST_MB", "METRICS_FLUSH_S",
+        "LOG_HEARTBEAT_S", "LOG_STREAM_BLOCK_S",
+    ):  # fmt: skip
         config[key] = float(config[key])
+    for key in ("LOG_LINES", "LOG_DAYS"):
+        config[key] = int(config[key])
     if isinstance(config["SERVER_ENV_ALLOW"], str):
         config["SERVER_ENV_ALLOW"] = [n.strip() for n in config["SERVER_ENV_ALLOW"].split(",") if n.strip()]
     if config["ACCELERATOR_MEMORY_GB"] not in (None, ""):

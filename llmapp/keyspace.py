@@ -60,6 +60,11 @@ def metrics_overview(minute: int) -> str:
     return f"{PREFIX}:metrics-overview:{minute}"
 
 
+def trim_logs_queued() -> str:
+    """Set while a trim of every application's log waits in the queue."""
+    return f"{PREFIX}:trim-logs-queued"
+
+
 def application_keys(application_id) -> tuple[str, ...]:
     """What an application leaves in Redis: deleted with it."""
     return (

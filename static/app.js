@@ -23,3 +23,77 @@ document.addEventListener("change", (event) => {
     if (input) input.type = toggle.checked ? "password" : "text";
   }
 });
+
+// The live log pane: follow new lines at the bottom unless the reader scrolled up (then count them),
+// keep the stream's last id in its URL (a fresh connection resumes exactly there), and say whether
+// the stream is live.
+const logViewport = () => document.querySelector("[data-log-viewport]");
+const logState = { pinned: true, unseen: 0 };
+
+function atBottom(viewport) {
+  return viewport.scrollTop + viewport.clientHeight >= viewport.scrollHeight - 8;
+}
+
+function showPaused() {
+  const button = document.querySelector("[data-log-resume]");
+  if (!button) return;
+  button.classList.toggle("hidden", logState.pinned || logState.unseen === 0);
+  const count = button.querySelector("[data-new-lines]");
+  if (count) count.textContent = String(logState.unseen);
+}
+
+function pinToBottom() {
+  const viewport = logViewport();
+  if (viewport) viewport.scrollTop = viewport.scrollHeight;
+  logState.pinned = true;
+  logState.unseen = 0;
+  showPaused();
+}
+
+function setLiveState(text, live) {
+  const state = document.querySelector("[data-live-state]");
+  if (state) {
+    state.textContent = text;
+    state.classList.toggle("is-live", live);
+  }
+}
+
+document.addEventListener("scroll", (event) => {
+  const viewport = logViewport();
+  if (!viewport || event.target !== viewport) return;
+  logState.pinned = atBottom(viewport);
+  if (logState.pinned) logState.unseen = 0;
+  showPaused();
+}, true);
+
+document.addEventListener("click", (event) => {
+  if (event.target.closest("[data-log-resume]")) pinToBottom();
+});
+
+document.addEventListener("htmx:sseMessage", (event) => {
+  const lines = event.target;
+  const id = event.detail && event.detail.lastEventId;
+  if (id && lines.getAttribute("sse-connect")) {
+    const url = new URL(lines.getAttribute("sse-connect"), window.location.href);
+    url.searchParams.set("after", id);
+    lines.setAttribute("sse-connect", url.pathname + url.search);
+  }
+  document.querySelector(".log-empty")?.remove();
+  if (logState.pinned) {
+    pinToBottom();
+  } else {
+    logState.unseen += 1;
+    showPaused();
+  }
+});
+
+document.addEventListener("htmx:sseOpen", () => setLiveState("live", true));
+document.addEventListener("htmx:sseError", () => setLiveState("reconnecting…", false));
+
+// A freshly loaded pane opens on its newest lines.
+document.addEventListener("htmx:load", (event) => {
+  if (event.detail.elt.querySelector?.("[data-log-viewport]") || event.detail.elt.matches?.("[data-log-viewport]")) {
+    logState.unseen = 0;
+    pinToBottom();
+  }
+});

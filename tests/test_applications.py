@@ -153,6 +153,8 @@ def test_create_succeeds_flashes_and_lists(logged_in, factory, app, member):
         "batch_size": 2,
         "restart_policy": "on-failure",
         "max_restarts": 3,
+        "log_lines": 2000,  # left empty: the platform's retention
+        "log_days": 7,
     }
     page = logged_in.get("/applications/")
     assert "Application “support-bot” created." in page.text and ">support-bot</a>" in page.text

@@ -173,7 +173,7 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
             model="hello-tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=4
         )
         assert reply.usage.completion_tokens >= 1
-        expect(page.locator("#live .logs")).to_contain_text("ready on port", timeout=10_000)
+        expect(page.locator("#log-lines")).to_contain_text("ready on port", timeout=10_000)
         shot(page, "08-running")
 
         # Monitoring: the requests sent are counted and charted, without a reload.
@@ -191,8 +191,30 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
         shot(page, "08b-monitoring")
         page.locator("#monitoring").screenshot(path=str(ARTIFACTS / "08c-monitoring-pane.png"), caret="initial")
 
+        # Logs: a request's line (with its request id) arrives live; scrolling up pauses the auto-scroll.
+        expect(page.locator("#logs [data-live-state]")).to_have_text("live", timeout=15_000)
+        api.with_options(default_headers={"X-Request-Id": "browser-trace-1"}).completions.create(
+            model="hello-tiny", prompt="hi", max_tokens=2
+        )
+        expect(page.locator("#log-lines")).to_contain_text("browser-trace-1", timeout=15_000)
+        for i in range(25):  # enough lines to scroll
+            api.completions.create(model="hello-tiny", prompt=f"line {i}", max_tokens=1)
+        expect(page.locator("#log-lines li")).not_to_have_count(0)
+        viewport = page.locator("[data-log-viewport]")
+        viewport.evaluate("(element) => { element.scrollTop = 0; element.dispatchEvent(new Event('scroll')); }")
+        for i in range(3):
+            api.completions.create(model="hello-tiny", prompt=f"while paused {i}", max_tokens=1)
+        expect(page.locator("[data-log-resume]")).to_be_visible(timeout=15_000)
+        expect(page.locator("[data-log-resume]")).to_contain_text("new lines")
+        page.locator("#logs").scroll_into_view_if_needed()
+        shot(page, "08d-logs-paused")
+        page.click("[data-log-resume]")
+        expect(page.locator("[data-log-resume]")).to_be_hidden()
+        assert viewport.evaluate("(e) => e.scrollTop + e.clientHeight >= e.scrollHeight - 8")
+
         page.once("dialog", lambda dialog: dialog.accept())
         page.click("#live button:has-text('Stop')")
         expect(page.locator("#live h1 .badge")).to_have_text("stopped", timeout=30_000)
-        expect(page.locator("#live .logs")).to_contain_text("stopped")
+        expect(page.locator("#log-lines")).to_contain_text("stopped", timeout=15_000)
         shot(page, "09-stopped")
+        page.goto("about:blank")  # the live log's stream closes before the server does

@@ -48,7 +48,8 @@ def test_deploy_call_and_stop(app, client, auth, member, factory, tiny, workers)
     assert len(server_processes(application.id)) == 1
 
     page = client.get(f"/applications/{application.id}").text
-    assert "Call it" in page and running.endpoint in page and "curl" in page and "server process" in page
+    assert "Call it" in page and running.endpoint in page and "curl" in page
+    assert "server process" in client.get(f"/applications/{application.id}/logs", headers=HX).text
 
     key = new_key(app, application.id)
     client_ = openai.OpenAI(base_url=running.endpoint, api_key=key, max_retries=0)
@@ -120,7 +121,7 @@ def test_deploy_call_and_stop(app, client, auth, member, factory, tiny, workers)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     with pytest.raises(httpx.ConnectError):
         httpx.get(running.endpoint.replace("/v1", "/health"))
-    wait_logged(app, application.id, "stopped (exit code")
+    wait_logged(app, application.id, "INFO stopped")
     text = log_text(app, application.id)
     for line in ("deploy requested", "deploy job started", "ready on port", "stop requested"):
         assert line in text

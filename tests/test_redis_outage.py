@@ -99,7 +99,10 @@ def test_a_redis_outage_is_survived_and_everything_resumes(
     wait_for(lambda: httpx.get(health_url).json()["redis"] == "ok", 60, 0.2, "the server to reach Redis again")
     # The reconcile resumes: a server killed now is noticed and the application fails with the reason.
     os.kill(steady.process_pid, signal.SIGKILL)
-    failed = wait_status(app, steady.id, {"failed"}, timeout=90)
+    try:
+        failed = wait_status(app, steady.id, {"failed"}, timeout=90)
+    except AssertionError as e:  # what the workers went through, to see why
+        raise AssertionError(f"{e}\n--- the workers printed:\n{workers.printed()[-6000:]}") from e
     assert failed.last_error == "The server process died (restart policy: never)."
     assert server_processes(steady.id) == []
     # And the pages work again: a deploy runs, a key is made.

@@ -67,12 +67,13 @@ def _parsed(form, field):
         raise StopValidation()
 
 
-def _bounded(name: str, key: str):
+def _bounded(name: str, key: str, required: bool = True):
+    """An integer field within the rule's bounds; an optional one left empty takes the platform's default."""
     low, high = recommendations.LIMITS[key]
     return IntegerField(
         name,
         validators=[
-            InputRequired(f"{name} is required."),
+            InputRequired(f"{name} is required.") if required else Optional(),
             _parsed,
             NumberRange(low, high, f"Must be between {low} and {high}."),
         ],
@@ -105,6 +106,8 @@ class ApplicationForm(PlatformForm):
         ],
     )
     # No max_entries: rows past the limit would be dropped without a word; the limit is checked below.
+    log_lines = _bounded("Log lines kept", "log_lines", required=False)
+    log_days = _bounded("Log days kept", "log_days", required=False)
     env = FieldList(FormField(EnvVarForm))
 
     def __init__(self, *args, owner_id: int, application_id=None, models=(), **kwargs):

@@ -1,10 +1,14 @@
-from flask import abort, flash, render_template, request, url_for
+import time
+from urllib.parse import quote
+
+from flask import Response, abort, current_app, flash, render_template, request, stream_with_context, url_for
 from flask_login import current_user, login_required
 from werkzeug.datastructures import MultiDict
 
-from .. import charts, queues
-from ..runtime import logs
+from .. import charts
+from ..extensions import db
 from ..services import Conflict, NotFound, ServiceError, api_keys, applications, deployments, lifecycle, registry
+from ..services import logs as logs_service
 from ..services import metrics as metrics_service
 from ..web import int_arg, redirect_to, render
 from . import bp
@@ -71,7 +75,7 @@ def index():
 @bp.route("/new", methods=["GET", "POST"])
 def create():
     """Create an application with the form; errors re-render it inline."""
-    form = _form(data=applications.DEFAULT_CONFIG)
+    form = _form(data=applications.default_config())
     if request.method == "GET" and form.model_id.choices:
         form.model_id.data = form.model_id.choices[0][0]
     if form.validate_on_submit():
@@ -90,7 +94,6 @@ def _detail_context(application) -> dict:
         "env": applications.masked_env(application),
         "warnings": applications.config_warnings(application),
         "keys": api_keys.list_keys(application),
-        "log_lines": logs.tail(queues.connection(), application.id, 40),
         "new_key": None,
         "windows": metrics_service.WINDOWS,
     }
@@ -116,6 +119,79 @@ def monitoring(application_id):
         report=report,
         window=window,
         charts=charts.monitoring_charts(report.get("points", []), window.point_s),
+    )
+
+
+@bp.get("/<application_id>/logs")
+def logs(application_id):
+    """The Logs pane: the latest lines followed live, or a search by level, text and time range."""
+    application = get_application(application_id)
+    args = request.args
+    view = {"level": args.get("level", ""), "q": args.get("q", "").strip(), "since": args.get("since", "")}
+    view["searching"] = any(view.values()) or "before" in args
+    try:
+        if view["searching"]:
+            since = logs_service.parse_since(view["since"])
+            result = logs_service.search(
+                application,
+                view["level"],
+                view["q"],
+                since=time.time() - since if since else None,
+                before=logs_service.valid_id(args.get("before")),
+            )
+            view.update(lines=result.lines, older=result.older, scanned=result.scanned)
+        else:
+            view["lines"] = logs_service.recent(application, 200)
+            view["last_id"] = view["lines"][-1].id if view["lines"] else None
+    except ServiceError as e:
+        view.update(error=str(e), lines=[], older=None, scanned=0)
+    return render("applications/detail.html", "applications/_logs.html", **_detail_context(application), view=view)
+
+
+@bp.get("/<application_id>/logs/stream")
+def logs_stream(application_id):
+    """New lines as server-sent events, each with its stream id: a reconnect (Last-Event-ID, or ?after=)
+    gets exactly the lines it missed. Heartbeats keep an idle stream open and find departed clients."""
+    application = get_application(application_id)
+    after = logs_service.valid_id(request.headers.get("Last-Event-ID") or request.args.get("after"))
+    subscription, backlog = logs_service.hub().subscribe(application.id, after)
+    heartbeat = current_app.config["LOG_HEARTBEAT_S"]
+    db.session.remove()  # no database connection held for the stream's whole life
+
+    def events(lines):
+        return "".join(
+            logs_service.sse_event(line.id, render_template("applications/_log_line.html", line=line)) for line in lines
+        )
+
+    def stream():
+        try:
+            yield "retry: 2000\n: connected\n\n"  # at once, so that proxies and the browser see the stream open
+            if backlog:
+                yield events(backlog)
+            while not subscription.overflowed:
+                lines = subscription.take(heartbeat)
+                yield ": heartbeat\n\n" if lines is None else events(lines)
+        finally:
+            subscription.close()
+
+    return Response(
+        stream_with_context(stream()),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@bp.get("/<application_id>/logs/download")
+def logs_download(application_id):
+    """The whole retained log as text or NDJSON (?format=ndjson), streamed a chunk at a time."""
+    application = get_application(application_id)
+    ndjson = request.args.get("format") == "ndjson"
+    filename = f"{application.name}-log.{'ndjson' if ndjson else 'txt'}"
+    db.session.remove()
+    return Response(
+        stream_with_context(logs_service.export(application, "ndjson" if ndjson else "text")),
+        mimetype="application/x-ndjson" if ndjson else "text/plain",
+        headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}"},
     )
 
 
@@ -221,7 +297,7 @@ def _form_data(application) -> dict:
         "name": application.name,
         "model_id": application.model_id,
         "description": application.description,
-        **applications.DEFAULT_CONFIG,
+        **applications.default_config(),
         **application.config,
         "env": env,
     }

@@ -62,7 +62,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     spec = ServerSpec.read(args.spec)
     redis_url = os.environ[REDIS_URL_VARIABLE]
-    writer = logs.StreamWriter(redis.Redis.from_url(redis_url, **REDIS_TIMEOUTS), spec.app_id)
+    writer = logs.StreamWriter(
+        redis.Redis.from_url(redis_url, **REDIS_TIMEOUTS),
+        spec.app_id,
+        maxlen=spec.config.log_lines,
+        max_age_s=spec.config.log_days * 86400,
+    )
     configure_logging(spec, writer)
     engine = make_engine(spec)
     app = build_app(spec, engine, redis.asyncio.Redis.from_url(redis_url, **REDIS_TIMEOUTS), writer)

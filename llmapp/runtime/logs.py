@@ -6,6 +6,7 @@ keeps what it holds (up to the queue's size), retries with back-off, and says ho
 to drop once Redis is back.
 """
 
+import json
 import logging
 import queue
 import threading
@@ -15,18 +16,26 @@ import redis
 
 from .. import keyspace
 
-MAXLEN = 2000  # lines kept per application (approximately: XADD MAXLEN ~)
+MAXLEN = 2000  # lines kept per application unless its configuration says otherwise (XADD MAXLEN ~)
+TRIM_EVERY_S = 60  # how often a server drops its application's lines older than their age limit
 
 
-def record(message: str, level: str = "INFO", source: str = "platform", request_id: str | None = None) -> dict:
-    fields = {"ts": f"{time.time():.3f}", "level": level, "source": source, "message": message}
+def record(
+    message: str, level: str = "INFO", source: str = "platform", request_id: str | None = None, fields=None
+) -> dict:
+    """One log record as the stream keeps it: time, level, source, request id, message, fields (JSON)."""
+    entry = {"ts": f"{time.time():.3f}", "level": level, "source": source, "message": message}
     if request_id:
-        fields["request_id"] = request_id
-    return fields
+        entry["request_id"] = request_id
+    if fields:
+        entry["fields"] = json.dumps(fields)
+    return entry
 
 
 def append(connection: redis.Redis, application_id, message: str, level: str = "INFO", source="platform") -> None:
-    connection.xadd(keyspace.logs(application_id), record(message, level, source), maxlen=MAXLEN, approximate=True)
+    """A line from the platform (a job's event). Not trimmed here: the application's retention is
+    applied by its server as it writes and by the workers' periodic trim."""
+    connection.xadd(keyspace.logs(application_id), record(message, level, source))
 
 
 def tail(connection: redis.Redis, application_id, count: int = 50) -> list[dict]:
@@ -64,8 +73,17 @@ class StreamWriter:
     LINGER_S = 0.02  # after a line arrives, wait this long for more: one round trip for a burst of lines
     RETRY_S = (0.5, 1, 2, 5)
 
-    def __init__(self, connection: redis.Redis, application_id, capacity: int = 10_000):
+    def __init__(
+        self,
+        connection: redis.Redis,
+        application_id,
+        capacity: int = 10_000,
+        maxlen: int = MAXLEN,
+        max_age_s: float | None = None,
+    ):
         self.connection, self.key = connection, keyspace.logs(application_id)
+        self.maxlen, self.max_age_s = maxlen, max_age_s
+        self.trimmed_at = 0.0
         self.queue: queue.Queue = queue.Queue(capacity)
         self.dropped = 0  # lines lost to a full queue (Redis unreachable for long)
         self.written = 0
@@ -103,7 +121,11 @@ class StreamWriter:
             try:
                 with self.connection.pipeline(transaction=False) as pipe:
                     for fields in batch:
-                        pipe.xadd(self.key, fields, maxlen=MAXLEN, approximate=True)
+                        pipe.xadd(self.key, fields, maxlen=self.maxlen, approximate=True)
+                    if self.max_age_s and time.monotonic() - self.trimmed_at > TRIM_EVERY_S:
+                        oldest = int((time.time() - self.max_age_s) * 1000)
+                        pipe.xtrim(self.key, minid=f"{oldest}-0", approximate=True)
+                        self.trimmed_at = time.monotonic()
                     pipe.execute()
             except redis.RedisError:
                 time.sleep(self.RETRY_S[min(failures, len(self.RETRY_S) - 1)])
@@ -135,7 +157,11 @@ class RedisStreamHandler(logging.Handler):
         try:
             self.writer.write(
                 record(
-                    self.format(log_record), log_record.levelname, self.source, getattr(log_record, "request_id", None)
+                    self.format(log_record),
+                    log_record.levelname,
+                    self.source,
+                    getattr(log_record, "request_id", None),
+                    getattr(log_record, "fields", None),
                 )
             )
         except Exception:  # noqa: BLE001 - logging must never break the server

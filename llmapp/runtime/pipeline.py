@@ -442,7 +442,16 @@ def record(ctx: Context) -> None:
         parts.append(f"key={ctx.key.label or ctx.key.id}")
     if ctx.error:
         parts.append(f"— {ctx.error}")
-    log.log(level, " ".join(parts), extra={"request_id": ctx.request_id})
+    fields = {
+        "status": ctx.status,
+        "ms": round(elapsed_ms, 1),
+        "tokens_in": ctx.prompt_tokens,
+        "tokens_out": ctx.completion_tokens,
+        "stream": bool(ctx.parsed and ctx.parsed.stream),
+        "cache": ctx.cache_status,
+        "key": ctx.key.label if ctx.key else None,
+    }
+    log.log(level, " ".join(parts), extra={"request_id": ctx.request_id, "fields": fields})
 
 
 def new_request_id(given: str | None) -> str:

@@ -27,6 +27,8 @@ class ServingConfig:
     batch_size: int = 4
     restart_policy: str = "on-failure"
     max_restarts: int = 3
+    log_lines: int = 2000  # the application's log keeps at most this many lines…
+    log_days: float = 7  # …and none older than this
 
     @classmethod
     def from_dict(cls, values: dict) -> "ServingConfig":

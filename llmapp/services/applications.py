@@ -21,8 +21,16 @@ DEFAULT_CONFIG = {
     "batch_size": 4,
     "restart_policy": "on-failure",
     "max_restarts": 3,
+    "log_lines": 2000,
+    "log_days": 7,
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def default_config() -> dict:
+    """A new application's configuration: DEFAULT_CONFIG, with the platform's log retention
+    (LLMAPP_LOG_LINES, LLMAPP_LOG_DAYS)."""
+    return {**DEFAULT_CONFIG, "log_lines": current_app.config["LOG_LINES"], "log_days": current_app.config["LOG_DAYS"]}
 
 
 def visible_to(user: User):
@@ -146,7 +154,8 @@ def _env_rows(rows: list[dict], existing: list[EnvVar]) -> list[EnvVar]:
 
 
 def _config(data: dict) -> dict:
-    return {key: data.get(key, default) for key, default in DEFAULT_CONFIG.items()}
+    """The configuration fields of ``data``; one that is missing or empty takes its default."""
+    return {key: default if data.get(key) is None else data[key] for key, default in default_config().items()}
 
 
 def create(owner: User, data: dict) -> Application:

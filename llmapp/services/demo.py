@@ -103,7 +103,7 @@ def seed() -> dict:
         if applications.name_taken(admin.id, name):
             continue
         model = models[model_name]
-        config = dict(applications.DEFAULT_CONFIG, **applications.recommendation_for(model).as_config())
+        config = dict(applications.default_config(), **applications.recommendation_for(model).as_config())
         applications.create(
             admin,
             dict(

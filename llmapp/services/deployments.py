@@ -29,7 +29,7 @@ from ..models import ApiKey, Application, utcnow
 from ..runtime import keys as runtime_keys
 from ..runtime import logs
 from ..runtime.spec import REDIS_URL_VARIABLE, ServerSpec, ServingConfig
-from . import ServiceError, lifecycle, metrics, registry
+from . import ServiceError, applications, lifecycle, metrics, registry
 
 PHASES = ("queued", "starting process", "loading model", "warming up", "ready")
 HEALTH_PHASES = {"loading": "loading model", "warming_up": "warming up", "ready": "ready"}
@@ -152,7 +152,7 @@ def _spec(application: Application, port: int) -> ServerSpec:
         base_url=model.base_url,
         upstream_model=model.upstream_model,
         api_key_env=model.api_key_env or "OPENAI_API_KEY",
-        config=ServingConfig.from_dict(application.config),
+        config=ServingConfig.from_dict({**applications.default_config(), **application.config}),
         host=config["ADVERTISE_HOST"],
         bind=config["BIND_HOST"],
         port=port,

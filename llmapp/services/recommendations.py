@@ -27,7 +27,14 @@ BYTES_PER_PARAMETER = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "int4
 OVERHEAD = 1.2
 USABLE_FRACTION = 0.9
 LAYER_WIDTH_RATIO = 128
-LIMITS = {"max_concurrency": (1, 1024), "batch_size": (1, 256), "timeout_s": (1, 3600), "cache_size": (0, 100_000)}
+LIMITS = {
+    "max_concurrency": (1, 1024),
+    "batch_size": (1, 256),
+    "timeout_s": (1, 3600),
+    "cache_size": (0, 100_000),
+    "log_lines": (100, 100_000),
+    "log_days": (1, 365),
+}
 GB = 1024**3
 
 
