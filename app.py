@@ -6,6 +6,7 @@ started again (with back-off). Only Ctrl-C (or SIGTERM) stops everything it star
 `flask` commands run in this folder use the same configuration (they find create_app below).
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -41,7 +42,12 @@ class Supervised:
         self.restart_at: float | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, *self.args], cwd=llmapp.ROOT, env=self.env)
+        # A process group of its own: when it dies, what it forked (rq's scheduler and work horse) is
+        # stopped with it. An orphaned scheduler would keep the dead worker's Redis connection open,
+        # and Redis would go on handing queued jobs to that connection, where nobody reads them.
+        self.process = subprocess.Popen(
+            [sys.executable, *self.args], cwd=llmapp.ROOT, env=self.env, start_new_session=True
+        )
         self.started_at, self.restart_at = time.monotonic(), None
 
     def check(self) -> None:
@@ -57,6 +63,8 @@ class Supervised:
             if now - self.started_at >= STEADY_S:
                 self.deaths_in_a_row = 0
             return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # its leftovers (app servers have sessions of their own)
         delay = RESTART_DELAYS_S[min(self.deaths_in_a_row, len(RESTART_DELAYS_S) - 1)]
         self.deaths_in_a_row += 1
         self.restart_at = now + delay
@@ -101,8 +109,9 @@ def main() -> None:
             lines = bootstrap.prepare()
         env = dict(os.environ, LLMAPP_ENV=app.config["LLMAPP_ENV"])
         env.setdefault("LLMAPP_WORKER_LOG_LEVEL", "WARNING")  # not three lines for every reconcile
-        gunicorn = ["-m", "gunicorn", "--bind", f"{host}:{port}", "--worker-class", "gthread"]
-        gunicorn += ["--workers", "2", "--threads", "64", "--access-logfile", "-", "app:create_app()"]
+        # gevent: each open live log pane is a greenlet, not a thread (numbers in the README, Production).
+        gunicorn = ["-m", "gunicorn", "--bind", f"{host}:{port}", "--worker-class", "gevent"]
+        gunicorn += ["--workers", "2", "--worker-connections", "1000", "--access-logfile", "-", "app:create_app()"]
         # Two workers: a long deploy on one leaves the other free for stops and the reconcile.
         children = [Supervised(f"worker {n}", ["-m", "jobs.worker"], env) for n in (1, 2)]
         children.append(Supervised("web server", gunicorn, env))

@@ -12,7 +12,7 @@ import httpx
 import openai
 import psutil
 
-from conftest import server_processes, wait_for
+from conftest import csrf_token_from, server_processes, wait_for
 from llmapp.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +33,7 @@ def test_a_dead_worker_is_restarted_and_only_sigterm_stops_everything(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "LLMAPP_ENV")}
     env.update(LLMAPP_INSTANCE_PATH=str(tmp_path / "instance"), PORT=str(port), LLMAPP_DEMO="1")
+    env["LLMAPP_WORKER_LOG_LEVEL"] = "INFO"  # what the workers did, in app.out, should this fail
     log = tmp_path / "app.out"
     with open(log, "w") as output:
         platform = subprocess.Popen(
@@ -64,6 +65,19 @@ def test_a_dead_worker_is_restarted_and_only_sigterm_stops_everything(tmp_path):
         key = flask("apps", "keys", "create", "hello-tiny", "--json")["key"]
         api = openai.OpenAI(base_url=deployed["endpoint"], api_key=key, max_retries=0)
         [server] = server_processes(tmp_path)
+
+        # The live log over gunicorn's gevent workers (as in production): the deploy's lines stream in.
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as browser:
+            token = csrf_token_from(browser.get("/login").text)
+            login = {"email": "demo@llmapp.local", "password": "demo-password", "csrf_token": token}
+            assert browser.post("/login", data=login).status_code == 302
+            with browser.stream("GET", f"/applications/{deployed['id']}/logs/stream?after=0-0") as stream:
+                events = []
+                for line in stream.iter_lines():
+                    if line.startswith("data: ") and "server process" in line:
+                        events.append(line)
+                        break
+        assert events
 
         # kill -9 one worker (an OOM kill): it comes back; nothing else stops.
         workers = wait_for(lambda: len(w := workers_of(platform)) == 2 and w, 30, 0.2, "two workers")

@@ -158,19 +158,14 @@ def logs_stream(application_id):
     heartbeat = current_app.config["LOG_HEARTBEAT_S"]
     db.session.remove()  # no database connection held for the stream's whole life
 
-    def events(lines):
-        return "".join(
-            logs_service.sse_event(line.id, render_template("applications/_log_line.html", line=line)) for line in lines
-        )
-
     def stream():
         try:
             yield "retry: 2000\n: connected\n\n"  # at once, so that proxies and the browser see the stream open
             if backlog:
-                yield events(backlog)
+                yield "".join(backlog)
             while not subscription.overflowed:
-                lines = subscription.take(heartbeat)
-                yield ": heartbeat\n\n" if lines is None else events(lines)
+                events = subscription.take(heartbeat)
+                yield ": heartbeat\n\n" if events is None else "".join(events)
         finally:
             subscription.close()
 

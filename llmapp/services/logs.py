@@ -8,7 +8,6 @@ Live viewers share one reader per application and web process (LogHub): one thre
 connection follow the stream with a blocking XREAD and hand each new line to every viewer's queue.
 """
 
-import contextlib
 import json
 import queue
 import re
@@ -28,6 +27,7 @@ from . import ServiceError, applications
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 PAGE = 100  # lines a search answers at a time
+LINGER_S = 0.05  # a live reader's pause after a delivery, so that a busy log is sent in batches
 SINCE = re.compile(r"^(\d+)\s*([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -237,8 +237,15 @@ def trim_all() -> int:
 # --- live viewers: one reader per application and web process, many subscribers -----------------
 
 
+def render_event(line: LogLine) -> str:
+    """A line as the pane's SSE event: its stream id and its <li>, from the pane's own template."""
+    from flask import render_template
+
+    return sse_event(line.id, render_template("applications/_log_line.html", line=line))
+
+
 class Subscription:
-    """One viewer's place in the stream: what the reader hands it waits in its queue."""
+    """One viewer's place in the stream: the events the reader hands it wait in its queue."""
 
     def __init__(self, hub: "LogHub", application_id: str, capacity: int = 10_000):
         self.hub, self.application_id = hub, application_id
@@ -246,34 +253,34 @@ class Subscription:
         self.last: tuple[int, int] = (0, 0)  # the last id handed over: nothing at or before it again
         self.overflowed = False
 
-    def offer(self, lines: list[LogLine]) -> None:
-        fresh = [line for line in lines if sort_key(line.id) > self.last]
+    def offer(self, events: list[tuple[tuple[int, int], str]]) -> None:
+        fresh = [text for key, text in events if key > self.last]
         if not fresh:
             return
-        self.last = sort_key(fresh[-1].id)
+        self.last = events[-1][0]
         try:
             self.queue.put_nowait(fresh)
-        except queue.Full:  # a viewer that reads nothing for long: it is told to reconnect and catch up
+        except queue.Full:  # a viewer that reads nothing for long: its stream ends; it reconnects and catches up
             self.overflowed = True
 
-    def take(self, timeout: float) -> list[LogLine] | None:
-        """The lines that arrived (a batch), or None after ``timeout`` without any."""
+    def take(self, timeout: float) -> list[str] | None:
+        """The events that arrived (a batch, for one write), or None after ``timeout`` without any."""
         try:
-            lines = self.queue.get(timeout=timeout)
+            events = self.queue.get(timeout=timeout)
         except queue.Empty:
             return None
-        while True:  # whatever else is already waiting goes in the same write
+        while True:
             try:
-                lines += self.queue.get_nowait()
+                events += self.queue.get_nowait()
             except queue.Empty:
-                return lines
+                return events
 
     def close(self) -> None:
         self.hub.unsubscribe(self)
 
 
 class _Reader(threading.Thread):
-    """Follows one application's stream for the subscribers of this process."""
+    """Follows one application's stream for the viewers of this process; renders each line once."""
 
     def __init__(self, hub: "LogHub", application_id: str, cursor: str):
         super().__init__(name=f"log-reader {application_id}", daemon=True)
@@ -284,16 +291,23 @@ class _Reader(threading.Thread):
     def run(self) -> None:
         key = keyspace.logs(self.application_id)
         try:
-            while not self.stopped.is_set():
-                try:
-                    answer = self.connection.xread({key: self.cursor}, block=int(self.hub.block_s * 1000), count=1000)
-                except redis.RedisError:
-                    self.stopped.wait(1)  # Redis away: try again; viewers get heartbeats meanwhile
-                    continue
-                if answer:
-                    lines = [LogLine.parse(entry_id, raw) for entry_id, raw in answer[0][1]]
-                    self.cursor = lines[-1].id
-                    self.hub.deliver(self.application_id, lines)
+            with self.hub.app.app_context():
+                while not self.stopped.is_set():
+                    try:
+                        answer = self.connection.xread(
+                            {key: self.cursor}, block=int(self.hub.block_s * 1000), count=1000
+                        )
+                    except redis.RedisError:
+                        self.stopped.wait(1)  # Redis away: try again; viewers get heartbeats meanwhile
+                        continue
+                    if answer:
+                        lines = [LogLine.parse(entry_id, raw) for entry_id, raw in answer[0][1]]
+                        self.cursor = lines[-1].id
+                        events = [(sort_key(line.id), render_event(line)) for line in lines]
+                        self.hub.deliver(self.application_id, events)
+                        # A busy log arrives in batches: one wake-up and one write per viewer for each,
+                        # not one per line (at most LINGER_S more latency; the target is 100 ms).
+                        self.stopped.wait(LINGER_S)
         finally:
             self.connection.close()
 
@@ -301,15 +315,15 @@ class _Reader(threading.Thread):
 class LogHub:
     """Per web process: one _Reader per application that has viewers, and their subscriptions."""
 
-    def __init__(self, redis_url: str, block_s: float = 5.0):
-        self.redis_url, self.block_s = redis_url, block_s
+    def __init__(self, app, redis_url: str, block_s: float = 5.0):
+        self.app, self.redis_url, self.block_s = app, redis_url, block_s
         self.lock = threading.Lock()
         self.readers: dict[str, _Reader] = {}
         self.subscribers: dict[str, set[Subscription]] = {}
 
-    def subscribe(self, application_id, after: str | None) -> tuple[Subscription, list[LogLine]]:
+    def subscribe(self, application_id, after: str | None) -> tuple[Subscription, list[str]]:
         """A viewer from ``after`` on (an id; None: from now on). Returns its subscription and the
-        lines it missed since ``after``, which it sends first."""
+        events of the lines it missed since ``after``, which it sends first."""
         application_id = str(application_id)
         connection = queues.connection()
         key = keyspace.logs(application_id)
@@ -327,12 +341,12 @@ class LogHub:
                 cursor = "-".join(map(str, subscription.last))
                 reader = self.readers[application_id] = _Reader(self, application_id, cursor)
                 reader.start()
-        return subscription, backlog
+        return subscription, [render_event(line) for line in backlog]
 
-    def deliver(self, application_id: str, lines: list[LogLine]) -> None:
+    def deliver(self, application_id: str, events: list[tuple[tuple[int, int], str]]) -> None:
         with self.lock:
             for subscription in self.subscribers.get(application_id, ()):
-                subscription.offer(lines)
+                subscription.offer(events)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         with self.lock:
@@ -353,7 +367,7 @@ def hub() -> LogHub:
     """This web process's hub (made on first use)."""
     app = current_app._get_current_object()
     if "log_hub" not in app.extensions:
-        app.extensions["log_hub"] = LogHub(app.config["REDIS_URL"], app.config["LOG_STREAM_BLOCK_S"])
+        app.extensions["log_hub"] = LogHub(app, app.config["REDIS_URL"], app.config["LOG_STREAM_BLOCK_S"])
     return app.extensions["log_hub"]
 
 
@@ -361,12 +375,3 @@ def sse_event(line_id: str, data: str, event: str = "line") -> str:
     """One server-sent event; every line of a multi-line payload gets its own data: field."""
     payload = "\n".join(f"data: {part}" for part in data.split("\n"))
     return f"id: {line_id}\nevent: {event}\n{payload}\n\n"
-
-
-@contextlib.contextmanager
-def subscription_for(application: Application, after: str | None):
-    sub, backlog = hub().subscribe(application.id, after)
-    try:
-        yield sub, backlog
-    finally:
-        sub.close()
