@@ -23,6 +23,9 @@ DEFAULTS = {
     "HOSTNAME": None,  # this machine's name among the workers; default: socket.gethostname()
     "BIND_HOST": "127.0.0.1",  # where app servers listen; 0.0.0.0 to serve other machines
     "ADVERTISE_HOST": "127.0.0.1",  # the host name in endpoint URLs
+    # Ports for app servers: each application keeps the one it got while it is free. Outside Linux's
+    # ephemeral range (32768-60999), so no outgoing connection takes an application's port meanwhile.
+    "SERVER_PORTS": "18000-18999",
     "DEPLOY_TIMEOUT_S": 180,  # from process start to ready, at most
     "STOP_GRACE_S": 10,  # in-flight requests get this long to finish after a stop
     "RECONCILE_INTERVAL_S": 5,
@@ -54,6 +57,7 @@ ENVIRONMENT = {
     "LLMAPP_HOSTNAME": "HOSTNAME",
     "LLMAPP_BIND_HOST": "BIND_HOST",
     "LLMAPP_ADVERTISE_HOST": "ADVERTISE_HOST",
+    "LLMAPP_SERVER_PORTS": "SERVER_PORTS",
     "LLMAPP_DEPLOY_TIMEOUT_S": "DEPLOY_TIMEOUT_S",
     "LLMAPP_STOP_GRACE_S": "STOP_GRACE_S",
     "LLMAPP_RECONCILE_INTERVAL_S": "RECONCILE_INTERVAL_S",
@@ -96,6 +100,7 @@ def load(instance_path: str, overrides: dict | None = None) -> dict:
         config[key] = int(config[key])
     if isinstance(config["SERVER_ENV_ALLOW"], str):
         config["SERVER_ENV_ALLOW"] = [n.strip() for n in config["SERVER_ENV_ALLOW"].split(",") if n.strip()]
+    config["SERVER_PORTS"] = _port_range(config["SERVER_PORTS"])
     if config["ACCELERATOR_MEMORY_GB"] not in (None, ""):
         config["ACCELERATOR_MEMORY_GB"] = float(config["ACCELERATOR_MEMORY_GB"])
     else:
@@ -114,6 +119,19 @@ def load(instance_path: str, overrides: dict | None = None) -> dict:
         config["LLMAPP_ENV"] == PRODUCTION and not _truthy(os.environ.get("LLMAPP_INSECURE_COOKIES")),
     )
     return config
+
+
+def _port_range(value) -> range:
+    if isinstance(value, range):
+        return value
+    try:
+        low, _, high = str(value).partition("-")
+        ports = range(int(low), int(high or low) + 1)
+    except ValueError:
+        ports = range(0)
+    if not ports or ports.start < 1024 or ports.stop > 65536:
+        raise RuntimeError(f"LLMAPP_SERVER_PORTS={value!r} is not a port range such as 18000-18999 (ports 1024-65535).")
+    return ports
 
 
 def _normalise_database_url(url: str) -> str:

@@ -112,6 +112,8 @@ class Application(db.Model):
     process_host: Mapped[str | None] = mapped_column(String(255), index=True)
     process_pid: Mapped[int | None]
     process_port: Mapped[int | None]
+    # The port its endpoint keeps across restarts and redeploys (while it is free on the host).
+    port: Mapped[int | None]
 
     model: Mapped[RegistryModel] = relationship(lazy="raise")
     owner: Mapped[User] = relationship(lazy="raise")

@@ -15,12 +15,21 @@ document.addEventListener("click", (event) => {
   }
 });
 
-// A secret value is typed into a password field.
+// A secret value is typed into a password field. Unticking a stored secret asks for its value in
+// the open (the stored one is never sent back to the browser): the server refuses an empty one.
 document.addEventListener("change", (event) => {
   const toggle = event.target.closest("[data-secret-toggle]");
-  if (toggle) {
-    const input = document.getElementById(toggle.dataset.secretToggle);
-    if (input) input.type = toggle.checked ? "password" : "text";
+  if (!toggle) return;
+  const input = document.getElementById(toggle.dataset.secretToggle);
+  if (!input) return;
+  input.type = toggle.checked ? "password" : "text";
+  const replace = input.parentElement.querySelector("[data-replace-secret]");
+  if (!toggle.checked && replace) {
+    replace.previousElementSibling?.remove(); // the mask
+    replace.remove();
+    input.classList.remove("hidden");
+    input.placeholder = "Type the value to keep it as plain text";
+    input.focus();
   }
 });
 

@@ -387,6 +387,31 @@ def wait_logged(app, application_id, words: str, timeout=30):
     wait_for(lambda: words in log_text(app, application_id), timeout, 0.2, f"“{words}” in the log")
 
 
+def call_snippets(html: str) -> list[tuple[str, str]]:
+    """The "call it" snippets of a page, as a person copies them: (language, text)."""
+    import html as html_lib
+
+    return [
+        (lang, html_lib.unescape(body))
+        for lang, body in re.findall(r'<pre class="code" data-lang="(\w+)">(.*?)</pre>', html, re.S)
+    ]
+
+
+def run_snippet(lang: str, snippet: str, **env):
+    """Run a snippet as pasted into a shell or a Python file; fail the test with its output if it fails."""
+    import subprocess
+    import sys
+
+    # curl's --fail-with-body: an HTTP error fails the snippet, as a 401 would fail a person.
+    shell = ["bash", "-euo", "pipefail", "-c", snippet + " --fail-with-body"]
+    command = shell if lang == "sh" else [sys.executable, "-c", snippet]
+    done = subprocess.run(
+        command, env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, f"{lang} snippet failed:\n{snippet}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
 def deploy(client, app, application):
     response = client.post(f"/applications/{application.id}/deploy", headers=HX)
     assert response.status_code == 200 and response.headers["HX-Redirect"] == f"/applications/{application.id}"

@@ -1,4 +1,5 @@
 import re
+from datetime import datetime
 
 import pytest
 from sqlalchemy import event
@@ -230,6 +231,13 @@ def test_recommendation_fragment_follows_the_model(logged_in, factory):
     assert "Recommended for this model" in small_text and "Apply" in small_text
     assert "does not fit" in big_text and "max concurrency 1," in big_text
     assert "Choose a model" in logged_in.get("/applications/recommendation?model_id=424242").text
+    # The same 70B model behind an upstream: judged by what applies there, not this host's memory.
+    remote = factory.model(
+        parameters_billions=70, context_length=8192, engine="openai", source="", base_url="http://vllm:8000/v1"
+    )
+    remote_text = logged_in.get(f"/applications/recommendation?model_id={remote.id}", headers=HX).text
+    assert "does not fit" not in remote_text and "Served by http://vllm:8000/v1" in remote_text
+    assert "max concurrency 64, batch size 1," in remote_text
 
 
 def test_apply_fills_the_recommended_values_and_keeps_the_log_level(logged_in, factory):
@@ -316,6 +324,28 @@ def test_edit_keeps_a_secret_left_empty_and_replaces_a_typed_one(logged_in, fact
         assert db.session.get(Application, application.id).name == "renamed"
 
 
+def test_unticking_secret_asks_for_the_value_and_loses_nothing(logged_in, factory, app):
+    create_with_secret(logged_in, factory.model())
+    (application,) = stored(app)
+    with app.app_context():
+        secret_id = db.session.scalar(db.select(EnvVar.id).where(EnvVar.name == "API_KEY"))
+    # "Secret" unticked on the stored secret, its value left empty: refused at that row, nothing changes.
+    data = form_data(factory.model(), **{"env-0-name": "API_KEY", "env-0-value": "", "env-0-secret_id": str(secret_id)})
+    refused = logged_in.post(f"/applications/{application.id}/edit", data=data)
+    assert refused.status_code == 422 and "This variable holds a secret. Type its value" in refused.text
+    from llmapp import secrets_box
+
+    with app.app_context():
+        (var,) = db.session.scalars(db.select(EnvVar).where(EnvVar.name == "API_KEY")).all()
+        assert var.is_secret and secrets_box.decrypt(var.value) == "sk-very-secret"
+    # With the value typed, it becomes a plain variable with that value.
+    data["env-0-value"] = "now-plain"
+    assert logged_in.post(f"/applications/{application.id}/edit", data=data).status_code == 303
+    with app.app_context():
+        (var,) = db.session.scalars(db.select(EnvVar)).all()
+        assert (var.name, var.value, var.is_secret) == ("API_KEY", "now-plain", False)
+
+
 def test_a_secret_id_of_another_application_is_not_copied(logged_in, factory, app, member):
     model = factory.model()
     create_with_secret(logged_in, model)
@@ -350,7 +380,7 @@ def test_detail_page_sections(logged_in, factory, member):
         "Plugins",
         "member@example.com",
         "Created",
-        "Deployed",
+        "Never deployed",
         "Not available yet",
     ):
         assert expected in text
@@ -450,8 +480,25 @@ def test_detail_polls_its_live_fragment_while_deploying(logged_in, factory, memb
     fragment = logged_in.get(f"/applications/{application.id}", headers=HX)
     assert fragment.text.lstrip().startswith('<div id="live"') and "<html" not in fragment.text
     assert "Deploying" in fragment.text and "queued" in fragment.text and "API keys" not in fragment.text
+    # It becomes running: the next poll shows it with its deploy time, and tells the rest of the page
+    # (the Monitoring pane refreshes on that event).
+    with app.app_context():
+        db.session.get(Application, application.id).status = "running"
+        db.session.get(Application, application.id).deployed_at = datetime(2026, 1, 1, 0, 0, 30)
+        db.session.commit()
+    polled = logged_in.get(f"/applications/{application.id}?seen=deploying", headers=HX)
+    assert polled.headers["HX-Trigger"] == "application-status-changed"
+    assert "Deployed 2026-01-01 00:00" in polled.text and "Deploying" not in polled.text
+    assert "HX-Trigger" not in logged_in.get(f"/applications/{application.id}?seen=running", headers=HX).headers
+    monitoring = logged_in.get(f"/applications/{application.id}/monitoring", headers=HX).text
+    assert "application-status-changed from:body" in monitoring
+
     stopped = factory.application(member, factory.model(), name="still")
     assert "hx-trigger" not in logged_in.get(f"/applications/{stopped.id}", headers=HX).text
+    # Deploying it leaves no "Deploying…" flash behind, to sit above a Running or Failed badge later.
+    assert logged_in.post(f"/applications/{stopped.id}/deploy", headers=HX).headers["HX-Redirect"]
+    page = logged_in.get(f"/applications/{stopped.id}").text
+    assert "Deploying: its server is starting." in page and "“still”…" not in page
 
 
 def test_delete_clears_the_applications_keys_and_logs_from_redis(logged_in, factory, member, app):
@@ -469,3 +516,24 @@ def test_delete_clears_the_applications_keys_and_logs_from_redis(logged_in, fact
     assert connection.exists(keyspace.api_keys(application.id), keyspace.logs(application.id)) == 2
     assert logged_in.post(f"/applications/{application.id}/delete").status_code == 303
     assert connection.exists(keyspace.api_keys(application.id), keyspace.logs(application.id)) == 0
+
+
+def test_call_snippets_quote_any_application_name(app):
+    """A name is free text: the snippets still parse as shell and Python and send that exact name."""
+    import ast
+    import json
+    import shlex
+    from types import SimpleNamespace
+
+    from conftest import call_snippets
+
+    name = """it's "odd" <b>&"""
+    with app.test_request_context():
+        macro = app.jinja_env.get_template("_macros.html").module.call_snippets
+        for key in (None, "llm-abc"):
+            snippets = dict(call_snippets(str(macro(SimpleNamespace(name=name, endpoint="http://h:1/v1"), key=key))))
+            words = shlex.split(snippets["sh"].replace("\\\n", " "))
+            assert json.loads(words[words.index("-d") + 1])["model"] == name
+            assert f"Authorization: Bearer {key or '$LLMAPP_KEY'}" in words
+            keywords = [n for n in ast.walk(ast.parse(snippets["python"])) if isinstance(n, ast.keyword)]
+            assert next(k for k in keywords if k.arg == "model").value.value == name

@@ -83,6 +83,20 @@ def test_demo_data_seeds_once(app, database_url, redis_url, tiny_model_dir, tmp_
         tiny = db.session.scalar(db.select(RegistryModel).filter_by(name="tiny-gpt2"))
         hello = db.session.scalar(db.select(Application).filter_by(name="hello-tiny"))
         assert hello.model_id == tiny.id and tiny.source == str(tmp_path / "tiny-gpt2")
+        # Every demo variable is one something reads: the openai engine its upstream key (under the name
+        # the registry gives it), torch its CPU threads, huggingface_hub its offline switch.
+        for application in db.session.scalars(db.select(Application)):
+            model = db.session.get(RegistryModel, application.model_id)
+            names = {var.name for var in application.env_vars}
+            expected = {model.api_key_env} if model.engine == "openai" else {"OMP_NUM_THREADS", "HF_HUB_OFFLINE"}
+            assert names == expected, application.name
+        analyst = db.session.scalar(db.select(Application).filter_by(name="analyst"))
+        assert [v.is_secret for v in analyst.env_vars] == [True]
+        assert db.session.get(RegistryModel, analyst.model_id).api_key_env == "VLLM_API_KEY"
+        # Its recommendation is for a model served elsewhere, so the demo's config raises no warnings.
+        from llmapp.services import applications
+
+        assert applications.config_warnings(analyst) == []
 
 
 def test_production_refuses_to_start_without_a_secret_key(monkeypatch):

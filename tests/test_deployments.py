@@ -5,6 +5,7 @@ import concurrent.futures
 import json
 import os
 import signal
+import socket
 import stat
 
 import httpx
@@ -14,11 +15,13 @@ import pytest
 
 from conftest import (
     HX,
+    call_snippets,
     deploy,
     health_of,
     log_text,
     new_key,
     row,
+    run_snippet,
     running_app,
     server_processes,
     status,
@@ -52,6 +55,10 @@ def test_deploy_call_and_stop(app, client, auth, member, factory, tiny, workers)
     assert "server process" in client.get(f"/applications/{application.id}/logs", headers=HX).text
 
     key = new_key(app, application.id)
+    # Every snippet on the page runs as pasted, the key read from the environment.
+    assert [lang for lang, _ in call_snippets(page)] == ["sh", "python"]
+    for lang, snippet in call_snippets(page):
+        assert run_snippet(lang, snippet, LLMAPP_KEY=key).returncode == 0
     client_ = openai.OpenAI(base_url=running.endpoint, api_key=key, max_retries=0)
     assert [m.id for m in client_.models.list().data] == ["hello-tiny"]
 
@@ -112,12 +119,17 @@ def test_deploy_call_and_stop(app, client, auth, member, factory, tiny, workers)
     fresh = client.post(f"/applications/{application.id}/keys", data={"label": "ci"}, headers=HX)
     plain = fresh.text.split('class="mono new-key">')[1].split("<")[0]
     assert openai.OpenAI(base_url=running.endpoint, api_key=plain, max_retries=0).models.list().data
+    assert len(call_snippets(fresh.text)) == 2  # the new key is filled in: no LLMAPP_KEY needed
+    for lang, snippet in call_snippets(fresh.text):
+        assert plain in snippet and run_snippet(lang, snippet).returncode == 0
 
-    # Stop: stopping, then stopped; the process is gone and the endpoint with it.
+    # Stop: stopping, then stopped; the process is gone. The application keeps its endpoint's address.
     pid = running.process_pid
     assert client.post(f"/applications/{application.id}/stop", headers=HX).status_code == 200
     stopped = wait_status(app, application.id, {"stopped"}, timeout=30)
-    assert stopped.endpoint is None and stopped.process_pid is None
+    assert stopped.endpoint == running.endpoint and stopped.process_pid is None
+    page = client.get(f"/applications/{application.id}").text
+    assert "Call it" not in page and "It answers while the application runs" in page
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     with pytest.raises(httpx.ConnectError):
         httpx.get(running.endpoint.replace("/v1", "/health"))
@@ -145,6 +157,9 @@ def test_a_failed_deploy_says_why_and_leaves_nothing(app, client, auth, member, 
     assert failed.deploy_phases[-1]["status"] == "failed"
     assert server_processes(application.id) == []
     wait_logged(app, application.id, "deploy failed: The model could not be loaded")
+    # Checked before a server process starts (and spends seconds importing torch) for nothing.
+    assert "server process" not in log_text(app, application.id)
+    assert "loading model" not in [p["name"] for p in failed.deploy_phases]
     page = client.get(f"/applications/{application.id}").text
     assert "Why it failed" in page and "does not exist on this host" in page
 
@@ -330,7 +345,7 @@ def test_kill_9_with_restart_policy_never_fails_the_application(app, client, aut
     os.kill(deployed.process_pid, signal.SIGKILL)
     failed = wait_status(app, deployed.id, {"failed"}, timeout=15)
     assert failed.last_error == "The server process died (restart policy: never)."
-    assert failed.endpoint is None and server_processes(deployed.id) == []
+    assert server_processes(deployed.id) == []
     wait_logged(app, deployed.id, "The server process died")
 
 
@@ -344,9 +359,27 @@ def test_kill_9_with_restart_on_failure_serves_again(app, client, auth, member, 
     back = wait_status(app, deployed.id, {"running"}, timeout=60)
     assert back.process_pid != deployed.process_pid
     assert [r["reason"] for r in back.restarts] == ["the server process died"]
-    again = openai.OpenAI(base_url=back.endpoint, api_key=key, max_retries=0)  # keys survive the restart
+    # The same endpoint answers, with the same key: a client configured with the URL goes on working.
+    assert back.endpoint == deployed.endpoint and back.port == deployed.port
+    again = openai.OpenAI(base_url=deployed.endpoint, api_key=key, max_retries=0)
     assert again.completions.create(model="phoenix", prompt="hi", max_tokens=2).usage.completion_tokens >= 1
     assert "Restarts (1)" in client.get(f"/applications/{deployed.id}").text
+
+    # A redeploy keeps it too; only a port taken meanwhile moves it, and the log says so.
+    client.post(f"/applications/{deployed.id}/stop", headers=HX)
+    wait_status(app, deployed.id, {"stopped"}, timeout=30)
+    assert deploy(client, app, row(app, deployed.id)).endpoint == deployed.endpoint
+    client.post(f"/applications/{deployed.id}/stop", headers=HX)
+    wait_status(app, deployed.id, {"stopped"}, timeout=30)
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port may be in TIME_WAIT
+        squatter.bind(("127.0.0.1", deployed.port))
+        squatter.listen()
+        moved = deploy(client, app, row(app, deployed.id))
+    assert moved.status == "running" and moved.port != deployed.port
+    assert moved.endpoint == f"http://127.0.0.1:{moved.port}/v1"
+    wait_logged(app, deployed.id, f"port {deployed.port} is taken")
+    assert moved.endpoint in client.get(f"/applications/{deployed.id}").text
 
 
 def test_a_deploy_whose_worker_died_is_followed_to_ready_while_its_server_loads(

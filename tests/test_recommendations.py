@@ -69,3 +69,18 @@ def test_warnings_for_values_above_the_recommendation_only():
         "Cache size 129 is above the 128 recommended for this model.",
     ]
     assert warnings_for(r.as_config(), r) == []
+
+
+def test_an_upstream_model_is_judged_by_its_size_not_this_hosts_memory():
+    from llmapp.services.recommendations import recommend_upstream
+
+    # A 65B model behind a remote vLLM: it "does not fit" any laptop, and that is irrelevant here.
+    r = recommend_upstream(65, 8192, "http://gpu-box:8000/v1")
+    assert r.fits and (r.max_concurrency, r.batch_size) == (64, 1)
+    assert r.timeout_s == 1330  # 30 + 10·65·8192/4096: the upstream has as much to generate
+    assert "does not fit" not in r.reasoning and "http://gpu-box:8000/v1" in r.reasoning
+    # The batch size has no effect behind an upstream: no warning for it, nor for values within the advice.
+    assert warnings_for({"max_concurrency": 8, "batch_size": 32, "timeout_s": 600, "cache_size": 100}, r) == []
+    assert warnings_for({"max_concurrency": 100, "batch_size": 1, "timeout_s": 60, "cache_size": 0}, r) == [
+        "Max concurrency 100 is above the 64 recommended for this model."
+    ]

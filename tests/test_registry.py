@@ -25,10 +25,10 @@ def models(app):
         return db.session.scalars(db.select(RegistryModel).order_by(RegistryModel.name)).all()
 
 
-def test_admin_adds_edits_and_removes_a_model(client, auth, admin, app):
+def test_admin_adds_edits_and_removes_a_model(client, auth, admin, app, tiny_model_dir):
     auth.login(admin)
     assert client.get("/models/new").status_code == 200
-    response = client.post("/models/new", data=model_form())
+    response = client.post("/models/new", data=model_form(source=tiny_model_dir))
     assert response.status_code == 303
     (model,) = models(app)
     assert (model.name, model.parameters_billions, model.precision, model.engine) == (
@@ -38,9 +38,12 @@ def test_admin_adds_edits_and_removes_a_model(client, auth, admin, app):
         "transformers",
     )
     listing = client.get("/models/").text
-    assert "Model “Qwen2.5-0.5B” registered." in listing and "32,768" in listing and "/models/qwen" in listing
+    assert "Model “Qwen2.5-0.5B” registered." in listing and "32,768" in listing and tiny_model_dir in listing
     assert client.get(f"/models/{model.id}/edit").status_code == 200
-    client.post(f"/models/{model.id}/edit", data=model_form(name="Qwen2.5-0.5B-Instruct", precision="int8"))
+    client.post(
+        f"/models/{model.id}/edit",
+        data=model_form(name="Qwen2.5-0.5B-Instruct", precision="int8", source=tiny_model_dir),
+    )
     (model,) = models(app)
     assert (model.name, model.precision) == ("Qwen2.5-0.5B-Instruct", "int8")
     response = client.delete(f"/models/{model.id}/delete", headers=HX)
@@ -66,6 +69,17 @@ def test_openai_engine_needs_an_upstream(client, auth, admin, app):
     assert response.status_code == 303
     (model,) = models(app)
     assert (model.base_url, model.upstream_model) == ("http://vllm:8000/v1", "meta-llama/Llama-3.1-8B")
+    assert model.api_key_env == "OPENAI_API_KEY"  # the default, shown and editable in the form
+    assert 'value="OPENAI_API_KEY"' in client.get(f"/models/{model.id}/edit").text
+    bad = client.post(f"/models/{model.id}/edit", data=model_form(engine="openai", api_key_env="1-bad"), headers=HX)
+    assert bad.status_code == 422 and "An environment variable name" in bad.text
+    client.post(
+        f"/models/{model.id}/edit",
+        data=model_form(
+            engine="openai", base_url="http://vllm:8000/v1", upstream_model="m", api_key_env="VLLM_API_KEY"
+        ),
+    )
+    assert models(app)[0].api_key_env == "VLLM_API_KEY"
 
 
 def test_validation_keeps_input(client, auth, admin, app):
@@ -76,7 +90,7 @@ def test_validation_keeps_input(client, auth, admin, app):
     assert response.status_code == 422
     text = response.text
     assert "Between 0.000001 and 10,000." in text and "Not a valid integer value." in text
-    assert "Give the path of the local Hugging Face model directory." in text and "Not a valid choice." in text
+    assert "Give the path of a local Hugging Face model directory." in text and "Not a valid choice." in text
     assert 'value="Qwen2.5-0.5B"' in text
     assert models(app) == []
 
@@ -105,6 +119,7 @@ def test_members_see_the_registry_but_cannot_change_it(logged_in, factory, app):
     assert logged_in.post("/models/new", data=model_form()).status_code == 403
     assert logged_in.post(f"/models/{model.id}/edit", data=model_form()).status_code == 403
     assert logged_in.post(f"/models/{model.id}/delete").status_code == 403
+    assert logged_in.post("/models/detect", data=model_form()).status_code == 403
     assert [m.name for m in models(app)] == ["visible-model"]
 
 

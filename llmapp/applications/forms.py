@@ -41,6 +41,13 @@ class EnvVarForm(Form):
         if field.data and bounded_int(field.data) is None:
             raise ValidationError("Invalid secret reference.")
 
+    def validate_value(self, field):
+        if self.secret_id.data and not self.secret.data and not field.data:
+            raise ValidationError(
+                "This variable holds a secret. Type its value to keep it as plain text, "
+                "or tick Secret to keep the stored value."
+            )
+
     def validate_secret_token(self, field):
         if field.data and not self.value.data:
             try:

@@ -103,7 +103,12 @@ def _detail_context(application) -> dict:
 def detail(application_id):
     """Show one application; htmx polls the same URL for the live part (status, phases, logs)."""
     application = get_application(application_id)
-    return render("applications/detail.html", "applications/_live.html", **_detail_context(application))
+    response = render("applications/detail.html", "applications/_live.html", **_detail_context(application))
+    seen = request.args.get("seen")
+    if seen and seen != application.status:
+        # The rest of the page that follows the state (the Monitoring pane) refreshes itself on this.
+        response.headers["HX-Trigger"] = "application-status-changed"
+    return response
 
 
 @bp.get("/<application_id>/monitoring")
@@ -196,30 +201,29 @@ def overview():
     return render_template("applications/_overview.html", overview=metrics_service.overview(current_user))
 
 
-def _request(application_id, request_transition, progress: str):
+def _request(application_id, request_transition):
     application = get_application(application_id)
     # Read before the transition: if another request deletes the application meanwhile, the refused
     # transition expires the object and it could not be loaded again.
-    application_id, name = application.id, application.name
+    application_id = application.id
     try:
         request_transition(application)
     except ServiceError as e:
         flash(str(e), "error")
-    else:
-        flash(f"{progress} “{name}”…", "info")
+    # No "Deploying…" flash on success: it would outlive the state. The page's live part says it.
     return redirect_to(url_for(".detail", application_id=application_id))
 
 
 @bp.post("/<application_id>/deploy")
 def deploy(application_id):
     """Deploy (the page asked for confirmation): deploying now, the job starts the server."""
-    return _request(application_id, deployments.request_deploy, "Deploying")
+    return _request(application_id, deployments.request_deploy)
 
 
 @bp.post("/<application_id>/stop")
 def stop(application_id):
     """Stop (the page asked for confirmation): in-flight requests finish, then the server exits."""
-    return _request(application_id, deployments.request_stop, "Stopping")
+    return _request(application_id, deployments.request_stop)
 
 
 def _keys_section(application, new_key=None, error=None):

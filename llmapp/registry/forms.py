@@ -1,9 +1,10 @@
 from wtforms import FloatField, IntegerField, SelectField, StringField, URLField
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, ValidationError
 
+from ..applications.forms import ENV_NAME
 from ..forms import PlatformForm
 from ..models import RegistryModel
-from ..services import registry
+from ..services import model_detection, registry
 
 
 class RegistryModelForm(PlatformForm):
@@ -31,6 +32,9 @@ class RegistryModelForm(PlatformForm):
     source = StringField("Source", validators=[Length(max=500)])
     base_url = URLField("Upstream base URL", validators=[Length(max=500)])
     upstream_model = StringField("Upstream model name", validators=[Length(max=200)])
+    api_key_env = StringField(
+        "Upstream API key variable", default="OPENAI_API_KEY", validators=[Optional(), Length(max=128)]
+    )
 
     def __init__(self, *args, model_id=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -42,8 +46,17 @@ class RegistryModelForm(PlatformForm):
             raise ValidationError(f"A model named “{field.data}” is already registered.")
 
     def validate_source(self, field):
-        if self.engine.data == "transformers" and not (field.data or "").strip():
-            raise ValidationError("Give the path of the local Hugging Face model directory.")
+        if self.engine.data == "transformers":
+            field.data = (field.data or "").strip()
+            try:
+                model_detection.check_directory(field.data)
+            except model_detection.NotAModel as e:
+                raise ValidationError(str(e)) from e
+
+    def validate_api_key_env(self, field):
+        field.data = (field.data or "").strip() or "OPENAI_API_KEY"
+        if not ENV_NAME.match(field.data):
+            raise ValidationError("An environment variable name: letters, digits and _, not starting with a digit.")
 
     def validate_base_url(self, field):
         if self.engine.data == "openai":

@@ -1,7 +1,7 @@
-from flask import abort, flash, render_template, url_for
+from flask import abort, flash, render_template, request, url_for
 from flask_login import login_required
 
-from ..services import Conflict, NotFound, registry
+from ..services import Conflict, NotFound, model_detection, registry
 from ..web import admin_required, redirect_to, render
 from . import bp
 from .forms import RegistryModelForm
@@ -50,6 +50,25 @@ def edit(model_id):
         flash(f"Model “{model.name}” saved.", "success")
         return redirect_to(url_for(".index"))
     return render("registry/form.html", "registry/_form.html", code=422 if form.errors else 200, form=form, model=model)
+
+
+@bp.post("/detect")
+def detect():
+    """Fill the form from the model directory at ``source`` (config.json, safetensors headers), for the
+    admin to confirm; or say at the field why that path is not a model directory."""
+    admin_required()
+    model_id = request.form.get("model_id", type=int)
+    model = get_model(model_id) if model_id else None
+    form = RegistryModelForm(model_id=model.id if model else None)
+    detected = None
+    try:
+        detected = model_detection.detect(form.source.data or "")
+    except model_detection.NotAModel as e:
+        form.source.errors = [str(e)]
+    else:
+        for name, value in detected.as_fields().items():
+            form[name].data, form[name].raw_data = value, None  # rendered from data, not what was typed
+    return render_template("registry/_form.html", form=form, model=model, detected=detected)
 
 
 @bp.route("/<id:model_id>/delete", methods=["POST", "DELETE"])

@@ -130,6 +130,8 @@ def available_memory_bytes() -> int:
 
 
 def recommendation_for(model: RegistryModel) -> recommendations.Recommendation:
+    if model.engine == "openai":
+        return recommendations.recommend_upstream(model.parameters_billions, model.context_length, model.base_url)
     return recommendations.recommend(
         model.parameters_billions, model.precision, model.context_length, available_memory_bytes()
     )

@@ -56,6 +56,7 @@ MODELS = [
         source="vLLM cluster",
         base_url="http://vllm.internal:8000/v1",
         upstream_model="meta-llama/Llama-3.1-70B-Instruct",
+        api_key_env="VLLM_API_KEY",
     ),
 ]
 
@@ -67,6 +68,14 @@ APPLICATIONS = [
     ("summarizer", "Mistral-7B-Instruct-int4", "Summarises long documents into five bullet points."),
     ("analyst", "Llama-3.1-70B (vLLM)", "Answers questions about sales data, through the shared vLLM."),
 ]
+
+
+def demo_environment(model: RegistryModel) -> list[dict]:
+    """Variables that do something: the upstream's key (read by the openai engine under the name the
+    registry gives), or the CPU threads torch uses and no download attempts (transformers)."""
+    if model.engine == "openai":
+        return [{"name": model.api_key_env or "OPENAI_API_KEY", "value": "demo-not-a-real-key", "secret": True}]
+    return [{"name": "OMP_NUM_THREADS", "value": "2"}, {"name": "HF_HUB_OFFLINE", "value": "1"}]
 
 
 def seed() -> dict:
@@ -111,10 +120,7 @@ def seed() -> dict:
                 model_id=model.id,
                 description=description,
                 **config,
-                env=[
-                    {"name": "LOG_FORMAT", "value": "json"},
-                    {"name": "UPSTREAM_API_KEY", "value": "demo-not-a-real-key", "secret": True},
-                ],
+                env=demo_environment(model),
             ),
         )
         created["applications"] += 1

@@ -6,8 +6,11 @@ to the application's log (a Redis Stream, see runtime/logs.py).
 """
 
 import hashlib
+import itertools
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,7 +32,7 @@ from ..models import ApiKey, Application, utcnow
 from ..runtime import keys as runtime_keys
 from ..runtime import logs
 from ..runtime.spec import REDIS_URL_VARIABLE, ServerSpec, ServingConfig
-from . import ServiceError, applications, lifecycle, metrics, registry
+from . import ServiceError, applications, lifecycle, metrics, model_detection, registry
 
 PHASES = ("queued", "starting process", "loading model", "warming up", "ready")
 HEALTH_PHASES = {"loading": "loading model", "warming_up": "warming up", "ready": "ready"}
@@ -186,10 +189,59 @@ def run_dir() -> Path:
     return path
 
 
-def _spawn(application: Application) -> psutil.Process:
-    from ..embedded import free_port
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        # As uvicorn binds: a port left in TIME_WAIT by the application's previous server is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((current_app.config["BIND_HOST"], port))
+        except OSError:
+            return False
+    return True
 
-    port = free_port()
+
+def choose_port(application: Application) -> int:
+    """The application's own port while it is free; else a free one of the range no other application holds.
+
+    :raise DeployFailed: every port of the range is taken.
+    """
+    held = set(
+        db.session.scalars(
+            db.select(Application.port).where(Application.id != application.id, Application.port.is_not(None))
+        )
+    )
+    if application.port and application.port not in held and _port_is_free(application.port):
+        return application.port
+    ports = current_app.config["SERVER_PORTS"]
+    start = random.randrange(len(ports))  # two hosts sharing a database rarely try the same port first
+    for port in itertools.chain(ports[start:], ports[:start]):
+        if port not in held and _port_is_free(port):
+            return port
+    raise DeployFailed(
+        f"No free port for the server in {ports.start}-{ports.stop - 1} (LLMAPP_SERVER_PORTS): "
+        "stop an application, or widen the range."
+    )
+
+
+def _check_model(application: Application) -> None:
+    """Before a process starts (and imports torch, seconds): a model directory that isn't there fails now."""
+    model = registry.get_model(application.model_id)
+    if model.engine == "transformers":
+        try:
+            model_detection.check_directory(model.source)
+        except model_detection.NotAModel as e:
+            raise DeployFailed(f"The model could not be loaded: {e}") from e
+
+
+def _spawn(application: Application) -> psutil.Process:
+    _check_model(application)
+    port = choose_port(application)
+    if application.port and port != application.port:
+        log_event(
+            application.id,
+            f"port {application.port} is taken on {queues.this_host()}: the endpoint moves to port {port}",
+            "WARNING",
+        )
     spec_path = run_dir() / f"{application.id}.json"
     _spec(application, port).write(spec_path)
     output = os.open(run_dir() / f"{application.id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -211,7 +263,7 @@ def _spawn(application: Application) -> psutil.Process:
     db.session.execute(
         db.update(Application)
         .where(Application.id == application.id)
-        .values(process_host=queues.this_host(), process_pid=process.pid, process_port=port)
+        .values(process_host=queues.this_host(), process_pid=process.pid, process_port=port, port=port)
     )
     db.session.commit()
     db.session.refresh(application)
@@ -243,7 +295,7 @@ def health(application: Application, timeout: float = HEALTH_TIMEOUT_S) -> dict 
 
 
 def endpoint_url(application: Application) -> str:
-    return f"http://{current_app.config['ADVERTISE_HOST']}:{application.process_port}/v1"
+    return f"http://{current_app.config['ADVERTISE_HOST']}:{application.port or application.process_port}/v1"
 
 
 def _last_error_line(application: Application) -> str:
@@ -344,7 +396,6 @@ def _fail_deploy(application: Application, reason: str) -> None:
             application.id,
             "deploy_failed",
             last_error=reason,
-            endpoint=None,
             process_pid=None,
             process_port=None,
             process_host=None,
@@ -409,7 +460,7 @@ def run_stop(application_id) -> str:
 
 def _stopped(application: Application, message: str) -> None:
     lifecycle.transition(
-        application.id, "stopped", endpoint=None, process_pid=None, process_port=None, process_host=None
+        application.id, "stopped", process_pid=None, process_port=None, process_host=None
     )
     try:
         queues.connection().delete(keyspace.server(application.id))
@@ -629,7 +680,6 @@ def _restart_or_fail(application: Application, reason: str) -> str:
         application.id,
         "crashed",
         last_error=detail,
-        endpoint=None,
         process_pid=None,
         process_port=None,
         process_host=None,

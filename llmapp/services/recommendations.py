@@ -18,6 +18,12 @@ The formula (also in README.md, "How recommendations are computed"):
                      (~100 s for a 7B model at 4k context: it may have to generate it all).
    cache size      = clamp(64 × max concurrency, 64, 100 000) entries: cached responses live
                      in the server's RAM (a few kB each), and more traffic repeats more often.
+
+A model served by an upstream (the ``openai`` engine) holds no weights and no KV cache here, so this
+host's memory plays no part: only the timeout (the same formula: the upstream generates as much) and
+the cache follow its size. Max concurrency is how many requests this server forwards at once
+(UPSTREAM_CONCURRENCY = 64, a connection each; the upstream queues or batches them), and batch size
+is 1 (the upstream batches; the field has no effect there).
 """
 
 import math
@@ -36,6 +42,7 @@ LIMITS = {
     "log_days": (1, 365),
 }
 GB = 1024**3
+UPSTREAM_CONCURRENCY = 64
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,7 @@ class Recommendation:
     batch_size: int
     timeout_s: int
     cache_size: int
+    upstream: str | None = None  # where the model is served, for a model behind the openai engine
 
     def as_config(self) -> dict:
         return {
@@ -60,6 +68,12 @@ class Recommendation:
     @property
     def reasoning(self) -> str:
         """The recommendation's why, in one line."""
+        if self.upstream:
+            return (
+                f"Served by {self.upstream}: its memory and batching are the upstream's, not this host's. "
+                f"The timeout follows the model's size and context; {self.max_concurrency} requests are "
+                "forwarded at once (the upstream queues the rest)."
+            )
         memory = f"needs ~{_gb(self.model_memory_bytes)} for weights of {_gb(self.available_memory_bytes)} available"
         if not self.fits:
             return f"The model {memory}: it does not fit, so serve one request at a time (or add memory)."
@@ -118,6 +132,24 @@ def recommend(parameters_billions: float, precision: str, context_length: int, m
     )
 
 
+def recommend_upstream(parameters_billions: float, context_length: int, upstream: str) -> Recommendation:
+    """Recommend a configuration for a model that an upstream OpenAI-compatible server runs."""
+    if parameters_billions <= 0 or context_length <= 0:
+        raise ValueError("parameters and context length must be positive")
+    timeout = _clamp(math.ceil(30 + 10 * parameters_billions * context_length / 4096), 30, 3600)
+    return Recommendation(
+        model_memory_bytes=0,
+        kv_cache_per_sequence_bytes=0,
+        available_memory_bytes=0,
+        fits=True,
+        max_concurrency=UPSTREAM_CONCURRENCY,
+        batch_size=1,
+        timeout_s=timeout,
+        cache_size=_clamp(64 * UPSTREAM_CONCURRENCY, 64, LIMITS["cache_size"][1]),
+        upstream=upstream,
+    )
+
+
 FIELD_LABELS = {
     "max_concurrency": "Max concurrency",
     "batch_size": "Batch size",
@@ -129,8 +161,10 @@ FIELD_LABELS = {
 def warnings_for(config: dict, recommendation: Recommendation) -> list[str]:
     """The values of ``config`` above the recommendation, each as a sentence (warnings, not errors)."""
     recommended = recommendation.as_config()
+    # Behind an upstream the batch size has no effect: no warning about it.
+    keys = ("max_concurrency", "timeout_s", "cache_size") if recommendation.upstream else tuple(FIELD_LABELS)
     return [
         f"{FIELD_LABELS[key]} {config[key]} is above the {recommended[key]} recommended for this model."
-        for key in ("max_concurrency", "batch_size", "timeout_s", "cache_size")
+        for key in keys
         if key in config and config[key] > recommended[key]
     ]

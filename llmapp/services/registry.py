@@ -17,6 +17,7 @@ FIELDS = (
     "source",
     "base_url",
     "upstream_model",
+    "api_key_env",
 )
 
 
@@ -50,6 +51,7 @@ def _clean(data: dict) -> dict:
     values["name"] = values["name"].strip()
     if values["engine"] != "openai":  # only the openai engine has an upstream
         values["base_url"] = values["upstream_model"] = None
+    values["api_key_env"] = (values["api_key_env"] or "").strip() or "OPENAI_API_KEY"
     return values
 
 

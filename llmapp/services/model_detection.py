@@ -1,0 +1,144 @@
+"""What a local Hugging Face model directory is, read from its files without loading it.
+
+``config.json`` gives the family (``model_type``), the context length and the precision it was saved
+in; the safetensors headers (8 bytes of length, then a JSON table of tensors with dtype and shape)
+give the exact parameter count, and the precision when the config does not say. Nothing is imported
+from torch or transformers: detecting a 70B model reads a few kilobytes.
+"""
+
+import json
+import math
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_sequence_length")
+TORCH_DTYPES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
+SAFETENSORS_DTYPES = {"F32": "fp32", "BF16": "bf16", "F16": "fp16", "I8": "int8", "U8": "int8"}
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+
+
+class NotAModel(ValueError):
+    """The path is not a model directory this platform can serve; the message says why."""
+
+
+@dataclass
+class Detected:
+    family: str
+    context_length: int | None
+    precision: str | None
+    parameters: int | None  # exact, from the safetensors headers
+    sources: list[str] = field(default_factory=list)  # the files it was read from
+
+    @property
+    def parameters_billions(self) -> float | None:
+        if not self.parameters:
+            return None
+        return float(f"{self.parameters / 1e9:.4g}")  # 4 significant digits: 0.0004, 7.242, 70.55
+
+    def as_fields(self) -> dict:
+        """The registry fields it fills (those it could read)."""
+        values = {
+            "family": self.family,
+            "context_length": self.context_length,
+            "precision": self.precision,
+            "parameters_billions": self.parameters_billions,
+        }
+        return {key: value for key, value in values.items() if value not in (None, "")}
+
+
+def check_directory(path: str | Path) -> Path:
+    """The directory, if it holds a model's config and weights.
+
+    :raise NotAModel: with the reason.
+    """
+    directory = Path(path).expanduser()
+    if not str(path).strip():
+        raise NotAModel("Give the path of a local Hugging Face model directory.")
+    if not directory.exists():
+        raise NotAModel(f"{directory} does not exist on this host.")
+    if not directory.is_dir():
+        raise NotAModel(f"{directory} is a file: give the model's directory.")
+    if not (directory / "config.json").is_file():
+        raise NotAModel(f"{directory} has no config.json: it is not a Hugging Face model directory.")
+    if not _weight_files(directory):
+        raise NotAModel(f"{directory} has no weights (*.safetensors or pytorch_model*.bin).")
+    return directory
+
+
+def detect(path: str | Path) -> Detected:
+    """Read what the directory says about its model.
+
+    :raise NotAModel: it is not a model directory, or its config.json can't be read.
+    """
+    directory = check_directory(path)
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise NotAModel(f"{directory / 'config.json'} can't be read as JSON: {e}.") from e
+    if not isinstance(config, dict):
+        raise NotAModel(f"{directory / 'config.json'} is not a JSON object.")
+    text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    detected = Detected(
+        family=str(config.get("model_type") or ""),
+        context_length=_context_length(config) or _context_length(text_config),
+        precision=_config_precision(config),
+        parameters=None,
+        sources=["config.json"],
+    )
+    counts = _safetensors_counts(directory)
+    if counts:
+        detected.parameters = sum(counts.values())
+        detected.sources.append(f"{len(_safetensors_files(directory))} safetensors header(s)")
+        if detected.precision is None:
+            dominant = counts.most_common(1)[0][0]
+            detected.precision = SAFETENSORS_DTYPES.get(dominant)
+    return detected
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    return _safetensors_files(directory) or sorted(directory.glob("pytorch_model*.bin"))
+
+
+def _safetensors_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.safetensors"))
+
+
+def _context_length(config: dict) -> int | None:
+    for key in CONTEXT_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _config_precision(config: dict) -> str | None:
+    quantization = config.get("quantization_config")
+    if isinstance(quantization, dict):
+        bits = quantization.get("bits") or (
+            4 if quantization.get("load_in_4bit") else 8 if quantization.get("load_in_8bit") else None
+        )
+        if bits in (4, 8):
+            return f"int{bits}"
+    dtype = config.get("torch_dtype") or config.get("dtype")
+    return TORCH_DTYPES.get(str(dtype).removeprefix("torch.")) if dtype else None
+
+
+def _safetensors_counts(directory: Path) -> Counter:
+    """Parameters per dtype over every safetensors file, from their headers alone."""
+    counts: Counter = Counter()
+    for file in _safetensors_files(directory):
+        try:
+            with file.open("rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                if length > MAX_HEADER_BYTES:
+                    raise NotAModel(f"{file.name} has a header of {length} bytes: not a safetensors file.")
+                header = json.loads(f.read(length))
+        except (OSError, struct.error, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise NotAModel(f"{file.name} can't be read as safetensors: {e}.") from e
+        for name, tensor in header.items():
+            if name == "__metadata__" or not isinstance(tensor, dict):
+                continue
+            counts[str(tensor.get("dtype"))] += math.prod(int(n) for n in tensor.get("shape") or [])
+    return counts
