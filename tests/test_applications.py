@@ -78,7 +78,10 @@ def test_pagination(logged_in, factory, member, app):
     assert len(names(first)) == 25 and len(names(second)) == 5
     assert not names(first) & names(second)
     assert "page 1 of 2" in first and "Next →" in first
-    assert logged_in.get("/applications/?page=99", headers=HX).status_code == 200  # past the end: empty, not 404
+    # Past the end (an old link): the last page, never "No applications yet" above "page 99 of 2".
+    beyond = logged_in.get("/applications/?page=99", headers=HX)
+    assert beyond.status_code == 200 and names(beyond.text) == names(second)
+    assert "page 2 of 2" in beyond.text and "No applications yet" not in beyond.text
 
 
 def test_list_query_count_does_not_grow_with_rows(logged_in, factory, member, app):
@@ -250,6 +253,13 @@ def test_apply_fills_the_recommended_values_and_keeps_the_log_level(logged_in, f
     assert re.search(r'name="max_concurrency"[^>]*value="2"', text)
     assert re.search(r'name="timeout_s"[^>]*value="100"', text)
     assert '<option selected value="DEBUG">' in text
+    # A field Apply does not fill keeps its error mark while it is still wrong; the filled ones lose theirs.
+    text = logged_in.get(
+        f"/applications/recommendation/apply?model_id={model.id}&max_restarts=99&batch_size=999", headers=HX
+    ).text
+    assert 'id="max_restarts-error">Must be between 0 and 10.' in text
+    assert re.search(r'name="max_restarts"[^>]*aria-invalid="true"', text) or 'aria-invalid="true"' in text
+    assert "batch_size-error" not in text
 
 
 def test_env_row_fragment_and_next_add_button(logged_in):
@@ -310,7 +320,9 @@ def test_edit_keeps_a_secret_left_empty_and_replaces_a_typed_one(logged_in, fact
             "env-0-secret_id": str(secret_id),
         },
     )
-    assert logged_in.post(f"/applications/{application.id}/edit", data=data).status_code == 303
+    saved = logged_in.post(f"/applications/{application.id}/edit", data=data)
+    # Saving an edit lands on the application edited, not on the list.
+    assert saved.status_code == 303 and saved.headers["Location"] == f"/applications/{application.id}"
     from llmapp import secrets_box
 
     with app.app_context():

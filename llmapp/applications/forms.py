@@ -102,7 +102,7 @@ class ApplicationForm(PlatformForm):
     batch_size = _bounded("Batch size", "batch_size")
     restart_policy = SelectField(
         "Restart policy",
-        choices=[("on-failure", "On failure (exponential back-off)"), ("never", "Never")],
+        choices=[("on-failure", "On failure"), ("never", "Never")],
     )
     max_restarts = IntegerField(
         "Max restarts",

@@ -84,7 +84,7 @@ def create():
         except (Conflict, NotFound) as e:
             form.form_errors.append(str(e))
         else:
-            return _saved(application, "created")
+            return _saved(application, "created", url_for(".index"))
     return _render_form(form, code=422 if form.errors or form.form_errors else 200)
 
 
@@ -278,7 +278,7 @@ def edit(application_id):
         except (Conflict, NotFound) as e:
             form.form_errors.append(str(e))
             return _render_form(form, application, code=409)
-        return _saved(application, "saved")
+        return _saved(application, "saved", url_for(".detail", application_id=application.id))
     return _render_form(form, application, code=422 if form.errors else 200)
 
 
@@ -302,11 +302,11 @@ def _form_data(application) -> dict:
     }
 
 
-def _saved(application, verb: str):
+def _saved(application, verb: str, then: str):
     flash(f"Application “{application.name}” {verb}.", "success")
     for warning in applications.config_warnings(application):
         flash(warning, "warning")
-    return redirect_to(url_for(".index"))
+    return redirect_to(then)
 
 
 @bp.route("/<application_id>/delete", methods=["POST", "DELETE"])
@@ -347,9 +347,11 @@ def recommendation():
 def apply_recommendation():
     """The configuration fields, filled with the recommendation (other fields as the user left them)."""
     recommended = _recommendation(int_arg("model_id"))
+    applied = recommended.as_config() if recommended else {}
     values = MultiDict(request.args)
-    if recommended:
-        for key, value in recommended.as_config().items():
-            values[key] = str(value)
+    for key, value in applied.items():
+        values[key] = str(value)
     form = _form(formdata=values, meta={"csrf": False})
+    for key in (applications.DEFAULT_CONFIG.keys() - applied.keys()) & request.args.keys():
+        form[key].validate(form)  # a field Apply left alone keeps its error mark while it is still wrong
     return render_template("applications/_config_fields.html", form=form)

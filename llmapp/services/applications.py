@@ -52,7 +52,10 @@ def search(user: User, q: str = "", status: str = "", page: int = 1, per_page: i
     if status in lifecycle.STATUSES:
         query = query.where(Application.status == status)
     query = query.order_by(Application.updated_at.desc(), Application.id.desc())
-    return db.paginate(query, page=page, per_page=per_page, max_per_page=100, error_out=False)
+    pagination = db.paginate(query, page=page, per_page=per_page, max_per_page=100, error_out=False)
+    if page > pagination.pages > 0:  # past the end (an old link, a hand-typed URL): the last page
+        pagination = db.paginate(query, page=pagination.pages, per_page=per_page, max_per_page=100)
+    return pagination
 
 
 def get_for_user(application_id, user: User) -> Application:
