@@ -65,6 +65,16 @@ def trim_logs_queued() -> str:
     return f"{PREFIX}:trim-logs-queued"
 
 
+def playground(application_id, user_id, what: str) -> str:
+    """A user's playground with an application: its "key" (encrypted), "history", or "turn:<id>"."""
+    return f"{PREFIX}:playground:{application_id}:{user_id}:{what}"
+
+
+def playground_pattern(application_id) -> str:
+    """Every user's playground with the application (for SCAN, when it is deleted)."""
+    return f"{PREFIX}:playground:{application_id}:*"
+
+
 def application_keys(application_id) -> tuple[str, ...]:
     """What an application leaves in Redis: deleted with it."""
     return (

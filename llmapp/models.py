@@ -199,5 +199,8 @@ class ApiKey(db.Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # A key the platform makes for itself (the playground's, for one user) expires; a user's doesn't.
+    purpose: Mapped[str] = mapped_column(String(16), default="user", server_default="user")
+    expires_at: Mapped[datetime | None]
 
     application: Mapped[Application] = relationship(back_populates="api_keys")

@@ -81,3 +81,15 @@ def held_lock(conn: redis.Redis, key: str, ttl_s: int, token: str | None = None)
         yield True
     finally:
         lock.release()
+
+
+def delete_matching(conn: redis.Redis, pattern: str) -> None:
+    """Delete every key that matches ``pattern``, a thousand at a time (SCAN, never KEYS)."""
+    batch = []
+    for key in conn.scan_iter(match=pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            conn.delete(*batch)
+            batch = []
+    if batch:
+        conn.delete(*batch)

@@ -80,6 +80,7 @@ document.addEventListener("click", (event) => {
 });
 
 document.addEventListener("htmx:sseMessage", (event) => {
+  if (!event.target.closest("#logs")) return;
   const lines = event.target;
   const id = event.detail && event.detail.lastEventId;
   if (id && lines.getAttribute("sse-connect")) {
@@ -96,8 +97,9 @@ document.addEventListener("htmx:sseMessage", (event) => {
   }
 });
 
-document.addEventListener("htmx:sseOpen", () => setLiveState("live", true));
-document.addEventListener("htmx:sseError", () => setLiveState("reconnecting…", false));
+// (The playground's replies are SSE streams too: only the log's own stream says whether the log is live.)
+document.addEventListener("htmx:sseOpen", (event) => event.target.closest("#logs") && setLiveState("live", true));
+document.addEventListener("htmx:sseError", (event) => event.target.closest("#logs") && setLiveState("reconnecting…", false));
 
 // A freshly loaded pane opens on its newest lines.
 document.addEventListener("htmx:load", (event) => {
@@ -106,3 +108,13 @@ document.addEventListener("htmx:load", (event) => {
     pinToBottom();
   }
 });
+
+// The playground: the conversation follows its newest words.
+function followChat(event) {
+  const chat = event.target.closest?.(".chat") || event.detail?.target?.closest?.(".chat");
+  if (!chat) return;
+  chat.querySelector(".chat-empty")?.remove();
+  chat.scrollTop = chat.scrollHeight;
+}
+document.addEventListener("htmx:sseMessage", followChat);
+document.addEventListener("htmx:afterSwap", followChat);

@@ -123,6 +123,8 @@ def test_deploy_call_and_stop(app, client, auth, member, factory, tiny, workers)
     for lang, snippet in call_snippets(fresh.text):
         assert plain in snippet and run_snippet(lang, snippet).returncode == 0
 
+    check_the_playground(app, client, application, member)
+
     # Stop: stopping, then stopped; the process is gone. The application keeps its endpoint's address.
     pid = running.process_pid
     assert client.post(f"/applications/{application.id}/stop", headers=HX).status_code == 200
@@ -137,6 +139,87 @@ def test_deploy_call_and_stop(app, client, auth, member, factory, tiny, workers)
     text = log_text(app, application.id)
     for line in ("deploy requested", "deploy job started", "ready on port", "stop requested"):
         assert line in text
+
+
+def sse_events(text: str) -> list[tuple[str, str]]:
+    """(event, data) of each server-sent event in ``text``, as EventSource reads them."""
+    events = []
+    for block in text.split("\n\n"):
+        fields = [line.partition(":") for line in block.split("\n") if line and not line.startswith(":")]
+        names = [value.strip() for name, _, value in fields if name == "event"]
+        if names:
+            data = [value[1:] if value.startswith(" ") else value for name, _, value in fields if name == "data"]
+            events.append((names[0], "\n".join(data)))
+    return events
+
+
+def check_the_playground(app, client, application, owner):
+    """A chat through the real endpoint, with a key the platform holds: never in a page, a stream or a list."""
+    import html
+    import re
+
+    from llmapp import keyspace, secrets_box
+
+    def turn(message):
+        sent = client.post(
+            f"/applications/{application.id}/playground",
+            data={"message": message, "max_tokens": 6, "temperature": 0},
+            headers=HX,
+        )
+        assert sent.status_code == 200 and html.escape(message) in sent.text
+        fresh = re.search(r'<form id="playground-form"[^>]*hx-swap-oob="true".*?</form>', sent.text, re.S).group(0)
+        assert message not in fresh  # the form comes back empty, for the next message
+        stream_url = re.search(r'sse-connect="([^"]+)"', sent.text).group(1)
+        reply = client.get(stream_url)
+        events = sse_events(reply.text)
+        assert events[-1][0] == "done" and [name for name, _ in events[:-1]] == ["token"] * (len(events) - 1)
+        assert len(events) >= 2, events  # at least one token, then how it went
+        done = events[-1][1]
+        return sent, reply, stream_url, done
+
+    sent, reply, stream_url, done = turn("hi <b>there</b>")
+    request_id = re.search(r"data-request-id>([^<]+)<", done).group(1)
+    first_prompt, completion = map(int, re.search(r"(\d+) \+ (\d+) tokens", done).groups())
+    assert 1 <= completion <= 6 and "s · first token" in done
+    # The request went through the endpoint under the playground's key, and its log line says so.
+    import redis as redis_lib
+
+    from llmapp.runtime import logs
+
+    connection = redis_lib.Redis.from_url(app.config["REDIS_URL"])
+
+    def lines():
+        return [line for line in logs.tail(connection, application.id, 2000) if line.get("request_id") == request_id]
+
+    (line,) = wait_for(lines, 30, 0.2, "the playground request's log line")
+    assert f"key=playground · {owner.email}" in line["message"] and " 200 " in line["message"]
+
+    # The conversation goes on: the second request carries the first exchange.
+    _, second_reply, _, second = turn("and again")
+    assert int(re.search(r"(\d+) \+ \d+ tokens", second).group(1)) > first_prompt
+    page = client.get(f"/applications/{application.id}").text
+    assert "hi &lt;b&gt;there&lt;/b&gt;" in page and "and again" in page  # kept, and escaped
+
+    # The key: in Redis (encrypted), published, never shown.
+    with app.app_context():
+        plain = secrets_box.decrypt(connection.get(keyspace.playground(application.id, owner.id, "key")).decode())
+    for text in (sent.text, reply.text, second_reply.text, page, client.get(f"/applications/{application.id}").text):
+        assert plain not in text
+    assert "playground ·" not in page.split('id="api-keys"')[1]  # not among the user's keys
+
+    # A reply streams once; bad input is refused at the field, and nothing is sent.
+    assert "This reply has ended" in sse_events(client.get(stream_url).text)[-1][1]
+    for data, words in (
+        ({"message": " ", "temperature": 0.5}, "Type a message."),
+        ({"message": "x", "temperature": "nan"}, "Between 0 and 2."),
+    ):
+        refused = client.post(
+            f"/applications/{application.id}/playground", data={"max_tokens": 4, **data}, headers=HX
+        )
+        assert refused.status_code == 422 and words in refused.text
+        assert refused.headers["HX-Retarget"] == "#playground-form"
+    cleared = client.post(f"/applications/{application.id}/playground/clear", headers=HX).text
+    assert "and again" not in cleared and "Say something to" in cleared
 
 
 def test_a_failed_deploy_says_why_and_leaves_nothing(app, client, auth, member, factory, workers):

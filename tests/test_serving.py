@@ -156,6 +156,27 @@ def test_every_response_carries_a_request_id_that_is_in_its_log_line(server):
     assert wait_for_value(lambda: logged(generated.headers["X-Request-Id"], "/v1/completions 400"), "a 400's line")
 
 
+def test_a_key_that_has_expired_is_refused(server):
+    """Keys the platform makes for itself (the playground's) carry an expiry the server enforces."""
+    import time
+
+    from llmapp import keyspace
+    from llmapp.runtime import keys
+
+    keys_hash = keyspace.api_keys(server.app_id)
+    server.redis.hset(keys_hash, keys.digest("llm-expired"), f"7@{time.time() - 1:.0f}:old")
+    server.redis.hset(keys_hash, keys.digest("llm-current"), f"8@{time.time() + 600:.0f}:playground")
+    try:
+        expired = post(server, "/completions", {"model": server.NAME, "prompt": "hi", "max_tokens": 1},
+                       headers={"Authorization": "Bearer llm-expired"})  # fmt: skip
+        assert error_of(expired, 401)["code"] == "invalid_api_key"
+        current = post(server, "/completions", {"model": server.NAME, "prompt": "hi", "max_tokens": 1},
+                       headers={"Authorization": "Bearer llm-current"})  # fmt: skip
+        assert current.status_code == 200
+    finally:
+        server.redis.hdel(keys_hash, keys.digest("llm-expired"), keys.digest("llm-current"))
+
+
 def wait_for_value(predicate, message):
     from conftest import wait_for
 

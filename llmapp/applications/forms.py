@@ -3,6 +3,7 @@ import re
 from wtforms import (
     BooleanField,
     FieldList,
+    FloatField,
     Form,
     FormField,
     HiddenField,
@@ -160,3 +161,23 @@ class ApplicationForm(PlatformForm):
             for entry in self.env.entries
         ]
         return data
+
+
+class PlaygroundForm(PlatformForm):
+    """A message to the running application, with the two sampling settings people reach for."""
+
+    message = TextAreaField("Message", validators=[InputRequired("Type a message.")])
+    max_tokens = IntegerField(
+        "Max tokens",
+        default=128,
+        validators=[InputRequired("Max tokens is required."), _parsed, NumberRange(1, 4096, "Between 1 and 4096.")],
+    )
+    temperature = FloatField(
+        "Temperature",
+        default=0.7,
+        validators=[InputRequired("Temperature is required."), _parsed, NumberRange(0, 2, "Between 0 and 2.")],
+    )
+
+    def validate_temperature(self, field):
+        if field.data != field.data:  # NaN passes NumberRange
+            raise ValidationError("Between 0 and 2.")

@@ -1,18 +1,39 @@
 import time
 from urllib.parse import quote
 
-from flask import Response, abort, current_app, flash, render_template, request, stream_with_context, url_for
+from flask import (
+    Response,
+    abort,
+    current_app,
+    flash,
+    make_response,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
 from flask_login import current_user, login_required
+from markupsafe import escape
 from werkzeug.datastructures import MultiDict
 
 from .. import charts
 from ..extensions import db
-from ..services import Conflict, NotFound, ServiceError, api_keys, applications, deployments, lifecycle, registry
+from ..services import (
+    Conflict,
+    NotFound,
+    ServiceError,
+    api_keys,
+    applications,
+    deployments,
+    lifecycle,
+    playground,
+    registry,
+)
 from ..services import logs as logs_service
 from ..services import metrics as metrics_service
 from ..web import int_arg, redirect_to, render
 from . import bp
-from .forms import MAX_ENV_VARS, ApplicationForm
+from .forms import MAX_ENV_VARS, ApplicationForm, PlaygroundForm
 
 MAX_PAGE = 1_000_000  # past any real list; a larger page number is read as the first page
 
@@ -96,6 +117,8 @@ def _detail_context(application) -> dict:
         "keys": api_keys.list_keys(application),
         "new_key": None,
         "windows": metrics_service.WINDOWS,
+        "playground_form": PlaygroundForm(formdata=None),
+        "history": playground.history(application, current_user),
     }
 
 
@@ -179,6 +202,77 @@ def logs_stream(application_id):
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _playground_pane(application):
+    return render_template(
+        "applications/_playground.html",
+        application=application,
+        playground_form=PlaygroundForm(formdata=None),
+        history=playground.history(application, current_user),
+    )
+
+
+@bp.route("/<application_id>/playground", methods=["GET", "POST"])
+def playground_pane(application_id):
+    """The playground: GET the pane (it reloads itself when the status changes); POST a message, answered
+    with the turn (the message and its reply, which then streams in) and a fresh form."""
+    application = get_application(application_id)
+    if request.method == "GET":
+        return _playground_pane(application)
+    form = PlaygroundForm()
+    if form.validate():
+        try:
+            turn_id = playground.start_turn(
+                application, current_user, form.message.data, form.max_tokens.data, form.temperature.data
+            )
+        except ServiceError as e:
+            form.message.errors.append(str(e))
+        else:
+            return render_template(
+                "applications/_playground_turn.html",
+                application=application,
+                message=form.message.data.strip(),
+                turn_id=turn_id,
+                form=PlaygroundForm(
+                    formdata=None, max_tokens=form.max_tokens.data, temperature=form.temperature.data
+                ),
+            )
+    response = make_response(
+        render_template("applications/_playground_form.html", application=application, form=form), 422
+    )
+    response.headers.update({"HX-Retarget": "#playground-form", "HX-Reswap": "outerHTML"})
+    return response
+
+
+@bp.get("/<application_id>/playground/<string(length=32):turn_id>")
+def playground_reply(application_id, turn_id):
+    """A turn's reply as server-sent events: "token" events (escaped text), then one "done" with how it went."""
+    application = get_application(application_id)
+    user = current_user._get_current_object()
+
+    def stream():
+        yield "retry: 60000\n\n"  # a turn streams once; the done event closes it
+        for event in playground.stream_turn(application, user, turn_id):
+            if event.kind == "token":
+                yield logs_service.sse_event(str(escape(event.text)), "token")
+            else:
+                stats = render_template("applications/_playground_stats.html", stats=event.stats)
+                yield logs_service.sse_event(stats, "done")
+
+    return Response(
+        stream_with_context(stream()),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@bp.post("/<application_id>/playground/clear")
+def playground_clear(application_id):
+    """Forget the conversation (the key stays until it expires)."""
+    application = get_application(application_id)
+    playground.clear(application, current_user)
+    return _playground_pane(application)
 
 
 @bp.get("/<application_id>/logs/download")

@@ -1,9 +1,9 @@
 """API keys of applications as the app servers see them: hashes in Redis, so a change applies at once.
 
-The platform publishes an application's active keys (digest → "id:label"); its server looks each
-request's key up there. While Redis is unreachable the server keeps serving the keys it has already
-seen (and the set it loaded when it became ready); a key it has never seen is answered 503, never
-let in unchecked.
+The platform publishes an application's active keys (digest → "id:label", or "id@expiry:label" for a
+key that expires at that unix time); its server looks each request's key up there. While Redis is
+unreachable the server keeps serving the keys it has already seen (and the set it loaded when it
+became ready); a key it has never seen is answered 503, never let in unchecked.
 """
 
 import hashlib
@@ -32,23 +32,33 @@ def digest(key: str) -> str:
 class KeyInfo:
     id: str
     label: str
+    expires_at: float | None = None  # unix time
+
+    def expired(self) -> bool:
+        return self.expires_at is not None and time.time() >= self.expires_at
 
 
-def publish(connection, application_id, active: dict[str, tuple[int, str]]) -> None:
-    """Replace the application's published keys with ``active`` ({digest: (key id, label)}), atomically."""
+def publish(connection, application_id, active: dict[str, tuple]) -> None:
+    """Replace the application's published keys with ``active`` ({digest: (key id, label[, expires at])}),
+    atomically."""
+
+    def value(key_id, label, expires_at=None) -> str:
+        return f"{key_id}@{expires_at:.0f}:{label}" if expires_at else f"{key_id}:{label}"
+
     with connection.pipeline() as pipe:
         pipe.delete(keyspace.api_keys(application_id))
         if active:
             pipe.hset(
                 keyspace.api_keys(application_id),
-                mapping={digest_: f"{key_id}:{label}" for digest_, (key_id, label) in active.items()},
+                mapping={digest_: value(*fields) for digest_, fields in active.items()},
             )
         pipe.execute()
 
 
 def _info(value: bytes) -> KeyInfo:
     key_id, _, label = value.decode().partition(":")
-    return KeyInfo(key_id, label)
+    key_id, _, expires_at = key_id.partition("@")
+    return KeyInfo(key_id, label, float(expires_at) if expires_at else None)
 
 
 class KeyStoreUnavailable(Exception):
@@ -95,11 +105,15 @@ class KeyChecker:
                     self.known.pop(key_digest, None)
                     return None
                 info = self.known[key_digest] = _info(value)
+                if info.expired():
+                    return None
                 self.used[info.id] = time.time()
                 return info
         info = self.known.get(key_digest)
         if info is None:
             raise KeyStoreUnavailable()
+        if info.expired():
+            return None
         self.used[info.id] = time.time()
         return info
 

@@ -15,7 +15,7 @@ from . import NotFound, ServiceError, deployments
 UNREACHABLE = "Redis is unreachable, so running servers could not learn of the change; nothing changed. Try again."
 
 
-def _publish_and_commit(application: Application, failure: str) -> None:
+def publish_and_commit(application: Application, failure: str) -> None:
     db.session.flush()
     try:
         deployments.publish_keys(application)
@@ -35,7 +35,7 @@ def create_key(application: Application, label: str = "") -> tuple[ApiKey, str]:
         application_id=application.id, label=label.strip()[:100], key_hash=runtime_keys.digest(plain), prefix=plain[:10]
     )
     db.session.add(key)
-    _publish_and_commit(application, "The key was not created")
+    publish_and_commit(application, "The key was not created")
     return key, plain
 
 
@@ -48,7 +48,7 @@ def revoke_key(application: Application, key_id: int) -> ApiKey:
         raise NotFound("No such key.")
     if key.revoked_at is None:
         key.revoked_at = utcnow()
-        _publish_and_commit(application, "The key was not revoked")
+        publish_and_commit(application, "The key was not revoked")
     return key
 
 
@@ -56,7 +56,7 @@ def list_keys(application: Application) -> list[ApiKey]:
     return list(
         db.session.scalars(
             db.select(ApiKey)
-            .where(ApiKey.application_id == application.id)
+            .where(ApiKey.application_id == application.id, ApiKey.purpose == "user")
             .order_by(ApiKey.revoked_at.is_not(None), ApiKey.created_at.desc())
         )
     )

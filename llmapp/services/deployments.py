@@ -480,6 +480,7 @@ def cleanup(application_id, pid: int | None, host: str | None) -> None:
                 queues.queue(queue).enqueue("jobs.deploy.kill_process", pid, str(application_id))
         queues.connection().delete(*keyspace.application_keys(application_id))
         metrics.delete_series(application_id)
+        queues.delete_matching(queues.connection(), keyspace.playground_pattern(application_id))
     except redis.RedisError as e:  # the application is gone; what it left in Redis holds no secret
         current_app.logger.warning("after deleting application %s, Redis was unreachable: %s", application_id, e)
 
@@ -517,13 +518,21 @@ def kill_orphan(pid: int, application_id: str) -> None:
 
 def publish_keys(application: Application) -> None:
     """Give the running server the application's active keys (it reads them from Redis per request)."""
+    now = utcnow()
     active = db.session.execute(
-        db.select(ApiKey.key_hash, ApiKey.id, ApiKey.label).where(
-            ApiKey.application_id == application.id, ApiKey.revoked_at.is_(None)
+        db.select(ApiKey.key_hash, ApiKey.id, ApiKey.label, ApiKey.expires_at).where(
+            ApiKey.application_id == application.id,
+            ApiKey.revoked_at.is_(None),
+            db.or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
         )
     ).all()
     runtime_keys.publish(
-        queues.connection(), application.id, {key_hash: (key_id, label) for key_hash, key_id, label in active}
+        queues.connection(),
+        application.id,
+        {
+            key_hash: (key_id, label, expires_at.replace(tzinfo=UTC).timestamp() if expires_at else None)
+            for key_hash, key_id, label, expires_at in active
+        },
     )
 
 

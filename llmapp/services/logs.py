@@ -241,7 +241,7 @@ def render_event(line: LogLine) -> str:
     """A line as the pane's SSE event: its stream id and its <li>, from the pane's own template."""
     from flask import render_template
 
-    return sse_event(line.id, render_template("applications/_log_line.html", line=line))
+    return sse_event(render_template("applications/_log_line.html", line=line), "line", line.id)
 
 
 class Subscription:
@@ -371,7 +371,8 @@ def hub() -> LogHub:
     return app.extensions["log_hub"]
 
 
-def sse_event(line_id: str, data: str, event: str = "line") -> str:
+def sse_event(data: str, event: str, event_id: str | None = None) -> str:
     """One server-sent event; every line of a multi-line payload gets its own data: field."""
     payload = "\n".join(f"data: {part}" for part in data.split("\n"))
-    return f"id: {line_id}\nevent: {event}\n{payload}\n\n"
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {event}\n{payload}\n\n"

@@ -188,15 +188,7 @@ def record_usage(application_id, cpu_percent: float, rss_bytes: int) -> None:
 
 def delete_series(application_id) -> None:
     """Every metrics bucket of a deleted application."""
-    connection = queues.connection()
-    batch = []
-    for key in connection.scan_iter(match=keyspace.metrics_pattern(application_id), count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            connection.delete(*batch)
-            batch = []
-    if batch:
-        connection.delete(*batch)
+    queues.delete_matching(queues.connection(), keyspace.metrics_pattern(application_id))
 
 
 # --- the App Center's overview -----------------------------------------------------------------

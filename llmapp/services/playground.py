@@ -1,0 +1,216 @@
+"""The playground: a chat with a running application, through its real endpoint.
+
+The platform holds a short-lived key per user and application (an ApiKey of purpose "playground",
+expiring after KEY_LIFETIME): its hash is published like any key, its plain value is kept only in
+Redis, encrypted, and never reaches the browser. A message starts a *turn* (kept a few minutes);
+the page then streams the turn's reply over SSE, token by token, from the endpoint's own stream.
+The conversation lives in Redis for CONVERSATION_TTL after its last turn.
+"""
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import httpx
+import redis
+
+from .. import keyspace, queues, secrets_box
+from ..extensions import db
+from ..models import ApiKey, Application, User, utcnow
+from ..runtime import keys as runtime_keys
+from . import ServiceError, api_keys, deployments, lifecycle
+
+KEY_LIFETIME = timedelta(hours=1)
+KEY_RENEW_BEFORE = timedelta(minutes=10)  # a key this close to expiring is replaced, not used
+CONVERSATION_TTL_S = 3600
+TURN_TTL_S = 300
+MAX_MESSAGE_CHARS = 8000
+MAX_HISTORY_MESSAGES = 40  # the oldest turns drop out of the context first
+
+
+class PlaygroundError(ServiceError):
+    """The message can't be sent; the text says why (shown at the field)."""
+
+
+@dataclass
+class TurnEvent:
+    """What the page is sent: ``token`` (text to append) or ``done`` (how it went)."""
+
+    kind: str
+    text: str = ""
+    stats: dict = field(default_factory=dict)
+
+
+def _label(user: User) -> str:
+    return f"playground · {user.email}"[:100]
+
+
+def _key(application: Application, user: User) -> str:
+    """The user's playground key for this application: the current one, or a new one."""
+    connection = queues.connection()
+    stored = connection.get(keyspace.playground(application.id, user.id, "key"))
+    if stored:
+        try:
+            return secrets_box.decrypt(stored.decode())
+        except ValueError:
+            pass  # the secrets key changed: make a new one
+    now = utcnow()
+    # The user's older playground keys go: one live key per user and application.
+    for old in db.session.scalars(
+        db.select(ApiKey).where(
+            ApiKey.application_id == application.id,
+            ApiKey.purpose == "playground",
+            ApiKey.label == _label(user),
+            ApiKey.revoked_at.is_(None),
+        )
+    ):
+        old.revoked_at = now
+    plain = runtime_keys.generate()
+    db.session.add(
+        ApiKey(
+            application_id=application.id,
+            label=_label(user),
+            key_hash=runtime_keys.digest(plain),
+            prefix=plain[:10],
+            purpose="playground",
+            expires_at=now + KEY_LIFETIME,
+        )
+    )
+    api_keys.publish_and_commit(application, "The playground could not get a key")
+    usable_s = int((KEY_LIFETIME - KEY_RENEW_BEFORE).total_seconds())
+    connection.set(keyspace.playground(application.id, user.id, "key"), secrets_box.encrypt(plain), ex=usable_s)
+    return plain
+
+
+def history(application: Application, user: User) -> list[dict]:
+    """The conversation so far (none while the application is not running, or Redis is unreachable)."""
+    if application.status != lifecycle.RUNNING:
+        return []
+    try:
+        raw = queues.connection().get(keyspace.playground(application.id, user.id, "history"))
+    except redis.RedisError:
+        return []
+    return json.loads(raw) if raw else []
+
+
+def start_turn(application: Application, user: User, message: str, max_tokens: int, temperature: float) -> str:
+    """Keep the user's message as a turn for the page to stream; return the turn's id.
+
+    :raise PlaygroundError: the message is empty or too long, or the application is not running.
+    """
+    message = (message or "").strip()
+    if not message:
+        raise PlaygroundError("Type a message.")
+    if len(message) > MAX_MESSAGE_CHARS:
+        raise PlaygroundError(f"At most {MAX_MESSAGE_CHARS:,} characters.")
+    if application.status != lifecycle.RUNNING:
+        raise PlaygroundError(f"The application is {application.status}: deploy it to talk to it.")
+    turn_id = uuid.uuid4().hex
+    turn = {"message": message, "max_tokens": max_tokens, "temperature": temperature}
+    try:
+        queues.connection().set(
+            keyspace.playground(application.id, user.id, f"turn:{turn_id}"), json.dumps(turn), ex=TURN_TTL_S
+        )
+    except redis.RedisError as e:
+        raise PlaygroundError("Redis is unreachable; try again shortly.") from e
+    return turn_id
+
+
+def stream_turn(application: Application, user: User, turn_id: str) -> Iterator[TurnEvent]:
+    """The reply to a turn, from the application's endpoint, as it streams; then how it went.
+
+    A turn streams once: a reconnecting browser is told it has ended.
+    """
+    connection = queues.connection()
+    raw = connection.getdel(keyspace.playground(application.id, user.id, f"turn:{turn_id}"))
+    if raw is None:
+        yield TurnEvent("done", stats={"error": "This reply has ended (or expired); send the message again."})
+        return
+    turn = json.loads(raw)
+    messages = [*history(application, user), {"role": "user", "content": turn["message"]}]
+    request_id = f"playground-{turn_id[:12]}"
+    started = time.perf_counter()
+    first_token_s, reply, usage, finish, error = None, [], {}, None, None
+    try:
+        key = _key(application, user)
+        timeout = float(application.config.get("timeout_s", 60)) + 10
+        with httpx.stream(
+            "POST",
+            deployments.endpoint_url(application) + "/chat/completions",
+            headers={"Authorization": f"Bearer {key}", "X-Request-Id": request_id},
+            json={
+                "model": application.name,
+                "messages": messages,
+                "max_tokens": turn["max_tokens"],
+                "temperature": turn["temperature"],
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+            timeout=httpx.Timeout(timeout, connect=5),
+        ) as response:
+            if response.status_code != 200:
+                response.read()
+                error = _error_message(response)
+            else:
+                for chunk in _sse_chunks(response):
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    for choice in chunk.get("choices") or []:
+                        text = (choice.get("delta") or {}).get("content") or ""
+                        if text:
+                            first_token_s = first_token_s or time.perf_counter() - started
+                            reply.append(text)
+                            yield TurnEvent("token", text)
+                        finish = choice.get("finish_reason") or finish
+    except (httpx.HTTPError, redis.RedisError, ServiceError) as e:
+        error = f"The endpoint could not be reached: {e}"
+    latency_s = time.perf_counter() - started
+    if reply and not error:
+        _remember(connection, application, user, messages, "".join(reply))
+    completion = usage.get("completion_tokens")
+    yield TurnEvent(
+        "done",
+        stats={
+            "error": error,
+            "request_id": request_id,
+            "latency_s": latency_s,
+            "first_token_s": first_token_s,
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": completion,
+            "tokens_per_s": completion / latency_s if completion and latency_s > 0 else None,
+            "finish_reason": finish,
+        },
+    )
+
+
+def clear(application: Application, user: User) -> None:
+    queues.connection().delete(keyspace.playground(application.id, user.id, "history"))
+
+
+def _remember(connection, application: Application, user: User, messages: list[dict], reply: str) -> None:
+    kept = [*messages, {"role": "assistant", "content": reply}][-MAX_HISTORY_MESSAGES:]
+    connection.set(keyspace.playground(application.id, user.id, "history"), json.dumps(kept), ex=CONVERSATION_TTL_S)
+
+
+def _sse_chunks(response: httpx.Response) -> Iterator[dict]:
+    for line in response.iter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        chunk = json.loads(data)
+        if "error" in chunk:
+            raise ServiceError(chunk["error"].get("message", "the stream ended with an error"))
+        yield chunk
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:200]
+    return f"{response.status_code}: {message}"
