@@ -443,6 +443,10 @@ def test_another_members_application_is_404_everywhere(logged_in, factory, app):
         ("post", f"/applications/{theirs.id}/edit"),
         ("post", f"/applications/{theirs.id}/delete"),
         ("delete", f"/applications/{theirs.id}/delete"),
+        ("get", f"/applications/{theirs.id}/playground"),
+        ("post", f"/applications/{theirs.id}/playground"),
+        ("get", f"/applications/{theirs.id}/playground/{'0' * 32}"),
+        ("post", f"/applications/{theirs.id}/playground/clear"),
         ("get", "/applications/not-a-uuid"),
     ]:
         response = getattr(logged_in, method)(url, data=form_data(model, name="hijacked") if method == "post" else None)

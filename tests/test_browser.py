@@ -3,6 +3,7 @@
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -212,6 +213,20 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
         expect(page.locator("#log-lines")).to_contain_text("ready on port", timeout=10_000)
         shot(page, "08-running")
 
+        # The playground: the status change brought it in without a reload; the reply streams in.
+        page.fill("#playground-form textarea[name=message]", "Hello there")
+        page.fill("#playground-form [name=max_tokens]", "12")
+        page.click("#playground-form button:has-text('Send')")
+        expect(page.locator("#playground .bubble-user")).to_have_text(re.compile("Hello there"))
+        expect(page.locator("#playground [data-request-id]")).to_be_visible(timeout=30_000)
+        expect(page.locator("#playground .bubble-assistant .bubble-text")).not_to_be_empty()
+        expect(page.locator("#playground .turn-stats")).to_contain_text("tokens")
+        expect(page.locator("#playground-form textarea[name=message]")).to_have_value("")
+        request_id = page.locator("#playground [data-request-id]").inner_text()
+        expect(page.locator("#log-lines")).to_contain_text(request_id, timeout=15_000)
+        page.locator("#playground").scroll_into_view_if_needed()
+        page.locator("#playground").screenshot(path=str(ARTIFACTS / "08e-playground.png"), caret="initial")
+
         # Monitoring: the requests sent are counted and charted, without a reload.
         api = openai.OpenAI(base_url=endpoint, api_key=key, max_retries=0)
         for i in range(6):
@@ -219,7 +234,8 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
         with pytest.raises(openai.NotFoundError):
             api.completions.create(model="not-this-one", prompt="x")
         page.click("#monitoring nav a:has-text('15m')")
-        expect(page.locator("#monitoring [data-outcome='2xx']")).to_have_text("7", timeout=30_000)
+        # 8: the chat, the playground's reply and six completions.
+        expect(page.locator("#monitoring [data-outcome='2xx']")).to_have_text("8", timeout=30_000)
         expect(page.locator("#monitoring [data-outcome='404']")).to_have_text("1")
         expect(page.locator("#monitoring .chart svg path.series-a").first).to_be_visible()
         expect(page.locator("#monitoring")).to_contain_text("browser")  # the key's label
@@ -254,6 +270,18 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
                 return e && e.scrollHeight > e.clientHeight && e.scrollTop + e.clientHeight >= e.scrollHeight - 8; }""",
             timeout=10_000,
         )
+
+        # kill -9 of its server: restarted by the reconcile, at the same endpoint, which answers again.
+        with app.app_context():
+            from llmapp.models import Application
+
+            pid = db.session.scalar(db.select(Application.process_pid).filter_by(name="hello-tiny"))
+        os.kill(pid, signal.SIGKILL)
+        expect(page.locator("#live")).to_contain_text("Restarts (1)", timeout=30_000)
+        expect(page.locator("#live h1 .badge")).to_have_text("running", timeout=60_000)
+        expect(page.locator("#live code.mono").first).to_have_text(endpoint)
+        assert api.completions.create(model="hello-tiny", prompt="back", max_tokens=2).usage.completion_tokens >= 1
+        shot(page, "08f-restarted")
 
         page.once("dialog", lambda dialog: dialog.accept())
         page.click("#live button:has-text('Stop')")
