@@ -75,12 +75,14 @@ def register_blueprints(app: Flask) -> None:
     from .plugins import bp as plugins_bp
     from .prometheus import bp as prometheus_bp
     from .registry import bp as registry_bp
+    from .users import bp as users_bp
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(applications_bp)
     app.register_blueprint(registry_bp)
     app.register_blueprint(plugins_bp)
     app.register_blueprint(prometheus_bp)
+    app.register_blueprint(users_bp)
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -38,6 +38,59 @@ def create_user(email, admin, password_stdin):
     click.echo(f"Created {'admin' if user.is_admin else 'member'} {user.email}.")
 
 
+@users_cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
+def list_users(as_json):
+    """List every user: email, role, status and latest login."""
+    rows = users.list_users()
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "email": user.email,
+                        "admin": user.is_admin,
+                        "disabled": user.disabled_at is not None,
+                        "created_at": user.created_at.isoformat(),
+                        "last_login_at": last_login.isoformat() if last_login else None,
+                    }
+                    for user, last_login in rows
+                ]
+            )
+        )
+        return
+    for user, last_login in rows:
+        status = "disabled" if user.disabled_at else "active"
+        role = "admin" if user.is_admin else "member"
+        click.echo(f"{user.email:40} {role:7} {status:9} {last_login.isoformat(' ', 'minutes') if last_login else '-'}")
+
+
+def _user(email: str):
+    user = users.find_by_email(email)
+    if user is None:
+        raise click.ClickException(f"No user with the email {email}.")
+    return user
+
+
+@users_cli.command("disable")
+@click.argument("email")
+def disable_user(email):
+    """Disable the account EMAIL: its logins end at once."""
+    try:
+        users.disable(_user(email))
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"Disabled {email}: their logins have ended.")
+
+
+@users_cli.command("enable")
+@click.argument("email")
+def enable_user(email):
+    """Enable the account EMAIL again."""
+    users.enable(_user(email))
+    click.echo(f"Enabled {email}.")
+
+
 @demo_cli.command("seed")
 def seed_demo():
     """Create the demo admin, registry models and applications (what is missing of them)."""

@@ -23,6 +23,11 @@ class User(UserMixin, db.Model):
     password_hash: Mapped[str] = mapped_column(String(256))
     is_admin: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[datetime | None]  # a disabled user can't log in; their logins ended when disabled
+
+    @property
+    def is_active(self) -> bool:
+        return self.disabled_at is None
 
     # The login this request came with (services/users.py): Flask-Login keeps "id:token" in the
     # session and the remember-me cookie, and a token whose login has ended lets nobody in.

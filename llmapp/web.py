@@ -59,10 +59,10 @@ def int_arg(name: str, low: int = 1, high: int = MAX_ID, default=None) -> int | 
     return bounded_int(request.args.get(name), low, high, default)
 
 
-def admin_required() -> None:
+def admin_required(message: str = "Only an admin can change the model registry.") -> None:
     """:raise 403: the current user is not an admin."""
     if not current_user.is_admin:
-        abort(403, "Only an admin can change the model registry.")
+        abort(403, message)
 
 
 def add_security_headers(response):

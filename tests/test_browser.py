@@ -289,3 +289,32 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
         expect(page.locator("#log-lines")).to_contain_text("stopped", timeout=15_000)
         shot(page, "09-stopped")
         page.goto("about:blank")  # the live log's stream closes before the server does
+
+
+@pytest.mark.parametrize("config_overrides", [{"WTF_CSRF_ENABLED": True}])
+def test_an_admin_manages_users(app, factory, browser_page, config_overrides):
+    from playwright.sync_api import expect
+
+    admin = factory.user("lead@example.com", admin=True)
+    factory.user("dev@example.com")
+    page = browser_page
+    with LiveServer(app) as server:
+        log_in(page, server, admin)
+        page.click("nav a:has-text('Users')")
+        expect(page.locator("h1")).to_have_text("Users")
+        page.fill("#email", "new-hire@example.com")
+        page.fill("#password", "short")
+        page.click("button:has-text('Add user')")
+        expect(page.locator("#new-user")).to_contain_text("at least 8 characters")
+        page.fill("#password", "a long password")
+        page.click("button:has-text('Add user')")
+        expect(page.locator(".flash-success")).to_contain_text("User new-hire@example.com created.")
+        row = page.locator("tr", has_text="dev@example.com")
+        row.locator("button:has-text('Make admin')").click()
+        expect(page.locator("tr", has_text="dev@example.com")).to_contain_text("Now an admin.")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator("tr", has_text="new-hire@example.com").locator("button:has-text('Disable')").click()
+        expect(page.locator("tr", has_text="new-hire@example.com")).to_contain_text("disabled")
+        shot(page, "10-users")
+        page.click(".account a")
+        expect(page.locator("h1")).to_have_text("Account")

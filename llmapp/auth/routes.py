@@ -26,6 +26,9 @@ def login():
     if form.validate_on_submit():
         user = users.find_by_email(form.email.data)
         if user is not None and user.check_password(form.password.data):
+            if not user.is_active:
+                form.email.errors.append("This account is disabled. Ask an admin to enable it.")
+                return render_template("auth/login.html", form=form), 403
             users.start_session(user)
             login_user(user, remember=form.remember.data)
             return redirect(_safe_next(request.args.get("next")))

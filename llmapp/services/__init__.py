@@ -11,3 +11,11 @@ class NotFound(ServiceError):
 
 class Conflict(ServiceError):
     pass
+
+
+class Invalid(ServiceError):
+    """Input a rule refuses; ``field`` names the input it is about, for forms to show it there."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field

@@ -44,7 +44,7 @@ class TurnEvent:
     stats: dict = field(default_factory=dict)
 
 
-def _label(user: User) -> str:
+def key_label(user: User) -> str:
     return f"playground · {user.email}"[:100]
 
 
@@ -63,7 +63,7 @@ def _key(application: Application, user: User) -> str:
         db.select(ApiKey).where(
             ApiKey.application_id == application.id,
             ApiKey.purpose == "playground",
-            ApiKey.label == _label(user),
+            ApiKey.label == key_label(user),
             ApiKey.revoked_at.is_(None),
         )
     ):
@@ -72,7 +72,7 @@ def _key(application: Application, user: User) -> str:
     db.session.add(
         ApiKey(
             application_id=application.id,
-            label=_label(user),
+            label=key_label(user),
             key_hash=runtime_keys.digest(plain),
             prefix=plain[:10],
             purpose="playground",

@@ -1,15 +1,23 @@
-"""Users: creation, and the first admin of a new installation."""
+"""Users: creation, the first admin of a new installation, logins, and what admins change.
+
+Rules: there is always at least one active admin (the last one can't be disabled or unmade), and an
+admin can't disable their own account. Disabling a user ends every login of theirs at once (the
+session and remember-me cookies stop working on their next request) and revokes the keys the
+platform held for them (their playground keys); their applications keep running; an admin stops or
+reassigns them. A password reset by an admin, or a change by the user, ends the user's other logins.
+"""
 
 import hashlib
 import re
 import secrets
 
+import redis
 from sqlalchemy import delete, func, select
 
 from ..extensions import db
-from ..models import LoginSession, User
+from ..models import ApiKey, LoginSession, User, utcnow
 from ..web import bounded_int
-from . import Conflict, ServiceError
+from . import Conflict, Invalid, NotFound
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 MIN_PASSWORD = 8
@@ -20,14 +28,13 @@ def find_by_email(email: str) -> User | None:
 
 
 def create_user(email: str, password: str, *, admin: bool = False) -> User:
-    """:raise ServiceError: the email is malformed, taken, or the password too short."""
+    """:raise Invalid: the email is malformed or taken, or the password too short."""
     email = email.strip().lower()
-    if not EMAIL.match(email):
-        raise ServiceError(f"“{email}” is not an email address.")
-    if len(password) < MIN_PASSWORD:
-        raise ServiceError(f"The password must have at least {MIN_PASSWORD} characters.")
+    if not EMAIL.match(email) or len(email) > 254:
+        raise Invalid(f"“{email}” is not an email address.", "email")
+    check_password_rules(password)
     if find_by_email(email):
-        raise Conflict(f"A user with the email {email} already exists.")
+        raise Invalid(f"A user with the email {email} already exists.", "email")
     user = User(email=email, is_admin=admin)
     user.set_password(password)
     db.session.add(user)
@@ -72,7 +79,7 @@ def user_of_session(session_id: str) -> User | None:
     user = db.session.scalar(
         select(User)
         .join(LoginSession, LoginSession.user_id == User.id)
-        .where(User.id == user_id, LoginSession.token_hash == _token_hash(token))
+        .where(User.id == user_id, LoginSession.token_hash == _token_hash(token), User.disabled_at.is_(None))
     )
     if user is not None:
         user.session_token = token
@@ -88,3 +95,125 @@ def end_session(user: User) -> None:
             )
         )
         db.session.commit()
+
+
+# --- what admins and users change ---------------------------------------------------------------
+
+
+def check_password_rules(password: str) -> None:
+    """:raise Invalid: the password is too short (or too long to hash sensibly)."""
+    if len(password) < MIN_PASSWORD:
+        raise Invalid(f"The password must have at least {MIN_PASSWORD} characters.", "password")
+    if len(password) > 1024:
+        raise Invalid("The password must have at most 1,024 characters.", "password")
+
+
+def list_users() -> list[tuple[User, object]]:
+    """Every user with the start of their latest login (None if they have none open), by email."""
+    last_login = (
+        select(LoginSession.user_id, func.max(LoginSession.created_at).label("at"))
+        .group_by(LoginSession.user_id)
+        .subquery()
+    )
+    rows = db.session.execute(
+        select(User, last_login.c.at).outerjoin(last_login, last_login.c.user_id == User.id).order_by(User.email)
+    )
+    return [(user, at) for user, at in rows]
+
+
+def last_login_at(user: User):
+    """When the user's latest open login began (None if none is open)."""
+    return db.session.scalar(select(func.max(LoginSession.created_at)).where(LoginSession.user_id == user.id))
+
+
+def get_user(user_id: int) -> User:
+    """:raise NotFound: no such user."""
+    user = db.session.get(User, user_id)
+    if user is None:
+        raise NotFound("No such user.")
+    return user
+
+
+def _other_active_admins(user: User) -> int:
+    return db.session.scalar(
+        select(func.count())
+        .select_from(User)
+        .where(User.is_admin.is_(True), User.disabled_at.is_(None), User.id != user.id)
+    )
+
+
+def set_admin(user: User, admin: bool) -> None:
+    """:raise Conflict: it would leave no active admin."""
+    if not admin and user.is_admin and not _other_active_admins(user):
+        raise Conflict(f"{user.email} is the last admin: make another user an admin first.")
+    user.is_admin = admin
+    db.session.commit()
+
+
+def _end_logins(user: User, keep_token: str | None = None) -> None:
+    query = delete(LoginSession).where(LoginSession.user_id == user.id)
+    if keep_token:
+        query = query.where(LoginSession.token_hash != _token_hash(keep_token))
+    db.session.execute(query)
+
+
+def disable(user: User, acting: User | None = None) -> None:
+    """Disable an account: its logins end and its playground keys are revoked, at once.
+
+    :raise Conflict: it is the acting admin's own account (``acting``; None from the CLI), or the last
+        active admin.
+    """
+    if acting is not None and user.id == acting.id:
+        raise Conflict("You can't disable your own account.")
+    if user.is_admin and not _other_active_admins(user):
+        raise Conflict(f"{user.email} is the last admin: make another user an admin first.")
+    if user.disabled_at is not None:
+        return
+    from . import deployments, playground
+
+    user.disabled_at = utcnow()
+    _end_logins(user)
+    revoked = db.session.scalars(
+        select(ApiKey).where(
+            ApiKey.purpose == "playground", ApiKey.label == playground.key_label(user), ApiKey.revoked_at.is_(None)
+        )
+    ).all()
+    for key in revoked:
+        key.revoked_at = utcnow()
+    db.session.flush()
+    for application in {key.application for key in revoked}:
+        try:
+            deployments.publish_keys(application)
+        except redis.RedisError:
+            pass  # best effort: the key expires within the hour anyway, and the next deploy republishes
+    db.session.commit()
+
+
+def enable(user: User) -> None:
+    user.disabled_at = None
+    db.session.commit()
+
+
+def reset_password(user: User) -> str:
+    """A new password for ``user`` (returned once, to hand over); their logins end."""
+    password = secrets.token_urlsafe(12)
+    user.set_password(password)
+    _end_logins(user)
+    db.session.commit()
+    return password
+
+
+def change_password(user: User, current: str, new: str) -> None:
+    """The user's own change: their other logins end, this one stays.
+
+    :raise Invalid: the current password is wrong, or the new one breaks the rules.
+    """
+    if not user.check_password(current):
+        raise Invalid("That is not your current password.", "current")
+    try:
+        check_password_rules(new)
+    except Invalid as e:
+        raise Invalid(str(e), "new") from e
+    user.set_password(new)
+    _end_logins(user, keep_token=user.session_token)
+    db.session.commit()
