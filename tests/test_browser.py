@@ -318,3 +318,4 @@ def test_an_admin_manages_users(app, factory, browser_page, config_overrides):
         shot(page, "10-users")
         page.click(".account a")
         expect(page.locator("h1")).to_have_text("Account")
+        page.wait_for_load_state("networkidle")  # nothing left loading when the server stops

@@ -1,6 +1,7 @@
 import time
 from urllib.parse import quote
 
+import redis
 from flask import (
     Response,
     abort,
@@ -249,11 +250,17 @@ def playground_pane(application_id):
 def playground_reply(application_id, turn_id):
     """A turn's reply as server-sent events: "token" events (escaped text), then one "done" with how it went."""
     application = get_application(application_id)
-    user = current_user._get_current_object()
+    try:
+        turn = playground.take_turn(application, current_user, turn_id)
+    except (ServiceError, redis.RedisError) as e:
+        turn, failed = None, playground.TurnEvent("done", stats={"error": str(e)})
+    else:
+        failed = playground.ENDED
+    db.session.remove()  # no database connection held for the stream's whole life
 
     def stream():
         yield "retry: 60000\n\n"  # a turn streams once; the done event closes it
-        for event in playground.stream_turn(application, user, turn_id):
+        for event in playground.stream_turn(turn) if turn else [failed]:
             if event.kind == "token":
                 yield logs_service.sse_event(str(escape(event.text)), "token")
             else:

@@ -119,37 +119,61 @@ def start_turn(application: Application, user: User, message: str, max_tokens: i
     return turn_id
 
 
-def stream_turn(application: Application, user: User, turn_id: str) -> Iterator[TurnEvent]:
-    """The reply to a turn, from the application's endpoint, as it streams; then how it went.
+@dataclass(frozen=True)
+class Turn:
+    """A turn ready to stream: everything it needs, read from the database beforehand."""
 
-    A turn streams once: a reconnecting browser is told it has ended.
+    application_id: str
+    user_id: int
+    url: str
+    key: str
+    request_id: str
+    timeout_s: float
+    body: dict
+
+
+def take_turn(application: Application, user: User, turn_id: str) -> Turn | None:
+    """The turn to stream (None when it has streamed already, or expired). A turn streams once.
+
+    :raise ServiceError: no key could be made for it (Redis is unreachable).
     """
-    connection = queues.connection()
-    raw = connection.getdel(keyspace.playground(application.id, user.id, f"turn:{turn_id}"))
+    raw = queues.connection().getdel(keyspace.playground(application.id, user.id, f"turn:{turn_id}"))
     if raw is None:
-        yield TurnEvent("done", stats={"error": "This reply has ended (or expired); send the message again."})
-        return
+        return None
     turn = json.loads(raw)
-    messages = [*history(application, user), {"role": "user", "content": turn["message"]}]
-    request_id = f"playground-{turn_id[:12]}"
+    return Turn(
+        application_id=str(application.id),
+        user_id=user.id,
+        url=deployments.endpoint_url(application) + "/chat/completions",
+        key=_key(application, user),
+        request_id=f"playground-{turn_id[:12]}",
+        timeout_s=float(application.config.get("timeout_s", 60)) + 10,
+        body={
+            "model": application.name,
+            "messages": [*history(application, user), {"role": "user", "content": turn["message"]}],
+            "max_tokens": turn["max_tokens"],
+            "temperature": turn["temperature"],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
+
+
+ENDED = TurnEvent("done", stats={"error": "This reply has ended (or expired); send the message again."})
+
+
+def stream_turn(turn: Turn) -> Iterator[TurnEvent]:
+    """The reply from the application's endpoint as it streams, then how it went. No database access:
+    a stream may last the application's whole timeout."""
     started = time.perf_counter()
     first_token_s, reply, usage, finish, error = None, [], {}, None, None
     try:
-        key = _key(application, user)
-        timeout = float(application.config.get("timeout_s", 60)) + 10
         with httpx.stream(
             "POST",
-            deployments.endpoint_url(application) + "/chat/completions",
-            headers={"Authorization": f"Bearer {key}", "X-Request-Id": request_id},
-            json={
-                "model": application.name,
-                "messages": messages,
-                "max_tokens": turn["max_tokens"],
-                "temperature": turn["temperature"],
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            },
-            timeout=httpx.Timeout(timeout, connect=5),
+            turn.url,
+            headers={"Authorization": f"Bearer {turn.key}", "X-Request-Id": turn.request_id},
+            json=turn.body,
+            timeout=httpx.Timeout(turn.timeout_s, connect=5),
         ) as response:
             if response.status_code != 200:
                 response.read()
@@ -165,17 +189,17 @@ def stream_turn(application: Application, user: User, turn_id: str) -> Iterator[
                             reply.append(text)
                             yield TurnEvent("token", text)
                         finish = choice.get("finish_reason") or finish
-    except (httpx.HTTPError, redis.RedisError, ServiceError) as e:
+    except (httpx.HTTPError, ServiceError, ValueError) as e:  # ValueError: a chunk that is not JSON
         error = f"The endpoint could not be reached: {e}"
     latency_s = time.perf_counter() - started
     if reply and not error:
-        _remember(connection, application, user, messages, "".join(reply))
+        _remember(turn, "".join(reply))
     completion = usage.get("completion_tokens")
     yield TurnEvent(
         "done",
         stats={
             "error": error,
-            "request_id": request_id,
+            "request_id": turn.request_id,
             "latency_s": latency_s,
             "first_token_s": first_token_s,
             "prompt_tokens": usage.get("prompt_tokens"),
@@ -190,9 +214,14 @@ def clear(application: Application, user: User) -> None:
     queues.connection().delete(keyspace.playground(application.id, user.id, "history"))
 
 
-def _remember(connection, application: Application, user: User, messages: list[dict], reply: str) -> None:
-    kept = [*messages, {"role": "assistant", "content": reply}][-MAX_HISTORY_MESSAGES:]
-    connection.set(keyspace.playground(application.id, user.id, "history"), json.dumps(kept), ex=CONVERSATION_TTL_S)
+def _remember(turn: Turn, reply: str) -> None:
+    kept = [*turn.body["messages"], {"role": "assistant", "content": reply}][-MAX_HISTORY_MESSAGES:]
+    try:
+        queues.connection().set(
+            keyspace.playground(turn.application_id, turn.user_id, "history"), json.dumps(kept), ex=CONVERSATION_TTL_S
+        )
+    except redis.RedisError:
+        pass  # the reply was shown; the next turn starts without it
 
 
 def _sse_chunks(response: httpx.Response) -> Iterator[dict]:

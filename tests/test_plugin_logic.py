@@ -1,0 +1,237 @@
+"""The pure logic of the plugin types: patterns, checksums, chunk borders, retrieval, signing, schemas."""
+
+import http.server
+import json
+import threading
+
+import pytest
+from stdnum.cn import ric
+
+from llmapp.runtime import plugins
+from llmapp.runtime.plugins import retrieval, webhook
+from llmapp.runtime.plugins.content_filter import ContentFilter
+from llmapp.runtime.plugins.pii import PiiRedactor
+from llmapp.runtime.plugins.rewrite import StreamRewriter, rewrite
+from llmapp.runtime.plugins.system_prompt import SystemPrompt
+
+
+def valid_resident_id(first17: str = "11010519491231002") -> str:
+    return first17 + ric.calc_check_digit(first17 + "?")  # it reads the 17 digits before the check digit
+
+
+def stream(matcher, chunks, block=False):
+    rewriter = StreamRewriter(matcher, block=block)
+    pieces = [rewriter.feed(chunk) for chunk in chunks] + [rewriter.close()]
+    return "".join(p.text for p in pieces), pieces
+
+
+# --- masking and blocking across chunk borders ------------------------------------------------------
+
+
+def test_a_keyword_split_across_chunks_is_masked_wherever_the_split_falls():
+    matcher = ContentFilter(keywords=["secret", "password"], patterns=[])
+    text = "my secret is not the password, secret!"
+    whole = rewrite(text, matcher.find(text))
+    assert whole == "my *** is not the ***, ***!"
+    for cut in range(1, len(text)):  # every two-chunk split
+        assert stream(matcher, [text[:cut], text[cut:]])[0] == whole, cut
+    assert stream(matcher, list(text))[0] == whole  # one character at a time
+
+
+def test_text_is_held_back_no_longer_than_the_longest_match():
+    matcher = ContentFilter(keywords=["secret"], patterns=[])
+    rewriter = StreamRewriter(matcher)
+    assert rewriter.feed("hello world ").text == "hello w"  # the last 5 characters wait
+    assert rewriter.feed("sec").text == "orl"
+    assert rewriter.feed("ret and more").text == "d *** and"  # the keyword, whole once it is complete
+    assert rewriter.close().text == " more"
+
+
+def test_blocking_a_stream_ends_it_before_the_match_and_lets_nothing_after():
+    matcher = ContentFilter(keywords=["forbidden"], patterns=[])
+    text, pieces = stream(matcher, ["this is for", "bidden text", " and more"], block=True)
+    assert text == "this is " and any(p.blocked for p in pieces)
+    assert [s.kind for p in pieces for s in p.found] == ["keyword"]
+
+
+def test_patterns_case_and_the_longest_match():
+    matcher = ContentFilter(keywords=["Key"], patterns=[r"sk-[A-Za-z0-9]{8,}"], case_sensitive=False)
+    text = "KEY: sk-abcdefgh1234 and key"
+    assert rewrite(text, matcher.find(text)) == "***: *** and ***"
+    for cut in range(1, len(text)):
+        assert stream(matcher, [text[:cut], text[cut:]])[0] == "***: *** and ***", cut
+    assert ContentFilter(keywords=["Key"], patterns=[], case_sensitive=True).find("key") == []
+
+
+# --- PII ----------------------------------------------------------------------------------------------
+
+
+def test_pii_finds_emails_phones_and_checksummed_ids():
+    resident_id = valid_resident_id()
+    wrong_checksum = resident_id[:-1] + ("0" if resident_id[-1] != "0" else "1")
+    text = f"Mail ann.lee@example.com or call 13812345678 / +1 650-253-0000; ID {resident_id}, not {wrong_checksum}."
+    redactor = PiiRedactor()
+    masked = rewrite(text, redactor.find(text))
+    assert masked == f"Mail [EMAIL] or call [PHONE] / [PHONE]; ID [ID], not {wrong_checksum}."
+    partial = PiiRedactor(partial=True)
+    masked = rewrite(text, partial.find(text))
+    assert "a***@example.com" in masked and "*******5678" in masked
+    assert resident_id[:6] + "********" + resident_id[-4:] in masked
+    assert rewrite(text, PiiRedactor(entities=["email"]).find(text)).count("[") == 1
+
+
+def test_pii_on_a_stream_split_inside_an_address():
+    redactor = PiiRedactor()
+    text = "write to someone@example.org today, or ring 13912345678."
+    expected = "write to [EMAIL] today, or ring [PHONE]."
+    for cut in range(1, len(text)):
+        assert stream(redactor, [text[:cut], text[cut:]])[0] == expected, cut
+
+
+# --- system prompt and template ---------------------------------------------------------------------
+
+
+def test_system_prompt_prepends_replaces_or_inserts_and_the_template_fills_variables():
+    plugin = SystemPrompt.from_config(
+        {
+            "system_prompt": "You are {brand}'s assistant.",
+            "template": "Q ({lang}): {input} {unknown}",
+            "variables": ["brand=Acme", "lang=en"],
+        }
+    )
+    chat = plugin.apply_to_messages([{"role": "user", "content": "hi {there}"}])
+    assert chat == [
+        {"role": "system", "content": "You are Acme's assistant."},
+        {"role": "user", "content": "Q (en): hi {there} {unknown}"},
+    ]
+    own = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "x"}]
+    assert plugin.apply_to_messages(own)[0]["content"] == "You are Acme's assistant.\n\nBe brief."
+    plugin.mode = "replace"
+    assert plugin.apply_to_messages(own)[0]["content"] == "You are Acme's assistant."
+    assert own[0]["content"] == "Be brief."  # the request's own messages are not changed in place
+    assert plugin.apply_to_prompt("2+2") == "You are Acme's assistant.\n\nQ (en): 2+2 {unknown}"
+
+
+# --- retrieval --------------------------------------------------------------------------------------
+
+DOCS = [
+    (
+        "handbook.md",
+        "# Deploying\n\nPress Deploy on the application's page; the server starts and its phases show live.\n\n"
+        "# Keys\n\nEvery call needs an API key. Create one on the application's page; it is shown once.\n\n"
+        "# Logs\n\nThe Logs pane follows new lines live and can download the whole log as NDJSON.",
+    ),
+    (
+        "faq-zh.md",
+        "# 退款\n\n订单签收后七天内可以申请退款，退款会在三个工作日内到账。\n\n"
+        "# 发票\n\n电子发票在付款后自动发送到邮箱。",
+    ),
+]
+QUESTIONS = [
+    ("how do I get an API key?", "Every call needs an API key"),
+    ("where can I download the log?", "download the whole log"),
+    ("what happens when I press deploy", "Press Deploy"),
+    ("退款多久到账", "退款会在三个工作日内到账"),
+    ("发票怎么获取", "电子发票"),
+]
+
+
+def test_passages_follow_headings_and_size():
+    passages = retrieval.split(DOCS[0][1], passage_chars=800)
+    assert [p.split("\n")[0] for p in passages] == ["# Deploying", "# Keys", "# Logs"]
+    long = "First sentence here. " * 100
+    assert all(len(p) <= 200 for p in retrieval.split(long, 200)) and len(retrieval.split(long, 200)) >= 10
+
+
+def test_retrieval_answers_the_labelled_questions_in_english_and_chinese():
+    index = retrieval.Index.from_documents(DOCS)
+    for question, expected in QUESTIONS:
+        hits = index.search(question, k=1)
+        assert hits and expected in hits[0].text, (question, hits)
+    assert index.search("zebra quantum", k=3) == []  # nothing shared: no passage, rather than noise
+
+
+# --- webhook ------------------------------------------------------------------------------------------
+
+
+class Receiver:
+    """A real HTTP receiver: answers each POST with the next status of ``statuses`` (then 200)."""
+
+    def __init__(self, statuses=()):
+        self.statuses, self.received = list(statuses), []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.received.append((dict(self.headers), body))
+                self.send_response(outer.statuses.pop(0) if outer.statuses else 200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_webhook_deliveries_are_signed_retried_and_never_block():
+    from conftest import wait_for
+
+    receiver = Receiver(statuses=[500, 503])
+    sender = webhook.WebhookSender(timeout_s=2, retries=3, backoff_s=0.01)
+    try:
+        record = {"application": "a", "request_id": "r1", "status": 200, "input": "secret prompt", "key": "llm-x"}
+        sender.send(receiver.url, "s" * 16, webhook.summary(record))
+        wait_for(lambda: sender.delivered == 1, 30, 0.02, "the delivery after two failures")
+        assert len(receiver.received) == 3  # 500, 503, then 200
+        headers, body = receiver.received[-1]
+        assert webhook.verify("s" * 16, headers["X-LLMApp-Timestamp"], body, headers["X-LLMApp-Signature"])
+        assert not webhook.verify(
+            "another secret!!", headers["X-LLMApp-Timestamp"], body, headers["X-LLMApp-Signature"]
+        )
+        sent = json.loads(body)
+        assert sent["request_id"] == "r1" and "input" not in sent and "llm-x" not in body.decode()
+        assert webhook.summary(record, include_content=True)["input"] == "secret prompt"
+    finally:
+        sender.close()
+        receiver.close()
+    # A receiver that is down: retried, then dropped and counted; send() itself returns at once.
+    down = webhook.WebhookSender(timeout_s=0.5, retries=1, backoff_s=0.01)
+    down.send(receiver.url, "s" * 16, {"request_id": "r2"})
+    wait_for(lambda: down.failed == 1, 30, 0.02, "the failed delivery")
+    down.close()
+
+
+# --- configuration schemas -------------------------------------------------------------------------
+
+
+def test_every_type_has_a_schema_its_defaults_satisfy():
+    for name in plugins.TYPES:
+        errors = plugins.config_errors(name, plugins.defaults(name))
+        expected = {"url": ["Required."], "secret": ["Required."]} if name == "webhook_audit" else {}
+        assert errors == expected, name
+
+
+@pytest.mark.parametrize(
+    "type_name, config, field, words",
+    [
+        ("content_filter", {"patterns": ["(unclosed"]}, "patterns", "not a valid regular expression"),
+        ("content_filter", {"action": "explode"}, "action", "Choose one of: block, mask."),
+        ("content_filter", {"max_match_chars": 0}, "max_match_chars", "At least 1."),
+        ("pii_redaction", {"region": "China"}, "region", "two-letter region code"),
+        ("pii_redaction", {"entities": ["email", "ssn"]}, "entities", "Choose one of"),
+        ("knowledge_retrieval", {"top_k": "three"}, "top_k", "Must be an integer."),
+        ("webhook_audit", {"url": "ftp://x", "secret": "short"}, "url", "Must start with http://"),
+        ("webhook_audit", {"url": "https://x", "secret": "short"}, "secret", "At least 16 characters."),
+        ("system_prompt", {"variables": ["no equals sign"]}, "variables", "Each line: NAME=value."),
+        ("system_prompt", {"colour": "blue"}, "", "Unknown settings"),
+    ],
+)
+def test_bad_configurations_are_refused_at_their_field(type_name, config, field, words):
+    errors = plugins.config_errors(type_name, config)
+    assert any(words in message for message in errors.get(field, [])), errors
