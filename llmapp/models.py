@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 
 from flask_login import UserMixin
 from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, Uuid
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -162,16 +163,28 @@ class EnvVar(db.Model):
 
 
 class Plugin(db.Model):
+    """A configured plugin of one of the types of llmapp/runtime/plugins (whose schema its config meets).
+
+    Sharing: a member's plugins are theirs alone; an admin's plugin marked ``published`` is offered to
+    everyone to attach (and changed only by admins).
+    """
+
     __tablename__ = "plugins"
+    __table_args__ = (UniqueConstraint("created_by_id", "name", name="uq_plugins_owner_name"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
+    name: Mapped[str] = mapped_column(String(100))
+    type: Mapped[str] = mapped_column(String(32), server_default="system_prompt")
     version: Mapped[str] = mapped_column(String(32), default="")
     description: Mapped[str] = mapped_column(Text, default="")
-    config_schema: Mapped[dict] = mapped_column(JSON, default=dict)
+    config: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")
     enabled: Mapped[bool] = mapped_column(default=True)
+    published: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    owner: Mapped[User | None] = relationship(lazy="joined")
 
 
 class ApplicationPlugin(db.Model):

@@ -319,3 +319,34 @@ def test_an_admin_manages_users(app, factory, browser_page, config_overrides):
         page.click(".account a")
         expect(page.locator("h1")).to_have_text("Account")
         page.wait_for_load_state("networkidle")  # nothing left loading when the server stops
+
+
+@pytest.mark.parametrize("config_overrides", [{"WTF_CSRF_ENABLED": True}])
+def test_a_plugin_is_configured_through_its_schemas_form(app, factory, browser_page, config_overrides):
+    from playwright.sync_api import expect
+
+    user = factory.user("builder@example.com")
+    page = browser_page
+    with LiveServer(app) as server:
+        log_in(page, server, user)
+        page.click("nav.tabs a:has-text('Plugins')")
+        page.click("text=+ Create plugin")
+        page.fill("#name", "redact-pii")
+        page.select_option("#type", "pii_redaction")  # the configuration fields follow the type
+        expect(page.locator("#config-fields legend")).to_contain_text("PII redaction")
+        page.uncheck("input[name=config-entities][value=phone]")
+        page.fill("#config-region", "China")
+        page.click("button:has-text('Create plugin')")
+        expect(page.locator("#config-fields")).to_contain_text("A two-letter region code")
+        page.fill("#config-region", "CN")
+        page.select_option("#config-mask_style", "partial")
+        shot(page, "11-plugin-form")
+        page.click("button:has-text('Create plugin')")
+        expect(page.locator(".flash-success")).to_contain_text("Plugin “redact-pii” created.")
+        expect(page.locator("#plugin-table")).to_contain_text("PII redaction")
+        shot(page, "12-plugins")
+    with app.app_context():
+        from llmapp.models import Plugin
+
+        plugin = db.session.scalar(db.select(Plugin).filter_by(name="redact-pii"))
+        assert plugin.config["entities"] == ["email", "id_number"] and plugin.config["mask_style"] == "partial"

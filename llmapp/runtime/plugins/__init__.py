@@ -2,10 +2,10 @@
 
 The schemas are the one statement of each type's configuration: the platform validates a plugin's
 configuration (and an application's override of it) against them with ``jsonschema``, and generates
-the configuration form from them (``title``, ``description``, ``default``, ``enum``, and the
-``x-widget: textarea`` hint for long text). The pure logic of each type lives in its own module:
-system_prompt, content_filter, pii, retrieval, webhook; rewrite.py holds what the output-side types
-share (masking and blocking across chunk borders).
+the configuration form from them (``title``, ``description``, ``default``, ``enum``; ``x-widget:
+textarea`` for long text; ``x-secret`` for a value stored encrypted and never shown again). The pure
+logic of each type lives in its own module: system_prompt, content_filter, pii, retrieval, webhook;
+rewrite.py holds what the output-side types share (masking and blocking across chunk borders).
 
 This package is the foundation of the plugins issue: the request pipeline's plugin stages, the
 Plugins tab and the per-application chains build on it.
@@ -200,6 +200,7 @@ TYPES = {
                     "url": {"type": "string", "title": "URL", "pattern": "^https?://", "maxLength": 2000},
                     "secret": {
                         "type": "string",
+                        "x-secret": True,  # stored encrypted, never shown again
                         "title": "Signing secret",
                         "description": "Signs each body (HMAC-SHA256, X-LLMApp-Signature).",
                         "minLength": 16,
@@ -273,3 +274,8 @@ def defaults(type_name: str) -> dict:
     """A new plugin's configuration: every setting that has a default."""
     properties = TYPES[type_name].schema["properties"]
     return {name: spec["default"] for name, spec in properties.items() if "default" in spec}
+
+
+def secret_settings(type_name: str) -> list[str]:
+    """The settings of a type whose values are secrets."""
+    return [name for name, spec in TYPES[type_name].schema["properties"].items() if spec.get("x-secret")]
