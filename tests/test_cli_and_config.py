@@ -80,6 +80,14 @@ def test_demo_data_seeds_once(app, database_url, redis_url, tiny_model_dir, tmp_
         ]
     assert counts == [2, 5, 5]  # the first admin and the demo admin; nothing twice
     with app.app_context():
+        from llmapp.models import Plugin
+
+        demo_plugins = db.session.scalars(db.select(Plugin)).all()
+        assert sorted(p.type for p in demo_plugins) == sorted(
+            ["system_prompt", "content_filter", "pii_redaction", "knowledge_retrieval", "webhook_audit"]
+        )  # one of each type, published, nothing twice
+        assert all(p.published for p in demo_plugins)
+    with app.app_context():
         tiny = db.session.scalar(db.select(RegistryModel).filter_by(name="tiny-gpt2"))
         hello = db.session.scalar(db.select(Application).filter_by(name="hello-tiny"))
         assert hello.model_id == tiny.id and tiny.source == str(tmp_path / "tiny-gpt2")

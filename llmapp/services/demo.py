@@ -12,8 +12,9 @@ from flask import current_app
 from sqlalchemy import select
 
 from ..extensions import db
-from ..models import RegistryModel
-from . import applications, users
+from ..models import Plugin, RegistryModel
+from ..runtime import plugins as plugin_types
+from . import applications, plugins, users
 
 DEMO_EMAIL = "demo@llmapp.local"
 DEMO_PASSWORD = "demo-password"
@@ -78,9 +79,33 @@ def demo_environment(model: RegistryModel) -> list[dict]:
     return [{"name": "OMP_NUM_THREADS", "value": "2"}, {"name": "HF_HUB_OFFLINE", "value": "1"}]
 
 
+PLUGINS = [
+    (
+        "house-style",
+        "system_prompt",
+        "Answers briefly and politely.",
+        {"system_prompt": "You are a helpful, brief assistant."},
+    ),
+    (
+        "no-secrets",
+        "content_filter",
+        "Masks words that should never leave.",
+        {"keywords": ["password", "api key"], "action": "mask"},
+    ),
+    ("redact-pii", "pii_redaction", "E-mail addresses, phone numbers and resident IDs, masked both ways.", {}),
+    ("help-centre", "knowledge_retrieval", "Passages of the help centre as context.", {"top_k": 3}),
+    (
+        "audit-log",
+        "webhook_audit",
+        "Summaries to the audit service.",
+        {"url": "http://audit.internal/hook", "secret": "demo-signing-secret-0001"},
+    ),
+]
+
+
 def seed() -> dict:
     """Create what is missing of the demo data; return what was created."""
-    created = {"users": 0, "models": 0, "applications": 0}
+    created = {"users": 0, "models": 0, "applications": 0, "plugins": 0}
     admin = users.find_by_email(DEMO_EMAIL)
     if admin is None:
         admin = users.create_user(DEMO_EMAIL, DEMO_PASSWORD, admin=True)
@@ -124,4 +149,18 @@ def seed() -> dict:
             ),
         )
         created["applications"] += 1
+    for name, type_name, description, config in PLUGINS:
+        if db.session.scalar(select(Plugin.id).where(Plugin.created_by_id == admin.id, Plugin.name == name)) is None:
+            plugins.create(
+                admin,
+                {
+                    "name": name,
+                    "type": type_name,
+                    "description": description,
+                    "version": "1.0",
+                    "config": {**plugin_types.defaults(type_name), **config},
+                    "published": True,
+                },
+            )
+            created["plugins"] += 1
     return created
