@@ -231,7 +231,10 @@ def test_a_burst_of_streams_never_runs_past_max_concurrency(server):
     assert server.idle()["in_flight"] == 0
     # Mixed: streams and plain requests count against the same slots.
     statuses, in_flight = asyncio.run(burst([True, False] * 4, 1000))
-    assert sorted(statuses) == [200] * 2 + [429] * 6 and in_flight <= 2
+    # Two admitted, six refused. (On a loaded machine an admitted plain request can wait behind the
+    # stream's batch and meet the 60 s timeout, 504: admitted all the same, which is what counts here.)
+    admitted = [status for status in statuses if status != 429]
+    assert len(admitted) == 2 and set(admitted) <= {200, 504} and in_flight <= 2, statuses
 
 
 def test_tokenising_runs_off_the_event_loop(tiny_model_dir):
