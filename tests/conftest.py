@@ -220,7 +220,7 @@ WORKER_ENV = {
     "SECRET_KEY": "test-secret-key",
     "LLMAPP_RECONCILE_INTERVAL_S": "1",
     "LLMAPP_DEPLOY_TIMEOUT_S": "90",
-    "LLMAPP_STOP_GRACE_S": "10",  # the drain test needs a request to finish within it
+    "LLMAPP_STOP_GRACE_S": "10",  # (the drain test gives its workers a longer one)
     "LLMAPP_WORKER_LOG_LEVEL": "WARNING",
     "LLMAPP_METRICS_FLUSH_S": "1",  # servers add their counts to the series every second
 }

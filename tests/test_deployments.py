@@ -574,17 +574,23 @@ def test_a_server_that_stops_answering_fails_with_that_reason(app, client, auth,
 
 
 def test_stop_lets_a_request_in_flight_finish(app, client, auth, member, factory, tiny, workers):
+    # About a second or two of generation on an idle machine, far longer on a loaded one: a grace and a
+    # timeout generous enough that only a stop that does not drain could cut the request off.
+    workers.env["LLMAPP_STOP_GRACE_S"] = "120"
     workers.start(1)
-    deployed, api, _ = running_app(app, client, auth, member, factory, tiny, "draining")
+    deployed, api, _ = running_app(app, client, auth, member, factory, tiny, "draining", timeout_s=300)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        # About a second or two of generation; the stop's grace in the tests is 10 s.
         in_flight = pool.submit(
-            api.completions.create, model="draining", prompt="hello", max_tokens=400, extra_body={"min_tokens": 400}
+            api.with_options(timeout=300).completions.create,
+            model="draining",
+            prompt="hello",
+            max_tokens=400,
+            extra_body={"min_tokens": 400},
         )
-        wait_for(lambda: health_of(deployed)["in_flight"] == 1, 10, 0.01, message="a request in flight")
+        wait_for(lambda: health_of(deployed)["in_flight"] == 1, 60, 0.01, message="a request in flight")
         assert client.post(f"/applications/{deployed.id}/stop", headers=HX).status_code == 200
-        assert in_flight.result(timeout=30).usage.completion_tokens == 400  # answered in full, not cut off
-    assert wait_status(app, deployed.id, {"stopped"}, timeout=30).process_pid is None
+        assert in_flight.result(timeout=300).usage.completion_tokens == 400  # answered in full, not cut off
+    assert wait_status(app, deployed.id, {"stopped"}, timeout=150).process_pid is None
 
 
 def test_after_the_last_restart_the_application_fails(app, client, auth, member, factory, tiny, workers):
