@@ -83,4 +83,10 @@ def application_keys(application_id) -> tuple[str, ...]:
         api_keys_used(application_id),
         server(application_id),
         health_misses(application_id),
+        plugin_chain(application_id),
     )
+
+
+def plugin_chain(application_id) -> str:
+    """The application's plugin chain as its server runs it: a hash of "version" and "body" (encrypted)."""
+    return f"{PREFIX}:plugin-chain:{application_id}"

@@ -185,6 +185,25 @@ class Plugin(db.Model):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     owner: Mapped[User | None] = relationship(lazy="joined")
+    documents: Mapped[list["PluginDocument"]] = relationship(
+        back_populates="plugin", order_by="PluginDocument.name", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class PluginDocument(db.Model):
+    """A text or Markdown document of a knowledge-retrieval plugin, split and indexed by its servers."""
+
+    __tablename__ = "plugin_documents"
+    __table_args__ = (UniqueConstraint("plugin_id", "name", name="uq_plugin_documents_plugin_name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    plugin_id: Mapped[int] = mapped_column(ForeignKey("plugins.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    text: Mapped[str] = mapped_column(Text)
+    size: Mapped[int]  # bytes, as uploaded
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    plugin: Mapped[Plugin] = relationship(back_populates="documents")
 
 
 class ApplicationPlugin(db.Model):

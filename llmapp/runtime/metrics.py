@@ -18,6 +18,8 @@ writers never lose an increment, and a reader never sees half a flush. Fields:
     batch|<size>                    forward passes of the engine, by how many requests they held
     stage|<name>, stage|<name>|n    seconds spent in each pipeline stage, and how many times it ran
     key|<label>|n, |err, |in, |out  per API key label: requests, errors, tokens
+    plugin|<name>, plugin|<name>|n  seconds each plugin of the chain spent, and on how many requests
+    policy|<plugin>|<action>|<side> what the plugins blocked or masked (action block/mask, side input/output)
     cpu|sum, rss|sum, usage|n       the reconcile's samples of the server process (CPU %, RSS bytes)
 """
 
@@ -68,7 +70,7 @@ def is_error(outcome_: str) -> bool:
 
 def is_float_field(name: str) -> bool:
     """Seconds and samples are sums of floats (HINCRBYFLOAT); everything else counts (HINCRBY)."""
-    return name.endswith("|sum") or (name.startswith("stage|") and not name.endswith("|n"))
+    return name.endswith("|sum") or (name.startswith(("stage|", "plugin|")) and not name.endswith("|n"))
 
 
 def bucket_index(bounds: tuple, value: float) -> int:
@@ -137,6 +139,18 @@ def request_fields(
         if answered:
             fields[f"key|{label}|in"], fields[f"key|{label}|out"] = prompt_tokens, completion_tokens
     return fields
+
+
+def plugin_fields(seconds: dict[str, float], events: list[dict]) -> dict:
+    """The fields the plugin chain adds to one request's: time per plugin, and its policy events."""
+    fields: Counter = Counter()
+    for name, spent in seconds.items():
+        name = name.replace("|", "/")
+        fields[f"plugin|{name}"] += spent
+        fields[f"plugin|{name}|n"] += 1
+    for event in events:
+        fields[f"policy|{event['plugin'].replace('|', '/')}|{event['action']}|{event['side']}"] += 1
+    return dict(fields)
 
 
 def _queue_writes(pipe, application_id, taken: dict[int, Counter]) -> None:

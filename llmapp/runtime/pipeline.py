@@ -1,6 +1,7 @@
 """The app server's request path, as a pipeline of stages (DESIGN.md, "The app server's request path").
 
-    authenticate → parse → admit → cache lookup → prepare → generate → cache store   … then record
+    authenticate → parse → plugins in → admit → cache lookup → prepare → generate → plugins out
+    → cache store   … then record (and the chain's webhooks)
 
 Each stage is a small async function of one request ``Context``; it raises ``APIError`` to answer
 early with an error, or returns True once the answer is ready (a cache hit), which skips the rest.
@@ -27,6 +28,8 @@ from . import openai_api
 from .engines import Engine, Prepared
 from .keys import KeyChecker, KeyInfo, KeyStoreUnavailable
 from .openai_api import APIError, GenerationRequest
+from .plugins.chain import Blocked, Chain, OutputRewriter, PluginRun
+from .plugins.webhook import WebhookSender
 from .spec import ServerSpec
 
 log = logging.getLogger("llmapp.server")
@@ -89,6 +92,8 @@ class Served:
     outcomes: Counter = field(default_factory=Counter)  # status code → requests answered with it
     started: float = field(default_factory=time.time)
     recorder: object = None  # a recorder.Recorder, which counts each request for the metrics
+    chain: Chain = field(default_factory=Chain)  # the plugins, swapped whole when the platform changes them
+    webhooks: WebhookSender | None = None  # started with the first chain that has a webhook
 
     def __post_init__(self):
         self.cache = self.cache or ResponseCache(self.spec.config.cache_size)
@@ -120,6 +125,11 @@ class Context:
     timings: dict[str, float] = field(default_factory=dict)  # stage → seconds
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     finished: bool = False
+    plugins: PluginRun | None = None  # what the application's plugin chain did to this request
+
+    def __post_init__(self):
+        if self.served.chain:  # the chain of the moment: a change never reaches a request half-way
+            self.plugins = PluginRun(self.served.chain)
 
     @property
     def deadline(self) -> float:
@@ -211,6 +221,23 @@ async def parse(ctx: Context) -> None:
         log.debug("%s request: %s", ctx.request.url.path, settings, extra={"request_id": ctx.request_id})
 
 
+async def plugins_in(ctx: Context) -> None:
+    """The input side of the application's plugin chain (400 when a content filter blocks the input)."""
+    if ctx.plugins is None:
+        return
+    parsed = ctx.parsed
+    try:
+        messages, prompt = await asyncio.to_thread(ctx.plugins.apply_input, parsed.kind, parsed.messages, parsed.prompt)
+    except Blocked as e:
+        raise APIError(
+            400,
+            f"The request was blocked by the application's content filter “{e.step.name}”.",
+            code="content_filter",
+        ) from e
+    parsed.messages, parsed.prompt = messages, prompt
+    ctx.body = {**ctx.body, **({"messages": messages} if parsed.kind == "chat" else {"prompt": prompt})}
+
+
 async def admit(ctx: Context) -> None:
     """Take a concurrency slot, held until the response's last byte (429 when none is free)."""
     admission = ctx.served.admission
@@ -239,7 +266,9 @@ async def cache_lookup(ctx: Context) -> bool:
     ctx.cache_status = "MISS"
     if not ctx.parsed.deterministic:
         return False
-    ctx.cache_key = ResponseCache.key(ctx.request.url.path, ctx.body)
+    # The body after the input plugins, and the chain's version: a changed chain never answers from
+    # what the one before it wrote.
+    ctx.cache_key = ResponseCache.key(ctx.request.url.path, ctx.body) + ctx.served.chain.version
     if (cached := cache.get(ctx.cache_key)) is not None:
         ctx.cache_status, ctx.result = "HIT", cached
         return True
@@ -287,13 +316,79 @@ def timed_out(ctx: Context) -> APIError:
     )
 
 
+async def plugins_out(ctx: Context) -> None:
+    """The output side of the chain: a reply masked, or cut short with finish_reason "content_filter"."""
+    if ctx.plugins is None or not ctx.plugins.chain.rewrites_output:
+        return
+    if ctx.chunks is not None:
+        ctx.chunks = rewrite_stream(ctx.chunks, ctx.plugins)
+        return
+    for choice in ctx.result.get("choices") or ():
+        rewriter = ctx.plugins.output()
+        if "message" in choice:
+            choice["message"]["content"] = rewriter.whole(choice["message"].get("content") or "")
+        else:
+            choice["text"] = rewriter.whole(choice.get("text") or "")
+        if rewriter.blocked:
+            choice["finish_reason"] = "content_filter"
+
+
+def _text(choice: dict) -> str:
+    return (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+
+
+def _set_text(choice: dict, text: str) -> None:
+    if "delta" in choice:
+        choice["delta"]["content"] = text
+    else:
+        choice["text"] = text
+
+
+async def rewrite_stream(chunks: AsyncIterator[dict], run: PluginRun) -> AsyncIterator[dict]:
+    """A stream through the output side of the chain. Each rewriter holds back as much text as its
+    longest match, so a match split across chunks is still caught; a block ends the stream there, with
+    finish_reason "content_filter", and stops the generation."""
+    rewriters: dict[int, OutputRewriter] = {}
+    try:
+        async for chunk in chunks:
+            blocked = False
+            for choice in chunk.get("choices") or ():
+                rewriter = rewriters.setdefault(choice.get("index", 0), run.output())
+                text = rewriter.feed(_text(choice))
+                if choice.get("finish_reason") and not rewriter.blocked:
+                    text += rewriter.close()
+                if rewriter.blocked:
+                    choice["finish_reason"], blocked = "content_filter", True
+                if text or _text(choice):
+                    _set_text(choice, text)
+            if chunk.get("choices") and not any(
+                _text(c) or c.get("finish_reason") or (c.get("delta") or {}).get("role") for c in chunk["choices"]
+            ):
+                continue  # everything in it is held back for now
+            yield chunk
+            if blocked:
+                return
+    finally:
+        await chunks.aclose()
+
+
 async def cache_store(ctx: Context) -> None:
     if ctx.cache_key and ctx.result is not None:
         ctx.served.cache.put(ctx.cache_key, ctx.result)
 
 
 Stage = Callable[[Context], Awaitable[bool | None]]
-STAGES: tuple[Stage, ...] = (authenticate, parse, admit, cache_lookup, prepare, generate, cache_store)
+STAGES: tuple[Stage, ...] = (
+    authenticate,
+    parse,
+    plugins_in,
+    admit,
+    cache_lookup,
+    prepare,
+    generate,
+    plugins_out,
+    cache_store,
+)
 
 
 # --- running the stages, answering, recording ------------------------------------------------------
@@ -440,6 +535,13 @@ def record(ctx: Context) -> None:
         parts.append("(cache hit)")
     if ctx.key is not None:
         parts.append(f"key={ctx.key.label or ctx.key.id}")
+    run = ctx.plugins
+    if run is not None:
+        parts.append("plugins " + ", ".join(f"{name} {ms * 1000:.2f} ms" for name, ms in run.seconds.items()))
+        if run.passages:
+            parts.append("passages " + " ".join(run.passages))
+        for event in run.events:
+            parts.append(f"policy: {event['plugin']} {event['action']} {event['side']} ({', '.join(event['found'])})")
     if ctx.error:
         parts.append(f"— {ctx.error}")
     fields = {
@@ -451,7 +553,37 @@ def record(ctx: Context) -> None:
         "cache": ctx.cache_status,
         "key": ctx.key.label if ctx.key else None,
     }
+    if run is not None:
+        fields["plugins_ms"] = {name: round(s * 1000, 3) for name, s in run.seconds.items()}
+        fields["policy"] = run.events
+        fields["passages"] = run.passages
     log.log(level, " ".join(parts), extra={"request_id": ctx.request_id, "fields": fields})
+    if run is not None and run.chain.webhooks():
+        send_webhooks(ctx, elapsed_ms)
+
+
+def send_webhooks(ctx: Context, elapsed_ms: float) -> None:
+    """Each webhook of the chain gets its summary, queued for its sender thread (never awaited here)."""
+    served = ctx.served
+    if served.webhooks is None:
+        served.webhooks = WebhookSender()
+    record = {
+        "application": served.spec.app_name,
+        "request_id": ctx.request_id,
+        "key_label": ctx.key.label if ctx.key else None,
+        "status": ctx.status,
+        "latency_ms": round(elapsed_ms, 1),
+        "prompt_tokens": ctx.prompt_tokens,
+        "completion_tokens": ctx.completion_tokens,
+    }
+    for step, summary in ctx.plugins.webhook_summaries(record):
+        served.webhooks.send(
+            step.config["url"],
+            step.config.get("secret", ""),
+            summary,
+            float(step.config.get("timeout_s", 5)),
+            int(step.config.get("retries", 3)),
+        )
 
 
 def new_request_id(given: str | None) -> str:

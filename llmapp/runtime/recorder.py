@@ -64,6 +64,8 @@ class Recorder:
             tpot,
             ctx.timings,
         )
+        if ctx.plugins is not None:
+            fields.update(metrics.plugin_fields(ctx.plugins.seconds, ctx.plugins.events))
         self.aggregator.add(fields)
         self.totals[OPERATIONS.get(ctx.kind, ctx.kind)].update(fields)
 
@@ -97,7 +99,19 @@ class Recorder:
                     tokens.add_metric(["input" if part == "in" else "output", label], value)
             elif kind == "stage" and not rest.endswith("|n"):
                 stages.add_metric([rest], total.get(f"stage|{rest}|n", 0), value)
-        yield from (requests, by_key, tokens, cache, stages)
+        policy = CounterMetricFamily(
+            "llmapp_policy_events", "What plugins blocked or masked.", labels=["plugin", "action", "side"]
+        )
+        plugin_time = SummaryMetricFamily(
+            "llmapp_plugin_duration_seconds", "Time each plugin of the chain spent per request.", labels=["plugin"]
+        )
+        for field, value in sorted(total.items()):
+            kind, _, rest = field.partition("|")
+            if kind == "policy":
+                policy.add_metric(rest.split("|"), value)
+            elif kind == "plugin" and not rest.endswith("|n"):
+                plugin_time.add_metric([rest], total.get(f"plugin|{rest}|n", 0), value)
+        yield from (requests, by_key, tokens, cache, stages, policy, plugin_time)
         for name, family_name, text in HISTOGRAM_FAMILIES:
             family = HistogramMetricFamily(family_name, text, labels=["gen_ai_operation_name"])
             for operation, fields in sorted(self.totals.items()):

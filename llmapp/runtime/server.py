@@ -26,11 +26,14 @@ from .engines import Engine
 from .keys import KeyChecker
 from .openai_api import APIError
 from .pipeline import Context, Served, error_response, new_request_id
+from .plugins import published
+from .plugins.chain import Chain
 from .recorder import Recorder
 from .spec import ServerSpec
 
 log = logging.getLogger("llmapp.server")
 HEARTBEAT_S = 5  # how often a server renews its address in Redis (it expires after 6 beats)
+CHAIN_POLL_S = 1.0  # how often a server looks for a new version of its plugin chain
 
 
 class RequestIds:
@@ -54,10 +57,11 @@ class RequestIds:
         await self.app(scope, receive, send_with_id)
 
 
-def build_app(spec: ServerSpec, engine: Engine, redis_connection, log_writer=None) -> Starlette:
+def build_app(spec: ServerSpec, engine: Engine, redis_connection, log_writer=None, chain_key: bytes = b"") -> Starlette:
     served = Served(spec, engine, KeyChecker(redis_connection, spec.app_id))
     served.recorder = Recorder(spec.app_id, engine, served.admission, spec.metrics_flush_s)
     upkeep = Upkeep(served, redis_connection)
+    chains = ChainWatcher(served, redis_connection, chain_key)
 
     async def health(request: Request) -> JSONResponse:
         admission, cache = served.admission, served.cache
@@ -81,6 +85,17 @@ def build_app(spec: ServerSpec, engine: Engine, redis_connection, log_writer=Non
                 "evictions": cache.evictions,
             },
             "engine": engine.stats(),
+            "plugins": {
+                "version": served.chain.version,
+                "chain": [{"name": step.name, "type": step.type} for step in served.chain.steps],
+                "webhooks": None
+                if served.webhooks is None
+                else {
+                    "delivered": served.webhooks.delivered,
+                    "failed": served.webhooks.failed,
+                    "dropped": served.webhooks.dropped,
+                },
+            },
             "config": spec.config.__dict__,
             "log": {
                 "written": getattr(log_writer, "written", 0),
@@ -136,7 +151,11 @@ def build_app(spec: ServerSpec, engine: Engine, redis_connection, log_writer=Non
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        tasks = [asyncio.create_task(upkeep.run()), asyncio.create_task(served.recorder.run(redis_connection))]
+        tasks = [
+            asyncio.create_task(upkeep.run()),
+            asyncio.create_task(served.recorder.run(redis_connection)),
+            asyncio.create_task(chains.run()),
+        ]
         try:
             yield
         finally:
@@ -146,6 +165,8 @@ def build_app(spec: ServerSpec, engine: Engine, redis_connection, log_writer=Non
             await served.recorder.flush(redis_connection)  # the last seconds' counts, before exiting
             await upkeep.leave()
             await engine.close()
+            if served.webhooks is not None:
+                await asyncio.to_thread(served.webhooks.close)  # the last summaries, briefly
 
     app = Starlette(
         routes=[
@@ -160,7 +181,53 @@ def build_app(spec: ServerSpec, engine: Engine, redis_connection, log_writer=Non
         lifespan=lifespan,
     )
     app.state.served = served
+    app.state.chains = chains
     return RequestIds(app)
+
+
+class ChainWatcher:
+    """Keeps the server's plugin chain the one the platform published: it polls the version, and on a
+    change reads, decrypts and builds the new chain off the event loop (a retrieval index takes a
+    while), then swaps it in whole. Requests in flight finish on the chain they started with; none is
+    dropped or held. A chain that can't be read or built leaves the current one serving, and says why."""
+
+    def __init__(self, served: Served, connection, key: bytes):
+        self.served, self.connection, self.key = served, connection, key
+        self.failing = False
+
+    def install(self, version: str | None, body: bytes | None) -> None:
+        """Build and swap in a published chain (from any thread)."""
+        document = published.decrypt(body, self.key) if version is not None else published.EMPTY
+        chain = Chain.build(document)
+        previous, self.served.chain = self.served.chain, chain
+        if chain.version != previous.version:
+            names = ", ".join(f"{step.name} ({step.type})" for step in chain.steps) or "none"
+            log.info("plugin chain %s: %s", chain.version[:12] or "empty", names)
+
+    def load(self, connection) -> None:
+        """Before the server says it is ready: the chain published at deploy (a plain Redis client)."""
+        fields = connection.hgetall(keyspace.plugin_chain(self.served.spec.app_id))
+        self.install(fields.get(b"version", b"").decode() if fields else None, fields.get(b"body"))
+
+    async def check(self) -> None:
+        version = await published.version(self.connection, self.served.spec.app_id)
+        if version is None or version == self.served.chain.version:
+            return  # nothing published (Redis lost it: the platform publishes it again), or no change
+        body = await self.connection.hget(keyspace.plugin_chain(self.served.spec.app_id), "body")
+        await asyncio.to_thread(self.install, version, body)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(CHAIN_POLL_S)
+            if self.served.engine.status != "ready":
+                continue
+            try:
+                await self.check()
+                self.failing = False
+            except (redis.RedisError, ValueError, KeyError, TypeError) as e:
+                if not self.failing:
+                    log.error("the new plugin chain could not be loaded (%s); the current one keeps serving", e)
+                self.failing = True
 
 
 class Upkeep:

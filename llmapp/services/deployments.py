@@ -31,8 +31,9 @@ from ..extensions import db
 from ..models import ApiKey, Application, utcnow
 from ..runtime import keys as runtime_keys
 from ..runtime import logs
+from ..runtime.plugins.published import CHAIN_KEY_VARIABLE
 from ..runtime.spec import REDIS_URL_VARIABLE, ServerSpec, ServingConfig
-from . import ServiceError, applications, lifecycle, metrics, model_detection, registry
+from . import ServiceError, applications, lifecycle, metrics, model_detection, plugins, registry
 
 PHASES = ("queued", "starting process", "loading model", "warming up", "ready")
 HEALTH_PHASES = {"loading": "loading model", "warming_up": "warming up", "ready": "ready"}
@@ -177,6 +178,7 @@ def _environment(application: Application) -> dict:
         except ValueError as e:
             raise DeployFailed(f"The secret {var.name} could not be decrypted ({e}); enter it again.") from e
     env[REDIS_URL_VARIABLE] = current_app.config["REDIS_URL"]
+    env[CHAIN_KEY_VARIABLE] = secrets_box.application_key(application.id).decode()
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -242,6 +244,10 @@ def _spawn(application: Application) -> psutil.Process:
             f"port {application.port} is taken on {queues.this_host()}: the endpoint moves to port {port}",
             "WARNING",
         )
+    try:  # before the server starts: it reads its plugin chain before it says it is ready
+        plugins.publish_chain(application)
+    except ValueError as e:
+        raise DeployFailed(f"The plugin chain could not be prepared ({e}); enter the webhook's secret again.") from e
     spec_path = run_dir() / f"{application.id}.json"
     _spec(application, port).write(spec_path)
     output = os.open(run_dir() / f"{application.id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -373,9 +379,7 @@ def run_deploy(application_id, deploy_id: str, resumed: bool = False) -> str:
             return f"failed: {e}"
         _set_phase(application, None)
         try:
-            lifecycle.transition(
-                application.id, "deployed", endpoint=endpoint_url(application), deployed_at=utcnow()
-            )
+            lifecycle.transition(application.id, "deployed", endpoint=endpoint_url(application), deployed_at=utcnow())
         except lifecycle.TransitionRefused:
             return "finished meanwhile by another job"
         publish_keys(application)
@@ -459,9 +463,7 @@ def run_stop(application_id) -> str:
 
 
 def _stopped(application: Application, message: str) -> None:
-    lifecycle.transition(
-        application.id, "stopped", process_pid=None, process_port=None, process_host=None
-    )
+    lifecycle.transition(application.id, "stopped", process_pid=None, process_port=None, process_host=None)
     try:
         queues.connection().delete(keyspace.server(application.id))
     except redis.RedisError:
@@ -657,6 +659,8 @@ def _reconcile_running(application: Application, connection) -> str:
         _sample_usage(application, process)
         if not connection.exists(keyspace.api_keys(application.id)):
             publish_keys(application)  # Redis lost its data (a restart without persistence)
+        if not connection.exists(keyspace.plugin_chain(application.id)):
+            plugins.publish_chain(application)
         return "checked"
     try:
         cpu = sum(process.cpu_times()[:2])

@@ -85,6 +85,18 @@ def _figures(total: Counter, seconds: int) -> dict:
     for name in sorted(ran, key=lambda stage: (order.get(stage, len(order)), stage)):
         calls = total[f"stage|{name}|n"]
         stages[name] = {"calls": calls, "mean_ms": 1000 * total.get(f"stage|{name}", 0) / calls if calls else None}
+    plugins, policy = {}, []
+    for field, value in sorted(total.items()):
+        kind, _, rest = field.partition("|")
+        if kind == "plugin" and rest.endswith("|n"):
+            name = rest[:-2]
+            plugins[name] = {
+                "calls": value,
+                "mean_ms": 1000 * total.get(f"plugin|{name}", 0) / value if value else None,
+            }
+        elif kind == "policy":
+            plugin, action, side = rest.rsplit("|", 2)
+            policy.append({"plugin": plugin, "action": action, "side": side, "count": value})
     keys = {}
     for field, value in total.items():
         if field.startswith("key|"):
@@ -107,6 +119,8 @@ def _figures(total: Counter, seconds: int) -> dict:
         "cache": {"hits": hits, "misses": misses, "hit_rate": hits / (hits + misses) if hits + misses else None},
         "batches": {int(k[6:]): v for k, v in sorted(total.items(), key=lambda kv: kv[0]) if k.startswith("batch|")},
         "stages": stages,
+        "plugins": plugins,
+        "policy": policy,
         "keys": sorted(keys.values(), key=lambda k: -k["requests"]),
         "cpu_percent": total["cpu|sum"] / usage_n if usage_n else None,
         "rss_bytes": total["rss|sum"] / usage_n if usage_n else None,

@@ -5,16 +5,32 @@ Sharing: a member sees and changes their own plugins and sees the plugins admins
 member can't see answers as if it did not exist (NotFound). A plugin that a running application uses
 can't be disabled or deleted; the refusal names those applications. Secret settings (the webhook's
 signing secret) are stored encrypted and never shown again; left empty in an edit, they are kept.
+
+Chains: the plugins attached to an application, in order, each with the application's overrides of
+its configuration and on or off there. Every change reaches a running application's server live:
+the chain is published to Redis (encrypted with the application's own key, see
+runtime/plugins/published.py) before the change is committed, and the server swaps it in between
+requests. When Redis is unreachable nothing changes, and the user is told so.
 """
 
+import hashlib
+import json
+
+import redis
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from .. import secrets_box
+from .. import queues, secrets_box
 from ..extensions import db
-from ..models import Application, ApplicationPlugin, Plugin, User
+from ..models import Application, ApplicationPlugin, Plugin, PluginDocument, User
 from ..runtime import plugins as plugin_types
-from . import Conflict, Invalid, NotFound, lifecycle
+from ..runtime.plugins import published
+from . import Conflict, Invalid, NotFound, ServiceError, lifecycle
+
+MAX_DOCUMENT_BYTES = 2 * 1024 * 1024
+MAX_PLUGIN_DOCUMENTS_BYTES = 20 * 1024 * 1024
+DOCUMENT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
+UNREACHABLE = "Redis is unreachable, so the running servers could not be given the change; nothing changed. Try again."
 
 LIVE = (lifecycle.RUNNING, lifecycle.DEPLOYING)
 
@@ -112,6 +128,7 @@ def update(plugin: Plugin, user: User, data: dict) -> Plugin:
         values["published"] = plugin.published
     for key, value in values.items():
         setattr(plugin, key, value)
+    _publish_for(users_of(plugin, LIVE), "The plugin was not saved")
     _commit_or_name_taken(plugin.name)
     return plugin
 
@@ -172,3 +189,213 @@ def _commit_or_name_taken(name: str) -> None:
         db.session.rollback()
         raise Invalid(f"You already have a plugin named “{name}”.", "name") from e
 
+
+# --- documents of a knowledge-retrieval plugin --------------------------------------------------
+
+
+def add_document(plugin: Plugin, user: User, filename: str, data: bytes) -> PluginDocument:
+    """A text or Markdown document, indexed by the servers of the applications using the plugin.
+
+    :raise Invalid: not a knowledge-retrieval plugin, not UTF-8 text, too large, a name already there.
+    """
+    if not may_change(plugin, user):
+        raise NotFound("Only its owner or an admin can change this plugin.")
+    if plugin.type != "knowledge_retrieval":
+        raise Invalid("Only a knowledge-retrieval plugin has documents.", "document")
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()[:255]
+    if not name.lower().endswith(DOCUMENT_SUFFIXES):
+        raise Invalid(f"Upload a text or Markdown file ({', '.join(DOCUMENT_SUFFIXES)}).", "document")
+    if not data.strip():
+        raise Invalid(f"“{name}” is empty.", "document")
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise Invalid(f"“{name}” is larger than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB.", "document")
+    stored = sum(document.size for document in plugin.documents)
+    if stored + len(data) > MAX_PLUGIN_DOCUMENTS_BYTES:
+        raise Invalid(
+            f"A plugin holds at most {MAX_PLUGIN_DOCUMENTS_BYTES // (1024 * 1024)} MiB of documents; "
+            f"this one has {stored / (1024 * 1024):.1f} MiB.",
+            "document",
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise Invalid(f"“{name}” is not UTF-8 text.", "document") from e
+    if "\x00" in text:
+        raise Invalid(f"“{name}” is not a text file.", "document")
+    if any(document.name == name for document in plugin.documents):
+        raise Invalid(f"The plugin already has a document named “{name}”: delete it first to replace it.", "document")
+    document = PluginDocument(plugin=plugin, name=name, text=text, size=len(data))
+    db.session.add(document)
+    _publish_for(users_of(plugin, LIVE), "The document was not added")
+    db.session.commit()
+    return document
+
+
+def delete_document(plugin: Plugin, user: User, document_id: int) -> None:
+    if not may_change(plugin, user):
+        raise NotFound("Only its owner or an admin can change this plugin.")
+    document = next((d for d in plugin.documents if d.id == document_id), None)
+    if document is None:
+        raise NotFound("No such document.")
+    plugin.documents.remove(document)
+    _publish_for(users_of(plugin, LIVE), "The document was not deleted")
+    db.session.commit()
+
+
+# --- an application's chain ---------------------------------------------------------------------
+
+
+def chain(application: Application) -> list[ApplicationPlugin]:
+    """The plugins attached to the application, in their order."""
+    return list(
+        db.session.scalars(
+            select(ApplicationPlugin)
+            .where(ApplicationPlugin.application_id == application.id)
+            .order_by(ApplicationPlugin.position, ApplicationPlugin.plugin_id)
+        )
+    )
+
+
+def attachable(application: Application, user: User) -> list[Plugin]:
+    """What ``user`` may add to the application's chain: enabled plugins they see, not attached yet."""
+    attached = select(ApplicationPlugin.plugin_id).where(ApplicationPlugin.application_id == application.id)
+    query = visible_to(user).where(Plugin.enabled.is_(True), Plugin.id.not_in(attached))
+    return list(db.session.scalars(query.order_by(func.lower(Plugin.name), Plugin.id)))
+
+
+def _link(application: Application, plugin_id: int) -> ApplicationPlugin:
+    link = db.session.get(ApplicationPlugin, (application.id, plugin_id))
+    if link is None:
+        raise NotFound("That plugin is not attached to this application.")
+    return link
+
+
+def attach(application: Application, user: User, plugin_id: int) -> ApplicationPlugin:
+    """Add a plugin the user can see at the end of the chain.
+
+    :raise NotFound: no such plugin for ``user``. :raise Conflict: disabled, or attached already.
+    """
+    plugin = get_for_user(plugin_id, user)
+    if not plugin.enabled:
+        raise Conflict(f"“{plugin.name}” is disabled: enable it on the Plugins tab first.")
+    if db.session.get(ApplicationPlugin, (application.id, plugin.id)) is not None:
+        raise Conflict(f"“{plugin.name}” is attached already.")
+    last = db.session.scalar(
+        select(func.max(ApplicationPlugin.position)).where(ApplicationPlugin.application_id == application.id)
+    )
+    link = ApplicationPlugin(application=application, plugin=plugin, position=(last or 0) + 1, config={})
+    db.session.add(link)
+    _apply(application, f"“{plugin.name}” was not attached")
+    return link
+
+
+def detach(application: Application, plugin_id: int) -> None:
+    link = _link(application, plugin_id)
+    name = link.plugin.name
+    db.session.delete(link)
+    _apply(application, f"“{name}” was not detached")
+
+
+def move(application: Application, plugin_id: int, direction: str) -> None:
+    """One place earlier ("up") or later ("down") in the chain; at an end, nothing changes."""
+    links = chain(application)
+    at = next((i for i, link in enumerate(links) if link.plugin_id == plugin_id), None)
+    if at is None:
+        raise NotFound("That plugin is not attached to this application.")
+    to = at - 1 if direction == "up" else at + 1
+    if direction not in ("up", "down") or not 0 <= to < len(links):
+        return
+    links[at], links[to] = links[to], links[at]
+    for position, link in enumerate(links, 1):
+        link.position = position
+    _apply(application, "The order was not changed")
+
+
+def set_link_enabled(application: Application, plugin_id: int, enabled: bool) -> None:
+    link = _link(application, plugin_id)
+    link.enabled = enabled
+    _apply(application, "The change was not saved")
+
+
+def overridable(type_name: str) -> dict:
+    """The settings an application may override: all but the secrets (those stay the plugin's)."""
+    secrets = plugin_types.secret_settings(type_name)
+    properties = plugin_types.TYPES[type_name].schema["properties"]
+    return {name: spec for name, spec in properties.items() if name not in secrets}
+
+
+def set_overrides(application: Application, plugin_id: int, overrides: dict) -> ApplicationPlugin:
+    """The application's own values of some settings of an attached plugin (the rest are the plugin's).
+
+    :raise ConfigInvalid: the configuration they make breaks the type's schema (errors per setting).
+    """
+    link = _link(application, plugin_id)
+    allowed = overridable(link.plugin.type)
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ConfigInvalid({name: ["This setting can't be overridden per application."] for name in unknown})
+    base = _plugin_config(link.plugin)
+    errors = plugin_types.config_errors(link.plugin.type, {**base, **overrides})
+    if errors:
+        raise ConfigInvalid(errors)
+    link.config = {name: value for name, value in overrides.items() if base.get(name) != value}
+    _apply(application, "The overrides were not saved")
+    return link
+
+
+def _plugin_config(plugin: Plugin) -> dict:
+    """The plugin's configuration over its type's defaults, its secrets decrypted (for its servers only)."""
+    config = {**plugin_types.defaults(plugin.type), **(plugin.config or {})}
+    for setting in plugin_types.secret_settings(plugin.type):
+        if config.get(setting):
+            config[setting] = secrets_box.decrypt(config[setting])
+    return config
+
+
+def effective_config(link: ApplicationPlugin) -> dict:
+    return {**_plugin_config(link.plugin), **(link.config or {})}
+
+
+def chain_document(application: Application) -> dict:
+    """What the application's server runs: its enabled links to enabled plugins, in order. The version
+    is a digest of the content, so publishing an unchanged chain changes nothing on the server."""
+    plugins = []
+    for link in chain(application):
+        if not (link.enabled and link.plugin.enabled):
+            continue
+        entry = {"name": link.plugin.name, "type": link.plugin.type, "config": effective_config(link)}
+        if link.plugin.type == "knowledge_retrieval":
+            entry["documents"] = [(document.name, document.text) for document in link.plugin.documents]
+        plugins.append(entry)
+    digest = hashlib.sha256(json.dumps(plugins, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return {"version": digest if plugins else "", "plugins": plugins}
+
+
+def publish_chain(application: Application) -> None:
+    """Give the application's server its chain (at deploy, and on every change while it runs).
+
+    :raise redis.RedisError: Redis is unreachable. :raise ValueError: a secret can't be decrypted.
+    """
+    published.publish(
+        queues.connection(), application.id, chain_document(application), secrets_box.application_key(application.id)
+    )
+
+
+def _publish_for(applications: list[Application], failure: str) -> None:
+    """Publish the chains of live ``applications`` with what the session holds, before it is committed."""
+    if not applications:
+        return
+    db.session.flush()
+    try:
+        for application in applications:
+            publish_chain(application)
+    except (redis.RedisError, ValueError) as e:
+        db.session.rollback()
+        reason = UNREACHABLE if isinstance(e, redis.RedisError) else f"{e}; enter the webhook's secret again."
+        raise ServiceError(f"{failure}: {reason}") from e
+
+
+def _apply(application: Application, failure: str) -> None:
+    """Commit a change of the application's chain, published first when it is live."""
+    _publish_for([application] if application.status in LIVE else [], failure)
+    db.session.commit()

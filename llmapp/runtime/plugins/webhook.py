@@ -55,6 +55,8 @@ class Delivery:
     url: str
     secret: str
     body: bytes
+    timeout_s: float
+    retries: int
 
 
 class WebhookSender:
@@ -67,9 +69,17 @@ class WebhookSender:
         self.thread = threading.Thread(target=self._run, name="webhook-sender", daemon=True)
         self.thread.start()
 
-    def send(self, url: str, secret: str, payload: dict) -> None:
+    def send(self, url: str, secret: str, payload: dict, timeout_s: float | None = None, retries: int | None = None):
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        delivery = Delivery(
+            url,
+            secret,
+            body,
+            self.timeout_s if timeout_s is None else timeout_s,
+            self.retries if retries is None else retries,
+        )
         try:
-            self.queue.put_nowait(Delivery(url, secret, json.dumps(payload, ensure_ascii=False).encode()))
+            self.queue.put_nowait(delivery)
         except queue.Full:
             self.dropped += 1
             log.warning("webhook %s: %d deliveries waiting; this one is dropped", url, self.queue.qsize())
@@ -84,12 +94,13 @@ class WebhookSender:
                 self._deliver(client, delivery)
 
     def _deliver(self, client: httpx.Client, delivery: Delivery) -> None:
-        for attempt in range(self.retries + 1):
+        for attempt in range(delivery.retries + 1):
             timestamp = str(int(time.time()))
             try:
                 response = client.post(
                     delivery.url,
                     content=delivery.body,
+                    timeout=delivery.timeout_s,
                     headers={
                         "Content-Type": "application/json",
                         "X-LLMApp-Timestamp": timestamp,
@@ -102,7 +113,7 @@ class WebhookSender:
                 reason = f"answered {response.status_code}"
             except httpx.HTTPError as e:
                 reason = f"{type(e).__name__}: {e}"
-            if attempt < self.retries:
+            if attempt < delivery.retries:
                 time.sleep(self.backoff_s * 2**attempt)
         self.failed += 1
         log.warning(
