@@ -393,7 +393,7 @@ def test_detail_page_sections(logged_in, factory, member):
         "member@example.com",
         "Created",
         "Never deployed",
-        "Not available yet",
+        "No plugins: requests reach the model as sent",
     ):
         assert expected in text
 

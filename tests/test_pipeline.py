@@ -146,10 +146,12 @@ def test_the_stages_and_their_order_are_written_in_one_place():
     assert [stage.__name__ for stage in pipeline.STAGES] == [
         "authenticate",
         "parse",
+        "plugins_in",  # before admission: a blocked input never takes a slot
         "admit",
         "cache_lookup",  # before tokenising: a cache hit costs no tokenizer time
         "prepare",
         "generate",
+        "plugins_out",  # before the cache: it keeps what the client was sent
         "cache_store",
     ]
 

@@ -153,3 +153,143 @@ def test_disabling_or_deleting_a_plugin_in_use_is_refused_with_the_applications_
     logged_in.post(f"/plugins/{plugin.id}/delete")
     assert "is attached to “archive”, “front-desk”: detach it there first" in logged_in.get("/plugins/").text
     assert stored(app, "greeter") is not None
+
+
+# --- attaching plugins to an application ------------------------------------------------------------
+
+
+def chain_names(app, application):
+    from llmapp.models import Application
+    from llmapp.services import plugins
+
+    with app.app_context():
+        return [(link.plugin.name, link.enabled) for link in plugins.chain(db.session.get(Application, application.id))]
+
+
+def document_of(app, application):
+    from llmapp.models import Application
+    from llmapp.services import plugins
+
+    with app.app_context():
+        return plugins.chain_document(db.session.get(Application, application.id))
+
+
+def test_attach_order_override_turn_off_and_detach_on_the_detail_page(logged_in, app, factory, member):
+    logged_in.post("/plugins/new", data=plugin_form("system_prompt", name="house style"))
+    logged_in.post("/plugins/new", data=plugin_form("pii_redaction", name="pii"))
+    style, pii = stored(app, "house style"), stored(app, "pii")
+    application = factory.application(member, factory.model(), name="front-desk")
+    base = f"/applications/{application.id}/plugins"
+    page = logged_in.get(f"/applications/{application.id}").text
+    assert 'id="attach-plugin"' in page and "house style — System prompt / template" in page
+
+    for plugin in (style, pii):
+        section = logged_in.post(base, data={"plugin_id": plugin.id}, headers=HX)
+        assert section.status_code == 200 and 'id="plugins"' in section.text
+    assert chain_names(app, application) == [("house style", True), ("pii", True)]
+    assert 'id="attach-plugin"' not in section.text  # nothing left to attach
+    again = logged_in.post(base, data={"plugin_id": pii.id}, headers=HX)
+    assert "is attached already" in again.text
+
+    logged_in.post(f"{base}/{pii.id}/move", data={"direction": "up"}, headers=HX)
+    assert chain_names(app, application) == [("pii", True), ("house style", True)]
+    logged_in.post(f"{base}/{pii.id}/move", data={"direction": "up"}, headers=HX)  # at the top: stays
+    assert [p["name"] for p in document_of(app, application)["plugins"]] == ["pii", "house style"]
+
+    # Overrides: the form shows the plugin's values; errors at the field, nothing saved.
+    form = logged_in.get(f"{base}?edit={pii.id}", headers=HX).text
+    assert 'id="config-region" value="CN"' in form and "Save overrides" in form
+    bad = logged_in.post(
+        f"{base}/{pii.id}/overrides", data={"config-region": "CHINA", "config-mask_style": "partial"}, headers=HX
+    )
+    assert bad.status_code == 422 and "A two-letter region code, e.g. CN." in bad.text
+    assert 'value="CHINA"' in bad.text  # what was typed stays
+    assert document_of(app, application)["plugins"][0]["config"]["region"] == "CN"
+    ok = logged_in.post(
+        f"{base}/{pii.id}/overrides",
+        data={
+            "config-region": "US",
+            "config-mask_style": "partial",
+            "config-apply_to": "both",
+            "config-entities": ["email"],
+        },
+        headers=HX,
+    )
+    assert ok.status_code == 200 and "3 settings overridden here" in ok.text
+    effective = document_of(app, application)["plugins"][0]["config"]
+    assert (effective["region"], effective["mask_style"], effective["entities"]) == ("US", "partial", ["email"])
+    version = document_of(app, application)["version"]
+    logged_in.post(f"{base}/{pii.id}/overrides", data={"reset": "1"}, headers=HX)
+    assert document_of(app, application)["plugins"][0]["config"]["region"] == "CN"
+    assert document_of(app, application)["version"] != version  # a changed chain is a new version
+
+    # Off for this application: still attached, no longer in what the server runs.
+    logged_in.post(f"{base}/{style.id}/enabled", data={"enabled": "0"}, headers=HX)
+    assert chain_names(app, application) == [("pii", True), ("house style", False)]
+    assert [p["name"] for p in document_of(app, application)["plugins"]] == ["pii"]
+    logged_in.post(f"{base}/{pii.id}/detach", headers=HX)
+    assert chain_names(app, application) == [("house style", False)]
+    # Without htmx, a plain form post comes back to the detail page.
+    plain = logged_in.post(base, data={"plugin_id": pii.id})
+    assert plain.status_code == 303 and plain.headers["Location"].endswith(f"/applications/{application.id}#plugins")
+
+
+def test_a_member_attaches_only_what_they_may_see_to_what_is_theirs(client, auth, app, factory):
+    alice, bob = factory.user("alice@example.com"), factory.user("bob@example.com")
+    with app.app_context():
+        db.session.add(Plugin(name="alices", type="system_prompt", config={}, created_by_id=alice.id))
+        db.session.commit()
+    alices = stored(app, "alices")
+    bobs_app = factory.application(bob, factory.model(), name="bobs-app")
+    alices_app = factory.application(alice, factory.model(), name="alices-app")
+    auth.login(bob)
+    refused = client.post(f"/applications/{bobs_app.id}/plugins", data={"plugin_id": alices.id}, headers=HX)
+    assert "No such plugin, or you can&#39;t use it." in refused.text and chain_names(app, bobs_app) == []
+    assert "alices" not in client.get(f"/applications/{bobs_app.id}").text
+    assert client.post(f"/applications/{alices_app.id}/plugins", data={"plugin_id": alices.id}).status_code == 404
+    assert client.get(f"/applications/{alices_app.id}/plugins").status_code == 404
+    assert chain_names(app, alices_app) == []
+
+
+def document_names(app, plugin_name):
+    with app.app_context():
+        return [d.name for d in db.session.scalar(db.select(Plugin).filter_by(name=plugin_name)).documents]
+
+
+def test_documents_of_a_retrieval_plugin(logged_in, app):
+    import io
+
+    logged_in.post("/plugins/new", data=plugin_form("knowledge_retrieval", name="handbook"))
+    plugin = stored(app, "handbook")
+    url = f"/plugins/{plugin.id}/documents"
+    assert "No documents yet" in logged_in.get(f"/plugins/{plugin.id}/edit").text
+
+    def upload(name, data):
+        return logged_in.post(
+            url, data={"document": (io.BytesIO(data), name)}, headers=HX, content_type="multipart/form-data"
+        )
+
+    added = upload("leave.md", b"# Leave\n\n25 days a year.\n")
+    assert added.status_code == 200 and "leave.md" in added.text
+    for name, data, words in (
+        ("photo.png", b"\x89PNG", "Upload a text or Markdown file"),
+        ("latin1.txt", "café".encode("latin-1"), "is not UTF-8 text"),
+        ("empty.txt", b"  \n", "is empty"),
+        ("big.txt", b"x" * (1024 * 1024 + 1), "larger than 1 MiB"),
+        ("leave.md", b"again", "already has a document named"),
+    ):
+        refused = upload(name, data)
+        assert refused.status_code == 422 and words in refused.text, name
+    assert document_names(app, "handbook") == ["leave.md"]
+    pii = logged_in.post("/plugins/new", data=plugin_form("pii_redaction", name="pii"))
+    assert pii.status_code == 303
+    other = logged_in.post(
+        f"/plugins/{stored(app, 'pii').id}/documents",
+        data={"document": (io.BytesIO(b"x"), "a.txt")},
+        headers=HX,
+        content_type="multipart/form-data",
+    )
+    assert "Only a knowledge-retrieval plugin has documents." in other.text
+    with app.app_context():
+        document_id = db.session.scalar(db.select(Plugin).filter_by(name="handbook")).documents[0].id
+    assert "No documents yet" in logged_in.post(f"{url}/{document_id}/delete", headers=HX).text

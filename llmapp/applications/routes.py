@@ -19,6 +19,7 @@ from werkzeug.datastructures import MultiDict
 
 from .. import charts
 from ..extensions import db
+from ..runtime import plugins as plugin_types
 from ..services import (
     Conflict,
     NotFound,
@@ -28,6 +29,7 @@ from ..services import (
     deployments,
     lifecycle,
     playground,
+    plugins,
     registry,
 )
 from ..services import logs as logs_service
@@ -120,6 +122,11 @@ def _detail_context(application) -> dict:
         "windows": metrics_service.WINDOWS,
         "playground_form": PlaygroundForm(formdata=None),
         "history": playground.history(application, current_user),
+        # The Plugins section (chain_routes.py renders it alone after a change).
+        "links": plugins.chain(application),
+        "attachable": plugins.attachable(application, current_user),
+        "types": plugin_types.TYPES,
+        "override_forms": {},
     }
 
 

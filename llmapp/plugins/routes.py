@@ -3,7 +3,7 @@ from flask_login import current_user, login_required
 
 from ..runtime import plugins as plugin_types
 from ..services import Invalid, NotFound, ServiceError, plugins
-from ..web import redirect_to, render
+from ..web import redirect_to, render, wants_fragment
 from . import bp, config_form
 from .forms import PluginForm
 
@@ -132,3 +132,40 @@ def delete(plugin_id):
     else:
         flash(f"Plugin “{name}” deleted.", "success")
     return redirect_to(url_for(".index"))
+
+
+def _documents_section(plugin, error=None, code=200):
+    html = render_template("plugins/_documents.html", plugin=plugin, error=error)
+    if wants_fragment():
+        return html, code
+    if error:
+        flash(error, "error")
+    return redirect_to(url_for(".edit", plugin_id=plugin.id) + "#documents")
+
+
+@bp.post("/<id:plugin_id>/documents")
+def add_document(plugin_id):
+    """Upload a text or Markdown document to a knowledge-retrieval plugin."""
+    plugin = get_plugin(plugin_id)
+    upload = request.files.get("document")
+    if upload is None or not upload.filename:
+        return _documents_section(plugin, "Choose a file to upload.", 422)
+    try:
+        plugins.add_document(plugin, current_user, upload.filename, upload.read(plugins.MAX_DOCUMENT_BYTES + 1))
+    except NotFound:
+        abort(403, "Only its owner or an admin can change this plugin.")
+    except ServiceError as e:
+        return _documents_section(plugin, str(e), 422 if isinstance(e, Invalid) else 409)
+    return _documents_section(plugin)
+
+
+@bp.post("/<id:plugin_id>/documents/<id:document_id>/delete")
+def delete_document(plugin_id, document_id):
+    plugin = get_plugin(plugin_id)
+    try:
+        plugins.delete_document(plugin, current_user, document_id)
+    except NotFound:
+        abort(404, "No such document, or you can't change this plugin.")
+    except ServiceError as e:
+        return _documents_section(plugin, str(e), 409)
+    return _documents_section(plugin)

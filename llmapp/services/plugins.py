@@ -27,7 +27,7 @@ from ..runtime import plugins as plugin_types
 from ..runtime.plugins import published
 from . import Conflict, Invalid, NotFound, ServiceError, lifecycle
 
-MAX_DOCUMENT_BYTES = 2 * 1024 * 1024
+MAX_DOCUMENT_BYTES = 1024 * 1024  # under the 2 MB request limit (MAX_CONTENT_LENGTH)
 MAX_PLUGIN_DOCUMENTS_BYTES = 20 * 1024 * 1024
 DOCUMENT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
 UNREACHABLE = "Redis is unreachable, so the running servers could not be given the change; nothing changed. Try again."
