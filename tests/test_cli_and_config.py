@@ -87,6 +87,13 @@ def test_demo_data_seeds_once(app, database_url, redis_url, tiny_model_dir, tmp_
             ["system_prompt", "content_filter", "pii_redaction", "knowledge_retrieval", "webhook_audit"]
         )  # one of each type, published, nothing twice
         assert all(p.published for p in demo_plugins)
+        # hello-tiny runs a system prompt and then PII redaction; the retrieval plugin has its document.
+        from llmapp.services import plugins
+
+        hello = db.session.scalar(db.select(Application).filter_by(name="hello-tiny"))
+        assert [link.plugin.type for link in plugins.chain(hello)] == ["system_prompt", "pii_redaction"]
+        help_centre = next(p for p in demo_plugins if p.type == "knowledge_retrieval")
+        assert [d.name for d in help_centre.documents] == ["help-centre.md"]
     with app.app_context():
         tiny = db.session.scalar(db.select(RegistryModel).filter_by(name="tiny-gpt2"))
         hello = db.session.scalar(db.select(Application).filter_by(name="hello-tiny"))

@@ -103,6 +103,36 @@ PLUGINS = [
 ]
 
 
+# Which demo applications run which plugins, in order: a newcomer deploys hello-tiny and sees the system
+# prompt and the redaction act (the prompt grows, an e-mail address in a question is masked in the log).
+CHAINS = {
+    "hello-tiny": ["house-style", "redact-pii"],
+    "support-bot": ["redact-pii", "help-centre", "no-secrets"],
+    "analyst": ["redact-pii", "audit-log"],
+}
+
+HELP_CENTRE = """# Resetting a password
+
+Open Settings, then Security, and choose "Reset password". A link valid for 30 minutes is sent to the
+account's e-mail address. Administrators can also reset a member's password from the Users page.
+
+# Invoices and billing
+
+Invoices are issued on the first working day of each month and can be downloaded as PDF from Billing.
+Payment is due within 30 days. To change the billing address, edit the organisation's profile.
+
+# Exporting data
+
+Every project can be exported as a ZIP archive of CSV files from Project settings, Export. Exports of
+more than 1 GB are prepared in the background and a download link is e-mailed when ready.
+
+# Support hours
+
+The support team answers from 9:00 to 18:00 (UTC+8), Monday to Friday. Urgent incidents on paid plans
+are handled around the clock through the status page.
+"""
+
+
 def seed() -> dict:
     """Create what is missing of the demo data; return what was created."""
     created = {"users": 0, "models": 0, "applications": 0, "plugins": 0}
@@ -133,12 +163,13 @@ def seed() -> dict:
             created["models"] += 1
         models[spec["name"]] = model
     db.session.commit()
+    new_applications = {}
     for name, model_name, description in APPLICATIONS:
         if applications.name_taken(admin.id, name):
             continue
         model = models[model_name]
         config = dict(applications.default_config(), **applications.recommendation_for(model).as_config())
-        applications.create(
+        new_applications[name] = applications.create(
             admin,
             dict(
                 name=name,
@@ -149,8 +180,12 @@ def seed() -> dict:
             ),
         )
         created["applications"] += 1
+
+    def demo_plugin(name: str) -> Plugin | None:
+        return db.session.scalar(select(Plugin).where(Plugin.created_by_id == admin.id, Plugin.name == name))
+
     for name, type_name, description, config in PLUGINS:
-        if db.session.scalar(select(Plugin.id).where(Plugin.created_by_id == admin.id, Plugin.name == name)) is None:
+        if demo_plugin(name) is None:
             plugins.create(
                 admin,
                 {
@@ -163,4 +198,14 @@ def seed() -> dict:
                 },
             )
             created["plugins"] += 1
+    help_centre = demo_plugin("help-centre")
+    if help_centre is not None and not help_centre.documents:
+        plugins.add_document(help_centre, admin, "help-centre.md", HELP_CENTRE.encode())
+    for app_name, plugin_names in CHAINS.items():
+        application = new_applications.get(app_name)
+        if application is None:
+            continue  # made by an earlier seed: its chain is its owner's business now
+        for plugin_name in plugin_names:
+            if (plugin := demo_plugin(plugin_name)) is not None:
+                plugins.attach(application, admin, plugin.id)
     return created
