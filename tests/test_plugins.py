@@ -347,3 +347,33 @@ def test_a_running_application_takes_chain_changes_live(app, client, auth, membe
     assert health_of(running)["status"] == "ready"
     wait_logged(app, application.id, "policy: blocker block input (keyword)")
     client.post(f"/applications/{application.id}/stop", headers=HX)
+
+
+def test_the_application_form_chooses_plugins(logged_in, app, factory, member):
+    from test_applications import form_data
+
+    for name in ("first", "second"):
+        logged_in.post("/plugins/new", data=plugin_form("system_prompt", name=name))
+    first, second = stored(app, "first"), stored(app, "second")
+    model = factory.model()
+    page = logged_in.get("/applications/new").text
+    assert "first — System prompt / template" in page and 'name="plugins"' in page
+    stranger = factory.user("stranger@example.com")
+    with app.app_context():
+        db.session.add(Plugin(name="strangers", type="system_prompt", config={}, created_by_id=stranger.id))
+        db.session.commit()
+    refused = logged_in.post(
+        "/applications/new", data=form_data(model, plugins=[str(stored(app, "strangers").id)]), headers=HX
+    )
+    assert refused.status_code == 422 and "Choose plugins from the list." in refused.text
+    created = logged_in.post("/applications/new", data=form_data(model, plugins=[str(second.id), str(first.id)]))
+    assert created.status_code == 303
+    from llmapp.models import Application
+
+    with app.app_context():
+        application = db.session.scalar(db.select(Application).filter_by(name="support-bot"))
+    assert chain_names(app, application) == [("second", True), ("first", True)]  # in the order given
+    edit = logged_in.get(f"/applications/{application.id}/edit").text
+    assert edit.count("checked") >= 2
+    logged_in.post(f"/applications/{application.id}/edit", data=form_data(model, plugins=[str(first.id)]))
+    assert chain_names(app, application) == [("first", True)]

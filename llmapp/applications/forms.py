@@ -9,6 +9,7 @@ from wtforms import (
     HiddenField,
     IntegerField,
     SelectField,
+    SelectMultipleField,
     StringField,
     TextAreaField,
 )
@@ -88,6 +89,10 @@ def _bounded(name: str, key: str, required: bool = True):
     )
 
 
+def _plugin_id(value) -> int:
+    return bounded_int(value, default=0)
+
+
 class ApplicationForm(PlatformForm):
     name = StringField(
         "Name", validators=[InputRequired("Name is required."), Length(max=100, message="At most 100 characters.")]
@@ -117,11 +122,19 @@ class ApplicationForm(PlatformForm):
     log_lines = _bounded("Log lines kept", "log_lines", required=False)
     log_days = _bounded("Log days kept", "log_days", required=False)
     env = FieldList(FormField(EnvVarForm))
+    # Which plugins run; their order and per-application settings are on the application's page.
+    plugins = SelectMultipleField("Plugins", coerce=_plugin_id, validate_choice=False)
 
-    def __init__(self, *args, owner_id: int, application_id=None, models=(), **kwargs):
+    def __init__(self, *args, owner_id: int, application_id=None, models=(), plugin_choices=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.owner_id, self.application_id = owner_id, application_id
         self.model_id.choices = [(m.id, m.name) for m in models]
+        self.plugins.choices = list(plugin_choices)
+
+    def validate_plugins(self, field):
+        offered = {plugin_id for plugin_id, _ in field.choices}
+        if any(plugin_id not in offered for plugin_id in field.data or ()):
+            raise ValidationError("Choose plugins from the list.")
 
     def validate_model_id(self, field):
         if field.data not in {model_id for model_id, _ in field.choices}:

@@ -63,6 +63,10 @@ def _form(application=None, **kwargs) -> ApplicationForm:
         owner_id=application.created_by_id if application else current_user.id,
         application_id=application.id if application else None,
         models=registry.list_models(),
+        plugin_choices=[
+            (plugin.id, f"{plugin.name} — {plugin_types.TYPES[plugin.type].title}")
+            for plugin in plugins.choosable(application, current_user)
+        ],
         **kwargs,
     )
 
@@ -108,7 +112,7 @@ def create():
         except (Conflict, NotFound) as e:
             form.form_errors.append(str(e))
         else:
-            return _saved(application, "created", url_for(".index"))
+            return _saved(application, "created", url_for(".index"), form.plugins.data)
     return _render_form(form, code=422 if form.errors or form.form_errors else 200)
 
 
@@ -384,7 +388,7 @@ def edit(application_id):
         except (Conflict, NotFound) as e:
             form.form_errors.append(str(e))
             return _render_form(form, application, code=409)
-        return _saved(application, "saved", url_for(".detail", application_id=application.id))
+        return _saved(application, "saved", url_for(".detail", application_id=application.id), form.plugins.data)
     return _render_form(form, application, code=422 if form.errors else 200)
 
 
@@ -405,10 +409,15 @@ def _form_data(application) -> dict:
         **applications.default_config(),
         **application.config,
         "env": env,
+        "plugins": [link.plugin_id for link in plugins.chain(application)],
     }
 
 
-def _saved(application, verb: str, then: str):
+def _saved(application, verb: str, then: str, chosen_plugins: list[int]):
+    try:
+        plugins.set_attached(application, current_user, chosen_plugins)
+    except ServiceError as e:  # a plugin disabled or unshared since the form was shown
+        flash(f"The plugins were not all attached: {e}", "error")
     flash(f"Application “{application.name}” {verb}.", "success")
     for warning in applications.config_warnings(application):
         flash(warning, "warning")

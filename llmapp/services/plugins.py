@@ -263,6 +263,25 @@ def attachable(application: Application, user: User) -> list[Plugin]:
     return list(db.session.scalars(query.order_by(func.lower(Plugin.name), Plugin.id)))
 
 
+def choosable(application: Application | None, user: User) -> list[Plugin]:
+    """What the application form offers: the plugins attached now, then those ``user`` may attach."""
+    attached = [link.plugin for link in chain(application)] if application else []
+    return attached + (attachable(application, user) if application else search(user, enabled="yes"))
+
+
+def set_attached(application: Application, user: User, plugin_ids: list[int]) -> None:
+    """The application form's choice: detach what is not chosen, attach what is new at the end (in the
+    order given); what stays keeps its place, its overrides and its on/off."""
+    chosen = list(dict.fromkeys(plugin_ids))
+    for link in chain(application):
+        if link.plugin_id not in chosen:
+            detach(application, link.plugin_id)
+    attached = {link.plugin_id for link in chain(application)}
+    for plugin_id in chosen:
+        if plugin_id not in attached:
+            attach(application, user, plugin_id)
+
+
 def _link(application: Application, plugin_id: int) -> ApplicationPlugin:
     link = db.session.get(ApplicationPlugin, (application.id, plugin_id))
     if link is None:
