@@ -326,7 +326,13 @@ def test_an_admin_manages_users(app, factory, browser_page, config_overrides):
 def test_a_plugin_is_configured_through_its_schemas_form(app, factory, browser_page, config_overrides):
     from playwright.sync_api import expect
 
+    from llmapp.models import Plugin
+
     user = factory.user("builder@example.com")
+    application = factory.application(user, factory.model(name="Qwen"), name="front-desk")
+    with app.app_context():
+        db.session.add(Plugin(name="house-style", type="system_prompt", config={}, created_by_id=user.id))
+        db.session.commit()
     page = browser_page
     with LiveServer(app) as server:
         log_in(page, server, user)
@@ -346,8 +352,34 @@ def test_a_plugin_is_configured_through_its_schemas_form(app, factory, browser_p
         expect(page.locator(".flash-success")).to_contain_text("Plugin “redact-pii” created.")
         expect(page.locator("#plugin-table")).to_contain_text("PII redaction")
         shot(page, "12-plugins")
-    with app.app_context():
-        from llmapp.models import Plugin
+        with app.app_context():
+            plugin = db.session.scalar(db.select(Plugin).filter_by(name="redact-pii"))
+            assert plugin.config["entities"] == ["email", "id_number"] and plugin.config["mask_style"] == "partial"
 
-        plugin = db.session.scalar(db.select(Plugin).filter_by(name="redact-pii"))
-        assert plugin.config["entities"] == ["email", "id_number"] and plugin.config["mask_style"] == "partial"
+        # Attach it and another to an application on its page, order them, override a setting.
+        page.goto(f"{server.url}/applications/{application.id}")
+        section = page.locator("#plugins")
+        expect(section).to_contain_text("No plugins")
+        for name in ("redact-pii", "house-style"):
+            label = page.locator("#attach-plugin option", has_text=name).inner_text()
+            page.select_option("#attach-plugin", label=label)
+            page.click("button:has-text('Attach at the end')")
+            expect(section.locator(f"li[data-plugin='{name}']")).to_be_visible()
+        page.click("button[aria-label='Move house-style up']")
+        expect(section.locator("li.chain-step").first).to_have_attribute("data-plugin", "house-style")
+        section.locator("li[data-plugin='redact-pii'] button:has-text('Settings')").click()
+        page.fill("#config-region", "Hong Kong")
+        page.click("button:has-text('Save overrides')")
+        expect(section).to_contain_text("A two-letter region code")
+        section.screenshot(path=str(ARTIFACTS / "13a-plugin-overrides.png"), caret="initial")
+        page.fill("#config-region", "HK")
+        page.click("button:has-text('Save overrides')")
+        expect(section).to_contain_text("1 setting overridden here")
+        section.locator("li[data-plugin='house-style'] button:has-text('Turn off')").click()
+        expect(section.locator("li[data-plugin='house-style']")).to_contain_text("off for this application")
+        section.screenshot(path=str(ARTIFACTS / "13-application-plugins.png"), caret="initial")
+    with app.app_context():
+        from llmapp.services import plugins
+
+        document = plugins.chain_document(db.session.get(type(application), application.id))
+        assert [(p["name"], p["config"].get("region")) for p in document["plugins"]] == [("redact-pii", "HK")]
