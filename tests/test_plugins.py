@@ -346,6 +346,21 @@ def test_a_running_application_takes_chain_changes_live(app, client, auth, membe
     wait_for(lambda: not blocked("verboten"), 60, 0.2, "the plugin's edit to reach the server")
     assert health_of(running)["status"] == "ready"
     wait_logged(app, application.id, "policy: blocker block input (keyword)")
+    # Redis lost the chain (a restart without persistence): the server keeps the one it runs, and the
+    # reconcile publishes it again.
+    from llmapp import keyspace, queues
+    from llmapp.services import deployments
+
+    with app.app_context():
+        connection, chain_key = queues.connection(), keyspace.plugin_chain(application.id)
+        connection.delete(chain_key)
+
+        def republished():
+            deployments.reconcile(queues.this_host())  # skips while a worker's reconcile runs
+            return connection.hget(chain_key, "version")
+
+        version = wait_for(republished, 60, 0.5, "the reconcile to publish the chain again").decode()
+    assert version == health_of(running)["plugins"]["version"] and not blocked("verboten")
     client.post(f"/applications/{application.id}/stop", headers=HX)
 
 

@@ -148,9 +148,14 @@ def test_pii_redaction_before_a_webhook_which_gets_a_signed_summary(server):
         hook = {"name": "audit", "type": "webhook_audit", "config": audit}
         prompt = "Mail ann.lee@example.com or call 13812345678 about 11010519491231002X"
 
-        def sent(order):
+        def sent(order, stream=False):
             server.use_plugins(*order)
-            response = complete(server, prompt=prompt, max_tokens=4)
+            response = complete(server, stream=stream, prompt=prompt, max_tokens=4)
+            if stream:
+                response, chunks = response
+                answer = {"usage": chunks[-1]["usage"]}
+            else:
+                answer = response.json()
             assert response.status_code == 200, response.text
             request_id = response.headers["X-Request-Id"]
 
@@ -159,7 +164,7 @@ def test_pii_redaction_before_a_webhook_which_gets_a_signed_summary(server):
 
             ((headers, body),) = wait_for(delivered, 30, 0.05, "the webhook delivery")
             assert webhook.verify(SECRET, headers["X-LLMApp-Timestamp"], body, headers["X-LLMApp-Signature"])
-            return response.json(), json.loads(body)
+            return answer, json.loads(body)
 
         plain_prompt = complete(server, prompt=prompt, max_tokens=4).json()["usage"]["prompt_tokens"]
         redacted_first, summary = sent((pii, hook))
@@ -167,6 +172,10 @@ def test_pii_redaction_before_a_webhook_which_gets_a_signed_summary(server):
         assert summary["status"] == 200 and summary["key_label"] == "tests" and summary["application"] == server.NAME
         assert summary["completion_tokens"] == redacted_first["usage"]["completion_tokens"]
         assert SECRET not in json.dumps(summary) and server.KEY not in json.dumps(summary)
+        streamed, summary = sent((pii, hook), stream=True)
+        assert summary["input"] == "Mail [EMAIL] or call [PHONE] about [ID]"
+        assert summary["completion_tokens"] == streamed["usage"]["completion_tokens"] > 0
+        assert streamed["usage"]["prompt_tokens"] == redacted_first["usage"]["prompt_tokens"]
         webhook_first, summary = sent((hook, pii))
         assert summary["input"] == prompt
         # Either way the model read the masks, not the numbers: its prompt is a different length.
@@ -215,6 +224,15 @@ def test_retrieval_adds_passages_named_in_the_log_line(server):
     line = log_line(server, response.headers["X-Request-Id"])
     assert "passages handbook.md#1" in line["message"]
     assert json.loads(line["fields"])["passages"] == ["handbook.md#1"]
+    streamed = httpx.post(
+        server.url + "/chat/completions",
+        json={**body, "stream": True, "stream_options": {"include_usage": True}},
+        headers=server.headers,
+        timeout=60,
+    )
+    usage = [json.loads(line[6:]) for line in streamed.text.splitlines() if '"usage"' in line][-1]["usage"]
+    assert usage["prompt_tokens"] == response.json()["usage"]["prompt_tokens"]
+    assert "passages handbook.md#1" in log_line(server, streamed.headers["X-Request-Id"])["message"]
 
 
 def test_a_new_chain_is_swapped_in_live_without_dropping_a_request(server):
