@@ -9,7 +9,17 @@ from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
 from .extensions import db
-from .services import ServiceError, api_keys, applications, bootstrap, demo, deployments, lifecycle, users
+from .services import (
+    ServiceError,
+    access_tokens,
+    api_keys,
+    applications,
+    bootstrap,
+    demo,
+    deployments,
+    lifecycle,
+    users,
+)
 from .services import logs as logs_service
 from .services import metrics as metrics_service
 
@@ -18,6 +28,7 @@ metrics_cli = AppGroup("metrics", help="Prometheus: the token its scrape job sen
 demo_cli = AppGroup("demo", help="Demo data.")
 apps_cli = AppGroup("apps", help="Deploy, stop and inspect applications (as an operator: all of them).")
 keys_cli = AppGroup("keys", help="API keys of an application's endpoint.")
+tokens_cli = AppGroup("tokens", help="Personal access tokens for the REST API (/api/v1).")
 apps_cli.add_command(keys_cli)
 
 
@@ -89,6 +100,49 @@ def enable_user(email):
     """Enable the account EMAIL again."""
     users.enable(_user(email))
     click.echo(f"Enabled {email}.")
+
+
+@tokens_cli.command("create")
+@click.argument("email")
+@click.option("--name", required=True, help="What uses it, e.g. the CI job.")
+@click.option("--expires-days", type=int, default=None, help="Days until it expires (1-366); default: never.")
+@click.option("--json", "as_json", is_flag=True)
+def create_token(email, name, expires_days, as_json):
+    """Create a token acting as EMAIL and print it once."""
+    user = _user(email)
+    try:
+        token, plain = access_tokens.create(user, name, expires_days)
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from e
+    expires = token.expires_at.isoformat() if token.expires_at else None
+    if as_json:
+        click.echo(json.dumps({"id": token.id, "token": plain, "name": token.name, "expires_at": expires}))
+    else:
+        click.echo(f"{plain}\n(shown once) id {token.id}, expires {expires or 'never'}")
+
+
+@tokens_cli.command("list")
+@click.argument("email")
+def list_tokens(email):
+    """EMAIL's tokens: id, name, state, created, expires, last used (never the tokens themselves)."""
+    for token in access_tokens.list_for(_user(email)):
+        click.echo(
+            f"{token.id:>5}  {token.name:30} {access_tokens.state(token):8} {token.prefix}…  "
+            f"created {token.created_at:%Y-%m-%d}  expires {token.expires_at or 'never'}  "
+            f"last used {token.last_used_at or 'never'}"
+        )
+
+
+@tokens_cli.command("revoke")
+@click.argument("email")
+@click.argument("token_id", type=int)
+def revoke_token(email, token_id):
+    """Revoke EMAIL's token TOKEN_ID: requests with it get 401 from now on."""
+    try:
+        access_tokens.revoke(_user(email), token_id)
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"Token {token_id} revoked.")
 
 
 @demo_cli.command("seed")
@@ -298,5 +352,6 @@ def register(app: Flask) -> None:
     app.cli.add_command(metrics_cli)
     app.cli.add_command(apps_cli)
     app.cli.add_command(users_cli)
+    app.cli.add_command(tokens_cli)
     app.cli.add_command(demo_cli)
     app.cli.add_command(setup)

@@ -223,6 +223,28 @@ class ApplicationPlugin(db.Model):
     plugin: Mapped[Plugin] = relationship()
 
 
+class AccessToken(db.Model):
+    """A personal access token: a user's key to the platform's REST API (/api/v1), for scripts and CI.
+
+    Only its SHA-256 is stored; the token is shown once. It acts as its user, with their rights, until
+    it is revoked, expires, or the user is disabled.
+    """
+
+    __tablename__ = "access_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(24))  # the first characters, to tell tokens apart
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    user: Mapped[User] = relationship()
+
+
 class ApiKey(db.Model):
     """A key to an application's endpoint. Only its SHA-256 is stored; the key is shown once."""
 

@@ -319,6 +319,12 @@ def test_an_admin_manages_users(app, factory, browser_page, config_overrides):
         shot(page, "10-users")
         page.click(".account a")
         expect(page.locator("h1")).to_have_text("Account")
+        # A personal access token for the REST API: shown once, then listed by its prefix.
+        page.fill("#tokens #name", "deploy from CI")
+        page.click("button:has-text('Create token')")
+        expect(page.locator("#tokens .new-key")).to_contain_text("llmapp_pat_")
+        expect(page.locator("#tokens table")).to_contain_text("deploy from CI")
+        page.locator("#tokens").screenshot(path=str(ARTIFACTS / "10a-api-tokens.png"), caret="initial")
         page.wait_for_load_state("networkidle")  # nothing left loading when the server stops
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, select
 from ..extensions import db
 from ..models import ApiKey, LoginSession, User, utcnow
 from ..web import bounded_int
-from . import Conflict, Invalid, NotFound
+from . import Conflict, Invalid, NotFound, access_tokens
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 MIN_PASSWORD = 8
@@ -173,6 +173,7 @@ def disable(user: User, acting: User | None = None) -> None:
 
     user.disabled_at = utcnow()
     _end_logins(user)
+    access_tokens.revoke_all(user)  # scripts acting as them stop too
     revoked = db.session.scalars(
         select(ApiKey).where(
             ApiKey.purpose == "playground", ApiKey.label == playground.key_label(user), ApiKey.revoked_at.is_(None)

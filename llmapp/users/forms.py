@@ -1,4 +1,4 @@
-from wtforms import BooleanField, EmailField, PasswordField
+from wtforms import BooleanField, EmailField, PasswordField, SelectField, StringField
 from wtforms.validators import InputRequired, Length, ValidationError
 
 from ..forms import PlatformForm
@@ -20,3 +20,14 @@ class ChangePasswordForm(PlatformForm):
     def validate_confirm(self, field):
         if field.data != self.new.data:
             raise ValidationError("The two new passwords differ.")
+
+
+class NewTokenForm(PlatformForm):
+    """A personal access token; its rules (name, expiry bounds) are the access-tokens service's."""
+
+    name = StringField("Name", validators=[InputRequired("Give the token a name, e.g. the script that uses it.")])
+    expires_days = SelectField(
+        "Expires",
+        choices=[("30", "in 30 days"), ("90", "in 90 days"), ("365", "in a year"), ("", "never")],
+        default="90",
+    )

@@ -1,17 +1,17 @@
 from flask import abort, flash, render_template, request, url_for
 from flask_login import current_user, login_required
 
-from ..services import Invalid, NotFound, ServiceError, users
-from ..web import admin_required, redirect_to, render
+from ..services import Invalid, NotFound, ServiceError, access_tokens, users
+from ..web import admin_required, bounded_int, redirect_to, render, wants_fragment
 from . import bp
-from .forms import ChangePasswordForm, NewUserForm
+from .forms import ChangePasswordForm, NewTokenForm, NewUserForm
 
 
 @bp.before_request
 @login_required
 def require_login():
-    """Every page here needs a login; all but the user's own account page need an admin."""
-    if request.endpoint != "users.account":
+    """Every page here needs a login; all but the user's own account (and its tokens) need an admin."""
+    if request.endpoint not in ("users.account", "users.create_token", "users.revoke_token"):
         admin_required("Only an admin can manage users.")
 
 
@@ -98,4 +98,42 @@ def account():
         else:
             flash("Password changed. Your other logins have ended.", "success")
             return redirect_to(url_for(".account"))
-    return render_template("users/account.html", form=form), 422 if form.errors else 200
+    return render_template("users/account.html", form=form, **_tokens_context()), 422 if form.errors else 200
+
+
+def _tokens_context(form=None, new_token=None) -> dict:
+    return {
+        "tokens": access_tokens.list_for(current_user),
+        "token_form": form or NewTokenForm(formdata=None),
+        "new_token": new_token,
+        "token_state": access_tokens.state,
+    }
+
+
+def _tokens_section(form=None, new_token=None, code=200):
+    if not wants_fragment():
+        return redirect_to(url_for(".account") + "#tokens")
+    return render_template("users/_tokens.html", **_tokens_context(form, new_token)), code
+
+
+@bp.post("/account/tokens")
+def create_token():
+    """A personal access token for the REST API, shown once in the tokens section."""
+    form = NewTokenForm()
+    if not form.validate_on_submit():
+        return _tokens_section(form, code=422)
+    try:
+        _, plain = access_tokens.create(current_user, form.name.data, bounded_int(form.expires_days.data))
+    except Invalid as e:
+        form[e.field or "name"].errors.append(str(e))
+        return _tokens_section(form, code=422)
+    return _tokens_section(new_token=plain)
+
+
+@bp.post("/account/tokens/<id:token_id>/revoke")
+def revoke_token(token_id):
+    try:
+        access_tokens.revoke(current_user, token_id)
+    except NotFound:
+        abort(404, "No such token.")
+    return _tokens_section()
