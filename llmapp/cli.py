@@ -10,6 +10,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from .extensions import db
 from .services import (
+    FieldErrors,
     ServiceError,
     access_tokens,
     api_keys,
@@ -18,6 +19,7 @@ from .services import (
     demo,
     deployments,
     lifecycle,
+    registry,
     users,
 )
 from .services import logs as logs_service
@@ -165,6 +167,72 @@ def _find(name):
         return applications.find(name)
     except ServiceError as e:
         raise click.ClickException(str(e)) from e
+
+
+def _assignments(pairs: tuple[str, ...], option: str) -> list[tuple[str, str]]:
+    found = []
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r}: write NAME=VALUE.", param_hint=option)
+        found.append((name, value))
+    return found
+
+
+def _number_or_text(value: str):
+    """A number when it reads as one; else the text (which the service then calls what it is)."""
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+def _typed(field: str, value: str):
+    """A configuration value as typed: the integer fields as numbers when they read as such."""
+    return _number_or_text(value) if field in applications.BOUNDS else value
+
+
+@apps_cli.command("create")
+@click.argument("name")
+@click.option("--owner", "owner_email", required=True, metavar="EMAIL", help="The user who owns it.")
+@click.option("--model", "model", required=True, help="A registry model's name or id.")
+@click.option("--description", default="")
+@click.option(
+    "--set", "settings", multiple=True, metavar="FIELD=VALUE", help="A configuration field, e.g. timeout_s=120."
+)
+@click.option("--env", "env", multiple=True, metavar="NAME=VALUE", help="An environment variable.")
+@click.option("--secret", "secrets", multiple=True, metavar="NAME=VALUE", help="A secret environment variable.")
+@click.option("--json", "as_json", is_flag=True)
+def create_app(name, owner_email, model, description, settings, env, secrets, as_json):
+    """Create an application NAME owned by EMAIL (the same rules as the page and the API: every broken
+    one is printed as "field: message", and nothing is created)."""
+    owner = _user(owner_email)
+    by_name = {m.name: m.id for m in registry.list_models()}
+    model_id = by_name.get(model) or _number_or_text(model)  # a name, an id, or text that names no model
+    data = {"name": name, "model_id": model_id, "description": description, **applications.default_config()}
+    unknown = []
+    for field, value in _assignments(settings, "--set"):
+        if field not in applications.DEFAULT_CONFIG:
+            unknown.append(field)
+        data[field] = _typed(field, value)
+    if unknown:
+        raise click.BadParameter(
+            f"unknown field(s) {', '.join(unknown)}; the fields: {', '.join(applications.DEFAULT_CONFIG)}",
+            param_hint="--set",
+        )
+    data["env"] = [{"name": k, "value": v, "secret": False} for k, v in _assignments(env, "--env")] + [
+        {"name": k, "value": v, "secret": True} for k, v in _assignments(secrets, "--secret")
+    ]
+    try:
+        application = applications.create(owner, data)
+    except FieldErrors as e:
+        for field, messages in e.errors.items():
+            for message in messages:
+                click.echo(f"{field}: {message}", err=True)
+        raise SystemExit(1) from e
+    except ServiceError as e:
+        raise click.ClickException(str(e)) from e
+    _report(application, as_json)
 
 
 def _wait(application, until: set[str], timeout: float):

@@ -49,7 +49,7 @@ def test_more_environment_variables_than_allowed_is_an_error_not_a_silent_cut(lo
         rows[f"env-{i}-value"] = str(i)
     response = logged_in.post("/applications/new", data=form_data(model, **rows))
     assert response.status_code == 422
-    assert "At most 100 environment variables; this form has 101. Remove some." in response.text
+    assert "At most 100 environment variables; there are 101. Remove some." in response.text
     assert 'value="VAR_100"' in response.text  # every row the user typed is still there
     assert stored(app) == []
 

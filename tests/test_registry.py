@@ -90,7 +90,8 @@ def test_validation_keeps_input(client, auth, admin, app):
     assert response.status_code == 422
     text = response.text
     assert "Between 0.000001 and 10,000." in text and "Not a valid integer value." in text
-    assert "Give the path of a local Hugging Face model directory." in text and "Not a valid choice." in text
+    assert "Give the path of a local Hugging Face model directory." in text
+    assert "Choose one of: fp32, bf16, fp16, int8, int4." in text
     assert 'value="Qwen2.5-0.5B"' in text
     assert models(app) == []
 

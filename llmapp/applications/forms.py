@@ -1,5 +1,3 @@
-import re
-
 from wtforms import (
     BooleanField,
     FieldList,
@@ -13,42 +11,28 @@ from wtforms import (
     StringField,
     TextAreaField,
 )
-from wtforms.validators import InputRequired, Length, NumberRange, Optional, StopValidation, ValidationError
+from wtforms.validators import InputRequired, NumberRange, StopValidation, ValidationError
 
 from .. import secrets_box
-from ..forms import PlatformForm
-from ..services import applications, recommendations
+from ..forms import IntegerInput, PlatformForm
+from ..services import applications
 from ..web import bounded_int
-
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MAX_ENV_VARS = 100
 
 
 class EnvVarForm(Form):
     """One row of the environment table. ``secret_id`` points at a stored secret this row keeps;
     ``secret_token`` carries, encrypted, a secret typed before the form came back with errors
-    (so it is neither echoed into the page nor lost)."""
+    (so it is neither echoed into the page nor lost). The rules of a row are the applications service's."""
 
-    name = StringField("Name", validators=[InputRequired("Give the variable a name."), Length(max=128)])
-    value = StringField("Value", validators=[Length(max=10_000, message="At most 10,000 characters.")])
+    name = StringField("Name")
+    value = StringField("Value")
     secret = BooleanField("Secret")
     secret_id = HiddenField()
     secret_token = HiddenField()
 
-    def validate_name(self, field):
-        if not ENV_NAME.match(field.data.strip()):
-            raise ValidationError("Use letters, digits and _, not starting with a digit.")
-
     def validate_secret_id(self, field):
         if field.data and bounded_int(field.data) is None:
             raise ValidationError("Invalid secret reference.")
-
-    def validate_value(self, field):
-        if self.secret_id.data and not self.secret.data and not field.data:
-            raise ValidationError(
-                "This variable holds a secret. Type its value to keep it as plain text, "
-                "or tick Secret to keep the stored value."
-            )
 
     def validate_secret_token(self, field):
         if field.data and not self.value.data:
@@ -66,8 +50,14 @@ class EnvVarForm(Form):
 
 
 def _model_id(value):
-    """A model id, or None for anything else (the validator then says what is wrong)."""
-    return bounded_int(value)
+    """A model id as typed: a number (of any size: the service knows what the registry has), None
+    when empty, else the text itself (which names no model)."""
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return value
 
 
 def _parsed(form, field):
@@ -76,51 +66,39 @@ def _parsed(form, field):
         raise StopValidation()
 
 
-def _bounded(name: str, key: str, required: bool = True):
-    """An integer field within the rule's bounds; an optional one left empty takes the platform's default."""
-    low, high = recommendations.LIMITS[key]
-    return IntegerField(
-        name,
-        validators=[
-            InputRequired(f"{name} is required.") if required else Optional(),
-            _parsed,
-            NumberRange(low, high, f"Must be between {low} and {high}."),
-        ],
-    )
-
-
 def _plugin_id(value) -> int:
     return bounded_int(value, default=0)
 
 
+def _number(key: str) -> IntegerInput:
+    return IntegerInput(applications.LABELS[key])
+
+
 class ApplicationForm(PlatformForm):
-    name = StringField(
-        "Name", validators=[InputRequired("Name is required."), Length(max=100, message="At most 100 characters.")]
+    """The application form parses what was typed (text to numbers); the applications service judges it
+    (``check``), and its errors are shown here at their fields, the same words the CLI and the API give."""
+
+    name = StringField(applications.LABELS["name"])
+    model_id = SelectField(applications.LABELS["model_id"], coerce=_model_id, validate_choice=False)
+    description = TextAreaField(applications.LABELS["description"])
+    max_concurrency = _number("max_concurrency")
+    timeout_s = _number("timeout_s")
+    log_level = SelectField(
+        applications.LABELS["log_level"],
+        choices=[(level, level) for level in applications.LOG_LEVELS],
+        validate_choice=False,
     )
-    model_id = SelectField(
-        "Model", coerce=_model_id, validators=[InputRequired("Choose a model.")], validate_choice=False
-    )
-    description = TextAreaField("Description", validators=[Optional(), Length(max=2000)])
-    max_concurrency = _bounded("Max concurrency", "max_concurrency")
-    timeout_s = _bounded("Timeout (seconds)", "timeout_s")
-    log_level = SelectField("Log level", choices=[(level, level) for level in applications.LOG_LEVELS])
-    cache_size = _bounded("Cache size (entries)", "cache_size")
-    batch_size = _bounded("Batch size", "batch_size")
+    cache_size = _number("cache_size")
+    batch_size = _number("batch_size")
     restart_policy = SelectField(
-        "Restart policy",
+        applications.LABELS["restart_policy"],
         choices=[("on-failure", "On failure"), ("never", "Never")],
+        validate_choice=False,
     )
-    max_restarts = IntegerField(
-        "Max restarts",
-        validators=[
-            InputRequired("Max restarts is required."),
-            _parsed,
-            NumberRange(0, 10, "Must be between 0 and 10."),
-        ],
-    )
-    # No max_entries: rows past the limit would be dropped without a word; the limit is checked below.
-    log_lines = _bounded("Log lines kept", "log_lines", required=False)
-    log_days = _bounded("Log days kept", "log_days", required=False)
+    max_restarts = _number("max_restarts")
+    log_lines = _number("log_lines")
+    log_days = _number("log_days")
+    # No max_entries: rows past the limit would be dropped without a word; the service counts them.
     env = FieldList(FormField(EnvVarForm))
     # Which plugins run; their order and per-application settings are on the application's page.
     plugins = SelectMultipleField("Plugins", coerce=_plugin_id, validate_choice=False)
@@ -136,29 +114,8 @@ class ApplicationForm(PlatformForm):
         if any(plugin_id not in offered for plugin_id in field.data or ()):
             raise ValidationError("Choose plugins from the list.")
 
-    def validate_model_id(self, field):
-        if field.data not in {model_id for model_id, _ in field.choices}:
-            raise ValidationError("Choose a model from the registry.")
-
-    def validate_name(self, field):
-        field.data = (field.data or "").strip()
-        if not field.data:
-            raise ValidationError("Name is required.")
-        if applications.name_taken(self.owner_id, field.data, except_id=self.application_id):
-            raise ValidationError(f"You already have an application named “{field.data}”.")
-
-    def validate_env(self, field):
-        if len(field.entries) > MAX_ENV_VARS:
-            raise ValidationError(
-                f"At most {MAX_ENV_VARS} environment variables; this form has {len(field.entries)}. Remove some."
-            )
-        seen = set()
-        for entry in field.entries:
-            name = (entry.form.name.data or "").strip()
-            if name in seen:
-                entry.form.name.errors.append(f"{name} is defined twice.")
-                raise ValidationError("Each variable name may appear only once.")
-            seen.add(name)
+    def judged(self) -> bool:
+        return super().judged(lambda data: applications.check(data, self.owner_id, self.application_id))
 
     def conceal_secrets(self) -> None:
         for entry in self.env.entries:

@@ -22,6 +22,7 @@ from ..extensions import db
 from ..runtime import plugins as plugin_types
 from ..services import (
     Conflict,
+    FieldErrors,
     NotFound,
     ServiceError,
     api_keys,
@@ -36,7 +37,7 @@ from ..services import logs as logs_service
 from ..services import metrics as metrics_service
 from ..web import int_arg, redirect_to, render
 from . import bp
-from .forms import MAX_ENV_VARS, ApplicationForm, PlaygroundForm
+from .forms import ApplicationForm, PlaygroundForm
 
 MAX_PAGE = 1_000_000  # past any real list; a larger page number is read as the first page
 
@@ -103,12 +104,15 @@ def index():
 @bp.route("/new", methods=["GET", "POST"])
 def create():
     """Create an application with the form; errors re-render it inline."""
-    form = _form(data=applications.default_config())
+    # Defaults fill a new form; a submitted one is what was sent (a field left out is not a default).
+    form = _form(data=applications.default_config()) if request.method == "GET" else _form()
     if request.method == "GET" and form.model_id.choices:
         form.model_id.data = form.model_id.choices[0][0]
-    if form.validate_on_submit():
+    if form.is_submitted() and form.judged():
         try:
             application = applications.create(current_user, form.service_data())
+        except FieldErrors as e:  # a rule that changed since judged (a name taken meanwhile)
+            form.show_errors(e.errors)
         except (Conflict, NotFound) as e:
             form.form_errors.append(str(e))
         else:
@@ -382,14 +386,17 @@ def edit(application_id):
         form = _form(application, data=_form_data(application))
     else:
         form = _form(application)
-    if form.validate_on_submit():
+    if form.is_submitted() and form.judged():
         try:
             applications.update(application, form.service_data())
+        except FieldErrors as e:
+            form.show_errors(e.errors)
+            return _render_form(form, application, code=422)
         except (Conflict, NotFound) as e:
             form.form_errors.append(str(e))
             return _render_form(form, application, code=409)
         return _saved(application, "saved", url_for(".detail", application_id=application.id), form.plugins.data)
-    return _render_form(form, application, code=422 if form.errors else 200)
+    return _render_form(form, application, code=422 if form.errors or form.form_errors else 200)
 
 
 def _form_data(application) -> dict:
@@ -441,7 +448,7 @@ def delete(application_id):
 @bp.get("/env-row")
 def env_row():
     """A new environment row for the form, plus the add button moved on to the next index."""
-    index = int_arg("index", low=0, high=MAX_ENV_VARS - 1, default=0)
+    index = int_arg("index", low=0, high=applications.MAX_ENV_VARS - 1, default=0)
     form = _form(formdata=None)
     form.env.last_index = index - 1  # append_entry names the row env-<last_index + 1>
     row = form.env.append_entry()
@@ -467,6 +474,12 @@ def apply_recommendation():
     for key, value in applied.items():
         values[key] = str(value)
     form = _form(formdata=values, meta={"csrf": False})
-    for key in (applications.DEFAULT_CONFIG.keys() - applied.keys()) & request.args.keys():
-        form[key].validate(form)  # a field Apply left alone keeps its error mark while it is still wrong
+    # A field Apply left alone keeps its error mark while it is still wrong; the filled ones lose theirs.
+    kept = (applications.DEFAULT_CONFIG.keys() - applied.keys()) & request.args.keys()
+    for key in kept:
+        form[key].validate(form)  # text that is not a number
+    try:
+        applications.check(form.service_data(), current_user.id)
+    except FieldErrors as e:
+        form.show_errors({field: messages for field, messages in e.errors.items() if field in kept})
     return render_template("applications/_config_fields.html", form=form)

@@ -32,11 +32,17 @@ def create():
     """Register a model (admins only)."""
     admin_required()
     form = RegistryModelForm()
-    if form.validate_on_submit():
-        model = registry.create_model(form.data)
+    if form.is_submitted() and form.judged():
+        model = registry.create_model(form.service_data())
         flash(f"Model “{model.name}” registered.", "success")
         return redirect_to(url_for(".index"))
-    return render("registry/form.html", "registry/_form.html", code=422 if form.errors else 200, form=form, model=None)
+    return render(
+        "registry/form.html",
+        "registry/_form.html",
+        code=422 if form.errors or form.form_errors else 200,
+        form=form,
+        model=None,
+    )
 
 
 @bp.route("/<id:model_id>/edit", methods=["GET", "POST"])
@@ -45,11 +51,17 @@ def edit(model_id):
     admin_required()
     model = get_model(model_id)
     form = RegistryModelForm(obj=model, model_id=model.id)
-    if form.validate_on_submit():
-        registry.update_model(model.id, form.data)
+    if form.is_submitted() and form.judged():
+        registry.update_model(model.id, form.service_data())
         flash(f"Model “{model.name}” saved.", "success")
         return redirect_to(url_for(".index"))
-    return render("registry/form.html", "registry/_form.html", code=422 if form.errors else 200, form=form, model=model)
+    return render(
+        "registry/form.html",
+        "registry/_form.html",
+        code=422 if form.errors or form.form_errors else 200,
+        form=form,
+        model=model,
+    )
 
 
 @bp.post("/detect")

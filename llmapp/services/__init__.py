@@ -19,3 +19,18 @@ class Invalid(ServiceError):
     def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
         self.field = field
+
+
+class FieldErrors(Invalid):
+    """Input that breaks rules at one or more fields: ``errors`` maps each field to its messages.
+
+    Field names are the service's own ("name", "max_concurrency", "env.0.name" for a row of a list);
+    the page forms, the CLI and the API render them, each in its own way, never rewording them.
+    """
+
+    def __init__(self, errors: dict[str, list[str]]):
+        super().__init__("Some fields are not valid.", next(iter(errors), None))
+        self.errors = errors
+
+
+NUL_ERROR = "Contains a NUL character, which can't be stored or passed on."

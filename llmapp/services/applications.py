@@ -1,6 +1,8 @@
 """Applications: who sees what, search, create, edit, delete, and their environment."""
 
+import re
 import uuid
+from collections import defaultdict
 
 import psutil
 from flask import current_app
@@ -11,7 +13,7 @@ from sqlalchemy.orm import joinedload, selectinload
 from .. import secrets_box
 from ..extensions import db
 from ..models import Application, EnvVar, RegistryModel, User
-from . import Conflict, NotFound, lifecycle, recommendations, registry
+from . import NUL_ERROR, Conflict, FieldErrors, NotFound, lifecycle, recommendations, registry
 
 DEFAULT_CONFIG = {
     "max_concurrency": 8,
@@ -25,6 +27,33 @@ DEFAULT_CONFIG = {
     "log_days": 7,
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+RESTART_POLICIES = ("on-failure", "never")
+
+# --- the rules of an application's fields: one statement, rendered by the forms, the CLI and the API ---
+
+LABELS = {
+    "name": "Name",
+    "model_id": "Model",
+    "description": "Description",
+    "max_concurrency": "Max concurrency",
+    "timeout_s": "Timeout (seconds)",
+    "log_level": "Log level",
+    "cache_size": "Cache size (entries)",
+    "batch_size": "Batch size",
+    "restart_policy": "Restart policy",
+    "max_restarts": "Max restarts",
+    "log_lines": "Log lines kept",
+    "log_days": "Log days kept",
+}
+BOUNDS = {**recommendations.LIMITS, "max_restarts": (0, 10)}  # integer fields: (lowest, highest)
+OPTIONAL = ("log_lines", "log_days")  # left out or empty: the platform's default
+MAX_NAME = 100
+MAX_DESCRIPTION = 2000
+MAX_ENV_VARS = 100
+MAX_ENV_NAME = 128
+MAX_ENV_VALUE = 10_000
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME_RULE = "Use letters, digits and _, not starting with a digit."
 
 
 def default_config() -> dict:
@@ -41,17 +70,25 @@ def visible_to(user: User):
     return query
 
 
-def search(user: User, q: str = "", status: str = "", page: int = 1, per_page: int = 25):
-    """A page of the applications ``user`` sees, most recently updated first.
+SORTS = {
+    "-updated": (Application.updated_at.desc(), Application.id.desc()),
+    "updated": (Application.updated_at, Application.id),
+    "name": (func.lower(Application.name), Application.id),
+    "-name": (func.lower(Application.name).desc(), Application.id.desc()),
+}
 
-    Owner and model come in the same query (no N+1); the order uses the updated_at indexes.
+
+def search(user: User, q: str = "", status: str = "", page: int = 1, per_page: int = 25, sort: str = "-updated"):
+    """A page of the applications ``user`` sees, most recently updated first (or as ``sort`` says).
+
+    Owner and model come in the same query (no N+1); the default order uses the updated_at indexes.
     """
     query = visible_to(user).options(joinedload(Application.model), joinedload(Application.owner))
     if q:
         query = query.where(Application.name.icontains(q.strip(), autoescape=True))
     if status in lifecycle.STATUSES:
         query = query.where(Application.status == status)
-    query = query.order_by(Application.updated_at.desc(), Application.id.desc())
+    query = query.order_by(*SORTS.get(sort, SORTS["-updated"]))
     pagination = db.paginate(query, page=page, per_page=per_page, max_per_page=100, error_out=False)
     if page > pagination.pages > 0:  # past the end (an old link, a hand-typed URL): the last page
         pagination = db.paginate(query, page=pagination.pages, per_page=per_page, max_per_page=100)
@@ -158,6 +195,103 @@ def _env_rows(rows: list[dict], existing: list[EnvVar]) -> list[EnvVar]:
     return result
 
 
+def check(data: dict, owner_id: int, application_id=None) -> dict:
+    """The application ``data`` describes, normalised (names stripped, defaults filled in).
+
+    ``data``: name, model_id, description, the configuration fields, and env (a list of rows: name,
+    value, secret, secret_id). Values arrive typed (an adapter parses text); a wrong type is an error.
+
+    :raise FieldErrors: every rule broken, at its field ("env.3.name" for a row's).
+    """
+    errors: defaultdict[str, list[str]] = defaultdict(list)
+    clean = {}
+
+    def text(field: str, value, limit: int, required: str | None = None) -> str:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            if required:
+                errors[field].append(required)
+            return ""
+        if not isinstance(value, str):
+            errors[field].append("Must be text.")
+            return ""
+        if "\x00" in value:
+            errors[field].append(NUL_ERROR)
+        elif len(value) > limit:
+            errors[field].append(f"At most {limit:,} characters.")
+        return value
+
+    clean["name"] = text("name", data.get("name"), MAX_NAME, "Name is required.").strip()
+    if "name" not in errors and name_taken(owner_id, clean["name"], except_id=application_id):
+        errors["name"].append(f"You already have an application named “{clean['name']}”.")
+    clean["description"] = text("description", data.get("description"), MAX_DESCRIPTION)
+    model_id = data.get("model_id")
+    if model_id is None or model_id == "":
+        errors["model_id"].append("Choose a model.")
+    elif not _is_int(model_id) or not registry.exists(model_id):
+        errors["model_id"].append("Choose a model from the registry.")
+    clean["model_id"] = model_id
+    defaults = default_config()
+    for field, (low, high) in BOUNDS.items():
+        value = data.get(field)
+        if value is None or value == "":
+            if field in OPTIONAL:
+                value = defaults[field]
+            else:
+                errors[field].append(f"{LABELS[field]} is required.")
+        elif not _is_int(value):
+            errors[field].append("Must be a whole number.")
+        elif not low <= value <= high:
+            errors[field].append(f"Must be between {low} and {high}.")
+        clean[field] = value
+    for field, choices in (("log_level", LOG_LEVELS), ("restart_policy", RESTART_POLICIES)):
+        value = data.get(field) if data.get(field) not in (None, "") else defaults[field]
+        if value not in choices:
+            errors[field].append("Choose one of: " + ", ".join(choices) + ".")
+        clean[field] = value
+    clean["env"] = _check_env(data.get("env") or [], errors, text)
+    if errors:
+        raise FieldErrors(dict(errors))
+    return clean
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_env(rows, errors, text) -> list[dict]:
+    if not isinstance(rows, list):
+        errors["env"].append("Must be a list of variables (name, value, secret).")
+        return []
+    if len(rows) > MAX_ENV_VARS:
+        errors["env"].append(f"At most {MAX_ENV_VARS} environment variables; there are {len(rows)}. Remove some.")
+    seen, clean = set(), []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            errors[f"env.{i}"].append("Must be a variable: name, value, secret.")
+            continue
+        name = text(f"env.{i}.name", row.get("name"), MAX_ENV_NAME, "Give the variable a name.").strip()
+        if name and f"env.{i}.name" not in errors and not ENV_NAME.match(name):
+            errors[f"env.{i}.name"].append(ENV_NAME_RULE)
+        if name in seen:
+            errors[f"env.{i}.name"].append(f"{name} is defined twice.")
+            if "Each variable name may appear only once." not in errors["env"]:
+                errors["env"].append("Each variable name may appear only once.")
+        seen.add(name)
+        value = text(f"env.{i}.value", row.get("value"), MAX_ENV_VALUE)
+        secret, secret_id = row.get("secret", False), row.get("secret_id")
+        if not isinstance(secret, bool):
+            errors[f"env.{i}.secret"].append("Must be true or false.")
+        if secret_id is not None and not _is_int(secret_id):
+            errors[f"env.{i}.secret_id"].append("Invalid secret reference.")
+        if secret_id and not secret and not value:
+            errors[f"env.{i}.value"].append(
+                "This variable holds a secret. Type its value to keep it as plain text, "
+                "or tick Secret to keep the stored value."
+            )
+        clean.append({"name": name, "value": value, "secret": secret is True, "secret_id": secret_id})
+    return clean
+
+
 def _config(data: dict) -> dict:
     """The configuration fields of ``data``; one that is missing or empty takes its default."""
     return {key: default if data.get(key) is None else data[key] for key, default in default_config().items()}
@@ -166,10 +300,10 @@ def _config(data: dict) -> dict:
 def create(owner: User, data: dict) -> Application:
     """Create an application owned by ``owner``.
 
-    :raise Conflict: the owner already has an application of that name.
-    :raise NotFound: the model is not in the registry.
+    :raise FieldErrors: a rule is broken (see check).
+    :raise Conflict: another request took the name meanwhile.
     """
-    registry.get_model(data["model_id"])
+    data = check(data, owner.id)
     application = Application(
         name=data["name"].strip(),
         description=data.get("description") or "",
@@ -188,9 +322,10 @@ def update(application: Application, data: dict) -> None:
     """Save an edit, only while the application is stopped or failed.
 
     :raise TransitionRefused: it is running, deploying or stopping.
-    :raise Conflict: the owner already has another application of that name.
+    :raise FieldErrors: a rule is broken (see check).
+    :raise Conflict: another request took the name meanwhile.
     """
-    registry.get_model(data["model_id"])
+    data = check(data, application.created_by_id, application.id)
     env = _env_rows(data.get("env", []), application.env_vars)
     lifecycle.claim_for_edit(
         application.id,

@@ -5,7 +5,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
 from ..models import Application, RegistryModel
-from . import Conflict, NotFound
+from . import NUL_ERROR, Conflict, FieldErrors, NotFound, model_detection
 
 FIELDS = (
     "name",
@@ -39,6 +39,11 @@ def get_model(model_id: int) -> RegistryModel:
     return model
 
 
+def exists(model_id: int) -> bool:
+    """Whether the registry has this model (an id out of the database's range names none)."""
+    return 1 <= model_id <= 2**31 - 1 and db.session.get(RegistryModel, model_id) is not None
+
+
 def name_taken(name: str, except_id: int | None = None) -> bool:
     query = select(RegistryModel.id).where(func.lower(RegistryModel.name) == name.strip().lower())
     if except_id is not None:
@@ -46,25 +51,96 @@ def name_taken(name: str, except_id: int | None = None) -> bool:
     return db.session.scalar(query) is not None
 
 
-def _clean(data: dict) -> dict:
-    values = {key: data.get(key) for key in FIELDS}
-    values["name"] = values["name"].strip()
-    if values["engine"] != "openai":  # only the openai engine has an upstream
+ENGINES = ("transformers", "openai")
+PARAMETERS_BILLIONS = (0.000001, 10_000)
+CONTEXT_LENGTH = (1, 10_000_000)
+LIMITS = {"name": 100, "family": 50, "source": 500, "base_url": 500, "upstream_model": 200, "api_key_env": 128}
+
+
+def check(data: dict, model_id: int | None = None) -> dict:
+    """The registry model ``data`` describes, normalised; the rules the page, the CLI and the API share.
+
+    :raise FieldErrors: every rule broken, at its field.
+    """
+    from .applications import ENV_NAME  # one rule for a variable's name
+
+    errors: dict[str, list[str]] = {}
+    values = {}
+
+    def error(field: str, message: str) -> None:
+        errors.setdefault(field, []).append(message)
+
+    for field, limit in LIMITS.items():
+        value = data.get(field)
+        if value is not None and not isinstance(value, str):
+            error(field, "Must be text.")
+            value = ""
+        value = (value or "").strip()
+        if "\x00" in value:
+            error(field, NUL_ERROR)
+        elif len(value) > limit:
+            error(field, f"At most {limit:,} characters.")
+        values[field] = value
+    if not values["name"]:
+        error("name", "Name is required.")
+    elif name_taken(values["name"], except_id=model_id):
+        error("name", f"A model named “{values['name']}” is already registered.")
+    for field, (low, high), missing, whole, out_of_range in (
+        (
+            "parameters_billions",
+            PARAMETERS_BILLIONS,
+            "Give the parameter count.",
+            False,
+            "Between 0.000001 and 10,000.",
+        ),
+        ("context_length", CONTEXT_LENGTH, "Give the context length.", True, "Between 1 and 10,000,000."),
+    ):
+        value = data.get(field)
+        if value is None or value == "":
+            error(field, missing)
+        elif isinstance(value, bool) or not isinstance(value, int | float) or (whole and not isinstance(value, int)):
+            error(field, "Must be a whole number." if whole else "Must be a number.")
+        elif not low <= value <= high or value != value:
+            error(field, out_of_range)
+        values[field] = value
+    for field, choices in (("precision", RegistryModel.PRECISIONS), ("engine", ENGINES)):
+        values[field] = data.get(field)
+        if values[field] not in choices:
+            error(field, "Choose one of: " + ", ".join(choices) + ".")
+    if values["engine"] == "transformers" and "source" not in errors:
+        try:
+            model_detection.check_directory(values["source"])
+        except model_detection.NotAModel as e:
+            error("source", str(e))
+    if values["engine"] == "openai":
+        if not values["base_url"]:
+            error("base_url", "Give the upstream's base URL, e.g. http://vllm:8000/v1.")
+        elif not values["base_url"].startswith(("http://", "https://")):
+            error("base_url", "The base URL must start with http:// or https://.")
+        if not values["upstream_model"]:
+            error("upstream_model", "Give the model name the upstream serves.")
+    else:  # only the openai engine has an upstream
         values["base_url"] = values["upstream_model"] = None
-    values["api_key_env"] = (values["api_key_env"] or "").strip() or "OPENAI_API_KEY"
+    values["api_key_env"] = values["api_key_env"] or "OPENAI_API_KEY"
+    if "api_key_env" not in errors and not ENV_NAME.match(values["api_key_env"]):
+        error("api_key_env", "An environment variable name: letters, digits and _, not starting with a digit.")
+    if errors:
+        raise FieldErrors(errors)
     return values
 
 
 def create_model(data: dict) -> RegistryModel:
-    model = RegistryModel(**_clean(data))
+    """:raise FieldErrors: see check."""
+    model = RegistryModel(**check(data))
     db.session.add(model)
     db.session.commit()
     return model
 
 
 def update_model(model_id: int, data: dict) -> RegistryModel:
+    """:raise NotFound: no such model. :raise FieldErrors: see check."""
     model = get_model(model_id)
-    for key, value in _clean(data).items():
+    for key, value in check(data, model_id).items():
         setattr(model, key, value)
     db.session.commit()
     return model
