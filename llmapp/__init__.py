@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from flask import Flask, render_template
+from flask import Flask, render_template, request
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -70,6 +70,7 @@ def _sqlite_foreign_keys(dbapi_connection, _record):
 
 
 def register_blueprints(app: Flask) -> None:
+    from .api import bp as api_bp
     from .applications import bp as applications_bp
     from .auth import bp as auth_bp
     from .plugins import bp as plugins_bp
@@ -83,6 +84,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(plugins_bp)
     app.register_blueprint(prometheus_bp)
     app.register_blueprint(users_bp)
+    app.register_blueprint(api_bp)
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -106,6 +108,10 @@ def register_error_handlers(app: Flask) -> None:
 
     def handle(e):
         code = getattr(e, "code", 500) or 500
+        if request.path.startswith("/api/"):  # the REST API answers problem documents, never pages
+            from .api import problems
+
+            return problems.from_http_error(e) if code != 500 else problems.problem(500, messages[500])
         # A message of ours (abort(404, "...")) is shown; werkzeug's stock descriptions are not.
         custom = getattr(e, "description", None) if code in (403, 404) else None
         if custom == getattr(type(e), "description", None):

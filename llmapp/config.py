@@ -15,6 +15,7 @@ DEFAULTS = {
     "REMEMBER_COOKIE_SAMESITE": "Lax",
     "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
     "LOGIN_RATE_LIMIT": "10 per minute",
+    "API_RATE_LIMIT": "600 per minute",  # per personal access token
     "APPLICATIONS_PER_PAGE": 25,
     # Memory the recommendations plan for, in GB; None means "this host's RAM".
     "ACCELERATOR_MEMORY_GB": None,
@@ -54,6 +55,7 @@ ENVIRONMENT = {
     "LLMAPP_ACCELERATOR_MEMORY_GB": "ACCELERATOR_MEMORY_GB",
     "LLMAPP_DEMO": "DEMO",
     "LLMAPP_LOGIN_RATE_LIMIT": "LOGIN_RATE_LIMIT",
+    "LLMAPP_API_RATE_LIMIT": "API_RATE_LIMIT",
     "LLMAPP_HOSTNAME": "HOSTNAME",
     "LLMAPP_BIND_HOST": "BIND_HOST",
     "LLMAPP_ADVERTISE_HOST": "ADVERTISE_HOST",

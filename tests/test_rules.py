@@ -20,7 +20,9 @@ def form_errors(html: str) -> dict[str, str]:
     return {name: message for name, message in re.findall(r'id="([\w-]+)-error">([^<]+)<', html)}
 
 
-def test_the_form_and_the_cli_give_the_services_messages_at_the_same_fields(logged_in, app, runner, factory, member):
+def test_the_form_the_cli_and_the_api_give_the_services_messages_at_the_same_fields(
+    logged_in, app, runner, factory, member
+):
     model = factory.model(name="Qwen")
     from test_applications import form_data
 
@@ -42,6 +44,23 @@ def test_the_form_and_the_cli_give_the_services_messages_at_the_same_fields(logg
     for field, (_, message) in BAD.items():
         assert printed[field] == message
     assert printed["env.0.name"] == BAD_ENV[1]
+
+    from test_api import bearer, token_for
+
+    body = {
+        "name": "support-bot",
+        "model_id": model.id,
+        **{field: int(value) if value.isdigit() else value for field, (value, _) in BAD.items()},
+        "timeout_s": 60,
+        "batch_size": 2,
+        "max_restarts": 3,
+        "env": [{"name": BAD_ENV[0], "value": "x"}],
+    }
+    api = logged_in.post("/api/v1/applications", json=body, headers=bearer(token_for(app, member)))
+    assert api.status_code == 422
+    for field, (_, message) in BAD.items():
+        assert api.json["errors"][field] == [message]
+    assert api.json["errors"]["env.0.name"] == [BAD_ENV[1]]
     unknown = runner.invoke(args=["apps", "create", "x", "--owner", member.email, "--model", "Nope"])
     assert "model_id: Choose a model from the registry." in unknown.output
     with app.app_context():

@@ -43,7 +43,9 @@ def revoke_key(application: Application, key_id: int) -> ApiKey:
     """:raise NotFound: no such key on this application.
     :raise ServiceError: Redis is unreachable (the key stays valid).
     """
-    key = db.session.scalar(db.select(ApiKey).where(ApiKey.id == key_id, ApiKey.application_id == application.id))
+    key = None
+    if 1 <= key_id <= 2**31 - 1:  # a larger id names no key (and would overflow the column)
+        key = db.session.scalar(db.select(ApiKey).where(ApiKey.id == key_id, ApiKey.application_id == application.id))
     if key is None:
         raise NotFound("No such key.")
     if key.revoked_at is None:

@@ -32,8 +32,8 @@ def usage_counts() -> dict[int, int]:
 
 
 def get_model(model_id: int) -> RegistryModel:
-    """:raise NotFound: no such model."""
-    model = db.session.get(RegistryModel, model_id)
+    """:raise NotFound: no such model (an id out of the database's range names none)."""
+    model = db.session.get(RegistryModel, model_id) if 1 <= model_id <= 2**31 - 1 else None
     if model is None:
         raise NotFound("No such model in the registry.")
     return model
@@ -41,7 +41,11 @@ def get_model(model_id: int) -> RegistryModel:
 
 def exists(model_id: int) -> bool:
     """Whether the registry has this model (an id out of the database's range names none)."""
-    return 1 <= model_id <= 2**31 - 1 and db.session.get(RegistryModel, model_id) is not None
+    try:
+        get_model(model_id)
+    except NotFound:
+        return False
+    return True
 
 
 def name_taken(name: str, except_id: int | None = None) -> bool:

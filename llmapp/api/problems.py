@@ -1,0 +1,55 @@
+"""Errors of the REST API as RFC 9457 problem details (application/problem+json)."""
+
+from flask import Response, json
+from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
+
+from ..services import Conflict, FieldErrors, Invalid, NotFound, ServiceError
+from ..services.lifecycle import TransitionRefused
+
+MEDIA_TYPE = "application/problem+json"
+
+
+def problem(status: int, detail: str, headers: dict | None = None, **extra) -> Response:
+    body = {"type": "about:blank", "title": HTTP_STATUS_CODES.get(status, "Error"), "status": status, "detail": detail}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return Response(json.dumps(body), status=status, mimetype=MEDIA_TYPE, headers=headers)
+
+
+def from_service_error(error: ServiceError, current_status: str | None = None) -> Response:
+    """A service's refusal: per-field errors 422, not found (or not yours) 404, a conflict 409."""
+    if isinstance(error, FieldErrors):
+        return problem(422, "The request has invalid fields.", errors=error.errors)
+    if isinstance(error, Invalid):
+        return problem(422, str(error), errors={error.field or "": [str(error)]})
+    if isinstance(error, NotFound):
+        return problem(404, str(error))
+    if isinstance(error, TransitionRefused | Conflict):
+        return problem(409, str(error), current_status=current_status)
+    return problem(503, str(error), headers={"Retry-After": "5"})  # e.g. Redis unreachable
+
+
+HTTP_DETAILS = {
+    401: "Send a personal access token: Authorization: Bearer <token> (made on your Account page).",
+    403: "Your account is not allowed to do this.",
+    404: "No such resource, or it is not yours.",
+    405: "This method is not allowed here.",
+    413: "The request body is too large.",
+    415: "Send JSON (Content-Type: application/json).",
+    429: "Too many requests with this token: wait and retry (see Retry-After).",
+}
+
+
+def from_http_error(error: HTTPException) -> Response:
+    code = error.code or 500
+    headers = dict(error.get_headers()) if code == 429 else {}
+    headers.pop("Content-Type", None)
+    if code == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="llmapp"'
+    if code == 429 and "Retry-After" not in headers:
+        headers["Retry-After"] = "60"
+    described = error.description if error.description != type(error).description else None
+    if code == 429:  # Flask-Limiter's description is the limit itself ("600 per 1 minute")
+        return problem(429, f"Too many requests with this token (at most {described}): retry after the pause "
+                       "Retry-After gives.", headers=headers)  # fmt: skip
+    return problem(code, described or HTTP_DETAILS.get(code, HTTP_STATUS_CODES.get(code, "Error")), headers=headers)

@@ -1,0 +1,360 @@
+"""The REST API's routes: thin adapters over the same services the pages, the jobs and the CLI call.
+
+Objects are the token user's as in the pages: another member's application answers 404, the same as
+one that does not exist. A refused transition is 409 with the application's status now.
+"""
+
+import copy
+
+from flask import g, jsonify, url_for
+from spectree import Response
+
+from ..extensions import db
+from ..services import ServiceError, api_keys, applications, deployments, registry
+from ..services import logs as logs_service
+from ..services import metrics as metrics_service
+from . import bp, problems, spec
+from .schemas import (
+    ApplicationIn,
+    ApplicationOut,
+    ApplicationPage,
+    ApplicationQuery,
+    KeyIn,
+    KeyList,
+    KeyOut,
+    LogPage,
+    LogQuery,
+    MetricsQuery,
+    ModelIn,
+    ModelList,
+    ModelOut,
+    NewKey,
+    Problem,
+    Transition,
+)
+
+ERRORS = {"HTTP_401": Problem, "HTTP_404": Problem, "HTTP_429": Problem}
+BODY_ERRORS = {**ERRORS, "HTTP_415": Problem, "HTTP_422": Problem}  # operations that read a JSON body
+APPLICATIONS = ["applications"]
+
+
+def _application(application_id):
+    """The token user's application, or a 404 problem to return."""
+    return applications.get_for_user(application_id, g.api_user)
+
+
+def _out(application) -> dict:
+    model = application.model
+    return ApplicationOut(
+        id=str(application.id),
+        name=application.name,
+        description=application.description,
+        model_id=application.model_id,
+        model=model.name if model else "",
+        owner=application.owner.email if application.owner else None,
+        status=application.status,
+        endpoint=application.endpoint,
+        last_error=application.last_error,
+        config=application.config,
+        env=applications.masked_env(application),
+        created_at=application.created_at,
+        updated_at=application.updated_at,
+        deployed_at=application.deployed_at,
+    )
+
+
+def _refused(error: ServiceError, application=None):
+    status = None
+    if application is not None:
+        db.session.rollback()
+        status = db.session.get(type(application), application.id).status
+    return problems.from_service_error(error, current_status=status)
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """The OpenAPI 3.1 document of this API, generated from its routes."""
+    return jsonify(document())
+
+
+_document: dict | None = None
+
+
+def document() -> dict:
+    """spectree's document, with every error response as what it is: a problem document
+    (application/problem+json), its 422s included (spectree would describe its own error list)."""
+    global _document
+    if _document is None:
+        generated = copy.deepcopy(spec.spec)
+        problem_schema = {
+            "$ref": "#/components/schemas/"
+            + next(n for n in generated["components"]["schemas"] if n.startswith("Problem"))
+        }
+        for operations in generated["paths"].values():
+            for operation in operations.values():
+                for code, answer in operation["responses"].items():
+                    if code[0] in "45":
+                        answer["content"] = {problems.MEDIA_TYPE: {"schema": problem_schema}}
+        for name in [n for n in generated["components"]["schemas"] if n.startswith("ValidationError")]:
+            del generated["components"]["schemas"][name]
+        _document = generated
+    return _document
+
+
+@bp.get("/applications")
+@spec.validate(query=ApplicationQuery, resp=Response(HTTP_200=ApplicationPage, **ERRORS), tags=APPLICATIONS)
+def list_applications(query: ApplicationQuery):
+    """List your applications (all of them, for an admin): pages, a status filter, a name search, a sort."""
+    found = applications.search(g.api_user, query.q, query.status or "", query.page, query.per_page, query.sort)
+    return ApplicationPage(
+        items=[_out(a) for a in found.items],
+        page=found.page,
+        per_page=found.per_page,
+        total=found.total,
+        pages=found.pages,
+    )
+
+
+@bp.post("/applications")
+@spec.validate(json=ApplicationIn, resp=Response(HTTP_201=ApplicationOut, **BODY_ERRORS), tags=APPLICATIONS)
+def create_application(json: ApplicationIn):
+    """Create an application (stopped). Every rule the form has applies; errors come per field."""
+    try:
+        application = applications.create(g.api_user, json.model_dump())
+    except ServiceError as e:
+        return _refused(e)
+    location = url_for(".get_application", application_id=application.id)
+    return _out(applications.get_for_user(application.id, g.api_user)), 201, {"Location": location}
+
+
+@bp.get("/applications/<application_id>")
+@spec.validate(resp=Response(HTTP_200=ApplicationOut, **ERRORS), tags=APPLICATIONS)
+def get_application(application_id):
+    """One application, with its status, endpoint, configuration and environment (secrets masked)."""
+    try:
+        return _out(_application(application_id))
+    except ServiceError as e:
+        return _refused(e)
+
+
+@bp.put("/applications/<application_id>")
+@spec.validate(
+    json=ApplicationIn,
+    resp=Response(HTTP_200=ApplicationOut, HTTP_409=Problem, **BODY_ERRORS),
+    tags=APPLICATIONS,
+)
+def update_application(application_id, json: ApplicationIn):
+    """Replace an application's fields, while it is stopped or failed (else 409 with its status).
+    A secret variable sent with an empty value and its ``secret_id`` keeps its stored value."""
+    try:
+        application = _application(application_id)
+    except ServiceError as e:
+        return _refused(e)
+    try:
+        applications.update(application, json.model_dump())
+    except ServiceError as e:
+        return _refused(e, application)
+    return _out(applications.get_for_user(application.id, g.api_user))
+
+
+@bp.delete("/applications/<application_id>")
+@spec.validate(resp=Response("HTTP_204", HTTP_409=Problem, **ERRORS), tags=APPLICATIONS)
+def delete_application(application_id):
+    """Delete an application and what it left (keys, logs, metrics), while stopped or failed."""
+    try:
+        application = _application(application_id)
+    except ServiceError as e:
+        return _refused(e)
+    try:
+        applications.delete(application)
+    except ServiceError as e:
+        return _refused(e, application)
+    return "", 204
+
+
+def _transition(application_id, request_transition):
+    try:
+        application = _application(application_id)
+    except ServiceError as e:
+        return _refused(e)
+    try:
+        deploy_id = request_transition(application)
+    except ServiceError as e:
+        return _refused(e, application)
+    db.session.expire(application)
+    return Transition(id=str(application.id), status=application.status, deploy_id=deploy_id), 202
+
+
+@bp.post("/applications/<application_id>/deploy")
+@spec.validate(resp=Response(HTTP_202=Transition, HTTP_409=Problem, HTTP_503=Problem, **ERRORS), tags=APPLICATIONS)
+def deploy_application(application_id):
+    """Deploy: the application moves to deploying; poll it until running (or failed, with last_error)."""
+    return _transition(application_id, deployments.request_deploy)
+
+
+@bp.post("/applications/<application_id>/stop")
+@spec.validate(resp=Response(HTTP_202=Transition, HTTP_409=Problem, HTTP_503=Problem, **ERRORS), tags=APPLICATIONS)
+def stop_application(application_id):
+    """Stop: in-flight requests finish (within the grace period), then the server exits."""
+    return _transition(application_id, _stop)
+
+
+def _stop(application) -> None:
+    deployments.request_stop(application)
+
+
+def _key_out(row, model=KeyOut, **extra):
+    return model(
+        id=row.id,
+        label=row.label,
+        prefix=row.prefix,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        revoked_at=row.revoked_at,
+        **extra,
+    )
+
+
+@bp.get("/applications/<application_id>/keys")
+@spec.validate(resp=Response(HTTP_200=KeyList, **ERRORS), tags=["keys"])
+def list_keys(application_id):
+    """The application's API keys (never the keys themselves)."""
+    try:
+        application = _application(application_id)
+    except ServiceError as e:
+        return _refused(e)
+    return KeyList(items=[_key_out(key) for key in api_keys.list_keys(application)])
+
+
+@bp.post("/applications/<application_id>/keys")
+@spec.validate(json=KeyIn, resp=Response(HTTP_201=NewKey, HTTP_503=Problem, **BODY_ERRORS), tags=["keys"])
+def create_key(application_id, json: KeyIn):
+    """Make a key to the application's endpoint; the key is in this answer only."""
+    try:
+        application = _application(application_id)
+        key, plain = api_keys.create_key(application, json.label)
+    except ServiceError as e:
+        return _refused(e)
+    return _key_out(key, NewKey, key=plain), 201
+
+
+@bp.delete("/applications/<application_id>/keys/<int:key_id>")
+@spec.validate(resp=Response("HTTP_204", HTTP_503=Problem, **ERRORS), tags=["keys"])
+def revoke_key(application_id, key_id):
+    """Revoke a key: calls with it fail from now on."""
+    try:
+        application = _application(application_id)
+        api_keys.revoke_key(application, key_id)
+    except ServiceError as e:
+        return _refused(e)
+    return "", 204
+
+
+@bp.get("/applications/<application_id>/logs")
+@spec.validate(query=LogQuery, resp=Response(HTTP_200=LogPage, **ERRORS), tags=["logs"])
+def application_logs(application_id, query: LogQuery):
+    """The application's log, newest page first (lines oldest first within a page); ``before`` pages back."""
+    try:
+        application = _application(application_id)
+        found = logs_service.search(
+            application, query.level, query.q, before=logs_service.valid_id(query.before), limit=query.limit
+        )
+    except ServiceError as e:
+        return _refused(e)
+    items = [
+        {
+            "id": line.id,
+            "time": line.ts,
+            "level": line.level,
+            "source": line.source,
+            "message": line.message,
+            "request_id": line.request_id or None,
+        }
+        for line in found.lines
+    ]
+    return LogPage(items=items, next_before=found.older)
+
+
+@bp.get("/applications/<application_id>/metrics")
+@spec.validate(query=MetricsQuery, resp=Response(HTTP_200=None, **ERRORS), tags=["metrics"])
+def application_metrics(application_id, query: MetricsQuery):
+    """The application's metrics over a window: the Monitoring pane's figures, as JSON."""
+    try:
+        application = _application(application_id)
+    except ServiceError as e:
+        return _refused(e)
+    return jsonify(metrics_service.report(application, query.window))
+
+
+def _model_out(model) -> ModelOut:
+    return ModelOut.model_validate(model, from_attributes=True)
+
+
+@bp.get("/models")
+@spec.validate(resp=Response(HTTP_200=ModelList, **ERRORS), tags=["registry"])
+def list_models():
+    """The model registry: what applications can serve."""
+    return ModelList(items=[_model_out(m) for m in registry.list_models()])
+
+
+@bp.get("/models/<int:model_id>")
+@spec.validate(resp=Response(HTTP_200=ModelOut, **ERRORS), tags=["registry"])
+def get_model(model_id):
+    """One registry model."""
+    try:
+        return _model_out(registry.get_model(model_id))
+    except ServiceError as e:
+        return _refused(e)
+
+
+ADMIN_ERRORS = {**ERRORS, "HTTP_403": Problem}
+
+
+def _admin_only():
+    return None if g.api_user.is_admin else problems.problem(403, "Only an admin can change the model registry.")
+
+
+@bp.post("/models")
+@spec.validate(
+    json=ModelIn,
+    resp=Response(HTTP_201=ModelOut, HTTP_422=Problem, **ADMIN_ERRORS, HTTP_415=Problem),
+    tags=["registry"],
+)
+def create_model(json: ModelIn):
+    """Register a model (admins). A transformers model's directory is checked on this host."""
+    if refused := _admin_only():
+        return refused
+    try:
+        model = registry.create_model(json.model_dump())
+    except ServiceError as e:
+        return _refused(e)
+    return _model_out(model), 201, {"Location": url_for(".get_model", model_id=model.id)}
+
+
+@bp.put("/models/<int:model_id>")
+@spec.validate(
+    json=ModelIn,
+    resp=Response(HTTP_200=ModelOut, HTTP_422=Problem, **ADMIN_ERRORS, HTTP_415=Problem),
+    tags=["registry"],
+)
+def update_model(model_id, json: ModelIn):
+    """Replace a registry model's fields (admins)."""
+    if refused := _admin_only():
+        return refused
+    try:
+        return _model_out(registry.update_model(model_id, json.model_dump()))
+    except ServiceError as e:
+        return _refused(e)
+
+
+@bp.delete("/models/<int:model_id>")
+@spec.validate(resp=Response("HTTP_204", HTTP_409=Problem, **ADMIN_ERRORS), tags=["registry"])
+def delete_model(model_id):
+    """Remove a model from the registry (admins); refused while applications use it."""
+    if refused := _admin_only():
+        return refused
+    try:
+        registry.delete_model(model_id)
+    except ServiceError as e:
+        return _refused(e)
+    return "", 204

@@ -1,0 +1,201 @@
+"""The REST API's request and response bodies (pydantic), from which the OpenAPI document is generated.
+
+These models say only what shape a body has (types, which fields exist). What values are allowed is
+the services' to say, once (services/applications.py ``check``): the bounds shown here as minimum and
+maximum are read from the same constants, for the document; the service enforces them, and its
+errors come back per field in a problem document.
+"""
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from ..models import RegistryModel
+from ..services import applications, lifecycle, registry
+
+
+def _utc(value):
+    """The database keeps UTC without a zone; the API says so (RFC 3339 needs the offset)."""
+    return value.replace(tzinfo=UTC) if isinstance(value, datetime) and value.tzinfo is None else value
+
+
+UtcDateTime = Annotated[datetime, BeforeValidator(_utc)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+def _choice(choices) -> Field:
+    """A text field whose allowed values the service checks; listed here for the document."""
+    return Field(None, json_schema_extra={"enum": list(choices)})
+
+
+def _bounded(field: str):
+    low, high = applications.BOUNDS[field]
+    extra = {"minimum": low, "maximum": high, "description": applications.LABELS[field]}
+    return Field(None, json_schema_extra=extra)
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; ``errors`` maps a field ("env.0.name") to its messages."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: dict[str, list[str]] | None = None
+    current_status: str | None = Field(None, description="A refused transition: the application's status now.")
+
+
+class EnvVarIn(Strict):
+    name: str | None = None
+    value: str = ""
+    secret: bool = False
+    secret_id: int | None = Field(None, description="Keep the stored value of this secret variable (its id).")
+
+
+class ApplicationIn(Strict):
+    """An application's fields. The types are checked here; everything else (which fields are required,
+    bounds, names) by the applications service, whose errors come back per field: a field left out
+    is "required" there, or takes its default (log_level, restart_policy, log_lines, log_days)."""
+
+    name: str | None = Field(None, json_schema_extra={"maxLength": applications.MAX_NAME})
+    model_id: int | None = Field(None, description="A registry model's id (GET /api/v1/models).")
+    description: str | None = Field(None, json_schema_extra={"maxLength": applications.MAX_DESCRIPTION})
+    max_concurrency: int | None = _bounded("max_concurrency")
+    timeout_s: int | None = _bounded("timeout_s")
+    log_level: str | None = _choice(applications.LOG_LEVELS)
+    cache_size: int | None = _bounded("cache_size")
+    batch_size: int | None = _bounded("batch_size")
+    restart_policy: str | None = _choice(applications.RESTART_POLICIES)
+    max_restarts: int | None = _bounded("max_restarts")
+    log_lines: int | None = _bounded("log_lines")
+    log_days: int | None = _bounded("log_days")
+    env: list[EnvVarIn] = Field(default_factory=list, json_schema_extra={"maxItems": applications.MAX_ENV_VARS})
+
+
+class EnvVarOut(BaseModel):
+    id: int
+    name: str
+    value: str = Field(description="A secret's value is never sent: “••••”.")
+    secret: bool
+
+
+class ApplicationOut(BaseModel):
+    id: str
+    name: str
+    description: str
+    model_id: int
+    model: str
+    owner: str | None
+    status: Literal[lifecycle.STATUSES]  # type: ignore[valid-type]
+    endpoint: str | None
+    last_error: str | None
+    config: dict[str, int | str | float]
+    env: list[EnvVarOut]
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
+    deployed_at: UtcDateTime | None
+
+
+class ApplicationPage(BaseModel):
+    items: list[ApplicationOut]
+    page: int
+    per_page: int
+    total: int
+    pages: int
+
+
+class ApplicationQuery(BaseModel):
+    page: int = Field(1, ge=1, le=100_000)
+    per_page: int = Field(25, ge=1, le=100)
+    status: Literal[lifecycle.STATUSES] | None = None  # type: ignore[valid-type]
+    q: str = Field("", max_length=100, description="Part of the name, any case.")
+    sort: Literal["-updated", "updated", "name", "-name"] = "-updated"
+
+
+class Transition(BaseModel):
+    id: str
+    status: Literal[lifecycle.STATUSES]  # type: ignore[valid-type]
+    deploy_id: str | None = None
+
+
+class KeyIn(Strict):
+    label: str = Field("", max_length=100)
+
+
+class KeyOut(BaseModel):
+    id: int
+    label: str
+    prefix: str
+    created_at: UtcDateTime
+    last_used_at: UtcDateTime | None
+    revoked_at: UtcDateTime | None
+
+
+class NewKey(KeyOut):
+    key: str = Field(description="The key itself: shown once, never stored.")
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]
+
+
+class LogLineOut(BaseModel):
+    id: str
+    time: float
+    level: str
+    source: str
+    message: str
+    request_id: str | None = None
+
+
+class LogPage(BaseModel):
+    items: list[LogLineOut]
+    next_before: str | None = Field(None, description="Pass as ?before= for the older lines.")
+
+
+class LogQuery(BaseModel):
+    limit: int = Field(200, ge=1, le=1000)
+    before: str | None = Field(None, max_length=40, description="Only lines older than this id.")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
+    q: str = Field("", max_length=200)
+
+
+class MetricsQuery(BaseModel):
+    window: Literal["15m", "1h", "24h", "7d"] = "1h"
+
+
+class ModelOut(BaseModel):
+    id: int
+    name: str
+    family: str
+    parameters_billions: float
+    precision: str
+    context_length: int
+    engine: str
+    source: str
+    base_url: str | None
+    upstream_model: str | None
+    api_key_env: str
+
+
+class ModelList(BaseModel):
+    items: list[ModelOut]
+
+
+class ModelIn(Strict):
+    """A registry model's fields; the registry service judges them (errors per field)."""
+
+    name: str | None = None
+    family: str | None = None
+    parameters_billions: float | int | None = None
+    precision: str | None = _choice(RegistryModel.PRECISIONS)
+    context_length: int | None = None
+    engine: str | None = _choice(registry.ENGINES)
+    source: str | None = Field(None, description="transformers: a model directory on the hosts that serve it.")
+    base_url: str | None = Field(None, description="openai: the upstream's base URL.")
+    upstream_model: str | None = None
+    api_key_env: str | None = Field(None, description="openai: the variable that holds the upstream's key.")

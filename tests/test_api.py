@@ -1,0 +1,238 @@
+"""The REST API, /api/v1: tokens, problem details, object-level access, refused transitions, rate limits,
+the OpenAPI 3.1 document, and schemathesis against a running server."""
+
+import subprocess
+import sys
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from conftest import LiveServer
+from llmapp.extensions import db
+from llmapp.models import AccessToken, Application, User, utcnow
+from llmapp.services import access_tokens
+
+API = "/api/v1"
+
+
+def token_for(app, user) -> str:
+    with app.app_context():
+        _, plain = access_tokens.create(db.session.get(User, user.id), "tests", None)
+    return plain
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def problem(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.content_type == "application/problem+json"
+    body = response.json
+    assert body["status"] == status and body["title"] and body["detail"]
+    return body
+
+
+def application_body(model, **overrides) -> dict:
+    body = {
+        "name": "support-bot",
+        "model_id": model.id,
+        "description": "Answers questions.",
+        "max_concurrency": 2,
+        "timeout_s": 60,
+        "cache_size": 64,
+        "batch_size": 2,
+        "max_restarts": 3,
+        "env": [{"name": "GREETING", "value": "hello"}, {"name": "API_KEY", "value": "sk-1", "secret": True}],
+    }
+    return {**body, **overrides}
+
+
+def test_tokens_are_the_only_way_in(app, client, auth, member, factory):
+    problem(client.get(f"{API}/applications"), 401)
+    auth.login(member)  # a session cookie never authenticates the API
+    assert problem(client.get(f"{API}/applications"), 401)["detail"].startswith("Send a personal access token")
+    token = token_for(app, member)
+    assert client.get(f"{API}/applications", headers=bearer(token)).status_code == 200
+    response = client.get(f"{API}/applications", headers=bearer(token + "x"))
+    assert problem(response, 401)["detail"] == "This token is unknown, revoked or expired."
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    with app.app_context():
+        stored = db.session.scalar(db.select(AccessToken).filter_by(token_hash=access_tokens.digest(token)))
+        stored.expires_at = utcnow() - timedelta(seconds=1)
+        db.session.commit()
+    problem(client.get(f"{API}/applications", headers=bearer(token)), 401)
+    revoked = token_for(app, member)
+    with app.app_context():
+        access_tokens.revoke(db.session.get(User, member.id), access_tokens_id(revoked))
+    problem(client.get(f"{API}/applications", headers=bearer(revoked)), 401)
+    # No CSRF token needed with a bearer token (the app under test enforces CSRF on forms).
+    fresh = token_for(app, member)
+    created = client.post(f"{API}/applications", json=application_body(factory.model()), headers=bearer(fresh))
+    assert created.status_code == 201, created.text
+    assert "Set-Cookie" not in created.headers or "session" not in created.headers["Set-Cookie"]
+
+
+def access_tokens_id(plain: str) -> int:
+    return db.session.scalar(db.select(AccessToken.id).filter_by(token_hash=access_tokens.digest(plain)))
+
+
+def test_create_read_update_list_and_delete(app, client, member, factory):
+    token = bearer(token_for(app, member))
+    model = factory.model(name="Qwen")
+    created = client.post(f"{API}/applications", json=application_body(model), headers=token)
+    assert created.status_code == 201, created.text
+    body = created.json
+    assert created.headers["Location"] == f"{API}/applications/{body['id']}"
+    assert body["status"] == "stopped" and body["model"] == "Qwen" and body["owner"] == member.email
+    assert [(v["name"], v["value"], v["secret"]) for v in body["env"]] == [
+        ("GREETING", "hello", False),
+        ("API_KEY", "••••", True),  # a secret is never sent back
+    ]
+    assert body["config"]["log_lines"] > 0  # left out: the platform's default
+    url = f"{API}/applications/{body['id']}"
+    assert client.get(url, headers=token).json["name"] == "support-bot"
+
+    secret_id = body["env"][1]["id"]
+    changed = application_body(
+        model, name="renamed", env=[{"name": "API_KEY", "value": "", "secret": True, "secret_id": secret_id}]
+    )
+    updated = client.put(url, json=changed, headers=token)
+    assert updated.status_code == 200 and updated.json["name"] == "renamed"
+    from llmapp import secrets_box
+
+    with app.app_context():
+        (var,) = db.session.get(Application, uuid.UUID(updated.json["id"])).env_vars
+        assert secrets_box.decrypt(var.value) == "sk-1"  # kept, never sent
+
+    for i in range(3):
+        client.post(f"{API}/applications", json=application_body(model, name=f"app-{i}"), headers=token)
+    page = client.get(f"{API}/applications?per_page=2&sort=name", headers=token).json
+    assert page["total"] == 4 and page["pages"] == 2 and [a["name"] for a in page["items"]] == ["app-0", "app-1"]
+    assert [a["name"] for a in client.get(f"{API}/applications?q=REN", headers=token).json["items"]] == ["renamed"]
+    assert client.get(f"{API}/applications?status=running", headers=token).json["total"] == 0
+    assert problem(client.get(f"{API}/applications?per_page=1000", headers=token), 422)["errors"]["per_page"]
+    assert client.delete(url, headers=token).status_code == 204
+    problem(client.get(url, headers=token), 404)
+
+
+def test_bad_input_comes_back_per_field_and_changes_nothing(app, client, member, factory):
+    token = bearer(token_for(app, member))
+    model = factory.model()
+    bad = application_body(model, max_concurrency=0, restart_policy="sometimes", env=[{"name": "1BAD"}])
+    body = problem(client.post(f"{API}/applications", json=bad, headers=token), 422)
+    assert body["errors"]["max_concurrency"] == ["Must be between 1 and 1024."]
+    assert body["errors"]["env.0.name"] == ["Use letters, digits and _, not starting with a digit."]
+    shape = problem(client.post(f"{API}/applications", json={"name": 5, "extra": 1}, headers=token), 422)
+    assert set(shape["errors"]) == {"name", "extra"}
+    missing = problem(client.post(f"{API}/applications", json={}, headers=token), 422)
+    assert missing["errors"]["name"] == ["Name is required."]  # the service's words, not the parser's
+    assert missing["errors"]["max_concurrency"] == ["Max concurrency is required."]
+    not_json = client.post(f"{API}/applications", data="{", headers={**token, "Content-Type": "application/json"})
+    assert not_json.status_code in (400, 422) and not_json.content_type == "application/problem+json"
+    with app.app_context():
+        assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
+
+
+def test_another_members_objects_are_404_and_admin_operations_403(app, client, factory, member):
+    other = factory.user("other@example.com")
+    admin = factory.user("root@example.com", admin=True)
+    model = factory.model()
+    theirs = factory.application(other, model, name="theirs")
+    token = bearer(token_for(app, member))
+    base = f"{API}/applications/{theirs.id}"
+    for method, url, body in (
+        ("get", base, None),
+        ("put", base, application_body(model)),
+        ("delete", base, None),
+        ("post", f"{base}/deploy", None),
+        ("post", f"{base}/stop", None),
+        ("get", f"{base}/keys", None),
+        ("post", f"{base}/keys", {"label": "x"}),
+        ("delete", f"{base}/keys/1", None),
+        ("get", f"{base}/logs", None),
+        ("get", f"{base}/metrics", None),
+    ):
+        response = getattr(client, method)(url, json=body, headers=token)
+        assert problem(response, 404)["detail"].startswith("No such"), (method, url)
+    assert client.get(base, headers=bearer(token_for(app, admin))).status_code == 200  # an admin sees all
+    for method, url in (
+        ("post", f"{API}/models"),
+        ("put", f"{API}/models/{model.id}"),
+        ("delete", f"{API}/models/{model.id}"),
+    ):
+        response = getattr(client, method)(url, json={"name": "x"} if method != "delete" else None, headers=token)
+        assert problem(response, 403)["detail"] == "Only an admin can change the model registry."
+    models = client.get(f"{API}/models", headers=token).json["items"]
+    assert [m["name"] for m in models] == [model.name]
+
+
+def test_a_refused_transition_is_409_with_the_status_now(app, client, member, factory):
+    token = bearer(token_for(app, member))
+    running = factory.application(member, factory.model(), name="busy", status="running")
+    url = f"{API}/applications/{running.id}"
+    assert problem(client.post(f"{url}/deploy", headers=token), 409)["current_status"] == "running"
+    assert problem(client.delete(url, headers=token), 409)["current_status"] == "running"
+    assert (
+        problem(client.put(url, json=application_body(factory.model()), headers=token), 409)["current_status"]
+        == "running"
+    )
+    stopped = factory.application(member, factory.model(), name="idle")
+    assert (
+        problem(client.post(f"{API}/applications/{stopped.id}/stop", headers=token), 409)["current_status"] == "stopped"
+    )
+
+
+@pytest.mark.parametrize("config_overrides", [{"API_RATE_LIMIT": "5 per minute", "RATELIMIT_ENABLED": True}])
+def test_each_token_has_its_own_rate_limit(app, client, member, factory, config_overrides):
+    first, second = bearer(token_for(app, member)), bearer(token_for(app, member))
+    answers = [client.get(f"{API}/models", headers=first) for _ in range(6)]
+    assert [a.status_code for a in answers] == [200] * 5 + [429]
+    limited = problem(answers[-1], 429)
+    assert int(answers[-1].headers["Retry-After"]) > 0 and "Too many requests" in limited["detail"]
+    assert client.get(f"{API}/models", headers=second).status_code == 200
+
+
+def test_the_openapi_document_is_3_1_and_names_every_operation(client):
+    document = client.get(f"{API}/openapi.json").json
+    assert document["openapi"] == "3.1.0"
+    assert document["components"]["securitySchemes"]["token"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A personal access token.",
+    }
+    operations = {(path, method) for path, item in document["paths"].items() for method in item}
+    for expected in (
+        ("/api/v1/applications", "get"),
+        ("/api/v1/applications", "post"),
+        ("/api/v1/applications/{application_id}", "put"),
+        ("/api/v1/applications/{application_id}/deploy", "post"),
+        ("/api/v1/applications/{application_id}/logs", "get"),
+        ("/api/v1/models", "post"),
+    ):
+        assert expected in operations
+    limits = document["components"]["schemas"]
+    application_in = next(v for k, v in limits.items() if k.startswith("ApplicationIn"))
+    assert application_in["properties"]["max_concurrency"]["maximum"] == 1024  # read from the service's bounds
+
+
+CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+
+
+def test_schemathesis_finds_no_server_error_and_no_response_off_its_schema(app, factory, member, tmp_path):
+    """Schemathesis (from PyPI) against the live document of a running server, a bounded number of examples."""
+    admin = factory.user("root@example.com", admin=True)
+    factory.application(member, factory.model(name="Qwen"), name="seed")
+    token = token_for(app, admin)
+    with LiveServer(app) as server:
+        done = subprocess.run(
+            [
+                sys.executable, "-m", "schemathesis.cli", "run", f"{server.url}{API}/openapi.json",
+                "--checks", CHECKS,
+                "--max-examples", "12", "--seed", "1", "--phases", "examples,coverage,fuzzing",
+                "-H", f"Authorization: Bearer {token}", "--request-timeout", "30",
+            ],
+            capture_output=True, text=True, timeout=900, cwd=tmp_path,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
