@@ -71,6 +71,7 @@ def _sqlite_foreign_keys(dbapi_connection, _record):
 
 def register_blueprints(app: Flask) -> None:
     from .api import bp as api_bp
+    from .api.page import page_bp as api_page_bp
     from .applications import bp as applications_bp
     from .auth import bp as auth_bp
     from .plugins import bp as plugins_bp
@@ -85,6 +86,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(prometheus_bp)
     app.register_blueprint(users_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(api_page_bp)
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -108,7 +110,7 @@ def register_error_handlers(app: Flask) -> None:
 
     def handle(e):
         code = getattr(e, "code", 500) or 500
-        if request.path.startswith("/api/"):  # the REST API answers problem documents, never pages
+        if request.path.startswith("/api/v1/"):  # the REST API answers problem documents, never pages
             from .api import problems
 
             return problems.from_http_error(e) if code != 500 else problems.problem(500, messages[500])

@@ -325,6 +325,12 @@ def test_an_admin_manages_users(app, factory, browser_page, config_overrides):
         expect(page.locator("#tokens .new-key")).to_contain_text("llmapp_pat_")
         expect(page.locator("#tokens table")).to_contain_text("deploy from CI")
         page.locator("#tokens").screenshot(path=str(ARTIFACTS / "10a-api-tokens.png"), caret="initial")
+        # The API's reference page, rendered from the OpenAPI document.
+        page.click("nav a:has-text('API')")
+        expect(page.locator("h1")).to_contain_text("REST API")
+        expect(page.locator("#post--api-v1-applications")).to_contain_text("max_concurrency")
+        page.screenshot(path=str(ARTIFACTS / "10b-api-page.png"), caret="initial")  # the top of a long page
+        page.locator("#post--api-v1-applications").screenshot(path=str(ARTIFACTS / "10c-api-operation.png"))
         page.wait_for_load_state("networkidle")  # nothing left loading when the server stops
 
 

@@ -38,7 +38,7 @@ spec = SpecTree(
     title="llmapp API",
     version="1",
     description="Create, deploy, call and watch LLM applications. Authenticate with a personal access "
-    "token (Account page, or `flask tokens create`): `Authorization: Bearer <token>`.",
+    "token (Account page, or flask tokens create): Authorization: Bearer <token>.",
     mode="strict",
     page_templates={},  # no CDN-loaded UI pages: the platform's own API page reads the document
     security_schemes=[
