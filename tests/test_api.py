@@ -1,6 +1,7 @@
 """The REST API, /api/v1: tokens, problem details, object-level access, refused transitions, rate limits,
 the OpenAPI 3.1 document, and schemathesis against a running server."""
 
+import json
 import subprocess
 import sys
 import uuid
@@ -152,6 +153,7 @@ def test_another_members_objects_are_404_and_admin_operations_403(app, client, f
         ("post", f"{base}/keys", {"label": "x"}),
         ("delete", f"{base}/keys/1", None),
         ("get", f"{base}/logs", None),
+        ("get", f"{base}/logs/stream", None),
         ("get", f"{base}/metrics", None),
     ):
         response = getattr(client, method)(url, json=body, headers=token)
@@ -232,6 +234,7 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_its_schema(app, 
                 "--checks", CHECKS,
                 "--max-examples", "12", "--seed", "1", "--phases", "examples,coverage,fuzzing",
                 "-H", f"Authorization: Bearer {token}", "--request-timeout", "30",
+                "--exclude-path-regex", ".*/logs/stream$",  # an endless stream (tested in the flow below)
             ],
             capture_output=True, text=True, timeout=900, cwd=tmp_path,
         )  # fmt: skip
@@ -268,11 +271,21 @@ def test_a_script_registers_a_model_deploys_calls_watches_and_removes_an_applica
         running = wait_for(lambda: (a := session.get(url).json())["status"] in ("running", "failed") and a, 120, 0.5)
         assert running["status"] == "running", running["last_error"]
         key = session.post(f"{url}/keys", json={"label": "script"}).json()["key"]
+        stream = session.get(f"{url}/logs/stream", stream=True, timeout=60)
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        events = stream.iter_lines(decode_unicode=True)
+        assert next(events) == "retry: 2000" and next(events) == ": connected"  # open before the call
         client = openai.OpenAI(base_url=running["endpoint"], api_key=key, max_retries=0)
         reply = client.chat.completions.create(
             model="scripted", messages=[{"role": "user", "content": "hi"}], max_tokens=3
         )
         assert reply.usage.completion_tokens >= 1
+        for event in events:  # the request's log line arrives live, as JSON
+            if event.startswith("data: ") and "/v1/chat/completions 200" in event:
+                line = json.loads(event[6:])
+                assert line["source"] == "server" and "key=script" in line["message"]
+                break
+        stream.close()
         metrics = wait_for(
             lambda: (m := session.get(f"{url}/metrics?window=15m").json())["requests"] >= 1 and m, 60, 0.5
         )

@@ -5,8 +5,10 @@ one that does not exist. A refused transition is 409 with the application's stat
 """
 
 import copy
+import json
 
-from flask import g, jsonify, url_for
+from flask import Response as FlaskResponse
+from flask import current_app, g, jsonify, request, stream_with_context, url_for
 from spectree import Response
 
 from ..extensions import db
@@ -95,6 +97,25 @@ def document() -> dict:
                 for code, answer in operation["responses"].items():
                     if code[0] in "45":
                         answer["content"] = {problems.MEDIA_TYPE: {"schema": problem_schema}}
+        problem_answer = {"content": {problems.MEDIA_TYPE: {"schema": problem_schema}}}
+        generated["paths"]["/api/v1/applications/{application_id}/logs/stream"] = {
+            "get": {
+                "summary": "Follow the application's log live",
+                "description": application_log_stream.__doc__.strip(),
+                "operationId": "get__api_v1_applications_{application_id}_logs_stream",
+                "tags": ["logs"],
+                "parameters": [
+                    {"name": "application_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {"description": "OK", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                    **{code: {"description": text, **problem_answer} for code, text in (
+                        ("401", "Unauthorized"), ("404", "Not Found"), ("429", "Too Many Requests")
+                    )},
+                },
+            }
+        }  # fmt: skip
         for name in [n for n in generated["components"]["schemas"] if n.startswith("ValidationError")]:
             del generated["components"]["schemas"][name]
         _document = generated
@@ -261,18 +282,48 @@ def application_logs(application_id, query: LogQuery):
         )
     except ServiceError as e:
         return _refused(e)
-    items = [
-        {
-            "id": line.id,
-            "time": line.ts,
-            "level": line.level,
-            "source": line.source,
-            "message": line.message,
-            "request_id": line.request_id or None,
-        }
-        for line in found.lines
-    ]
-    return LogPage(items=items, next_before=found.older)
+    return LogPage(items=[_line_out(line) for line in found.lines], next_before=found.older)
+
+
+# Not decorated by spectree (it reads every answer's whole body, and this one never ends): document()
+# describes it.
+@bp.get("/applications/<application_id>/logs/stream")
+def application_log_stream(application_id):
+    """New log lines as server-sent events (event: line, data: the line as JSON, id: its id), with a
+    heartbeat comment while it is quiet. A reconnect with Last-Event-ID (or ?after=<id>) gets exactly the
+    lines it missed."""
+    try:
+        application = _application(application_id)
+    except ServiceError as e:
+        return _refused(e)
+    after = logs_service.valid_id(request.headers.get("Last-Event-ID") or request.args.get("after")) or "$"
+    lines = logs_service.follow(application, after, block_ms=int(current_app.config["LOG_HEARTBEAT_S"] * 1000))
+    db.session.remove()  # no database connection held for the stream's whole life
+
+    def events():
+        yield "retry: 2000\n: connected\n\n"
+        for line in lines:
+            if line is None:
+                yield ": heartbeat\n\n"
+                continue
+            yield logs_service.sse_event(json.dumps(_line_out(line)), "line", line.id)
+
+    return FlaskResponse(
+        stream_with_context(events()),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _line_out(line) -> dict:
+    return {
+        "id": line.id,
+        "time": line.ts,
+        "level": line.level,
+        "source": line.source,
+        "message": line.message,
+        "request_id": line.request_id or None,
+    }
 
 
 @bp.get("/applications/<application_id>/metrics")
