@@ -296,3 +296,68 @@ def test_a_script_registers_a_model_deploys_calls_watches_and_removes_an_applica
         wait_for(lambda: session.get(url).json()["status"] == "stopped", 60, 0.5, "the application to stop")
         assert session.delete(url).status_code == 204
         assert session.get(url).status_code == 404
+
+
+def test_plugins_and_an_applications_chain(app, client, member, factory):
+    token = bearer(token_for(app, member))
+    types = client.get(f"{API}/plugin-types", headers=token).json["items"]
+    assert [t["name"] for t in types][:2] == ["system_prompt", "content_filter"] and types[2]["config_schema"]["properties"]
+    bad = {"name": "pii", "type": "pii_redaction", "config": {"region": "CHINA"}}
+    body = problem(client.post(f"{API}/plugins", json=bad, headers=token), 422)
+    assert body["errors"]["config.region"] == ["A two-letter region code, e.g. CN."]
+    pii = client.post(f"{API}/plugins", json={**bad, "config": {"region": "CN"}}, headers=token)
+    assert pii.status_code == 201 and pii.json["config"]["region"] == "CN"
+    hook = {"name": "audit", "type": "webhook_audit", "config": {"url": "http://audit/hook", "secret": "s" * 20}}
+    audit = client.post(f"{API}/plugins", json=hook, headers=token).json
+    assert audit["config"]["secret"] == "••••"  # never sent back
+    rag = client.post(f"{API}/plugins", json={"name": "kb", "type": "knowledge_retrieval"}, headers=token).json
+    added = client.post(
+        f"{API}/plugins/{rag['id']}/documents", json={"name": "faq.md", "text": "# Q\n\nA."}, headers=token
+    )
+    assert added.status_code == 201 and [d["name"] for d in added.json["documents"]] == ["faq.md"]
+    refused = client.post(f"{API}/plugins/{rag['id']}/documents", json={"name": "x.pdf", "text": "x"}, headers=token)
+    assert "Upload a text or Markdown file" in problem(refused, 422)["detail"]
+
+    application = factory.application(member, factory.model(), name="front-desk")
+    chain_url = f"{API}/applications/{application.id}/plugins"
+    for plugin_id in (pii.json["id"], audit["id"]):
+        assert client.post(chain_url, json={"plugin_id": plugin_id}, headers=token).status_code == 201
+    step = f"{chain_url}/{audit['id']}"
+    moved = client.put(step, json={"move": "up"}, headers=token).json["items"]
+    assert [s["name"] for s in moved] == ["audit", "pii"]
+    wrong = client.put(f"{chain_url}/{pii.json['id']}", json={"overrides": {"region": "Hong Kong"}}, headers=token)
+    assert problem(wrong, 422)["errors"]["config.region"] == ["A two-letter region code, e.g. CN."]
+    ok = client.put(
+        f"{chain_url}/{pii.json['id']}", json={"overrides": {"region": "HK"}, "enabled": False}, headers=token
+    )
+    assert ok.json["items"][1]["overrides"] == {"region": "HK"} and ok.json["items"][1]["enabled"] is False
+    in_use = problem(client.delete(f"{API}/plugins/{audit['id']}", headers=token), 409)
+    assert "front-desk" in in_use["detail"]
+    assert client.delete(step, headers=token).status_code == 204
+    assert [s["name"] for s in client.get(chain_url, headers=token).json["items"]] == ["pii"]
+    assert client.delete(f"{API}/plugins/{audit['id']}", headers=token).status_code == 204
+
+
+def test_plugins_follow_the_sharing_model(app, client, member, factory):
+    admin = factory.user("root@example.com", admin=True)
+    other = factory.user("other@example.com")
+    admin_token, member_token, other_token = (bearer(token_for(app, u)) for u in (admin, member, other))
+    published = client.post(
+        f"{API}/plugins", json={"name": "house", "type": "system_prompt", "published": True}, headers=admin_token
+    ).json
+    private = client.post(f"{API}/plugins", json={"name": "mine", "type": "system_prompt"}, headers=other_token).json
+    names = [p["name"] for p in client.get(f"{API}/plugins", headers=member_token).json["items"]]
+    assert names == ["house"]
+    problem(client.get(f"{API}/plugins/{private['id']}", headers=member_token), 404)
+    problem(client.delete(f"{API}/plugins/{private['id']}", headers=member_token), 404)
+    change = {"name": "house", "type": "system_prompt"}
+    assert problem(client.put(f"{API}/plugins/{published['id']}", json=change, headers=member_token), 403)
+    application = factory.application(member, factory.model(), name="bot")
+    refused = client.post(
+        f"{API}/applications/{application.id}/plugins", json={"plugin_id": private["id"]}, headers=member_token
+    )
+    problem(refused, 404)
+    mine = client.post(
+        f"{API}/plugins", json={"name": "x", "type": "system_prompt", "published": True}, headers=member_token
+    )
+    assert mine.json["published"] is False  # only admins publish

@@ -20,6 +20,9 @@ def from_service_error(error: ServiceError, current_status: str | None = None) -
     """A service's refusal: per-field errors 422, not found (or not yours) 404, a conflict 409."""
     if isinstance(error, FieldErrors):
         return problem(422, "The request has invalid fields.", errors=error.errors)
+    if isinstance(error, Invalid) and isinstance(getattr(error, "errors", None), dict):  # a plugin's configuration
+        errors = {f"config.{name}" if name else "config": messages for name, messages in error.errors.items()}
+        return problem(422, str(error), errors=errors)
     if isinstance(error, Invalid):
         return problem(422, str(error), errors={error.field or "": [str(error)]})
     if isinstance(error, NotFound):

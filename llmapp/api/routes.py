@@ -12,7 +12,9 @@ from flask import current_app, g, jsonify, request, stream_with_context, url_for
 from spectree import Response
 
 from ..extensions import db
-from ..services import ServiceError, api_keys, applications, deployments, registry
+from ..runtime import plugins as plugin_types
+from ..secrets_box import MASK
+from ..services import ServiceError, api_keys, applications, deployments, plugins, registry
 from ..services import logs as logs_service
 from ..services import metrics as metrics_service
 from . import bp, problems, spec
@@ -21,6 +23,11 @@ from .schemas import (
     ApplicationOut,
     ApplicationPage,
     ApplicationQuery,
+    AttachIn,
+    Chain,
+    ChainStep,
+    ChainStepIn,
+    DocumentIn,
     KeyIn,
     KeyList,
     KeyOut,
@@ -31,6 +38,11 @@ from .schemas import (
     ModelList,
     ModelOut,
     NewKey,
+    PluginIn,
+    PluginList,
+    PluginOut,
+    PluginQuery,
+    PluginTypeList,
     Problem,
     Transition,
 )
@@ -406,6 +418,203 @@ def delete_model(model_id):
         return refused
     try:
         registry.delete_model(model_id)
+    except ServiceError as e:
+        return _refused(e)
+    return "", 204
+
+
+# --- plugins, and an application's chain ----------------------------------------------------------
+
+PLUGINS = ["plugins"]
+
+
+def _plugin_out(plugin) -> PluginOut:
+    secrets = set(plugin_types.secret_settings(plugin.type))
+    config = {k: (MASK if k in secrets and v else v) for k, v in (plugin.config or {}).items()}
+    return PluginOut(
+        id=plugin.id,
+        name=plugin.name,
+        type=plugin.type,
+        description=plugin.description,
+        version=plugin.version,
+        config=config,
+        enabled=plugin.enabled,
+        published=plugin.published,
+        owner=plugin.owner.email if plugin.owner else None,
+        documents=[{"id": d.id, "name": d.name, "size": d.size} for d in plugin.documents],
+    )
+
+
+def _changeable_plugin(plugin_id: int):
+    """A plugin the token user may change; a NotFound (404) when they can't see it, a 403 answer when
+    they can see but not change it (an admin's published plugin)."""
+    plugin = plugins.get_for_user(plugin_id, g.api_user)
+    if not plugins.may_change(plugin, g.api_user):
+        return None, problems.problem(403, "Only its owner or an admin can change this plugin.")
+    return plugin, None
+
+
+@bp.get("/plugin-types")
+@spec.validate(resp=Response(HTTP_200=PluginTypeList, **ERRORS), tags=PLUGINS)
+def list_plugin_types():
+    """The five plugin types and the JSON Schema of each one's configuration."""
+    return PluginTypeList(
+        items=[
+            {"name": t.name, "title": t.title, "description": t.description, "config_schema": t.schema}
+            for t in plugin_types.TYPES.values()
+        ]
+    )
+
+
+@bp.get("/plugins")
+@spec.validate(query=PluginQuery, resp=Response(HTTP_200=PluginList, **ERRORS), tags=PLUGINS)
+def list_plugins(query: PluginQuery):
+    """Your plugins and those admins published (every plugin, for an admin)."""
+    found = plugins.search(g.api_user, query.q, query.type, query.enabled)
+    return PluginList(items=[_plugin_out(p) for p in found])
+
+
+@bp.post("/plugins")
+@spec.validate(json=PluginIn, resp=Response(HTTP_201=PluginOut, **BODY_ERRORS), tags=PLUGINS)
+def create_plugin(json: PluginIn):
+    """Create a plugin; its configuration is checked against its type's schema (errors at config.<setting>)."""
+    try:
+        plugin = plugins.create(g.api_user, json.model_dump())
+    except ServiceError as e:
+        return _refused(e)
+    return _plugin_out(plugin), 201, {"Location": url_for(".get_plugin", plugin_id=plugin.id)}
+
+
+@bp.get("/plugins/<int:plugin_id>")
+@spec.validate(resp=Response(HTTP_200=PluginOut, **ERRORS), tags=PLUGINS)
+def get_plugin(plugin_id):
+    """One plugin (a secret setting masked)."""
+    try:
+        return _plugin_out(plugins.get_for_user(plugin_id, g.api_user))
+    except ServiceError as e:
+        return _refused(e)
+
+
+@bp.put("/plugins/<int:plugin_id>")
+@spec.validate(
+    json=PluginIn, resp=Response(HTTP_200=PluginOut, HTTP_403=Problem, HTTP_409=Problem, **BODY_ERRORS), tags=PLUGINS
+)
+def update_plugin(plugin_id, json: PluginIn):
+    """Replace a plugin's fields (a secret setting left out keeps its value); running applications that
+    use it get the change live. Disabling it while one runs is refused (409, naming them)."""
+    try:
+        plugin, refused = _changeable_plugin(plugin_id)
+        if refused:
+            return refused
+        return _plugin_out(plugins.update(plugin, g.api_user, json.model_dump()))
+    except ServiceError as e:
+        return _refused(e)
+
+
+@bp.delete("/plugins/<int:plugin_id>")
+@spec.validate(resp=Response("HTTP_204", HTTP_403=Problem, HTTP_409=Problem, **ERRORS), tags=PLUGINS)
+def delete_plugin(plugin_id):
+    """Delete a plugin; refused (409) while an application has it attached."""
+    try:
+        plugin, refused = _changeable_plugin(plugin_id)
+        if refused:
+            return refused
+        plugins.delete(plugin, g.api_user)
+    except ServiceError as e:
+        return _refused(e)
+    return "", 204
+
+
+@bp.post("/plugins/<int:plugin_id>/documents")
+@spec.validate(json=DocumentIn, resp=Response(HTTP_201=PluginOut, HTTP_403=Problem, **BODY_ERRORS), tags=PLUGINS)
+def add_document(plugin_id, json: DocumentIn):
+    """Add a text or Markdown document to a knowledge-retrieval plugin."""
+    try:
+        plugin, refused = _changeable_plugin(plugin_id)
+        if refused:
+            return refused
+        plugins.add_document(plugin, g.api_user, json.name, json.text.encode())
+        return _plugin_out(plugin), 201
+    except ServiceError as e:
+        return _refused(e)
+
+
+@bp.delete("/plugins/<int:plugin_id>/documents/<int:document_id>")
+@spec.validate(resp=Response("HTTP_204", HTTP_403=Problem, **ERRORS), tags=PLUGINS)
+def delete_document(plugin_id, document_id):
+    try:
+        plugin, refused = _changeable_plugin(plugin_id)
+        if refused:
+            return refused
+        plugins.delete_document(plugin, g.api_user, document_id)
+    except ServiceError as e:
+        return _refused(e)
+    return "", 204
+
+
+def _chain_out(application) -> Chain:
+    return Chain(
+        items=[
+            ChainStep(
+                position=position,
+                plugin_id=link.plugin_id,
+                name=link.plugin.name,
+                type=link.plugin.type,
+                enabled=link.enabled,
+                plugin_enabled=link.plugin.enabled,
+                overrides=link.config or {},
+            )
+            for position, link in enumerate(plugins.chain(application), 1)
+        ]
+    )
+
+
+@bp.get("/applications/<application_id>/plugins")
+@spec.validate(resp=Response(HTTP_200=Chain, **ERRORS), tags=PLUGINS)
+def application_chain(application_id):
+    """The plugins attached to the application, in the order requests pass them."""
+    try:
+        return _chain_out(_application(application_id))
+    except ServiceError as e:
+        return _refused(e)
+
+
+@bp.post("/applications/<application_id>/plugins")
+@spec.validate(json=AttachIn, resp=Response(HTTP_201=Chain, HTTP_409=Problem, **BODY_ERRORS), tags=PLUGINS)
+def attach_plugin(application_id, json: AttachIn):
+    """Attach a plugin you can see at the end of the chain (live on a running application)."""
+    try:
+        application = _application(application_id)
+        plugins.attach(application, g.api_user, json.plugin_id)
+        return _chain_out(application), 201
+    except ServiceError as e:
+        return _refused(e)
+
+
+@bp.put("/applications/<application_id>/plugins/<int:plugin_id>")
+@spec.validate(json=ChainStepIn, resp=Response(HTTP_200=Chain, **BODY_ERRORS), tags=PLUGINS)
+def change_chain_step(application_id, plugin_id, json: ChainStepIn):
+    """Turn an attached plugin on or off here, set this application's overrides of its settings
+    (errors at config.<setting>), or move it one place up or down."""
+    try:
+        application = _application(application_id)
+        if json.overrides is not None:
+            plugins.set_overrides(application, plugin_id, json.overrides)
+        if json.enabled is not None:
+            plugins.set_link_enabled(application, plugin_id, json.enabled)
+        if json.move is not None:
+            plugins.move(application, plugin_id, json.move)
+        return _chain_out(application)
+    except ServiceError as e:
+        return _refused(e)
+
+
+@bp.delete("/applications/<application_id>/plugins/<int:plugin_id>")
+@spec.validate(resp=Response("HTTP_204", **ERRORS), tags=PLUGINS)
+def detach_plugin(application_id, plugin_id):
+    """Detach a plugin from the application (live on a running one)."""
+    try:
+        plugins.detach(_application(application_id), plugin_id)
     except ServiceError as e:
         return _refused(e)
     return "", 204

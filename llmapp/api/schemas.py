@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..models import RegistryModel
+from ..runtime import plugins as plugin_types
 from ..services import applications, lifecycle, registry
 
 
@@ -199,3 +200,84 @@ class ModelIn(Strict):
     base_url: str | None = Field(None, description="openai: the upstream's base URL.")
     upstream_model: str | None = None
     api_key_env: str | None = Field(None, description="openai: the variable that holds the upstream's key.")
+
+
+class PluginIn(Strict):
+    """A plugin; its configuration is checked against its type's JSON Schema by the plugins service."""
+
+    name: str | None = None
+    type: str | None = _choice(plugin_types.TYPES)
+    description: str = ""
+    version: str = ""
+    config: dict = Field(default_factory=dict, description="Settings of the type (GET /api/v1/plugin-types).")
+    enabled: bool = True
+    published: bool = Field(False, description="Admins only: offer it to every member.")
+
+
+class DocumentOut(BaseModel):
+    id: int
+    name: str
+    size: int
+
+
+class PluginOut(BaseModel):
+    id: int
+    name: str
+    type: str
+    description: str
+    version: str
+    config: dict = Field(description="Secret settings are never sent: “••••”.")
+    enabled: bool
+    published: bool
+    owner: str | None
+    documents: list[DocumentOut]
+
+
+class PluginList(BaseModel):
+    items: list[PluginOut]
+
+
+class PluginQuery(BaseModel):
+    q: str = Field("", max_length=100)
+    type: str = Field("", max_length=40)
+    enabled: Literal["", "yes", "no"] = ""
+
+
+class DocumentIn(Strict):
+    name: str = Field(description="A .txt or .md file name.")
+    text: str
+
+
+class PluginType(BaseModel):
+    name: str
+    title: str
+    description: str
+    config_schema: dict = Field(description="The JSON Schema of its configuration.")
+
+
+class PluginTypeList(BaseModel):
+    items: list[PluginType]
+
+
+class ChainStep(BaseModel):
+    position: int
+    plugin_id: int
+    name: str
+    type: str
+    enabled: bool = Field(description="On for this application.")
+    plugin_enabled: bool
+    overrides: dict
+
+
+class Chain(BaseModel):
+    items: list[ChainStep]
+
+
+class AttachIn(Strict):
+    plugin_id: int
+
+
+class ChainStepIn(Strict):
+    enabled: bool | None = None
+    overrides: dict | None = Field(None, description="This application's values of the plugin's settings.")
+    move: Literal["up", "down"] | None = None

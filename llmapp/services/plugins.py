@@ -27,6 +27,7 @@ from ..runtime import plugins as plugin_types
 from ..runtime.plugins import published
 from . import Conflict, Invalid, NotFound, ServiceError, lifecycle
 
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 MAX_DOCUMENT_BYTES = 1024 * 1024  # under the 2 MB request limit (MAX_CONTENT_LENGTH)
 MAX_PLUGIN_DOCUMENTS_BYTES = 20 * 1024 * 1024
 DOCUMENT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
@@ -63,6 +64,8 @@ def search(user: User, q: str = "", type_name: str = "", enabled: str = "") -> l
 
 def get_for_user(plugin_id: int, user: User) -> Plugin:
     """:raise NotFound: no such plugin, or one ``user`` can't see (the two look the same)."""
+    if not 1 <= plugin_id <= MAX_ID:  # names nothing (and would overflow the column)
+        raise NotFound("No such plugin.")
     plugin = db.session.scalar(visible_to(user).where(Plugin.id == plugin_id))
     if plugin is None:
         raise NotFound("No such plugin.")
@@ -283,7 +286,7 @@ def set_attached(application: Application, user: User, plugin_ids: list[int]) ->
 
 
 def _link(application: Application, plugin_id: int) -> ApplicationPlugin:
-    link = db.session.get(ApplicationPlugin, (application.id, plugin_id))
+    link = db.session.get(ApplicationPlugin, (application.id, plugin_id)) if 1 <= plugin_id <= MAX_ID else None
     if link is None:
         raise NotFound("That plugin is not attached to this application.")
     return link
