@@ -301,7 +301,9 @@ def test_a_script_registers_a_model_deploys_calls_watches_and_removes_an_applica
 def test_plugins_and_an_applications_chain(app, client, member, factory):
     token = bearer(token_for(app, member))
     types = client.get(f"{API}/plugin-types", headers=token).json["items"]
-    assert [t["name"] for t in types][:2] == ["system_prompt", "content_filter"] and types[2]["config_schema"]["properties"]
+    assert [t["name"] for t in types][:2] == ["system_prompt", "content_filter"] and types[2]["config_schema"][
+        "properties"
+    ]
     bad = {"name": "pii", "type": "pii_redaction", "config": {"region": "CHINA"}}
     body = problem(client.post(f"{API}/plugins", json=bad, headers=token), 422)
     assert body["errors"]["config.region"] == ["A two-letter region code, e.g. CN."]
@@ -361,3 +363,36 @@ def test_plugins_follow_the_sharing_model(app, client, member, factory):
         f"{API}/plugins", json={"name": "x", "type": "system_prompt", "published": True}, headers=member_token
     )
     assert mine.json["published"] is False  # only admins publish
+
+
+def test_admins_manage_users_through_the_api(app, client, member, factory):
+    admin = factory.user("root@example.com", admin=True)
+    admin_token, member_token = bearer(token_for(app, admin)), bearer(token_for(app, member))
+    for method, url in (
+        ("get", "/users"),
+        ("post", "/users"),
+        ("put", f"/users/{member.id}"),
+        ("post", f"/users/{member.id}/reset-password"),
+    ):
+        body = {"email": "x@example.com", "password": "long enough"} if (method, url) == ("post", "/users") else None
+        problem(
+            getattr(client, method)(
+                f"{API}{url}", json=body if body or method == "put" else None, headers=member_token
+            ),
+            403,
+        )
+    bad = client.post(f"{API}/users", json={"email": "nope", "password": "long enough"}, headers=admin_token)
+    assert problem(bad, 422)["errors"]["email"] == ["“nope” is not an email address."]
+    made = client.post(
+        f"{API}/users", json={"email": "new@example.com", "password": "long enough"}, headers=admin_token
+    )
+    assert made.status_code == 201 and made.json["admin"] is False
+    last = client.put(f"{API}/users/{admin.id}", json={"admin": False}, headers=admin_token)
+    assert "last admin" in problem(last, 409)["detail"]
+    disabled = client.put(f"{API}/users/{member.id}", json={"disabled": True}, headers=admin_token)
+    assert disabled.json["disabled"] is True
+    problem(client.get(f"{API}/applications", headers=member_token), 401)  # their tokens stopped at once
+    emails = [u["email"] for u in client.get(f"{API}/users", headers=admin_token).json["items"]]
+    assert emails == sorted(["root@example.com", "new@example.com", member.email])
+    password = client.post(f"{API}/users/{made.json['id']}/reset-password", headers=admin_token).json["password"]
+    assert len(password) >= 12

@@ -14,7 +14,7 @@ from spectree import Response
 from ..extensions import db
 from ..runtime import plugins as plugin_types
 from ..secrets_box import MASK
-from ..services import ServiceError, api_keys, applications, deployments, plugins, registry
+from ..services import ServiceError, api_keys, applications, deployments, plugins, registry, users
 from ..services import logs as logs_service
 from ..services import metrics as metrics_service
 from . import bp, problems, spec
@@ -38,6 +38,7 @@ from .schemas import (
     ModelList,
     ModelOut,
     NewKey,
+    NewPassword,
     PluginIn,
     PluginList,
     PluginOut,
@@ -45,6 +46,10 @@ from .schemas import (
     PluginTypeList,
     Problem,
     Transition,
+    UserChange,
+    UserIn,
+    UserList,
+    UserOut,
 )
 
 ERRORS = {"HTTP_401": Problem, "HTTP_404": Problem, "HTTP_429": Problem}
@@ -618,3 +623,80 @@ def detach_plugin(application_id, plugin_id):
     except ServiceError as e:
         return _refused(e)
     return "", 204
+
+
+# --- users (admins) -----------------------------------------------------------------------------
+
+USERS = ["users"]
+USER_ERRORS = {**ERRORS, "HTTP_403": Problem}
+
+
+def _admins_only():
+    return None if g.api_user.is_admin else problems.problem(403, "Only an admin can manage users.")
+
+
+def _user_out(user, last_login=None) -> UserOut:
+    return UserOut(
+        id=user.id,
+        email=user.email,
+        admin=user.is_admin,
+        disabled=user.disabled_at is not None,
+        created_at=user.created_at,
+        last_login_at=last_login,
+    )
+
+
+@bp.get("/users")
+@spec.validate(resp=Response(HTTP_200=UserList, **USER_ERRORS), tags=USERS)
+def list_users():
+    """Every user, with role, status and latest login (admins)."""
+    if refused := _admins_only():
+        return refused
+    return UserList(items=[_user_out(user, at) for user, at in users.list_users()])
+
+
+@bp.post("/users")
+@spec.validate(
+    json=UserIn, resp=Response(HTTP_201=UserOut, **USER_ERRORS, HTTP_415=Problem, HTTP_422=Problem), tags=USERS
+)
+def create_user(json: UserIn):
+    """Add a user (admins); the password rules are the page's."""
+    if refused := _admins_only():
+        return refused
+    try:
+        return _user_out(users.create_user(json.email, json.password, admin=json.admin)), 201
+    except ServiceError as e:
+        return _refused(e)
+
+
+@bp.put("/users/<int:user_id>")
+@spec.validate(
+    json=UserChange, resp=Response(HTTP_200=UserOut, HTTP_409=Problem, **USER_ERRORS, HTTP_415=Problem), tags=USERS
+)
+def change_user(user_id, json: UserChange):
+    """Make or unmake an admin, disable or enable an account (admins; never the last admin, nor yourself)."""
+    if refused := _admins_only():
+        return refused
+    try:
+        user = users.get_user(user_id)
+        if json.admin is not None:
+            users.set_admin(user, json.admin)
+        if json.disabled is True:
+            users.disable(user, acting=g.api_user)
+        elif json.disabled is False:
+            users.enable(user)
+        return _user_out(user, users.last_login_at(user))
+    except ServiceError as e:
+        return _refused(e)
+
+
+@bp.post("/users/<int:user_id>/reset-password")
+@spec.validate(resp=Response(HTTP_200=NewPassword, **USER_ERRORS), tags=USERS)
+def reset_user_password(user_id):
+    """A new password for the user, in this answer only; their logins end (admins)."""
+    if refused := _admins_only():
+        return refused
+    try:
+        return NewPassword(password=users.reset_password(users.get_user(user_id)))
+    except ServiceError as e:
+        return _refused(e)

@@ -281,3 +281,31 @@ class ChainStepIn(Strict):
     enabled: bool | None = None
     overrides: dict | None = Field(None, description="This application's values of the plugin's settings.")
     move: Literal["up", "down"] | None = None
+
+
+class UserOut(BaseModel):
+    id: int
+    email: str
+    admin: bool
+    disabled: bool
+    created_at: UtcDateTime
+    last_login_at: UtcDateTime | None
+
+
+class UserList(BaseModel):
+    items: list[UserOut]
+
+
+class UserIn(Strict):
+    email: str
+    password: str
+    admin: bool = False
+
+
+class UserChange(Strict):
+    admin: bool | None = None
+    disabled: bool | None = Field(None, description="Disabling ends the user's logins and revokes their tokens.")
+
+
+class NewPassword(BaseModel):
+    password: str = Field(description="Shown once, to hand over; the user's logins have ended.")

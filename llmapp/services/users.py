@@ -127,8 +127,8 @@ def last_login_at(user: User):
 
 
 def get_user(user_id: int) -> User:
-    """:raise NotFound: no such user."""
-    user = db.session.get(User, user_id)
+    """:raise NotFound: no such user (an id out of the database's range names none)."""
+    user = db.session.get(User, user_id) if 1 <= user_id <= 2**31 - 1 else None
     if user is None:
         raise NotFound("No such user.")
     return user
