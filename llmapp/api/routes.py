@@ -45,6 +45,7 @@ from .schemas import (
     PluginQuery,
     PluginTypeList,
     Problem,
+    RecommendationOut,
     Transition,
     UserChange,
     UserIn,
@@ -373,6 +374,24 @@ def get_model(model_id):
         return _model_out(registry.get_model(model_id))
     except ServiceError as e:
         return _refused(e)
+
+
+@bp.get("/models/<int:model_id>/recommendation")
+@spec.validate(resp=Response(HTTP_200=RecommendationOut, **ERRORS), tags=["registry"])
+def model_recommendation(model_id):
+    """The serving configuration recommended for a model (what the form's Apply fills in), and why."""
+    try:
+        found = applications.recommendation_for(registry.get_model(model_id))
+    except ServiceError as e:
+        return _refused(e)
+    return RecommendationOut(
+        config=found.as_config(),
+        fits=found.fits,
+        model_memory_bytes=found.model_memory_bytes,
+        kv_cache_per_sequence_bytes=found.kv_cache_per_sequence_bytes,
+        available_memory_bytes=found.available_memory_bytes,
+        reasoning=found.reasoning,
+    )
 
 
 ADMIN_ERRORS = {**ERRORS, "HTTP_403": Problem}

@@ -309,3 +309,14 @@ class UserChange(Strict):
 
 class NewPassword(BaseModel):
     password: str = Field(description="Shown once, to hand over; the user's logins have ended.")
+
+
+class RecommendationOut(BaseModel):
+    """The serving configuration the platform recommends for a model on this platform's hardware."""
+
+    config: dict[str, int] = Field(description="max_concurrency, batch_size, timeout_s, cache_size.")
+    fits: bool = Field(description="Whether the model's weights fit the memory available for serving.")
+    model_memory_bytes: int
+    kv_cache_per_sequence_bytes: int
+    available_memory_bytes: int
+    reasoning: str
