@@ -12,8 +12,8 @@ from flask import Blueprint, current_app, g, request
 from spectree import SecurityScheme, SpecTree
 from spectree.models import SecureType, SecuritySchemeData
 
-from ..extensions import csrf, limiter
-from ..services import access_tokens
+from ..extensions import csrf, db, limiter
+from ..services import ServiceError, access_tokens
 from . import problems
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -79,6 +79,14 @@ def authenticate():
 
 
 from . import routes  # noqa: E402,F401
+
+
+@bp.errorhandler(ServiceError)
+def service_error(error: ServiceError):
+    """A service's refusal, raised anywhere in a route, as its problem document (the routes hold no
+    try/except of their own); the transaction it left is rolled back."""
+    db.session.rollback()
+    return problems.from_service_error(error)
 
 
 @bp.errorhandler(problems.HTTPException)

@@ -16,8 +16,9 @@ def problem(status: int, detail: str, headers: dict | None = None, **extra) -> R
     return Response(json.dumps(body), status=status, mimetype=MEDIA_TYPE, headers=headers)
 
 
-def from_service_error(error: ServiceError, current_status: str | None = None) -> Response:
-    """A service's refusal: per-field errors 422, not found (or not yours) 404, a conflict 409."""
+def from_service_error(error: ServiceError) -> Response:
+    """A service's refusal: per-field errors 422, not found (or not yours) 404, a conflict 409 (with the
+    application's status now, for a refused transition), anything else 503 (e.g. Redis unreachable)."""
     if isinstance(error, FieldErrors):
         return problem(422, "The request has invalid fields.", errors=error.errors)
     if isinstance(error, Invalid) and isinstance(getattr(error, "errors", None), dict):  # a plugin's configuration
@@ -28,7 +29,7 @@ def from_service_error(error: ServiceError, current_status: str | None = None) -
     if isinstance(error, NotFound):
         return problem(404, str(error))
     if isinstance(error, TransitionRefused | Conflict):
-        return problem(409, str(error), current_status=current_status)
+        return problem(409, str(error), current_status=getattr(error, "current_status", None))
     return problem(503, str(error), headers={"Retry-After": "5"})  # e.g. Redis unreachable
 
 

@@ -14,7 +14,7 @@ from spectree import Response
 from ..extensions import db
 from ..runtime import plugins as plugin_types
 from ..secrets_box import MASK
-from ..services import ServiceError, api_keys, applications, deployments, plugins, registry, users
+from ..services import api_keys, applications, deployments, plugins, registry, users
 from ..services import logs as logs_service
 from ..services import metrics as metrics_service
 from . import bp, problems, spec
@@ -81,14 +81,6 @@ def _out(application) -> dict:
         updated_at=application.updated_at,
         deployed_at=application.deployed_at,
     )
-
-
-def _refused(error: ServiceError, application=None):
-    status = None
-    if application is not None:
-        db.session.rollback()
-        status = db.session.get(type(application), application.id).status
-    return problems.from_service_error(error, current_status=status)
 
 
 @bp.get("/openapi.json")
@@ -158,10 +150,7 @@ def list_applications(query: ApplicationQuery):
 @spec.validate(json=ApplicationIn, resp=Response(HTTP_201=ApplicationOut, **BODY_ERRORS), tags=APPLICATIONS)
 def create_application(json: ApplicationIn):
     """Create an application (stopped). Every rule the form has applies; errors come per field."""
-    try:
-        application = applications.create(g.api_user, json.model_dump())
-    except ServiceError as e:
-        return _refused(e)
+    application = applications.create(g.api_user, json.model_dump())
     location = url_for(".get_application", application_id=application.id)
     return _out(applications.get_for_user(application.id, g.api_user)), 201, {"Location": location}
 
@@ -170,10 +159,7 @@ def create_application(json: ApplicationIn):
 @spec.validate(resp=Response(HTTP_200=ApplicationOut, **ERRORS), tags=APPLICATIONS)
 def get_application(application_id):
     """One application, with its status, endpoint, configuration and environment (secrets masked)."""
-    try:
-        return _out(_application(application_id))
-    except ServiceError as e:
-        return _refused(e)
+    return _out(_application(application_id))
 
 
 @bp.put("/applications/<application_id>")
@@ -185,14 +171,8 @@ def get_application(application_id):
 def update_application(application_id, json: ApplicationIn):
     """Replace an application's fields, while it is stopped or failed (else 409 with its status).
     A secret variable sent with an empty value and its ``secret_id`` keeps its stored value."""
-    try:
-        application = _application(application_id)
-    except ServiceError as e:
-        return _refused(e)
-    try:
-        applications.update(application, json.model_dump())
-    except ServiceError as e:
-        return _refused(e, application)
+    application = _application(application_id)
+    applications.update(application, json.model_dump())
     return _out(applications.get_for_user(application.id, g.api_user))
 
 
@@ -200,26 +180,14 @@ def update_application(application_id, json: ApplicationIn):
 @spec.validate(resp=Response("HTTP_204", HTTP_409=Problem, **ERRORS), tags=APPLICATIONS)
 def delete_application(application_id):
     """Delete an application and what it left (keys, logs, metrics), while stopped or failed."""
-    try:
-        application = _application(application_id)
-    except ServiceError as e:
-        return _refused(e)
-    try:
-        applications.delete(application)
-    except ServiceError as e:
-        return _refused(e, application)
+    application = _application(application_id)
+    applications.delete(application)
     return "", 204
 
 
 def _transition(application_id, request_transition):
-    try:
-        application = _application(application_id)
-    except ServiceError as e:
-        return _refused(e)
-    try:
-        deploy_id = request_transition(application)
-    except ServiceError as e:
-        return _refused(e, application)
+    application = _application(application_id)
+    deploy_id = request_transition(application)
     db.session.expire(application)
     return Transition(id=str(application.id), status=application.status, deploy_id=deploy_id), 202
 
@@ -258,10 +226,7 @@ def _key_out(row, model=KeyOut, **extra):
 @spec.validate(resp=Response(HTTP_200=KeyList, **ERRORS), tags=["keys"])
 def list_keys(application_id):
     """The application's API keys (never the keys themselves)."""
-    try:
-        application = _application(application_id)
-    except ServiceError as e:
-        return _refused(e)
+    application = _application(application_id)
     return KeyList(items=[_key_out(key) for key in api_keys.list_keys(application)])
 
 
@@ -269,11 +234,8 @@ def list_keys(application_id):
 @spec.validate(json=KeyIn, resp=Response(HTTP_201=NewKey, HTTP_503=Problem, **BODY_ERRORS), tags=["keys"])
 def create_key(application_id, json: KeyIn):
     """Make a key to the application's endpoint; the key is in this answer only."""
-    try:
-        application = _application(application_id)
-        key, plain = api_keys.create_key(application, json.label)
-    except ServiceError as e:
-        return _refused(e)
+    application = _application(application_id)
+    key, plain = api_keys.create_key(application, json.label)
     return _key_out(key, NewKey, key=plain), 201
 
 
@@ -281,11 +243,8 @@ def create_key(application_id, json: KeyIn):
 @spec.validate(resp=Response("HTTP_204", HTTP_503=Problem, **ERRORS), tags=["keys"])
 def revoke_key(application_id, key_id):
     """Revoke a key: calls with it fail from now on."""
-    try:
-        application = _application(application_id)
-        api_keys.revoke_key(application, key_id)
-    except ServiceError as e:
-        return _refused(e)
+    application = _application(application_id)
+    api_keys.revoke_key(application, key_id)
     return "", 204
 
 
@@ -293,13 +252,10 @@ def revoke_key(application_id, key_id):
 @spec.validate(query=LogQuery, resp=Response(HTTP_200=LogPage, **ERRORS), tags=["logs"])
 def application_logs(application_id, query: LogQuery):
     """The application's log, newest page first (lines oldest first within a page); ``before`` pages back."""
-    try:
-        application = _application(application_id)
-        found = logs_service.search(
-            application, query.level, query.q, before=logs_service.valid_id(query.before), limit=query.limit
-        )
-    except ServiceError as e:
-        return _refused(e)
+    application = _application(application_id)
+    found = logs_service.search(
+        application, query.level, query.q, before=logs_service.valid_id(query.before), limit=query.limit
+    )
     return LogPage(items=[_line_out(line) for line in found.lines], next_before=found.older)
 
 
@@ -310,10 +266,7 @@ def application_log_stream(application_id):
     """New log lines as server-sent events (event: line, data: the line as JSON, id: its id), with a
     heartbeat comment while it is quiet. A reconnect with Last-Event-ID (or ?after=<id>) gets exactly the
     lines it missed."""
-    try:
-        application = _application(application_id)
-    except ServiceError as e:
-        return _refused(e)
+    application = _application(application_id)
     after = logs_service.valid_id(request.headers.get("Last-Event-ID") or request.args.get("after")) or "$"
     lines = logs_service.follow(application, after, block_ms=int(current_app.config["LOG_HEARTBEAT_S"] * 1000))
     db.session.remove()  # no database connection held for the stream's whole life
@@ -348,10 +301,7 @@ def _line_out(line) -> dict:
 @spec.validate(query=MetricsQuery, resp=Response(HTTP_200=None, **ERRORS), tags=["metrics"])
 def application_metrics(application_id, query: MetricsQuery):
     """The application's metrics over a window: the Monitoring pane's figures, as JSON."""
-    try:
-        application = _application(application_id)
-    except ServiceError as e:
-        return _refused(e)
+    application = _application(application_id)
     return jsonify(metrics_service.report(application, query.window))
 
 
@@ -370,20 +320,14 @@ def list_models():
 @spec.validate(resp=Response(HTTP_200=ModelOut, **ERRORS), tags=["registry"])
 def get_model(model_id):
     """One registry model."""
-    try:
-        return _model_out(registry.get_model(model_id))
-    except ServiceError as e:
-        return _refused(e)
+    return _model_out(registry.get_model(model_id))
 
 
 @bp.get("/models/<int:model_id>/recommendation")
 @spec.validate(resp=Response(HTTP_200=RecommendationOut, **ERRORS), tags=["registry"])
 def model_recommendation(model_id):
     """The serving configuration recommended for a model (what the form's Apply fills in), and why."""
-    try:
-        found = applications.recommendation_for(registry.get_model(model_id))
-    except ServiceError as e:
-        return _refused(e)
+    found = applications.recommendation_for(registry.get_model(model_id))
     return RecommendationOut(
         config=found.as_config(),
         fits=found.fits,
@@ -411,10 +355,7 @@ def create_model(json: ModelIn):
     """Register a model (admins). A transformers model's directory is checked on this host."""
     if refused := _admin_only():
         return refused
-    try:
-        model = registry.create_model(json.model_dump())
-    except ServiceError as e:
-        return _refused(e)
+    model = registry.create_model(json.model_dump())
     return _model_out(model), 201, {"Location": url_for(".get_model", model_id=model.id)}
 
 
@@ -428,10 +369,7 @@ def update_model(model_id, json: ModelIn):
     """Replace a registry model's fields (admins)."""
     if refused := _admin_only():
         return refused
-    try:
-        return _model_out(registry.update_model(model_id, json.model_dump()))
-    except ServiceError as e:
-        return _refused(e)
+    return _model_out(registry.update_model(model_id, json.model_dump()))
 
 
 @bp.delete("/models/<int:model_id>")
@@ -440,10 +378,7 @@ def delete_model(model_id):
     """Remove a model from the registry (admins); refused while applications use it."""
     if refused := _admin_only():
         return refused
-    try:
-        registry.delete_model(model_id)
-    except ServiceError as e:
-        return _refused(e)
+    registry.delete_model(model_id)
     return "", 204
 
 
@@ -502,10 +437,7 @@ def list_plugins(query: PluginQuery):
 @spec.validate(json=PluginIn, resp=Response(HTTP_201=PluginOut, **BODY_ERRORS), tags=PLUGINS)
 def create_plugin(json: PluginIn):
     """Create a plugin; its configuration is checked against its type's schema (errors at config.<setting>)."""
-    try:
-        plugin = plugins.create(g.api_user, json.model_dump())
-    except ServiceError as e:
-        return _refused(e)
+    plugin = plugins.create(g.api_user, json.model_dump())
     return _plugin_out(plugin), 201, {"Location": url_for(".get_plugin", plugin_id=plugin.id)}
 
 
@@ -513,10 +445,7 @@ def create_plugin(json: PluginIn):
 @spec.validate(resp=Response(HTTP_200=PluginOut, **ERRORS), tags=PLUGINS)
 def get_plugin(plugin_id):
     """One plugin (a secret setting masked)."""
-    try:
-        return _plugin_out(plugins.get_for_user(plugin_id, g.api_user))
-    except ServiceError as e:
-        return _refused(e)
+    return _plugin_out(plugins.get_for_user(plugin_id, g.api_user))
 
 
 @bp.put("/plugins/<int:plugin_id>")
@@ -526,26 +455,20 @@ def get_plugin(plugin_id):
 def update_plugin(plugin_id, json: PluginIn):
     """Replace a plugin's fields (a secret setting left out keeps its value); running applications that
     use it get the change live. Disabling it while one runs is refused (409, naming them)."""
-    try:
-        plugin, refused = _changeable_plugin(plugin_id)
-        if refused:
-            return refused
-        return _plugin_out(plugins.update(plugin, g.api_user, json.model_dump()))
-    except ServiceError as e:
-        return _refused(e)
+    plugin, refused = _changeable_plugin(plugin_id)
+    if refused:
+        return refused
+    return _plugin_out(plugins.update(plugin, g.api_user, json.model_dump()))
 
 
 @bp.delete("/plugins/<int:plugin_id>")
 @spec.validate(resp=Response("HTTP_204", HTTP_403=Problem, HTTP_409=Problem, **ERRORS), tags=PLUGINS)
 def delete_plugin(plugin_id):
     """Delete a plugin; refused (409) while an application has it attached."""
-    try:
-        plugin, refused = _changeable_plugin(plugin_id)
-        if refused:
-            return refused
-        plugins.delete(plugin, g.api_user)
-    except ServiceError as e:
-        return _refused(e)
+    plugin, refused = _changeable_plugin(plugin_id)
+    if refused:
+        return refused
+    plugins.delete(plugin, g.api_user)
     return "", 204
 
 
@@ -553,26 +476,20 @@ def delete_plugin(plugin_id):
 @spec.validate(json=DocumentIn, resp=Response(HTTP_201=PluginOut, HTTP_403=Problem, **BODY_ERRORS), tags=PLUGINS)
 def add_document(plugin_id, json: DocumentIn):
     """Add a text or Markdown document to a knowledge-retrieval plugin."""
-    try:
-        plugin, refused = _changeable_plugin(plugin_id)
-        if refused:
-            return refused
-        plugins.add_document(plugin, g.api_user, json.name, json.text.encode())
-        return _plugin_out(plugin), 201
-    except ServiceError as e:
-        return _refused(e)
+    plugin, refused = _changeable_plugin(plugin_id)
+    if refused:
+        return refused
+    plugins.add_document(plugin, g.api_user, json.name, json.text.encode())
+    return _plugin_out(plugin), 201
 
 
 @bp.delete("/plugins/<int:plugin_id>/documents/<int:document_id>")
 @spec.validate(resp=Response("HTTP_204", HTTP_403=Problem, **ERRORS), tags=PLUGINS)
 def delete_document(plugin_id, document_id):
-    try:
-        plugin, refused = _changeable_plugin(plugin_id)
-        if refused:
-            return refused
-        plugins.delete_document(plugin, g.api_user, document_id)
-    except ServiceError as e:
-        return _refused(e)
+    plugin, refused = _changeable_plugin(plugin_id)
+    if refused:
+        return refused
+    plugins.delete_document(plugin, g.api_user, document_id)
     return "", 204
 
 
@@ -597,22 +514,16 @@ def _chain_out(application) -> Chain:
 @spec.validate(resp=Response(HTTP_200=Chain, **ERRORS), tags=PLUGINS)
 def application_chain(application_id):
     """The plugins attached to the application, in the order requests pass them."""
-    try:
-        return _chain_out(_application(application_id))
-    except ServiceError as e:
-        return _refused(e)
+    return _chain_out(_application(application_id))
 
 
 @bp.post("/applications/<application_id>/plugins")
 @spec.validate(json=AttachIn, resp=Response(HTTP_201=Chain, HTTP_409=Problem, **BODY_ERRORS), tags=PLUGINS)
 def attach_plugin(application_id, json: AttachIn):
     """Attach a plugin you can see at the end of the chain (live on a running application)."""
-    try:
-        application = _application(application_id)
-        plugins.attach(application, g.api_user, json.plugin_id)
-        return _chain_out(application), 201
-    except ServiceError as e:
-        return _refused(e)
+    application = _application(application_id)
+    plugins.attach(application, g.api_user, json.plugin_id)
+    return _chain_out(application), 201
 
 
 @bp.put("/applications/<application_id>/plugins/<int:plugin_id>")
@@ -620,27 +531,21 @@ def attach_plugin(application_id, json: AttachIn):
 def change_chain_step(application_id, plugin_id, json: ChainStepIn):
     """Turn an attached plugin on or off here, set this application's overrides of its settings
     (errors at config.<setting>), or move it one place up or down."""
-    try:
-        application = _application(application_id)
-        if json.overrides is not None:
-            plugins.set_overrides(application, plugin_id, json.overrides)
-        if json.enabled is not None:
-            plugins.set_link_enabled(application, plugin_id, json.enabled)
-        if json.move is not None:
-            plugins.move(application, plugin_id, json.move)
-        return _chain_out(application)
-    except ServiceError as e:
-        return _refused(e)
+    application = _application(application_id)
+    if json.overrides is not None:
+        plugins.set_overrides(application, plugin_id, json.overrides)
+    if json.enabled is not None:
+        plugins.set_link_enabled(application, plugin_id, json.enabled)
+    if json.move is not None:
+        plugins.move(application, plugin_id, json.move)
+    return _chain_out(application)
 
 
 @bp.delete("/applications/<application_id>/plugins/<int:plugin_id>")
 @spec.validate(resp=Response("HTTP_204", **ERRORS), tags=PLUGINS)
 def detach_plugin(application_id, plugin_id):
     """Detach a plugin from the application (live on a running one)."""
-    try:
-        plugins.detach(_application(application_id), plugin_id)
-    except ServiceError as e:
-        return _refused(e)
+    plugins.detach(_application(application_id), plugin_id)
     return "", 204
 
 
@@ -682,10 +587,7 @@ def create_user(json: UserIn):
     """Add a user (admins); the password rules are the page's."""
     if refused := _admins_only():
         return refused
-    try:
-        return _user_out(users.create_user(json.email, json.password, admin=json.admin)), 201
-    except ServiceError as e:
-        return _refused(e)
+    return _user_out(users.create_user(json.email, json.password, admin=json.admin)), 201
 
 
 @bp.put("/users/<int:user_id>")
@@ -696,17 +598,14 @@ def change_user(user_id, json: UserChange):
     """Make or unmake an admin, disable or enable an account (admins; never the last admin, nor yourself)."""
     if refused := _admins_only():
         return refused
-    try:
-        user = users.get_user(user_id)
-        if json.admin is not None:
-            users.set_admin(user, json.admin)
-        if json.disabled is True:
-            users.disable(user, acting=g.api_user)
-        elif json.disabled is False:
-            users.enable(user)
-        return _user_out(user, users.last_login_at(user))
-    except ServiceError as e:
-        return _refused(e)
+    user = users.get_user(user_id)
+    if json.admin is not None:
+        users.set_admin(user, json.admin)
+    if json.disabled is True:
+        users.disable(user, acting=g.api_user)
+    elif json.disabled is False:
+        users.enable(user)
+    return _user_out(user, users.last_login_at(user))
 
 
 @bp.post("/users/<int:user_id>/reset-password")
@@ -715,7 +614,4 @@ def reset_user_password(user_id):
     """A new password for the user, in this answer only; their logins end (admins)."""
     if refused := _admins_only():
         return refused
-    try:
-        return NewPassword(password=users.reset_password(users.get_user(user_id)))
-    except ServiceError as e:
-        return _refused(e)
+    return NewPassword(password=users.reset_password(users.get_user(user_id)))

@@ -44,7 +44,11 @@ TRANSITIONS = {
 
 
 class TransitionRefused(Conflict):
-    pass
+    """``current_status``: the application's status when it was refused (None: it no longer exists)."""
+
+    def __init__(self, message: str, current_status: str | None = None):
+        super().__init__(message)
+        self.current_status = current_status
 
 
 def allowed_actions(status: str) -> frozenset[str]:
@@ -62,7 +66,7 @@ def _refusal(application_id, message: str) -> TransitionRefused:
     current = db.session.scalar(db.select(Application.status).where(Application.id == application_id))
     if current is None:
         return TransitionRefused("This application no longer exists.")
-    return TransitionRefused(f"{message}; this one is {current}.")
+    return TransitionRefused(f"{message}; this one is {current}.", current)
 
 
 def transition(application_id, action: str, **values) -> None:
