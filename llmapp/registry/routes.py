@@ -36,13 +36,13 @@ def create():
         model = registry.create_model(form.service_data())
         flash(f"Model “{model.name}” registered.", "success")
         return redirect_to(url_for(".index"))
-    return render(
-        "registry/form.html",
-        "registry/_form.html",
-        code=422 if form.errors or form.form_errors else 200,
-        form=form,
-        model=None,
-    )
+    return _form_page(form, None)
+
+
+def _form_page(form, model):
+    """The form, whole or (htmx) alone; 422 when it came back with errors."""
+    code = 422 if form.errors or form.form_errors else 200
+    return render("registry/form.html", "registry/_form.html", code=code, form=form, model=model)
 
 
 @bp.route("/<id:model_id>/edit", methods=["GET", "POST"])
@@ -55,13 +55,7 @@ def edit(model_id):
         registry.update_model(model.id, form.service_data())
         flash(f"Model “{model.name}” saved.", "success")
         return redirect_to(url_for(".index"))
-    return render(
-        "registry/form.html",
-        "registry/_form.html",
-        code=422 if form.errors or form.form_errors else 200,
-        form=form,
-        model=model,
-    )
+    return _form_page(form, model)
 
 
 @bp.post("/detect")
