@@ -394,17 +394,15 @@ def app_logs(name, follow, level, since, text, as_user, as_json):
         if logs_service.matches(line, levels, (text or "").lower()):
             click.echo(json.dumps(line.as_dict()) if as_json else line.as_text())
 
-    last = "0-0"
+    # The newest line before the history is read: following goes on from there (or from the last line
+    # printed, if later), so a line written meanwhile is printed once, never lost.
+    before_history = [line.id for line in logs_service.recent(application, 1)] if follow else []
     lines = logs_service.search(application, level, text, since=time.time() - seconds if seconds else None, limit=10**6)
     for line in lines.lines:
         show(line)
-    if lines.lines:
-        last = lines.lines[-1].id
-    elif not follow:
-        return
     if follow:
-        latest = logs_service.recent(application, 1)
-        after = max([last] + [line.id for line in latest], key=logs_service.sort_key)
+        printed = [lines.lines[-1].id] if lines.lines else []
+        after = max(["0-0", *before_history, *printed], key=logs_service.sort_key)
         for line in logs_service.follow(application, after):
             if line is not None:
                 show(line)

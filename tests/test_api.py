@@ -2,6 +2,7 @@
 the OpenAPI 3.1 document, and schemathesis against a running server."""
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -79,6 +80,27 @@ def access_tokens_id(plain: str) -> int:
     return db.session.scalar(db.select(AccessToken.id).filter_by(token_hash=access_tokens.digest(plain)))
 
 
+def test_every_operation_answers_401_without_a_valid_token(app, client, member):
+    """Taken from the OpenAPI document, so an operation added later is checked too."""
+    document = client.get(f"{API}/openapi.json").json
+    revoked, expired = token_for(app, member), token_for(app, member)
+    with app.app_context():
+        access_tokens.revoke(db.session.get(User, member.id), access_tokens_id(revoked))
+        stored = db.session.get(AccessToken, access_tokens_id(expired))
+        stored.expires_at = utcnow() - timedelta(seconds=1)
+        db.session.commit()
+    checked = 0
+    for path, operations in document["paths"].items():
+        url = path.replace("{application_id}", "x").replace("{", "").replace("}", "")
+        url = "".join(part if not part.endswith("_id") else "1" for part in re.split(r"(\w+_id)", url))
+        for method in operations:
+            for headers in ({}, bearer(revoked), bearer(expired), {"Authorization": "Basic bWU6cHc="}):
+                response = getattr(client, method)(url, json={} if method in ("post", "put") else None, headers=headers)
+                assert response.status_code == 401, (method, url, headers, response.status_code)
+                checked += 1
+    assert checked >= 4 * 30
+
+
 def test_create_read_update_list_and_delete(app, client, member, factory):
     token = bearer(token_for(app, member))
     model = factory.model(name="Qwen")
@@ -130,6 +152,13 @@ def test_bad_input_comes_back_per_field_and_changes_nothing(app, client, member,
     missing = problem(client.post(f"{API}/applications", json={}, headers=token), 422)
     assert missing["errors"]["name"] == ["Name is required."]  # the service's words, not the parser's
     assert missing["errors"]["max_concurrency"] == ["Max concurrency is required."]
+    nul = client.post(f"{API}/applications", json={**bad, "env": [{"name": "A\x00B"}]}, headers=token)
+    assert problem(nul, 422)["errors"] == {
+        "env.0.name": ["Contains a NUL character, which can't be stored or passed on."]
+    }
+    assert problem(client.get(f"{API}/applications?q=a%00", headers=token), 422)["errors"] == {"q": [
+        "Contains a NUL character, which can't be stored or passed on."
+    ]}  # fmt: skip
     not_json = client.post(f"{API}/applications", data="{", headers={**token, "Content-Type": "application/json"})
     assert not_json.status_code in (400, 422) and not_json.content_type == "application/problem+json"
     with app.app_context():
@@ -154,6 +183,10 @@ def test_another_members_objects_are_404_and_admin_operations_403(app, client, f
         ("delete", f"{base}/keys/1", None),
         ("get", f"{base}/logs", None),
         ("get", f"{base}/logs/stream", None),
+        ("get", f"{base}/plugins", None),
+        ("post", f"{base}/plugins", {"plugin_id": 1}),
+        ("put", f"{base}/plugins/1", {"enabled": False}),
+        ("delete", f"{base}/plugins/1", None),
         ("get", f"{base}/metrics", None),
     ):
         response = getattr(client, method)(url, json=body, headers=token)

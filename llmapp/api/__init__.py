@@ -13,7 +13,7 @@ from spectree import SecurityScheme, SpecTree
 from spectree.models import SecureType, SecuritySchemeData
 
 from ..extensions import csrf, db, limiter
-from ..services import ServiceError, access_tokens
+from ..services import NUL_ERROR, ServiceError, access_tokens
 from . import problems
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -75,6 +75,24 @@ def authenticate():
     g.api_user = user
     if request.method in ("POST", "PUT", "PATCH") and request.content_length and not request.is_json:
         return problems.problem(415, problems.HTTP_DETAILS[415])
+    # As the pages' forms do: no NUL character reaches a service (PostgreSQL can't store one).
+    nul = _nul_at(dict(request.args)) or _nul_at(request.get_json(silent=True) if request.is_json else None)
+    if nul is not None:
+        return problems.problem(422, "The request has invalid fields.", errors={nul: [NUL_ERROR]})
+    return None
+
+
+def _nul_at(value, path: str = "") -> str | None:
+    """Where in a JSON value (or the query) a NUL character is: "env.0.name", or None."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and "\x00" in key:
+            return f"{path}.{key}".lstrip(".")
+        found = _nul_at(item, f"{path}.{key}".lstrip("."))
+        if found is not None:
+            return found
     return None
 
 

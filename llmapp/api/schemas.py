@@ -124,7 +124,7 @@ class Transition(BaseModel):
 
 
 class KeyIn(Strict):
-    label: str = Field("", max_length=100)
+    label: str = Field("", description="A name for the key; the service keeps its first 100 characters.")
 
 
 class KeyOut(BaseModel):

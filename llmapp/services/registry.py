@@ -87,7 +87,7 @@ def check(data: dict, model_id: int | None = None) -> dict:
         values[field] = value
     if not values["name"]:
         error("name", "Name is required.")
-    elif name_taken(values["name"], except_id=model_id):
+    elif "name" not in errors and name_taken(values["name"], except_id=model_id):
         error("name", f"A model named “{values['name']}” is already registered.")
     for field, (low, high), missing, whole, out_of_range in (
         (
