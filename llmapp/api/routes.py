@@ -210,16 +210,8 @@ def _stop(application) -> None:
     deployments.request_stop(application)
 
 
-def _key_out(row, model=KeyOut, **extra):
-    return model(
-        id=row.id,
-        label=row.label,
-        prefix=row.prefix,
-        created_at=row.created_at,
-        last_used_at=row.last_used_at,
-        revoked_at=row.revoked_at,
-        **extra,
-    )
+def _key_out(row) -> KeyOut:
+    return KeyOut.model_validate(row, from_attributes=True)
 
 
 @bp.get("/applications/<application_id>/keys")
@@ -236,7 +228,7 @@ def create_key(application_id, json: KeyIn):
     """Make a key to the application's endpoint; the key is in this answer only."""
     application = _application(application_id)
     key, plain = api_keys.create_key(application, json.label)
-    return _key_out(key, NewKey, key=plain), 201
+    return NewKey(**_key_out(key).model_dump(), key=plain), 201
 
 
 @bp.delete("/applications/<application_id>/keys/<int:key_id>")
@@ -341,8 +333,9 @@ def model_recommendation(model_id):
 ADMIN_ERRORS = {**ERRORS, "HTTP_403": Problem}
 
 
-def _admin_only():
-    return None if g.api_user.is_admin else problems.problem(403, "Only an admin can change the model registry.")
+def _admin_only(message: str = "Only an admin can change the model registry."):
+    """None for an admin; else the 403 answer to return."""
+    return None if g.api_user.is_admin else problems.problem(403, message)
 
 
 @bp.post("/models")
@@ -555,10 +548,6 @@ USERS = ["users"]
 USER_ERRORS = {**ERRORS, "HTTP_403": Problem}
 
 
-def _admins_only():
-    return None if g.api_user.is_admin else problems.problem(403, "Only an admin can manage users.")
-
-
 def _user_out(user, last_login=None) -> UserOut:
     return UserOut(
         id=user.id,
@@ -574,7 +563,7 @@ def _user_out(user, last_login=None) -> UserOut:
 @spec.validate(resp=Response(HTTP_200=UserList, **USER_ERRORS), tags=USERS)
 def list_users():
     """Every user, with role, status and latest login (admins)."""
-    if refused := _admins_only():
+    if refused := _admin_only("Only an admin can manage users."):
         return refused
     return UserList(items=[_user_out(user, at) for user, at in users.list_users()])
 
@@ -585,7 +574,7 @@ def list_users():
 )
 def create_user(json: UserIn):
     """Add a user (admins); the password rules are the page's."""
-    if refused := _admins_only():
+    if refused := _admin_only("Only an admin can manage users."):
         return refused
     return _user_out(users.create_user(json.email, json.password, admin=json.admin)), 201
 
@@ -596,7 +585,7 @@ def create_user(json: UserIn):
 )
 def change_user(user_id, json: UserChange):
     """Make or unmake an admin, disable or enable an account (admins; never the last admin, nor yourself)."""
-    if refused := _admins_only():
+    if refused := _admin_only("Only an admin can manage users."):
         return refused
     user = users.get_user(user_id)
     if json.admin is not None:
@@ -612,6 +601,6 @@ def change_user(user_id, json: UserChange):
 @spec.validate(resp=Response(HTTP_200=NewPassword, **USER_ERRORS), tags=USERS)
 def reset_user_password(user_id):
     """A new password for the user, in this answer only; their logins end (admins)."""
-    if refused := _admins_only():
+    if refused := _admin_only("Only an admin can manage users."):
         return refused
     return NewPassword(password=users.reset_password(users.get_user(user_id)))
