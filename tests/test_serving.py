@@ -140,7 +140,7 @@ def test_every_response_carries_a_request_id_that_is_in_its_log_line(server):
     mine = post(
         server,
         "/completions",
-        {"model": server.NAME, "prompt": "hi", "max_tokens": 2},
+        {"model": server.NAME, "prompt": "hi", "max_tokens": 2, "min_tokens": 2},  # never an early end
         headers={"X-Request-Id": "my-trace-42"},
     )
     assert mine.status_code == 200 and mine.headers["X-Request-Id"] == "my-trace-42"
