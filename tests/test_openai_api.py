@@ -141,6 +141,23 @@ def test_an_upstream_engine_judges_its_own_parameters():
         parse(passthrough=True, stream="yes")
 
 
+def test_an_upstream_request_carries_its_messages_and_prompt_for_the_plugins():
+    messages = [
+        {"role": "developer", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {}}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+    ]
+    forwarded = parse(passthrough=True, messages=messages)
+    assert forwarded.messages == messages and forwarded.messages[0] is not messages[0]  # as sent, a copy
+    assert parse("completion", passthrough=True, prompt="hello").prompt == "hello"
+    assert parse("completion", passthrough=True, prompt=["hello"]).prompt == "hello"
+    assert parse("completion", passthrough=True, prompt=[1, 2, 3]).prompt is None  # the plugins refuse it
+    for bad in ([], ["not a message"], [{"content": "no role"}]):
+        with pytest.raises(APIError) as error:
+            parse(passthrough=True, messages=bad)
+        assert error.value.status == 400 and error.value.param.startswith("messages")
+
+
 def test_greedy_requests_share_a_batch_whatever_their_seed():
     a, b = parse(temperature=0, seed=1), parse(temperature=1e-9, seed=2)
     assert a.sampling_key() == b.sampling_key() != parse(temperature=0.5).sampling_key()

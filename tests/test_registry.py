@@ -127,3 +127,23 @@ def test_members_see_the_registry_but_cannot_change_it(logged_in, factory, app):
 def test_unknown_model_is_404(client, auth, admin):
     auth.login(admin)
     assert client.get("/models/4242/edit").status_code == 404
+
+
+def test_an_upstreams_base_url_is_checked_for_its_form(client, auth, admin, app):
+    auth.login(admin)
+    for url, words in (
+        ("http://user:secret@vllm:8000/v1", "user name or password"),
+        ("http://vllm:8000/v1?key=1", "query"),
+        ("http://vllm:8000/v1#top", "fragment"),
+        ("http://vl lm:8000/v1", "spaces"),
+        ("http://vllm:8000/v1\x1b[2J", "control characters"),
+        ("http:///v1", "needs a host"),
+        ("http://vllm:99999/v1", "Not a valid URL"),
+    ):
+        form = model_form(engine="openai", source="", base_url=url, upstream_model="m")
+        response = client.post("/models/new", data=form, headers=HX)
+        assert response.status_code == 422 and words in response.text, url
+    assert models(app) == []
+    # Only its form: an admin's upstream may be on this host or a private network.
+    private = model_form(engine="openai", source="", base_url="http://10.0.0.5:8000/v1", upstream_model="m")
+    assert client.post("/models/new", data=private).status_code == 303

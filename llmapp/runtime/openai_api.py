@@ -280,10 +280,7 @@ def parse(kind: str, body, served_model: str, max_context: int, engine_name: str
     request.include_usage = bool(options) and _boolean(options, "include_usage")
     request.temperature = _number(body, "temperature", 1.0, 0, 2)
     if passthrough:
-        if kind == "chat" and (not isinstance(body.get("messages"), list) or not body["messages"]):
-            raise APIError(400, "'messages' must be a non-empty list.", param="messages")
-        if kind == "completion" and body.get("prompt") is None:
-            raise APIError(400, "'prompt' is required.", param="prompt")
+        _passthrough_input(kind, body, request)
         return request
 
     _check_parameters(kind, body, engine_name)
@@ -313,6 +310,27 @@ def parse(kind: str, body, served_model: str, max_context: int, engine_name: str
     request.stop = [_text(s, "stop") for s in stop or []]
     _logprobs(kind, body, request)
     return request
+
+
+def _passthrough_input(kind: str, body: dict, request: GenerationRequest) -> None:
+    """An upstream's request: its messages (or prompt) as sent, for the plugins to read and change like
+    a local one's. The messages keep every field the upstream reads (content parts, tool calls)."""
+    if kind == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise APIError(400, "'messages' must be a non-empty list.", param="messages")
+        for index, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise APIError(400, "Each message needs a 'role' and a 'content'.", param=f"messages[{index}]")
+        request.messages = [dict(m) for m in messages]
+        return
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise APIError(400, "'prompt' is required.", param="prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    # A batch or token ids stay the upstream's to judge; the plugins refuse what they cannot read.
+    request.prompt = prompt if isinstance(prompt, str) else None
 
 
 def _logprobs(kind: str, body: dict, request: GenerationRequest) -> None:

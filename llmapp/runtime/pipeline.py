@@ -1,6 +1,6 @@
 """The app server's request path, as a pipeline of stages (DESIGN.md, "The app server's request path").
 
-    authenticate → parse → plugins in → admit → cache lookup → prepare → generate → plugins out
+    authenticate → parse → admit → plugins in → cache lookup → prepare → generate → plugins out
     → cache store   … then record (and the chain's webhooks)
 
 Each stage is a small async function of one request ``Context``; it raises ``APIError`` to answer
@@ -10,15 +10,21 @@ module globals, so one process could serve several applications. The order is ``
 and nowhere else. ``record`` runs when the response has ended, however it ended (sent, timed out,
 or the client left), and so do the clean-ups stages register with ``ctx.defer`` (the admission
 slot): a streamed request holds its slot until its last byte.
+
+The input plugins run after admission and within the request's timeout: their work (matching over a
+body of up to megabytes) is the request's, counted against its slot and its deadline; a request that
+times out there stops its scan, and keeps its slot until the scan has stopped.
 """
 
 import asyncio
 import json
 import logging
+import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from starlette.requests import ClientDisconnect, Request
@@ -94,10 +100,16 @@ class Served:
     recorder: object = None  # a recorder.Recorder, which counts each request for the metrics
     chain: Chain = field(default_factory=Chain)  # the plugins, swapped whole when the platform changes them
     webhooks: WebhookSender | None = None  # started with the first chain that has a webhook
+    plugin_threads: ThreadPoolExecutor = None  # the input plugins' work: a thread for each slot
 
     def __post_init__(self):
         self.cache = self.cache or ResponseCache(self.spec.config.cache_size)
         self.admission = self.admission or Admission(self.spec.config.max_concurrency)
+        # As many threads as slots: an admitted request never waits for another's plugins (nor for the
+        # default executor's threads, which other work shares).
+        self.plugin_threads = self.plugin_threads or ThreadPoolExecutor(
+            self.admission.limit, thread_name_prefix="plugins"
+        )
 
 
 @dataclass
@@ -126,6 +138,7 @@ class Context:
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     finished: bool = False
     plugins: PluginRun | None = None  # what the application's plugin chain did to this request
+    lingering: asyncio.Future | None = None  # work given up on that still runs: the clean-ups wait for it
 
     def __post_init__(self):
         if self.served.chain:  # the chain of the moment: a change never reaches a request half-way
@@ -148,9 +161,16 @@ class Context:
         if self.finished:
             return
         self.finished = True
+        if self.lingering is not None and not self.lingering.done():
+            # The slot is freed when the abandoned work has really stopped, not before.
+            self.lingering.add_done_callback(lambda work: (work.cancelled() or work.exception(), self._clean_up()))
+        else:
+            self._clean_up()
+        record(self)
+
+    def _clean_up(self) -> None:
         for cleanup in reversed(self.cleanups):
             cleanup()
-        record(self)
 
 
 # --- the stages -----------------------------------------------------------------------------------
@@ -222,12 +242,28 @@ async def parse(ctx: Context) -> None:
 
 
 async def plugins_in(ctx: Context) -> None:
-    """The input side of the application's plugin chain (400 when a content filter blocks the input)."""
+    """The input side of the application's plugin chain, in the request's slot and within its timeout
+    (400 when a content filter blocks the input, 504 past the timeout)."""
     if ctx.plugins is None:
         return
     parsed = ctx.parsed
+    if parsed.kind == "completion" and parsed.prompt is None and ctx.plugins.chain.reads_input:
+        raise APIError(400, "This application's plugins read the prompt: 'prompt' must be one string.", param="prompt")
+    loop = asyncio.get_running_loop()
+    cancel = threading.Event()
+    work = loop.run_in_executor(
+        ctx.served.plugin_threads, ctx.plugins.apply_input, parsed.kind, parsed.messages, parsed.prompt, cancel
+    )
     try:
-        messages, prompt = await asyncio.to_thread(ctx.plugins.apply_input, parsed.kind, parsed.messages, parsed.prompt)
+        done, _ = await asyncio.wait({work}, timeout=max(0, ctx.deadline - loop.time()))
+    finally:
+        if not work.done():  # past the timeout, or the request was cancelled: the scan stops
+            cancel.set()
+            ctx.lingering = work
+    if not done:
+        raise timed_out(ctx)
+    try:
+        messages, prompt = work.result()
     except Blocked as e:
         raise APIError(
             400,
@@ -235,7 +271,10 @@ async def plugins_in(ctx: Context) -> None:
             code="content_filter",
         ) from e
     parsed.messages, parsed.prompt = messages, prompt
-    ctx.body = {**ctx.body, **({"messages": messages} if parsed.kind == "chat" else {"prompt": prompt})}
+    if parsed.kind == "chat":
+        ctx.body = {**ctx.body, "messages": messages}
+    elif prompt is not None:
+        ctx.body = {**ctx.body, "prompt": prompt}
 
 
 async def admit(ctx: Context) -> None:
@@ -381,8 +420,8 @@ Stage = Callable[[Context], Awaitable[bool | None]]
 STAGES: tuple[Stage, ...] = (
     authenticate,
     parse,
-    plugins_in,
     admit,
+    plugins_in,  # in the slot and the timeout: their work is the request's
     cache_lookup,
     prepare,
     generate,
@@ -566,7 +605,7 @@ def send_webhooks(ctx: Context, elapsed_ms: float) -> None:
     """Each webhook of the chain gets its summary, queued for its sender thread (never awaited here)."""
     served = ctx.served
     if served.webhooks is None:
-        served.webhooks = WebhookSender()
+        served.webhooks = WebhookSender(allow=served.spec.webhook_allow)
     record = {
         "application": served.spec.app_name,
         "request_id": ctx.request_id,

@@ -11,16 +11,23 @@ its configuration and on or off there. Every change reaches a running applicatio
 the chain is published to Redis (encrypted with the application's own key, see
 runtime/plugins/published.py) before the change is committed, and the server swaps it in between
 requests. When Redis is unreachable nothing changes, and the user is told so.
+
+Destinations: a setting that decides where a plugin's data goes (a webhook's URL) must point where
+llmapp/netguard.py allows, checked at every save (the app server checks again on every connection).
+An application can't override it on a plugin that isn't its owner's (a published one): that plugin's
+secret would sign what goes where the application's owner chose. Such an override stored before this
+rule is ignored: the chain the server runs has the plugin's own value.
 """
 
 import hashlib
 import json
 
 import redis
+from flask import current_app
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from .. import queues, secrets_box
+from .. import netguard, queues, secrets_box
 from ..extensions import db
 from ..models import Application, ApplicationPlugin, Plugin, PluginDocument, User
 from ..runtime import plugins as plugin_types
@@ -34,6 +41,8 @@ DOCUMENT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
 UNREACHABLE = "Redis is unreachable, so the running servers could not be given the change; nothing changed. Try again."
 
 LIVE = (lifecycle.RUNNING, lifecycle.DEPLOYING)
+DESTINATIONS = {"webhook_audit": ("url",)}  # per type: the settings that decide where its data goes
+MAX_DOCUMENT_NAME = 255
 
 
 class ConfigInvalid(Invalid):
@@ -95,7 +104,7 @@ def _clean(data: dict, user: User, stored: dict | None = None) -> dict:
     for setting in secrets:  # a secret left empty keeps the one stored
         if not config.get(setting) and (stored or {}).get(setting):
             config[setting] = secrets_box.decrypt(stored[setting])
-    errors = plugin_types.config_errors(type_name, config)
+    errors = config_errors(type_name, config)
     if errors:
         raise ConfigInvalid(errors)
     for setting in secrets:
@@ -110,6 +119,17 @@ def _clean(data: dict, user: User, stored: dict | None = None) -> dict:
         "enabled": bool(data.get("enabled", True)),
         "published": bool(data.get("published")) and user.is_admin,
     }
+
+
+def config_errors(type_name: str, config: dict) -> dict[str, list[str]]:
+    """The type's schema errors, then those of its destinations (netguard), per setting."""
+    errors = plugin_types.config_errors(type_name, config)
+    guard = netguard.Guard.from_setting(current_app.config.get("WEBHOOK_ALLOWED_DESTINATIONS"))
+    for setting in DESTINATIONS.get(type_name, ()):
+        value = config.get(setting)
+        if setting not in errors and isinstance(value, str) and (message := guard.url_error(value)):
+            errors[setting] = [message]
+    return errors
 
 
 def create(user: User, data: dict) -> Plugin:
@@ -205,7 +225,7 @@ def add_document(plugin: Plugin, user: User, filename: str, data: bytes) -> Plug
         raise NotFound("Only its owner or an admin can change this plugin.")
     if plugin.type != "knowledge_retrieval":
         raise Invalid("Only a knowledge-retrieval plugin has documents.", "document")
-    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()[:255]
+    name = _document_name(filename)
     if not name.lower().endswith(DOCUMENT_SUFFIXES):
         raise Invalid(f"Upload a text or Markdown file ({', '.join(DOCUMENT_SUFFIXES)}).", "document")
     if not data.strip():
@@ -232,6 +252,24 @@ def add_document(plugin: Plugin, user: User, filename: str, data: bytes) -> Plug
     _publish_for(users_of(plugin, LIVE), "The document was not added")
     db.session.commit()
     return document
+
+
+def _document_name(name) -> str:
+    """The name as given, refused (not repaired) when it would break a log line or name a path.
+
+    :raise Invalid: at "document"; the message never repeats the name.
+    """
+    if not isinstance(name, str) or not name:
+        raise Invalid("Give the document a name.", "document")
+    if netguard.has_control_characters(name):
+        raise Invalid("A document's name can't contain line breaks, tabs or other control characters.", "document")
+    if name != name.strip():
+        raise Invalid("A document's name can't begin or end with a space.", "document")
+    if "/" in name or "\\" in name:
+        raise Invalid("A document's name can't contain / or \\: give the file's name without its folder.", "document")
+    if len(name) > MAX_DOCUMENT_NAME:
+        raise Invalid(f"A document's name has at most {MAX_DOCUMENT_NAME} characters.", "document")
+    return name
 
 
 def delete_document(plugin: Plugin, user: User, document_id: int) -> None:
@@ -346,10 +384,19 @@ def overridable(type_name: str) -> dict:
     return {name: spec for name, spec in properties.items() if name not in secrets}
 
 
+def _locked(link: ApplicationPlugin) -> tuple[str, ...]:
+    """The destination settings the application can't override: all of them unless the plugin is the
+    application owner's own (whoever acts, the plugin's owner's secret signs what is sent)."""
+    if link.plugin.created_by_id == link.application.created_by_id:
+        return ()
+    return DESTINATIONS.get(link.plugin.type, ())
+
+
 def set_overrides(application: Application, plugin_id: int, overrides: dict) -> ApplicationPlugin:
     """The application's own values of some settings of an attached plugin (the rest are the plugin's).
 
-    :raise ConfigInvalid: the configuration they make breaks the type's schema (errors per setting).
+    :raise ConfigInvalid: a setting can't be overridden (a secret; a destination, see _locked), or the
+        configuration they make breaks the type's rules (errors per setting).
     """
     link = _link(application, plugin_id)
     allowed = overridable(link.plugin.type)
@@ -357,7 +404,14 @@ def set_overrides(application: Application, plugin_id: int, overrides: dict) -> 
     if unknown:
         raise ConfigInvalid({name: ["This setting can't be overridden per application."] for name in unknown})
     base = _plugin_config(link.plugin)
-    errors = plugin_types.config_errors(link.plugin.type, {**base, **overrides})
+    locked = [name for name in _locked(link) if name in overrides and overrides[name] != base.get(name)]
+    if locked:
+        message = (
+            "Where this plugin sends its data is set by its owner, for every application: "
+            "use a plugin of your own to send it elsewhere."
+        )
+        raise ConfigInvalid({name: [message] for name in locked})
+    errors = config_errors(link.plugin.type, {**base, **overrides})
     if errors:
         raise ConfigInvalid(errors)
     link.config = {name: value for name, value in overrides.items() if base.get(name) != value}
@@ -375,7 +429,11 @@ def _plugin_config(plugin: Plugin) -> dict:
 
 
 def effective_config(link: ApplicationPlugin) -> dict:
-    return {**_plugin_config(link.plugin), **(link.config or {})}
+    """The plugin's configuration with the application's overrides, less any it may not have (stored
+    before a rule forbade them: a secret, or a destination of a plugin that isn't the owner's)."""
+    allowed = set(overridable(link.plugin.type)) - set(_locked(link))
+    overrides = {name: value for name, value in (link.config or {}).items() if name in allowed}
+    return {**_plugin_config(link.plugin), **overrides}
 
 
 def chain_document(application: Application) -> dict:

@@ -5,6 +5,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
 from ..models import Application, RegistryModel
+from ..netguard import url_shape_error
 from . import NUL_ERROR, Conflict, FieldErrors, NotFound, model_detection
 
 FIELDS = (
@@ -119,8 +120,10 @@ def check(data: dict, model_id: int | None = None) -> dict:
     if values["engine"] == "openai":
         if not values["base_url"]:
             error("base_url", "Give the upstream's base URL, e.g. http://vllm:8000/v1.")
-        elif not values["base_url"].startswith(("http://", "https://")):
-            error("base_url", "The base URL must start with http:// or https://.")
+        elif "base_url" not in errors:  # its form only: an admin's upstream may be on any network
+            shape = url_shape_error(values["base_url"], query=False)
+            if shape:
+                error("base_url", shape)
         if not values["upstream_model"]:
             error("upstream_model", "Give the model name the upstream serves.")
     else:  # only the openai engine has an upstream
@@ -137,7 +140,7 @@ def create_model(data: dict) -> RegistryModel:
     """:raise FieldErrors: see check."""
     model = RegistryModel(**check(data))
     db.session.add(model)
-    db.session.commit()
+    _commit_or_name_taken(model.name)
     return model
 
 
@@ -146,8 +149,16 @@ def update_model(model_id: int, data: dict) -> RegistryModel:
     model = get_model(model_id)
     for key, value in check(data, model_id).items():
         setattr(model, key, value)
-    db.session.commit()
+    _commit_or_name_taken(model.name)
     return model
+
+
+def _commit_or_name_taken(name: str) -> None:
+    try:
+        db.session.commit()
+    except IntegrityError as e:  # registered meanwhile, in this or another case (the check ran before)
+        db.session.rollback()
+        raise FieldErrors({"name": [f"A model named “{name}” is already registered."]}) from e
 
 
 def delete_model(model_id: int) -> None:

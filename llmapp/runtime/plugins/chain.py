@@ -12,14 +12,16 @@ A chain never changes once built: the server swaps in a new one between requests
 keeps the chain it started with, so a change never reaches a request half-way.
 """
 
+import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from . import retrieval
 from .content_filter import ContentFilter
 from .pii import PiiRedactor
-from .rewrite import Matcher, Piece, StreamRewriter, rewrite
-from .system_prompt import SystemPrompt
+from .rewrite import Matcher, Piece, StreamRewriter, cancellable, checkpoint, rewrite
+from .system_prompt import Added, SystemPrompt, content_text
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,17 @@ class Chain:
     def webhooks_want_output(self) -> bool:
         return any(s.type == "webhook_audit" and s.config.get("include_content") for s in self.steps)
 
+    @property
+    def reads_input(self) -> bool:
+        """Whether any plugin reads or changes the request's input."""
+        return any(
+            s.prompt is not None
+            or s.index is not None
+            or (s.matcher is not None and s.input_side)
+            or (s.type == "webhook_audit" and s.config.get("include_content"))
+            for s in self.steps
+        )
+
     def webhooks(self) -> list[Step]:
         return [step for step in self.steps if step.type == "webhook_audit"]
 
@@ -112,13 +125,21 @@ class PluginRun:
 
     # --- the way in -------------------------------------------------------------------------------
 
-    def apply_input(self, kind: str, messages: list[dict] | None, prompt: str | None):
+    def apply_input(
+        self, kind: str, messages: list[dict] | None, prompt: str | None, cancel: threading.Event | None = None
+    ):
         """The request's messages (chat) or prompt (completion) after the chain's input side.
 
         :raise Blocked: a content filter blocks the input.
+        :raise rewrite.Cancelled: ``cancel`` was set (the request timed out): the chain stops there.
         """
-        messages = [dict(m) for m in messages] if messages is not None else None
+        with cancellable(cancel) if cancel is not None else nullcontext():
+            return self._apply_input(kind, messages, prompt)
+
+    def _apply_input(self, kind: str, messages: list[dict] | None, prompt: str | None):
+        messages = [_copy(m) for m in messages] if messages is not None else None
         for i, step in enumerate(self.chain.steps):
+            checkpoint()
             started = time.perf_counter()
             try:
                 if step.prompt is not None:
@@ -137,8 +158,12 @@ class PluginRun:
         return messages, prompt
 
     def _rewrite_input(self, step: Step, messages, prompt):
-        texts = [m.get("content") or "" for m in messages] if messages is not None else [prompt or ""]
-        spans = [step.matcher.find(text) for text in texts]
+        # Every text of the request: a message's content, each text part of its content parts.
+        slots = _text_slots(messages) if messages is not None else [(None, None, prompt or "")]
+        spans = []
+        for _, _, text in slots:
+            checkpoint()
+            spans.append(step.matcher.find(text))
         found = [s for per_text in spans for s in per_text]
         if not found:
             return messages, prompt
@@ -146,12 +171,12 @@ class PluginRun:
             self.event(step, "block", "input", found)
             raise Blocked(step)
         self.event(step, "mask", "input", found)
-        rewritten = [rewrite(text, per_text) for text, per_text in zip(texts, spans, strict=True)]
-        if messages is None:
-            return None, rewritten[0]
-        for message, text in zip(messages, rewritten, strict=True):
-            if isinstance(message.get("content"), str):
-                message["content"] = text
+        for (holder, key, text), per_text in zip(slots, spans, strict=True):
+            if per_text:
+                if holder is None:
+                    prompt = rewrite(text, per_text)
+                else:
+                    holder[key] = rewrite(text, per_text)
         return messages, prompt
 
     def _retrieve(self, step: Step, messages, prompt):
@@ -166,7 +191,8 @@ class PluginRun:
             return None, f"{context}\n\n{prompt}"
         # The context goes just before the question, after any system message of the request's own.
         last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages))
-        return [*messages[:last_user], {"role": "system", "content": context}, *messages[last_user:]], prompt
+        added = Added(role="system", content=context)
+        return [*messages[:last_user], added, *messages[last_user:]], prompt
 
     # --- the way out ------------------------------------------------------------------------------
 
@@ -238,4 +264,24 @@ class OutputRewriter:
 def _question(messages: list[dict] | None, prompt: str | None) -> str:
     if messages is None:
         return prompt or ""
-    return next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+    return next((content_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
+
+
+def _copy(message: dict) -> dict:
+    """A message the chain may change without changing the caller's (its content parts copied too)."""
+    copied = type(message)(message)
+    if isinstance(copied.get("content"), list):
+        copied["content"] = [dict(p) if isinstance(p, dict) else p for p in copied["content"]]
+    return copied
+
+
+def _text_slots(messages: list[dict]) -> list[tuple[dict, str, str]]:
+    """(holder, key, text) of each text in the chat: holder[key] is where it is written back."""
+    slots = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            slots.append((message, "content", content))
+        elif isinstance(content, list):
+            slots += [(p, "text", p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return slots

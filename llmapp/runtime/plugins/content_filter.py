@@ -4,12 +4,18 @@ Actions: ``block`` (input: a 400 in OpenAI's error shape; output: the response e
 ``finish_reason: "content_filter"``, as OpenAI's API does) or ``mask`` (each match replaced).
 On a stream, a match split across chunks is held back until it is whole (rewrite.StreamRewriter);
 ``max_match_chars`` bounds how long a pattern's match may be, so how much text is held back.
+
+Matching reads the text folded (normalise.py: fullwidth, invisible characters, combining marks and
+look-alike letters cannot hide a keyword), and masks the text as written at the places it came from.
+Keywords are folded the same way; patterns run on both the folded and the original text (a pattern
+written for a script's own letters still matches it as written).
 """
 
 import re
 from dataclasses import dataclass
 
-from .rewrite import Span
+from .normalise import Folded, fold
+from .rewrite import Span, checkpoint, held_back
 
 DEFAULT_MAX_MATCH = 100
 
@@ -24,10 +30,10 @@ class ContentFilter:
 
     def __post_init__(self):
         flags = 0 if self.case_sensitive else re.IGNORECASE
-        words = [re.escape(k) for k in self.keywords if k]
-        self._keywords = re.compile("|".join(sorted(words, key=len, reverse=True)), flags) if words else None
+        folded = sorted({f for f in (fold(k).text for k in self.keywords if k) if f}, key=len, reverse=True)
+        self._keywords = re.compile("|".join(map(re.escape, folded)), flags) if folded else None
         self._patterns = [re.compile(p, flags) for p in self.patterns if p]
-        longest_keyword = max((len(k) for k in self.keywords), default=1)
+        longest_keyword = max((len(k) for k in folded), default=1)
         self.hold = max(longest_keyword, self.max_match_chars if self._patterns else 1)
 
     @classmethod
@@ -41,16 +47,33 @@ class ContentFilter:
         )
 
     def find(self, text: str) -> list[Span]:
+        folded = fold(text)
         spans = []
         if self._keywords:
-            spans += [Span(m.start(), m.end(), "keyword", self.mask) for m in self._keywords.finditer(text)]
+            spans += [self._span(folded, m, "keyword") for m in self._keywords.finditer(folded.text)]
         for pattern in self._patterns:
+            checkpoint()
             spans += [
-                Span(m.start(), m.end(), "pattern", self.mask)
-                for m in pattern.finditer(text)
+                self._span(folded, m, "pattern")
+                for m in pattern.finditer(folded.text)
                 if 0 < m.end() - m.start() <= self.max_match_chars
             ]
+            if folded.starts is not None:  # and as written
+                spans += [
+                    Span(m.start(), m.end(), "pattern", self.mask)
+                    for m in pattern.finditer(text)
+                    if 0 < m.end() - m.start() <= self.max_match_chars
+                ]
         return spans
+
+    def _span(self, folded: Folded, match: re.Match, kind: str) -> Span:
+        return Span(*folded.span(match.start(), match.end()), kind, self.mask)
+
+    def hold_from(self, text: str) -> int:
+        """The last ``hold - 1`` characters, counted in the folded text (invisible characters do not
+        count, so padding a keyword with them cannot push its start out early) and in the original."""
+        folded = fold(text)
+        return min(held_back(text, self.hold), folded.at(held_back(folded.text, self.hold)))
 
 
 def pattern_errors(patterns: list[str]) -> list[str]:

@@ -6,6 +6,12 @@ only numbers it judges valid count. ID numbers: the 18-digit mainland resident I
 digit ``python-stdnum`` verifies (an 18-digit number with a wrong checksum is left alone).
 Masks: a label (``[EMAIL]``, ``[PHONE]``, ``[ID]``) or partial (the shape kept: j***@example.com,
 *******5678, 110105********123X).
+
+The text is read folded (normalise.py), so a fullwidth ＠ or digits, or a zero-width space inside an
+address, hide nothing; addresses may be internationalised (letters of any script, IDN domains).
+Every matcher is linear in the text: e-mail addresses are looked for around each @ only, their parts
+bounded by the lengths an address may have; phone numbers in bounded windows (libphonenumber's
+matcher also gives up after a number of candidates, which on a long text left the rest unmasked).
 """
 
 import re
@@ -14,13 +20,18 @@ from dataclasses import dataclass, field
 import phonenumbers
 from stdnum.cn import ric
 
-from .rewrite import Span
+from .normalise import fold
+from .rewrite import Span, checkpoint, held_back
 
 ENTITIES = ("email", "phone", "id_number")
 LABELS = {"email": "[EMAIL]", "phone": "[PHONE]", "id_number": "[ID]"}
-EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+MAX_LOCAL, MAX_DOMAIN, MAX_EMAIL = 64, 253, 254  # RFC 5321's limits on an address and its parts
+LOCAL = re.compile(r"[\w.%+-]+")  # read backwards from the @
+DOMAIN = re.compile(r"(?:[^\W_][\w-]*\.)+[^\W\d_][\w-]*[^\W_]")
+ADDRESS_CHAR = re.compile(r"[\w.%+@-]+")
 RESIDENT_ID = re.compile(r"(?<![0-9])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")
-HOLD = 64  # the longest address or number masked on a stream as it arrives
+HOLD = 64  # the longest number masked on a stream as it arrives (an address: up to MAX_EMAIL)
+PHONE_WINDOW, PHONE_CONTEXT = 4096, 128  # phone numbers are looked for in windows this long, overlapping
 
 
 @dataclass
@@ -39,22 +50,71 @@ class PiiRedactor:
         )
 
     def find(self, text: str) -> list[Span]:
-        spans = []
+        folded = fold(text)
+        found: list[tuple[int, int, str]] = []  # in the folded text
         if "email" in self.entities:
-            spans += [self._span(m.start(), m.end(), "email", m.group()) for m in EMAIL.finditer(text)]
+            found += [(start, end, "email") for start, end in emails(folded.text)]
         if "id_number" in self.entities:
-            spans += [
-                self._span(m.start(), m.end(), "id_number", m.group())
-                for m in RESIDENT_ID.finditer(text)
-                if ric.is_valid(m.group())
+            found += [
+                (m.start(), m.end(), "id_number") for m in RESIDENT_ID.finditer(folded.text) if ric.is_valid(m.group())
             ]
         if "phone" in self.entities:
-            matcher = phonenumbers.PhoneNumberMatcher(text, self.region, leniency=phonenumbers.Leniency.VALID)
-            spans += [self._span(m.start, m.end, "phone", m.raw_string) for m in matcher]
-        return spans
+            found += [(start, end, "phone") for start, end in phones(folded.text, self.region)]
+        return [self._span(*folded.span(start, end), kind, folded.text[start:end]) for start, end, kind in found]
 
     def _span(self, start: int, end: int, kind: str, found: str) -> Span:
         return Span(start, end, kind, _partial(kind, found) if self.partial else LABELS[kind])
+
+    def hold_from(self, text: str) -> int:
+        """The last ``HOLD - 1`` characters, and more while the tail could still be part of an e-mail
+        address (a run of address characters, up to an address's longest): one never leaves in part."""
+        folded = fold(text)
+        at = held_back(folded.text, self.hold)
+        if "email" in self.entities:
+            tail = folded.text[-MAX_EMAIL:]
+            run = ADDRESS_CHAR.match(tail[::-1])
+            at = min(at, len(folded.text) - (run.end() if run else 0))
+        return min(held_back(text, self.hold), folded.at(at))
+
+
+def emails(text: str) -> list[tuple[int, int]]:
+    """The addresses in ``text``, found around each @: the local part read backwards from it (at most
+    64 characters), the domain forwards (at most 253): linear in the text however it looks."""
+    found, done, at = [], 0, text.find("@")
+    while at != -1:
+        checkpoint()
+        lo = max(done, at - MAX_LOCAL)
+        local = LOCAL.match(text[lo:at][::-1])
+        if local:
+            start = at - local.end()
+            while start < at and text[start] == ".":  # a local part does not start with a dot
+                start += 1
+            domain = DOMAIN.match(text, at + 1, min(len(text), at + 1 + MAX_DOMAIN, start + MAX_EMAIL))
+            if start < at and domain:
+                found.append((start, domain.end()))
+                done = domain.end()
+        at = text.find("@", max(at + 1, done))
+    return found
+
+
+def phones(text: str, region: str) -> list[tuple[int, int]]:
+    """Phone numbers, in overlapping windows: each number is taken from the window whose core it starts
+    in, with enough text around it to be judged as in the whole text."""
+    if len(text) <= PHONE_WINDOW:
+        return _phones_in(text, region, 0)
+    stride = PHONE_WINDOW - 2 * PHONE_CONTEXT
+    found = []
+    for core in range(0, len(text), stride):
+        checkpoint()
+        lo = max(0, core - PHONE_CONTEXT)
+        window = text[lo : core + stride + PHONE_CONTEXT]
+        found += [(s, e) for s, e in _phones_in(window, region, lo) if core <= s < core + stride]
+    return found
+
+
+def _phones_in(text: str, region: str, offset: int) -> list[tuple[int, int]]:
+    matcher = phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID)
+    return [(offset + m.start, offset + m.end) for m in matcher]
 
 
 def _partial(kind: str, found: str) -> str:

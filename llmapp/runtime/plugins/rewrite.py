@@ -4,10 +4,40 @@ A *matcher* finds spans (a keyword, a pattern, an e-mail address…) and says wh
 stream, a span may be split across chunks, so ``StreamRewriter`` holds back the last ``hold - 1``
 characters (``hold``: the longest span the matcher can find) until more text shows whether a span
 starts there: a span never leaves in pieces, and text is delayed by at most ``hold - 1`` characters.
+A matcher that reads text in a normalised form, or whose spans can be longer than ``hold`` (an
+e-mail address), says itself where the held-back tail starts (``hold_from``).
+
+Matching on a request's input runs in a worker thread; ``checkpoint`` lets a long scan stop once its
+request has timed out (``cancellable``), rather than burn the CPU for nobody.
 """
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
+
+_local = threading.local()
+
+
+class Cancelled(Exception):
+    """The request whose text is being scanned has ended (its timeout): the scan stops."""
+
+
+@contextmanager
+def cancellable(event: threading.Event):
+    """Scans in this thread stop at their next ``checkpoint`` once ``event`` is set."""
+    _local.cancel = event
+    try:
+        yield
+    finally:
+        _local.cancel = None
+
+
+def checkpoint() -> None:
+    """:raise Cancelled: the scan's request has been given up on."""
+    event = getattr(_local, "cancel", None)
+    if event is not None and event.is_set():
+        raise Cancelled
 
 
 @dataclass(frozen=True)
@@ -22,6 +52,15 @@ class Matcher(Protocol):
     hold: int  # the longest span it can find, in characters
 
     def find(self, text: str) -> list[Span]: ...
+
+    def hold_from(self, text: str) -> int:
+        """Where the tail of a stream's text that a span could still start in begins."""
+        ...
+
+
+def held_back(text: str, hold: int) -> int:
+    """The plain hold-back: the last ``hold - 1`` characters."""
+    return max(0, len(text) - (hold - 1))
 
 
 def non_overlapping(spans: list[Span]) -> list[Span]:
@@ -71,7 +110,7 @@ class StreamRewriter:
 
     def _release(self, final: bool) -> Piece:
         spans = non_overlapping(self.matcher.find(self.buffer))
-        cut = len(self.buffer) if final else max(0, len(self.buffer) - (self.matcher.hold - 1))
+        cut = len(self.buffer) if final else self.matcher.hold_from(self.buffer)
         if self.block and spans and (final or spans[0].start < cut):
             # Everything before the first span goes out; nothing after it, ever.
             out, self.buffer, self.ended = self.buffer[: spans[0].start], "", True

@@ -6,6 +6,12 @@ and the freshness. Deliveries go through a bounded queue to one sender thread pe
 or slow receiver costs requests nothing (a full queue drops the newest summary, and says so in the
 log). Each delivery has a timeout and is retried with exponential back-off; then it is dropped and
 logged. Secrets and API keys are never in a summary; the content only when ``include_content`` is set.
+
+Where a delivery may go is llmapp/netguard.py's rule, checked here again on every connection (the URL
+was checked when it was saved, but names resolve anew and a URL may predate the rule): the sender
+resolves the name itself, checks each address, and connects to the address it checked. Redirects are
+not followed and no proxy from the environment is used (either would connect somewhere unchecked). A
+refused delivery is not retried; the log says it was refused and why, never what answers there.
 """
 
 import hashlib
@@ -17,7 +23,10 @@ import threading
 import time
 from dataclasses import dataclass
 
+import httpcore
 import httpx
+
+from ... import netguard
 
 log = logging.getLogger("llmapp.server")
 
@@ -59,13 +68,55 @@ class Delivery:
     retries: int
 
 
-class WebhookSender:
-    """One thread that POSTs deliveries with a timeout and retries; ``send`` never blocks."""
+class _CheckedBackend(httpcore.SyncBackend):
+    """Opens each connection only to addresses the guard checked (the name is resolved here, once)."""
 
-    def __init__(self, timeout_s: float = 5.0, retries: int = 3, backoff_s: float = 0.5, capacity: int = 1000):
+    def __init__(self, guard: netguard.Guard):
+        self.guard = guard
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        try:
+            addresses = self.guard.addresses(host, port)  # :raise netguard.Refused: (not mapped: no retry)
+        except OSError as e:  # it does not resolve, maybe for now: retried as any failure to connect
+            raise httpcore.ConnectError(str(e)) from e
+        error = None
+        for address in addresses:
+            try:
+                return super().connect_tcp(address, port, timeout, local_address, socket_options)
+            except httpcore.ConnectError as e:  # the next address of the name, as a resolver would
+                error = e
+        raise error
+
+
+class _CheckedTransport(httpx.HTTPTransport):
+    def __init__(self, guard: netguard.Guard):
+        super().__init__(trust_env=False)
+        # httpx takes no network backend, so its connection pool is replaced by one that uses ours; TLS
+        # still verifies the certificate against the URL's host name.
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(trust_env=False), network_backend=_CheckedBackend(guard)
+        )
+
+
+class WebhookSender:
+    """One thread that POSTs deliveries with a timeout and retries; ``send`` never blocks.
+
+    ``allow``: the admin's allow-list (netguard); ``guard``: the rules themselves, instead of it.
+    """
+
+    def __init__(
+        self,
+        timeout_s: float = 5.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        capacity: int = 1000,
+        allow=(),
+        guard: netguard.Guard | None = None,
+    ):
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.guard = guard or netguard.Guard.from_setting(allow)
         self.queue: queue.Queue[Delivery | None] = queue.Queue(capacity)
-        self.delivered = self.failed = self.dropped = 0
+        self.delivered = self.failed = self.dropped = self.refused = 0
         self.thread = threading.Thread(target=self._run, name="webhook-sender", daemon=True)
         self.thread.start()
 
@@ -89,11 +140,17 @@ class WebhookSender:
         self.thread.join(wait_s)
 
     def _run(self) -> None:
-        with httpx.Client(timeout=self.timeout_s) as client:
+        transport = _CheckedTransport(self.guard)
+        with httpx.Client(
+            timeout=self.timeout_s, transport=transport, follow_redirects=False, trust_env=False
+        ) as client:
             while (delivery := self.queue.get()) is not None:
                 self._deliver(client, delivery)
 
     def _deliver(self, client: httpx.Client, delivery: Delivery) -> None:
+        shape = netguard.url_shape_error(delivery.url)  # a URL saved before the rule (user info, say)
+        if shape:
+            return self._refused(delivery, shape)
         for attempt in range(delivery.retries + 1):
             timestamp = str(int(time.time()))
             try:
@@ -110,12 +167,20 @@ class WebhookSender:
                 if response.status_code < 300:
                     self.delivered += 1
                     return
-                reason = f"answered {response.status_code}"
+                reason = f"answered {response.status_code}"  # a redirect too: it is not followed
+            except netguard.Refused as e:
+                return self._refused(delivery, str(e))
             except httpx.HTTPError as e:
                 reason = f"{type(e).__name__}: {e}"
             if attempt < delivery.retries:
                 time.sleep(self.backoff_s * 2**attempt)
-        self.failed += 1
         log.warning(
             "webhook %s failed after %d attempts (%s); the summary is dropped", delivery.url, attempt + 1, reason
         )
+        self.failed += 1  # after the log line, so whoever waits for the count finds the line
+
+    def _refused(self, delivery: Delivery, reason: str) -> None:
+        """Not sent, nor retried: the reason is the rule's, decided before any connection was opened."""
+        log.warning("webhook %s refused: %s The summary is dropped.", delivery.url, reason)
+        self.refused += 1
+        self.failed += 1
