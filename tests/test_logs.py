@@ -2,6 +2,7 @@
 resume), access control, the CLI, and secrets redacted on the server's real logging path."""
 
 import json
+import re
 import threading
 import time
 
@@ -301,3 +302,159 @@ def test_a_secret_on_the_servers_logging_path_is_redacted_everywhere(app, client
     assert {line.level for line in found} == {"DEBUG", "INFO"}
     answered = next(line for line in found if line.level == "INFO")
     assert answered.fields["status"] == 200 and answered.fields["tokens_out"] >= 1 and answered.fields["key"] == "test"
+
+
+# --- untrusted text in a line: one record is one line, wherever it is shown -------------------------
+
+FORGED = "x\r\nid: 9999\r\n\x1b[31m"  # a line break, a fake SSE id, a terminal colour
+HOSTILE = FORGED + "\u2028\u2029\u202e\x85\x00\x07\rend"  # and Unicode separators, a bidi override, C1, NUL
+
+
+def has_raw_control(text: str) -> bool:
+    return bool(runtime_logs.UNSAFE.search(text))
+
+
+class SSE:
+    """Server-sent events read as a browser's EventSource reads them (WHATWG): lines end at CR, LF or
+    CRLF; an id: field sets the last event id even in an event without data."""
+
+    BREAK = re.compile(r"\r\n|\r|\n")
+
+    def __init__(self, response):
+        self.chunks = response.iter_text()
+        self.buffer, self.last_id = "", ""
+
+    def lines(self):
+        for chunk in self.chunks:
+            self.buffer += chunk
+            # A CR at the end may be the first half of a CRLF: wait for the next chunk.
+            while (m := self.BREAK.search(self.buffer)) and not (m.group() == "\r" and m.end() == len(self.buffer)):
+                line, self.buffer = self.buffer[: m.start()], self.buffer[m.end() :]
+                yield line
+
+    def items(self):
+        """("comment", text) and ("event", {"id", "event", "data"}) as they come."""
+        data, event = [], ""
+        for line in self.lines():
+            if line == "":
+                if data:
+                    yield "event", {"id": self.last_id, "event": event or "message", "data": "\n".join(data)}
+                data, event = [], ""
+            elif line.startswith(":"):
+                yield "comment", line[1:].strip()
+            else:
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "data":
+                    data.append(value)
+                elif name == "event":
+                    event = value
+                elif name == "id" and "\0" not in value:
+                    self.last_id = value
+
+    def events(self, count: int) -> list[dict]:
+        found = []
+        for kind, item in self.items():
+            if kind == "event":
+                found.append(item)
+                if len(found) == count:
+                    return found
+        raise AssertionError(f"the stream ended after {len(found)} of {count} events")
+
+
+def test_sse_events_stay_whole_whatever_their_text():
+    """The SSE writer is safe for any text: data split where a parser splits lines, id and event one
+    field each."""
+
+    class Body:
+        def __init__(self, text):
+            self.text = text
+
+        def iter_text(self):
+            yield from self.text  # one character at a time: the reader's CRLF handling too
+
+    data = "one\rtwo\r\nthree\nfour\r\r\nfive"
+    text = logs_service.sse_event(data, "line\r\nevent: forged", "1-1\r\nid: 9999\rdata: forged")
+    text += logs_service.sse_event("next", "line", "2-2")
+    reader = SSE(Body(text))
+    first, second = reader.events(2)
+    assert first["data"] == "one\ntwo\nthree\nfour\n\nfive"  # every line break, as the browser joins them
+    assert first["event"] == "line\\r\\nevent: forged" and first["id"] == "1-1\\r\\nid: 9999\\rdata: forged"
+    assert second == {"id": "2-2", "event": "line", "data": "next"} and reader.last_id == "2-2"
+
+
+def test_a_forged_line_in_a_model_or_parameter_name_reaches_the_log_neutralised(served_tiny):
+    """Through a real app server: a model name and a parameter name with CR, LF, ESC and the rest are
+    logged escaped, in the message and in every field."""
+    served_tiny.idle()
+    request_id = f"forged-{time.monotonic_ns()}"
+    response = httpx.post(
+        served_tiny.url + "/completions",
+        headers={**served_tiny.headers, "X-Request-Id": request_id},
+        json={"model": HOSTILE, "prompt": "hi", "max_tokens": 1, HOSTILE: 1},
+        timeout=60,
+    )
+    assert response.status_code in (400, 404), response.text
+    lines = wait_for(
+        lambda: [line for line in served_tiny.log() if line.get("request_id") == request_id], 30, 0.1, "the lines"
+    )
+    answered = next(line for line in lines if f" {response.status_code}" in line["message"])
+    assert "x\\r\\nid: 9999\\r\\n\\x1b[31m\\u2028\\u2029\\u202e\\x85\\x00\\x07\\rend" in answered["message"]
+    for line in lines:
+        for name, value in line.items():
+            assert not has_raw_control(value), (name, value)
+            if name == "fields":
+                assert not has_raw_control(repr(json.loads(value)))
+
+
+@pytest.mark.parametrize("config_overrides", [LIVE])
+def test_every_reader_shows_one_line_per_record_and_no_control(
+    app, factory, member, runner, logged_in, config_overrides
+):
+    """Lines with hostile text, made by the one record maker (runtime/logs.record) and also written raw
+    (by a server of an older version): the download has one line per record, the pane's and the API's
+    SSE events are exactly the records (no forged id), the pane and `flask apps logs` show no control."""
+    from llmapp.models import User
+    from llmapp.services import access_tokens
+
+    application = factory.application(member, factory.model(), name="hostile")
+    connection = redis.Redis.from_url(app.config["REDIS_URL"])
+    key = keyspace.logs(application.id)
+    runtime_logs.append(connection, application.id, f"deploy of {HOSTILE}", "INFO", source=HOSTILE)
+    connection.xadd(
+        key, runtime_logs.record(f"asked for {HOSTILE}", "WARNING", "server", HOSTILE, {HOSTILE: [HOSTILE]})
+    )
+    connection.xadd(key, {"ts": "1", "level": "ERROR", "source": "server", "message": HOSTILE, "request_id": "\x1b"})
+    ids = [entry_id.decode() for entry_id, _ in connection.xrange(key)]
+    raw = b"".join(value for _, fields in connection.xrange(key)[:2] for value in fields.values()).decode()
+    assert not has_raw_control(raw)  # written neutralised
+
+    text = logged_in.get(f"/applications/{application.id}/logs/download").text
+    assert len(text.splitlines()) == 3 and not has_raw_control(text.replace("\n", ""))
+    ndjson = logged_in.get(f"/applications/{application.id}/logs/download?format=ndjson").text
+    assert [json.loads(line)["id"] for line in ndjson.splitlines()] == ids
+    pane = logged_in.get(f"/applications/{application.id}/logs", headers=HX).text
+    assert "\x1b" not in pane and "\r" not in pane and "\\x1b[31m" in pane
+    printed = runner.invoke(args=["apps", "logs", "hostile"]).output
+    assert len(printed.splitlines()) == 3 and "\x1b" not in printed and "id: 9999" in printed
+    assert "\x1b" not in runner.invoke(args=["apps", "logs", "hostile", "--json"]).output
+
+    with app.app_context():
+        _, token = access_tokens.create(db.session.get(User, member.id), "tests", None)
+    with LiveServer(app) as server:
+        page = httpx.Client(base_url=server.url, timeout=30)
+        page.post("/login", data={"email": member.email, "password": "password123"})
+        api = httpx.Client(base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {token}"})
+        for client, url in (
+            (page, f"/applications/{application.id}/logs/stream?after=0-0"),
+            (api, f"/api/v1/applications/{application.id}/logs/stream?after=0-0"),
+        ):
+            with client.stream("GET", url) as response:
+                reader = SSE(response)
+                events = reader.events(len(ids))
+                ids.append(write(app, application.id, "after them"))
+                events += reader.events(1)
+            assert [e["id"] for e in events] == ids and reader.last_id == ids[-1], url
+            assert {e["event"] for e in events} == {"line"}
+            assert all("id: 9999" in e["data"] and not has_raw_control(e["data"]) for e in events[:3]), url
+            client.close()

@@ -259,23 +259,19 @@ def application_log_stream(application_id):
     heartbeat comment while it is quiet. A reconnect with Last-Event-ID (or ?after=<id>) gets exactly the
     lines it missed."""
     application = _application(application_id)
-    after = logs_service.valid_id(request.headers.get("Last-Event-ID") or request.args.get("after")) or "$"
-    lines = logs_service.follow(application, after, block_ms=int(current_app.config["LOG_HEARTBEAT_S"] * 1000))
+    after = logs_service.valid_id(request.headers.get("Last-Event-ID") or request.args.get("after"))
+    heartbeat = current_app.config["LOG_HEARTBEAT_S"]
     db.session.remove()  # no database connection held for the stream's whole life
-
-    def events():
-        yield "retry: 2000\n: connected\n\n"
-        for line in lines:
-            if line is None:
-                yield ": heartbeat\n\n"
-                continue
-            yield logs_service.sse_event(json.dumps(_line_out(line)), "line", line.id)
-
     return FlaskResponse(
-        stream_with_context(events()),
+        stream_with_context(logs_service.live_events(application.id, after, heartbeat, _line_event)),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _line_event(line) -> str:
+    """A line as the stream's SSE event (one function: the hub renders each line once for all API viewers)."""
+    return logs_service.sse_event(json.dumps(_line_out(line)), "line", line.id)
 
 
 def _line_out(line) -> dict:

@@ -198,23 +198,10 @@ def logs_stream(application_id):
     gets exactly the lines it missed. Heartbeats keep an idle stream open and find departed clients."""
     application = get_application(application_id)
     after = logs_service.valid_id(request.headers.get("Last-Event-ID") or request.args.get("after"))
-    subscription, backlog = logs_service.hub().subscribe(application.id, after)
     heartbeat = current_app.config["LOG_HEARTBEAT_S"]
     db.session.remove()  # no database connection held for the stream's whole life
-
-    def stream():
-        try:
-            yield "retry: 2000\n: connected\n\n"  # at once, so that proxies and the browser see the stream open
-            if backlog:
-                yield "".join(backlog)
-            while not subscription.overflowed:
-                events = subscription.take(heartbeat)
-                yield ": heartbeat\n\n" if events is None else "".join(events)
-        finally:
-            subscription.close()
-
     return Response(
-        stream_with_context(stream()),
+        stream_with_context(logs_service.live_events(application.id, after, heartbeat)),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

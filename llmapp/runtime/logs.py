@@ -9,6 +9,7 @@ to drop once Redis is back.
 import json
 import logging
 import queue
+import re
 import threading
 import time
 
@@ -20,15 +21,49 @@ MAXLEN = 2000  # lines kept per application unless its configuration says otherw
 TRIM_EVERY_S = 60  # how often a server drops its application's lines older than their age limit
 
 
+# What must never reach a log line as itself, since a client can put it in a model or parameter name:
+# it would forge lines (CR, LF, U+0085, U+2028/2029), drive a terminal (ESC and the other C0/C1
+# controls), reorder what is shown (bidi marks, embeddings, overrides, isolates) or make the line
+# unwritable (a lone surrogate can't be encoded for Redis, and the whole line would be lost).
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match) -> str:
+    char = match.group()
+    code = ord(char)
+    return NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def neutralise(text) -> str:
+    """``text`` with every unsafe character written as its escape (``\\n``, ``\\x1b``, ``\\u2028``): one
+    record stays one line, visibly. Idempotent (the escapes are plain text), so readers may apply it again."""
+    text = text if isinstance(text, str) else str(text)
+    return UNSAFE.sub(_escape, text) if UNSAFE.search(text) else text
+
+
+def _neutralise_all(value):
+    """The same for every string in a record's fields, keys included."""
+    if isinstance(value, str):
+        return neutralise(value)
+    if isinstance(value, dict):
+        return {neutralise(key): _neutralise_all(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_neutralise_all(item) for item in value]
+    return value
+
+
 def record(
     message: str, level: str = "INFO", source: str = "platform", request_id: str | None = None, fields=None
 ) -> dict:
-    """One log record as the stream keeps it: time, level, source, request id, message, fields (JSON)."""
-    entry = {"ts": f"{time.time():.3f}", "level": level, "source": source, "message": message}
+    """One log record as the stream keeps it: time, level, source, request id, message, fields (JSON).
+    Every record is made here, so this is where untrusted text is neutralised (see UNSAFE)."""
+    entry = {"ts": f"{time.time():.3f}", "level": neutralise(level), "source": neutralise(source)}
+    entry["message"] = neutralise(message)
     if request_id:
-        entry["request_id"] = request_id
+        entry["request_id"] = neutralise(request_id)
     if fields:
-        entry["fields"] = json.dumps(fields)
+        entry["fields"] = json.dumps(_neutralise_all(fields))
     return entry
 
 

@@ -6,13 +6,18 @@ stream's ids, so a reader that comes back with the last id it saw gets exactly w
 
 Live viewers share one reader per application and web process (LogHub): one thread and one Redis
 connection follow the stream with a blocking XREAD and hand each new line to every viewer's queue.
+The pane and the REST API both stream through it (live_events), each with its own way of rendering
+a line; both outlive a Redis outage (heartbeats meanwhile, then on from the last line sent) and end
+at once when the web process is stopping (end_streams).
 """
 
+import contextlib
 import json
 import queue
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +28,7 @@ from flask import current_app
 from .. import keyspace, queues
 from ..extensions import db
 from ..models import Application
+from ..runtime.logs import neutralise
 from . import ServiceError, applications
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -51,13 +57,15 @@ class LogLine:
             fields = json.loads(values.get("fields") or "{}")
         except ValueError:
             fields = {}
+        # Written neutralised (runtime/logs.record); again here for what reached the stream otherwise
+        # (a server of an older version, a line written by hand): no reader ever shows a raw control.
         return cls(
             id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
             ts=float(values.get("ts") or 0),
-            level=values.get("level", "INFO"),
-            source=values.get("source", ""),
-            message=values.get("message", ""),
-            request_id=values.get("request_id", ""),
+            level=neutralise(values.get("level", "INFO")),
+            source=neutralise(values.get("source", "")),
+            message=neutralise(values.get("message", "")),
+            request_id=neutralise(values.get("request_id", "")),
             fields=fields if isinstance(fields, dict) else {},
         )
 
@@ -195,15 +203,20 @@ def export(application: Application, fmt: str = "text") -> Iterator[str]:
 
 def follow(application: Application, after: str = "$", block_ms: int = 5000) -> Iterator[LogLine | None]:
     """Lines written after ``after`` (an id, or "$" for from now on), as they come; None now and then
-    while nothing does (so a caller can notice it should stop)."""
-    connection = redis.Redis.from_url(current_app.config["REDIS_URL"])
+    while nothing does (so a caller can notice it should stop). A Redis outage is waited out: it goes
+    on from the last line it gave once Redis is back."""
+    connection = redis.Redis.from_url(current_app.config["REDIS_URL"], socket_timeout=block_ms / 1000 + 10)
     key = keyspace.logs(application.id)
-    if after == "$":
-        last = connection.xrevrange(key, count=1)
-        after = last[0][0].decode() if last else "0-0"
     try:
         while True:
-            answer = connection.xread({key: after}, block=block_ms, count=500)
+            try:
+                if after == "$":
+                    last = connection.xrevrange(key, count=1)
+                    after = last[0][0].decode() if last else "0-0"
+                answer = connection.xread({key: after}, block=block_ms, count=500)
+            except redis.RedisError:
+                time.sleep(1)  # the connection reconnects on the next try
+                answer = None
             if not answer:
                 yield None
                 continue
@@ -244,11 +257,26 @@ def render_event(line: LogLine) -> str:
     return sse_event(render_template("applications/_log_line.html", line=line), "line", line.id)
 
 
-class Subscription:
-    """One viewer's place in the stream: the events the reader hands it wait in its queue."""
+# Set when this web process is stopping: every live stream ends at once instead of holding the worker
+# until its graceful timeout (the EventSource reconnects, to another worker or once the platform is back).
+SHUTTING_DOWN = threading.Event()
+_hubs: "weakref.WeakSet[LogHub]" = weakref.WeakSet()
 
-    def __init__(self, hub: "LogHub", application_id: str, capacity: int = 10_000):
-        self.hub, self.application_id = hub, application_id
+
+def end_streams() -> None:
+    """End every live log stream of this process now (gunicorn's worker calls it as it stops)."""
+    SHUTTING_DOWN.set()
+    for log_hub in list(_hubs):
+        log_hub.wake_all()
+
+
+class Subscription:
+    """One viewer's place in the stream: the events the reader hands it wait in its queue, rendered by
+    ``render`` (a line → its SSE event; one function per kind of viewer, so each line is rendered
+    once per kind)."""
+
+    def __init__(self, hub: "LogHub", application_id: str, render, capacity: int = 10_000):
+        self.hub, self.application_id, self.render = hub, application_id, render
         self.queue: queue.Queue = queue.Queue(capacity)
         self.last: tuple[int, int] = (0, 0)  # the last id handed over: nothing at or before it again
         self.overflowed = False
@@ -264,7 +292,8 @@ class Subscription:
             self.overflowed = True
 
     def take(self, timeout: float) -> list[str] | None:
-        """The events that arrived (a batch, for one write), or None after ``timeout`` without any."""
+        """The events that arrived (a batch, for one write), or None after ``timeout`` without any
+        (an empty batch: woken, see LogHub.wake_all)."""
         try:
             events = self.queue.get(timeout=timeout)
         except queue.Empty:
@@ -303,8 +332,7 @@ class _Reader(threading.Thread):
                     if answer:
                         lines = [LogLine.parse(entry_id, raw) for entry_id, raw in answer[0][1]]
                         self.cursor = lines[-1].id
-                        events = [(sort_key(line.id), render_event(line)) for line in lines]
-                        self.hub.deliver(self.application_id, events)
+                        self.hub.deliver(self.application_id, lines)
                         # A busy log arrives in batches: one wake-up and one write per viewer for each,
                         # not one per line (at most LINGER_S more latency; the target is 100 ms).
                         self.stopped.wait(LINGER_S)
@@ -320,14 +348,20 @@ class LogHub:
         self.lock = threading.Lock()
         self.readers: dict[str, _Reader] = {}
         self.subscribers: dict[str, set[Subscription]] = {}
+        _hubs.add(self)
 
-    def subscribe(self, application_id, after: str | None) -> tuple[Subscription, list[str]]:
-        """A viewer from ``after`` on (an id; None: from now on). Returns its subscription and the
-        events of the lines it missed since ``after``, which it sends first."""
+    def subscribe(self, application_id, after: str | None, render=None) -> tuple[Subscription, list[str]]:
+        """A viewer from ``after`` on (an id; None: from now on), its lines rendered by ``render`` (the
+        pane's by default). Returns its subscription and the events of the lines it missed since
+        ``after``, which it sends first.
+
+        :raise redis.RedisError: Redis is unreachable (live_events waits for it).
+        """
         application_id = str(application_id)
+        render = render or render_event
         connection = queues.connection()
         key = keyspace.logs(application_id)
-        subscription = Subscription(self, application_id)
+        subscription = Subscription(self, application_id, render)
         with self.lock:  # the backlog and the registration together: no line falls between them
             if after:
                 backlog = [LogLine.parse(i, raw) for i, raw in connection.xrange(key, min=f"({after}", count=10_000)]
@@ -341,12 +375,28 @@ class LogHub:
                 cursor = "-".join(map(str, subscription.last))
                 reader = self.readers[application_id] = _Reader(self, application_id, cursor)
                 reader.start()
-        return subscription, [render_event(line) for line in backlog]
+        return subscription, [render(line) for line in backlog]
 
-    def deliver(self, application_id: str, events: list[tuple[tuple[int, int], str]]) -> None:
+    def deliver(self, application_id: str, lines: list[LogLine]) -> None:
+        def events(render) -> list[tuple[tuple[int, int], str]]:
+            return [(sort_key(line.id), render(line)) for line in lines]
+
+        with self.lock:
+            renderers = {s.render for s in self.subscribers.get(application_id, ())}
+        rendered = {render: events(render) for render in renderers}  # outside the lock, once per kind of viewer
         with self.lock:
             for subscription in self.subscribers.get(application_id, ()):
-                subscription.offer(events)
+                if subscription.render not in rendered:  # a new kind of viewer came meanwhile
+                    rendered[subscription.render] = events(subscription.render)
+                subscription.offer(rendered[subscription.render])
+
+    def wake_all(self) -> None:
+        """Wake every viewer's stream now (an empty batch), so that it notices SHUTTING_DOWN."""
+        with self.lock:
+            for viewers in self.subscribers.values():
+                for subscription in viewers:
+                    with contextlib.suppress(queue.Full):
+                        subscription.queue.put_nowait([])
 
     def unsubscribe(self, subscription: Subscription) -> None:
         with self.lock:
@@ -371,8 +421,46 @@ def hub() -> LogHub:
     return app.extensions["log_hub"]
 
 
+def live_events(application_id, after: str | None, heartbeat_s: float, render=None) -> Iterator[str]:
+    """One viewer's SSE stream (the pane's and the REST API's): the lines after ``after`` (None: from
+    now on), then new ones as they come, each rendered by ``render`` (see LogHub.subscribe), with a
+    heartbeat comment while it is quiet. A Redis outage, even at the start, is heartbeated through and
+    the lines go on from the last one sent. It ends when its viewer falls too far behind (it reconnects
+    and catches up) or when this web process is stopping."""
+    yield "retry: 2000\n: connected\n\n"  # at once, so that proxies and the browser see the stream open
+    log_hub, subscription = hub(), None
+    while subscription is None:
+        if SHUTTING_DOWN.is_set():
+            return
+        try:
+            subscription, backlog = log_hub.subscribe(application_id, after, render)
+        except redis.RedisError:
+            # Nothing is written while Redis is away; "from now on" is from this moment (a line's id is
+            # its time of writing, in ms), so that what servers held meanwhile is shown once it is back.
+            after = after or f"{int(time.time() * 1000)}-0"
+            yield ": heartbeat (Redis is unreachable)\n\n"
+            SHUTTING_DOWN.wait(min(heartbeat_s, 1.0))
+    try:
+        if backlog:
+            yield "".join(backlog)
+        while not subscription.overflowed and not SHUTTING_DOWN.is_set():
+            events = subscription.take(heartbeat_s)
+            if events is None:
+                yield ": heartbeat\n\n"
+            elif events:
+                yield "".join(events)
+    finally:
+        subscription.close()
+
+
+# Where an SSE parser ends a line: CR, LF or CRLF (not U+2028, not NEL).
+SSE_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
 def sse_event(data: str, event: str, event_id: str | None = None) -> str:
-    """One server-sent event; every line of a multi-line payload gets its own data: field."""
-    payload = "\n".join(f"data: {part}" for part in data.split("\n"))
-    head = f"id: {event_id}\n" if event_id else ""
-    return f"{head}event: {event}\n{payload}\n\n"
+    """One server-sent event, whatever the text: every line of ``data`` (split where an SSE parser
+    splits) gets its own data: field, and the event name and id are escaped, so that neither can end
+    its field and start another (a fake id: a reconnect would resume from it and lose lines)."""
+    payload = "".join(f"data: {part}\n" for part in SSE_LINE_BREAK.split(data))
+    head = f"id: {neutralise(event_id)}\n" if event_id else ""
+    return f"{head}event: {neutralise(event)}\n{payload}\n"
