@@ -14,7 +14,9 @@ DEFAULTS = {
     "REMEMBER_COOKIE_HTTPONLY": True,
     "REMEMBER_COOKIE_SAMESITE": "Lax",
     "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
-    "LOGIN_RATE_LIMIT": "10 per minute",
+    "LOGIN_RATE_LIMIT": "30 per minute",  # per client address
+    "LOGIN_ACCOUNT_RATE_LIMIT": "10 per minute",  # per account, from any address
+    "TRUSTED_PROXIES": 0,  # how many proxies in front set X-Forwarded-For/-Proto (0: trust no such header)
     "API_RATE_LIMIT": "600 per minute",  # per personal access token
     "APPLICATIONS_PER_PAGE": 25,
     # Memory the recommendations plan for, in GB; None means "this host's RAM".
@@ -38,11 +40,20 @@ DEFAULTS = {
     "LOG_STREAM_BLOCK_S": 5,  # how long a log reader waits for new lines before looking again
     "METRICS_TOKEN": None,  # Prometheus's token for /metrics and the target list; default: from SECRET_KEY
     "SERVER_ENV_ALLOW": "",  # more of the worker's environment variables for app servers (comma-separated)
+    "SERVER_USER": None,  # the account app servers run as; default: nobody when the platform runs as root
+    # What a client may hold of an app server before its key is checked (llmapp/runtime/http_limits.py)
+    "SERVER_MAX_HEADER_KB": 64,
+    "SERVER_HEADER_TIMEOUT_S": 10,
+    "SERVER_KEEP_ALIVE_S": 5,
+    "SERVER_MAX_CONNECTIONS": 512,
     # The platform's pages: larger bodies are refused (413) before they are parsed.
     "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
     # Logins are rate limited per address; while Redis is unreachable, in this process's memory.
     "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
     "RATELIMIT_SWALLOW_ERRORS": True,
+    # Webhook destinations allowed although private or loopback (llmapp/netguard.py): comma-separated
+    # host names, addresses and CIDR networks, e.g. "audit.internal,10.1.2.0/24". Empty: none.
+    "WEBHOOK_ALLOWED_DESTINATIONS": "",
 }
 
 # Environment variables read at start-up, and the config key each one sets.
@@ -55,6 +66,8 @@ ENVIRONMENT = {
     "LLMAPP_ACCELERATOR_MEMORY_GB": "ACCELERATOR_MEMORY_GB",
     "LLMAPP_DEMO": "DEMO",
     "LLMAPP_LOGIN_RATE_LIMIT": "LOGIN_RATE_LIMIT",
+    "LLMAPP_LOGIN_ACCOUNT_RATE_LIMIT": "LOGIN_ACCOUNT_RATE_LIMIT",
+    "LLMAPP_TRUSTED_PROXIES": "TRUSTED_PROXIES",
     "LLMAPP_API_RATE_LIMIT": "API_RATE_LIMIT",
     "LLMAPP_HOSTNAME": "HOSTNAME",
     "LLMAPP_BIND_HOST": "BIND_HOST",
@@ -70,6 +83,11 @@ ENVIRONMENT = {
     "LLMAPP_LOG_DAYS": "LOG_DAYS",
     "LLMAPP_LOG_HEARTBEAT_S": "LOG_HEARTBEAT_S",
     "LLMAPP_SERVER_ENV_ALLOW": "SERVER_ENV_ALLOW",
+    "LLMAPP_SERVER_USER": "SERVER_USER",
+    "LLMAPP_SERVER_MAX_HEADER_KB": "SERVER_MAX_HEADER_KB",
+    "LLMAPP_SERVER_HEADER_TIMEOUT_S": "SERVER_HEADER_TIMEOUT_S",
+    "LLMAPP_SERVER_KEEP_ALIVE_S": "SERVER_KEEP_ALIVE_S",
+    "LLMAPP_SERVER_MAX_CONNECTIONS": "SERVER_MAX_CONNECTIONS",
 }
 
 REDIS_URL_FILE = "redis.url"  # where `python app.py` publishes its embedded Redis for the CLI and workers
@@ -88,6 +106,7 @@ def load(instance_path: str, overrides: dict | None = None) -> dict:
     config.update(overrides or {})
 
     instance = Path(instance_path)
+    _private_folder(instance)
     config.setdefault("SQLALCHEMY_DATABASE_URI", f"sqlite:///{instance / 'llmapp.db'}")
     config["SQLALCHEMY_DATABASE_URI"] = _normalise_database_url(config["SQLALCHEMY_DATABASE_URI"])
     if not config.get("REDIS_URL") and (instance / REDIS_URL_FILE).exists():
@@ -95,10 +114,10 @@ def load(instance_path: str, overrides: dict | None = None) -> dict:
     config["DEMO"] = _truthy(config["DEMO"])
     for key in (
         "DEPLOY_TIMEOUT_S", "STOP_GRACE_S", "RECONCILE_INTERVAL_S", "MAX_REQUEST_MB", "METRICS_FLUSH_S",
-        "LOG_HEARTBEAT_S", "LOG_STREAM_BLOCK_S",
+        "LOG_HEARTBEAT_S", "LOG_STREAM_BLOCK_S", "SERVER_HEADER_TIMEOUT_S", "SERVER_KEEP_ALIVE_S",
     ):  # fmt: skip
         config[key] = float(config[key])
-    for key in ("LOG_LINES", "LOG_DAYS"):
+    for key in ("LOG_LINES", "LOG_DAYS", "SERVER_MAX_HEADER_KB", "SERVER_MAX_CONNECTIONS", "TRUSTED_PROXIES"):
         config[key] = int(config[key])
     if isinstance(config["SERVER_ENV_ALLOW"], str):
         config["SERVER_ENV_ALLOW"] = [n.strip() for n in config["SERVER_ENV_ALLOW"].split(",") if n.strip()]
@@ -120,6 +139,8 @@ def load(instance_path: str, overrides: dict | None = None) -> dict:
         "SESSION_COOKIE_SECURE",
         config["LLMAPP_ENV"] == PRODUCTION and not _truthy(os.environ.get("LLMAPP_INSECURE_COOKIES")),
     )
+    # The remember-me cookie opens a login as the session cookie does: sent over HTTPS only, likewise.
+    config.setdefault("REMEMBER_COOKIE_SECURE", config["SESSION_COOKIE_SECURE"])
     return config
 
 
@@ -143,6 +164,15 @@ def _normalise_database_url(url: str) -> str:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return url
+
+
+def _private_folder(instance: Path) -> None:
+    """instance/ holds the SQLite database, the embedded Redis's data and the servers' specs: nobody but
+    the platform's own account gets into it (app servers run as another account)."""
+    instance.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = instance.stat().st_mode
+    if mode & 0o007 and instance.stat().st_uid == os.geteuid():
+        instance.chmod(mode & ~0o007)
 
 
 def _instance_secret_key(instance: Path) -> str:

@@ -4,7 +4,7 @@ import uuid
 from datetime import UTC, datetime
 
 from flask_login import UserMixin
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, Uuid
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, Uuid, func
 from sqlalchemy import false as sa_false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -263,3 +263,12 @@ class ApiKey(db.Model):
     expires_at: Mapped[datetime | None]
 
     application: Mapped[Application] = relationship(back_populates="api_keys")
+
+
+# Names are unique whatever their case, as the services compare them: one rule, held by the database
+# (two parallel creates of "Bot" and "bot" can't both pass the services' check and both be stored).
+# These imply the case-sensitive constraints above, which stay (SQLite can't drop a table's constraint
+# without rebuilding tables that others refer to).
+Index("uq_registry_models_lower_name", func.lower(RegistryModel.name), unique=True)
+Index("uq_applications_owner_lower_name", Application.created_by_id, func.lower(Application.name), unique=True)
+Index("uq_plugins_owner_lower_name", Plugin.created_by_id, func.lower(Plugin.name), unique=True)

@@ -239,10 +239,18 @@ SERVING_CONFIG = {
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
+def tiny_model_dir():
+    """The tiny GPT-2, in a folder of its own that others may read: pytest's temporary folders are the
+    test runner's alone, and app servers run as an unprivileged account when the tests run as root."""
+    import shutil
+    import tempfile
+
     from llmapp.runtime.tiny_model import build_tiny_model
 
-    return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-gpt2"))
+    folder = Path(tempfile.mkdtemp(prefix="llmapp-tests-models-"))
+    folder.chmod(0o755)
+    yield str(build_tiny_model(folder / "tiny-gpt2"))
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -437,9 +445,13 @@ def running_app(app, client, auth, owner, factory, model, name, env=(), **config
 
 
 def health_of(application):
+    """The server's whole /health, as the platform reads it (with its metrics token)."""
     import httpx
 
-    return httpx.get(application.endpoint.replace("/v1", "/health")).json()
+    from llmapp.services.metrics import derived_metrics_token
+
+    headers = {"Authorization": f"Bearer {derived_metrics_token(WORKER_ENV['SECRET_KEY'])}"}
+    return httpx.get(application.endpoint.replace("/v1", "/health"), headers=headers).json()
 
 
 # --- one app server on the tiny model, shared by the tests of the serving path -------------------
@@ -458,6 +470,8 @@ class ServedTiny:
     NAME = "served"
     KEY = "llm-tests-shared-key"
     METRICS_TOKEN = "tests-metrics-token"
+    HEADER_TIMEOUT_S = 5.0
+    MAX_CONNECTIONS = 64
 
     def __init__(self, model_dir, redis_url, run_dir, app_id=None, flush=True):
         import subprocess
@@ -480,8 +494,9 @@ class ServedTiny:
         config = ServingConfig(max_concurrency=2, timeout_s=60, log_level="DEBUG", cache_size=8, batch_size=4)
         self.spec = ServerSpec(
             app_id=self.app_id, app_name=self.NAME, engine="transformers", model_path=model_dir, config=config,
-            port=free_port(), metrics_flush_s=1.0,
+            port=free_port(), metrics_flush_s=1.0, webhook_allow=("127.0.0.1",),  # the tests' receivers
             metrics_token_sha256=hashlib.sha256(self.METRICS_TOKEN.encode()).hexdigest(),
+            header_timeout_s=self.HEADER_TIMEOUT_S, max_connections=self.MAX_CONNECTIONS,
         )  # fmt: skip
         spec_path = Path(run_dir) / f"served-{self.spec.port}.json"
         self.spec.write(spec_path)
@@ -503,13 +518,14 @@ class ServedTiny:
         self.base = f"http://127.0.0.1:{self.spec.port}"
         self.url = self.base + "/v1"
         self.headers = {"Authorization": f"Bearer {self.KEY}"}
+        self.metrics_headers = {"Authorization": f"Bearer {self.METRICS_TOKEN}"}
         wait_for(lambda: (self.health() or {}).get("status") == "ready", 120, 0.2, "the tiny server to be ready")
 
     def health(self) -> dict | None:
         import httpx
 
         try:
-            return httpx.get(self.base + "/health", timeout=10).json()
+            return httpx.get(self.base + "/health", headers=self.metrics_headers, timeout=10).json()
         except httpx.HTTPError:
             return None
 

@@ -429,3 +429,15 @@ def test_admins_manage_users_through_the_api(app, client, member, factory):
     assert emails == sorted(["root@example.com", "new@example.com", member.email])
     password = client.post(f"{API}/users/{made.json['id']}/reset-password", headers=admin_token).json["password"]
     assert len(password) >= 12
+
+
+def test_a_token_anywhere_but_the_authorization_header_opens_nothing(app, client, member):
+    """Query strings land in proxies' and servers' access logs; cookies are sent by browsers unasked."""
+    token = token_for(app, member)
+    for name in ("access_token", "token", "api_key", "authorization"):
+        problem(client.get(f"{API}/applications?{name}={token}"), 401)
+        cookie_client = app.test_client()
+        cookie_client.set_cookie(name, token)
+        problem(cookie_client.get(f"{API}/applications"), 401)
+    problem(client.get(f"{API}/applications", headers={"X-Api-Key": token}), 401)
+    assert client.get(f"{API}/applications", headers=bearer(token)).status_code == 200

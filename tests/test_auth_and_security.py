@@ -97,3 +97,108 @@ def test_logout_ends_the_session_and_the_remember_me_cookie_on_the_server(app, c
     client.post("/login", data={"email": member.email, "password": "password123"})
     client.post("/logout")
     assert other.get("/applications/").status_code == 200
+
+
+def test_a_login_verifies_a_password_hash_whether_or_not_the_address_exists(client, member, monkeypatch):
+    """So the time a login takes doesn't tell an unknown address from a wrong password."""
+    import werkzeug.security
+
+    from llmapp import models
+    from llmapp.services import users
+
+    verified = []
+
+    def counting(hash_, password):
+        verified.append(hash_)
+        return werkzeug.security.check_password_hash(hash_, password)
+
+    monkeypatch.setattr(users, "check_password_hash", counting)
+    monkeypatch.setattr(models, "check_password_hash", counting)
+    for email in ("nobody@example.com", member.email):
+        verified.clear()
+        assert client.post("/login", data={"email": email, "password": "wrong"}).status_code == 422
+        assert len(verified) == 1 and verified[0].startswith("scrypt:"), email
+
+
+@pytest.mark.parametrize(
+    "config_overrides", [{"LOGIN_RATE_LIMIT": "100 per minute", "LOGIN_ACCOUNT_RATE_LIMIT": "3 per minute"}]
+)
+def test_logins_are_limited_per_account_from_any_address(client, member, factory, config_overrides):
+    other = factory.user("other@example.com")
+    for n in range(3):
+        bad = client.post(
+            "/login", data={"email": member.email, "password": "bad"}, environ_base={"REMOTE_ADDR": f"10.9.0.{n}"}
+        )
+        assert bad.status_code == 422
+    again = client.post(
+        "/login", data={"email": member.email, "password": "password123"}, environ_base={"REMOTE_ADDR": "10.9.1.1"}
+    )
+    assert again.status_code == 429
+    # Another account from the same addresses is not locked out by them.
+    ok = client.post(
+        "/login", data={"email": other.email, "password": "password123"}, environ_base={"REMOTE_ADDR": "10.9.0.1"}
+    )
+    assert ok.status_code == 302
+
+
+LOGINS_BEHIND_A_PROXY = {"LOGIN_RATE_LIMIT": "3 per minute", "LOGIN_ACCOUNT_RATE_LIMIT": "100 per minute"}
+
+
+@pytest.mark.parametrize("config_overrides", [{**LOGINS_BEHIND_A_PROXY, "TRUSTED_PROXIES": 1}])
+def test_behind_a_trusted_proxy_the_address_limit_is_per_client(app, member, factory, config_overrides):
+    proxy = {"REMOTE_ADDR": "192.0.2.10"}
+    attacker = app.test_client()
+    for _ in range(3):
+        attacker.post(
+            "/login",
+            data={"email": "x@example.com", "password": "bad"},
+            environ_base=proxy,
+            headers={"X-Forwarded-For": "198.51.100.7"},
+        )
+    assert (
+        attacker.post(
+            "/login",
+            data={"email": "x@example.com", "password": "bad"},
+            environ_base=proxy,
+            headers={"X-Forwarded-For": "198.51.100.7"},
+        ).status_code
+        == 429
+    )
+    colleague = app.test_client()  # behind the same proxy, from another address
+    ok = colleague.post(
+        "/login",
+        data={"email": member.email, "password": "password123"},
+        environ_base=proxy,
+        headers={"X-Forwarded-For": "198.51.100.8"},
+    )
+    assert ok.status_code == 302
+
+
+@pytest.mark.parametrize("config_overrides", [LOGINS_BEHIND_A_PROXY])
+def test_without_trusted_proxies_a_forwarded_address_changes_nothing(client, member, config_overrides):
+    for n in range(3):  # a client that makes up X-Forwarded-For still counts as its own address
+        client.post(
+            "/login", data={"email": "x@example.com", "password": "bad"}, headers={"X-Forwarded-For": f"203.0.113.{n}"}
+        )
+    refused = client.post(
+        "/login", data={"email": member.email, "password": "password123"}, headers={"X-Forwarded-For": "203.0.113.99"}
+    )
+    assert refused.status_code == 429
+
+
+def test_in_production_both_login_cookies_are_https_only(database_url, redis_url, member, monkeypatch):
+    from conftest import make_config
+    from llmapp import create_app
+
+    monkeypatch.delenv("LLMAPP_INSECURE_COOKIES", raising=False)
+    production = create_app(make_config(database_url, redis_url, LLMAPP_ENV="production"))
+    assert production.config["SESSION_COOKIE_SECURE"] and production.config["REMEMBER_COOKIE_SECURE"]
+    client = production.test_client()
+    response = client.post(
+        "/login",
+        data={"email": member.email, "password": "password123", "remember": "y"},
+        base_url="https://llmapp.example",
+    )
+    assert response.status_code == 302
+    cookies = {header.split("=", 1)[0]: header for header in response.headers.getlist("Set-Cookie")}
+    assert "Secure" in cookies["remember_token"] and "Secure" in cookies["session"]

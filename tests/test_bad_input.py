@@ -117,3 +117,55 @@ def test_deploy_and_delete_at_the_same_instant_never_answer_500(app, factory, me
         with app.app_context():
             left = db.session.get(Application, application.id)
         assert left is None or left.status == "deploying"  # either it was deleted, or it deploys
+
+
+def test_names_that_differ_only_in_case_are_one_name_held_by_the_database(app, factory, member, admin):
+    """The services compare names in any case; the database holds the same rule, so a create that
+    passed the services' check in parallel with another can't store the second spelling."""
+    import sqlalchemy.exc
+
+    from llmapp.models import Plugin, RegistryModel
+
+    model = factory.model(name="Tiny")
+    factory.application(member, model, name="Bot")
+    with app.app_context():
+        for row in (
+            Application(name="bOT", model_id=model.id, created_by_id=member.id, status="stopped", config={}),
+            Plugin(name="x", type="system_prompt", created_by_id=member.id),
+            RegistryModel(
+                name="TINY",
+                family="gpt2",
+                parameters_billions=1,
+                precision="fp32",
+                context_length=1,
+                engine="transformers",
+                source="/m",
+            ),
+        ):
+            if isinstance(row, Plugin):  # a plugin and its spelling in another case
+                db.session.add(row)
+                db.session.commit()
+                row = Plugin(name="X", type="system_prompt", created_by_id=member.id)
+            db.session.add(row)
+            with pytest.raises(sqlalchemy.exc.IntegrityError):
+                db.session.commit()
+            db.session.rollback()
+        # Another owner may use the same name.
+        db.session.add(Application(name="bot", model_id=model.id, created_by_id=admin.id, status="stopped", config={}))
+        db.session.commit()
+
+
+def test_parallel_creates_of_one_name_in_many_cases_store_one(app, factory, member):
+    model = factory.model()
+    clients = [app.test_client() for _ in range(10)]
+    for client in clients:
+        assert client.post("/login", data={"email": member.email, "password": "password123"}).status_code == 302
+    spellings = ["Bot", "bot", "BOT", "bOt", "boT", "BOt", "bOT", "BoT", "Bot", "bot"]
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        answers = list(
+            pool.map(lambda c, n: c.post("/applications/new", data=form_data(model, name=n)), clients, spellings)
+        )
+    codes = sorted(a.status_code for a in answers)
+    assert codes.count(303) == 1 and set(codes) <= {303, 409, 422}, codes  # one stored, the others told why
+    with app.app_context():
+        assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 1

@@ -4,6 +4,7 @@ official `openai` client calls. Nothing here calls a job function directly or fa
 import concurrent.futures
 import json
 import os
+import pwd
 import signal
 import socket
 import stat
@@ -15,6 +16,7 @@ import pytest
 
 from conftest import (
     HX,
+    WORKER_ENV,
     call_snippets,
     deploy,
     health_of,
@@ -192,7 +194,20 @@ def check_the_playground(app, client, application, owner):
         return [line for line in logs.tail(connection, application.id, 2000) if line.get("request_id") == request_id]
 
     (line,) = wait_for(lines, 30, 0.2, "the playground request's log line")
-    assert f"key=playground · {owner.email}" in line["message"] and " 200 " in line["message"]
+    assert f"key=playground · user {owner.id}" in line["message"] and " 200 " in line["message"]
+    # Its label names the user by id, never by e-mail: not in the log, nor in Prometheus's labels.
+    from llmapp.services.metrics import derived_metrics_token
+
+    running = row(app, application.id)
+    token = {"Authorization": f"Bearer {derived_metrics_token(WORKER_ENV['SECRET_KEY'])}"}
+    labelled, metrics_url = f'api_key="playground · user {owner.id}"', running.endpoint.replace("/v1", "/metrics")
+    exposed = wait_for(
+        lambda: labelled in (text := httpx.get(metrics_url, headers=token).text) and text, 30, 0.2, "the key's label"
+    )
+    assert owner.email not in exposed + line["message"]
+    # /health tells anyone it is alive, and only the platform's token what it runs and how.
+    assert httpx.get(running.endpoint.replace("/v1", "/health")).json() == {"status": "ready"}
+    assert health_of(running)["config"]["max_concurrency"] == running.config["max_concurrency"]
 
     # The conversation goes on: the second request carries the first exchange.
     _, second_reply, _, second = turn("and again")
@@ -327,6 +342,15 @@ def test_concurrency_timeout_cache_log_level_and_environment(
     assert environment["SITE_NAME"] == "lab" and environment["PATH"] and environment["LLMAPP_REDIS_URL"]
     assert "tok-secret-123" not in text
     assert "tok-secret-123" not in client.get(f"/applications/{deployed.id}").text
+    # Started with `python -I`; as root, as the unprivileged account (CI makes the interpreter reachable
+    # for it and requires it), else with a warning that says what the account could not read.
+    server = psutil.Process(deployed.process_pid)
+    assert server.cmdline()[1] == "-I"
+    if os.geteuid() == 0 and (os.environ.get("LLMAPP_REQUIRE_SERVER_USER") or server.uids().real != 0):
+        assert server.uids().real == pwd.getpwnam("nobody").pw_uid and server.gids().real != 0
+        assert environment["HOME"] != os.environ.get("HOME") and environment["USER"] == "nobody"
+    elif os.geteuid() == 0:
+        assert "this server runs as root: servers run as the unprivileged user nobody" in text
     # The spec on disk: readable by its owner only, and no credential in it (not even Redis's URL).
     run = tmp_path / "instance" / "run"
     spec = run / f"{deployed.id}.json"

@@ -13,7 +13,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import HX, ServedTiny, redis_database, row, running_app, wait_for
+from conftest import HX, ServedTiny, health_of, redis_database, row, running_app, wait_for
 from llmapp import charts, keyspace
 from llmapp.runtime import metrics
 
@@ -163,7 +163,7 @@ def test_a_known_mix_is_counted_the_same_everywhere(app, client, auth, member, f
     slow = {"model": "mix", "prompt": "hi", "max_tokens": 6000, "min_tokens": 6000}
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         holders = [pool.submit(httpx.post, completions, json=slow, headers=headers, timeout=60) for _ in range(2)]
-        wait_for(lambda: httpx.get(deployed.endpoint.replace("/v1", "/health")).json()["in_flight"] == 2, 30, 0.02)
+        wait_for(lambda: health_of(deployed)["in_flight"] == 2, 30, 0.02)
         refused = [httpx.post(completions, json={"model": "mix", "prompt": "x"}, headers=headers) for _ in range(3)]
         assert [r.status_code for r in refused] == [429] * 3
         assert sorted(h.result().status_code for h in holders) == [504, 504]

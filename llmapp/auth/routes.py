@@ -16,16 +16,24 @@ def _safe_next(target: str | None) -> str:
     return url_for("applications.index")
 
 
+def _account() -> str:
+    """The account a login attempt is for (the per-account limit's key)."""
+    return "login-account:" + (request.form.get("email") or "").strip().lower()[:254]
+
+
 @bp.route("/login", methods=["GET", "POST"])
+# Per client address (the proxy's, unless LLMAPP_TRUSTED_PROXIES says how many to look through), and per
+# account: many addresses can't take turns at one password, nor one proxy's users lock each other out.
 @limiter.limit(lambda: current_app.config["LOGIN_RATE_LIMIT"], methods=["POST"])
+@limiter.limit(lambda: current_app.config["LOGIN_ACCOUNT_RATE_LIMIT"], methods=["POST"], key_func=_account)
 def login():
     """Log a user in by email and password."""
     if current_user.is_authenticated:
         return redirect(url_for("applications.index"))
     form = LoginForm()
     if form.validate_on_submit():
-        user = users.find_by_email(form.email.data)
-        if user is not None and user.check_password(form.password.data):
+        user = users.authenticate(form.email.data, form.password.data)
+        if user is not None:
             if not user.is_active:
                 form.email.errors.append("This account is disabled. Ask an admin to enable it.")
                 return render_template("auth/login.html", form=form), 403

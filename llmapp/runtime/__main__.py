@@ -1,7 +1,9 @@
 """Run one application's server: python -m llmapp.runtime --spec instance/run/<application id>.json
 
 The spec (written by the deploy job, readable by its owner only) holds no credentials: the Redis URL
-and the application's environment variables arrive in the process environment.
+and the application's environment variables arrive in the process environment. With --spec-on-stdin
+the server reads the spec from its standard input (the deploy job opens the file for it: the server's
+own account may not read the run folder); the path then only names the server's process.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import uvicorn
 
 from . import logs
 from .engines import Engine, OpenAIEngine, TransformersEngine
+from .http_limits import HttpLimits, bounded_protocol
 from .plugins.published import CHAIN_KEY_VARIABLE
 from .server import build_app
 from .spec import REDIS_URL_VARIABLE, ServerSpec
@@ -62,8 +65,9 @@ def load(engine: Engine, spec: ServerSpec, chains, redis_url: str) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--spec", required=True)
+    parser.add_argument("--spec-on-stdin", action="store_true")
     args = parser.parse_args(argv)
-    spec = ServerSpec.read(args.spec)
+    spec = ServerSpec.from_json(sys.stdin.read()) if args.spec_on_stdin else ServerSpec.read(args.spec)
     redis_url = os.environ[REDIS_URL_VARIABLE]
     writer = logs.StreamWriter(
         redis.Redis.from_url(redis_url, **REDIS_TIMEOUTS),
@@ -86,6 +90,10 @@ def main(argv=None) -> None:
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=spec.grace_s,  # SIGTERM: finish in-flight requests, then exit
+            http=bounded_protocol(
+                HttpLimits(spec.max_header_bytes, spec.header_timeout_s, spec.keep_alive_s, spec.max_connections)
+            ),
+            timeout_keep_alive=spec.keep_alive_s,
         )
     )
     server.run()

@@ -63,7 +63,18 @@ def build_app(spec: ServerSpec, engine: Engine, redis_connection, log_writer=Non
     upkeep = Upkeep(served, redis_connection)
     chains = ChainWatcher(served, redis_connection, chain_key)
 
+    def platform_token(request: Request) -> bool:
+        """Whether the request carries the platform's metrics token (the same for every server)."""
+        _, _, token = request.headers.get("authorization", "").partition(" ")
+        digest = hashlib.sha256(token.strip().encode()).hexdigest()
+        return bool(spec.metrics_token_sha256) and hmac.compare_digest(digest, spec.metrics_token_sha256)
+
     async def health(request: Request) -> JSONResponse:
+        """Liveness for anyone (the status only); the configuration, counters and plugin chain for the
+        platform's metrics token."""
+        status_code = 200 if engine.status == "ready" else 503
+        if not platform_token(request):
+            return JSONResponse({"status": engine.status}, status_code=status_code)
         admission, cache = served.admission, served.cache
         body = {
             "status": engine.status,
@@ -103,7 +114,7 @@ def build_app(spec: ServerSpec, engine: Engine, redis_connection, log_writer=Non
                 "dropped": getattr(log_writer, "dropped", 0),
             },
         }
-        return JSONResponse(body, status_code=200 if engine.status == "ready" else 503)
+        return JSONResponse(body, status_code=status_code)
 
     async def authenticated(request: Request) -> None:
         ctx = Context(served, request, "models", request.state.request_id)
@@ -128,9 +139,7 @@ def build_app(spec: ServerSpec, engine: Engine, redis_connection, log_writer=Non
     async def prometheus(request: Request):
         """Prometheus's text format, for the platform's metrics token only (the same for every server,
         so one scrape job follows every application; the applications' own keys don't open it)."""
-        _, _, token = request.headers.get("authorization", "").partition(" ")
-        digest = hashlib.sha256(token.strip().encode()).hexdigest()
-        if not spec.metrics_token_sha256 or not hmac.compare_digest(digest, spec.metrics_token_sha256):
+        if not platform_token(request):
             return error_response(APIError(401, "/metrics needs the platform's metrics token.", code="invalid_api_key"))
         return Response(generate_latest(served.recorder.registry), media_type=CONTENT_TYPE_LATEST)
 

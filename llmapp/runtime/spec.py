@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..netguard import allow_entries
+
 VERSION = 1
 REDIS_URL_VARIABLE = "LLMAPP_REDIS_URL"  # how the server learns where Redis is
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -57,7 +59,18 @@ class ServerSpec:
     secret_names: tuple[str, ...] = field(default_factory=tuple)  # their values are redacted from logs
     metrics_flush_s: float = 10.0  # how often the server adds its counts to the application's series
     metrics_token_sha256: str = ""  # /metrics answers a bearer token with this digest (not the token itself)
+    # Bounds on connections before a key is checked (http_limits.HttpLimits: header bytes and time, keep-alive)
+    max_header_bytes: int = 64 * 1024
+    header_timeout_s: float = 10.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 512
+    # Webhook destinations allowed although private or loopback (netguard): hosts, addresses, CIDRs; a
+    # comma-separated string (the setting as configured) is split.
+    webhook_allow: tuple[str, ...] = ()
     version: int = VERSION
+
+    def __post_init__(self):
+        object.__setattr__(self, "webhook_allow", allow_entries(self.webhook_allow))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

@@ -59,4 +59,6 @@ def build_tiny_model(path: str | Path, *, n_positions: int = 8192, seed: int = 0
     # Random weights favour the special tokens; keep them out of the text (the end token stays allowed).
     model.generation_config.suppress_tokens = [fast.convert_tokens_to_ids(t) for t in specials[1:]]
     model.save_pretrained(path)
+    for file in path.iterdir():  # the weights are written owner-only; servers may run as another account
+        file.chmod(0o644)
     return path

@@ -13,7 +13,7 @@ from sqlalchemy.orm import joinedload, selectinload
 from .. import secrets_box
 from ..extensions import db
 from ..models import Application, EnvVar, RegistryModel, User
-from . import NUL_ERROR, Conflict, FieldErrors, NotFound, lifecycle, recommendations, registry
+from . import NUL_ERROR, Conflict, FieldErrors, NotFound, environment, lifecycle, recommendations, registry
 
 DEFAULT_CONFIG = {
     "max_concurrency": 8,
@@ -272,6 +272,8 @@ def _check_env(rows, errors, text) -> list[dict]:
         name = text(f"env.{i}.name", row.get("name"), MAX_ENV_NAME, "Give the variable a name.").strip()
         if name and f"env.{i}.name" not in errors and not ENV_NAME.match(name):
             errors[f"env.{i}.name"].append(ENV_NAME_RULE)
+        elif name and (why := environment.refusal(name)):
+            errors[f"env.{i}.name"].append(why)
         if name in seen:
             errors[f"env.{i}.name"].append(f"{name} is defined twice.")
             if "Each variable name may appear only once." not in errors["env"]:

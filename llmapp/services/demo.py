@@ -141,7 +141,8 @@ def seed() -> dict:
         admin = users.create_user(DEMO_EMAIL, DEMO_PASSWORD, admin=True)
         created["users"] += 1
     models = {}
-    tiny = Path(current_app.config.get("MODELS_DIR") or Path(current_app.instance_path) / "models") / TINY_MODEL
+    # Beside instance/, not in it: instance/ is the platform's alone, and servers run as another account.
+    tiny = Path(current_app.config.get("MODELS_DIR") or Path(current_app.instance_path).parent / "models") / TINY_MODEL
     if not (tiny / "config.json").exists():
         from ..runtime.tiny_model import build_tiny_model
 

@@ -8,11 +8,13 @@ to the application's log (a Redis Stream, see runtime/logs.py).
 import hashlib
 import itertools
 import os
+import pwd
 import random
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,7 +35,7 @@ from ..runtime import keys as runtime_keys
 from ..runtime import logs
 from ..runtime.plugins.published import CHAIN_KEY_VARIABLE
 from ..runtime.spec import REDIS_URL_VARIABLE, ServerSpec, ServingConfig
-from . import ServiceError, applications, lifecycle, metrics, model_detection, plugins, registry
+from . import ServiceError, applications, environment, lifecycle, metrics, model_detection, plugins, registry
 
 PHASES = ("queued", "starting process", "loading model", "warming up", "ready")
 HEALTH_PHASES = {"loading": "loading model", "warming_up": "warming up", "ready": "ready"}
@@ -43,7 +45,7 @@ HEALTH_PHASES = {"loading": "loading model", "warming_up": "warming up", "ready"
 INHERITED_ENV = frozenset(
     {
         "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
-        "VIRTUAL_ENV", "PYTHONPATH", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_VISIBLE_DEVICES",
+        "VIRTUAL_ENV", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_VISIBLE_DEVICES",
         "NVIDIA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE",
         "TRANSFORMERS_OFFLINE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM",
         "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
@@ -51,6 +53,8 @@ INHERITED_ENV = frozenset(
     }
 )  # fmt: skip
 RESTART_POLICIES = ("on-failure", "never")
+# How a server starts under `python -I` (no current folder on sys.path): the project's root is put first.
+SERVER_LAUNCHER = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from llmapp.runtime.__main__ import main; main()"
 LOCK_TTL_S = 5  # a deploy job's lock, renewed while it runs; a lock that lapses means the job died
 RECONCILE_LOCK_TTL_S = 30
 HEALTH_TIMEOUT_S = 2.0
@@ -165,22 +169,113 @@ def _spec(application: Application, port: int) -> ServerSpec:
         secret_names=tuple(var.name for var in application.env_vars if var.is_secret),
         metrics_flush_s=config["METRICS_FLUSH_S"],
         metrics_token_sha256=hashlib.sha256(metrics.metrics_token().encode()).hexdigest(),
+        max_header_bytes=config["SERVER_MAX_HEADER_KB"] * 1024,
+        header_timeout_s=config["SERVER_HEADER_TIMEOUT_S"],
+        keep_alive_s=config["SERVER_KEEP_ALIVE_S"],
+        max_connections=config["SERVER_MAX_CONNECTIONS"],
+        webhook_allow=config["WEBHOOK_ALLOWED_DESTINATIONS"],
     )
 
 
-def _environment(application: Application) -> dict:
-    """The server's environment: an allow-list of the worker's, where Redis is, and the application's own."""
+def _environment(application: Application, user: "ServerUser | None") -> dict:
+    """The server's environment: an allow-list of the worker's, the application's own variables, where
+    Redis is. A variable of a kind members may not set (stored before the rule existed) fails the deploy."""
     allowed = INHERITED_ENV | set(current_app.config["SERVER_ENV_ALLOW"])
     env = {k: v for k, v in os.environ.items() if k in allowed or k.startswith("LC_")}
     for var in application.env_vars:
+        if why := environment.refusal(var.name):
+            raise DeployFailed(f"{why} Remove it from the application's environment variables.")
         try:
             env[var.name] = secrets_box.decrypt(var.value) if var.is_secret else var.value
         except ValueError as e:
             raise DeployFailed(f"The secret {var.name} could not be decrypted ({e}); enter it again.") from e
+    if user is not None:  # nothing of root's home or temporary files
+        env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
     env[REDIS_URL_VARIABLE] = current_app.config["REDIS_URL"]
     env[CHAIN_KEY_VARIABLE] = secrets_box.application_key(application.id).decode()
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@dataclass(frozen=True)
+class ServerUser:
+    """The unprivileged account app servers run as when the platform runs as root."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    def can_read(self, path: Path) -> bool:
+        """Whether this account may open ``path`` (a file, or a folder to list), judged from the mode bits
+        of it and every folder above it."""
+        path = Path(path).resolve()
+        try:
+            for folder in reversed(path.parents):
+                if not self._allows(folder.stat(), 0o1):
+                    return False
+            return self._allows(path.stat(), 0o5 if path.is_dir() else 0o4)
+        except OSError:
+            return False
+
+    def _allows(self, st: os.stat_result, bits: int) -> bool:
+        if st.st_uid == self.uid:
+            shift = 6
+        elif st.st_gid == self.gid:
+            shift = 3
+        else:
+            shift = 0
+        return (st.st_mode >> shift) & bits == bits
+
+
+def server_user(application: Application) -> ServerUser | None:
+    """Who the application's server runs as (None: the platform's own account).
+
+    LLMAPP_SERVER_USER names the account; it must reach the interpreter, the code and the model, or the
+    deploy fails saying which path it can't read. Unset, a platform running as root uses ``nobody`` when
+    that account reaches them all (a server then can't read the platform's secret key, its SQLite
+    database or other applications' specs), and otherwise runs the server as root with a warning in the
+    application's log that says what to open up. A platform that isn't root can't switch accounts.
+    """
+    configured = current_app.config["SERVER_USER"]
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(configured or "nobody")
+    except KeyError as e:
+        if not configured:
+            log_event(application.id, "servers run as root: this host has no account named nobody", "WARNING")
+            return None
+        raise DeployFailed(
+            f"The server user {configured} (LLMAPP_SERVER_USER) does not exist on {queues.this_host()}."
+        ) from e
+    if entry.pw_uid == 0:
+        return None  # the operator chose root
+    user = ServerUser(
+        entry.pw_name, entry.pw_uid, entry.pw_gid, "/nonexistent" if entry.pw_dir in ("", "/") else entry.pw_dir
+    )
+    unreadable = next((path for path in _needed_paths(application) if not user.can_read(path)), None)
+    if unreadable is None:
+        return user
+    why = (
+        f"servers run as the unprivileged user {user.name} (the platform runs as root), who cannot read {unreadable}. "
+        "Make it readable for others (chmod o+rX, and o+x on the folders above it)"
+    )
+    if configured:
+        raise DeployFailed(f"{why[0].upper()}{why[1:]}, or name another account in LLMAPP_SERVER_USER.")
+    log_event(application.id, f"this server runs as root: {why} to have it run as {user.name}.", "WARNING")
+    return None
+
+
+def _needed_paths(application: Application) -> list[Path]:
+    """What a server must read: the interpreter and its standard library, the packages, the code, the model."""
+    paths = sysconfig.get_paths()
+    needed = [Path(sys.executable), Path(paths["stdlib"]), Path(paths["purelib"]), Path(ROOT) / "llmapp"]
+    model = registry.get_model(application.model_id)
+    if model.engine == "transformers":
+        folder = Path(model.source)
+        needed += [folder, *(path for path in folder.iterdir() if path.is_file())]  # weights may be owner-only
+    return needed
 
 
 def run_dir() -> Path:
@@ -248,24 +343,30 @@ def _spawn(application: Application) -> psutil.Process:
         plugins.publish_chain(application)
     except ValueError as e:
         raise DeployFailed(f"The plugin chain could not be prepared ({e}); enter the webhook's secret again.") from e
+    user = server_user(application)
     spec_path = run_dir() / f"{application.id}.json"
     _spec(application, port).write(spec_path)
     output = os.open(run_dir() / f"{application.id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    spec_file = open(spec_path, "rb")  # noqa: SIM115 - the server reads it on its standard input
     try:
         # A session of its own: the server outlives this job, its worker, and a Ctrl-C of the worker.
+        # `-I`: the interpreter ignores PYTHON* variables and the user's site-packages. The spec comes on
+        # standard input, opened here: the server's account may not read the run folder.
         process = subprocess.Popen(
-            [sys.executable, "-m", "llmapp.runtime", "--spec", str(spec_path)],
+            [sys.executable, "-I", "-c", SERVER_LAUNCHER, "--spec", str(spec_path), "--spec-on-stdin"],
             cwd=ROOT,
-            env=_environment(application),
+            env=_environment(application, user),
             stdout=output,
             stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stdin=spec_file,
             start_new_session=True,
+            **({"user": user.uid, "group": user.gid, "extra_groups": []} if user else {}),
         )
     except (OSError, ValueError) as e:  # e.g. a variable the operating system refuses
         raise DeployFailed(f"The server process could not be started: {e}.") from e
     finally:
         os.close(output)
+        spec_file.close()
     db.session.execute(
         db.update(Application)
         .where(Application.id == application.id)
@@ -295,7 +396,11 @@ def server_process(application: Application) -> psutil.Process | None:
 
 def health(application: Application, timeout: float = HEALTH_TIMEOUT_S) -> dict | None:
     try:
-        return httpx.get(f"http://127.0.0.1:{application.process_port}/health", timeout=timeout).json()
+        return httpx.get(
+            f"http://127.0.0.1:{application.process_port}/health",
+            headers={"Authorization": f"Bearer {metrics.metrics_token()}"},  # the phase and a load error too
+            timeout=timeout,
+        ).json()
     except (httpx.HTTPError, ValueError):
         return None
 

@@ -258,11 +258,12 @@ def _uuid(value: str) -> uuid.UUID | None:
 def metrics_token() -> str:
     """The token Prometheus sends to the app servers' /metrics and to the target list: LLMAPP_METRICS_TOKEN,
     else one derived from SECRET_KEY (`flask metrics token` prints it)."""
-    configured = current_app.config.get("METRICS_TOKEN")
-    if configured:
-        return configured
+    return current_app.config.get("METRICS_TOKEN") or derived_metrics_token(current_app.config["SECRET_KEY"])
+
+
+def derived_metrics_token(secret_key: str) -> str:
     derived = HKDF(algorithm=hashes.SHA256(), length=24, salt=None, info=b"llmapp metrics token").derive(
-        current_app.config["SECRET_KEY"].encode()
+        secret_key.encode()
     )
     return base64.urlsafe_b64encode(derived).decode().rstrip("=")
 

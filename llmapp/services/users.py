@@ -7,12 +7,14 @@ platform held for them (their playground keys); their applications keep running;
 reassigns them. A password reset by an admin, or a change by the user, ends the user's other logins.
 """
 
+import functools
 import hashlib
 import re
 import secrets
 
 import redis
 from sqlalchemy import delete, func, select
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from ..extensions import db
 from ..models import ApiKey, LoginSession, User, utcnow
@@ -25,6 +27,21 @@ MIN_PASSWORD = 8
 
 def find_by_email(email: str) -> User | None:
     return db.session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
+
+
+@functools.cache
+def _unknown_user_hash() -> str:
+    return generate_password_hash(secrets.token_hex(16))
+
+
+def authenticate(email: str, password: str) -> User | None:
+    """The user these credentials belong to, or None. A password is verified against a hash even for an
+    address nobody has, so how long a login takes doesn't tell an unknown address from a wrong password."""
+    user = find_by_email(email)
+    if user is None:
+        check_password_hash(_unknown_user_hash(), password)
+        return None
+    return user if user.check_password(password) else None
 
 
 def create_user(email: str, password: str, *, admin: bool = False) -> User:
