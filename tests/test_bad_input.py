@@ -121,38 +121,25 @@ def test_deploy_and_delete_at_the_same_instant_never_answer_500(app, factory, me
 
 def test_names_that_differ_only_in_case_are_one_name_held_by_the_database(app, factory, member, admin):
     """The services compare names in any case; the database holds the same rule, so a create that
-    passed the services' check in parallel with another can't store the second spelling."""
+    passed the services' check in parallel with another can't store the second spelling. (The factory
+    writes rows through the models, past the services' checks.)"""
     import sqlalchemy.exc
 
-    from llmapp.models import Plugin, RegistryModel
+    from llmapp.models import Plugin
 
     model = factory.model(name="Tiny")
     factory.application(member, model, name="Bot")
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        factory.model(name="TINY")
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        factory.application(member, model, name="bOT")
     with app.app_context():
-        for row in (
-            Application(name="bOT", model_id=model.id, created_by_id=member.id, status="stopped", config={}),
-            Plugin(name="x", type="system_prompt", created_by_id=member.id),
-            RegistryModel(
-                name="TINY",
-                family="gpt2",
-                parameters_billions=1,
-                precision="fp32",
-                context_length=1,
-                engine="transformers",
-                source="/m",
-            ),
-        ):
-            if isinstance(row, Plugin):  # a plugin and its spelling in another case
-                db.session.add(row)
-                db.session.commit()
-                row = Plugin(name="X", type="system_prompt", created_by_id=member.id)
-            db.session.add(row)
-            with pytest.raises(sqlalchemy.exc.IntegrityError):
-                db.session.commit()
-            db.session.rollback()
-        # Another owner may use the same name.
-        db.session.add(Application(name="bot", model_id=model.id, created_by_id=admin.id, status="stopped", config={}))
+        db.session.add(Plugin(name="x", type="system_prompt", created_by_id=member.id))
         db.session.commit()
+        db.session.add(Plugin(name="X", type="system_prompt", created_by_id=member.id))
+        with pytest.raises(sqlalchemy.exc.IntegrityError):
+            db.session.commit()
+    factory.application(admin, model, name="bot")  # another owner may use the same name
 
 
 def test_parallel_creates_of_one_name_in_many_cases_store_one(app, factory, member):
