@@ -113,6 +113,16 @@ def test_a_dead_worker_is_restarted_and_only_sigterm_stops_everything(tmp_path):
         assert f"(pid {victim}) exited with code -9; restarting it in 1 s." in log.read_text()
         assert platform.poll() is None and server.is_running() and answers()
         assert api.completions.create(model="hello-tiny", prompt="hi", max_tokens=2).usage.completion_tokens >= 1
+        # kill -9 a gunicorn worker (its master starts another), then the master itself (app.py starts the
+        # web server again): the pages answer again each time, the application's server never stops.
+        [master] = [c for c in psutil.Process(platform.pid).children() if "gunicorn" in " ".join(c.cmdline())]
+        web_worker = min(child.pid for child in master.children())
+        os.kill(web_worker, signal.SIGKILL)
+        wait_for(lambda: web_worker not in {c.pid for c in master.children()} and answers(), 60, 0.2, "a web worker")
+        os.kill(master.pid, signal.SIGKILL)
+        wait_for(lambda: f"(pid {master.pid}) exited with code -9" in log.read_text(), 30, 0.2, "app.py to notice")
+        wait_for(answers, 90, 0.5, "the restarted web server")
+        assert server.is_running() and logged_in(port).get("/applications/").status_code == 200
         # The restarted worker does its work: a stop goes through it (or its sibling).
         assert flask("apps", "stop", "hello-tiny", "--wait", "--json")["status"] == "stopped"
         assert flask("apps", "deploy", "hello-tiny", "--wait", "--json")["status"] == "running"
