@@ -1,0 +1,162 @@
+"""Does a short request wait behind a long one? The transformers engine in process (no HTTP), on the
+tiny GPT-2 of the tests, today's batcher beside a baseline commit's.
+
+    .venv/bin/python bench/fairness.py [--baseline 0bd8a8d] [--trials 10] [--baseline-trials 3] [--steps 8]
+
+Cases, for each engine:
+- short alone: a 2-token request (sampled, min_tokens=2), latency from submission to its answer;
+- short behind long: the same request sent while an 8,000-token one (other sampling settings, min_tokens
+  forcing every token) is 200 tokens in; its latency, and how many tokens the long one generated
+  between the short one's submission and its answer (the wait, counted in the long one's steps);
+- two long at once: two 1,000-token requests with different settings sent together, the wall time until
+  both are done (equal requests do not take turns: the second waits no longer than it generates);
+- closed loop: 8 clients each sending 8 requests of 32 tokens (same settings) one after the other,
+  tokens/s (batching is kept: clients that come back together still share one generate()).
+
+The baseline's engines.py is read with `git show` (no checkout) and imported beside today's. `--steps`
+runs today's engine once per STEP_TOKENS value given (e.g. `--steps 1 8 32`).
+"""
+
+import argparse
+import asyncio
+import importlib.util
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from llmapp.runtime import engines, openai_api  # noqa: E402
+from llmapp.runtime.tiny_model import build_tiny_model  # noqa: E402
+
+LONG = 8000
+
+
+def baseline_module(rev: str, work: Path):
+    source = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{rev}:llmapp/runtime/engines.py"], check=True, capture_output=True
+    ).stdout
+    path = work / "baseline_engines.py"
+    path.write_bytes(source)
+    spec = importlib.util.spec_from_file_location("llmapp.runtime.baseline_engines", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # its relative imports resolve in llmapp.runtime
+    return module
+
+
+def request(engine, **body):
+    body = {"model": "tiny", "prompt": "hello", **body}
+    return openai_api.parse("completion", body, "tiny", engine.max_context, "transformers")
+
+
+def submit(module, engine, **body):
+    req = request(engine, **body)
+    return engine._submit(module.Prepared(req, {}, engine._prompt_ids(req)))
+
+
+async def until(predicate, timeout=600):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        await asyncio.sleep(0.002)
+
+
+async def settle(job):
+    await asyncio.gather(job.done, return_exceptions=True)
+
+
+SHORT = {"max_tokens": 2, "min_tokens": 2, "temperature": 0.7}
+
+
+async def short_alone(module, engine, trials):
+    latencies = []
+    for _ in range(trials):
+        start = time.perf_counter()
+        await submit(module, engine, **SHORT).done
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+async def short_behind_long(module, engine, trials):
+    latencies, waited = [], []
+    for _ in range(trials):
+        long = submit(module, engine, max_tokens=LONG, min_tokens=LONG, temperature=1.0)
+        await until(lambda long=long: len(long.tokens) >= 200)
+        before, start = len(long.tokens), time.perf_counter()
+        await submit(module, engine, **SHORT).done
+        latencies.append(time.perf_counter() - start)
+        waited.append(len(long.tokens) - before)
+        long.cancelled.set()
+        await settle(long)
+    return latencies, waited
+
+
+async def closed_loop(module, engine):
+    async def client():
+        for _ in range(8):
+            await submit(module, engine, max_tokens=32, min_tokens=32).done
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(8)))
+    return 8 * 8 * 32 / (time.perf_counter() - start)
+
+
+async def two_long(module, engine):
+    start = time.perf_counter()
+    jobs = [submit(module, engine, max_tokens=1000, min_tokens=1000, temperature=t, top_p=0.9) for t in (0.8, 0.9)]
+    await asyncio.gather(*(job.done for job in jobs))
+    return time.perf_counter() - start
+
+
+def run(name, module, model_dir, trials):
+    engine = module.TransformersEngine(str(model_dir), batch_size=8, served_name="tiny")
+    engine.load()
+    engine.warm_up()
+
+    async def scenario():
+        await short_alone(module, engine, 3)  # warm
+        alone = await short_alone(module, engine, trials)
+        behind, waited = await short_behind_long(module, engine, trials)
+        both = await two_long(module, engine)
+        loop = await closed_loop(module, engine)
+        return alone, behind, waited, both, loop
+
+    alone, behind, waited, both, loop = asyncio.run(scenario())
+    ms = 1000
+    print(
+        f"| {name} | {statistics.median(alone) * ms:.1f} / {max(alone) * ms:.1f} ms "
+        f"| {statistics.median(behind) * ms:.1f} / {max(behind) * ms:.1f} ms "
+        f"| {statistics.median(waited):.0f} / {max(waited)} | {both:.2f} s | {loop:.0f} tokens/s |",
+        flush=True,
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--baseline", default="0bd8a8d", help="a commit before the batcher took turns; '' for none")
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--baseline-trials", type=int, default=3, help="each waits for a whole 8,000-token run")
+    parser.add_argument("--steps", type=int, nargs="*", default=[engines.TransformersEngine.STEP_TOKENS])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        model_dir = build_tiny_model(work / "tiny")
+        print(
+            "| engine | short alone, median / max | short behind long, median / max "
+            "| long's tokens meanwhile, median / max | two 1,000-token requests at once | closed loop, batch 8 |"
+        )
+        print("| --- | --- | --- | --- | --- | --- |")
+        if args.baseline:
+            run(f"baseline {args.baseline}", baseline_module(args.baseline, work), model_dir, args.baseline_trials)
+        for step in args.steps:
+            engines.TransformersEngine.STEP_TOKENS = step
+            run(f"today, STEP_TOKENS={step}", engines, model_dir, args.trials)
+
+
+if __name__ == "__main__":
+    main()
