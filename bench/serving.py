@@ -219,7 +219,7 @@ def run(app, work):
         body = {"model": f"batch-{batch}", "prompt": "hello", "max_tokens": 32, "min_tokens": 32}
         elapsed = []
         asyncio.run(load(f"{served.endpoint}/completions", key, body, 64, 8, elapsed_out=elapsed))
-        health = httpx.get(served.endpoint.replace("/v1", "/health")).json()["engine"]
+        health = deployments.health(served)["engine"]  # its details need the platform's metrics token
         print(
             f"  batch size {batch}: {64 * 32 / elapsed[0]:7.0f} tokens/s  "
             f"batches (warm-up included) {health['batch_size_histogram']}"

@@ -21,13 +21,25 @@ LOG_TRIM_EVERY_S = 60
 
 
 class AppWorker(Worker):
-    """Forks a work horse per job, as rq does; the horse must not share the parent's DB connections."""
+    """Forks a work horse per job, as rq does; the horse must not share the parent's DB connections.
+    It runs only the platform's jobs (functions of the jobs package), read as JSON."""
 
     def main_work_horse(self, *args, **kwargs):
         from llmapp.extensions import db
 
         db.engine.dispose(close=False)
         return super().main_work_horse(*args, **kwargs)
+
+    def perform_job(self, job, queue) -> bool:
+        from llmapp.queues import JOBS_PACKAGE
+
+        if not job.func_name.startswith(JOBS_PACKAGE):
+            log.error("refused job %s: %r is not one of the platform's jobs", job.id, job.func_name)
+            self.handle_job_failure(
+                job, queue, exc_string=f"refused: {job.func_name!r} is not one of the platform's jobs"
+            )
+            return False
+        return super().perform_job(job, queue)
 
 
 def schedule_reconcile(app, stop: threading.Event) -> None:
@@ -89,7 +101,10 @@ def main() -> None:
             while True:
                 # Maintenance (which also restarts rq's scheduler if an outage ended it) every 30 s, not 10 min.
                 worker = AppWorker(
-                    [queues.queue(name) for name in names], connection=queues.connection(), maintenance_interval=30
+                    [queues.queue(name) for name in names],
+                    connection=queues.connection(),
+                    maintenance_interval=30,
+                    serializer=queues.SERIALIZER,
                 )
                 try:
                     worker.work(with_scheduler=True, logging_level=os.environ.get("LLMAPP_WORKER_LOG_LEVEL", "INFO"))

@@ -73,6 +73,11 @@ def _sqlite_foreign_keys(dbapi_connection, _record):
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+        # SQLite's own lower() knows ASCII only: "Äpp" and "äpp" would be two names to the unique
+        # indexes on lower(name), one to the services (and to PostgreSQL). Python's is the one rule.
+        dbapi_connection.create_function(
+            "lower", 1, lambda text: text.lower() if text is not None else None, deterministic=True
+        )
 
 
 def register_blueprints(app: Flask) -> None:

@@ -40,7 +40,8 @@ DEFAULTS = {
     "LOG_STREAM_BLOCK_S": 5,  # how long a log reader waits for new lines before looking again
     "METRICS_TOKEN": None,  # Prometheus's token for /metrics and the target list; default: from SECRET_KEY
     "SERVER_ENV_ALLOW": "",  # more of the worker's environment variables for app servers (comma-separated)
-    "SERVER_USER": None,  # the account app servers run as; default: nobody when the platform runs as root
+    "SERVER_USER": None,  # one account for every app server (as root); default: an account of its own each
+    "SERVER_UID_BASE": 200000,  # as root, a server's own uid: this plus its port's place in SERVER_PORTS
     # What a client may hold of an app server before its key is checked (llmapp/runtime/http_limits.py)
     "SERVER_MAX_HEADER_KB": 64,
     "SERVER_HEADER_TIMEOUT_S": 10,
@@ -84,6 +85,8 @@ ENVIRONMENT = {
     "LLMAPP_LOG_HEARTBEAT_S": "LOG_HEARTBEAT_S",
     "LLMAPP_SERVER_ENV_ALLOW": "SERVER_ENV_ALLOW",
     "LLMAPP_SERVER_USER": "SERVER_USER",
+    "LLMAPP_SERVER_UID_BASE": "SERVER_UID_BASE",
+    "LLMAPP_WEBHOOK_ALLOW": "WEBHOOK_ALLOWED_DESTINATIONS",
     "LLMAPP_SERVER_MAX_HEADER_KB": "SERVER_MAX_HEADER_KB",
     "LLMAPP_SERVER_HEADER_TIMEOUT_S": "SERVER_HEADER_TIMEOUT_S",
     "LLMAPP_SERVER_KEEP_ALIVE_S": "SERVER_KEEP_ALIVE_S",
@@ -117,7 +120,9 @@ def load(instance_path: str, overrides: dict | None = None) -> dict:
         "LOG_HEARTBEAT_S", "LOG_STREAM_BLOCK_S", "SERVER_HEADER_TIMEOUT_S", "SERVER_KEEP_ALIVE_S",
     ):  # fmt: skip
         config[key] = float(config[key])
-    for key in ("LOG_LINES", "LOG_DAYS", "SERVER_MAX_HEADER_KB", "SERVER_MAX_CONNECTIONS", "TRUSTED_PROXIES"):
+    for key in (
+        "LOG_LINES", "LOG_DAYS", "SERVER_MAX_HEADER_KB", "SERVER_MAX_CONNECTIONS", "TRUSTED_PROXIES", "SERVER_UID_BASE",
+    ):  # fmt: skip
         config[key] = int(config[key])
     if isinstance(config["SERVER_ENV_ALLOW"], str):
         config["SERVER_ENV_ALLOW"] = [n.strip() for n in config["SERVER_ENV_ALLOW"].split(",") if n.strip()]
@@ -171,8 +176,8 @@ def _private_folder(instance: Path) -> None:
     the platform's own account gets into it (app servers run as another account)."""
     instance.mkdir(mode=0o700, parents=True, exist_ok=True)
     mode = instance.stat().st_mode
-    if mode & 0o007 and instance.stat().st_uid == os.geteuid():
-        instance.chmod(mode & ~0o007)
+    if mode & 0o077 and instance.stat().st_uid == os.geteuid():
+        instance.chmod(mode & ~0o077)
 
 
 def _instance_secret_key(instance: Path) -> str:

@@ -8,8 +8,13 @@ import uuid
 import redis
 from flask import current_app
 from rq import Queue
+from rq.serializers import JSONSerializer
 
 DEFAULT_QUEUE = "default"
+# Jobs travel as JSON (never pickle, whose loading runs code) and name a function of the jobs package:
+# a worker runs nothing else, whoever wrote to Redis (an app server holds its URL).
+SERIALIZER = JSONSerializer
+JOBS_PACKAGE = "jobs."
 # A lock's holder renews it every third of its TTL, from a thread of its own, so it holds whatever
 # the holder waits on; when the holder dies the lock lapses after its TTL.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -40,7 +45,7 @@ def host_queue_name(host: str) -> str:
 
 
 def queue(name: str = DEFAULT_QUEUE) -> Queue:
-    return Queue(name, connection=connection())
+    return Queue(name, connection=connection(), serializer=SERIALIZER)
 
 
 class HeldLock:

@@ -133,6 +133,9 @@ def test_names_that_differ_only_in_case_are_one_name_held_by_the_database(app, f
         factory.model(name="TINY")
     with pytest.raises(sqlalchemy.exc.IntegrityError):
         factory.application(member, model, name="bOT")
+    factory.application(member, model, name="Äpp")
+    with pytest.raises(sqlalchemy.exc.IntegrityError):  # in every alphabet, on SQLite as on PostgreSQL
+        factory.application(member, model, name="äPP")
     with app.app_context():
         db.session.add(Plugin(name="x", type="system_prompt", created_by_id=member.id))
         db.session.commit()

@@ -156,3 +156,23 @@ def test_a_worker_follows_the_production_rules(tmp_path):
     )
     assert result.returncode != 0 and "The worker can't start: SECRET_KEY is not set" in result.stderr
     assert not (tmp_path / "secret_key").exists()
+
+
+def test_every_variable_the_readme_names_is_read(monkeypatch, tmp_path):
+    """A setting documented but never read is a setting an operator can't set (LLMAPP_WEBHOOK_ALLOW was)."""
+    import re
+    from pathlib import Path
+
+    from llmapp import config
+
+    root = Path(__file__).resolve().parent.parent
+    # ($LLMAPP_TOKEN in a shell example is the reader's own variable)
+    documented = set(re.findall(r"(?<!\$)\bLLMAPP_[A-Z0-9_]+[A-Z0-9]\b", (root / "README.md").read_text()))
+    code = "\n".join(p.read_text() for p in [root / "app.py", *root.glob("llmapp/**/*.py"), *root.glob("jobs/*.py")])
+    unread = sorted(
+        name for name in documented if name not in config.ENVIRONMENT and f'"{name}"' not in code.replace("'", '"')
+    )
+    assert not unread, f"documented in the README, read nowhere: {unread}"
+    monkeypatch.setenv("LLMAPP_WEBHOOK_ALLOW", "audit.internal,10.1.2.0/24")
+    loaded = config.load(str(tmp_path), {"SECRET_KEY": "k"})
+    assert loaded["WEBHOOK_ALLOWED_DESTINATIONS"] == "audit.internal,10.1.2.0/24"

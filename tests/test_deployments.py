@@ -8,6 +8,7 @@ import pwd
 import signal
 import socket
 import stat
+import subprocess
 
 import httpx
 import openai
@@ -345,12 +346,15 @@ def test_concurrency_timeout_cache_log_level_and_environment(
     # Started with `python -I`; as root, as the unprivileged account (CI makes the interpreter reachable
     # for it and requires it), else with a warning that says what the account could not read.
     server = psutil.Process(deployed.process_pid)
-    assert server.cmdline()[1] == "-I"
+    assert server.cmdline()[1:3] == ["-I", "-u"]
     if os.geteuid() == 0 and (os.environ.get("LLMAPP_REQUIRE_SERVER_USER") or server.uids().real != 0):
-        assert server.uids().real == pwd.getpwnam("nobody").pw_uid and server.gids().real != 0
-        assert environment["HOME"] != os.environ.get("HOME") and environment["USER"] == "nobody"
+        # An account of its own: its port's place in the range, above the base; nobody's group.
+        with app.app_context():
+            own_uid = app.config["SERVER_UID_BASE"] + app.config["SERVER_PORTS"].index(deployed.port)
+        assert server.uids().real == own_uid and server.gids().real == pwd.getpwnam("nobody").pw_gid
+        assert environment["HOME"] == "/nonexistent" and environment["USER"] == f"llmapp-server-{own_uid}"
     elif os.geteuid() == 0:
-        assert "this server runs as root: servers run as the unprivileged user nobody" in text
+        assert "this server runs with the platform's rights (an operator can change that)" in text
     # The spec on disk: readable by its owner only, and no credential in it (not even Redis's URL).
     run = tmp_path / "instance" / "run"
     spec = run / f"{deployed.id}.json"
@@ -443,6 +447,15 @@ def test_batching_debug_logs_and_cache_off_then_openai_engine_in_front(
     with pytest.raises(openai.BadRequestError):  # upstream errors come back in the same shape
         proxy_api.completions.create(model="proxy", prompt="x", max_tokens=100_000)
 
+    # Two applications' servers run as two accounts: one can't read the other's environment (its keys).
+    if os.geteuid() == 0 and os.environ.get("LLMAPP_REQUIRE_SERVER_USER"):
+        proxy_uid = psutil.Process(proxy.process_pid).uids().real
+        assert proxy_uid != psutil.Process(backend.process_pid).uids().real
+        peek = subprocess.run(
+            ["cat", f"/proc/{backend.process_pid}/environ"], user=proxy_uid, capture_output=True, timeout=30
+        )
+        assert peek.returncode != 0 and b"Permission denied" in peek.stderr
+
 
 def test_kill_9_with_restart_policy_never_fails_the_application(app, client, auth, member, factory, tiny, workers):
     workers.start(1)
@@ -512,12 +525,14 @@ def test_a_deploy_job_run_twice_starts_one_process(app, client, auth, member, fa
     import redis
     from rq import Queue
 
+    from llmapp import queues
+
     workers.start(2)
     application = factory.application(member, tiny, name="twice", config=dict(CONFIG))
     auth.login(member)
     client.post(f"/applications/{application.id}/deploy", headers=HX)
     deploy_id = row(app, application.id).deploy_id
-    queue = Queue("default", connection=redis.Redis.from_url(app.config["REDIS_URL"]))
+    queue = Queue("default", connection=redis.Redis.from_url(app.config["REDIS_URL"]), serializer=queues.SERIALIZER)
     queue.enqueue("jobs.deploy.deploy_application", str(application.id), deploy_id)  # the same deploy again
     assert wait_status(app, application.id, {"running", "failed"}).status == "running"
     import time
@@ -643,6 +658,8 @@ def test_one_reconcile_per_host_at_a_time_whatever_it_waits_on(app, client, auth
     import redis
     from rq.registry import FailedJobRegistry
 
+    from llmapp import queues
+
     workers.start(2)
     deployed, _, _ = running_app(
         app, client, auth, member, factory, tiny, "overlap", restart_policy="on-failure", max_restarts=1
@@ -659,7 +676,7 @@ def test_one_reconcile_per_host_at_a_time_whatever_it_waits_on(app, client, auth
     failed = []
     for name in connection.smembers("rq:queues"):
         queue_name = name.decode().removeprefix("rq:queue:")
-        failed += FailedJobRegistry(queue_name, connection=connection).get_job_ids()
+        failed += FailedJobRegistry(queue_name, connection=connection, serializer=queues.SERIALIZER).get_job_ids()
     assert failed == []  # no reconcile lost a race and failed
 
 

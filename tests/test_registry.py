@@ -73,6 +73,10 @@ def test_openai_engine_needs_an_upstream(client, auth, admin, app):
     assert 'value="OPENAI_API_KEY"' in client.get(f"/models/{model.id}/edit").text
     bad = client.post(f"/models/{model.id}/edit", data=model_form(engine="openai", api_key_env="1-bad"), headers=HX)
     assert bad.status_code == 422 and "An environment variable name" in bad.text
+    # A variable members may not set can't be the one that carries the upstream's key either.
+    data = model_form(engine="openai", base_url="http://vllm:8000/v1", upstream_model="m", api_key_env="LLMAPP_KEY")
+    refused = client.post(f"/models/{model.id}/edit", data=data, headers=HX)
+    assert refused.status_code == 422 and "LLMAPP_KEY can&#39;t be set for an application" in refused.text
     client.post(
         f"/models/{model.id}/edit",
         data=model_form(

@@ -22,10 +22,16 @@ def _account() -> str:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-# Per client address (the proxy's, unless LLMAPP_TRUSTED_PROXIES says how many to look through), and per
-# account: many addresses can't take turns at one password, nor one proxy's users lock each other out.
+# Per client address (the proxy's, unless LLMAPP_TRUSTED_PROXIES says how many to look through), and the
+# failed attempts per account: many addresses can't take turns at one password, nor one proxy's users
+# lock each other out, and the account's own successful logins never count against it.
 @limiter.limit(lambda: current_app.config["LOGIN_RATE_LIMIT"], methods=["POST"])
-@limiter.limit(lambda: current_app.config["LOGIN_ACCOUNT_RATE_LIMIT"], methods=["POST"], key_func=_account)
+@limiter.limit(
+    lambda: current_app.config["LOGIN_ACCOUNT_RATE_LIMIT"],
+    methods=["POST"],
+    key_func=_account,
+    deduct_when=lambda response: response.status_code != 302,
+)
 def login():
     """Log a user in by email and password."""
     if current_user.is_authenticated:

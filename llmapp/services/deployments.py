@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import psutil
 import redis
 from flask import current_app
@@ -53,6 +52,7 @@ INHERITED_ENV = frozenset(
     }
 )  # fmt: skip
 RESTART_POLICIES = ("on-failure", "never")
+NOGROUP_GID = 65534  # the group of servers' own accounts (Debian's nogroup): it owns nothing either
 # How a server starts under `python -I` (no current folder on sys.path): the project's root is put first.
 SERVER_LAUNCHER = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from llmapp.runtime.__main__ import main; main()"
 LOCK_TTL_S = 5  # a deploy job's lock, renewed while it runs; a lock that lapses means the job died
@@ -228,42 +228,47 @@ class ServerUser:
         return (st.st_mode >> shift) & bits == bits
 
 
-def server_user(application: Application) -> ServerUser | None:
+def server_user(application: Application, port: int) -> ServerUser | None:
     """Who the application's server runs as (None: the platform's own account).
 
-    LLMAPP_SERVER_USER names the account; it must reach the interpreter, the code and the model, or the
-    deploy fails saying which path it can't read. Unset, a platform running as root uses ``nobody`` when
-    that account reaches them all (a server then can't read the platform's secret key, its SQLite
-    database or other applications' specs), and otherwise runs the server as root with a warning in the
-    application's log that says what to open up. A platform that isn't root can't switch accounts.
+    A platform that isn't root can't switch accounts. As root, by default each server gets an account
+    of its own: the uid LLMAPP_SERVER_UID_BASE plus its port's place in LLMAPP_SERVER_PORTS (unique on
+    the host while it runs), in nobody's group, owning no file; so it can't read the platform's secret
+    key, its SQLite database, other applications' specs, nor another server's memory or environment
+    (/proc needs the same uid). That account must reach the interpreter, the code and the model through
+    their "others" permissions; when it can't, the server runs as root and the platform's log says what
+    to open up. LLMAPP_SERVER_USER names one account for every server instead; a deploy fails when it
+    can't read what it needs.
     """
-    configured = current_app.config["SERVER_USER"]
     if os.geteuid() != 0:
         return None
-    try:
-        entry = pwd.getpwnam(configured or "nobody")
-    except KeyError as e:
-        if not configured:
-            log_event(application.id, "servers run as root: this host has no account named nobody", "WARNING")
-            return None
-        raise DeployFailed(
-            f"The server user {configured} (LLMAPP_SERVER_USER) does not exist on {queues.this_host()}."
-        ) from e
-    if entry.pw_uid == 0:
-        return None  # the operator chose root
-    user = ServerUser(
-        entry.pw_name, entry.pw_uid, entry.pw_gid, "/nonexistent" if entry.pw_dir in ("", "/") else entry.pw_dir
-    )
+    configured = current_app.config["SERVER_USER"]
+    if configured:
+        try:
+            entry = pwd.getpwnam(configured)
+        except KeyError as e:
+            raise DeployFailed(
+                f"The server user {configured} (LLMAPP_SERVER_USER) does not exist on {queues.this_host()}."
+            ) from e
+        if entry.pw_uid == 0:
+            return None  # the operator chose root
+        home = "/nonexistent" if entry.pw_dir in ("", "/") else entry.pw_dir
+        user = ServerUser(entry.pw_name, entry.pw_uid, entry.pw_gid, home)
+    else:
+        uid = current_app.config["SERVER_UID_BASE"] + current_app.config["SERVER_PORTS"].index(port)
+        user = ServerUser(f"llmapp-server-{uid}", uid, NOGROUP_GID, "/nonexistent")
     unreadable = next((path for path in _needed_paths(application) if not user.can_read(path)), None)
     if unreadable is None:
         return user
     why = (
-        f"servers run as the unprivileged user {user.name} (the platform runs as root), who cannot read {unreadable}. "
-        "Make it readable for others (chmod o+rX, and o+x on the folders above it)"
+        f"servers run as unprivileged accounts ({user.name} here; the platform runs as root), which cannot read "
+        f"{unreadable}. Make it readable for others (chmod o+rX, and o+x on the folders above it)"
     )
     if configured:
         raise DeployFailed(f"{why[0].upper()}{why[1:]}, or name another account in LLMAPP_SERVER_USER.")
-    log_event(application.id, f"this server runs as root: {why} to have it run as {user.name}.", "WARNING")
+    # The host's paths are the operator's business: the platform's log has them, the member's log a line.
+    current_app.logger.warning("application %s: its server runs as root: %s.", application.id, why)
+    log_event(application.id, "this server runs with the platform's rights (an operator can change that)", "WARNING")
     return None
 
 
@@ -274,7 +279,10 @@ def _needed_paths(application: Application) -> list[Path]:
     model = registry.get_model(application.model_id)
     if model.engine == "transformers":
         folder = Path(model.source)
-        needed += [folder, *(path for path in folder.iterdir() if path.is_file())]  # weights may be owner-only
+        try:  # the weights may be owner-only; what is in sub-folders (rare) is found by the load
+            needed += [folder, *(path for path in folder.iterdir() if path.is_file())]
+        except OSError as e:
+            raise DeployFailed(f"The model directory {folder} could not be read: {e.strerror}.") from e
     return needed
 
 
@@ -343,17 +351,18 @@ def _spawn(application: Application) -> psutil.Process:
         plugins.publish_chain(application)
     except ValueError as e:
         raise DeployFailed(f"The plugin chain could not be prepared ({e}); enter the webhook's secret again.") from e
-    user = server_user(application)
+    user = server_user(application, port)
     spec_path = run_dir() / f"{application.id}.json"
     _spec(application, port).write(spec_path)
     output = os.open(run_dir() / f"{application.id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     spec_file = open(spec_path, "rb")  # noqa: SIM115 - the server reads it on its standard input
     try:
         # A session of its own: the server outlives this job, its worker, and a Ctrl-C of the worker.
-        # `-I`: the interpreter ignores PYTHON* variables and the user's site-packages. The spec comes on
+        # `-I`: the interpreter ignores PYTHON* variables and the user's site-packages (so `-u` stands for
+        # PYTHONUNBUFFERED: what it prints reaches its log file at once). The spec comes on
         # standard input, opened here: the server's account may not read the run folder.
         process = subprocess.Popen(
-            [sys.executable, "-I", "-c", SERVER_LAUNCHER, "--spec", str(spec_path), "--spec-on-stdin"],
+            [sys.executable, "-I", "-u", "-c", SERVER_LAUNCHER, "--spec", str(spec_path), "--spec-on-stdin"],
             cwd=ROOT,
             env=_environment(application, user),
             stdout=output,
@@ -395,14 +404,7 @@ def server_process(application: Application) -> psutil.Process | None:
 
 
 def health(application: Application, timeout: float = HEALTH_TIMEOUT_S) -> dict | None:
-    try:
-        return httpx.get(
-            f"http://127.0.0.1:{application.process_port}/health",
-            headers={"Authorization": f"Bearer {metrics.metrics_token()}"},  # the phase and a load error too
-            timeout=timeout,
-        ).json()
-    except (httpx.HTTPError, ValueError):
-        return None
+    return metrics.server_health(f"http://127.0.0.1:{application.process_port}", timeout)
 
 
 def endpoint_url(application: Application) -> str:
@@ -648,7 +650,8 @@ def publish_keys(application: Application) -> None:
 
 def _job_pending(job_id: str) -> bool:
     try:
-        return Job.fetch(job_id, connection=queues.connection()).get_status() in ("queued", "scheduled", "deferred")
+        job = Job.fetch(job_id, connection=queues.connection(), serializer=queues.SERIALIZER)
+        return job.get_status() in ("queued", "scheduled", "deferred")
     except NoSuchJobError:
         return False
 

@@ -22,7 +22,8 @@ _CLASSES = (
     (
         "it picks which program or shell runs",
         "PATH SHELL BASH_ENV ENV IFS PS4 SHELLOPTS BASHOPTS CDPATH BROWSER EDITOR VISUAL PAGER MANPAGER "
-        "SUDO_ASKPASS HOME USER LOGNAME TMPDIR TEMP TMP",
+        "SUDO_ASKPASS HOME USER LOGNAME TMPDIR TEMP TMP CC CXX CPP LD CUDACXX LDSHARED CFLAGS CXXFLAGS CPPFLAGS "
+        "LDFLAGS CPLUS_INCLUDE_PATH C_INCLUDE_PATH CONDA_EXE CONDA_PREFIX",
         "BASH_FUNC_ GIT_ SSH_",
     ),
     (
@@ -33,15 +34,26 @@ _CLASSES = (
     ),
     (
         "a library loads code, configuration or trusted certificates from it",
-        "SSL_CERT_FILE SSL_CERT_DIR SSLKEYLOGFILE REQUESTS_CA_BUNDLE CURL_CA_BUNDLE HF_HOME HF_HUB_CACHE "
-        "HF_MODULES_CACHE HF_TOKEN_PATH TRANSFORMERS_CACHE TORCH_HOME TORCH_EXTENSIONS_DIR MPLCONFIGDIR CUDA_HOME "
-        "VIRTUAL_ENV",
-        "OPENSSL_ KRB5 XDG_ TORCHINDUCTOR_ TRITON_",
+        "SSL_CERT_FILE SSL_CERT_DIR SSLKEYLOGFILE REQUESTS_CA_BUNDLE CURL_CA_BUNDLE MPLCONFIGDIR VIRTUAL_ENV NETRC "
+        "SETUPTOOLS_USE_DISTUTILS PROMETHEUS_MULTIPROC_DIR DISPLAY WAYLAND_DISPLAY FORWARDED_ALLOW_IPS "
+        "USE_HUB_KERNELS USE_TORCH_XLA EAGER_IMPORT TRUST_REMOTE_CODE",
+        "OPENSSL_ KRB5 XDG_ _PYTHON __PYVENV FSSPEC_",
     ),
     (
-        "it sends the server's traffic elsewhere",
-        "HF_ENDPOINT OPENAI_BASE_URL OPENAI_API_BASE",
-        "HTTP_PROXY HTTPS_PROXY ALL_PROXY NO_PROXY FTP_PROXY WS_PROXY WSS_PROXY",
+        # The engines' own settings, whole namespaces (torch alone reads more than a hundred, one of
+        # which imports a module named in it): what a member may tune is named in ALLOWED below.
+        "the engine's libraries read it to decide what they load or where they write",
+        "",
+        "TORCH PYTORCH_ CUDA_ CUDNN_ NCCL_ NVTOOLSEXT ROCM_ ROCR_ HIP_ HSA_ ROCP_ ZE_ KINETO_ PT_HPU_ FX_ "
+        "COMPILE_STROBELIGHT ENABLE_PYTORCH_ OMP_ KMP_ GOMP_ MKL_ HF_ HUGGINGFACE_ HUGGING_FACE_ TRANSFORMERS_ "
+        "TOKENIZERS_ SAFETENSORS_ PROMETHEUS_ TRITON_ NUMBA_ WERKZEUG_ FLASK_ INDUCTOR_ AOT_ AOTI ACCELERATE_ "
+        "HALIDE_ QUACK_ CUTLASS_ CUTEDSL_ NVSHMEM_ ROCSHMEM_ NPY_",
+    ),
+    (
+        "it sends the server's traffic or data elsewhere",
+        "HF_ENDPOINT OPENAI_BASE_URL OPENAI_API_BASE MASTER_ADDR MASTER_PORT",
+        "HTTP_PROXY HTTPS_PROXY ALL_PROXY NO_PROXY FTP_PROXY WS_PROXY WSS_PROXY MLFLOW_ WANDB_ CLEARML_ COMET_ "
+        "SWANLAB_ TENSORBOARD_ NEPTUNE_ DVCLIVE_",
     ),
     (
         "the platform sets it",
@@ -50,11 +62,22 @@ _CLASSES = (
     ),
 )
 REFUSED = tuple((why, frozenset(names.split()), tuple(prefixes.split())) for why, names, prefixes in _CLASSES)
+# In the refused namespaces, what a member may set: thread counts, devices, offline switches, verbosity,
+# the Hugging Face token (the key of a hub, for libraries that ask for one).
+ALLOWED = frozenset(
+    "OMP_NUM_THREADS MKL_NUM_THREADS CUDA_VISIBLE_DEVICES HIP_VISIBLE_DEVICES ROCR_VISIBLE_DEVICES "
+    "TOKENIZERS_PARALLELISM HF_HUB_OFFLINE TRANSFORMERS_OFFLINE HF_HUB_DISABLE_TELEMETRY "
+    "HF_HUB_DISABLE_PROGRESS_BARS HF_HUB_DISABLE_EXPERIMENTAL_WARNING HF_HUB_DISABLE_IMPLICIT_TOKEN "
+    "HF_HUB_DISABLE_SYMLINKS_WARNING HF_HUB_VERBOSITY TRANSFORMERS_VERBOSITY TRANSFORMERS_NO_ADVISORY_WARNINGS "
+    "HF_TOKEN PYTORCH_CUDA_ALLOC_CONF".split()
+)
 
 
 def refusal(name: str) -> str | None:
     """Why ``name`` may not be one of an application's variables, or None when it may."""
     upper = name.upper()
+    if upper in ALLOWED:
+        return None
     for why, names, prefixes in REFUSED:
         if upper in names or upper.startswith(prefixes):
             return f"{name} can't be set for an application: {why}."

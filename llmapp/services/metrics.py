@@ -3,7 +3,6 @@ overview, and the list of servers for Prometheus. The series are written by the 
 runtime/metrics.py) and, for CPU and memory, by the reconcile."""
 
 import base64
-import contextlib
 import time
 import uuid
 from collections import Counter
@@ -159,13 +158,21 @@ def _points(buckets: list[tuple[int, dict]], win: Window) -> list[dict]:
     return out
 
 
+def server_health(base_url: str, timeout: float) -> dict | None:
+    """A server's whole /health (the platform's metrics token opens its details), or None."""
+    try:
+        return httpx.get(
+            f"{base_url}/health", headers={"Authorization": f"Bearer {metrics_token()}"}, timeout=timeout
+        ).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
 def in_flight(application: Application) -> int | None:
     """Requests in flight now, asked of the running server (None when it does not answer)."""
     if application.status != lifecycle.RUNNING or not application.endpoint:
         return None
-    with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-        return httpx.get(application.endpoint.removesuffix("/v1") + "/health", timeout=1).json()["in_flight"]
-    return None
+    return (server_health(application.endpoint.removesuffix("/v1"), timeout=1) or {}).get("in_flight")
 
 
 def report(application: Application, window_name: str | None = None, now: float | None = None) -> dict:

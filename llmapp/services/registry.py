@@ -6,7 +6,7 @@ from sqlalchemy.exc import IntegrityError
 from ..extensions import db
 from ..models import Application, RegistryModel
 from ..netguard import url_shape_error
-from . import NUL_ERROR, Conflict, FieldErrors, NotFound, model_detection
+from . import NUL_ERROR, Conflict, FieldErrors, NotFound, environment, model_detection
 
 FIELDS = (
     "name",
@@ -131,6 +131,8 @@ def check(data: dict, model_id: int | None = None) -> dict:
     values["api_key_env"] = values["api_key_env"] or "OPENAI_API_KEY"
     if "api_key_env" not in errors and not ENV_NAME.match(values["api_key_env"]):
         error("api_key_env", "An environment variable name: letters, digits and _, not starting with a digit.")
+    elif "api_key_env" not in errors and (why := environment.refusal(values["api_key_env"])):
+        error("api_key_env", f"{why} Members could not give the key in it.")  # it is one of their variables
     if errors:
         raise FieldErrors(errors)
     return values
