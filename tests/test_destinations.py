@@ -61,12 +61,25 @@ REFUSED = [
     "http://exa mple.com/",
     "http://example.com/\r\nX-Injected: 1",
     "http://1.2.3.999/",
+    # Hosts the sender could never send (httpx can't IDNA-encode them): refused when saved, not left
+    # to fail at send time.
+    "http://ⅼocalhost/",  # U+217C SMALL ROMAN NUMERAL FIFTY: "localhost" to a resolver (NFKC)
+    "http://xn--/",
+    "http://a☃b.example/",
+    "http://127.0.0.1\\.example.com/",
+    # Nominally global, yet cloud metadata: Azure's WireServer, the IETF protocol assignments (Oracle).
+    "http://168.63.129.16/",
+    "http://[::ffff:a83f:8110]/",  # 168.63.129.16, mapped
+    "http://192.0.0.192/opc/v2/instance/",
+    "http://192.0.0.1/",
 ]
 ACCEPTED = [
     "https://audit.example.com/hook?token=abc",
     "http://8.8.8.8/",
     "http://[2606:4700::1111]/",
     "http://audit/hook",
+    "http://münchen.example/hook",  # an internationalised name that encodes (xn--mnchen-3ya.example)
+    "http://192.0.1.1/",  # next to the protocol assignments, not in them
 ]
 
 
@@ -78,6 +91,26 @@ def test_refused_destinations_as_written(url):
 @pytest.mark.parametrize("url", ACCEPTED)
 def test_destinations_on_the_internet_as_written(url):
     assert netguard.Guard().url_error(url) is None
+
+
+def test_a_host_is_folded_as_a_resolver_folds_it_before_the_rules():
+    """A resolver reads ``ⅼocalhost`` (U+217C) or full-width letters and digits as plain ASCII (NFKC):
+    so do the rules, whether the host comes from a URL or from a connection, before any look-up."""
+    for host in ("ⅼocalhost", "ｌｏｃａｌｈｏｓｔ", "app.ⅼocalhost"):
+        with pytest.raises(netguard.Refused, match="is this host itself"):
+            netguard.Guard().check_host(host)
+    with pytest.raises(netguard.Refused, match="a loopback address"):
+        netguard.Guard().check_host("１２７.０.０.１")
+    resolve = resolver("8.8.8.8")  # were it looked up, the answer would pass
+    with pytest.raises(netguard.Refused, match="“localhost” is this host itself"):
+        netguard.Guard(resolve=resolve).addresses("ⅼocalhost", 80)
+    assert resolve.calls == []
+
+
+def test_a_host_that_cant_be_encoded_is_refused_with_the_reason():
+    for url in ("http://ⅼocalhost/", "http://xn--/", "http://a☃b.example/"):
+        assert "is not a valid host name (it can't be encoded for DNS)" in netguard.Guard().url_error(url), url
+        assert netguard.url_shape_error(url, query=False), url  # a registry upstream too: httpx sends it
 
 
 def test_the_allow_list_names_hosts_addresses_and_networks():
@@ -134,6 +167,18 @@ def test_the_api_refuses_a_private_destination_at_its_field(app, client, member)
         hook = {"name": "audit", "type": "webhook_audit", "config": {"url": url, "secret": SECRET}}
         body = problem(client.post(f"{API}/plugins", json=hook, headers=token), 422)
         assert list(body["errors"]) == ["config.url"], url
+
+
+def test_a_host_that_cant_be_sent_is_refused_at_the_field(logged_in, app, client, member):
+    refused = logged_in.post("/plugins/new", data=webhook_form("http://a☃b.example/"), headers=HX)
+    assert refused.status_code == 422 and "is not a valid host name (it can&#39;t be encoded for DNS)" in refused.text
+    token = bearer(token_for(app, member))
+    for url in ("http://ⅼocalhost/", "http://xn--/"):
+        hook = {"name": "audit", "type": "webhook_audit", "config": {"url": url, "secret": SECRET}}
+        body = problem(client.post(f"{API}/plugins", json=hook, headers=token), 422)
+        assert list(body["errors"]) == ["config.url"], url
+    with app.app_context():
+        assert db.session.scalar(db.select(Plugin)) is None
 
 
 def attach(app, application, plugin_id):
@@ -440,3 +485,50 @@ def test_a_name_that_does_not_resolve_is_a_failure_retried_not_a_refusal(connect
         sender.close()
     assert sender.refused == 0 and connections == []
     assert any("failed after 2 attempts" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stored_url_that_cant_be_sent_is_refused_and_the_sender_goes_on(connections, caplog):
+    """URLs saved before the check (httpx can't encode their host): each is refused, not retried, and
+    the one sender thread of the server delivers the next summary."""
+    receiver = Receiver()
+    sender = webhook.WebhookSender(retries=2, backoff_s=0.01, allow="127.0.0.1")
+    try:
+        with caplog.at_level(logging.WARNING, "llmapp.server"):
+            for url in ("http://ⅼocalhost/", "http://xn--/", "http://a☃b.example/"):
+                sender.send(url, SECRET, {"request_id": "bad"})
+            sender.send(receiver.url, SECRET, {"request_id": "good"})
+            wait_for(lambda: sender.delivered == 1, 30, 0.02, "the good summary")
+        alive = sender.thread.is_alive()
+    finally:
+        sender.close()
+        receiver.close()
+    assert alive and sender.refused == 3 and sender.failed == 3
+    assert len(receiver.received) == 1 and b'"good"' in receiver.received[0][1]
+    assert connections == [("127.0.0.1", receiver.server.server_address[1])]
+    assert all("not a valid host name" in line for line in refusals(caplog))
+
+
+def test_whatever_goes_wrong_with_one_delivery_the_sender_goes_on(connections, caplog):
+    """An error no one foresaw (here, from the resolver) is logged with its type and drops that one
+    summary; the thread delivers the next."""
+
+    def resolve(host, port, type=0):  # noqa: A002 - socket.getaddrinfo's name
+        if host == "broken.example.com":
+            raise RuntimeError("an unforeseen failure")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    receiver = Receiver()
+    port = receiver.server.server_address[1]
+    sender = webhook.WebhookSender(retries=2, backoff_s=0.01, guard=netguard.Guard(("127.0.0.1",), resolve=resolve))
+    try:
+        with caplog.at_level(logging.WARNING, "llmapp.server"):
+            sender.send(f"http://broken.example.com:{port}/hook", SECRET, {"request_id": "lost"})
+            sender.send(f"http://hooks.example.com:{port}/hook", SECRET, {"request_id": "next"})
+            wait_for(lambda: sender.delivered == 1, 30, 0.02, "the next summary")
+        alive = sender.thread.is_alive()
+    finally:
+        sender.close()
+        receiver.close()
+    assert alive and sender.failed == 1 and len(receiver.received) == 1
+    (line,) = [r.getMessage() for r in caplog.records if "broken.example.com" in r.getMessage()]
+    assert "RuntimeError: an unforeseen failure" in line and "the summary is dropped" in line

@@ -11,7 +11,10 @@ Where a delivery may go is llmapp/netguard.py's rule, checked here again on ever
 was checked when it was saved, but names resolve anew and a URL may predate the rule): the sender
 resolves the name itself, checks each address, and connects to the address it checked. Redirects are
 not followed and no proxy from the environment is used (either would connect somewhere unchecked). A
-refused delivery is not retried; the log says it was refused and why, never what answers there.
+refused delivery is not retried; the log says it was refused and why, never what answers there. A URL
+that can't be sent (a host that can't be IDNA-encoded, stored before the save-time check) is refused
+the same way, and whatever else goes wrong with one delivery is logged and that summary dropped: the
+sender thread goes on with the next one.
 """
 
 import hashlib
@@ -145,7 +148,17 @@ class WebhookSender:
             timeout=self.timeout_s, transport=transport, follow_redirects=False, trust_env=False
         ) as client:
             while (delivery := self.queue.get()) is not None:
-                self._deliver(client, delivery)
+                try:  # nothing one delivery does may end the thread: every later summary would be lost
+                    self._deliver(client, delivery)
+                except Exception as e:
+                    log.error(
+                        "webhook %s: the delivery failed (%s: %s); the summary is dropped",
+                        delivery.url,
+                        type(e).__name__,
+                        e,
+                        exc_info=True,
+                    )
+                    self.failed += 1
 
     def _deliver(self, client: httpx.Client, delivery: Delivery) -> None:
         shape = netguard.url_shape_error(delivery.url)  # a URL saved before the rule (user info, say)
@@ -170,6 +183,8 @@ class WebhookSender:
                 reason = f"answered {response.status_code}"  # a redirect too: it is not followed
             except netguard.Refused as e:
                 return self._refused(delivery, str(e))
+            except (httpx.InvalidURL, UnicodeError) as e:  # a URL httpx can't send (an unencodable host)
+                return self._refused(delivery, f"not a URL that can be sent ({type(e).__name__}: {e}).")
             except httpx.HTTPError as e:
                 reason = f"{type(e).__name__}: {e}"
             if attempt < delivery.retries:
