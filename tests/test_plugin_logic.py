@@ -415,3 +415,156 @@ def test_replace_mode_removes_every_system_and_developer_message_of_the_request(
         "chat", [{"role": "system", "content": "mine"}, {"role": "user", "content": "annual leave days?"}], None
     )
     assert [m["content"][:10] for m in messages] == ["Only this.", "[1] (leave", "annual lea"]
+
+
+# --- folding gaps, accents, patterns in linear time, text outside the content ----------------------
+
+
+@pytest.mark.parametrize("dot", ["\u3002", "\uff0e", "\uff61"])
+def test_ideographic_full_stops_are_a_domains_dots(dot):
+    text = f"mail john@example{dot}com or ann@mail{dot}example{dot}org now"
+    assert rewrite(text, PiiRedactor(entities=["email"]).find(text)) == "mail [EMAIL] or [EMAIL] now"
+
+
+def test_small_capitals_are_the_letters_they_imitate():
+    matcher = ContentFilter(keywords=["password", "fox"], patterns=[])
+    for disguised in ("ᴘᴀꜱꜱword", "ᴘᴀssᴡᴏʀᴅ", "ꜰᴏx", "PASSWORD"):
+        assert [s.kind for s in matcher.find(f"my {disguised} here")] == ["keyword"], disguised
+
+
+@pytest.mark.parametrize("between", ["\n", "\t", "  ", " \u200b ", "\u3000", "\r\n\t ", "\u00a0"])
+def test_a_keywords_words_match_across_any_run_of_whitespace(between):
+    matcher = ContentFilter(keywords=["api key"], patterns=[], mask="[X]")
+    text = f"my api{between}key is here"
+    assert rewrite(text, matcher.find(text)) == "my [X] is here"
+    assert matcher.find("my apikey") == [] and matcher.find("rapid api, keys") == []
+
+
+def test_a_keyword_across_a_long_run_of_whitespace_is_caught_on_a_stream():
+    matcher = ContentFilter(keywords=["api key"], patterns=[], mask="[X]")
+    chunks = ["the api", *[" "] * 40, "\n" * 20, "key", " and more"]
+    text, _ = stream(matcher, chunks)
+    assert text == "the [X] and more"
+    text, pieces = stream(ContentFilter(keywords=["api key"], patterns=[]), chunks, block=True)
+    assert pieces[-1].blocked or any(p.blocked for p in pieces)
+    assert "api" not in text
+
+
+@pytest.mark.parametrize("local", ["a" * 65, "a" * 100, "first.last." * 20 + "x", "b" * 300])
+def test_an_overlong_local_part_is_masked_whole(local):
+    text = f"to {local}@example.com, thanks"
+    assert rewrite(text, PiiRedactor(entities=["email"]).find(text)) == "to [EMAIL], thanks"
+    partial = PiiRedactor(entities=["email"], partial=True)
+    assert rewrite(text, partial.find(text)) == f"to {local[0]}***@example.com, thanks"
+
+
+def test_an_overlong_domain_is_masked_whole():
+    text = "to a@" + "sub." * 80 + "example.com. thanks"
+    assert rewrite(text, PiiRedactor(entities=["email"]).find(text)) == "to [EMAIL]. thanks"
+
+
+def test_accents_ignored_by_default_and_counted_when_asked():
+    loose = ContentFilter.from_config({"keywords": ["password", "ban", "schon"]})
+    strict = ContentFilter.from_config({"keywords": ["password", "ban", "schon"], "accents": "match"})
+    # The default errs on blocking: accents cannot hide a keyword (and Vietnamese bạn is blocked).
+    for text in ("pässwörd", "pa\u0308ssword", "p\u0336a\u0336ssword", "bạn", "bán", "schön"):
+        assert loose.find(text), text
+    # Asked to count them: a language's accented letters are other words...
+    for text in ("pässwörd", "bạn", "ba\u0323n", "bán", "schön", "scho\u0308n", "chào bạn"):
+        assert strict.find(text) == [], text
+    # ...but marks that make no letter still hide nothing, and plain text still matches.
+    for text in ("p\u0336a\u0336s\u0336sword", "b\u20ddan", "ban", "BAN", "ｂａｎ", "schon"):
+        assert [s.kind for s in strict.find(text)] == ["keyword"], text
+
+
+def test_a_keyword_typed_with_accents_matches_only_them():
+    for accents in ("ignore", "match"):
+        matcher = ContentFilter.from_config({"keywords": ["schön", "bạn"], "accents": accents, "mask": "*"})
+        text = "schon schön scho\u0308n SCHÖN ban bạn ba\u0323n"
+        assert rewrite(text, matcher.find(text)) == "schon * * * ban * *", accents
+
+
+def test_accents_is_a_setting_of_the_form():
+    assert plugins.config_errors("content_filter", {"accents": "match"}) == {}
+    assert "Choose one of" in plugins.config_errors("content_filter", {"accents": "sometimes"})["accents"][0]
+
+
+def test_a_catastrophic_pattern_is_matched_in_linear_time():
+    import threading
+
+    from conftest import wait_for
+
+    # Python's re backtracks exponentially here (2**60 paths): the scan would hold the request's
+    # slot forever, and on the output side stall the event loop. RE2 answers at once.
+    matcher = ContentFilter(keywords=[], patterns=[r"(a|aa)+$", r"(a+)+b", r"(\w+\s?)+;"])
+    texts = ["a" * 60 + "!", "a" * 60 + "c", "word " * 60 + "?"]
+    results = []
+    worker = threading.Thread(target=lambda: results.extend(matcher.find(t) for t in texts), daemon=True)
+    worker.start()
+    wait_for(lambda: len(results) == len(texts), timeout=60, interval=0.05, message="the patterns' scan")
+    assert results == [[], [], []]
+    assert [(s.start, s.end) for s in matcher.find("aaaa")] == [(0, 4)]
+
+
+@pytest.mark.parametrize("pattern", [r"(a)\1", r"pass(?=word)", r"(?<!x)key", r"(?P<q>')x(?P=q)", r"x{1001}"])
+def test_patterns_that_cannot_be_matched_in_linear_time_are_refused_at_the_field(pattern):
+    errors = plugins.config_errors("content_filter", {"patterns": [pattern, r"sk-[A-Za-z0-9]{8,}"]})
+    assert len(errors["patterns"]) == 1 and "linear time" in errors["patterns"][0], errors
+    assert pattern in errors["patterns"][0]
+
+
+def test_patterns_keep_pythons_unicode_classes():
+    matcher = ContentFilter(keywords=[], patterns=[r"\d{3}-\d{2}", r"[\w]+ый", r"x\sy", r"end\Z"], mask="*")
+    text = "٣٤٥-٦٧ новый x\u2003y end"
+    assert rewrite(text, matcher.find(text)) == "* * * *"
+
+
+def test_text_outside_a_messages_content_is_read_by_the_input_side():
+    from llmapp.runtime.plugins.chain import Blocked, PluginRun
+
+    block = {"name": "no-secrets", "type": "content_filter", "config": {"keywords": ["secret"]}}
+    user = {"role": "user", "content": "hi"}
+    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "the secret"}'}}
+    tool = {"type": "function", "function": {"name": "lookup", "description": "Tell the secret.", "parameters": {}}}
+    hiding = [
+        ([{**user, "name": "secret"}], None),
+        ([{"role": "assistant", "content": None, "tool_calls": [call]}, user], None),
+        ([{"role": "assistant", "content": None, "function_call": call["function"]}, user], None),
+        ([user], {"tools": [tool]}),
+        ([user], {"functions": [tool["function"]]}),
+        ([user], {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"properties": {
+            "s\u200becret": {"type": "string"}}}}}]}),
+        ([user], {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"properties": {
+            "q": {"type": "string", "enum": ["ｓｅｃｒｅｔ"]}}}}}]}),
+    ]  # fmt: skip
+    for messages, tools in hiding:
+        with pytest.raises(Blocked):
+            PluginRun(chain_of(block)).apply_input("chat", messages, None, tools=tools)
+    # Plain tool use passes: the schema's own words are not read as text.
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+    fine = {"tools": [{"type": "function", "function": {"name": "lookup", "parameters": schema}}]}
+    words = {**block, "config": {"keywords": ["type", "object", "string", "function"]}}
+    run = PluginRun(chain_of(words))
+    assert run.apply_input("chat", [user], None, tools=fine)[0] == [user] and run.tools == fine
+
+
+def test_pii_outside_a_messages_content_is_masked_where_it_is():
+    from llmapp.runtime.plugins.chain import PluginRun
+
+    call = {"id": "c1", "type": "function", "function": {"name": "mail", "arguments": '{"to": "ann@example.com"}'}}
+    messages = [
+        {"role": "user", "content": "mail her", "name": "bob@example.com"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sent to ann@example.com"},
+    ]
+    parameters = {"type": "object", "properties": {"ann@example.com": {"type": "string"}}}
+    tools = {"tools": [{"type": "function", "function": {"name": "mail", "description": "Copy ops@example.com.",
+                                                         "parameters": parameters}}]}  # fmt: skip
+    run = PluginRun(chain_of(PII))
+    masked, _ = run.apply_input("chat", messages, None, tools=tools)
+    assert masked[0]["name"] == "[EMAIL]" and masked[2]["content"] == "sent to [EMAIL]"
+    assert masked[1]["tool_calls"][0]["function"]["arguments"] == '{"to": "[EMAIL]"}'
+    function = run.tools["tools"][0]["function"]
+    assert function["description"] == "Copy [EMAIL]." and list(function["parameters"]["properties"]) == ["[EMAIL]"]
+    # The caller's request is left as it was.
+    assert call["function"]["arguments"] == '{"to": "ann@example.com"}' and "ops@" in json.dumps(tools)

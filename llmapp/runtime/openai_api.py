@@ -195,6 +195,8 @@ ONLY = {
     "completion": {"prompt", "echo", "best_of", "suffix"},
 }
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# An upstream keeps each role as sent, and also reads tool results (function: the older name).
+UPSTREAM_ROLES = {**{role: role for role in ROLES}, "tool": "tool", "function": "function"}
 
 
 def _check_parameters(kind: str, body: dict, engine_name: str) -> None:
@@ -231,17 +233,22 @@ def _messages(body: dict) -> list[dict]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty list.", param="messages")
-    parsed = []
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise APIError(400, "Each message needs a 'role' and a 'content'.", param="messages")
-        role = ROLES.get(message["role"])
-        if role is None:
-            raise APIError(
-                400, f"Messages of role {message['role']!r} are not supported.", param=f"messages[{index}].role"
-            )
-        parsed.append({"role": role, "content": _content(message, index)})
-    return parsed
+    return [{"role": _role(m, index), "content": _content(m, index)} for index, m in enumerate(messages)]
+
+
+def _role(message, index: int, roles: dict = ROLES) -> str:
+    """A message's role, exactly one of ``roles`` (no "System" or "system ": an upstream would render
+    it, and a system prompt's replace mode would not know it for a system message)."""
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise APIError(400, "Each message needs a 'role' and a 'content'.", param=f"messages[{index}]")
+    role = roles.get(message["role"])
+    if role is None:
+        raise APIError(
+            400,
+            f"Messages of role {message['role']!r} are not supported (one of: {', '.join(roles)}).",
+            param=f"messages[{index}].role",
+        )
+    return role
 
 
 def _prompt(body: dict) -> str:
@@ -320,8 +327,7 @@ def _passthrough_input(kind: str, body: dict, request: GenerationRequest) -> Non
         if not isinstance(messages, list) or not messages:
             raise APIError(400, "'messages' must be a non-empty list.", param="messages")
         for index, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise APIError(400, "Each message needs a 'role' and a 'content'.", param=f"messages[{index}]")
+            _role(message, index, UPSTREAM_ROLES)
         request.messages = [dict(m) for m in messages]
         return
     prompt = body.get("prompt")
@@ -331,6 +337,63 @@ def _passthrough_input(kind: str, body: dict, request: GenerationRequest) -> Non
         prompt = prompt[0]
     # A batch or token ids stay the upstream's to judge; the plugins refuse what they cannot read.
     request.prompt = prompt if isinstance(prompt, str) else None
+
+
+# An upstream's parameters that its plugins can vouch for: OpenAI's own, and the sampling settings
+# vLLM adds, none of which changes the prompt the upstream renders or shows it to the client.
+UPSTREAM_SAFE = {
+    "chat": {
+        "model", "messages", "audio", "frequency_penalty", "function_call", "functions", "logit_bias",
+        "logprobs", "max_completion_tokens", "max_tokens", "metadata", "modalities", "n",
+        "parallel_tool_calls", "prediction", "presence_penalty", "prompt_cache_key", "reasoning_effort",
+        "response_format", "safety_identifier", "seed", "service_tier", "stop", "store", "stream",
+        "stream_options", "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity",
+    },
+    "completion": {
+        "model", "prompt", "best_of", "frequency_penalty", "logit_bias", "logprobs", "max_tokens", "n",
+        "presence_penalty", "seed", "stop", "stream", "stream_options", "temperature", "top_p", "user",
+    },
+    "both": {
+        "top_k", "min_p", "repetition_penalty", "length_penalty", "min_tokens", "stop_token_ids",
+        "include_stop_str_in_output", "ignore_eos", "skip_special_tokens", "spaces_between_special_tokens",
+        "allowed_token_ids", "bad_words", "use_beam_search", "guided_json", "guided_regex", "guided_choice",
+        "guided_grammar", "guided_decoding_backend", "guided_whitespace_pattern", "structured_outputs",
+        "priority", "request_id",
+    },
+}  # fmt: skip
+# Others, at the value that leaves the prompt as the plugins left it (each one's default).
+UPSTREAM_NEUTRAL = {
+    "echo": (False,),  # true: the prompt, system prompt and all, comes back
+    "suffix": ("",),  # text of the prompt's own, never read by the plugins
+    "add_generation_prompt": (True,),
+    "continue_final_message": (False,),
+    "add_special_tokens": (False,),
+    "return_token_ids": (False,),  # the prompt's token ids: the prompt, again
+    "return_tokens_as_token_ids": (False,),
+}
+
+
+def check_upstream_parameters(kind: str, body: dict) -> None:
+    """An upstream request whose input the application's plugins read (a system prompt, a content
+    filter…): refuse a parameter that could change the prompt the upstream renders (``chat_template``,
+    ``chat_template_kwargs``, ``continue_final_message``, ``documents``, ``truncate_prompt_tokens``…)
+    or return it (``echo``, ``prompt_logprobs``), and any other it does not know, rather than drop it
+    behind the client's back.
+
+    :raise APIError: 400 naming the parameter.
+    """
+    safe = UPSTREAM_SAFE[kind] | UPSTREAM_SAFE["both"]
+    for name, value in body.items():
+        neutral = UPSTREAM_NEUTRAL.get(name, ())
+        if name in safe or value is None or any(value is v or (type(value) is type(v) and value == v) for v in neutral):
+            continue
+        raise APIError(
+            400,
+            f"'{name}' is not accepted by this application: its plugins read the input, and '{name}' "
+            "could change the prompt the model reads, or return it.",
+            param=name,
+            code="unsupported_parameter",
+        )
 
 
 def _logprobs(kind: str, body: dict, request: GenerationRequest) -> None:

@@ -17,6 +17,7 @@ times out there stops its scan, and keeps its slot until the scan has stopped.
 """
 
 import asyncio
+import functools
 import json
 import logging
 import threading
@@ -39,6 +40,7 @@ from .plugins.webhook import WebhookSender
 from .spec import ServerSpec
 
 log = logging.getLogger("llmapp.server")
+UPSTREAM_TOOLS = ("tools", "functions", "tool_choice")  # what an upstream shows the model besides the chat
 
 
 class ResponseCache:
@@ -247,12 +249,17 @@ async def plugins_in(ctx: Context) -> None:
     if ctx.plugins is None:
         return
     parsed = ctx.parsed
+    upstream = ctx.served.engine.passthrough and ctx.plugins.chain.reads_input
     if parsed.kind == "completion" and parsed.prompt is None and ctx.plugins.chain.reads_input:
         raise APIError(400, "This application's plugins read the prompt: 'prompt' must be one string.", param="prompt")
+    if upstream:  # the upstream renders the prompt: nothing may change it past the plugins
+        openai_api.check_upstream_parameters(parsed.kind, ctx.body)
+    tools = {k: ctx.body[k] for k in UPSTREAM_TOOLS if ctx.body.get(k) is not None} if upstream else None
     loop = asyncio.get_running_loop()
     cancel = threading.Event()
     work = loop.run_in_executor(
-        ctx.served.plugin_threads, ctx.plugins.apply_input, parsed.kind, parsed.messages, parsed.prompt, cancel
+        ctx.served.plugin_threads,
+        functools.partial(ctx.plugins.apply_input, parsed.kind, parsed.messages, parsed.prompt, cancel, tools=tools),
     )
     try:
         done, _ = await asyncio.wait({work}, timeout=max(0, ctx.deadline - loop.time()))
@@ -271,6 +278,8 @@ async def plugins_in(ctx: Context) -> None:
             code="content_filter",
         ) from e
     parsed.messages, parsed.prompt = messages, prompt
+    if ctx.plugins.tools:
+        ctx.body = {**ctx.body, **ctx.plugins.tools}
     if parsed.kind == "chat":
         ctx.body = {**ctx.body, "messages": messages}
     elif prompt is not None:

@@ -101,11 +101,21 @@ TYPES = {
                     "patterns": {
                         "type": "array",
                         "title": "Regular expressions",
+                        "description": "RE2 syntax (matched in linear time): no backreferences or lookaround.",
                         "items": {"type": "string", "minLength": 1, "maxLength": 500},
                         "maxItems": 100,
                         "default": [],
                     },
                     "case_sensitive": {"type": "boolean", "title": "Case sensitive", "default": False},
+                    "accents": {
+                        "type": "string",
+                        "title": "Accents",
+                        "enum": ["ignore", "match"],
+                        "default": "ignore",
+                        "description": "ignore: a keyword typed without accents also matches accented text "
+                        "(password: pässwörd; but ban also blocks Vietnamese bạn). match: a letter's accents "
+                        "count. A keyword typed with accents always matches only them.",
+                    },
                     "apply_to": APPLY_TO,
                     "action": {
                         "type": "string",

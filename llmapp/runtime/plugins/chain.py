@@ -12,6 +12,7 @@ A chain never changes once built: the server swaps in a new one between requests
 keeps the chain it started with, so a change never reaches a request half-way.
 """
 
+import copy
 import threading
 import time
 from contextlib import nullcontext
@@ -115,6 +116,7 @@ class PluginRun:
     passages: list[str] = field(default_factory=list)  # "document#n" of each passage added
     inputs: dict[int, str] = field(default_factory=dict)  # step index → the user's input as it saw it
     outputs: dict[int, list[str]] = field(default_factory=dict)  # step index → the reply as it saw it
+    tools: dict | None = None  # an upstream request's tools (tools, functions, tool_choice) as the chain left them
 
     def timed(self, step: Step, started: float) -> None:
         self.seconds[step.name] = self.seconds.get(step.name, 0.0) + time.perf_counter() - started
@@ -126,18 +128,26 @@ class PluginRun:
     # --- the way in -------------------------------------------------------------------------------
 
     def apply_input(
-        self, kind: str, messages: list[dict] | None, prompt: str | None, cancel: threading.Event | None = None
+        self,
+        kind: str,
+        messages: list[dict] | None,
+        prompt: str | None,
+        cancel: threading.Event | None = None,
+        tools: dict | None = None,
     ):
-        """The request's messages (chat) or prompt (completion) after the chain's input side.
+        """The request's messages (chat) or prompt (completion) after the chain's input side; an
+        upstream request's ``tools`` (its tools, functions and tool_choice: the upstream shows them to
+        the model) are scanned as well, and left in ``self.tools``.
 
         :raise Blocked: a content filter blocks the input.
         :raise rewrite.Cancelled: ``cancel`` was set (the request timed out): the chain stops there.
         """
+        self.tools = copy.deepcopy(tools) if tools else None
         with cancellable(cancel) if cancel is not None else nullcontext():
             return self._apply_input(kind, messages, prompt)
 
     def _apply_input(self, kind: str, messages: list[dict] | None, prompt: str | None):
-        messages = [_copy(m) for m in messages] if messages is not None else None
+        messages = [copy.deepcopy(m) for m in messages] if messages is not None else None
         for i, step in enumerate(self.chain.steps):
             checkpoint()
             started = time.perf_counter()
@@ -158,8 +168,10 @@ class PluginRun:
         return messages, prompt
 
     def _rewrite_input(self, step: Step, messages, prompt):
-        # Every text of the request: a message's content, each text part of its content parts.
-        slots = _text_slots(messages) if messages is not None else [(None, None, prompt or "")]
+        # Every text of the request the model reads: see _text_slots and _tool_slots.
+        box = [prompt or ""]
+        slots = _text_slots(messages) if messages is not None else [(box, 0, box[0])]
+        slots += _tool_slots(self.tools)
         spans = []
         for _, _, text in slots:
             checkpoint()
@@ -172,12 +184,15 @@ class PluginRun:
             raise Blocked(step)
         self.event(step, "mask", "input", found)
         for (holder, key, text), per_text in zip(slots, spans, strict=True):
-            if per_text:
-                if holder is None:
-                    prompt = rewrite(text, per_text)
-                else:
-                    holder[key] = rewrite(text, per_text)
-        return messages, prompt
+            if not per_text:
+                continue
+            if isinstance(key, _Key):  # a parameter's name: renamed where it is
+                items = list(holder.items())
+                holder.clear()
+                holder.update((rewrite(text, per_text) if k == text else k, v) for k, v in items)
+            else:
+                holder[key] = rewrite(text, per_text)
+        return messages, (box[0] if messages is None and prompt is not None else prompt)
 
     def _retrieve(self, step: Step, messages, prompt):
         hits = step.index.search(_question(messages, prompt), int(step.config.get("top_k", 3)))
@@ -267,16 +282,19 @@ def _question(messages: list[dict] | None, prompt: str | None) -> str:
     return next((content_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
 
 
-def _copy(message: dict) -> dict:
-    """A message the chain may change without changing the caller's (its content parts copied too)."""
-    copied = type(message)(message)
-    if isinstance(copied.get("content"), list):
-        copied["content"] = [dict(p) if isinstance(p, dict) else p for p in copied["content"]]
-    return copied
+# Fields of a message, besides its content, whose text an upstream may show the model.
+MESSAGE_TEXT = ("name", "refusal", "reasoning_content", "reasoning")
+CALL_TEXT = ("name", "arguments")  # of a tool call's function, and of the older function_call
+
+
+class _Key(str):
+    """A slot's key that is a dictionary's key (a tool parameter's name), not a place in it."""
 
 
 def _text_slots(messages: list[dict]) -> list[tuple[dict, str, str]]:
-    """(holder, key, text) of each text in the chat: holder[key] is where it is written back."""
+    """(holder, key, text) of each text in the chat: holder[key] is where it is written back. The
+    content, each text part of content parts, and (upstreams send them) a message's name, and its
+    tool calls' function names and arguments."""
     slots = []
     for message in messages:
         content = message.get("content")
@@ -284,4 +302,32 @@ def _text_slots(messages: list[dict]) -> list[tuple[dict, str, str]]:
             slots.append((message, "content", content))
         elif isinstance(content, list):
             slots += [(p, "text", p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        slots += [(message, k, message[k]) for k in MESSAGE_TEXT if isinstance(message.get(k), str)]
+        calls = message.get("tool_calls")
+        functions = [c.get("function") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
+        for function in [*functions, message.get("function_call")]:
+            if isinstance(function, dict):
+                slots += [(function, k, function[k]) for k in CALL_TEXT if isinstance(function.get(k), str)]
+    return slots
+
+
+def _tool_slots(node, slots=None) -> list[tuple[dict, str, str]]:
+    """Every text of tool definitions (names, descriptions, parameters' names, enums, defaults…):
+    the upstream renders them into the prompt. Not the JSON Schema's own words (its "type" values)."""
+    slots = [] if slots is None else slots
+    if isinstance(node, dict):
+        for key, value in list(node.items()):
+            if isinstance(value, str):
+                if key != "type":
+                    slots.append((node, key, value))
+            else:
+                _tool_slots(value, slots)
+                if key == "properties" and isinstance(value, dict):
+                    slots += [(value, _Key(name), name) for name in value if isinstance(name, str)]
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            if isinstance(value, str):
+                slots.append((node, index, value))
+            else:
+                _tool_slots(value, slots)
     return slots

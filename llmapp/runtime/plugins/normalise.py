@@ -2,13 +2,23 @@
 
 A blocked word must not pass by being spelt differently: fullwidth (Ｆｏｘ), with zero-width characters,
 soft hyphens or bidi controls inside it (f\u200box), with combining marks (f\u0336o\u0336x), or with
-look-alike letters of other scripts (Cyrillic о for Latin o). Each character is folded on its own:
-compatibility decomposition (NFKD, so fullwidth and ligatures become plain letters), combining marks
-(Mn, Me) and invisible characters (format characters, Cf, and the blank fillers) dropped, what is left
-recomposed (NFC, so Hangul syllables stay whole), then look-alikes mapped to the Latin letter they
-imitate. Because each character folds alone, ``starts``/``ends`` say which characters of the original
-each folded character came from: a match found in the folded text masks the original text at the
-right places.
+look-alike letters of other scripts (Cyrillic о for Latin o, small capitals ᴘᴀꜱꜱ for pass). Each
+character is folded on its own: compatibility decomposition (NFKD, so fullwidth and ligatures become
+plain letters), invisible characters (format characters, Cf, and the blank fillers) dropped,
+look-alikes mapped to the Latin letter they imitate, what is left recomposed (NFC, so Hangul syllables
+stay whole). The ideographic full stops (。．｡, which browsers take as a domain's dots) fold to ".".
+
+Combining marks (Mn, Me), two ways:
+- ``accents=False`` (the default): every mark dropped, so ``pässwörd`` reads as ``password`` and so
+  does ``p̶a̶s̶s̶``. The price: an unaccented keyword also matches words of languages whose accents
+  make them other words (``ban`` matches Vietnamese ``bạn``, ``schon`` German ``schön``).
+- ``accents=True``: a mark that makes one letter with the letter before it (ö, ạ, é: a letter of some
+  language, precomposed in Unicode) is kept as part of it, written either way (o + U+0308 reads as
+  ö); any other mark (strikethroughs, overlays, enclosing circles, a second mark that makes no
+  letter) is dropped, as it only decorates.
+Because each character folds alone, ``starts``/``ends`` say which characters of the original each
+folded character came from: a match found in the folded text masks the original text at the right
+places.
 """
 
 import re
@@ -35,6 +45,15 @@ CONFUSABLES = str.maketrans(
         "υ": "u", "χ": "x", "γ": "y", "ϲ": "c", "ϳ": "j", "ω": "w", "ε": "e",
         # Armenian and Latin variants
         "օ": "o", "ս": "u", "հ": "h", "ո": "n", "ɑ": "a", "ı": "i", "ȷ": "j", "ʏ": "y", "ɪ": "i",
+        # Ideographic full stops: a domain's label separators in IDNA (UTS #46), so john@example。com
+        "\u3002": ".", "\uff0e": ".", "\uff61": ".",
+    }
+    # Small capitals (ᴘᴀꜱꜱ: IPA, Phonetic Extensions, Latin Extended-D): "LATIN LETTER SMALL CAPITAL X".
+    | {
+        chr(code): name[-1].lower()
+        for code in (*range(0x0250, 0x02B0), *range(0x1D00, 0x1D80), *range(0xA720, 0xA800))
+        for name in [unicodedata.name(chr(code), "")]
+        if re.fullmatch(r"LATIN (?:CAPITAL )?LETTER SMALL CAPITAL [A-Z]", name)
     }
 )  # fmt: skip
 # Blank letters that are not format characters but show as nothing.
@@ -44,20 +63,36 @@ PLAIN = re.compile(r"[\t\n\r\x20-\x7e]*")  # printable ASCII: folds to itself
 CHECK_EVERY = 1 << 16  # characters between checks for a cancelled request
 
 
+MARKS = ("Mn", "Me")
+
+
 @lru_cache(maxsize=1 << 16)
-def fold_char(c: str) -> tuple[str, bool]:
+def fold_char(c: str, accents: bool = False) -> tuple[str, bool]:
     """The folded form of one character, and whether it is a mark (which belongs to the letter before)."""
     category = unicodedata.category(c)
-    if category in ("Mn", "Me"):
+    if category in MARKS:
         return "", True
     if category == "Cf" or c in FILLERS or (category == "Cc" and c not in WHITESPACE_CONTROLS):
         return "", False
-    kept = "".join(
-        ch
-        for ch in unicodedata.normalize("NFKD", c)
-        if unicodedata.category(ch) not in ("Mn", "Me", "Cf") and ch not in FILLERS
-    )
-    return unicodedata.normalize("NFC", kept).translate(CONFUSABLES), False
+    kept = ""
+    for ch in unicodedata.normalize("NFKD", c):
+        if unicodedata.category(ch) in MARKS:
+            if accents and kept and len(_composed(kept[-1], ch)) == 1:
+                kept = kept[:-1] + _composed(kept[-1], ch)
+        elif unicodedata.category(ch) != "Cf" and ch not in FILLERS:
+            kept += ch.translate(CONFUSABLES)
+    return unicodedata.normalize("NFC", kept), False
+
+
+@lru_cache(maxsize=1 << 12)
+def _composed(letter: str, mark: str) -> str:
+    """The letter and the mark as one character, where Unicode has it (else two)."""
+    return unicodedata.normalize("NFC", letter + mark)
+
+
+def has_accents(text: str) -> bool:
+    """Whether ``text`` has a mark that folding with ``accents=True`` keeps (ö, ạ: not a strikethrough)."""
+    return fold(text, accents=True).text != fold(text).text
 
 
 @dataclass(frozen=True)
@@ -80,7 +115,7 @@ class Folded:
         return self.starts[index] if index < len(self.starts) else len(self.original)
 
 
-def fold(text: str) -> Folded:
+def fold(text: str, accents: bool = False) -> Folded:
     if PLAIN.fullmatch(text):
         return Folded(text, text, None, None)
     out: list[str] = []
@@ -90,7 +125,13 @@ def fold(text: str) -> Folded:
     for i, c in enumerate(text):
         if i % CHECK_EVERY == 0:
             checkpoint()
-        folded, mark = fold_char(c)
+        folded, mark = fold_char(c, accents)
+        if mark and accents and out and out[-1] and len(_composed(out[-1][-1], c)) == 1:
+            # A mark written apart that makes one letter with the one before (o + U+0308: ö): kept.
+            out[-1] = out[-1][:-1] + _composed(out[-1][-1], c)
+            for j in range(last, len(ends)):
+                ends[j] = i + 1
+            continue
         if folded:
             last = len(starts)
             out.append(folded)

@@ -29,6 +29,7 @@ MAX_LOCAL, MAX_DOMAIN, MAX_EMAIL = 64, 253, 254  # RFC 5321's limits on an addre
 LOCAL = re.compile(r"[\w.%+-]+")  # read backwards from the @
 DOMAIN = re.compile(r"(?:[^\W_][\w-]*\.)+[^\W\d_][\w-]*[^\W_]")
 ADDRESS_CHAR = re.compile(r"[\w.%+@-]+")
+RUN_ON = re.compile(r"(?:[\w-]|\.(?=[\w-]))+")  # a domain past its limit: to its end, less a final dot
 RESIDENT_ID = re.compile(r"(?<![0-9])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")
 HOLD = 64  # the longest number masked on a stream as it arrives (an address: up to MAX_EMAIL)
 PHONE_WINDOW, PHONE_CONTEXT = 4096, 128  # phone numbers are looked for in windows this long, overlapping
@@ -89,10 +90,20 @@ def emails(text: str) -> list[tuple[int, int]]:
             start = at - local.end()
             while start < at and text[start] == ".":  # a local part does not start with a dot
                 start += 1
-            domain = DOMAIN.match(text, at + 1, min(len(text), at + 1 + MAX_DOMAIN, start + MAX_EMAIL))
+            end = min(len(text), at + 1 + MAX_DOMAIN, start + MAX_EMAIL)
+            domain = DOMAIN.match(text, at + 1, end)
             if start < at and domain:
-                found.append((start, domain.end()))
-                done = domain.end()
+                # Longer than an address may be: the whole run of address characters goes, or what is
+                # past the limit would stay readable (each character is read at most once more).
+                if at - local.end() == lo > done:
+                    more = LOCAL.match(text[done:lo][::-1])
+                    start = lo - (more.end() if more else 0)
+                    while text[start] == ".":
+                        start += 1
+                run = RUN_ON.match(text, domain.end())  # (nothing, unless it stopped at the limit)
+                stop = run.end() if run else domain.end()
+                found.append((start, stop))
+                done = stop
         at = text.find("@", max(at + 1, done))
     return found
 
