@@ -44,7 +44,7 @@ class PlatformForm(FlaskForm):
     """A FlaskForm that refuses NUL characters before any validator (or database query) sees them:
     PostgreSQL can't store them and no process environment can hold them.
 
-    Forms whose rules live in a service (DESIGN.md, "Rules live below the adapters") parse what was
+    Forms whose rules live in a service (docs/ARCHITECTURE.md, "Where rules live") parse what was
     typed and call ``judged(service.check)``: the service's errors come back at their fields, in the
     words the CLI and the API give too.
     """

@@ -1,4 +1,4 @@
-"""The app server's request path, as a pipeline of stages (DESIGN.md, "The app server's request path").
+"""The app server's request path, as a pipeline of stages (docs/ARCHITECTURE.md, "The request pipeline").
 
     authenticate → parse → admit → plugins in → cache lookup → prepare → generate → plugins out
     → cache store   … then record (and the chain's webhooks)

@@ -7,8 +7,8 @@ textarea`` for long text; ``x-secret`` for a value stored encrypted and never sh
 logic of each type lives in its own module: system_prompt, content_filter, pii, retrieval, webhook;
 rewrite.py holds what the output-side types share (masking and blocking across chunk borders).
 
-This package is the foundation of the plugins issue: the request pipeline's plugin stages, the
-Plugins tab and the per-application chains build on it.
+The request pipeline's plugin stages (chain.py), the Plugins tab and the per-application chains
+build on it (docs/ARCHITECTURE.md, "Plugins").
 """
 
 from dataclasses import dataclass
