@@ -17,7 +17,6 @@ import redis
 from rq import Worker
 
 log = logging.getLogger("llmapp.worker")
-LOG_TRIM_EVERY_S = 60
 
 
 class AppWorker(Worker):
@@ -44,12 +43,14 @@ class AppWorker(Worker):
 
 def schedule_reconcile(app, stop: threading.Event) -> None:
     """Every RECONCILE_INTERVAL_S, queue one reconcile for this host, unless one already waits there
-    (the reconcile clears the mark when it starts; the mark's TTL covers a lost job). It outlives
-    Redis outages: an error is logged once and the loop carries on."""
+    (the reconcile clears the mark when it starts; the mark's TTL covers a lost job); and every
+    LOG_TRIM_INTERVAL_S one trim of every application's log, for the whole platform (the same mark).
+    It outlives Redis outages: an error is logged once and the loop carries on."""
     from llmapp import keyspace, queues
 
-    interval = app.config["RECONCILE_INTERVAL_S"]
+    interval, trim_every = app.config["RECONCILE_INTERVAL_S"], app.config["LOG_TRIM_INTERVAL_S"]
     failing = False
+    next_trim = time.monotonic()
     with app.app_context():
         host = queues.this_host()
         while not stop.wait(interval):
@@ -60,6 +61,10 @@ def schedule_reconcile(app, stop: threading.Event) -> None:
                     queues.queue(queues.host_queue_name(host)).enqueue(
                         "jobs.deploy.reconcile_host", host, job_timeout=300, result_ttl=60, failure_ttl=3600
                     )
+                if time.monotonic() >= next_trim:
+                    next_trim = time.monotonic() + trim_every
+                    if queues.connection().set(keyspace.trim_logs_queued(), "1", nx=True, ex=int(trim_every * 10) + 60):
+                        queues.queue().enqueue("jobs.maintenance.trim_logs", job_timeout=300, result_ttl=60)
                 if failing:
                     log.warning("Redis is reachable again: reconciling %s", host)
                 failing = False

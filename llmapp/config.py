@@ -36,6 +36,7 @@ DEFAULTS = {
     "METRICS_FLUSH_S": 10,  # how often app servers add their counts to the series in Redis
     "LOG_LINES": 2000,  # a new application's log retention (each application can change its own)
     "LOG_DAYS": 7,
+    "LOG_TRIM_INTERVAL_S": 60,  # how often the workers apply every application's log retention
     "LOG_HEARTBEAT_S": 15,  # an idle live log stream sends a comment this often (proxies, dead clients)
     "LOG_STREAM_BLOCK_S": 5,  # how long a log reader waits for new lines before looking again
     "METRICS_TOKEN": None,  # Prometheus's token for /metrics and the target list; default: from SECRET_KEY
@@ -83,6 +84,7 @@ ENVIRONMENT = {
     "LLMAPP_LOG_LINES": "LOG_LINES",
     "LLMAPP_LOG_DAYS": "LOG_DAYS",
     "LLMAPP_LOG_HEARTBEAT_S": "LOG_HEARTBEAT_S",
+    "LLMAPP_LOG_TRIM_INTERVAL_S": "LOG_TRIM_INTERVAL_S",
     "LLMAPP_SERVER_ENV_ALLOW": "SERVER_ENV_ALLOW",
     "LLMAPP_SERVER_USER": "SERVER_USER",
     "LLMAPP_SERVER_UID_BASE": "SERVER_UID_BASE",
@@ -118,6 +120,7 @@ def load(instance_path: str, overrides: dict | None = None) -> dict:
     for key in (
         "DEPLOY_TIMEOUT_S", "STOP_GRACE_S", "RECONCILE_INTERVAL_S", "MAX_REQUEST_MB", "METRICS_FLUSH_S",
         "LOG_HEARTBEAT_S", "LOG_STREAM_BLOCK_S", "SERVER_HEADER_TIMEOUT_S", "SERVER_KEEP_ALIVE_S",
+        "LOG_TRIM_INTERVAL_S",
     ):  # fmt: skip
         config[key] = float(config[key])
     for key in (

@@ -12,7 +12,7 @@ def logs(application_id) -> str:
 
 
 def api_keys(application_id) -> str:
-    """Hash of the application's active API keys: SHA-256 digest → key id."""
+    """Hash of the application's active API keys: SHA-256 digest → "id:label" or "id@expiry:label"."""
     return f"{PREFIX}:keys:{application_id}"
 
 

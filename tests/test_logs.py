@@ -458,3 +458,14 @@ def test_every_reader_shows_one_line_per_record_and_no_control(
             assert {e["event"] for e in events} == {"line"}
             assert all("id: 9999" in e["data"] and not has_raw_control(e["data"]) for e in events[:3]), url
             client.close()
+
+
+def test_the_workers_apply_every_applications_retention_by_themselves(app, factory, member, workers):
+    """A stopped application's log (no server trims it) is trimmed by the workers' periodic job."""
+    application = factory.application(member, factory.model(), name="quiet", config={"log_lines": 100})
+    for i in range(150):
+        write(app, application.id, f"line {i}")
+    connection = redis.Redis.from_url(app.config["REDIS_URL"])
+    assert connection.xlen(keyspace.logs(application.id)) == 150
+    workers.start()
+    wait_for(lambda: connection.xlen(keyspace.logs(application.id)) == 100, 60, 0.2, "the workers' trim")

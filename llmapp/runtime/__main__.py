@@ -1,4 +1,5 @@
 """Run one application's server: python -m llmapp.runtime --spec instance/run/<application id>.json
+(the deploy job runs it as `python -I -u -c <launcher> --spec … --spec-on-stdin`: services/deployments.py)
 
 The spec (written by the deploy job, readable by its owner only) holds no credentials: the Redis URL
 and the application's environment variables arrive in the process environment. With --spec-on-stdin
