@@ -533,11 +533,10 @@ def test_a_deploy_job_run_twice_starts_one_process(app, client, auth, member, fa
     client.post(f"/applications/{application.id}/deploy", headers=HX)
     deploy_id = row(app, application.id).deploy_id
     queue = Queue("default", connection=redis.Redis.from_url(app.config["REDIS_URL"]), serializer=queues.SERIALIZER)
-    queue.enqueue("jobs.deploy.deploy_application", str(application.id), deploy_id)  # the same deploy again
+    duplicate = queue.enqueue("jobs.deploy.deploy_application", str(application.id), deploy_id)  # the same again
     assert wait_status(app, application.id, {"running", "failed"}).status == "running"
-    import time
-
-    time.sleep(2)  # let the duplicate job run to its end too
+    # The duplicate has run to its end too (whichever of the two ran first).
+    wait_for(lambda: duplicate.get_status(refresh=True) in ("finished", "failed"), 60, 0.1, "the duplicate job")
     assert len(server_processes(application.id)) == 1
 
 
