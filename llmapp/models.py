@@ -11,6 +11,8 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from .extensions import db
 
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database: a larger number names nothing (and would overflow)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)  # stored naive, always UTC

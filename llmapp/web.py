@@ -1,10 +1,10 @@
 """Helpers shared by the blueprints: full page or fragment, lookups, security headers."""
 
-from flask import abort, make_response, redirect, render_template, request
+from flask import Response, abort, make_response, redirect, render_template, request, stream_with_context
 from flask_login import current_user
 from werkzeug.routing import IntegerConverter
 
-MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database: a larger number names nothing
+from .models import MAX_ID
 
 # Only our own vendored scripts and stylesheet; htmx is configured (base.html) to need no inline style or eval.
 CONTENT_SECURITY_POLICY = (
@@ -23,6 +23,16 @@ def render(page: str, fragment: str, code: int = 200, **context):
     response = make_response(render_template(fragment if wants_fragment() else page, **context), code)
     response.vary.add("HX-Request")
     return response
+
+
+def event_stream(events) -> Response:
+    """Server-sent events (services/logs.py sse_event makes each) as a response: streamed within the
+    request's context, never cached, and not buffered by a proxy in front (nginx: X-Accel-Buffering)."""
+    return Response(
+        stream_with_context(events),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 def redirect_to(location: str):

@@ -18,6 +18,7 @@ from llmapp import create_app
 from llmapp.embedded import EmbeddedRedis
 from llmapp.extensions import db
 from llmapp.models import Application, RegistryModel, User
+from llmapp.services.applications import DEFAULT_CONFIG
 
 
 @pytest.fixture(scope="session")
@@ -220,6 +221,7 @@ WORKER_ENV = {
     "LLMAPP_ENV": "testing",
     "SECRET_KEY": "test-secret-key",
     "LLMAPP_RECONCILE_INTERVAL_S": "1",
+    "LLMAPP_LOG_TRIM_INTERVAL_S": "1",
     "LLMAPP_DEPLOY_TIMEOUT_S": "90",
     "LLMAPP_STOP_GRACE_S": "10",  # (the drain test gives its workers a longer one)
     "LLMAPP_WORKER_LOG_LEVEL": "WARNING",
@@ -227,14 +229,12 @@ WORKER_ENV = {
 }
 
 
+# An application deployed by the tests: the serving defaults, with a shorter timeout and a smaller cache;
+# log retention is left out, so the platform's (the test app's) settings apply.
 SERVING_CONFIG = {
-    "max_concurrency": 8,
+    **{field: value for field, value in DEFAULT_CONFIG.items() if field not in ("log_lines", "log_days")},
     "timeout_s": 30,
-    "log_level": "INFO",
     "cache_size": 16,
-    "batch_size": 4,
-    "restart_policy": "on-failure",
-    "max_restarts": 3,
 }
 
 

@@ -142,18 +142,33 @@ async def answer(state: Served, client: Client, kind="chat") -> Context:
     return ctx
 
 
-def test_the_stages_and_their_order_are_written_in_one_place():
-    assert [stage.__name__ for stage in pipeline.STAGES] == [
-        "authenticate",
-        "parse",
-        "admit",
-        "plugins_in",  # in the slot and the timeout: a huge body's matching is the request's own time
-        "cache_lookup",  # before tokenising: a cache hit costs no tokenizer time
-        "prepare",
-        "generate",
-        "plugins_out",  # before the cache: it keeps what the client was sent
-        "cache_store",
-    ]
+def test_the_docstring_names_the_stages_in_their_order():
+    """The module's docstring draws the pipeline; STAGES is the order, and the drawing follows it."""
+    drawing = pipeline.__doc__.split("\n\n")[1].split("…")[0]
+    assert [name.strip().replace(" ", "_") for name in drawing.split("→")] == [s.__name__ for s in pipeline.STAGES]
+
+
+def test_the_order_of_the_stages_shows_in_the_answers(redis_url, published):
+    """What depends on the order, seen from outside: a wrong key is refused before its body is read, a
+    bad body before it takes a slot, and a cache hit is answered before tokenising or generating."""
+
+    async def scenario():
+        state = served(redis_url, published, max_concurrency=1, cache_size=4)
+        wrong_key = await answer(state, Client(b"not json", headers={"authorization": "Bearer wrong"}))
+        held = context(state, Client())
+        await pipeline.admit(held)  # the only slot is taken
+        bad_body = await answer(state, Client(b"not json"))
+        held.finish()
+        await answer(state, Client(chat(temperature=0)))
+        state.engine.prepared_in = None
+        hit = await answer(state, Client(chat(temperature=0)))
+        return state, wrong_key, bad_body, hit
+
+    state, wrong_key, bad_body, hit = asyncio.run(scenario())
+    assert wrong_key.status == 401  # authenticate before parse (not 400)
+    assert bad_body.status == 400 and state.admission.rejected == 0  # parse before admit (not 429)
+    assert hit.cache_status == "HIT" and state.engine.prepared_in is None  # cache lookup before prepare
+    assert state.engine.calls == 1  # …and before generate
 
 
 def test_authenticate(redis_url, published):

@@ -13,6 +13,7 @@ from spectree import SecurityScheme, SpecTree
 from spectree.models import SecureType, SecuritySchemeData
 
 from ..extensions import csrf, db, limiter
+from ..runtime.keys import authorization, bearer_token
 from ..services import NUL_ERROR, ServiceError, access_tokens
 from . import problems
 
@@ -55,8 +56,8 @@ spec = SpecTree(
 
 def _token_key() -> str:
     """Rate limits count per token (per address for requests without one)."""
-    _, _, token = request.headers.get("Authorization", "").partition(" ")
-    return "token:" + access_tokens.digest(token.strip()) if token.strip() else "addr:" + (request.remote_addr or "")
+    _, token = authorization(request.headers.get("Authorization"))  # any scheme: each is counted
+    return "token:" + access_tokens.digest(token) if token else "addr:" + (request.remote_addr or "")
 
 
 limiter.limit(lambda: current_app.config["API_RATE_LIMIT"], key_func=_token_key)(bp)
@@ -67,10 +68,11 @@ def authenticate():
     """The user a personal access token acts as (401 for none, an unknown, revoked or expired one)."""
     if request.endpoint in ("api.openapi",):
         return None
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    user = access_tokens.authenticate(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+    _, credentials = authorization(request.headers.get("Authorization"))
+    token = bearer_token(request.headers.get("Authorization"))
+    user = access_tokens.authenticate(token) if token else None
     if user is None:
-        detail = problems.HTTP_DETAILS[401] if not token else "This token is unknown, revoked or expired."
+        detail = problems.HTTP_DETAILS[401] if not credentials else "This token is unknown, revoked or expired."
         return problems.problem(401, detail, headers={"WWW-Authenticate": 'Bearer realm="llmapp"'})
     g.api_user = user
     if request.method in ("POST", "PUT", "PATCH") and request.content_length and not request.is_json:

@@ -7,8 +7,7 @@ one that does not exist. A refused transition is 409 with the application's stat
 import copy
 import json
 
-from flask import Response as FlaskResponse
-from flask import current_app, g, jsonify, request, stream_with_context, url_for
+from flask import current_app, g, jsonify, request, url_for
 from spectree import Response
 
 from ..extensions import db
@@ -17,6 +16,7 @@ from ..secrets_box import MASK
 from ..services import api_keys, applications, deployments, plugins, registry, users
 from ..services import logs as logs_service
 from ..services import metrics as metrics_service
+from ..web import event_stream
 from . import bp, problems, spec
 from .schemas import (
     ApplicationIn,
@@ -262,11 +262,7 @@ def application_log_stream(application_id):
     after = logs_service.valid_id(request.headers.get("Last-Event-ID") or request.args.get("after"))
     heartbeat = current_app.config["LOG_HEARTBEAT_S"]
     db.session.remove()  # no database connection held for the stream's whole life
-    return FlaskResponse(
-        stream_with_context(logs_service.live_events(application.id, after, heartbeat, _line_event)),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return event_stream(logs_service.live_events(application.id, after, heartbeat, _line_event))
 
 
 def _line_event(line) -> str:

@@ -92,7 +92,7 @@ class ApplicationForm(PlatformForm):
     batch_size = _number("batch_size")
     restart_policy = SelectField(
         applications.LABELS["restart_policy"],
-        choices=[("on-failure", "On failure"), ("never", "Never")],
+        choices=[(policy, policy.replace("-", " ").capitalize()) for policy in applications.RESTART_POLICIES],
         validate_choice=False,
     )
     max_restarts = _number("max_restarts")

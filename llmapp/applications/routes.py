@@ -35,7 +35,7 @@ from ..services import (
 )
 from ..services import logs as logs_service
 from ..services import metrics as metrics_service
-from ..web import int_arg, redirect_to, render
+from ..web import event_stream, int_arg, redirect_to, render
 from . import bp
 from .forms import ApplicationForm, PlaygroundForm
 
@@ -200,11 +200,7 @@ def logs_stream(application_id):
     after = logs_service.valid_id(request.headers.get("Last-Event-ID") or request.args.get("after"))
     heartbeat = current_app.config["LOG_HEARTBEAT_S"]
     db.session.remove()  # no database connection held for the stream's whole life
-    return Response(
-        stream_with_context(logs_service.live_events(application.id, after, heartbeat)),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return event_stream(logs_service.live_events(application.id, after, heartbeat))
 
 
 def _playground_pane(application):
@@ -267,11 +263,7 @@ def playground_reply(application_id, turn_id):
                 stats = render_template("applications/_playground_stats.html", stats=event.stats)
                 yield logs_service.sse_event(stats, "done")
 
-    return Response(
-        stream_with_context(stream()),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return event_stream(stream())
 
 
 @bp.post("/<application_id>/playground/clear")

@@ -6,6 +6,7 @@ import hmac
 from flask import Blueprint, abort, jsonify, request
 
 from ..extensions import csrf
+from ..runtime.keys import bearer_token
 from ..services import metrics
 
 bp = Blueprint("prometheus", __name__, url_prefix="/prometheus")
@@ -18,7 +19,7 @@ def targets():
 
     :raise 401: without the metrics token (Authorization: Bearer <token>).
     """
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), metrics.metrics_token().encode()):
+    token = bearer_token(request.headers.get("Authorization"))
+    if not token or not hmac.compare_digest(token.encode(), metrics.metrics_token().encode()):
         abort(401)
     return jsonify(metrics.prometheus_targets())

@@ -28,6 +28,22 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def authorization(header: str | None) -> tuple[str, str]:
+    """An ``Authorization`` header's scheme (lower case) and credentials (stripped); ("", "") for none.
+
+    The one parser of the header, on both sides: the app servers (API keys, the platform's metrics
+    token) and the platform (personal access tokens, the Prometheus target list) import it from here.
+    """
+    scheme, _, credentials = (header or "").partition(" ")
+    return scheme.lower(), credentials.strip()
+
+
+def bearer_token(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header; "" for none, a blank one or another scheme."""
+    scheme, token = authorization(header)
+    return token if scheme == "bearer" else ""
+
+
 @dataclass(frozen=True)
 class KeyInfo:
     id: str

@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 
 from . import openai_api
 from .engines import Engine, Prepared
-from .keys import KeyChecker, KeyInfo, KeyStoreUnavailable
+from .keys import KeyChecker, KeyInfo, KeyStoreUnavailable, bearer_token
 from .openai_api import APIError, GenerationRequest
 from .plugins.chain import Blocked, Chain, OutputRewriter, PluginRun
 from .plugins.webhook import WebhookSender
@@ -180,15 +180,15 @@ class Context:
 
 async def authenticate(ctx: Context) -> None:
     """The request's API key must be one of the application's (401), while Redis can say so (503)."""
-    scheme, _, key = ctx.request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    key = bearer_token(ctx.request.headers.get("authorization"))
+    if not key:
         raise APIError(
             401,
             "Missing API key: send 'Authorization: Bearer <key>'. Keys are made on the application's page.",
             code="invalid_api_key",
         )
     try:
-        ctx.key = await ctx.served.keys.check(key.strip())
+        ctx.key = await ctx.served.keys.check(key)
     except KeyStoreUnavailable as e:
         raise APIError(
             503,

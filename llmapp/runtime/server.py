@@ -23,7 +23,7 @@ from starlette.routing import Route
 from .. import keyspace
 from . import openai_api, pipeline
 from .engines import Engine
-from .keys import KeyChecker
+from .keys import KeyChecker, authorization
 from .openai_api import APIError
 from .pipeline import Context, Served, error_response, new_request_id
 from .plugins import published
@@ -65,8 +65,8 @@ def build_app(spec: ServerSpec, engine: Engine, redis_connection, log_writer=Non
 
     def platform_token(request: Request) -> bool:
         """Whether the request carries the platform's metrics token (the same for every server)."""
-        _, _, token = request.headers.get("authorization", "").partition(" ")
-        digest = hashlib.sha256(token.strip().encode()).hexdigest()
+        _, token = authorization(request.headers.get("authorization"))  # any scheme, as Prometheus sends it
+        digest = hashlib.sha256(token.encode()).hexdigest()
         return bool(spec.metrics_token_sha256) and hmac.compare_digest(digest, spec.metrics_token_sha256)
 
     async def health(request: Request) -> JSONResponse:

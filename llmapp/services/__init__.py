@@ -1,5 +1,15 @@
 """Business rules. Views, jobs and the CLI call these; they never hold rules of their own."""
 
+from collections.abc import Callable
+
+import redis
+
+from ..extensions import db
+
+REDIS_UNREACHABLE = (
+    "Redis is unreachable, so the running servers could not learn of the change; nothing changed. Try again."
+)
+
 
 class ServiceError(Exception):
     """A rule refused what was asked; the message is meant for the user."""
@@ -34,3 +44,19 @@ class FieldErrors(Invalid):
 
 
 NUL_ERROR = "Contains a NUL character, which can't be stored or passed on."
+
+
+def publish_before_commit(publish: Callable[[], None], failure: str) -> None:
+    """Give the running servers what the session holds (flushed, not yet committed) with ``publish``,
+    so that the database and the servers never disagree; the caller commits after it.
+
+    :raise ServiceError: "``failure``: why", the session rolled back: Redis is unreachable, or
+        ``publish`` refused with a ServiceError (whose message is the reason).
+    """
+    db.session.flush()
+    try:
+        publish()
+    except (redis.RedisError, ServiceError) as e:
+        db.session.rollback()
+        reason = REDIS_UNREACHABLE if isinstance(e, redis.RedisError) else str(e)
+        raise ServiceError(f"{failure}: {reason}") from e

@@ -5,23 +5,14 @@ database and the servers never disagree: when Redis is unreachable nothing chang
 told so (no key that nobody saw, no revoked key still accepted).
 """
 
-import redis
-
 from ..extensions import db
-from ..models import ApiKey, Application, utcnow
+from ..models import MAX_ID, ApiKey, Application, utcnow
 from ..runtime import keys as runtime_keys
-from . import NotFound, ServiceError, deployments
-
-UNREACHABLE = "Redis is unreachable, so running servers could not learn of the change; nothing changed. Try again."
+from . import NotFound, deployments, publish_before_commit
 
 
 def publish_and_commit(application: Application, failure: str) -> None:
-    db.session.flush()
-    try:
-        deployments.publish_keys(application)
-    except redis.RedisError as e:
-        db.session.rollback()
-        raise ServiceError(f"{failure}: {UNREACHABLE}") from e
+    publish_before_commit(lambda: deployments.publish_keys(application), failure)
     db.session.commit()
 
 
@@ -44,7 +35,7 @@ def revoke_key(application: Application, key_id: int) -> ApiKey:
     :raise ServiceError: Redis is unreachable (the key stays valid).
     """
     key = None
-    if 1 <= key_id <= 2**31 - 1:  # a larger id names no key (and would overflow the column)
+    if 1 <= key_id <= MAX_ID:  # a larger id names no key (and would overflow the column)
         key = db.session.scalar(db.select(ApiKey).where(ApiKey.id == key_id, ApiKey.application_id == application.id))
     if key is None:
         raise NotFound("No such key.")

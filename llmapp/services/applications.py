@@ -1,5 +1,6 @@
 """Applications: who sees what, search, create, edit, delete, and their environment."""
 
+import dataclasses
 import re
 import uuid
 from collections import defaultdict
@@ -13,19 +14,11 @@ from sqlalchemy.orm import joinedload, selectinload
 from .. import secrets_box
 from ..extensions import db
 from ..models import Application, EnvVar, RegistryModel, User
+from ..runtime.spec import ServingConfig
 from . import NUL_ERROR, Conflict, FieldErrors, NotFound, environment, lifecycle, recommendations, registry
 
-DEFAULT_CONFIG = {
-    "max_concurrency": 8,
-    "timeout_s": 60,
-    "log_level": "INFO",
-    "cache_size": 128,
-    "batch_size": 4,
-    "restart_policy": "on-failure",
-    "max_restarts": 3,
-    "log_lines": 2000,
-    "log_days": 7,
-}
+# The serving fields and their defaults are ServingConfig's (runtime/spec.py), stated once there.
+DEFAULT_CONFIG = dataclasses.asdict(ServingConfig())
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 RESTART_POLICIES = ("on-failure", "never")
 

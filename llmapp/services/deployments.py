@@ -51,7 +51,6 @@ INHERITED_ENV = frozenset(
         "http_proxy", "https_proxy", "no_proxy",
     }
 )  # fmt: skip
-RESTART_POLICIES = ("on-failure", "never")
 NOGROUP_GID = 65534  # the group of servers' own accounts (Debian's nogroup): it owns nothing either
 # How a server starts under `python -I` (no current folder on sys.path): the project's root is put first.
 SERVER_LAUNCHER = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from llmapp.runtime.__main__ import main; main()"
@@ -788,8 +787,8 @@ def _reconcile_running(application: Application, connection) -> str:
 
 def _restart_or_fail(application: Application, reason: str) -> str:
     terminate(application, grace_s=0)
-    policy = application.config.get("restart_policy", "on-failure")
-    limit = int(application.config.get("max_restarts", 3))
+    policy = application.config.get("restart_policy", applications.DEFAULT_CONFIG["restart_policy"])
+    limit = int(application.config.get("max_restarts", applications.DEFAULT_CONFIG["max_restarts"]))
     used = len(application.restarts or [])
     if policy == "on-failure" and used < limit:
         request_deploy(application, restart_reason=reason, delay_s=2**used)

@@ -22,23 +22,20 @@ rule is ignored: the chain the server runs has the plugin's own value.
 import hashlib
 import json
 
-import redis
 from flask import current_app
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from .. import netguard, queues, secrets_box
 from ..extensions import db
-from ..models import Application, ApplicationPlugin, Plugin, PluginDocument, User
+from ..models import MAX_ID, Application, ApplicationPlugin, Plugin, PluginDocument, User
 from ..runtime import plugins as plugin_types
 from ..runtime.plugins import published
-from . import Conflict, Invalid, NotFound, ServiceError, lifecycle
+from . import Conflict, Invalid, NotFound, ServiceError, lifecycle, publish_before_commit
 
-MAX_ID = 2**31 - 1  # ids are 32-bit integers in the database
 MAX_DOCUMENT_BYTES = 1024 * 1024  # under the 2 MB request limit (MAX_CONTENT_LENGTH)
 MAX_PLUGIN_DOCUMENTS_BYTES = 20 * 1024 * 1024
 DOCUMENT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
-UNREACHABLE = "Redis is unreachable, so the running servers could not be given the change; nothing changed. Try again."
 
 LIVE = (lifecycle.RUNNING, lifecycle.DEPLOYING)
 DESTINATIONS = {"webhook_audit": ("url",)}  # per type: the settings that decide where its data goes
@@ -465,14 +462,15 @@ def _publish_for(applications: list[Application], failure: str) -> None:
     """Publish the chains of live ``applications`` with what the session holds, before it is committed."""
     if not applications:
         return
-    db.session.flush()
-    try:
-        for application in applications:
-            publish_chain(application)
-    except (redis.RedisError, ValueError) as e:
-        db.session.rollback()
-        reason = UNREACHABLE if isinstance(e, redis.RedisError) else f"{e}; enter the webhook's secret again."
-        raise ServiceError(f"{failure}: {reason}") from e
+
+    def publish() -> None:
+        try:
+            for application in applications:
+                publish_chain(application)
+        except ValueError as e:  # a secret that can't be decrypted
+            raise ServiceError(f"{e}; enter the webhook's secret again.") from e
+
+    publish_before_commit(publish, failure)
 
 
 def _apply(application: Application, failure: str) -> None:

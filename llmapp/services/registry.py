@@ -4,7 +4,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from ..extensions import db
-from ..models import Application, RegistryModel
+from ..models import MAX_ID, Application, RegistryModel
 from ..netguard import url_shape_error
 from . import NUL_ERROR, Conflict, FieldErrors, NotFound, environment, model_detection
 
@@ -34,7 +34,7 @@ def usage_counts() -> dict[int, int]:
 
 def get_model(model_id: int) -> RegistryModel:
     """:raise NotFound: no such model (an id out of the database's range names none)."""
-    model = db.session.get(RegistryModel, model_id) if 1 <= model_id <= 2**31 - 1 else None
+    model = db.session.get(RegistryModel, model_id) if 1 <= model_id <= MAX_ID else None
     if model is None:
         raise NotFound("No such model in the registry.")
     return model

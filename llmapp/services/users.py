@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from ..extensions import db
-from ..models import ApiKey, LoginSession, User, utcnow
+from ..models import MAX_ID, ApiKey, LoginSession, User, utcnow
 from ..web import bounded_int
 from . import Conflict, Invalid, NotFound, access_tokens
 
@@ -145,7 +145,7 @@ def last_login_at(user: User):
 
 def get_user(user_id: int) -> User:
     """:raise NotFound: no such user (an id out of the database's range names none)."""
-    user = db.session.get(User, user_id) if 1 <= user_id <= 2**31 - 1 else None
+    user = db.session.get(User, user_id) if 1 <= user_id <= MAX_ID else None
     if user is None:
         raise NotFound("No such user.")
     return user
