@@ -512,9 +512,15 @@ class ServedTiny:
             CHAIN_KEY_VARIABLE: self.chain_key.decode(),
         }
         root = Path(__file__).resolve().parent.parent
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "llmapp.runtime", "--spec", str(spec_path)], cwd=root, env=env
-        )
+        from llmapp.services.deployments import SERVER_LAUNCHER
+
+        with open(spec_path, "rb") as spec_file:  # started as a deploy starts one: -I -u, spec on stdin
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-u", "-c", SERVER_LAUNCHER, "--spec", str(spec_path), "--spec-on-stdin"],
+                cwd=root,
+                env=env,
+                stdin=spec_file,
+            )
         self.base = f"http://127.0.0.1:{self.spec.port}"
         self.url = self.base + "/v1"
         self.headers = {"Authorization": f"Bearer {self.KEY}"}

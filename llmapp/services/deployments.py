@@ -785,26 +785,44 @@ def _reconcile_running(application: Application, connection) -> str:
     return _restart_or_fail(application, reason)
 
 
+@dataclass(frozen=True)
+class RestartDecision:
+    """What to do with a server that died or went silent: restart after ``delay_s``, or fail saying why."""
+
+    restart: bool
+    delay_s: float = 0
+    error: str = ""
+
+
+def decide_restart(reason: str, policy: str, max_restarts: int, restarts_used: int) -> RestartDecision:
+    """The restart policy as a rule (pure): on-failure restarts after 1, 2, 4… s up to ``max_restarts``
+    times; then, or with never, the application fails with the reason and the count."""
+    if policy == "on-failure" and restarts_used < max_restarts:
+        return RestartDecision(True, delay_s=2**restarts_used)
+    said = f"{reason[0].upper()}{reason[1:]}"
+    if policy == "on-failure":
+        return RestartDecision(False, error=f"{said} after {restarts_used} restart{'s' if restarts_used != 1 else ''}.")
+    return RestartDecision(False, error=f"{said} (restart policy: {policy}).")
+
+
 def _restart_or_fail(application: Application, reason: str) -> str:
     terminate(application, grace_s=0)
-    policy = application.config.get("restart_policy", applications.DEFAULT_CONFIG["restart_policy"])
-    limit = int(application.config.get("max_restarts", applications.DEFAULT_CONFIG["max_restarts"]))
-    used = len(application.restarts or [])
-    if policy == "on-failure" and used < limit:
-        request_deploy(application, restart_reason=reason, delay_s=2**used)
-        return "restarted"
-    detail = f"{reason[0].upper()}{reason[1:]}" + (
-        f" after {used} restart{'s' if used != 1 else ''}." if policy == "on-failure" else " (restart policy: never)."
+    config = {**applications.DEFAULT_CONFIG, **application.config}
+    decision = decide_restart(
+        reason, config["restart_policy"], int(config["max_restarts"]), len(application.restarts or [])
     )
+    if decision.restart:
+        request_deploy(application, restart_reason=reason, delay_s=decision.delay_s)
+        return "restarted"
     lifecycle.transition(
         application.id,
         "crashed",
-        last_error=detail,
+        last_error=decision.error,
         process_pid=None,
         process_port=None,
         process_host=None,
     )
-    log_event(application.id, detail, "ERROR")
+    log_event(application.id, decision.error, "ERROR")
     return "failed"
 
 
