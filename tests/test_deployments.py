@@ -665,7 +665,7 @@ def test_one_reconcile_per_host_at_a_time_whatever_it_waits_on(app, client, auth
     )
     os.kill(deployed.process_pid, signal.SIGSTOP)  # silent; a SIGTERM waits; only the SIGKILL ends it
     back = (
-        wait_status(app, deployed.id, {"running"}, timeout=90)
+        wait_status(app, deployed.id, {"running"}, timeout=180)  # a restart and a deploy, on a loaded machine
         if wait_for(lambda: row(app, deployed.id).restarts, 60, 0.2, "a restart")
         else None
     )
