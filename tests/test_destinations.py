@@ -290,6 +290,17 @@ def deliver(sender, url, expect="delivered"):
     wait_for(lambda: sender.delivered + sender.failed == 1, 30, 0.02, f"the delivery to be {expect}")
 
 
+def deliver_resolved(resolve, url, expect, caplog):
+    """One delivery by a sender (one retry) whose names ``resolve`` answers, its log captured; the sender."""
+    sender = webhook.WebhookSender(retries=1, backoff_s=0.01, guard=netguard.Guard(resolve=resolve))
+    try:
+        with caplog.at_level(logging.WARNING, "llmapp.server"):
+            deliver(sender, url, expect)
+    finally:
+        sender.close()
+    return sender
+
+
 @pytest.fixture
 def caplog(caplog, monkeypatch):
     """The sender's log lines (the migrations' logging configuration disables loggers that exist then)."""
@@ -328,12 +339,7 @@ def test_each_connection_goes_to_the_address_checked_for_it(connections, caplog)
     goes to the address that was checked (never to the name again); the retry resolves anew, and is
     refused before it connects."""
     resolve = resolver("8.8.8.8", "127.0.0.1")
-    sender = webhook.WebhookSender(retries=1, backoff_s=0.01, guard=netguard.Guard(resolve=resolve))
-    try:
-        with caplog.at_level(logging.WARNING, "llmapp.server"):
-            deliver(sender, "http://rebind.example.com:8080/hook", "refused")
-    finally:
-        sender.close()
+    sender = deliver_resolved(resolve, "http://rebind.example.com:8080/hook", "refused", caplog)
     assert connections == [("8.8.8.8", 8080)] and resolve.calls == ["rebind.example.com"] * 2
     assert sender.refused == 1 and "resolves to a loopback address" in refusals(caplog)[0]
 
@@ -477,12 +483,7 @@ def test_a_name_that_does_not_resolve_is_a_failure_retried_not_a_refusal(connect
     def resolve(host, port, type=0):  # noqa: A002 - socket.getaddrinfo's name
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
-    sender = webhook.WebhookSender(retries=1, backoff_s=0.01, guard=netguard.Guard(resolve=resolve))
-    try:
-        with caplog.at_level(logging.WARNING, "llmapp.server"):
-            deliver(sender, "http://hooks.example.com/hook", "failed")
-    finally:
-        sender.close()
+    sender = deliver_resolved(resolve, "http://hooks.example.com/hook", "failed", caplog)
     assert sender.refused == 0 and connections == []
     assert any("failed after 2 attempts" in r.getMessage() for r in caplog.records)
 
