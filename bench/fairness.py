@@ -13,8 +13,10 @@ Cases, for each engine:
 - closed loop: 8 clients each sending 8 requests of 32 tokens (same settings) one after the other,
   tokens/s (batching is kept: clients that come back together still share one generate()).
 
-The baseline's engines.py is read with `git show` (no checkout) and imported beside today's. `--steps`
-runs today's engine once per STEP_TOKENS value given (e.g. `--steps 1 8 32`).
+The baseline's engine is read with `git show` (no checkout) and imported beside today's, as a package
+of its own: a revision from before the engines package (runtime/engines.py and runtime/openai_api.py),
+the only layout the baselines of this benchmark have. `--steps` runs today's engine once per
+STEP_TOKENS value given (e.g. `--steps 1 8 32`).
 """
 
 import argparse
@@ -30,32 +32,55 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llmapp.runtime import engines, openai_api  # noqa: E402
+from llmapp.runtime.engines import Prepared  # noqa: E402
+from llmapp.runtime.engines.batching import Batcher  # noqa: E402
+from llmapp.runtime.engines.transformers import TransformersEngine  # noqa: E402
+from llmapp.runtime.serving import ENDPOINTS  # noqa: E402
 from llmapp.runtime.tiny_model import build_tiny_model  # noqa: E402
 
 LONG = 8000
 
 
-def baseline_module(rev: str, work: Path):
-    source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:llmapp/runtime/engines.py"], check=True, capture_output=True
-    ).stdout
-    path = work / "baseline_engines.py"
-    path.write_bytes(source)
-    spec = importlib.util.spec_from_file_location("llmapp.runtime.baseline_engines", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # its relative imports resolve in llmapp.runtime
-    return module
+class Today:
+    """Today's engine, as the benchmark drives it."""
+
+    TransformersEngine = TransformersEngine
+
+    @staticmethod
+    def request(engine, body):
+        return ENDPOINTS["completion"].parse(body, "tiny", engine.max_context, "transformers")
+
+    @staticmethod
+    def submit(engine, req):
+        return engine.submit(Prepared(req, {}, engine.prompt_ids(req)))
 
 
-def request(engine, **body):
-    body = {"model": "tiny", "prompt": "hello", **body}
-    return openai_api.parse("completion", body, "tiny", engine.max_context, "transformers")
+class Baseline:
+    """A revision's runtime/engines.py and runtime/openai_api.py, imported as a package of their own."""
+
+    def __init__(self, rev: str, work: Path):
+        package = work / "baseline_runtime"
+        package.mkdir()
+        (package / "__init__.py").write_text("")
+        for name in ("engines.py", "openai_api.py"):
+            source = subprocess.run(
+                ["git", "-C", str(ROOT), "show", f"{rev}:llmapp/runtime/{name}"], check=True, capture_output=True
+            ).stdout
+            (package / name).write_bytes(source)
+        sys.path.insert(0, str(work))
+        self.engines = importlib.import_module("baseline_runtime.engines")
+        self.openai_api = importlib.import_module("baseline_runtime.openai_api")
+        self.TransformersEngine = self.engines.TransformersEngine
+
+    def request(self, engine, body):
+        return self.openai_api.parse("completion", body, "tiny", engine.max_context, "transformers")
+
+    def submit(self, engine, req):
+        return engine._submit(self.engines.Prepared(req, {}, engine._prompt_ids(req)))
 
 
 def submit(module, engine, **body):
-    req = request(engine, **body)
-    return engine._submit(module.Prepared(req, {}, engine._prompt_ids(req)))
+    return module.submit(engine, module.request(engine, {"model": "tiny", "prompt": "hello", **body}))
 
 
 async def until(predicate, timeout=600):
@@ -141,7 +166,7 @@ def main():
     parser.add_argument("--baseline", default="0bd8a8d", help="a commit before the batcher took turns; '' for none")
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--baseline-trials", type=int, default=3, help="each waits for a whole 8,000-token run")
-    parser.add_argument("--steps", type=int, nargs="*", default=[engines.TransformersEngine.STEP_TOKENS])
+    parser.add_argument("--steps", type=int, nargs="*", default=[Batcher.STEP_TOKENS])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
@@ -152,10 +177,10 @@ def main():
         )
         print("| --- | --- | --- | --- | --- | --- |")
         if args.baseline:
-            run(f"baseline {args.baseline}", baseline_module(args.baseline, work), model_dir, args.baseline_trials)
+            run(f"baseline {args.baseline}", Baseline(args.baseline, work), model_dir, args.baseline_trials)
         for step in args.steps:
-            engines.TransformersEngine.STEP_TOKENS = step
-            run(f"today, STEP_TOKENS={step}", engines, model_dir, args.trials)
+            Batcher.STEP_TOKENS = step
+            run(f"today, STEP_TOKENS={step}", Today, model_dir, args.trials)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ request in both), on one embedded Redis. The baseline is checked out into a temp
 started with the spec format it reads. Cases: a cache hit (temperature 0, the same prompt) and a
 1-token request (sampled, never cached); latency at concurrency 1 (p50/p99, a keep-alive client) and
 requests/s at concurrency 8. Rounds alternate between the servers so that drift hits both alike.
-Then the recording alone, in-process: pipeline.record() per call (the log line and the metrics).
+Then the recording alone, in-process: request_log.record_request() per call (the log line and the metrics).
 """
 
 import argparse
@@ -139,13 +139,15 @@ def start_current(work: Path, model_dir: Path, redis_url: str) -> Server:
 
 
 def recording_alone(calls: int = 20000) -> float:
-    """µs per pipeline.record(): one log line (to the Redis writer's queue) and the metrics."""
+    """µs per request_log.record_request(): one log line (to the Redis writer's queue) and the metrics."""
     import logging
 
     from llmapp.runtime import logs, pipeline
     from llmapp.runtime.engines import Engine
     from llmapp.runtime.keys import KeyInfo
     from llmapp.runtime.recorder import Recorder
+    from llmapp.runtime.request_log import record_request
+    from llmapp.runtime.serving import ENDPOINTS
 
     class Quiet(Engine):
         name = "quiet"
@@ -165,12 +167,13 @@ def recording_alone(calls: int = 20000) -> float:
     timings = {"authenticate": 1e-4, "parse": 1e-4, "admit": 1e-6, "prepare": 1e-4, "cache_lookup": 1e-6}
     contexts = []
     for _ in range(calls):
-        ctx = pipeline.Context(served, Request(), "completion", "id")
-        ctx.key, ctx.prompt_tokens, ctx.completion_tokens, ctx.timings = KeyInfo("1", "bench"), 5, 1, timings
+        ctx = pipeline.Context(served, Request(), ENDPOINTS["completion"], "id")
+        ctx.key = KeyInfo("1", "bench")
+        ctx.outcome.prompt_tokens, ctx.outcome.completion_tokens, ctx.outcome.timings = 5, 1, timings
         contexts.append(ctx)
     start = time.perf_counter()
     for ctx in contexts:
-        pipeline.record(ctx)
+        record_request(ctx)
     return (time.perf_counter() - start) / calls * 1e6
 
 

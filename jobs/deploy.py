@@ -1,6 +1,7 @@
-"""Deployment jobs: thin wrappers over llmapp.services.deployments (the worker provides the app context)."""
+"""Deployment jobs: thin wrappers over the deploy, reconcile and server-process services (the worker
+provides the app context)."""
 
-from llmapp.services import deployments
+from llmapp.services import deployments, reconcile, server_processes
 
 
 def deploy_application(application_id: str, deploy_id: str) -> str:
@@ -16,8 +17,8 @@ def stop_application(application_id: str) -> str:
 
 
 def reconcile_host(host: str) -> dict:
-    return deployments.reconcile(host)
+    return reconcile.reconcile(host)
 
 
 def kill_process(pid: int, application_id: str) -> None:
-    deployments.kill_orphan(pid, application_id)
+    server_processes.kill_orphan(pid, application_id)

@@ -136,6 +136,7 @@ def register_error_handlers(app: Flask) -> None:
 
 
 def register_template_helpers(app: Flask) -> None:
+    from . import engines
     from .secrets_box import MASK
     from .services import lifecycle
 
@@ -143,6 +144,8 @@ def register_template_helpers(app: Flask) -> None:
         allowed_actions=lifecycle.allowed_actions,
         STATUSES=lifecycle.STATUSES,
         MASK=MASK,
+        ENGINES=engines.ENGINES,  # a registry model's engine kind: ENGINES[model.engine]
+        engine_column_hints=engines.column_hints,
     )
 
     from . import charts

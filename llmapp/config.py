@@ -22,7 +22,7 @@ DEFAULTS = {
     # Memory the recommendations plan for, in GB; None means "this host's RAM".
     "ACCELERATOR_MEMORY_GB": None,
     "DEMO": False,
-    # Serving processes (see services/deployments.py)
+    # Serving processes (see services/server_processes.py)
     "HOSTNAME": None,  # this machine's name among the workers; default: socket.gethostname()
     "BIND_HOST": "127.0.0.1",  # where app servers listen; 0.0.0.0 to serve other machines
     "ADVERTISE_HOST": "127.0.0.1",  # the host name in endpoint URLs

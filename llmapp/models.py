@@ -66,7 +66,6 @@ class RegistryModel(db.Model):
     __tablename__ = "registry_models"
 
     PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
-    ENGINES = ("transformers", "openai")
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
@@ -74,12 +73,11 @@ class RegistryModel(db.Model):
     parameters_billions: Mapped[float]
     precision: Mapped[str] = mapped_column(String(8))
     context_length: Mapped[int]
-    engine: Mapped[str] = mapped_column(String(20))
-    # transformers: a local Hugging Face model directory; openai: where the upstream lives (free text).
+    engine: Mapped[str] = mapped_column(String(20))  # a name of the engine table (llmapp/engines)
+    # The engine columns: what each holds for each engine is that engine's (EngineKind.fields).
     source: Mapped[str] = mapped_column(String(500), default="")
     base_url: Mapped[str | None] = mapped_column(String(500))
     upstream_model: Mapped[str | None] = mapped_column(String(200))
-    # openai engine: which of the application's environment variables holds the upstream's API key
     api_key_env: Mapped[str] = mapped_column(String(128), default="OPENAI_API_KEY", server_default="OPENAI_API_KEY")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

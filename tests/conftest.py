@@ -493,7 +493,8 @@ class ServedTiny:
         keys.publish(self.redis, self.app_id, {keys.digest(self.KEY): (1, "tests")})
         config = ServingConfig(max_concurrency=2, timeout_s=60, log_level="DEBUG", cache_size=8, batch_size=4)
         self.spec = ServerSpec(
-            app_id=self.app_id, app_name=self.NAME, engine="transformers", model_path=model_dir, config=config,
+            app_id=self.app_id, app_name=self.NAME, engine="transformers", engine_options={"path": model_dir},
+            config=config,
             port=free_port(), metrics_flush_s=1.0, webhook_allow=("127.0.0.1",),  # the tests' receivers
             metrics_token_sha256=hashlib.sha256(self.METRICS_TOKEN.encode()).hexdigest(),
             header_timeout_s=self.HEADER_TIMEOUT_S, max_connections=self.MAX_CONNECTIONS,
@@ -512,7 +513,7 @@ class ServedTiny:
             CHAIN_KEY_VARIABLE: self.chain_key.decode(),
         }
         root = Path(__file__).resolve().parent.parent
-        from llmapp.services.deployments import SERVER_LAUNCHER
+        from llmapp.services.server_processes import SERVER_LAUNCHER
 
         with open(spec_path, "rb") as spec_file:  # started as a deploy starts one: -I -u, spec on stdin
             self.process = subprocess.Popen(

@@ -681,7 +681,7 @@ def test_one_reconcile_per_host_at_a_time_whatever_it_waits_on(app, client, auth
 
 def test_a_busy_server_is_not_a_dead_one():
     """The reconcile's judgement of a server that did not answer its health check (pure)."""
-    from llmapp.services.deployments import BUSY_LIMIT_S, SILENT_CHECKS, Silence, judge_silence
+    from llmapp.services.supervision import BUSY_LIMIT_S, SILENT_CHECKS, Silence, judge_silence
 
     silence, reason = Silence(), None
     for check in range(SILENT_CHECKS - 1):  # no CPU used: a stopped or deadlocked process
@@ -710,7 +710,7 @@ def test_a_busy_server_is_not_a_dead_one():
 )
 def test_the_restart_decision(policy, limit, used, expected):
     """The restart policy as a rule (pure): back-off 1, 2, 4… s, up to the limit, then the reason."""
-    from llmapp.services.deployments import decide_restart
+    from llmapp.services.supervision import decide_restart
 
     decision = decide_restart("the server process died", policy, limit, used)
     assert (decision.restart, decision.delay_s, decision.error) == expected

@@ -400,12 +400,12 @@ def test_a_redirect_is_not_followed(connections, caplog):
 
 
 def test_the_allow_list_reaches_the_server_in_its_spec(app, factory, member):
-    from llmapp.services import deployments
+    from llmapp.services import server_spec
 
     app.config["WEBHOOK_ALLOWED_DESTINATIONS"] = "127.0.0.1, Audit.internal"
     application = factory.application(member, factory.model(engine="openai", base_url="http://vllm/v1"))
     with app.test_request_context(), app.app_context():
-        spec = deployments._spec(db.session.get(Application, application.id), 18000)
+        spec = server_spec.spec_for(db.session.get(Application, application.id), 18000)
     assert spec.webhook_allow == ("127.0.0.1", "audit.internal")
     assert ServerSpec.from_json(spec.to_json()).webhook_allow == ("127.0.0.1", "audit.internal")
     assert ServerSpec("a", "a", "openai", ServingConfig(), 1).webhook_allow == ()  # by default: none

@@ -7,8 +7,10 @@ import time
 
 import pytest
 
-from llmapp.runtime import openai_api
-from llmapp.runtime.engines import Prepared, TransformersEngine
+from llmapp.runtime.engines import Prepared
+from llmapp.runtime.engines.transformers import TransformersEngine
+from llmapp.runtime.errors import APIError
+from llmapp.runtime.serving import ENDPOINTS
 
 LONG = 6000  # far more tokens than a short request needs: thousands of steps
 
@@ -25,11 +27,11 @@ def request(engine, kind="completion", **body):
     body = {"model": "tiny", **({"messages": [{"role": "user", "content": "hi"}]} if kind == "chat" else {}), **body}
     if kind == "completion":
         body.setdefault("prompt", "hello")
-    return openai_api.parse(kind, body, "tiny", engine.max_context, "transformers")
+    return ENDPOINTS[kind].parse(body, "tiny", engine.max_context, "transformers")
 
 
 def prepared(engine, req) -> Prepared:
-    return Prepared(req, {}, engine._prompt_ids(req))
+    return Prepared(req, {}, engine.prompt_ids(req))
 
 
 async def until(predicate, message, timeout=120):
@@ -48,18 +50,23 @@ async def answer(engine, req) -> tuple[str, list | None]:
     p = prepared(engine, req)
     if req.stream:
         text, tokens = "", []
-        async for chunk in engine.stream(p):
-            for choice in chunk.get("choices") or ():
-                text += choice.get("text") or ""
-                tokens += (choice.get("logprobs") or {}).get("tokens") or []
+        async for output in engine.stream(p):
+            for choice in output.outputs:
+                text += choice.text
+                tokens += [entry.token for entry in choice.logprobs or ()]
         return text, tokens if req.logprobs else None
-    choice = (await engine.complete(p))["choices"][0]
-    return choice["text"], choice["logprobs"]["tokens"] if req.logprobs else None
+    return reply(await engine.complete(p), req.logprobs)
+
+
+def reply(answer, logprobs: bool) -> tuple[str, list | None]:
+    """The text and the logprobs' tokens of an engine's whole answer."""
+    choice = answer.outputs[0]
+    return choice.text, [entry.token for entry in choice.logprobs] if logprobs else None
 
 
 async def start_long(engine, **settings):
     """A long generation (min_tokens forces every token), once it is generating."""
-    job = engine._submit(prepared(engine, request(engine, max_tokens=LONG, min_tokens=LONG, **settings)))
+    job = engine.submit(prepared(engine, request(engine, max_tokens=LONG, min_tokens=LONG, **settings)))
     await until(lambda: len(job.tokens) >= 16, "the long generation to start")
     return job
 
@@ -67,7 +74,7 @@ async def start_long(engine, **settings):
 async def stop_long(engine, job):
     job.cancelled.set()
     await asyncio.wait_for(asyncio.gather(job.done, return_exceptions=True), 120)  # a 499
-    await until(lambda: not engine.active and engine.queue.empty(), "the batcher to be idle")
+    await until(lambda: not engine.batcher.active and engine.batcher.queue.empty(), "the batcher to be idle")
 
 
 @pytest.mark.parametrize(
@@ -83,13 +90,13 @@ def test_a_short_request_is_answered_while_a_long_one_is_still_generating(engine
     step of the long one, not after all of its thousands of tokens."""
 
     async def scenario():
-        preempted = engine.preempted
+        preempted = engine.batcher.preempted
         long = await start_long(engine, temperature=0.7, top_p=0.9)
         text, _ = await asyncio.wait_for(answer(engine, request(engine, max_tokens=2, min_tokens=2, **short)), 120)
         generated = len(long.tokens)  # the long one's tokens so far, when the short one had its answer
         done = long.done.done()
         await stop_long(engine, long)
-        return text, generated, done, engine.preempted - preempted
+        return text, generated, done, engine.batcher.preempted - preempted
 
     text, generated, done, preempted = asyncio.run(scenario())
     assert text and not done and generated < LONG // 10, generated
@@ -102,15 +109,15 @@ def test_a_short_request_batched_with_a_long_one_is_answered_when_it_has_its_tok
 
     async def scenario():
         pairs = engine.batch_sizes[2]
-        engine.WINDOW_S, engine.last_group_size = 30, 2  # the batcher waits for both: one batch of two
+        engine.batcher.WINDOW_S, engine.batcher.last_group_size = 30, 2  # the batcher waits for both: one batch of two
         try:
             # The same settings (greedy, min_tokens=3): the tiny model's greedy text from "hello" has
             # no end-of-text in its first 6000 tokens, so the long one runs on.
-            long = engine._submit(prepared(engine, request(engine, max_tokens=LONG, min_tokens=3, temperature=0)))
-            short = engine._submit(prepared(engine, request(engine, max_tokens=3, min_tokens=3, temperature=0)))
+            long = engine.submit(prepared(engine, request(engine, max_tokens=LONG, min_tokens=3, temperature=0)))
+            short = engine.submit(prepared(engine, request(engine, max_tokens=3, min_tokens=3, temperature=0)))
             generation = await asyncio.wait_for(short.done, 120)
         finally:
-            del engine.WINDOW_S
+            del engine.batcher.WINDOW_S
         generated, done = len(long.tokens), long.done.done()
         await stop_long(engine, long)
         return generation, generated, done, engine.batch_sizes[2] - pairs
@@ -139,7 +146,7 @@ def test_a_seeded_request_gives_the_same_tokens_alone_and_paused_for_others(engi
     seeded = request(
         engine, max_tokens=120, min_tokens=120, temperature=0.8, top_p=0.9, seed=1234, logprobs=1, stream=stream
     )
-    ids = engine._prompt_ids(seeded)
+    ids = engine.prompt_ids(seeded)
     torch.manual_seed(1234)
     with torch.inference_mode():  # the reference: one generate() for the whole answer
         reference = engine.model.generate(
@@ -151,15 +158,14 @@ def test_a_seeded_request_gives_the_same_tokens_alone_and_paused_for_others(engi
 
     async def scenario():
         alone = await answer(engine, seeded)
-        preempted = engine.preempted
-        job = engine._submit(prepared(engine, seeded))
+        preempted = engine.batcher.preempted
+        job = engine.submit(prepared(engine, seeded))
         for at in (16, 48, 80):
             await until(lambda at=at: len(job.tokens) >= at, f"the seeded request's token {at}")
             await asyncio.wait_for(answer(engine, request(engine, **SHORT)), 120)
         generation = await asyncio.wait_for(job.done, 120)
-        beside = openai_api.response("completion", "tiny", generation)["choices"][0]
-        turns = engine.preempted - preempted
-        return alone, (beside["text"], beside["logprobs"]["tokens"]), turns
+        turns = engine.batcher.preempted - preempted
+        return alone, reply(generation, True), turns
 
     alone, beside, turns = asyncio.run(scenario())
     assert alone[0] == expected and beside == alone and len(alone[1]) == 120
@@ -171,17 +177,17 @@ def test_a_request_waits_for_a_shorter_running_one_but_leaves_at_once(engine):
     for equal requests), and is answered at once (499) when its client leaves meanwhile."""
 
     async def scenario():
-        cancelled = engine.cancelled
+        cancelled = engine.batcher.cancelled
         long = await start_long(engine, temperature=0)
-        job = engine._submit(prepared(engine, request(engine, max_tokens=LONG, min_tokens=LONG, temperature=0.5)))
+        job = engine.submit(prepared(engine, request(engine, max_tokens=LONG, min_tokens=LONG, temperature=0.5)))
         await until(lambda: len(long.tokens) >= 100, "the long generation to go on")
         waited = len(job.tokens)  # none: it waits for the long one, which has fewer tokens left
         job.cancelled.set()
-        with pytest.raises(openai_api.APIError) as error:
+        with pytest.raises(APIError) as error:
             await asyncio.wait_for(job.done, 120)
         generated, done = len(long.tokens), long.done.done()
         await stop_long(engine, long)
-        return waited, error.value.status, engine.cancelled - cancelled, generated, done
+        return waited, error.value.status, engine.batcher.cancelled - cancelled, generated, done
 
     waited, status, cancelled, generated, done = asyncio.run(scenario())
     assert waited == 0 and status == 499 and cancelled == 2
@@ -201,8 +207,8 @@ def test_control_tokens_in_chat_messages_are_text(engine):
     """Item 6: a user message spelling the template's control tokens cannot forge a turn: the prompt's
     only control tokens are those the template writes, and the message's characters are all there."""
     tokenizer = engine.tokenizer
-    forged = engine._prompt_ids(request(engine, "chat", messages=[{"role": "user", "content": FORGED}]))
-    plain = engine._prompt_ids(request(engine, "chat", messages=[{"role": "user", "content": "hi"}]))
+    forged = engine.prompt_ids(request(engine, "chat", messages=[{"role": "user", "content": FORGED}]))
+    plain = engine.prompt_ids(request(engine, "chat", messages=[{"role": "user", "content": "hi"}]))
     assert [i for i in forged if i in specials(engine)] == [i for i in plain if i in specials(engine)]
     assert tokenizer.convert_ids_to_tokens([i for i in plain if i in specials(engine)]) == [
         "<|user|>",
@@ -213,7 +219,7 @@ def test_control_tokens_in_chat_messages_are_text(engine):
     # Content without control tokens is tokenised exactly as the template always did.
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello world, the fox"}]
     assert (
-        engine._prompt_ids(request(engine, "chat", messages=messages))
+        engine.prompt_ids(request(engine, "chat", messages=messages))
         == tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
             "input_ids"
         ]
@@ -221,12 +227,12 @@ def test_control_tokens_in_chat_messages_are_text(engine):
 
 
 def test_control_tokens_in_prompts_and_transcripts_are_text(engine, tiny_model_dir):
-    prompt = engine._prompt_ids(request(engine, prompt=FORGED))
+    prompt = engine.prompt_ids(request(engine, prompt=FORGED))
     assert not set(prompt) & specials(engine) and engine.tokenizer.decode(prompt) == FORGED
-    assert engine._prompt_ids(request(engine, prompt="hello world")) == engine.tokenizer("hello world")["input_ids"]
+    assert engine.prompt_ids(request(engine, prompt="hello world")) == engine.tokenizer("hello world")["input_ids"]
 
     base = TransformersEngine(tiny_model_dir, batch_size=1, served_name="tiny")  # a model without a template
     base.load()
     base.tokenizer.chat_template = None
-    transcript = base._prompt_ids(request(base, "chat", messages=[{"role": "user", "content": FORGED}]))
+    transcript = base.prompt_ids(request(base, "chat", messages=[{"role": "user", "content": FORGED}]))
     assert not set(transcript) & specials(base) and base.tokenizer.decode(transcript) == f"user: {FORGED}\nassistant:"

@@ -1,4 +1,5 @@
-"""The OpenAI wire format on its own: what a request may hold, and the shapes of what comes back."""
+"""The OpenAI wire format on its own: what a request may hold (openai_api.py, each endpoint's own part in
+serving.py), and the shapes the serving layer makes of engines' neutral outputs."""
 
 import json
 
@@ -6,7 +7,10 @@ import pytest
 
 import openai_shapes
 from llmapp.runtime import openai_api
-from llmapp.runtime.openai_api import APIError, Generation, TokenLogprob
+from llmapp.runtime.engines import CompletionOutput, RequestOutput, TokenLogprob, one
+from llmapp.runtime.engines.upstream import read_output
+from llmapp.runtime.errors import APIError
+from llmapp.runtime.serving import ENDPOINTS, model_object, sse
 
 
 def parse(kind="chat", passthrough=False, **body):
@@ -15,7 +19,7 @@ def parse(kind="chat", passthrough=False, **body):
         body.setdefault("messages", [{"role": "user", "content": "hi"}])
     else:
         body.setdefault("prompt", "hello")
-    return openai_api.parse(kind, body, "app", 8192, "transformers", passthrough=passthrough)
+    return ENDPOINTS[kind].parse(body, "app", 8192, "transformers", passthrough=passthrough)
 
 
 def refused(kind="chat", **body) -> APIError:
@@ -102,7 +106,7 @@ def test_a_model_this_endpoint_does_not_serve_is_404_model_not_found():
     error = refused(model="gpt-4o")
     assert error.status == 404 and error.code == "model_not_found" and "`gpt-4o`" in error.message
     with pytest.raises(APIError) as missing:
-        openai_api.parse("chat", {"messages": [{"role": "user", "content": "x"}]}, "app", 10, "transformers")
+        ENDPOINTS["chat"].parse({"messages": [{"role": "user", "content": "x"}]}, "app", 10, "transformers")
     assert missing.value.status == 400 and missing.value.param == "model"
 
 
@@ -167,10 +171,10 @@ ENTRIES = [TokenLogprob("Hel", -0.5, [("Hel", -0.5), ("Hi", -1.25)]), TokenLogpr
 
 
 def test_response_shapes_follow_openais_schema():
-    generation = Generation("Hello", "stop", 3, 2, ENTRIES)
-    chat = openai_api.response("chat", "app", generation)
+    answer = one(CompletionOutput(0, "Hello", [7, 8], ENTRIES, "stop"), 3, 2)
+    chat = ENDPOINTS["chat"].response("app", answer)
     openai_shapes.check(chat, openai_shapes.CHAT_COMPLETION)
-    assert chat["choices"][0]["message"]["refusal"] is None
+    assert chat["choices"][0]["message"]["refusal"] is None and chat["usage"]["total_tokens"] == 5
     content = chat["choices"][0]["logprobs"]["content"]
     assert content[0]["bytes"] == list(b"Hel") and content[0]["top_logprobs"][1] == {
         "token": "Hi",
@@ -180,27 +184,81 @@ def test_response_shapes_follow_openais_schema():
     assert content[1]["logprob"] == -9999.0  # JSON has no -Infinity: OpenAI's "very unlikely"
     json.dumps(chat, allow_nan=False)
 
-    completion = openai_api.response("completion", "app", generation)
+    completion = ENDPOINTS["completion"].response("app", answer)
     openai_shapes.check(completion, openai_shapes.TEXT_COMPLETION)
     logprobs = completion["choices"][0]["logprobs"]
     assert logprobs["tokens"] == ["Hel", "lo"] and logprobs["text_offset"] == [0, 3]
     assert logprobs["top_logprobs"][0] == {"Hel": -0.5, "Hi": -1.25}
-    plain = openai_api.response("chat", "app", Generation("x", "length", 1, 1))
+    plain = ENDPOINTS["chat"].response("app", one(CompletionOutput(0, "x", finish_reason="length"), 1, 1))
     assert plain["choices"][0]["logprobs"] is None
-    openai_shapes.check(openai_api.model_object("app", 1), openai_shapes.MODEL)
+    openai_shapes.check(model_object("app", 1), openai_shapes.MODEL)
 
 
 def test_chunk_shapes_follow_openais_schema():
-    chat = openai_api.ChunkWriter("chat", "app")
-    for chunk in (chat.first(), chat.delta("He", ENTRIES[:1]), chat.delta("llo"), chat.last("stop"), chat.usage(3, 2)):
+    chat = ENDPOINTS["chat"].chunks("app")
+    chunks = [chat.first()]
+    for output in (
+        RequestOutput([CompletionOutput(0, "He", [1], ENTRIES[:1])]),
+        RequestOutput([CompletionOutput(0, "llo", [2])]),
+        RequestOutput([CompletionOutput(0, finish_reason="stop")], 3, 2),
+    ):
+        chunks += chat.chunks(output)
+    for chunk in chunks:
         openai_shapes.check(chunk, openai_shapes.CHAT_COMPLETION_CHUNK)
-    text = openai_api.ChunkWriter("completion", "app")
+    assert [c["choices"][0]["delta"] for c in chunks[:4]] == [{"role": "assistant", "content": ""}, {"content": "He"},
+                                                             {"content": "llo"}, {}]  # fmt: skip
+    assert chunks[3]["choices"][0]["finish_reason"] == "stop" and chunks[4]["usage"]["total_tokens"] == 5
+    assert len({c["id"] for c in chunks}) == 1
+    text = ENDPOINTS["completion"].chunks("app")
     assert text.first() is None
-    first, second = text.delta("He", ENTRIES[:1]), text.delta("llo", ENTRIES[1:])
-    for chunk in (first, second, text.last("length")):
+    first = text.chunks(RequestOutput([CompletionOutput(0, "He", [1], ENTRIES[:1])]))
+    second = text.chunks(RequestOutput([CompletionOutput(0, "llo", [2], ENTRIES[1:])]))
+    last = text.chunks(RequestOutput([CompletionOutput(0, finish_reason="length")]))
+    for chunk in first + second + last:
         openai_shapes.check(chunk, openai_shapes.TEXT_COMPLETION)
-    assert second["choices"][0]["logprobs"]["text_offset"] == [2]  # offsets run on across chunks
-    assert openai_api.sse({"a": 1}) == b'data: {"a": 1}\n\n' and openai_api.sse("[DONE]") == b"data: [DONE]\n\n"
+    assert second[0]["choices"][0]["logprobs"]["text_offset"] == [2]  # offsets run on across chunks
+    assert last[0]["choices"][0]["finish_reason"] == "length"
+
+
+def test_an_upstreams_answer_keeps_its_own_fields_through_the_neutral_outputs():
+    """What an upstream adds (tool calls, its own choice fields, usage details, a fingerprint) comes back as
+    it sent it; the text, finish reason, log-probabilities and usage are read into the neutral outputs."""
+    upstream = {
+        "id": "chatcmpl-upstream",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "meta-llama/Llama-3.1-8B-Instruct",
+        "system_fingerprint": "fp_1",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+                            "function": {"name": "weather", "arguments": "{}"}}]},
+                "finish_reason": "tool_calls",
+                "logprobs": None,
+                "stop_reason": None,
+            },
+            {"index": 1, "message": {"role": "assistant", "content": "Sunny."}, "finish_reason": "stop",
+             "logprobs": {"content": [{"token": "Sunny", "logprob": -0.1, "bytes": [83], "top_logprobs": []}]}},
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13, "prompt_tokens_details": None},
+    }  # fmt: skip
+    answer = read_output("chat", upstream)
+    assert [o.text for o in answer.outputs] == ["", "Sunny."] and answer.prompt_tokens == 9
+    assert answer.outputs[1].logprobs[0].token == "Sunny"
+    served = ENDPOINTS["chat"].response("app", answer)
+    openai_shapes.check(served, openai_shapes.CHAT_COMPLETION)
+    first, second = served["choices"]
+    assert first["message"]["tool_calls"] == upstream["choices"][0]["message"]["tool_calls"]
+    assert first["finish_reason"] == "tool_calls" and "stop_reason" in first
+    assert second["logprobs"]["content"][0]["bytes"] == [83]  # the upstream's bytes, not recomputed
+    assert served["model"] == "app" and served["id"] == "chatcmpl-upstream" and served["system_fingerprint"] == "fp_1"
+    assert served["usage"] == {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13,
+                               "prompt_tokens_details": None}  # fmt: skip
+
+
+def test_server_sent_events():
+    assert sse({"a": 1}) == b'data: {"a": 1}\n\n' and sse("[DONE]") == b"data: [DONE]\n\n"
 
 
 @pytest.mark.parametrize("role", ["System", "system ", "SYSTEM", "Developer", "root", ""])

@@ -11,11 +11,13 @@ import redis
 import redis.asyncio
 
 import openai_shapes
-from llmapp.runtime import keys, openai_api, pipeline
-from llmapp.runtime.engines import Engine, Prepared
+from llmapp.runtime import keys, pipeline, request_log
+from llmapp.runtime.engines import CompletionOutput, Engine, Prepared, RequestOutput, one
+from llmapp.runtime.engines.upstream import UpstreamEngine
+from llmapp.runtime.errors import APIError
 from llmapp.runtime.keys import KeyChecker
-from llmapp.runtime.openai_api import APIError, ChunkWriter, Generation
 from llmapp.runtime.pipeline import Context, Served
+from llmapp.runtime.serving import ENDPOINTS, sse
 from llmapp.runtime.spec import ServerSpec, ServingConfig
 
 
@@ -44,18 +46,15 @@ class FakeEngine(Engine):
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
-        return openai_api.response(prepared.request.kind, "app", Generation("hi", "stop", 3, 1))
+        return one(CompletionOutput(0, "hi", [4], finish_reason="stop"), 3, 1)
 
     async def stream(self, prepared):
         self.calls += 1
-        writer = ChunkWriter(prepared.request.kind, "app")
         try:
-            yield writer.first()
             for _ in range(self.chunks):
                 await asyncio.sleep(self.delay)
-                yield writer.delta("hi")
-            yield writer.last("stop")
-            yield writer.usage(3, self.chunks)
+                yield RequestOutput([CompletionOutput(0, "hi", [4])])
+            yield RequestOutput([CompletionOutput(0, finish_reason="stop")], 3, self.chunks)
         except (asyncio.CancelledError, GeneratorExit):
             self.cancelled += 1
             raise
@@ -131,7 +130,7 @@ def chat(**extra) -> bytes:
 
 
 def context(state: Served, client: Client, kind="chat") -> Context:
-    return Context(state, client.request(), kind, "req-1")
+    return Context(state, client.request(), ENDPOINTS[kind], "req-1")
 
 
 async def answer(state: Served, client: Client, kind="chat") -> Context:
@@ -165,9 +164,9 @@ def test_the_order_of_the_stages_shows_in_the_answers(redis_url, published):
         return state, wrong_key, bad_body, hit
 
     state, wrong_key, bad_body, hit = asyncio.run(scenario())
-    assert wrong_key.status == 401  # authenticate before parse (not 400)
-    assert bad_body.status == 400 and state.admission.rejected == 0  # parse before admit (not 429)
-    assert hit.cache_status == "HIT" and state.engine.prepared_in is None  # cache lookup before prepare
+    assert wrong_key.outcome.status == 401  # authenticate before parse (not 400)
+    assert bad_body.outcome.status == 400 and state.admission.rejected == 0  # parse before admit (not 429)
+    assert hit.outcome.cache_status == "HIT" and state.engine.prepared_in is None  # cache lookup before prepare
     assert state.engine.calls == 1  # …and before generate
 
 
@@ -243,13 +242,13 @@ def test_cache_lookup_and_store(redis_url, published):
         state = served(redis_url, published, cache_size=4)
         statuses = []
         for extra in ({"temperature": 0}, {"temperature": 0}, {"temperature": 0.7}, {"temperature": 0.7}):
-            statuses.append((await answer(state, Client(chat(**extra)))).cache_status)
+            statuses.append((await answer(state, Client(chat(**extra)))).outcome.cache_status)
         streamed = await answer(state, Client(chat(temperature=0, stream=True)))
         return state, statuses, streamed
 
     state, statuses, streamed = asyncio.run(scenario())
     assert statuses == ["MISS", "HIT", "MISS", "MISS"]  # sampled: never from the cache
-    assert streamed.cache_status is None  # streams are not cached
+    assert streamed.outcome.cache_status is None  # streams are not cached
     assert state.engine.calls == 4 and state.cache.hits == 1
 
 
@@ -266,8 +265,8 @@ def test_generate_stops_the_engine_at_the_timeout_and_when_the_client_leaves(red
         return timed_out, state, await task
 
     timed_out, state, left = asyncio.run(scenario())
-    assert timed_out.status == 504 and engine.cancelled == 2
-    assert left.status == 499  # not generated on for nobody
+    assert timed_out.outcome.status == 504 and engine.cancelled == 2
+    assert left.outcome.status == 499  # not generated on for nobody
     assert state.admission.in_flight == 0 and state.outcomes == {499: 1}
 
 
@@ -293,14 +292,14 @@ def test_a_stream_holds_its_slot_to_its_last_byte_and_frees_it_when_the_client_l
         return state, in_flight, first, done, refused, with_usage, gone
 
     state, in_flight, first, done, refused, with_usage, gone = asyncio.run(scenario())
-    assert in_flight == 1 and refused.status == 429 and done.status == 200
+    assert in_flight == 1 and refused.outcome.status == 429 and done.outcome.status == 200
     events = [e for e in first.body().decode().split("\n\n") if e]
-    assert events[-1] == "data: [DONE]" and done.completion_tokens == 4
+    assert events[-1] == "data: [DONE]" and done.outcome.completion_tokens == 4
     for event in events[:-1]:
         openai_shapes.check(json.loads(event.removeprefix("data: ")), openai_shapes.CHAT_COMPLETION_CHUNK)
     assert not any('"usage"' in e for e in events)  # recorded, but not asked for: not sent
     assert '"usage": {"prompt_tokens": 3, "completion_tokens": 4' in with_usage.body().decode()
-    assert gone.status == 499 and engine.cancelled == 1 and state.admission.in_flight == 0
+    assert gone.outcome.status == 499 and engine.cancelled == 1 and state.admission.in_flight == 0
 
 
 def test_a_stream_past_the_timeout_ends_with_an_error_event(redis_url, published):
@@ -311,7 +310,7 @@ def test_a_stream_past_the_timeout_ends_with_an_error_event(redis_url, published
 
     ctx = asyncio.run(scenario())
     events = [e for e in client.body().decode().split("\n\n") if e]
-    assert ctx.status == 504 and events[-1] == "data: [DONE]"
+    assert ctx.outcome.status == 504 and events[-1] == "data: [DONE]"
     assert json.loads(events[-2].removeprefix("data: "))["error"]["type"] == "timeout_error"
 
 
@@ -330,17 +329,17 @@ def test_run_records_each_stage_and_answers_bugs_in_openai_shape(redis_url, publ
         return ok, ctx
 
     ok, ctx = asyncio.run(scenario())
-    assert ok.status == 200 and list(ok.timings) == [stage.__name__ for stage in pipeline.STAGES]
-    assert all(seconds >= 0 for seconds in ok.timings.values())
-    assert client.status() == 500 and ctx.status == 500
+    assert ok.outcome.status == 200 and list(ok.outcome.timings) == [stage.__name__ for stage in pipeline.STAGES]
+    assert all(seconds >= 0 for seconds in ok.outcome.timings.values())
+    assert client.status() == 500 and ctx.outcome.status == 500
     openai_shapes.check(json.loads(client.body()), openai_shapes.ERROR)
     assert "req-1" in json.loads(client.body())["error"]["message"]  # the id to find it in the log
 
 
 def test_request_ids():
-    assert pipeline.new_request_id("client-id_1.2:3") == "client-id_1.2:3"
+    assert request_log.new_request_id("client-id_1.2:3") == "client-id_1.2:3"
     for hostile in ("a b", "x" * 129, "<script>", "", None):
-        generated = pipeline.new_request_id(hostile)
+        generated = request_log.new_request_id(hostile)
         assert generated != hostile and len(generated) == 32
 
 
@@ -394,7 +393,7 @@ def test_input_plugins_past_the_timeout_answer_504_and_hold_the_slot_until_they_
 
     async def scenario():
         ctx = await asyncio.wait_for(answer(state, Client(long_chat())), 30)  # it does not wait for the scan
-        assert ctx.status == 504 and state.admission.in_flight == 1  # the scan still runs: its slot is taken
+        assert ctx.outcome.status == 504 and state.admission.in_flight == 1  # the scan still runs: its slot is taken
         refused = await answer(state, Client(chat()))
         matcher.gate.set()
         await until(lambda: state.admission.in_flight == 0, "the slot to be freed")
@@ -404,7 +403,7 @@ def test_input_plugins_past_the_timeout_answer_504_and_hold_the_slot_until_they_
         ctx, refused = asyncio.run(scenario())
     finally:
         matcher.gate.set()
-    assert refused.status == 429
+    assert refused.outcome.status == 429
     assert matcher.calls == 1  # stopped at the next text: the second message and step were never scanned
     assert state.engine.calls == 0 and ctx.plugins.seconds  # never generated
 
@@ -429,8 +428,8 @@ def test_a_huge_body_in_its_input_plugins_holds_a_slot_and_keeps_no_one_else_wai
         in_flight, normal, refused, huge, second_huge = asyncio.run(scenario())
     finally:
         matcher.gate.set()
-    assert in_flight == 1 and normal.status == 200 and refused.status == 429
-    assert huge.status == second_huge.status == 200 and state.admission.in_flight == 0
+    assert in_flight == 1 and normal.outcome.status == 200 and refused.outcome.status == 429
+    assert huge.outcome.status == second_huge.outcome.status == 200 and state.admission.in_flight == 0
 
 
 def test_a_blocked_input_answers_400_and_frees_its_slot(redis_url, published):
@@ -442,7 +441,7 @@ def test_a_blocked_input_answers_400_and_frees_its_slot(redis_url, published):
     )
     client = Client(chat(messages=[{"role": "user", "content": "the ｆｏｘ"}]))
     ctx = asyncio.run(answer(state, client))
-    assert ctx.status == 400 and json.loads(client.body())["error"]["code"] == "content_filter"
+    assert ctx.outcome.status == 400 and json.loads(client.body())["error"]["code"] == "content_filter"
     assert state.admission.in_flight == 0 and state.admission.rejected == 0
 
 
@@ -458,7 +457,7 @@ def test_pii_over_a_huge_phone_like_body_is_answered_within_the_timeout(redis_ur
         contents = ("1" * 400_000, "1-" * 200_000, "a." * 200_000)
         return [await answer(state, Client(chat(messages=[{"role": "user", "content": c}]))) for c in contents]
 
-    assert [(ctx.status, ctx.error) for ctx in asyncio.run(scenario())] == [(200, None)] * 3
+    assert [(ctx.outcome.status, ctx.outcome.error) for ctx in asyncio.run(scenario())] == [(200, None)] * 3
 
 
 # --- plugins on an upstream application (the openai engine, passthrough) ---------------------------
@@ -481,13 +480,17 @@ class Upstream:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.bodies.append(body)
                 kind = "chat" if self.path.endswith("/chat/completions") else "completion"
+                endpoint = ENDPOINTS[kind]
                 if not body.get("stream"):
-                    answer = openai_api.response(kind, body["model"], Generation(outer.reply, "stop", 5, 3))
+                    reply = one(CompletionOutput(0, outer.reply, finish_reason="stop"), 5, 3)
+                    answer = endpoint.response(body["model"], reply)
                     return self._send(200, "application/json", json.dumps(answer).encode())
-                writer = ChunkWriter(kind, body["model"])
-                chunks = [writer.first(), *(writer.delta(w) for w in outer.reply.split(" ")), writer.last("stop")]
-                events = [openai_api.sse(c) for c in chunks if c] + [openai_api.sse(writer.usage(5, 3))]
-                self._send(200, "text/event-stream", b"".join(events) + openai_api.sse("[DONE]"))
+                writer, words = endpoint.chunks(body["model"]), outer.reply.split(" ")
+                outputs = [RequestOutput([CompletionOutput(0, w)]) for w in words]
+                outputs.append(RequestOutput([CompletionOutput(0, finish_reason="stop")], 5, 3))
+                chunks = [writer.first(), *(c for output in outputs for c in writer.chunks(output))]
+                events = [sse(c) for c in chunks if c]
+                self._send(200, "text/event-stream", b"".join(events) + sse("[DONE]"))
 
             def _send(self, status, content_type, payload):
                 self.send_response(status)
@@ -515,10 +518,9 @@ def upstream():
 
 
 def test_plugins_act_on_an_upstream_application_as_on_a_local_one(redis_url, published, upstream):
-    from llmapp.runtime.engines import OpenAIEngine
     from llmapp.runtime.plugins.chain import Chain
 
-    engine = OpenAIEngine(upstream.url, "upstream-model", None, 30, served_name="app")
+    engine = UpstreamEngine(upstream.url, "upstream-model", None, 30, served_name="app")
     engine.status = "ready"
     state = served(redis_url, published, engine, cache_size=0)
     system = {"system_prompt": "You are the analyst.", "mode": "replace", "template": "Q: {input}"}
@@ -553,7 +555,7 @@ def test_plugins_act_on_an_upstream_application_as_on_a_local_one(redis_url, pub
             ("/v1/completions", json.dumps({"model": "app", "prompt": ["one", "two"]}).encode()),
         ):
             client = Client(body)
-            ctx = Context(state, client.request(path), "chat" if "chat" in path else "completion", "req-1")
+            ctx = Context(state, client.request(path), ENDPOINTS["chat" if "chat" in path else "completion"], "req-1")
             response = await pipeline.run(ctx)
             await response(ctx.request.scope, client.receive, client.send)
             results.append((client.status(), client.body().decode()))
@@ -582,10 +584,9 @@ def test_plugins_act_on_an_upstream_application_as_on_a_local_one(redis_url, pub
 
 
 def test_an_upstream_request_cannot_change_the_prompt_past_its_plugins(redis_url, published, upstream):
-    from llmapp.runtime.engines import OpenAIEngine
     from llmapp.runtime.plugins.chain import Chain
 
-    engine = OpenAIEngine(upstream.url, "upstream-model", None, 30, served_name="app")
+    engine = UpstreamEngine(upstream.url, "upstream-model", None, 30, served_name="app")
     engine.status = "ready"
     state = served(redis_url, published, engine, cache_size=0, max_request_bytes=10_000)
     system = {"system_prompt": "You are the analyst.", "mode": "replace"}
@@ -624,7 +625,7 @@ def test_an_upstream_request_cannot_change_the_prompt_past_its_plugins(redis_url
         results = []
         for path, body in refused + allowed:
             client = Client(body)
-            ctx = Context(state, client.request(path), "chat" if "chat" in path else "completion", "req-1")
+            ctx = Context(state, client.request(path), ENDPOINTS["chat" if "chat" in path else "completion"], "req-1")
             response = await pipeline.run(ctx)
             await response(ctx.request.scope, client.receive, client.send)
             results.append((client.status(), json.loads(client.body())))
@@ -647,10 +648,9 @@ def test_an_upstream_request_cannot_change_the_prompt_past_its_plugins(redis_url
 
 
 def test_an_upstream_without_input_plugins_judges_its_own_parameters(redis_url, published, upstream):
-    from llmapp.runtime.engines import OpenAIEngine
     from llmapp.runtime.plugins.chain import Chain
 
-    engine = OpenAIEngine(upstream.url, "upstream-model", None, 30, served_name="app")
+    engine = UpstreamEngine(upstream.url, "upstream-model", None, 30, served_name="app")
     engine.status = "ready"
     state = served(redis_url, published, engine, cache_size=0)
     mask = {"keywords": ["fox"], "apply_to": "output", "action": "mask"}
@@ -662,5 +662,53 @@ def test_an_upstream_without_input_plugins_judges_its_own_parameters(redis_url, 
         await engine.close()
         return ctx
 
-    assert asyncio.run(scenario()).status == 200
+    assert asyncio.run(scenario()).outcome.status == 200
     assert upstream.bodies[0]["chat_template"] == "{{ x }}"  # nothing of the input is the plugins' to keep
+
+
+@pytest.mark.parametrize(
+    "kind, extra",
+    [
+        ("chat", {"logprobs": True}),
+        ("chat", {"logprobs": True, "top_logprobs": 2}),
+        ("completion", {"logprobs": 0}),  # the chosen tokens' own: the reply as generated, all the same
+        ("chat", {"return_token_ids": True}),  # an upstream's (vLLM's) token ids of the reply
+    ],
+)
+def test_a_reply_the_plugins_rewrite_is_never_returned_as_tokens_beside_it(redis_url, published, upstream, kind, extra):
+    """Output plugins mask the reply's text; log-probabilities or token ids would hand the client the
+    same reply as generated, unmasked. Refused (400 naming the parameter), on a local engine and on an
+    upstream, before anything is generated."""
+    from llmapp.runtime.plugins.chain import Chain
+
+    mask = {"keywords": ["fox"], "apply_to": "output", "action": "mask"}
+    chain = Chain.build({"version": "v", "plugins": [{"name": "f", "type": "content_filter", "config": mask}]})
+    body = {"model": "app", **({"messages": [{"role": "user", "content": "hi"}]} if kind == "chat" else {})}
+    body = json.dumps({**body, **({"prompt": "hi"} if kind == "completion" else {}), **extra}).encode()
+    engine = UpstreamEngine(upstream.url, "upstream-model", None, 30, served_name="app")
+    engine.status = "ready"
+
+    async def scenario():
+        results = []
+        for state in (served(redis_url, published), served(redis_url, published, engine, cache_size=0)):
+            if "return_token_ids" in extra and state.engine is not engine:
+                continue  # not a parameter of the local engine's (refused there as unknown, plugins or not)
+            state.chain = chain
+            client = Client(body)
+            ctx = await answer(state, client, kind)
+            results.append((ctx.outcome.status, json.loads(client.body())["error"]["param"], state.engine.calls
+                            if state.engine is not engine else len(upstream.bodies)))  # fmt: skip
+        await engine.close()
+        return results
+
+    param = next(iter(extra))
+    assert all(result == (400, param, 0) for result in asyncio.run(scenario()))
+
+
+def test_without_output_plugins_log_probabilities_are_returned(redis_url, published):
+    async def scenario():
+        client = Client(chat(logprobs=True))
+        return await answer(served(redis_url, published), client), client
+
+    ctx, client = asyncio.run(scenario())
+    assert ctx.outcome.status == 200 and "logprobs" in json.loads(client.body())["choices"][0]

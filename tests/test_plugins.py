@@ -349,14 +349,14 @@ def test_a_running_application_takes_chain_changes_live(app, client, auth, membe
     # Redis lost the chain (a restart without persistence): the server keeps the one it runs, and the
     # reconcile publishes it again.
     from llmapp import keyspace, queues
-    from llmapp.services import deployments
+    from llmapp.services import reconcile
 
     with app.app_context():
         connection, chain_key = queues.connection(), keyspace.plugin_chain(application.id)
         connection.delete(chain_key)
 
         def republished():
-            deployments.reconcile(queues.this_host())  # skips while a worker's reconcile runs
+            reconcile.reconcile(queues.this_host())  # skips while a worker's reconcile runs
             return connection.hget(chain_key, "version")
 
         version = wait_for(republished, 60, 0.5, "the reconcile to publish the chain again").decode()

@@ -11,7 +11,7 @@ import pytest
 from conftest import deploy
 from llmapp.extensions import db
 from llmapp.models import EnvVar
-from llmapp.services import FieldErrors, applications, deployments, environment
+from llmapp.services import FieldErrors, applications, environment, server_processes
 
 # One of each class the rule refuses, with the spellings a library reads too (lower-case proxies).
 REFUSED = [
@@ -67,7 +67,7 @@ def test_a_server_starts_as_python_dash_i_and_ignores_what_changes_how_python_st
     assert marker.exists(), "the exploit no longer works on this Python: this test proves nothing"
     marker.unlink()
     done = subprocess.run(
-        [sys.executable, "-I", "-c", deployments.SERVER_LAUNCHER, "--help"],
+        [sys.executable, "-I", "-c", server_processes.SERVER_LAUNCHER, "--help"],
         env=_exploit_env(marker),
         capture_output=True,
         text=True,
@@ -104,7 +104,7 @@ def test_the_server_account_can_read_no_secret_of_the_platform(tmp_path):
     """instance/ is the platform's alone, and what the deploy judges from mode bits is what the kernel does."""
     from llmapp import config
 
-    user = deployments.ServerUser("nobody", 65534, 65534, "/nonexistent")
+    user = server_processes.ServerUser("nobody", 65534, 65534, "/nonexistent")
     private = tmp_path / "instance"
     private.mkdir(mode=0o755)
     config.load(str(private), {"SECRET_KEY": "k"})  # the platform's start-up makes it private
@@ -166,7 +166,7 @@ def test_every_variable_the_servers_libraries_read_is_refused_allowed_or_reviewe
     import json
 
     # In a process of its own, as a server starts: only the modules a server loads are looked at.
-    script = deployments.SERVER_LAUNCHER.replace("from llmapp.runtime.__main__ import main; main()", SCAN)
+    script = server_processes.SERVER_LAUNCHER.replace("from llmapp.runtime.__main__ import main; main()", SCAN)
     command = [sys.executable, "-I", "-c", script, ENV_READ.pattern]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

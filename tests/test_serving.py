@@ -242,15 +242,15 @@ def test_tokenising_runs_off_the_event_loop(tiny_model_dir):
     that answers /health and every other request meanwhile."""
     import threading
 
-    from llmapp.runtime import openai_api
-    from llmapp.runtime.engines import TransformersEngine
+    from llmapp.runtime.engines.transformers import TransformersEngine
+    from llmapp.runtime.serving import ENDPOINTS
 
     engine = TransformersEngine(tiny_model_dir, batch_size=1, served_name="tiny")
     engine.load()
     threads = []
-    tokenise = engine._prompt_ids
-    engine._prompt_ids = lambda request: threads.append(threading.current_thread().name) or tokenise(request)
-    request = openai_api.parse("completion", {"model": "tiny", "prompt": "hello world " * 500}, "tiny", 8192, "t")
+    tokenise = engine.prompt_ids
+    engine.prompt_ids = lambda request: threads.append(threading.current_thread().name) or tokenise(request)
+    request = ENDPOINTS["completion"].parse({"model": "tiny", "prompt": "hello world " * 500}, "tiny", 8192, "t")
 
     async def prepare():
         loop_thread = threading.current_thread().name

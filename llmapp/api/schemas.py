@@ -11,9 +11,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from .. import engines
 from ..models import RegistryModel
 from ..runtime import plugins as plugin_types
-from ..services import applications, lifecycle, registry
+from ..services import applications, lifecycle
 
 
 def _utc(value):
@@ -195,11 +196,12 @@ class ModelIn(Strict):
     parameters_billions: float | int | None = None
     precision: str | None = _choice(RegistryModel.PRECISIONS)
     context_length: int | None = None
-    engine: str | None = _choice(registry.ENGINES)
-    source: str | None = Field(None, description="transformers: a model directory on the hosts that serve it.")
-    base_url: str | None = Field(None, description="openai: the upstream's base URL.")
-    upstream_model: str | None = None
-    api_key_env: str | None = Field(None, description="openai: the variable that holds the upstream's key.")
+    engine: str | None = _choice(engines.names())
+    # What each engine column holds, as the engines say it (llmapp/engines).
+    source: str | None = Field(None, description=engines.column_hints().get("source"))
+    base_url: str | None = Field(None, description=engines.column_hints().get("base_url"))
+    upstream_model: str | None = Field(None, description=engines.column_hints().get("upstream_model"))
+    api_key_env: str | None = Field(None, description=engines.column_hints().get("api_key_env"))
 
 
 class PluginIn(Strict):

@@ -1,5 +1,6 @@
 from wtforms import SelectField, StringField, URLField
 
+from .. import engines
 from ..forms import DecimalInput, IntegerInput, PlatformForm
 from ..models import RegistryModel
 from ..services import registry
@@ -13,14 +14,7 @@ class RegistryModelForm(PlatformForm):
     parameters_billions = DecimalInput("Parameters (billions)")
     precision = SelectField("Precision", choices=[(p, p) for p in RegistryModel.PRECISIONS], validate_choice=False)
     context_length = IntegerInput("Context length (tokens)")
-    engine = SelectField(
-        "Engine",
-        choices=[
-            ("transformers", "transformers — a local Hugging Face model directory"),
-            ("openai", "openai — an OpenAI-compatible upstream"),
-        ],
-        validate_choice=False,
-    )
+    engine = SelectField("Engine", validate_choice=False)  # choices: the engine table's, in __init__
     source = StringField("Source")
     base_url = URLField("Upstream base URL")
     upstream_model = StringField("Upstream model name")
@@ -28,6 +22,7 @@ class RegistryModelForm(PlatformForm):
 
     def __init__(self, *args, model_id=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.engine.choices = [(kind.name, f"{kind.name} — {kind.label}") for kind in engines.ENGINES.values()]
         self.model_id = model_id
 
     def judged(self) -> bool:

@@ -1,5 +1,5 @@
 """Run one application's server: python -m llmapp.runtime --spec instance/run/<application id>.json
-(the deploy job runs it as `python -I -u -c <launcher> --spec … --spec-on-stdin`: services/deployments.py)
+(the deploy job runs it as `python -I -u -c <launcher> --spec … --spec-on-stdin`: services/server_processes.py)
 
 The spec (written by the deploy job, readable by its owner only) holds no credentials: the Redis URL
 and the application's environment variables arrive in the process environment. With --spec-on-stdin
@@ -17,8 +17,9 @@ import redis
 import redis.asyncio
 import uvicorn
 
+from .. import engines
 from . import logs
-from .engines import Engine, OpenAIEngine, TransformersEngine
+from .engines import Engine
 from .http_limits import HttpLimits, bounded_protocol
 from .plugins.published import CHAIN_KEY_VARIABLE
 from .server import build_app
@@ -29,10 +30,8 @@ REDIS_TIMEOUTS = {"socket_timeout": 2, "socket_connect_timeout": 2}  # an unreac
 
 
 def make_engine(spec: ServerSpec) -> Engine:
-    if spec.engine == "openai":
-        api_key = os.environ.get(spec.api_key_env or "OPENAI_API_KEY")
-        return OpenAIEngine(spec.base_url, spec.upstream_model, api_key, spec.config.timeout_s, spec.app_name)
-    return TransformersEngine(spec.model_path, spec.config.batch_size, spec.precision, spec.app_name)
+    """The engine the spec names, built by its kind in the engine table."""
+    return engines.kind(spec.engine).build(spec, os.environ)
 
 
 def configure_logging(spec: ServerSpec, writer: logs.StreamWriter) -> None:

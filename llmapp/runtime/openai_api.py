@@ -1,81 +1,17 @@
-"""The OpenAI wire format: request parsing and validation, response and chunk shapes, errors.
+"""OpenAI requests: the checks every endpoint shares (strict JSON, numbers in range, known
+parameters, text that can be encoded, an upstream's parameters that could change its prompt).
 
-Shapes follow OpenAI's published OpenAPI document (CreateChatCompletionResponse,
-CreateCompletionResponse, CreateChatCompletionStreamResponse, Model, Error): every field it marks
-required is present, and every value it enumerates is one of its values.
+What each endpoint reads of its own (messages or a prompt, its log-probabilities) is the endpoint's
+(runtime/serving.py); ``parse`` asks it.
 """
 
 import json
 import math
-import time
-import uuid
-from dataclasses import dataclass, field
 
-SAMPLING_EPS = 1e-5  # a temperature below this samples greedily (as vLLM does): no division by ~0
+from .engines import GenerationRequest
+from .errors import APIError, model_not_found
+
 MAX_STOP_SEQUENCES = 4
-MAX_TOP_LOGPROBS = {"chat": 20, "completion": 5}
-LOGPROB_FLOOR = -9999.0  # OpenAI's value for "very unlikely"; JSON has no -Infinity
-
-
-class APIError(Exception):
-    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type_: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict | None = None,
-    ):
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-def model_not_found(name) -> APIError:
-    return APIError(404, f"The model `{name}` does not exist or you do not have access to it.", code="model_not_found")
-
-
-# --- requests -------------------------------------------------------------------------------------
-
-
-@dataclass
-class GenerationRequest:
-    """What an engine generates from: a chat or a plain prompt, and the sampling settings."""
-
-    kind: str  # "chat" or "completion"
-    messages: list | None = None
-    prompt: str | None = None
-    max_tokens: int = 16
-    min_tokens: int = 0  # vLLM's extension: no end-of-text before this many tokens
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-    stream: bool = False
-    include_usage: bool = False
-    logprobs: bool = False
-    top_logprobs: int = 0
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature < SAMPLING_EPS
-
-    @property
-    def deterministic(self) -> bool:
-        """Greedy decoding: the same request always gets the same answer, so it may be cached."""
-        return self.greedy
-
-    def sampling_key(self) -> tuple:
-        """Requests with equal keys can share one forward pass."""
-        if self.greedy:
-            return (0.0, 1.0, self.min_tokens, None)
-        return (self.temperature, self.top_p, self.min_tokens, self.seed)
 
 
 def _reject_constant(name):
@@ -95,7 +31,7 @@ def load_json(raw: bytes):
         raise APIError(400, f"The request body is not valid JSON: {e}.") from e
 
 
-def _number(body, name, default, low, high, kind=float):
+def number(body, name, default, low, high, kind=float):
     value = body.get(name)
     if value is None:
         return default
@@ -108,7 +44,7 @@ def _number(body, name, default, low, high, kind=float):
     return kind(value)
 
 
-def _boolean(body, name, default=False) -> bool:
+def boolean(body, name, default=False) -> bool:
     value = body.get(name)
     if value is None:
         return default
@@ -117,7 +53,7 @@ def _boolean(body, name, default=False) -> bool:
     return value
 
 
-def _text(value, param: str) -> str:
+def text(value, param: str) -> str:
     """A string that can be encoded (JSON allows lone surrogates; UTF-8 and tokenizers do not)."""
     if not isinstance(value, str):
         raise APIError(400, f"'{param}' must be a string.", param=param)
@@ -170,9 +106,9 @@ READ = {
     "top_logprobs",
 }
 KNOWN = READ | IGNORED | set(UNSUPPORTED)
-# Each endpoint's own parameters: the other endpoint's are unknown to it.
-ONLY = {
-    "chat": {
+# Each endpoint's own parameters (the other endpoint's are unknown to it): see serving.py.
+CHAT_ONLY = frozenset(
+    {
         "messages",
         "max_completion_tokens",
         "top_logprobs",
@@ -191,18 +127,17 @@ ONLY = {
         "metadata",
         "store",
         "service_tier",
-    },
-    "completion": {"prompt", "echo", "best_of", "suffix"},
-}
+    }
+)
+COMPLETION_ONLY = frozenset({"prompt", "echo", "best_of", "suffix"})
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # An upstream keeps each role as sent, and also reads tool results (function: the older name).
 UPSTREAM_ROLES = {**{role: role for role in ROLES}, "tool": "tool", "function": "function"}
 
-
-def _check_parameters(kind: str, body: dict, engine_name: str) -> None:
-    other = ONLY["completion" if kind == "chat" else "chat"]
+def check_parameters(endpoint, body: dict, engine_name: str) -> None:
+    """Every parameter is one this endpoint knows, and one the engine implements at the value sent."""
     for name, value in body.items():
-        if name not in KNOWN or name in other:
+        if name not in KNOWN or name in endpoint.others_parameters:
             raise APIError(400, f"Unrecognized request argument supplied: {name}", param=name)
         if name in UNSUPPORTED and value not in UNSUPPORTED[name]:
             raise APIError(
@@ -224,47 +159,89 @@ def _content(message: dict, index: int) -> str:
             if not isinstance(part, dict) or part.get("type") != "text":
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 raise APIError(400, f"Only text content parts are supported (got {kind!r}).", param=param)
-            texts.append(_text(part.get("text"), param + ".text"))
+            texts.append(text(part.get("text"), param + ".text"))
         return "".join(texts)
-    return _text(content, param)
+    return text(content, param)
 
 
-def _messages(body: dict) -> list[dict]:
+def _message_list(body: dict) -> list:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty list.", param="messages")
-    return [{"role": _role(m, index), "content": _content(m, index)} for index, m in enumerate(messages)]
+    return messages
 
 
-def _role(message, index: int, roles: dict = ROLES) -> str:
+def read_messages(body: dict) -> list[dict]:
+    """A local engine's chat: each message's role (one of ROLES) and its text."""
+    return [{"role": role(m, index), "content": _content(m, index)} for index, m in enumerate(_message_list(body))]
+
+
+def read_upstream_messages(body: dict) -> list[dict]:
+    """An upstream's chat as sent, for the plugins to read and change like a local one's: the messages
+    keep every field the upstream reads (content parts, tool calls); their roles are checked."""
+    messages = _message_list(body)
+    for index, message in enumerate(messages):
+        role(message, index, UPSTREAM_ROLES)
+    return [dict(m) for m in messages]
+
+
+def role(message, index: int, roles: dict = ROLES) -> str:
     """A message's role, exactly one of ``roles`` (no "System" or "system ": an upstream would render
     it, and a system prompt's replace mode would not know it for a system message)."""
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         raise APIError(400, "Each message needs a 'role' and a 'content'.", param=f"messages[{index}]")
-    role = roles.get(message["role"])
-    if role is None:
+    found = roles.get(message["role"])
+    if found is None:
         raise APIError(
             400,
             f"Messages of role {message['role']!r} are not supported (one of: {', '.join(roles)}).",
             param=f"messages[{index}].role",
         )
-    return role
+    return found
 
 
-def _prompt(body: dict) -> str:
+def _single_prompt(body: dict):
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
+    return prompt
+
+
+def read_prompt(body: dict) -> str:
+    """A local engine's prompt: one non-empty string."""
+    prompt = _single_prompt(body)
     if isinstance(prompt, list):
         raise APIError(400, "'prompt' must be one string (batches of prompts are not supported).", param="prompt")
-    prompt = _text(prompt, "prompt")
+    prompt = text(prompt, "prompt")
     if not prompt:
         raise APIError(400, "'prompt' must not be empty.", param="prompt")
     return prompt
 
 
-def parse(kind: str, body, served_model: str, max_context: int, engine_name: str, passthrough: bool = False):
-    """Validate a /v1/chat/completions or /v1/completions body.
+def read_upstream_prompt(body: dict) -> str | None:
+    """An upstream's prompt, when it is one string (a batch or token ids stay the upstream's to judge;
+    the plugins refuse what they cannot read)."""
+    if body.get("prompt") is None:
+        raise APIError(400, "'prompt' is required.", param="prompt")
+    prompt = _single_prompt(body)
+    return prompt if isinstance(prompt, str) else None
+
+
+def _stop(body: dict) -> list[str]:
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (
+        not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > MAX_STOP_SEQUENCES
+    ):
+        raise APIError(
+            400, f"'stop' must be a string or a list of up to {MAX_STOP_SEQUENCES} non-empty strings.", param="stop"
+        )
+    return [text(s, "stop") for s in stop or []]
+
+
+def parse(endpoint, body, served_model: str, max_context: int, engine_name: str, passthrough: bool = False):
+    """Validate a request ``body`` for ``endpoint`` (serving.ENDPOINTS), as a GenerationRequest.
 
     ``passthrough`` (an upstream engine): the upstream judges its own parameters; only what this
     server reads itself is checked.
@@ -279,64 +256,30 @@ def parse(kind: str, body, served_model: str, max_context: int, engine_name: str
         raise APIError(400, "'model' must be a string.", param="model")
     if model != served_model:
         raise model_not_found(model)
-    request = GenerationRequest(kind=kind)
-    request.stream = _boolean(body, "stream")
+    request = GenerationRequest(kind=endpoint.kind)
+    request.stream = boolean(body, "stream")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise APIError(400, "'stream_options' must be an object.", param="stream_options")
-    request.include_usage = bool(options) and _boolean(options, "include_usage")
-    request.temperature = _number(body, "temperature", 1.0, 0, 2)
+    request.include_usage = bool(options) and boolean(options, "include_usage")
+    request.temperature = number(body, "temperature", 1.0, 0, 2)
     if passthrough:
-        _passthrough_input(kind, body, request)
+        endpoint.read_upstream_input(body, request)
         return request
 
-    _check_parameters(kind, body, engine_name)
-    if kind == "chat":
-        request.messages = _messages(body)
-        default_max = 256
-    else:
-        request.prompt = _prompt(body)
-        default_max = 16
-    _number(body, "n", 1, 1, 1, int)
+    check_parameters(endpoint, body, engine_name)
+    endpoint.read_input(body, request)
+    number(body, "n", 1, 1, 1, int)
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    request.max_tokens = _number({"max_tokens": limit}, "max_tokens", default_max, 1, max_context, int)
-    request.min_tokens = _number(body, "min_tokens", 0, 0, request.max_tokens, int)
-    request.top_p = _number(body, "top_p", 1.0, 0, 1)
+    request.max_tokens = number({"max_tokens": limit}, "max_tokens", endpoint.default_max_tokens, 1, max_context, int)
+    request.min_tokens = number(body, "min_tokens", 0, 0, request.max_tokens, int)
+    request.top_p = number(body, "top_p", 1.0, 0, 1)
     if request.top_p == 0:
         raise APIError(400, "'top_p' must be greater than 0.", param="top_p")
-    request.seed = _number(body, "seed", None, -(2**63), 2**63 - 1, int)
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None and (
-        not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > MAX_STOP_SEQUENCES
-    ):
-        raise APIError(
-            400, f"'stop' must be a string or a list of up to {MAX_STOP_SEQUENCES} non-empty strings.", param="stop"
-        )
-    request.stop = [_text(s, "stop") for s in stop or []]
-    _logprobs(kind, body, request)
+    request.seed = number(body, "seed", None, -(2**63), 2**63 - 1, int)
+    request.stop = _stop(body)
+    endpoint.read_logprobs(body, request)
     return request
-
-
-def _passthrough_input(kind: str, body: dict, request: GenerationRequest) -> None:
-    """An upstream's request: its messages (or prompt) as sent, for the plugins to read and change like
-    a local one's. The messages keep every field the upstream reads (content parts, tool calls)."""
-    if kind == "chat":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise APIError(400, "'messages' must be a non-empty list.", param="messages")
-        for index, message in enumerate(messages):
-            _role(message, index, UPSTREAM_ROLES)
-        request.messages = [dict(m) for m in messages]
-        return
-    prompt = body.get("prompt")
-    if prompt is None:
-        raise APIError(400, "'prompt' is required.", param="prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    # A batch or token ids stay the upstream's to judge; the plugins refuse what they cannot read.
-    request.prompt = prompt if isinstance(prompt, str) else None
 
 
 # An upstream's parameters that its plugins can vouch for: OpenAI's own, and the sampling settings
@@ -396,175 +339,24 @@ def check_upstream_parameters(kind: str, body: dict) -> None:
         )
 
 
-def _logprobs(kind: str, body: dict, request: GenerationRequest) -> None:
-    top_max = MAX_TOP_LOGPROBS[kind]
-    if kind == "chat":
-        request.logprobs = _boolean(body, "logprobs")
-        request.top_logprobs = _number(body, "top_logprobs", 0, 0, top_max, int)
-        if body.get("top_logprobs") is not None and not request.logprobs:
-            raise APIError(400, "'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
-    else:  # completions: logprobs is the number of top alternatives (0 = only the chosen token's)
-        count = _number(body, "logprobs", None, 0, top_max, int)
-        request.logprobs, request.top_logprobs = count is not None, count or 0
+
+# Parameters that return the reply's tokens besides its text (each maps to the values that don't).
+REVEALING = {"logprobs": (None, False), "top_logprobs": (None, 0), "return_token_ids": (None, False)}
 
 
-# --- responses ------------------------------------------------------------------------------------
+def check_revealing_parameters(body: dict) -> None:
+    """A request whose reply the application's output plugins rewrite (mask or cut short): refuse a
+    parameter that would return the reply's tokens as generated, around the plugins.
 
-
-@dataclass
-class TokenLogprob:
-    """One generated token with its log probability and the most likely alternatives at its position."""
-
-    token: str
-    logprob: float
-    top: list[tuple[str, float]] = field(default_factory=list)
-
-
-@dataclass
-class Generation:
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    logprobs: list[TokenLogprob] | None = None
-
-
-def _ids(kind):
-    return ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24], int(time.time())
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def _floor(logprob: float) -> float:
-    return max(LOGPROB_FLOOR, logprob)
-
-
-def _token_bytes(token: str) -> list[int]:
-    return list(token.encode("utf-8", errors="replace"))
-
-
-def chat_logprobs(entries: list[TokenLogprob] | None) -> dict | None:
-    if entries is None:
-        return None
-    return {
-        "content": [
-            {
-                "token": entry.token,
-                "logprob": _floor(entry.logprob),
-                "bytes": _token_bytes(entry.token),
-                "top_logprobs": [
-                    {"token": token, "logprob": _floor(logprob), "bytes": _token_bytes(token)}
-                    for token, logprob in entry.top
-                ],
-            }
-            for entry in entries
-        ],
-        "refusal": None,
-    }
-
-
-def completion_logprobs(entries: list[TokenLogprob] | None, offset: int = 0) -> dict | None:
-    """The legacy completions shape; ``offset`` is where the first token starts in the text."""
-    if entries is None:
-        return None
-    offsets = []
-    for entry in entries:
-        offsets.append(offset)
-        offset += len(entry.token)
-    return {
-        "tokens": [entry.token for entry in entries],
-        "token_logprobs": [_floor(entry.logprob) for entry in entries],
-        "top_logprobs": [{token: _floor(logprob) for token, logprob in entry.top} for entry in entries],
-        "text_offset": offsets,
-    }
-
-
-def response(kind: str, model: str, g: Generation) -> dict:
-    response_id, created = _ids(kind)
-    if kind == "chat":
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": g.text, "refusal": None},
-            "finish_reason": g.finish_reason,
-            "logprobs": chat_logprobs(g.logprobs),
-        }
-        obj = "chat.completion"
-    else:
-        choice = {
-            "index": 0,
-            "text": g.text,
-            "finish_reason": g.finish_reason,
-            "logprobs": completion_logprobs(g.logprobs),
-        }
-        obj = "text_completion"
-    return {
-        "id": response_id,
-        "object": obj,
-        "created": created,
-        "model": model,
-        "choices": [choice],
-        "usage": usage(g.prompt_tokens, g.completion_tokens),
-    }
-
-
-def model_object(name: str, created: int) -> dict:
-    return {"id": name, "object": "model", "created": created, "owned_by": "llmapp"}
-
-
-class ChunkWriter:
-    """The chunks (dicts) of one streamed response, in OpenAI's shape."""
-
-    def __init__(self, kind: str, model: str):
-        self.kind, self.model = kind, model
-        self.id, self.created = _ids(kind)
-        self.offset = 0  # completions' logprobs count text offsets across chunks
-
-    def _chunk(self, choices, **extra) -> dict:
-        obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices, **extra}
-
-    def first(self) -> dict | None:
-        if self.kind == "chat":
-            return self._chunk(
-                [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
+    :raise APIError: 400 naming the parameter.
+    """
+    for name, unrevealing in REVEALING.items():
+        value = body.get(name)
+        if not any(value is v or (type(value) is type(v) and value == v) for v in unrevealing):
+            raise APIError(
+                400,
+                f"'{name}' is not accepted by this application: its plugins rewrite the reply, and '{name}' "
+                "would return the reply's tokens as generated.",
+                param=name,
+                code="unsupported_parameter",
             )
-        return None
-
-    def delta(self, text: str, logprobs: list[TokenLogprob] | None = None) -> dict:
-        if self.kind == "chat":
-            choice = {
-                "index": 0,
-                "delta": {"content": text},
-                "logprobs": chat_logprobs(logprobs),
-                "finish_reason": None,
-            }
-        else:
-            choice = {
-                "index": 0,
-                "text": text,
-                "logprobs": completion_logprobs(logprobs, self.offset),
-                "finish_reason": None,
-            }
-            self.offset += len(text)
-        return self._chunk([choice])
-
-    def last(self, finish_reason: str) -> dict:
-        if self.kind == "chat":
-            choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish_reason}
-        else:
-            choice = {"index": 0, "text": "", "finish_reason": finish_reason, "logprobs": None}
-        return self._chunk([choice])
-
-    def usage(self, prompt_tokens: int, completion_tokens: int) -> dict:
-        return self._chunk([], usage=usage(prompt_tokens, completion_tokens))
-
-
-def sse(data: dict | str) -> bytes:
-    """One server-sent event: a chunk, an error, or "[DONE]"."""
-    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()

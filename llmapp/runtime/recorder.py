@@ -26,7 +26,6 @@ from prometheus_client.process_collector import ProcessCollector
 
 from . import metrics
 
-OPERATIONS = {"chat": "chat", "completion": "text_completion"}
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 HISTOGRAM_FAMILIES = (
     ("lat", "gen_ai_server_request_duration_seconds", "Time to answer a whole request."),
@@ -39,7 +38,7 @@ class Recorder:
     def __init__(self, application_id: str, engine, admission, flush_s: float = metrics.FLUSH_S):
         self.application_id, self.engine, self.admission, self.flush_s = application_id, engine, admission, flush_s
         self.aggregator = metrics.Aggregator()
-        self.totals: defaultdict[str, Counter] = defaultdict(Counter)  # operation → fields, since start
+        self.totals: defaultdict[str, Counter] = defaultdict(Counter)  # gen_ai operation → fields, since start
         self.batches_flushed: Counter = Counter()
         self.registry = CollectorRegistry()
         self.registry.register(self)
@@ -47,27 +46,27 @@ class Recorder:
 
     def observe(self, ctx) -> None:
         """Count one finished request (a Context of the pipeline)."""
-        now = time.perf_counter()
+        now, outcome = time.perf_counter(), ctx.outcome
         ttft = tpot = None
-        if ctx.first_token_at is not None:
-            ttft = ctx.first_token_at - ctx.started
-            if ctx.completion_tokens > 1 and ctx.status == 200:
-                tpot = (now - ctx.first_token_at) / (ctx.completion_tokens - 1)
+        if outcome.first_token_at is not None:
+            ttft = outcome.first_token_at - ctx.started
+            if outcome.completion_tokens > 1 and outcome.status == 200:
+                tpot = (now - outcome.first_token_at) / (outcome.completion_tokens - 1)
         fields = metrics.request_fields(
-            ctx.status,
+            outcome.status,
             now - ctx.started,
             None if ctx.key is None else (ctx.key.label or f"key {ctx.key.id}"),
-            ctx.prompt_tokens,
-            ctx.completion_tokens,
-            ctx.cache_status,
+            outcome.prompt_tokens,
+            outcome.completion_tokens,
+            outcome.cache_status,
             ttft,
             tpot,
-            ctx.timings,
+            outcome.timings,
         )
         if ctx.plugins is not None:
             fields.update(metrics.plugin_fields(ctx.plugins.seconds, ctx.plugins.events))
         self.aggregator.add(fields)
-        self.totals[OPERATIONS.get(ctx.kind, ctx.kind)].update(fields)
+        self.totals[ctx.endpoint.operation].update(fields)
 
     # Prometheus -----------------------------------------------------------------------------------
 

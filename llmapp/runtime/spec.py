@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..netguard import allow_entries
 
-VERSION = 1
+VERSION = 2  # 2: the engine's own options in engine_options (1 had them as flat fields)
 REDIS_URL_VARIABLE = "LLMAPP_REDIS_URL"  # how the server learns where Redis is
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
@@ -42,18 +42,14 @@ class ServingConfig:
 class ServerSpec:
     app_id: str
     app_name: str
-    engine: str  # "transformers" or "openai"
+    engine: str  # a name of the engine table (llmapp/engines), which builds the engine from the spec
     config: ServingConfig
     port: int
     host: str = "127.0.0.1"  # the host name clients use
     bind: str = "127.0.0.1"  # the address the server listens on
     deploy_id: str = ""
     model_name: str = ""
-    model_path: str = ""  # transformers: a local Hugging Face directory
-    precision: str = "fp32"
-    base_url: str | None = None  # openai: the upstream
-    upstream_model: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"  # openai: the environment variable that holds the upstream's key
+    engine_options: dict = field(default_factory=dict)  # the engine kind's own (EngineKind.spec_options)
     grace_s: float = 10.0  # after SIGTERM, in-flight requests get this long
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     secret_names: tuple[str, ...] = field(default_factory=tuple)  # their values are redacted from logs

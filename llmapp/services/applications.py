@@ -1,7 +1,6 @@
 """Applications: who sees what, search, create, edit, delete, and their environment."""
 
 import dataclasses
-import re
 import uuid
 from collections import defaultdict
 
@@ -11,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload, selectinload
 
-from .. import secrets_box
+from .. import engines, secrets_box
 from ..extensions import db
 from ..models import Application, EnvVar, RegistryModel, User
 from ..runtime.spec import ServingConfig
@@ -45,8 +44,6 @@ MAX_DESCRIPTION = 2000
 MAX_ENV_VARS = 100
 MAX_ENV_NAME = 128
 MAX_ENV_VALUE = 10_000
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-ENV_NAME_RULE = "Use letters, digits and _, not starting with a digit."
 
 
 def default_config() -> dict:
@@ -163,11 +160,8 @@ def available_memory_bytes() -> int:
 
 
 def recommendation_for(model: RegistryModel) -> recommendations.Recommendation:
-    if model.engine == "openai":
-        return recommendations.recommend_upstream(model.parameters_billions, model.context_length, model.base_url)
-    return recommendations.recommend(
-        model.parameters_billions, model.precision, model.context_length, available_memory_bytes()
-    )
+    """What the model's engine recommends for it on this host."""
+    return engines.kind(model.engine).recommend(model, available_memory_bytes())
 
 
 def _env_rows(rows: list[dict], existing: list[EnvVar]) -> list[EnvVar]:
@@ -263,8 +257,8 @@ def _check_env(rows, errors, text) -> list[dict]:
             errors[f"env.{i}"].append("Must be a variable: name, value, secret.")
             continue
         name = text(f"env.{i}.name", row.get("name"), MAX_ENV_NAME, "Give the variable a name.").strip()
-        if name and f"env.{i}.name" not in errors and not ENV_NAME.match(name):
-            errors[f"env.{i}.name"].append(ENV_NAME_RULE)
+        if name and f"env.{i}.name" not in errors and not environment.ENV_NAME.match(name):
+            errors[f"env.{i}.name"].append(environment.ENV_NAME_RULE)
         elif name and (why := environment.refusal(name)):
             errors[f"env.{i}.name"].append(why)
         if name in seen:

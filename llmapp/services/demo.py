@@ -11,6 +11,7 @@ from pathlib import Path
 from flask import current_app
 from sqlalchemy import select
 
+from .. import engines
 from ..extensions import db
 from ..models import Plugin, RegistryModel
 from ..runtime import plugins as plugin_types
@@ -72,11 +73,10 @@ APPLICATIONS = [
 
 
 def demo_environment(model: RegistryModel) -> list[dict]:
-    """Variables that do something: the upstream's key (read by the openai engine under the name the
-    registry gives), or the CPU threads torch uses and no download attempts (transformers)."""
-    if model.engine == "openai":
-        return [{"name": model.api_key_env or "OPENAI_API_KEY", "value": "demo-not-a-real-key", "secret": True}]
-    return [{"name": "OMP_NUM_THREADS", "value": "2"}, {"name": "HF_HUB_OFFLINE", "value": "1"}]
+    """Variables that do something: those the model's engine reads (an upstream's key under the name the
+    registry gives; the CPU threads torch uses and no download attempts)."""
+    variables = engines.kind(model.engine).example_variables(model)
+    return [{"name": name, "value": value, "secret": secret} for name, value, secret in variables]
 
 
 PLUGINS = [

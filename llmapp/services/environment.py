@@ -6,8 +6,13 @@ program starts: every variable that an interpreter, the dynamic loader, the C li
 reads at start-up to load code, configuration or trust, that picks which program or shell runs, that
 sends the server's traffic elsewhere, or that the platform sets itself, is refused at its field with
 the reason. Servers also start with ``python -I`` (PYTHON* ignored whatever reaches them) and, when
-the platform runs as root, as an unprivileged user (see deployments.server_user).
+the platform runs as root, as an unprivileged user (see server_processes.server_user).
 """
+
+import re
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # a variable's name, for every program that reads one
+ENV_NAME_RULE = "Use letters, digits and _, not starting with a digit."
 
 # (why, exact names, name prefixes), each list written as words: names compare upper-cased, since some
 # libraries read the lower-case spelling too (http_proxy).

@@ -3,10 +3,10 @@
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from .. import engines
 from ..extensions import db
 from ..models import MAX_ID, Application, RegistryModel
-from ..netguard import url_shape_error
-from . import NUL_ERROR, Conflict, FieldErrors, NotFound, environment, model_detection
+from . import NUL_ERROR, Conflict, FieldErrors, NotFound
 
 FIELDS = (
     "name",
@@ -56,7 +56,6 @@ def name_taken(name: str, except_id: int | None = None) -> bool:
     return db.session.scalar(query) is not None
 
 
-ENGINES = ("transformers", "openai")
 PARAMETERS_BILLIONS = (0.000001, 10_000)
 CONTEXT_LENGTH = (1, 10_000_000)
 LIMITS = {"name": 100, "family": 50, "source": 500, "base_url": 500, "upstream_model": 200, "api_key_env": 128}
@@ -67,8 +66,6 @@ def check(data: dict, model_id: int | None = None) -> dict:
 
     :raise FieldErrors: every rule broken, at its field.
     """
-    from .applications import ENV_NAME  # one rule for a variable's name
-
     errors: dict[str, list[str]] = {}
     values = {}
 
@@ -108,31 +105,17 @@ def check(data: dict, model_id: int | None = None) -> dict:
         elif not low <= value <= high or value != value:
             error(field, out_of_range)
         values[field] = value
-    for field, choices in (("precision", RegistryModel.PRECISIONS), ("engine", ENGINES)):
+    for field, choices in (("precision", RegistryModel.PRECISIONS), ("engine", engines.names())):
         values[field] = data.get(field)
         if values[field] not in choices:
             error(field, "Choose one of: " + ", ".join(choices) + ".")
-    if values["engine"] == "transformers" and "source" not in errors:
-        try:
-            model_detection.check_directory(values["source"])
-        except model_detection.NotAModel as e:
-            error("source", str(e))
-    if values["engine"] == "openai":
-        if not values["base_url"]:
-            error("base_url", "Give the upstream's base URL, e.g. http://vllm:8000/v1.")
-        elif "base_url" not in errors:  # its form only: an admin's upstream may be on any network
-            shape = url_shape_error(values["base_url"], query=False)
-            if shape:
-                error("base_url", shape)
-        if not values["upstream_model"]:
-            error("upstream_model", "Give the model name the upstream serves.")
-    else:  # only the openai engine has an upstream
-        values["base_url"] = values["upstream_model"] = None
-    values["api_key_env"] = values["api_key_env"] or "OPENAI_API_KEY"
-    if "api_key_env" not in errors and not ENV_NAME.match(values["api_key_env"]):
-        error("api_key_env", "An environment variable name: letters, digits and _, not starting with a digit.")
-    elif "api_key_env" not in errors and (why := environment.refusal(values["api_key_env"])):
-        error("api_key_env", f"{why} Members could not give the key in it.")  # it is one of their variables
+    if "engine" not in errors:
+        kind = engines.kind(values["engine"])
+        for column, unused in engines.ENGINE_COLUMNS.items():  # what this engine does not read is not kept
+            if kind.field(column) is None:
+                values[column] = unused
+                errors.pop(column, None)
+        kind.check(values, errors)
     if errors:
         raise FieldErrors(errors)
     return values

@@ -1,0 +1,40 @@
+"""The engine table: every engine kind the platform can serve a model with, one module each.
+
+The registry (its checks, the form's choices and hints, the API's schema), recommendations, the deploy
+(preflight, the server's account, the spec) and the server's main all read this table; nothing else
+names an engine. Adding an engine is a module with an ``EngineKind`` (llmapp/engines/kind.py) and
+one entry in ``ENGINES``.
+"""
+
+from . import openai, transformers
+from .kind import ENGINE_COLUMNS, EngineKind, NotReady, RegistryField
+
+ENGINES: dict[str, EngineKind] = {kind.name: kind for kind in (transformers.KIND, openai.KIND)}
+
+__all__ = ["ENGINES", "ENGINE_COLUMNS", "EngineKind", "NotReady", "RegistryField", "detect", "kind", "names"]
+
+
+def names() -> tuple[str, ...]:
+    return tuple(ENGINES)
+
+
+def kind(name: str) -> EngineKind:
+    """:raise KeyError: no engine of that name (a registry row from a newer or older platform)."""
+    return ENGINES[name]
+
+
+def detect(path: str):
+    """(kind, what it read) for the first engine that takes the model at ``path``, or (None, None)."""
+    for engine in ENGINES.values():
+        if (found := engine.detect(path)) is not None:
+            return engine, found
+    return None, None
+
+
+def column_hints() -> dict[str, str]:
+    """Each engine column's hint for the registry form: what it holds for each kind that uses it."""
+    hints: dict[str, list[str]] = {}
+    for engine in ENGINES.values():
+        for field in engine.fields:
+            hints.setdefault(field.column, []).append(field.hint)
+    return {column: " ".join(dict.fromkeys(parts)) for column, parts in hints.items()}

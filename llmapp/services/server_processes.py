@@ -1,0 +1,322 @@
+"""An application's server process on this host: its port, its run folder, its account, its
+environment, and spawning, finding and terminating it (orphans too). The deploy (deployments.py) and
+the reconcile (reconcile.py) call these; what the server is told is server_spec.py's.
+"""
+
+import itertools
+import os
+import pwd
+import random
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+from flask import current_app
+
+from .. import ROOT, engines, queues, secrets_box
+from ..extensions import db
+from ..models import Application
+from ..runtime.plugins.published import CHAIN_KEY_VARIABLE
+from ..runtime.spec import REDIS_URL_VARIABLE
+from . import environment, metrics, plugins, registry
+from .platform_log import log_event
+from .server_spec import spec_for
+
+# What a server inherits from its worker's environment: the system's basics and what its engine and
+# libraries read. Nothing else (cloud credentials, the platform's own secrets) reaches user-configured
+# servers; operators add names with LLMAPP_SERVER_ENV_ALLOW.
+INHERITED_ENV = frozenset(
+    {
+        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
+        "VIRTUAL_ENV", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_VISIBLE_DEVICES",
+        "NVIDIA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TOKENIZERS_PARALLELISM",
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+        "http_proxy", "https_proxy", "no_proxy",
+    }
+)  # fmt: skip
+NOGROUP_GID = 65534  # the group of servers' own accounts (Debian's nogroup): it owns nothing either
+# How a server starts under `python -I` (no current folder on sys.path): the project's root is put first.
+SERVER_LAUNCHER = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from llmapp.runtime.__main__ import main; main()"
+HEALTH_TIMEOUT_S = 2.0
+
+
+class DeployFailed(Exception):
+    """Why a deploy failed, in words for the user."""
+
+
+def server_environment(application: Application, user: "ServerUser | None") -> dict:
+    """The server's environment: an allow-list of the worker's, the application's own variables, where
+    Redis is. A variable of a kind members may not set (stored before the rule existed) fails the deploy."""
+    allowed = INHERITED_ENV | set(current_app.config["SERVER_ENV_ALLOW"])
+    env = {k: v for k, v in os.environ.items() if k in allowed or k.startswith("LC_")}
+    for var in application.env_vars:
+        if why := environment.refusal(var.name):
+            raise DeployFailed(f"{why} Remove it from the application's environment variables.")
+        try:
+            env[var.name] = secrets_box.decrypt(var.value) if var.is_secret else var.value
+        except ValueError as e:
+            raise DeployFailed(f"The secret {var.name} could not be decrypted ({e}); enter it again.") from e
+    if user is not None:  # nothing of root's home or temporary files
+        env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
+    env[REDIS_URL_VARIABLE] = current_app.config["REDIS_URL"]
+    env[CHAIN_KEY_VARIABLE] = secrets_box.application_key(application.id).decode()
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass(frozen=True)
+class ServerUser:
+    """The unprivileged account app servers run as when the platform runs as root."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    def can_read(self, path: Path) -> bool:
+        """Whether this account may open ``path`` (a file, or a folder to list), judged from the mode bits
+        of it and every folder above it."""
+        path = Path(path).resolve()
+        try:
+            for folder in reversed(path.parents):
+                if not self._allows(folder.stat(), 0o1):
+                    return False
+            return self._allows(path.stat(), 0o5 if path.is_dir() else 0o4)
+        except OSError:
+            return False
+
+    def _allows(self, st: os.stat_result, bits: int) -> bool:
+        if st.st_uid == self.uid:
+            shift = 6
+        elif st.st_gid == self.gid:
+            shift = 3
+        else:
+            shift = 0
+        return (st.st_mode >> shift) & bits == bits
+
+
+def server_user(application: Application, port: int) -> ServerUser | None:
+    """Who the application's server runs as (None: the platform's own account).
+
+    A platform that isn't root can't switch accounts. As root, by default each server gets an account
+    of its own: the uid LLMAPP_SERVER_UID_BASE plus its port's place in LLMAPP_SERVER_PORTS (unique on
+    the host while it runs), in nobody's group, owning no file; so it can't read the platform's secret
+    key, its SQLite database, other applications' specs, nor another server's memory or environment
+    (/proc needs the same uid). That account must reach the interpreter, the code and the model through
+    their "others" permissions; when it can't, the server runs as root and the platform's log says what
+    to open up. LLMAPP_SERVER_USER names one account for every server instead; a deploy fails when it
+    can't read what it needs.
+    """
+    if os.geteuid() != 0:
+        return None
+    configured = current_app.config["SERVER_USER"]
+    if configured:
+        try:
+            entry = pwd.getpwnam(configured)
+        except KeyError as e:
+            raise DeployFailed(
+                f"The server user {configured} (LLMAPP_SERVER_USER) does not exist on {queues.this_host()}."
+            ) from e
+        if entry.pw_uid == 0:
+            return None  # the operator chose root
+        home = "/nonexistent" if entry.pw_dir in ("", "/") else entry.pw_dir
+        user = ServerUser(entry.pw_name, entry.pw_uid, entry.pw_gid, home)
+    else:
+        uid = current_app.config["SERVER_UID_BASE"] + current_app.config["SERVER_PORTS"].index(port)
+        user = ServerUser(f"llmapp-server-{uid}", uid, NOGROUP_GID, "/nonexistent")
+    unreadable = next((path for path in paths_to_read(application) if not user.can_read(path)), None)
+    if unreadable is None:
+        return user
+    why = (
+        f"servers run as unprivileged accounts ({user.name} here; the platform runs as root), which cannot read "
+        f"{unreadable}. Make it readable for others (chmod o+rX, and o+x on the folders above it)"
+    )
+    if configured:
+        raise DeployFailed(f"{why[0].upper()}{why[1:]}, or name another account in LLMAPP_SERVER_USER.")
+    # The host's paths are the operator's business: the platform's log has them, the member's log a line.
+    current_app.logger.warning("application %s: its server runs as root: %s.", application.id, why)
+    log_event(application.id, "this server runs with the platform's rights (an operator can change that)", "WARNING")
+    return None
+
+
+def paths_to_read(application: Application) -> list[Path]:
+    """What a server must read: the interpreter and its standard library, the packages, the code, and
+    what its engine reads (the model).
+
+    :raise DeployFailed: the engine's files can't even be listed.
+    """
+    paths = sysconfig.get_paths()
+    needed = [Path(sys.executable), Path(paths["stdlib"]), Path(paths["purelib"]), Path(ROOT) / "llmapp"]
+    model = registry.get_model(application.model_id)
+    try:
+        return needed + engines.kind(model.engine).paths_to_read(model)
+    except engines.NotReady as e:
+        raise DeployFailed(str(e)) from e
+
+
+def run_dir() -> Path:
+    """Where servers' specs and output go: readable by the platform's user only."""
+    path = Path(current_app.instance_path) / "run"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        # As uvicorn binds: a port left in TIME_WAIT by the application's previous server is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((current_app.config["BIND_HOST"], port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_port(application: Application) -> int:
+    """The application's own port while it is free; else a free one of the range no other application holds.
+
+    :raise DeployFailed: every port of the range is taken.
+    """
+    held = set(
+        db.session.scalars(
+            db.select(Application.port).where(Application.id != application.id, Application.port.is_not(None))
+        )
+    )
+    if application.port and application.port not in held and _port_is_free(application.port):
+        return application.port
+    ports = current_app.config["SERVER_PORTS"]
+    start = random.randrange(len(ports))  # two hosts sharing a database rarely try the same port first
+    for port in itertools.chain(ports[start:], ports[:start]):
+        if port not in held and _port_is_free(port):
+            return port
+    raise DeployFailed(
+        f"No free port for the server in {ports.start}-{ports.stop - 1} (LLMAPP_SERVER_PORTS): "
+        "stop an application, or widen the range."
+    )
+
+
+
+
+def preflight(application: Application) -> None:
+    """Before a process starts (and imports its engine, seconds): a model that can't be served fails now.
+
+    :raise DeployFailed: with the engine's reason.
+    """
+    model = registry.get_model(application.model_id)
+    try:
+        engines.kind(model.engine).preflight(model)
+    except engines.NotReady as e:
+        raise DeployFailed(str(e)) from e
+
+
+def spawn(application: Application) -> psutil.Process:
+    """Start the application's server (its port, chain, account, spec, environment); record where it runs.
+
+    :raise DeployFailed: why it could not be started.
+    """
+    preflight(application)
+    port = choose_port(application)
+    if application.port and port != application.port:
+        log_event(
+            application.id,
+            f"port {application.port} is taken on {queues.this_host()}: the endpoint moves to port {port}",
+            "WARNING",
+        )
+    try:  # before the server starts: it reads its plugin chain before it says it is ready
+        plugins.publish_chain(application)
+    except ValueError as e:
+        raise DeployFailed(f"The plugin chain could not be prepared ({e}); enter the webhook's secret again.") from e
+    user = server_user(application, port)
+    spec_path = run_dir() / f"{application.id}.json"
+    spec_for(application, port).write(spec_path)
+    output = os.open(run_dir() / f"{application.id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    spec_file = open(spec_path, "rb")  # noqa: SIM115 - the server reads it on its standard input
+    try:
+        # A session of its own: the server outlives this job, its worker, and a Ctrl-C of the worker.
+        # `-I`: the interpreter ignores PYTHON* variables and the user's site-packages (so `-u` stands for
+        # PYTHONUNBUFFERED: what it prints reaches its log file at once). The spec comes on
+        # standard input, opened here: the server's account may not read the run folder.
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-u", "-c", SERVER_LAUNCHER, "--spec", str(spec_path), "--spec-on-stdin"],
+            cwd=ROOT,
+            env=server_environment(application, user),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=spec_file,
+            start_new_session=True,
+            **({"user": user.uid, "group": user.gid, "extra_groups": []} if user else {}),
+        )
+    except (OSError, ValueError) as e:  # e.g. a variable the operating system refuses
+        raise DeployFailed(f"The server process could not be started: {e}.") from e
+    finally:
+        os.close(output)
+        spec_file.close()
+    db.session.execute(
+        db.update(Application)
+        .where(Application.id == application.id)
+        .values(process_host=queues.this_host(), process_pid=process.pid, process_port=port, port=port)
+    )
+    db.session.commit()
+    db.session.refresh(application)
+    log_event(application.id, f"server process {process.pid} started on {queues.this_host()}:{port}")
+    return psutil.Process(process.pid)
+
+
+def server_process(application: Application) -> psutil.Process | None:
+    """The application's server process, if it runs on this host and is alive."""
+    if not application.process_pid or application.process_host != queues.this_host():
+        return None
+    try:
+        process = psutil.Process(application.process_pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            process.wait(0)
+            return None
+        if f"{application.id}.json" not in " ".join(process.cmdline()):  # not a reused pid
+            return None
+        return process
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.TimeoutExpired):
+        return None
+
+
+def health(application: Application, timeout: float = HEALTH_TIMEOUT_S) -> dict | None:
+    return metrics.server_health(f"http://127.0.0.1:{application.process_port}", timeout)
+
+
+
+
+def terminate(application: Application, grace_s: float) -> int | None:
+    """SIGTERM (the server drains in-flight requests), SIGKILL after ``grace_s``. Returns the exit code."""
+    process = server_process(application)
+    if process is None:
+        return None
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            return process.wait(grace_s + 2)
+        except psutil.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            log_event(application.id, f"server did not stop within {grace_s:g} s: killed", "WARNING")
+            return process.wait(5)
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return None
+
+
+
+def kill_orphan(pid: int, application_id: str) -> None:
+    try:
+        process = psutil.Process(pid)
+        if f"{application_id}.json" in " ".join(process.cmdline()):
+            os.killpg(pid, signal.SIGKILL)
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        pass
+
+
+# --- API keys -----------------------------------------------------------------------------------
+
