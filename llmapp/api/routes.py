@@ -325,11 +325,6 @@ def model_recommendation(model_id):
 ADMIN_ERRORS = {**ERRORS, "HTTP_403": Problem}
 
 
-def _admin_only(message: str = "Only an admin can change the model registry."):
-    """None for an admin; else the 403 answer to return."""
-    return None if g.api_user.is_admin else problems.problem(403, message)
-
-
 @bp.post("/models")
 @spec.validate(
     json=ModelIn,
@@ -338,9 +333,7 @@ def _admin_only(message: str = "Only an admin can change the model registry."):
 )
 def create_model(json: ModelIn):
     """Register a model (admins). A transformers model's directory is checked on this host."""
-    if refused := _admin_only():
-        return refused
-    model = registry.create_model(json.model_dump())
+    model = registry.create_model(json.model_dump(), acting=g.api_user)
     return _model_out(model), 201, {"Location": url_for(".get_model", model_id=model.id)}
 
 
@@ -352,18 +345,14 @@ def create_model(json: ModelIn):
 )
 def update_model(model_id, json: ModelIn):
     """Replace a registry model's fields (admins)."""
-    if refused := _admin_only():
-        return refused
-    return _model_out(registry.update_model(model_id, json.model_dump()))
+    return _model_out(registry.update_model(model_id, json.model_dump(), acting=g.api_user))
 
 
 @bp.delete("/models/<int:model_id>")
 @spec.validate(resp=Response("HTTP_204", HTTP_409=Problem, **ADMIN_ERRORS), tags=["registry"])
 def delete_model(model_id):
     """Remove a model from the registry (admins); refused while applications use it."""
-    if refused := _admin_only():
-        return refused
-    registry.delete_model(model_id)
+    registry.delete_model(model_id, acting=g.api_user)
     return "", 204
 
 
@@ -387,15 +376,6 @@ def _plugin_out(plugin) -> PluginOut:
         owner=plugin.owner.email if plugin.owner else None,
         documents=[{"id": d.id, "name": d.name, "size": d.size} for d in plugin.documents],
     )
-
-
-def _changeable_plugin(plugin_id: int):
-    """A plugin the token user may change; a NotFound (404) when they can't see it, a 403 answer when
-    they can see but not change it (an admin's published plugin)."""
-    plugin = plugins.get_for_user(plugin_id, g.api_user)
-    if not plugins.may_change(plugin, g.api_user):
-        return None, problems.problem(403, "Only its owner or an admin can change this plugin.")
-    return plugin, None
 
 
 @bp.get("/plugin-types")
@@ -440,9 +420,7 @@ def get_plugin(plugin_id):
 def update_plugin(plugin_id, json: PluginIn):
     """Replace a plugin's fields (a secret setting left out keeps its value); running applications that
     use it get the change live. Disabling it while one runs is refused (409, naming them)."""
-    plugin, refused = _changeable_plugin(plugin_id)
-    if refused:
-        return refused
+    plugin = plugins.get_changeable(plugin_id, g.api_user)
     return _plugin_out(plugins.update(plugin, g.api_user, json.model_dump()))
 
 
@@ -450,9 +428,7 @@ def update_plugin(plugin_id, json: PluginIn):
 @spec.validate(resp=Response("HTTP_204", HTTP_403=Problem, HTTP_409=Problem, **ERRORS), tags=PLUGINS)
 def delete_plugin(plugin_id):
     """Delete a plugin; refused (409) while an application has it attached."""
-    plugin, refused = _changeable_plugin(plugin_id)
-    if refused:
-        return refused
+    plugin = plugins.get_changeable(plugin_id, g.api_user)
     plugins.delete(plugin, g.api_user)
     return "", 204
 
@@ -461,9 +437,7 @@ def delete_plugin(plugin_id):
 @spec.validate(json=DocumentIn, resp=Response(HTTP_201=PluginOut, HTTP_403=Problem, **BODY_ERRORS), tags=PLUGINS)
 def add_document(plugin_id, json: DocumentIn):
     """Add a text or Markdown document to a knowledge-retrieval plugin."""
-    plugin, refused = _changeable_plugin(plugin_id)
-    if refused:
-        return refused
+    plugin = plugins.get_changeable(plugin_id, g.api_user)
     plugins.add_document(plugin, g.api_user, json.name, json.text.encode())
     return _plugin_out(plugin), 201
 
@@ -471,9 +445,7 @@ def add_document(plugin_id, json: DocumentIn):
 @bp.delete("/plugins/<int:plugin_id>/documents/<int:document_id>")
 @spec.validate(resp=Response("HTTP_204", HTTP_403=Problem, **ERRORS), tags=PLUGINS)
 def delete_document(plugin_id, document_id):
-    plugin, refused = _changeable_plugin(plugin_id)
-    if refused:
-        return refused
+    plugin = plugins.get_changeable(plugin_id, g.api_user)
     plugins.delete_document(plugin, g.api_user, document_id)
     return "", 204
 
@@ -555,9 +527,7 @@ def _user_out(user, last_login=None) -> UserOut:
 @spec.validate(resp=Response(HTTP_200=UserList, **USER_ERRORS), tags=USERS)
 def list_users():
     """Every user, with role, status and latest login (admins)."""
-    if refused := _admin_only("Only an admin can manage users."):
-        return refused
-    return UserList(items=[_user_out(user, at) for user, at in users.list_users()])
+    return UserList(items=[_user_out(user, at) for user, at in users.list_users(acting=g.api_user)])
 
 
 @bp.post("/users")
@@ -566,9 +536,7 @@ def list_users():
 )
 def create_user(json: UserIn):
     """Add a user (admins); the password rules are the page's."""
-    if refused := _admin_only("Only an admin can manage users."):
-        return refused
-    return _user_out(users.create_user(json.email, json.password, admin=json.admin)), 201
+    return _user_out(users.create_user(json.email, json.password, admin=json.admin, acting=g.api_user)), 201
 
 
 @bp.put("/users/<int:user_id>")
@@ -577,15 +545,13 @@ def create_user(json: UserIn):
 )
 def change_user(user_id, json: UserChange):
     """Make or unmake an admin, disable or enable an account (admins; never the last admin, nor yourself)."""
-    if refused := _admin_only("Only an admin can manage users."):
-        return refused
-    user = users.get_user(user_id)
+    user = users.get_user(user_id, acting=g.api_user)
     if json.admin is not None:
-        users.set_admin(user, json.admin)
+        users.set_admin(user, json.admin, acting=g.api_user)
     if json.disabled is True:
         users.disable(user, acting=g.api_user)
     elif json.disabled is False:
-        users.enable(user)
+        users.enable(user, acting=g.api_user)
     return _user_out(user, users.last_login_at(user))
 
 
@@ -593,6 +559,5 @@ def change_user(user_id, json: UserChange):
 @spec.validate(resp=Response(HTTP_200=NewPassword, **USER_ERRORS), tags=USERS)
 def reset_user_password(user_id):
     """A new password for the user, in this answer only; their logins end (admins)."""
-    if refused := _admin_only("Only an admin can manage users."):
-        return refused
-    return NewPassword(password=users.reset_password(users.get_user(user_id)))
+    user = users.get_user(user_id, acting=g.api_user)
+    return NewPassword(password=users.reset_password(user, acting=g.api_user))

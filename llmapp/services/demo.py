@@ -14,7 +14,7 @@ from sqlalchemy import select
 from ..extensions import db
 from ..models import Plugin, RegistryModel
 from ..runtime import plugins as plugin_types
-from . import applications, plugins, users
+from . import OPERATOR, applications, plugins, users
 
 DEMO_EMAIL = "demo@llmapp.local"
 DEMO_PASSWORD = "demo-password"
@@ -138,7 +138,7 @@ def seed() -> dict:
     created = {"users": 0, "models": 0, "applications": 0, "plugins": 0}
     admin = users.find_by_email(DEMO_EMAIL)
     if admin is None:
-        admin = users.create_user(DEMO_EMAIL, DEMO_PASSWORD, admin=True)
+        admin = users.create_user(DEMO_EMAIL, DEMO_PASSWORD, admin=True, acting=OPERATOR)
         created["users"] += 1
     models = {}
     # Beside instance/, not in it: instance/ is the platform's alone, and servers run as another account.

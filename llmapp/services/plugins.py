@@ -1,8 +1,9 @@
 """Plugins: configured instances of the plugin types (llmapp/runtime/plugins), their sharing and rules.
 
 Sharing: a member sees and changes their own plugins and sees the plugins admins have published
-(to attach them; only admins change those). An admin sees and changes every plugin. A plugin another
-member can't see answers as if it did not exist (NotFound). A plugin that a running application uses
+(to attach them; only admins change those: Forbidden). An admin sees and changes every plugin, and
+only an admin publishes one (a member's "published" is ignored). A plugin another member can't see
+answers as if it did not exist (NotFound). A plugin that a running application uses
 can't be disabled or deleted; the refusal names those applications. Secret settings (the webhook's
 signing secret) are stored encrypted and never shown again; left empty in an edit, they are kept.
 
@@ -31,7 +32,7 @@ from ..extensions import db
 from ..models import MAX_ID, Application, ApplicationPlugin, Plugin, PluginDocument, User
 from ..runtime import plugins as plugin_types
 from ..runtime.plugins import published
-from . import Conflict, Invalid, NotFound, ServiceError, lifecycle, publish_before_commit
+from . import Conflict, Forbidden, Invalid, NotFound, ServiceError, lifecycle, publish_before_commit
 
 MAX_DOCUMENT_BYTES = 1024 * 1024  # under the 2 MB request limit (MAX_CONTENT_LENGTH)
 MAX_PLUGIN_DOCUMENTS_BYTES = 20 * 1024 * 1024
@@ -40,6 +41,7 @@ DOCUMENT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
 LIVE = (lifecycle.RUNNING, lifecycle.DEPLOYING)
 DESTINATIONS = {"webhook_audit": ("url",)}  # per type: the settings that decide where its data goes
 MAX_DOCUMENT_NAME = 255
+NOT_YOURS = "Only its owner or an admin can change this plugin."
 
 
 class ConfigInvalid(Invalid):
@@ -79,7 +81,25 @@ def get_for_user(plugin_id: int, user: User) -> Plugin:
 
 
 def may_change(plugin: Plugin, user: User) -> bool:
+    """Whether ``user`` may change (or delete) ``plugin``: theirs, or they are an admin."""
     return user.is_admin or plugin.created_by_id == user.id
+
+
+def _require_change(plugin: Plugin, user: User) -> None:
+    """:raise Forbidden: ``user`` sees ``plugin`` (an admin's published one) but may not change it."""
+    if not may_change(plugin, user):
+        raise Forbidden(NOT_YOURS)
+
+
+def get_changeable(plugin_id: int, user: User) -> Plugin:
+    """A plugin ``user`` may change.
+
+    :raise NotFound: no such plugin, or one ``user`` can't see. :raise Forbidden: one they see but may
+        not change (an admin's published plugin).
+    """
+    plugin = get_for_user(plugin_id, user)
+    _require_change(plugin, user)
+    return plugin
 
 
 def _clean(data: dict, user: User, stored: dict | None = None) -> dict:
@@ -138,9 +158,9 @@ def create(user: User, data: dict) -> Plugin:
 
 
 def update(plugin: Plugin, user: User, data: dict) -> Plugin:
-    """:raise NotFound: ``user`` may not change it. :raise Conflict: see set_enabled."""
-    if not may_change(plugin, user):
-        raise NotFound("Only its owner or an admin can change this plugin.")
+    """:raise Forbidden: ``user`` may not change it. :raise Invalid, ConfigInvalid: see _clean. :raise
+    Conflict: see set_enabled."""
+    _require_change(plugin, user)
     values = _clean(data, user, stored=plugin.config if data.get("type") == plugin.type else None)
     if not values["enabled"] and plugin.enabled:
         _refuse_if_live(plugin, "disabled")
@@ -154,9 +174,9 @@ def update(plugin: Plugin, user: User, data: dict) -> Plugin:
 
 
 def set_enabled(plugin: Plugin, user: User, enabled: bool) -> None:
-    """:raise Conflict: disabling a plugin that a running application uses."""
-    if not may_change(plugin, user):
-        raise NotFound("Only its owner or an admin can change this plugin.")
+    """:raise Forbidden: ``user`` may not change it. :raise Conflict: disabling a plugin that a running
+    application uses."""
+    _require_change(plugin, user)
     if not enabled:
         _refuse_if_live(plugin, "disabled")
     plugin.enabled = enabled
@@ -164,9 +184,9 @@ def set_enabled(plugin: Plugin, user: User, enabled: bool) -> None:
 
 
 def delete(plugin: Plugin, user: User) -> None:
-    """:raise Conflict: a running application uses it, or any application has it attached."""
-    if not may_change(plugin, user):
-        raise NotFound("Only its owner or an admin can change this plugin.")
+    """:raise Forbidden: ``user`` may not change it. :raise Conflict: a running application uses it, or
+    any application has it attached."""
+    _require_change(plugin, user)
     _refuse_if_live(plugin, "deleted")
     attached = users_of(plugin)
     if attached:
@@ -216,10 +236,10 @@ def _commit_or_name_taken(name: str) -> None:
 def add_document(plugin: Plugin, user: User, filename: str, data: bytes) -> PluginDocument:
     """A text or Markdown document, indexed by the servers of the applications using the plugin.
 
-    :raise Invalid: not a knowledge-retrieval plugin, not UTF-8 text, too large, a name already there.
+    :raise Forbidden: ``user`` may not change the plugin. :raise Invalid: not a knowledge-retrieval
+        plugin, not UTF-8 text, too large, a name already there.
     """
-    if not may_change(plugin, user):
-        raise NotFound("Only its owner or an admin can change this plugin.")
+    _require_change(plugin, user)
     if plugin.type != "knowledge_retrieval":
         raise Invalid("Only a knowledge-retrieval plugin has documents.", "document")
     name = _document_name(filename)
@@ -270,8 +290,8 @@ def _document_name(name) -> str:
 
 
 def delete_document(plugin: Plugin, user: User, document_id: int) -> None:
-    if not may_change(plugin, user):
-        raise NotFound("Only its owner or an admin can change this plugin.")
+    """:raise Forbidden: ``user`` may not change the plugin. :raise NotFound: it has no such document."""
+    _require_change(plugin, user)
     document = next((d for d in plugin.documents if d.id == document_id), None)
     if document is None:
         raise NotFound("No such document.")
