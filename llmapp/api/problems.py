@@ -16,6 +16,19 @@ def problem(status: int, detail: str, headers: dict | None = None, **extra) -> R
     return Response(json.dumps(body), status=status, mimetype=MEDIA_TYPE, headers=headers)
 
 
+def on_invalid_request(req, resp, error, instance, model_adapter):
+    """spectree's 422 for a body or query of the wrong shape, as a problem document (its ``before`` hook)."""
+    if error is None:
+        return
+    errors: dict[str, list[str]] = {}
+    for item in model_adapter.validation_errors(error):
+        field = ".".join(str(part) for part in item.get("loc", ()))
+        errors.setdefault(field, []).append(item.get("msg", "Invalid."))
+    answer = problem(422, "The request does not have the expected shape.", errors=errors)
+    resp.set_data(answer.get_data())
+    resp.mimetype = MEDIA_TYPE
+
+
 def from_service_error(error: ServiceError) -> Response:
     """A service's refusal: per-field errors 422, not found (or not yours to see) 404, not yours to do
     (an admin's operation, an admin's published plugin) 403, a conflict 409 (with the application's
