@@ -11,7 +11,7 @@ from test_api import API, bearer, problem, token_for
 from conftest import HX
 from llmapp.extensions import db
 from llmapp.models import Plugin, PluginDocument, RegistryModel, User
-from llmapp.services import OPERATOR, Forbidden, NotFound, plugins, registry, users
+from llmapp.services import OPERATOR, Forbidden, NotFound, plugin_documents, plugins, registry, users
 
 REGISTRY_ONLY = "Only an admin can change the model registry."
 USERS_ONLY = "Only an admin can manage users."
@@ -175,8 +175,8 @@ def test_the_plugins_service_refuses_a_member_what_they_see_but_do_not_own(app, 
             lambda: plugins.update(published, acting, {"name": "mine now", "type": "knowledge_retrieval"}),
             lambda: plugins.set_enabled(published, acting, False),
             lambda: plugins.delete(published, acting),
-            lambda: plugins.add_document(published, acting, "new.md", b"new text"),
-            lambda: plugins.delete_document(published, acting, document_id),
+            lambda: plugin_documents.add_document(published, acting, "new.md", b"new text"),
+            lambda: plugin_documents.delete_document(published, acting, document_id),
         ):
             with pytest.raises(Forbidden, match=NOT_YOURS):
                 change()

@@ -7,7 +7,7 @@ from spectree import Response
 
 from ..runtime import plugins as plugin_types
 from ..secrets_box import MASK
-from ..services import plugins
+from ..services import plugin_documents, plugins
 from . import BODY_ERRORS, ERRORS, bp, spec
 from .schemas import DocumentIn, PluginIn, PluginList, PluginOut, PluginQuery, PluginTypeList, Problem
 
@@ -91,7 +91,7 @@ def delete_plugin(plugin_id):
 def add_document(plugin_id, json: DocumentIn):
     """Add a text or Markdown document to a knowledge-retrieval plugin."""
     plugin = plugins.get_changeable(plugin_id, g.api_user)
-    plugins.add_document(plugin, g.api_user, json.name, json.text.encode())
+    plugin_documents.add_document(plugin, g.api_user, json.name, json.text.encode())
     return _plugin_out(plugin), 201
 
 
@@ -100,5 +100,5 @@ def add_document(plugin_id, json: DocumentIn):
 @spec.validate(resp=Response("HTTP_204", HTTP_403=Problem, **ERRORS), tags=PLUGINS)
 def delete_document(plugin_id, document_id):
     plugin = plugins.get_changeable(plugin_id, g.api_user)
-    plugins.delete_document(plugin, g.api_user, document_id)
+    plugin_documents.delete_document(plugin, g.api_user, document_id)
     return "", 204

@@ -2,7 +2,7 @@ from flask import abort, flash, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from ..runtime import plugins as plugin_types
-from ..services import Invalid, NotFound, ServiceError, plugins
+from ..services import Invalid, NotFound, ServiceError, plugin_documents, plugins
 from ..web import redirect_to, render, wants_fragment
 from . import bp, config_form
 from .forms import PluginForm
@@ -153,7 +153,8 @@ def add_document(plugin_id):
     if upload is None or not upload.filename:
         return _documents_section(plugin, "Choose a file to upload.", 422)
     try:
-        plugins.add_document(plugin, current_user, upload.filename, upload.read(plugins.MAX_DOCUMENT_BYTES + 1))
+        data = upload.read(plugin_documents.MAX_DOCUMENT_BYTES + 1)  # one byte more: too large is refused
+        plugin_documents.add_document(plugin, current_user, upload.filename, data)
     except ServiceError as e:
         return _documents_section(plugin, str(e), 422 if isinstance(e, Invalid) else 409)
     return _documents_section(plugin)
@@ -163,7 +164,7 @@ def add_document(plugin_id):
 def delete_document(plugin_id, document_id):
     plugin = get_plugin(plugin_id, to_change=True)
     try:
-        plugins.delete_document(plugin, current_user, document_id)
+        plugin_documents.delete_document(plugin, current_user, document_id)
     except NotFound:
         abort(404, "No such document.")
     except ServiceError as e:

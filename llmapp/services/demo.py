@@ -14,7 +14,7 @@ from sqlalchemy import select
 from ..extensions import db
 from ..models import Plugin, RegistryModel
 from ..runtime import plugins as plugin_types
-from . import OPERATOR, applications, plugins, users
+from . import OPERATOR, applications, plugin_documents, plugins, users
 
 DEMO_EMAIL = "demo@llmapp.local"
 DEMO_PASSWORD = "demo-password"
@@ -201,7 +201,7 @@ def seed() -> dict:
             created["plugins"] += 1
     help_centre = demo_plugin("help-centre")
     if help_centre is not None and not help_centre.documents:
-        plugins.add_document(help_centre, admin, "help-centre.md", HELP_CENTRE.encode())
+        plugin_documents.add_document(help_centre, admin, "help-centre.md", HELP_CENTRE.encode())
     for app_name, plugin_names in CHAINS.items():
         application = new_applications.get(app_name)
         if application is None:
