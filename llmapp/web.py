@@ -29,7 +29,7 @@ def render(page: str, fragment: str, code: int = 200, **context):
 
 
 def event_stream(events) -> Response:
-    """Server-sent events (services/logs.py sse_event makes each) as a response: streamed within the
+    """Server-sent events (services/live_logs.py sse_event makes each) as a response: streamed within the
     request's context, never cached, and not buffered by a proxy in front (nginx: X-Accel-Buffering)."""
     return Response(
         stream_with_context(events),

@@ -6,6 +6,7 @@ from flask import current_app, request
 from spectree import Response
 
 from ..extensions import db
+from ..services import live_logs
 from ..services import logs as logs_service
 from ..web import event_stream
 from . import ERRORS, bp, spec
@@ -35,12 +36,12 @@ def application_log_stream(application_id):
     after = logs_service.valid_id(request.headers.get("Last-Event-ID") or request.args.get("after"))
     heartbeat = current_app.config["LOG_HEARTBEAT_S"]
     db.session.remove()  # no database connection held for the stream's whole life
-    return event_stream(logs_service.live_events(application.id, after, heartbeat, _line_event))
+    return event_stream(live_logs.live_events(application.id, after, heartbeat, _line_event))
 
 
 def _line_event(line) -> str:
     """A line as the stream's SSE event (one function: the hub renders each line once for all API viewers)."""
-    return logs_service.sse_event(json.dumps(_line_out(line)), "line", line.id)
+    return live_logs.sse_event(json.dumps(_line_out(line)), "line", line.id)
 
 
 def _line_out(line) -> dict:

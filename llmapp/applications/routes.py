@@ -29,6 +29,7 @@ from ..services import (
     applications,
     deployments,
     lifecycle,
+    live_logs,
     playground,
     plugins,
     registry,
@@ -200,7 +201,7 @@ def logs_stream(application_id):
     after = logs_service.valid_id(request.headers.get("Last-Event-ID") or request.args.get("after"))
     heartbeat = current_app.config["LOG_HEARTBEAT_S"]
     db.session.remove()  # no database connection held for the stream's whole life
-    return event_stream(logs_service.live_events(application.id, after, heartbeat))
+    return event_stream(live_logs.live_events(application.id, after, heartbeat))
 
 
 def _playground_pane(application):
@@ -258,10 +259,10 @@ def playground_reply(application_id, turn_id):
         yield "retry: 60000\n\n"  # a turn streams once; the done event closes it
         for event in playground.stream_turn(turn) if turn else [failed]:
             if event.kind == "token":
-                yield logs_service.sse_event(str(escape(event.text)), "token")
+                yield live_logs.sse_event(str(escape(event.text)), "token")
             else:
                 stats = render_template("applications/_playground_stats.html", stats=event.stats)
-                yield logs_service.sse_event(stats, "done")
+                yield live_logs.sse_event(stats, "done")
 
     return event_stream(stream())
 
