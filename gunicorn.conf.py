@@ -18,11 +18,11 @@ def post_worker_init(worker):
     import threading
     import time
 
-    from llmapp.services import logs
+    from llmapp.services import live_logs
 
     def watch():
         while worker.alive:
             time.sleep(0.2)
-        logs.end_streams()
+        live_logs.end_streams()
 
     threading.Thread(target=watch, name="stop-watch", daemon=True).start()

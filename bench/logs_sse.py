@@ -54,12 +54,12 @@ def setup(work: Path, env: dict) -> str:
 from app import create_app
 from llmapp.extensions import db
 from llmapp.models import Application, RegistryModel
-from llmapp.services import users
+from llmapp.services import OPERATOR, users
 import flask_migrate
 app = create_app()
 with app.app_context():
     flask_migrate.upgrade()
-    user = users.create_user({EMAIL!r}, {PASSWORD!r}, admin=True)
+    user = users.create_user({EMAIL!r}, {PASSWORD!r}, admin=True, acting=OPERATOR)
     model = RegistryModel(
         name="m", parameters_billions=1, precision="fp32", context_length=8, engine="transformers", source="/m"
     )

@@ -28,7 +28,7 @@ from llmapp.embedded import EmbeddedRedis  # noqa: E402
 from llmapp.extensions import db  # noqa: E402
 from llmapp.models import Application, EnvVar, RegistryModel, User  # noqa: E402
 from llmapp.runtime.tiny_model import build_tiny_model  # noqa: E402
-from llmapp.services import api_keys, deployments  # noqa: E402
+from llmapp.services import api_keys, deployments, server_processes  # noqa: E402
 
 BASE = {
     "max_concurrency": 64,
@@ -219,7 +219,7 @@ def run(app, work):
         body = {"model": f"batch-{batch}", "prompt": "hello", "max_tokens": 32, "min_tokens": 32}
         elapsed = []
         asyncio.run(load(f"{served.endpoint}/completions", key, body, 64, 8, elapsed_out=elapsed))
-        health = deployments.health(served)["engine"]  # its details need the platform's metrics token
+        health = server_processes.health(served)["engine"]  # its details need the platform's metrics token
         print(
             f"  batch size {batch}: {64 * 32 / elapsed[0]:7.0f} tokens/s  "
             f"batches (warm-up included) {health['batch_size_histogram']}"

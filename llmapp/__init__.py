@@ -119,6 +119,14 @@ def register_error_handlers(app: Flask) -> None:
     def csrf_error(e):
         return render_error(400, "Your form expired or came from elsewhere. Reload the page and try again.")
 
+    from .services import Forbidden
+
+    @app.errorhandler(Forbidden)
+    def forbidden(e):
+        """A service refused the user (an admin's operation, a plugin not theirs): the 403 page with its
+        reason. The API answers its own problem document instead (its blueprint's handler comes first)."""
+        return render_error(403, str(e))
+
     def handle(e):
         code = getattr(e, "code", 500) or 500
         if request.path.startswith("/api/v1/"):  # the REST API answers problem documents, never pages
@@ -138,10 +146,11 @@ def register_error_handlers(app: Flask) -> None:
 def register_template_helpers(app: Flask) -> None:
     from . import engines
     from .secrets_box import MASK
-    from .services import lifecycle
+    from .services import lifecycle, plugins
 
     app.jinja_env.globals.update(
         allowed_actions=lifecycle.allowed_actions,
+        may_change_plugin=plugins.may_change,  # which buttons a plugin's row shows: the service's rule
         STATUSES=lifecycle.STATUSES,
         MASK=MASK,
         ENGINES=engines.ENGINES,  # a registry model's engine kind: ENGINES[model.engine]

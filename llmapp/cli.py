@@ -1,4 +1,9 @@
-"""The `flask` commands: thin wrappers over the services."""
+"""The `flask` commands: thin wrappers over the services.
+
+They act as the operator (services.OPERATOR: whoever may run them runs the platform), so admin-only
+rules let them through. A service's refusal (a ServiceError, Forbidden included) ends a command with
+its message and exit status 1: ServiceCommands says so once, for every command.
+"""
 
 import json
 import sys
@@ -10,6 +15,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from .extensions import db
 from .services import (
+    OPERATOR,
     FieldErrors,
     ServiceError,
     access_tokens,
@@ -25,12 +31,24 @@ from .services import (
 from .services import logs as logs_service
 from .services import metrics as metrics_service
 
-users_cli = AppGroup("users", help="Manage users.")
-metrics_cli = AppGroup("metrics", help="Prometheus: the token its scrape job sends.")
-demo_cli = AppGroup("demo", help="Demo data.")
-apps_cli = AppGroup("apps", help="Deploy, stop and inspect applications (as an operator: all of them).")
-keys_cli = AppGroup("keys", help="API keys of an application's endpoint.")
-tokens_cli = AppGroup("tokens", help="Personal access tokens for the REST API (/api/v1).")
+
+class ServiceCommands(AppGroup):
+    """A group of commands over the services: a refusal of theirs (a ServiceError) that a command does
+    not handle itself ends it with the message and exit status 1, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ServiceError as e:
+            raise click.ClickException(str(e)) from e
+
+
+users_cli = ServiceCommands("users", help="Manage users.")
+metrics_cli = ServiceCommands("metrics", help="Prometheus: the token its scrape job sends.")
+demo_cli = ServiceCommands("demo", help="Demo data.")
+apps_cli = ServiceCommands("apps", help="Deploy, stop and inspect applications (as an operator: all of them).")
+keys_cli = ServiceCommands("keys", help="API keys of an application's endpoint.")
+tokens_cli = ServiceCommands("tokens", help="Personal access tokens for the REST API (/api/v1).")
 apps_cli.add_command(keys_cli)
 
 
@@ -44,10 +62,7 @@ def create_user(email, admin, password_stdin):
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    try:
-        user = users.create_user(email, password, admin=admin)
-    except ServiceError as e:
-        raise click.ClickException(str(e)) from e
+    user = users.create_user(email, password, admin=admin, acting=OPERATOR)
     click.echo(f"Created {'admin' if user.is_admin else 'member'} {user.email}.")
 
 
@@ -55,7 +70,7 @@ def create_user(email, admin, password_stdin):
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
 def list_users(as_json):
     """List every user: email, role, status and latest login."""
-    rows = users.list_users()
+    rows = users.list_users(acting=OPERATOR)
     if as_json:
         click.echo(
             json.dumps(
@@ -89,10 +104,7 @@ def _user(email: str):
 @click.argument("email")
 def disable_user(email):
     """Disable the account EMAIL: its logins end at once."""
-    try:
-        users.disable(_user(email))
-    except ServiceError as e:
-        raise click.ClickException(str(e)) from e
+    users.disable(_user(email), acting=OPERATOR)
     click.echo(f"Disabled {email}: their logins have ended.")
 
 
@@ -100,7 +112,7 @@ def disable_user(email):
 @click.argument("email")
 def enable_user(email):
     """Enable the account EMAIL again."""
-    users.enable(_user(email))
+    users.enable(_user(email), acting=OPERATOR)
     click.echo(f"Enabled {email}.")
 
 
@@ -111,11 +123,7 @@ def enable_user(email):
 @click.option("--json", "as_json", is_flag=True)
 def create_token(email, name, expires_days, as_json):
     """Create a token acting as EMAIL and print it once."""
-    user = _user(email)
-    try:
-        token, plain = access_tokens.create(user, name, expires_days)
-    except ServiceError as e:
-        raise click.ClickException(str(e)) from e
+    token, plain = access_tokens.create(_user(email), name, expires_days)
     expires = token.expires_at.isoformat() if token.expires_at else None
     if as_json:
         click.echo(json.dumps({"id": token.id, "token": plain, "name": token.name, "expires_at": expires}))
@@ -140,10 +148,7 @@ def list_tokens(email):
 @click.argument("token_id", type=int)
 def revoke_token(email, token_id):
     """Revoke EMAIL's token TOKEN_ID: requests with it get 401 from now on."""
-    try:
-        access_tokens.revoke(_user(email), token_id)
-    except ServiceError as e:
-        raise click.ClickException(str(e)) from e
+    access_tokens.revoke(_user(email), token_id)
     click.echo(f"Token {token_id} revoked.")
 
 
@@ -160,13 +165,6 @@ def setup():
     """Migrate the database, create the first admin if none, seed demo data if LLMAPP_DEMO=1."""
     for line in bootstrap.prepare():
         click.echo(line)
-
-
-def _find(name):
-    try:
-        return applications.find(name)
-    except ServiceError as e:
-        raise click.ClickException(str(e)) from e
 
 
 def _assignments(pairs: tuple[str, ...], option: str) -> list[tuple[str, str]]:
@@ -230,8 +228,6 @@ def create_app(name, owner_email, model, description, settings, env, secrets, as
             for message in messages:
                 click.echo(f"{field}: {message}", err=True)
         raise SystemExit(1) from e
-    except ServiceError as e:
-        raise click.ClickException(str(e)) from e
     _report(application, as_json)
 
 
@@ -270,11 +266,8 @@ def list_apps(as_json):
 
 
 def _transition(name, request_transition, until: set[str], wait: bool, timeout: float, as_json: bool):
-    application = _find(name)
-    try:
-        request_transition(application)
-    except ServiceError as e:
-        raise click.ClickException(str(e)) from e
+    application = applications.find(name)
+    request_transition(application)
     if wait:
         application = _wait(application, until, timeout)
     _report(application, as_json)
@@ -306,7 +299,7 @@ def stop_app(name, wait, timeout, as_json):
 @click.option("--json", "as_json", is_flag=True)
 def create_key(name, label, as_json):
     """Create an API key for NAME and print it once."""
-    application = _find(name)
+    application = applications.find(name)
     _, plain = api_keys.create_key(application, label)
     if as_json:
         click.echo(json.dumps({"key": plain, "endpoint": application.endpoint, "application": application.name}))
@@ -352,7 +345,7 @@ def _print_metrics(report: dict) -> None:
 @click.option("--json", "as_json", is_flag=True, help="The whole report, with chart points, for scripts.")
 def app_metrics(name, window, as_user, as_json):
     """Request metrics of the application NAME over a window."""
-    application = _as_user(_find(name), name, as_user)
+    application = _as_user(applications.find(name), name, as_user)
     report = metrics_service.report(application, window)
     if as_json:
         click.echo(json.dumps(report))
@@ -383,12 +376,9 @@ def _as_user(application, name: str, email: str | None):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (NDJSON).")
 def app_logs(name, follow, level, since, text, as_user, as_json):
     """Print the log of the application NAME (the retained lines, oldest first), like tail -f with --follow."""
-    application = _as_user(_find(name), name, as_user)
-    try:
-        levels = logs_service.level_at_least(level)
-        seconds = logs_service.parse_since(since)
-    except ServiceError as e:
-        raise click.ClickException(str(e)) from e
+    application = _as_user(applications.find(name), name, as_user)
+    levels = logs_service.level_at_least(level)
+    seconds = logs_service.parse_since(since)
 
     def show(line):
         if logs_service.matches(line, levels, (text or "").lower()):

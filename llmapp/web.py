@@ -1,10 +1,13 @@
-"""Helpers shared by the blueprints: full page or fragment, lookups, security headers."""
+"""Helpers shared by the blueprints: full page or fragment, lookups, permissions, security headers."""
 
-from flask import Response, abort, make_response, redirect, render_template, request, stream_with_context
+import functools
+
+from flask import Response, make_response, redirect, render_template, request, stream_with_context
 from flask_login import current_user
 from werkzeug.routing import IntegerConverter
 
 from .models import MAX_ID
+from .services import require_admin
 
 # Only our own vendored scripts and stylesheet; htmx is configured (base.html) to need no inline style or eval.
 CONTENT_SECURITY_POLICY = (
@@ -26,7 +29,7 @@ def render(page: str, fragment: str, code: int = 200, **context):
 
 
 def event_stream(events) -> Response:
-    """Server-sent events (services/logs.py sse_event makes each) as a response: streamed within the
+    """Server-sent events (services/live_logs.py sse_event makes each) as a response: streamed within the
     request's context, never cached, and not buffered by a proxy in front (nginx: X-Accel-Buffering)."""
     return Response(
         stream_with_context(events),
@@ -69,10 +72,25 @@ def int_arg(name: str, low: int = 1, high: int = MAX_ID, default=None) -> int | 
     return bounded_int(request.args.get(name), low, high, default)
 
 
-def admin_required(message: str = "Only an admin can change the model registry.") -> None:
-    """:raise 403: the current user is not an admin."""
-    if not current_user.is_admin:
-        abort(403, message)
+def admin_required(message: str):
+    """Decorate a view that only admins may open (under login_required, as flaskr's login_required is
+    used): a member gets the 403 page with ``message``. The services refuse members too (Forbidden); this
+    answers before a view renders anything, a form included.
+
+        @bp.route("/new", methods=["GET", "POST"])
+        @admin_required(registry.ADMIN_ONLY)
+        def create(): ...
+    """
+
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapped_view(**kwargs):
+            require_admin(current_user, message)
+            return view(**kwargs)
+
+        return wrapped_view
+
+    return decorator
 
 
 def add_security_headers(response):

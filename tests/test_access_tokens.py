@@ -8,7 +8,7 @@ from datetime import timedelta
 from conftest import HX
 from llmapp.extensions import db
 from llmapp.models import AccessToken, utcnow
-from llmapp.services import access_tokens, users
+from llmapp.services import OPERATOR, access_tokens, users
 
 
 def tokens_of(app, user):
@@ -70,7 +70,7 @@ def test_expired_tokens_and_disabled_users_let_nobody_in(app, factory, admin):
         assert access_tokens.state(expiring) == "expired"
     assert authenticates(app, expiring_plain) is None and authenticates(app, lasting) == "script@example.com"
     with app.app_context():
-        users.disable(db.session.get(type(user), user.id))
+        users.disable(db.session.get(type(user), user.id), acting=OPERATOR)
     assert authenticates(app, lasting) is None
     assert all(t.revoked_at is not None for t in tokens_of(app, user))  # enabling again does not revive them
 

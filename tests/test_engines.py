@@ -16,7 +16,7 @@ from llmapp.runtime import keys
 from llmapp.runtime.__main__ import make_engine
 from llmapp.runtime.engines import CompletionOutput, Engine, RequestOutput, one
 from llmapp.runtime.server import build_app
-from llmapp.services import FieldErrors, applications, recommendations, registry, server_spec
+from llmapp.services import OPERATOR, FieldErrors, applications, recommendations, registry, server_spec
 
 
 class EchoEngine(Engine):
@@ -85,7 +85,7 @@ def test_a_new_kind_is_checked_offered_and_recommended_through_the_table(app, ec
         with app.test_request_context():
             assert ("echo", "echo — says the prompt back") in RegistryModelForm().engine.choices
         assert "echo: what it says first." in engines.column_hints()["source"]
-        model = registry.create_model(values)
+        model = registry.create_model(values, acting=OPERATOR)
         assert applications.recommendation_for(model).upstream == "echo"
 
 

@@ -15,6 +15,7 @@ from llmapp import keyspace
 from llmapp.extensions import db
 from llmapp.models import Application
 from llmapp.runtime import logs as runtime_logs
+from llmapp.services import live_logs
 from llmapp.services import logs as logs_service
 
 LIVE = {"LOG_HEARTBEAT_S": 0.2, "LOG_STREAM_BLOCK_S": 0.5}
@@ -142,7 +143,7 @@ def test_the_live_stream_resumes_exactly_and_frees_what_a_departed_client_held(a
         client = httpx.Client(base_url=server.url, timeout=30)
         client.post("/login", data={"email": member.email, "password": "password123"})
         with app.app_context():
-            hub = logs_service.hub()
+            hub = live_logs.hub()
         threads_before = threading.active_count()
         url = f"/applications/{application.id}/logs/stream"
         first = []
@@ -187,7 +188,7 @@ def test_many_viewers_share_one_reader(app, factory, member, config_overrides):
             c.post("/login", data={"email": member.email, "password": "password123"})
             clients.append(c)
         with app.app_context():
-            hub = logs_service.hub()
+            hub = live_logs.hub()
         streams = [c.stream("GET", f"/applications/{application.id}/logs/stream") for c in clients]
         responses = [s.__enter__() for s in streams]
         wait_for(lambda: hub.viewers() == 5, 10, 0.05, "five viewers")
@@ -374,8 +375,8 @@ def test_sse_events_stay_whole_whatever_their_text():
             yield from self.text  # one character at a time: the reader's CRLF handling too
 
     data = "one\rtwo\r\nthree\nfour\r\r\nfive"
-    text = logs_service.sse_event(data, "line\r\nevent: forged", "1-1\r\nid: 9999\rdata: forged")
-    text += logs_service.sse_event("next", "line", "2-2")
+    text = live_logs.sse_event(data, "line\r\nevent: forged", "1-1\r\nid: 9999\rdata: forged")
+    text += live_logs.sse_event("next", "line", "2-2")
     reader = SSE(Body(text))
     first, second = reader.events(2)
     assert first["data"] == "one\ntwo\nthree\nfour\n\nfive"  # every line break, as the browser joins them

@@ -6,33 +6,25 @@ details. The OpenAPI 3.1 document (/api/v1/openapi.json) is generated from the r
 pydantic models by spectree: chosen because it attaches to a plain Flask app and its blueprints (the
 pages stay as they are), validates with pydantic v2, and writes OpenAPI 3.1 by default; apiflask
 would replace the app class, and flask-smorest writes 3.0 from marshmallow schemas.
+
+One module per resource, each a thin adapter over the same services the pages, the jobs and the CLI
+call: applications.py (and their deploy and stop), keys.py, logs.py (the log and its live stream),
+metrics.py, registry.py (/models), plugins.py (plugin types, plugins, their documents), chains.py (an
+application's plugins), users.py. Beside them: auth.py (tokens, the rate limit, the checks every body
+passes), errors.py (a refusal or an HTTP error as a problem document, problems.py), openapi.py (the
+document), schemas.py (the bodies' shapes) and page.py (the reference page in the UI).
 """
 
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint
 from spectree import SecurityScheme, SpecTree
 from spectree.models import SecureType, SecuritySchemeData
 
-from ..extensions import csrf, db, limiter
-from ..runtime.keys import authorization, bearer_token
-from ..services import NUL_ERROR, ServiceError, access_tokens
+from ..extensions import csrf
 from . import problems
+from .schemas import Problem
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
-
-
-def _on_invalid_request(req, resp, error, instance, model_adapter):
-    """spectree's 422 for a body or query of the wrong shape, as a problem document."""
-    if error is None:
-        return
-    errors: dict[str, list[str]] = {}
-    for item in model_adapter.validation_errors(error):
-        field = ".".join(str(part) for part in item.get("loc", ()))
-        errors.setdefault(field, []).append(item.get("msg", "Invalid."))
-    answer = problems.problem(422, "The request does not have the expected shape.", errors=errors)
-    resp.set_data(answer.get_data())
-    resp.mimetype = problems.MEDIA_TYPE
-
 
 spec = SpecTree(
     "flask",
@@ -49,67 +41,19 @@ spec = SpecTree(
         )
     ],
     security={"token": []},
-    before=_on_invalid_request,
+    before=problems.on_invalid_request,
     validation_error_status=422,
 )
 
+# The error answers every operation documents (each a problem document, see openapi.py).
+ERRORS = {"HTTP_401": Problem, "HTTP_404": Problem, "HTTP_429": Problem}
+BODY_ERRORS = {**ERRORS, "HTTP_415": Problem, "HTTP_422": Problem}  # operations that read a JSON body
+ADMIN_ERRORS = {**ERRORS, "HTTP_403": Problem}  # operations only admins may do (the service refuses: 403)
 
-def _token_key() -> str:
-    """Rate limits count per token (per address for requests without one)."""
-    _, token = authorization(request.headers.get("Authorization"))  # any scheme: each is counted
-    return "token:" + access_tokens.digest(token) if token else "addr:" + (request.remote_addr or "")
-
-
-limiter.limit(lambda: current_app.config["API_RATE_LIMIT"], key_func=_token_key)(bp)
-
-
-@bp.before_request
-def authenticate():
-    """The user a personal access token acts as (401 for none, an unknown, revoked or expired one)."""
-    if request.endpoint in ("api.openapi",):
-        return None
-    _, credentials = authorization(request.headers.get("Authorization"))
-    token = bearer_token(request.headers.get("Authorization"))
-    user = access_tokens.authenticate(token) if token else None
-    if user is None:
-        detail = problems.HTTP_DETAILS[401] if not credentials else "This token is unknown, revoked or expired."
-        return problems.problem(401, detail, headers={"WWW-Authenticate": 'Bearer realm="llmapp"'})
-    g.api_user = user
-    if request.method in ("POST", "PUT", "PATCH") and request.content_length and not request.is_json:
-        return problems.problem(415, problems.HTTP_DETAILS[415])
-    # As the pages' forms do: no NUL character reaches a service (PostgreSQL can't store one).
-    nul = _nul_at(dict(request.args)) or _nul_at(request.get_json(silent=True) if request.is_json else None)
-    if nul is not None:
-        return problems.problem(422, "The request has invalid fields.", errors={nul: [NUL_ERROR]})
-    return None
-
-
-def _nul_at(value, path: str = "") -> str | None:
-    """Where in a JSON value (or the query) a NUL character is: "env.0.name", or None."""
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        if isinstance(key, str) and "\x00" in key:
-            return f"{path}.{key}".lstrip(".")
-        found = _nul_at(item, f"{path}.{key}".lstrip("."))
-        if found is not None:
-            return found
-    return None
-
-
-from . import routes  # noqa: E402,F401
-
-
-@bp.errorhandler(ServiceError)
-def service_error(error: ServiceError):
-    """A service's refusal, raised anywhere in a route, as its problem document (the routes hold no
-    try/except of their own); the transaction it left is rolled back."""
-    db.session.rollback()
-    return problems.from_service_error(error)
-
-
-@bp.errorhandler(problems.HTTPException)
-def http_error(error):
-    """Any HTTP error inside the API (a body that is not JSON, an unknown method) as a problem document."""
-    return problems.from_http_error(error)
+# Routes register in the order they are imported, and the reference page lists them in that order:
+# keep it (applications and what hangs on them, the registry, plugins, users), not the alphabet's.
+# isort: off
+from . import auth, errors  # noqa: E402,F401
+from . import applications, keys, logs, metrics, registry, plugins, chains, users  # noqa: E402,F401
+from . import openapi  # noqa: E402,F401
+# isort: on

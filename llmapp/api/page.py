@@ -3,7 +3,7 @@
 from flask import Blueprint, render_template
 from flask_login import login_required
 
-from .routes import document
+from .openapi import document
 
 page_bp = Blueprint("api_page", __name__, url_prefix="/api")
 

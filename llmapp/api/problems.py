@@ -4,7 +4,7 @@ from flask import Response, json
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
-from ..services import Conflict, FieldErrors, Invalid, NotFound, ServiceError
+from ..services import Conflict, FieldErrors, Forbidden, Invalid, NotFound, ServiceError
 from ..services.lifecycle import TransitionRefused
 
 MEDIA_TYPE = "application/problem+json"
@@ -16,9 +16,23 @@ def problem(status: int, detail: str, headers: dict | None = None, **extra) -> R
     return Response(json.dumps(body), status=status, mimetype=MEDIA_TYPE, headers=headers)
 
 
+def on_invalid_request(req, resp, error, instance, model_adapter):
+    """spectree's 422 for a body or query of the wrong shape, as a problem document (its ``before`` hook)."""
+    if error is None:
+        return
+    errors: dict[str, list[str]] = {}
+    for item in model_adapter.validation_errors(error):
+        field = ".".join(str(part) for part in item.get("loc", ()))
+        errors.setdefault(field, []).append(item.get("msg", "Invalid."))
+    answer = problem(422, "The request does not have the expected shape.", errors=errors)
+    resp.set_data(answer.get_data())
+    resp.mimetype = MEDIA_TYPE
+
+
 def from_service_error(error: ServiceError) -> Response:
-    """A service's refusal: per-field errors 422, not found (or not yours) 404, a conflict 409 (with the
-    application's status now, for a refused transition), anything else 503 (e.g. Redis unreachable)."""
+    """A service's refusal: per-field errors 422, not found (or not yours to see) 404, not yours to do
+    (an admin's operation, an admin's published plugin) 403, a conflict 409 (with the application's
+    status now, for a refused transition), anything else 503 (e.g. Redis unreachable)."""
     if isinstance(error, FieldErrors):
         return problem(422, "The request has invalid fields.", errors=error.errors)
     if isinstance(error, Invalid) and isinstance(getattr(error, "errors", None), dict):  # a plugin's configuration
@@ -28,6 +42,8 @@ def from_service_error(error: ServiceError) -> Response:
         return problem(422, str(error), errors={error.field or "": [str(error)]})
     if isinstance(error, NotFound):
         return problem(404, str(error))
+    if isinstance(error, Forbidden):
+        return problem(403, str(error))
     if isinstance(error, TransitionRefused | Conflict):
         return problem(409, str(error), current_status=getattr(error, "current_status", None))
     return problem(503, str(error), headers={"Retry-After": "5"})  # e.g. Redis unreachable

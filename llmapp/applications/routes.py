@@ -1,24 +1,13 @@
-import time
-from urllib.parse import quote
+"""An application's pages: the list, the form (new, edit, its helpers), the detail page with its
+Monitoring pane and API keys, deploy, stop and delete. The detail page's other panes are beside this
+module, on the same blueprint: log_routes.py (Logs), playground_routes.py (Playground) and
+chain_routes.py (Plugins)."""
 
-import redis
-from flask import (
-    Response,
-    abort,
-    current_app,
-    flash,
-    make_response,
-    render_template,
-    request,
-    stream_with_context,
-    url_for,
-)
+from flask import abort, flash, render_template, request, url_for
 from flask_login import current_user, login_required
-from markupsafe import escape
 from werkzeug.datastructures import MultiDict
 
 from .. import charts
-from ..extensions import db
 from ..runtime import plugins as plugin_types
 from ..services import (
     Conflict,
@@ -33,9 +22,8 @@ from ..services import (
     plugins,
     registry,
 )
-from ..services import logs as logs_service
 from ..services import metrics as metrics_service
-from ..web import event_stream, int_arg, redirect_to, render
+from ..web import int_arg, redirect_to, render
 from . import bp
 from .forms import ApplicationForm, PlaygroundForm
 
@@ -120,7 +108,7 @@ def create():
     return _render_form(form, code=422 if form.errors or form.form_errors else 200)
 
 
-def _detail_context(application) -> dict:
+def detail_context(application) -> dict:
     return {
         "application": application,
         "env": applications.masked_env(application),
@@ -142,7 +130,7 @@ def _detail_context(application) -> dict:
 def detail(application_id):
     """Show one application; htmx polls the same URL for the live part (status, phases, logs)."""
     application = get_application(application_id)
-    response = render("applications/detail.html", "applications/_live.html", **_detail_context(application))
+    response = render("applications/detail.html", "applications/_live.html", **detail_context(application))
     seen = request.args.get("seen")
     if seen and seen != application.status:
         # The rest of the page that follows the state (the Monitoring pane) refreshes itself on this.
@@ -159,132 +147,10 @@ def monitoring(application_id):
     return render(
         "applications/detail.html",
         "applications/_monitoring.html",
-        **_detail_context(application),
+        **detail_context(application),
         report=report,
         window=window,
         charts=charts.monitoring_charts(report.get("points", []), window.point_s),
-    )
-
-
-@bp.get("/<application_id>/logs")
-def logs(application_id):
-    """The Logs pane: the latest lines followed live, or a search by level, text and time range."""
-    application = get_application(application_id)
-    args = request.args
-    view = {"level": args.get("level", ""), "q": args.get("q", "").strip(), "since": args.get("since", "")}
-    view["searching"] = any(view.values()) or "before" in args
-    try:
-        if view["searching"]:
-            since = logs_service.parse_since(view["since"])
-            result = logs_service.search(
-                application,
-                view["level"],
-                view["q"],
-                since=time.time() - since if since else None,
-                before=logs_service.valid_id(args.get("before")),
-            )
-            view.update(lines=result.lines, older=result.older, scanned=result.scanned)
-        else:
-            view["lines"] = logs_service.recent(application, 200)
-            view["last_id"] = view["lines"][-1].id if view["lines"] else None
-    except ServiceError as e:
-        view.update(error=str(e), lines=[], older=None, scanned=0)
-    return render("applications/detail.html", "applications/_logs.html", **_detail_context(application), view=view)
-
-
-@bp.get("/<application_id>/logs/stream")
-def logs_stream(application_id):
-    """New lines as server-sent events, each with its stream id: a reconnect (Last-Event-ID, or ?after=)
-    gets exactly the lines it missed. Heartbeats keep an idle stream open and find departed clients."""
-    application = get_application(application_id)
-    after = logs_service.valid_id(request.headers.get("Last-Event-ID") or request.args.get("after"))
-    heartbeat = current_app.config["LOG_HEARTBEAT_S"]
-    db.session.remove()  # no database connection held for the stream's whole life
-    return event_stream(logs_service.live_events(application.id, after, heartbeat))
-
-
-def _playground_pane(application):
-    return render_template(
-        "applications/_playground.html",
-        application=application,
-        playground_form=PlaygroundForm(formdata=None),
-        history=playground.history(application, current_user),
-    )
-
-
-@bp.route("/<application_id>/playground", methods=["GET", "POST"])
-def playground_pane(application_id):
-    """The playground: GET the pane (it reloads itself when the status changes); POST a message, answered
-    with the turn (the message and its reply, which then streams in) and a fresh form."""
-    application = get_application(application_id)
-    if request.method == "GET":
-        return _playground_pane(application)
-    form = PlaygroundForm()
-    if form.validate():
-        try:
-            turn_id = playground.start_turn(
-                application, current_user, form.message.data, form.max_tokens.data, form.temperature.data
-            )
-        except ServiceError as e:
-            form.message.errors.append(str(e))
-        else:
-            return render_template(
-                "applications/_playground_turn.html",
-                application=application,
-                message=form.message.data.strip(),
-                turn_id=turn_id,
-                form=PlaygroundForm(formdata=None, max_tokens=form.max_tokens.data, temperature=form.temperature.data),
-            )
-    response = make_response(
-        render_template("applications/_playground_form.html", application=application, form=form), 422
-    )
-    response.headers.update({"HX-Retarget": "#playground-form", "HX-Reswap": "outerHTML"})
-    return response
-
-
-@bp.get("/<application_id>/playground/<string(length=32):turn_id>")
-def playground_reply(application_id, turn_id):
-    """A turn's reply as server-sent events: "token" events (escaped text), then one "done" with how it went."""
-    application = get_application(application_id)
-    try:
-        turn = playground.take_turn(application, current_user, turn_id)
-    except (ServiceError, redis.RedisError) as e:
-        turn, failed = None, playground.TurnEvent("done", stats={"error": str(e)})
-    else:
-        failed = playground.ENDED
-    db.session.remove()  # no database connection held for the stream's whole life
-
-    def stream():
-        yield "retry: 60000\n\n"  # a turn streams once; the done event closes it
-        for event in playground.stream_turn(turn) if turn else [failed]:
-            if event.kind == "token":
-                yield logs_service.sse_event(str(escape(event.text)), "token")
-            else:
-                stats = render_template("applications/_playground_stats.html", stats=event.stats)
-                yield logs_service.sse_event(stats, "done")
-
-    return event_stream(stream())
-
-
-@bp.post("/<application_id>/playground/clear")
-def playground_clear(application_id):
-    """Forget the conversation (the key stays until it expires)."""
-    application = get_application(application_id)
-    playground.clear(application, current_user)
-    return _playground_pane(application)
-
-
-@bp.get("/<application_id>/logs/download")
-def logs_download(application_id):
-    """The whole retained log as text or NDJSON (?format=ndjson), streamed a chunk at a time."""
-    application = get_application(application_id)
-    ndjson = request.args.get("format") == "ndjson"
-    filename = f"{application.name}-log.{'ndjson' if ndjson else 'txt'}"
-    db.session.remove()
-    return Response(
-        stream_with_context(logs_service.export(application, "ndjson" if ndjson else "text")),
-        mimetype="application/x-ndjson" if ndjson else "text/plain",
-        headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}"},
     )
 
 

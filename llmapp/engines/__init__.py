@@ -6,12 +6,16 @@ names an engine. Adding an engine is a module with an ``EngineKind`` (llmapp/eng
 one entry in ``ENGINES``.
 """
 
+from ..services.model_detection import Detected, NotAModel
 from . import openai, transformers
 from .kind import ENGINE_COLUMNS, EngineKind, NotReady, RegistryField
 
 ENGINES: dict[str, EngineKind] = {kind.name: kind for kind in (transformers.KIND, openai.KIND)}
 
-__all__ = ["ENGINES", "ENGINE_COLUMNS", "EngineKind", "NotReady", "RegistryField", "detect", "kind", "names"]
+__all__ = [
+    "ENGINES", "ENGINE_COLUMNS", "Detected", "EngineKind", "NotAModel", "NotReady", "RegistryField", "detect", "kind",
+    "names",
+]  # fmt: skip
 
 
 def names() -> tuple[str, ...]:
@@ -23,12 +27,22 @@ def kind(name: str) -> EngineKind:
     return ENGINES[name]
 
 
-def detect(path: str):
-    """(kind, what it read) for the first engine that takes the model at ``path``, or (None, None)."""
+def detect(path: str) -> Detected:
+    """What the first engine that takes the model at ``path`` reads of it, with that engine's name.
+
+    :raise NotAModel: no engine takes it; the message is why (the first engine that reads local paths).
+    """
+    reasons = []
     for engine in ENGINES.values():
-        if (found := engine.detect(path)) is not None:
-            return engine, found
-    return None, None
+        try:
+            found = engine.detect(path)
+        except NotAModel as e:
+            reasons.append(str(e))
+            continue
+        if found is not None:
+            found.engine = engine.name
+            return found
+    raise NotAModel(reasons[0] if reasons else "No engine serves a model from a path on this host.")
 
 
 def column_hints() -> dict[str, str]:

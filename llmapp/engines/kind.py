@@ -54,8 +54,11 @@ class EngineKind:
                 errors.setdefault(spec.column, []).append(spec.required)
 
     def detect(self, path: str):
-        """What this kind reads from a model path (model_detection.Detected), or None when it does not
-        take such a path."""
+        """What this kind reads of the model at a path on this host (model_detection.Detected); None when
+        it serves nothing from paths.
+
+        :raise model_detection.NotAModel: the path is not a model this kind serves; says why.
+        """
         return None
 
     def source_summary(self, model) -> str:

@@ -27,10 +27,7 @@ class TransformersKind(EngineKind):
             errors["source"] = [str(e)]
 
     def detect(self, path):
-        try:
-            return model_detection.detect(path)
-        except model_detection.NotAModel:
-            return None
+        return model_detection.detect(path)
 
     def recommend(self, model, memory_bytes):
         return recommendations.recommend(model.parameters_billions, model.precision, model.context_length, memory_bytes)

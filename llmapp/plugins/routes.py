@@ -2,7 +2,7 @@ from flask import abort, flash, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from ..runtime import plugins as plugin_types
-from ..services import Invalid, NotFound, ServiceError, plugins
+from ..services import Invalid, NotFound, ServiceError, plugin_documents, plugins
 from ..web import redirect_to, render, wants_fragment
 from . import bp, config_form
 from .forms import PluginForm
@@ -14,8 +14,15 @@ def require_login():
     """Every plugin page needs a login; what a user sees and changes is the plugins service's rule."""
 
 
-def get_plugin(plugin_id: int):
+def get_plugin(plugin_id: int, *, to_change: bool = False):
+    """A plugin the current user sees (and, ``to_change``, may change).
+
+    :raise 404: no such plugin, or one they can't see. :raise Forbidden: ``to_change``, and it is an
+        admin's published plugin (the 403 page).
+    """
     try:
+        if to_change:
+            return plugins.get_changeable(plugin_id, current_user)
         return plugins.get_for_user(plugin_id, current_user)
     except NotFound:
         abort(404, "No such plugin.")
@@ -97,9 +104,8 @@ def config_fields():
 
 @bp.route("/<id:plugin_id>/edit", methods=["GET", "POST"])
 def edit(plugin_id):
-    plugin = get_plugin(plugin_id)
-    if not plugins.may_change(plugin, current_user):
-        abort(403, "Only its owner or an admin can change this plugin.")
+    """Edit a plugin of one's own (any, for an admin)."""
+    plugin = get_plugin(plugin_id, to_change=True)
     form = PluginForm(obj=plugin)
     if form.validate_on_submit():
         return _save(form, plugin)
@@ -109,11 +115,9 @@ def edit(plugin_id):
 @bp.post("/<id:plugin_id>/enabled")
 def toggle(plugin_id):
     """Enable or (enabled=0) disable a plugin; refused while a running application uses it."""
-    plugin = get_plugin(plugin_id)
+    plugin = get_plugin(plugin_id, to_change=True)
     try:
         plugins.set_enabled(plugin, current_user, request.form.get("enabled") == "1")
-    except NotFound:
-        abort(403, "Only its owner or an admin can change this plugin.")
     except ServiceError as e:
         flash(str(e), "error")
     return redirect_to(url_for(".index"))
@@ -121,12 +125,10 @@ def toggle(plugin_id):
 
 @bp.route("/<id:plugin_id>/delete", methods=["POST", "DELETE"])
 def delete(plugin_id):
-    plugin = get_plugin(plugin_id)
+    plugin = get_plugin(plugin_id, to_change=True)
     name = plugin.name
     try:
         plugins.delete(plugin, current_user)
-    except NotFound:
-        abort(403, "Only its owner or an admin can change this plugin.")
     except ServiceError as e:
         flash(str(e), "error")
     else:
@@ -146,14 +148,13 @@ def _documents_section(plugin, error=None, code=200):
 @bp.post("/<id:plugin_id>/documents")
 def add_document(plugin_id):
     """Upload a text or Markdown document to a knowledge-retrieval plugin."""
-    plugin = get_plugin(plugin_id)
+    plugin = get_plugin(plugin_id, to_change=True)
     upload = request.files.get("document")
     if upload is None or not upload.filename:
         return _documents_section(plugin, "Choose a file to upload.", 422)
     try:
-        plugins.add_document(plugin, current_user, upload.filename, upload.read(plugins.MAX_DOCUMENT_BYTES + 1))
-    except NotFound:
-        abort(403, "Only its owner or an admin can change this plugin.")
+        data = upload.read(plugin_documents.MAX_DOCUMENT_BYTES + 1)  # one byte more: too large is refused
+        plugin_documents.add_document(plugin, current_user, upload.filename, data)
     except ServiceError as e:
         return _documents_section(plugin, str(e), 422 if isinstance(e, Invalid) else 409)
     return _documents_section(plugin)
@@ -161,11 +162,11 @@ def add_document(plugin_id):
 
 @bp.post("/<id:plugin_id>/documents/<id:document_id>/delete")
 def delete_document(plugin_id, document_id):
-    plugin = get_plugin(plugin_id)
+    plugin = get_plugin(plugin_id, to_change=True)
     try:
-        plugins.delete_document(plugin, current_user, document_id)
+        plugin_documents.delete_document(plugin, current_user, document_id)
     except NotFound:
-        abort(404, "No such document, or you can't change this plugin.")
+        abort(404, "No such document.")
     except ServiceError as e:
         return _documents_section(plugin, str(e), 409)
     return _documents_section(plugin)

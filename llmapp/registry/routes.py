@@ -1,5 +1,5 @@
 from flask import abort, flash, render_template, request, url_for
-from flask_login import login_required
+from flask_login import current_user, login_required
 
 from ..services import Conflict, NotFound, model_detection, registry
 from ..web import admin_required, redirect_to, render
@@ -10,7 +10,7 @@ from .forms import RegistryModelForm
 @bp.before_request
 @login_required
 def require_login():
-    """Every registry page needs a logged-in user; changes need an admin (below)."""
+    """Every registry page needs a logged-in user; changes need an admin (admin_required, and the service)."""
 
 
 def get_model(model_id: int):
@@ -28,12 +28,12 @@ def index():
 
 
 @bp.route("/new", methods=["GET", "POST"])
+@admin_required(registry.ADMIN_ONLY)
 def create():
     """Register a model (admins only)."""
-    admin_required()
     form = RegistryModelForm()
     if form.is_submitted() and form.judged():
-        model = registry.create_model(form.service_data())
+        model = registry.create_model(form.service_data(), acting=current_user)
         flash(f"Model “{model.name}” registered.", "success")
         return redirect_to(url_for(".index"))
     return _form_page(form, None)
@@ -46,29 +46,29 @@ def _form_page(form, model):
 
 
 @bp.route("/<id:model_id>/edit", methods=["GET", "POST"])
+@admin_required(registry.ADMIN_ONLY)
 def edit(model_id):
     """Edit a registered model (admins only)."""
-    admin_required()
     model = get_model(model_id)
     form = RegistryModelForm(obj=model, model_id=model.id)
     if form.is_submitted() and form.judged():
-        registry.update_model(model.id, form.service_data())
+        registry.update_model(model.id, form.service_data(), acting=current_user)
         flash(f"Model “{model.name}” saved.", "success")
         return redirect_to(url_for(".index"))
     return _form_page(form, model)
 
 
 @bp.post("/detect")
+@admin_required(registry.ADMIN_ONLY)
 def detect():
     """Fill the form from the model directory at ``source`` (config.json, safetensors headers), for the
     admin to confirm; or say at the field why that path is not a model directory."""
-    admin_required()
     model_id = request.form.get("model_id", type=int)
     model = get_model(model_id) if model_id else None
     form = RegistryModelForm(model_id=model.id if model else None)
     detected = None
     try:
-        detected = model_detection.detect(form.source.data or "")
+        detected = registry.detect(form.source.data or "", acting=current_user)
     except model_detection.NotAModel as e:
         form.source.errors = [str(e)]
     else:
@@ -78,12 +78,12 @@ def detect():
 
 
 @bp.route("/<id:model_id>/delete", methods=["POST", "DELETE"])
+@admin_required(registry.ADMIN_ONLY)
 def delete(model_id):
     """Remove a model from the registry, unless applications use it (admins only)."""
-    admin_required()
     name = get_model(model_id).name
     try:
-        registry.delete_model(model_id)
+        registry.delete_model(model_id, acting=current_user)
     except Conflict as e:
         flash(str(e), "error")
     else:

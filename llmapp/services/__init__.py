@@ -16,7 +16,12 @@ class ServiceError(Exception):
 
 
 class NotFound(ServiceError):
-    pass
+    """No such object, or one the user may not see (the two look the same): 404."""
+
+
+class Forbidden(ServiceError):
+    """The user sees it but may not do this (an admin's operation, an admin's published plugin): 403.
+    What the user may not even see is NotFound instead."""
 
 
 class Conflict(ServiceError):
@@ -41,6 +46,30 @@ class FieldErrors(Invalid):
     def __init__(self, errors: dict[str, list[str]]):
         super().__init__("Some fields are not valid.", next(iter(errors), None))
         self.errors = errors
+
+
+class Operator:
+    """Who acts when no user does: the CLI (run by whoever runs the platform) and the platform itself (the
+    first admin, the demo data). Admin-only rules let it through; every other rule applies to it. A
+    sentinel of its own, never None: a missing user is nobody, and nobody is refused."""
+
+    is_admin = True
+    id = None
+
+    def __repr__(self) -> str:
+        return "OPERATOR"
+
+
+OPERATOR = Operator()
+
+
+def require_admin(acting, message: str) -> None:
+    """The rule of every admin-only operation; ``acting`` is a User, or OPERATOR.
+
+    :raise Forbidden: ``message``, when ``acting`` is not an admin (or is nobody).
+    """
+    if acting is None or not acting.is_admin:
+        raise Forbidden(message)
 
 
 NUL_ERROR = "Contains a NUL character, which can't be stored or passed on."

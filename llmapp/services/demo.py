@@ -15,7 +15,7 @@ from .. import engines
 from ..extensions import db
 from ..models import Plugin, RegistryModel
 from ..runtime import plugins as plugin_types
-from . import applications, plugins, users
+from . import OPERATOR, applications, plugin_documents, plugins, users
 
 DEMO_EMAIL = "demo@llmapp.local"
 DEMO_PASSWORD = "demo-password"
@@ -138,7 +138,7 @@ def seed() -> dict:
     created = {"users": 0, "models": 0, "applications": 0, "plugins": 0}
     admin = users.find_by_email(DEMO_EMAIL)
     if admin is None:
-        admin = users.create_user(DEMO_EMAIL, DEMO_PASSWORD, admin=True)
+        admin = users.create_user(DEMO_EMAIL, DEMO_PASSWORD, admin=True, acting=OPERATOR)
         created["users"] += 1
     models = {}
     # Beside instance/, not in it: instance/ is the platform's alone, and servers run as another account.
@@ -201,7 +201,7 @@ def seed() -> dict:
             created["plugins"] += 1
     help_centre = demo_plugin("help-centre")
     if help_centre is not None and not help_centre.documents:
-        plugins.add_document(help_centre, admin, "help-centre.md", HELP_CENTRE.encode())
+        plugin_documents.add_document(help_centre, admin, "help-centre.md", HELP_CENTRE.encode())
     for app_name, plugin_names in CHAINS.items():
         application = new_applications.get(app_name)
         if application is None:

@@ -30,6 +30,7 @@ class Detected:
     precision: str | None
     parameters: int | None  # exact, from the safetensors headers
     sources: list[str] = field(default_factory=list)  # the files it was read from
+    engine: str | None = None  # the engine that takes it (set by the engine table's detect)
 
     @property
     def parameters_billions(self) -> float | None:
@@ -40,6 +41,7 @@ class Detected:
     def as_fields(self) -> dict:
         """The registry fields it fills (those it could read)."""
         values = {
+            "engine": self.engine,
             "family": self.family,
             "context_length": self.context_length,
             "precision": self.precision,

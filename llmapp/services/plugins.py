@@ -1,8 +1,9 @@
 """Plugins: configured instances of the plugin types (llmapp/runtime/plugins), their sharing and rules.
 
 Sharing: a member sees and changes their own plugins and sees the plugins admins have published
-(to attach them; only admins change those). An admin sees and changes every plugin. A plugin another
-member can't see answers as if it did not exist (NotFound). A plugin that a running application uses
+(to attach them; only admins change those: Forbidden). An admin sees and changes every plugin, and
+only an admin publishes one (a member's "published" is ignored). A plugin another member can't see
+answers as if it did not exist (NotFound). A plugin that a running application uses
 can't be disabled or deleted; the refusal names those applications. Secret settings (the webhook's
 signing secret) are stored encrypted and never shown again; left empty in an edit, they are kept.
 
@@ -17,6 +18,8 @@ llmapp/netguard.py allows, checked at every save (the app server checks again on
 An application can't override it on a plugin that isn't its owner's (a published one): that plugin's
 secret would sign what goes where the application's owner chose. Such an override stored before this
 rule is ignored: the chain the server runs has the plugin's own value.
+
+Documents (a knowledge-retrieval plugin's) are services/plugin_documents.py's.
 """
 
 import hashlib
@@ -28,18 +31,14 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import netguard, queues, secrets_box
 from ..extensions import db
-from ..models import MAX_ID, Application, ApplicationPlugin, Plugin, PluginDocument, User
+from ..models import MAX_ID, Application, ApplicationPlugin, Plugin, User
 from ..runtime import plugins as plugin_types
 from ..runtime.plugins import published
-from . import Conflict, Invalid, NotFound, ServiceError, lifecycle, publish_before_commit
-
-MAX_DOCUMENT_BYTES = 1024 * 1024  # under the 2 MB request limit (MAX_CONTENT_LENGTH)
-MAX_PLUGIN_DOCUMENTS_BYTES = 20 * 1024 * 1024
-DOCUMENT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
+from . import Conflict, Forbidden, Invalid, NotFound, ServiceError, lifecycle, publish_before_commit
 
 LIVE = (lifecycle.RUNNING, lifecycle.DEPLOYING)
 DESTINATIONS = {"webhook_audit": ("url",)}  # per type: the settings that decide where its data goes
-MAX_DOCUMENT_NAME = 255
+NOT_YOURS = "Only its owner or an admin can change this plugin."
 
 
 class ConfigInvalid(Invalid):
@@ -79,7 +78,25 @@ def get_for_user(plugin_id: int, user: User) -> Plugin:
 
 
 def may_change(plugin: Plugin, user: User) -> bool:
+    """Whether ``user`` may change (or delete) ``plugin``: theirs, or they are an admin."""
     return user.is_admin or plugin.created_by_id == user.id
+
+
+def require_change(plugin: Plugin, user: User) -> None:
+    """:raise Forbidden: ``user`` sees ``plugin`` (an admin's published one) but may not change it."""
+    if not may_change(plugin, user):
+        raise Forbidden(NOT_YOURS)
+
+
+def get_changeable(plugin_id: int, user: User) -> Plugin:
+    """A plugin ``user`` may change.
+
+    :raise NotFound: no such plugin, or one ``user`` can't see. :raise Forbidden: one they see but may
+        not change (an admin's published plugin).
+    """
+    plugin = get_for_user(plugin_id, user)
+    require_change(plugin, user)
+    return plugin
 
 
 def _clean(data: dict, user: User, stored: dict | None = None) -> dict:
@@ -138,9 +155,9 @@ def create(user: User, data: dict) -> Plugin:
 
 
 def update(plugin: Plugin, user: User, data: dict) -> Plugin:
-    """:raise NotFound: ``user`` may not change it. :raise Conflict: see set_enabled."""
-    if not may_change(plugin, user):
-        raise NotFound("Only its owner or an admin can change this plugin.")
+    """:raise Forbidden: ``user`` may not change it. :raise Invalid, ConfigInvalid: see _clean. :raise
+    Conflict: see set_enabled."""
+    require_change(plugin, user)
     values = _clean(data, user, stored=plugin.config if data.get("type") == plugin.type else None)
     if not values["enabled"] and plugin.enabled:
         _refuse_if_live(plugin, "disabled")
@@ -148,15 +165,15 @@ def update(plugin: Plugin, user: User, data: dict) -> Plugin:
         values["published"] = plugin.published
     for key, value in values.items():
         setattr(plugin, key, value)
-    _publish_for(users_of(plugin, LIVE), "The plugin was not saved")
+    publish_chains_before_commit(users_of(plugin, LIVE), "The plugin was not saved")
     _commit_or_name_taken(plugin.name)
     return plugin
 
 
 def set_enabled(plugin: Plugin, user: User, enabled: bool) -> None:
-    """:raise Conflict: disabling a plugin that a running application uses."""
-    if not may_change(plugin, user):
-        raise NotFound("Only its owner or an admin can change this plugin.")
+    """:raise Forbidden: ``user`` may not change it. :raise Conflict: disabling a plugin that a running
+    application uses."""
+    require_change(plugin, user)
     if not enabled:
         _refuse_if_live(plugin, "disabled")
     plugin.enabled = enabled
@@ -164,9 +181,9 @@ def set_enabled(plugin: Plugin, user: User, enabled: bool) -> None:
 
 
 def delete(plugin: Plugin, user: User) -> None:
-    """:raise Conflict: a running application uses it, or any application has it attached."""
-    if not may_change(plugin, user):
-        raise NotFound("Only its owner or an admin can change this plugin.")
+    """:raise Forbidden: ``user`` may not change it. :raise Conflict: a running application uses it, or
+    any application has it attached."""
+    require_change(plugin, user)
     _refuse_if_live(plugin, "deleted")
     attached = users_of(plugin)
     if attached:
@@ -208,76 +225,6 @@ def _commit_or_name_taken(name: str) -> None:
     except IntegrityError as e:
         db.session.rollback()
         raise Invalid(f"You already have a plugin named “{name}”.", "name") from e
-
-
-# --- documents of a knowledge-retrieval plugin --------------------------------------------------
-
-
-def add_document(plugin: Plugin, user: User, filename: str, data: bytes) -> PluginDocument:
-    """A text or Markdown document, indexed by the servers of the applications using the plugin.
-
-    :raise Invalid: not a knowledge-retrieval plugin, not UTF-8 text, too large, a name already there.
-    """
-    if not may_change(plugin, user):
-        raise NotFound("Only its owner or an admin can change this plugin.")
-    if plugin.type != "knowledge_retrieval":
-        raise Invalid("Only a knowledge-retrieval plugin has documents.", "document")
-    name = _document_name(filename)
-    if not name.lower().endswith(DOCUMENT_SUFFIXES):
-        raise Invalid(f"Upload a text or Markdown file ({', '.join(DOCUMENT_SUFFIXES)}).", "document")
-    if not data.strip():
-        raise Invalid(f"“{name}” is empty.", "document")
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise Invalid(f"“{name}” is larger than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB.", "document")
-    stored = sum(document.size for document in plugin.documents)
-    if stored + len(data) > MAX_PLUGIN_DOCUMENTS_BYTES:
-        raise Invalid(
-            f"A plugin holds at most {MAX_PLUGIN_DOCUMENTS_BYTES // (1024 * 1024)} MiB of documents; "
-            f"this one has {stored / (1024 * 1024):.1f} MiB.",
-            "document",
-        )
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise Invalid(f"“{name}” is not UTF-8 text.", "document") from e
-    if "\x00" in text:
-        raise Invalid(f"“{name}” is not a text file.", "document")
-    if any(document.name == name for document in plugin.documents):
-        raise Invalid(f"The plugin already has a document named “{name}”: delete it first to replace it.", "document")
-    document = PluginDocument(plugin=plugin, name=name, text=text, size=len(data))
-    db.session.add(document)
-    _publish_for(users_of(plugin, LIVE), "The document was not added")
-    db.session.commit()
-    return document
-
-
-def _document_name(name) -> str:
-    """The name as given, refused (not repaired) when it would break a log line or name a path.
-
-    :raise Invalid: at "document"; the message never repeats the name.
-    """
-    if not isinstance(name, str) or not name:
-        raise Invalid("Give the document a name.", "document")
-    if netguard.has_control_characters(name):
-        raise Invalid("A document's name can't contain line breaks, tabs or other control characters.", "document")
-    if name != name.strip():
-        raise Invalid("A document's name can't begin or end with a space.", "document")
-    if "/" in name or "\\" in name:
-        raise Invalid("A document's name can't contain / or \\: give the file's name without its folder.", "document")
-    if len(name) > MAX_DOCUMENT_NAME:
-        raise Invalid(f"A document's name has at most {MAX_DOCUMENT_NAME} characters.", "document")
-    return name
-
-
-def delete_document(plugin: Plugin, user: User, document_id: int) -> None:
-    if not may_change(plugin, user):
-        raise NotFound("Only its owner or an admin can change this plugin.")
-    document = next((d for d in plugin.documents if d.id == document_id), None)
-    if document is None:
-        raise NotFound("No such document.")
-    plugin.documents.remove(document)
-    _publish_for(users_of(plugin, LIVE), "The document was not deleted")
-    db.session.commit()
 
 
 # --- an application's chain ---------------------------------------------------------------------
@@ -458,7 +405,7 @@ def publish_chain(application: Application) -> None:
     )
 
 
-def _publish_for(applications: list[Application], failure: str) -> None:
+def publish_chains_before_commit(applications: list[Application], failure: str) -> None:
     """Publish the chains of live ``applications`` with what the session holds, before it is committed."""
     if not applications:
         return
@@ -475,5 +422,5 @@ def _publish_for(applications: list[Application], failure: str) -> None:
 
 def _apply(application: Application, failure: str) -> None:
     """Commit a change of the application's chain, published first when it is live."""
-    _publish_for([application] if application.status in LIVE else [], failure)
+    publish_chains_before_commit([application] if application.status in LIVE else [], failure)
     db.session.commit()

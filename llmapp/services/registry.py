@@ -5,8 +5,10 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import engines
 from ..extensions import db
-from ..models import MAX_ID, Application, RegistryModel
-from . import NUL_ERROR, Conflict, FieldErrors, NotFound
+from ..models import MAX_ID, Application, RegistryModel, User
+from . import NUL_ERROR, Conflict, FieldErrors, NotFound, Operator, require_admin
+
+ADMIN_ONLY = "Only an admin can change the model registry."
 
 FIELDS = (
     "name",
@@ -121,16 +123,19 @@ def check(data: dict, model_id: int | None = None) -> dict:
     return values
 
 
-def create_model(data: dict) -> RegistryModel:
-    """:raise FieldErrors: see check."""
+def create_model(data: dict, *, acting: "User | Operator") -> RegistryModel:
+    """:raise Forbidden: ``acting`` is not an admin. :raise FieldErrors: see check."""
+    require_admin(acting, ADMIN_ONLY)
     model = RegistryModel(**check(data))
     db.session.add(model)
     _commit_or_name_taken(model.name)
     return model
 
 
-def update_model(model_id: int, data: dict) -> RegistryModel:
-    """:raise NotFound: no such model. :raise FieldErrors: see check."""
+def update_model(model_id: int, data: dict, *, acting: "User | Operator") -> RegistryModel:
+    """:raise Forbidden: ``acting`` is not an admin. :raise NotFound: no such model. :raise FieldErrors: see
+    check."""
+    require_admin(acting, ADMIN_ONLY)
     model = get_model(model_id)
     for key, value in check(data, model_id).items():
         setattr(model, key, value)
@@ -146,8 +151,10 @@ def _commit_or_name_taken(name: str) -> None:
         raise FieldErrors({"name": [f"A model named “{name}” is already registered."]}) from e
 
 
-def delete_model(model_id: int) -> None:
-    """:raise Conflict: applications still use it."""
+def delete_model(model_id: int, *, acting: "User | Operator") -> None:
+    """:raise Forbidden: ``acting`` is not an admin. :raise NotFound: no such model. :raise Conflict:
+    applications still use it."""
+    require_admin(acting, ADMIN_ONLY)
     model = get_model(model_id)
     used = db.session.scalar(select(func.count()).select_from(Application).where(Application.model_id == model_id))
     if used:
@@ -161,3 +168,13 @@ def delete_model(model_id: int) -> None:
     except IntegrityError as e:  # an application chose it between the count and the delete
         db.session.rollback()
         raise Conflict(f"“{model.name}” is now used by an application; try again after changing it.") from e
+
+
+def detect(source: str, *, acting: "User | Operator") -> "engines.Detected":
+    """What the model at ``source`` on this host says of itself (and which engine takes it), to fill the
+    form with. Admins only: it reads this host's files.
+
+    :raise Forbidden: ``acting`` is not an admin. :raise engines.NotAModel: no engine takes that path.
+    """
+    require_admin(acting, ADMIN_ONLY)
+    return engines.detect(source)

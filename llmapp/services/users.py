@@ -5,6 +5,9 @@ admin can't disable their own account. Disabling a user ends every login of thei
 session and remember-me cookies stop working on their next request) and revokes the keys the
 platform held for them (their playground keys); their applications keep running; an admin stops or
 reassigns them. A password reset by an admin, or a change by the user, ends the user's other logins.
+
+Managing users (listing, adding, changing them) is for admins: each such function takes the acting
+user (``acting``; OPERATOR from the CLI and the platform itself) and refuses a member with Forbidden.
 """
 
 import functools
@@ -19,10 +22,11 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from ..extensions import db
 from ..models import MAX_ID, ApiKey, LoginSession, User, utcnow
 from ..web import bounded_int
-from . import Conflict, Invalid, NotFound, access_tokens
+from . import OPERATOR, Conflict, Invalid, NotFound, Operator, access_tokens, require_admin
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 MIN_PASSWORD = 8
+ADMIN_ONLY = "Only an admin can manage users."
 
 
 def find_by_email(email: str) -> User | None:
@@ -44,8 +48,10 @@ def authenticate(email: str, password: str) -> User | None:
     return user if user.check_password(password) else None
 
 
-def create_user(email: str, password: str, *, admin: bool = False) -> User:
-    """:raise Invalid: the email is malformed or taken, or the password too short."""
+def create_user(email: str, password: str, *, admin: bool = False, acting: "User | Operator") -> User:
+    """:raise Forbidden: ``acting`` is not an admin. :raise Invalid: the email is malformed or taken, or
+    the password too short."""
+    require_admin(acting, ADMIN_ONLY)
     email = email.strip().lower()
     if not EMAIL.match(email) or len(email) > 254:
         raise Invalid(f"“{email}” is not an email address.", "email")
@@ -72,7 +78,7 @@ def ensure_first_admin(email: str | None, password: str | None) -> tuple[User, s
     if not (email and password):
         email = email or "admin@llmapp.local"
         password = generated = secrets.token_urlsafe(12)
-    return create_user(email, password, admin=True), generated
+    return create_user(email, password, admin=True, acting=OPERATOR), generated
 
 
 def _token_hash(token: str) -> str:
@@ -125,8 +131,12 @@ def check_password_rules(password: str) -> None:
         raise Invalid("The password must have at most 1,024 characters.", "password")
 
 
-def list_users() -> list[tuple[User, object]]:
-    """Every user with the start of their latest login (None if they have none open), by email."""
+def list_users(*, acting: "User | Operator") -> list[tuple[User, object]]:
+    """Every user with the start of their latest login (None if they have none open), by email.
+
+    :raise Forbidden: ``acting`` is not an admin.
+    """
+    require_admin(acting, ADMIN_ONLY)
     last_login = (
         select(LoginSession.user_id, func.max(LoginSession.created_at).label("at"))
         .group_by(LoginSession.user_id)
@@ -143,8 +153,13 @@ def last_login_at(user: User):
     return db.session.scalar(select(func.max(LoginSession.created_at)).where(LoginSession.user_id == user.id))
 
 
-def get_user(user_id: int) -> User:
-    """:raise NotFound: no such user (an id out of the database's range names none)."""
+def get_user(user_id: int, *, acting: "User | Operator") -> User:
+    """A user to manage.
+
+    :raise Forbidden: ``acting`` is not an admin. :raise NotFound: no such user (an id out of the
+        database's range names none).
+    """
+    require_admin(acting, ADMIN_ONLY)
     user = db.session.get(User, user_id) if 1 <= user_id <= MAX_ID else None
     if user is None:
         raise NotFound("No such user.")
@@ -159,8 +174,9 @@ def _other_active_admins(user: User) -> int:
     )
 
 
-def set_admin(user: User, admin: bool) -> None:
-    """:raise Conflict: it would leave no active admin."""
+def set_admin(user: User, admin: bool, *, acting: "User | Operator") -> None:
+    """:raise Forbidden: ``acting`` is not an admin. :raise Conflict: it would leave no active admin."""
+    require_admin(acting, ADMIN_ONLY)
     if not admin and user.is_admin and not _other_active_admins(user):
         raise Conflict(f"{user.email} is the last admin: make another user an admin first.")
     user.is_admin = admin
@@ -174,13 +190,14 @@ def _end_logins(user: User, keep_token: str | None = None) -> None:
     db.session.execute(query)
 
 
-def disable(user: User, acting: User | None = None) -> None:
+def disable(user: User, *, acting: "User | Operator") -> None:
     """Disable an account: its logins end and its playground keys are revoked, at once.
 
-    :raise Conflict: it is the acting admin's own account (``acting``; None from the CLI), or the last
-        active admin.
+    :raise Forbidden: ``acting`` is not an admin. :raise Conflict: it is the acting admin's own account,
+        or the last active admin.
     """
-    if acting is not None and user.id == acting.id:
+    require_admin(acting, ADMIN_ONLY)
+    if acting is not OPERATOR and user.id == acting.id:
         raise Conflict("You can't disable your own account.")
     if user.is_admin and not _other_active_admins(user):
         raise Conflict(f"{user.email} is the last admin: make another user an admin first.")
@@ -207,13 +224,19 @@ def disable(user: User, acting: User | None = None) -> None:
     db.session.commit()
 
 
-def enable(user: User) -> None:
+def enable(user: User, *, acting: "User | Operator") -> None:
+    """:raise Forbidden: ``acting`` is not an admin."""
+    require_admin(acting, ADMIN_ONLY)
     user.disabled_at = None
     db.session.commit()
 
 
-def reset_password(user: User) -> str:
-    """A new password for ``user`` (returned once, to hand over); their logins end."""
+def reset_password(user: User, *, acting: "User | Operator") -> str:
+    """A new password for ``user`` (returned once, to hand over); their logins end.
+
+    :raise Forbidden: ``acting`` is not an admin.
+    """
+    require_admin(acting, ADMIN_ONLY)
     password = secrets.token_urlsafe(12)
     user.set_password(password)
     _end_logins(user)

@@ -10,29 +10,31 @@ from .forms import ChangePasswordForm, NewTokenForm, NewUserForm
 @bp.before_request
 @login_required
 def require_login():
-    """Every page here needs a login; all but the user's own account (and its tokens) need an admin."""
-    if request.endpoint not in ("users.account", "users.create_token", "users.revoke_token"):
-        admin_required("Only an admin can manage users.")
+    """Every page here needs a login; all but the user's own account (and its tokens) need an admin
+    (admin_required, and the users service)."""
 
 
 def get_user(user_id: int):
+    """:raise Forbidden: the current user is not an admin. :raise 404: no such user."""
     try:
-        return users.get_user(user_id)
+        return users.get_user(user_id, acting=current_user)
     except NotFound:
         abort(404, "No such user.")
 
 
 def _page(form, code=200):
-    return render("users/index.html", "users/_new.html", code=code, users=users.list_users(), form=form)
+    rows = users.list_users(acting=current_user)
+    return render("users/index.html", "users/_new.html", code=code, users=rows, form=form)
 
 
 @bp.route("/", methods=["GET", "POST"])
+@admin_required(users.ADMIN_ONLY)
 def index():
     """The users, and a form to add one (admins only)."""
     form = NewUserForm()
     if form.validate_on_submit():
         try:
-            user = users.create_user(form.email.data, form.password.data, admin=form.admin.data)
+            user = users.create_user(form.email.data, form.password.data, admin=form.admin.data, acting=current_user)
         except Invalid as e:
             form[e.field or "email"].errors.append(str(e))
         else:
@@ -63,27 +65,33 @@ def _change(user_id, change, done: str):
 
 
 @bp.post("/<id:user_id>/admin")
+@admin_required(users.ADMIN_ONLY)
 def make_admin(user_id):
     """Make a user an admin, or (admin=0) an ordinary member."""
     admin = request.form.get("admin") == "1"
-    return _change(user_id, lambda u: users.set_admin(u, admin), "Now an admin." if admin else "Now a member.")
+    done = "Now an admin." if admin else "Now a member."
+    return _change(user_id, lambda u: users.set_admin(u, admin, acting=current_user), done)
 
 
 @bp.post("/<id:user_id>/disable")
+@admin_required(users.ADMIN_ONLY)
 def disable(user_id):
     """Disable an account: its logins end at once."""
-    return _change(user_id, lambda u: users.disable(u, current_user), "Disabled: their logins have ended.")
+    return _change(user_id, lambda u: users.disable(u, acting=current_user), "Disabled: their logins have ended.")
 
 
 @bp.post("/<id:user_id>/enable")
+@admin_required(users.ADMIN_ONLY)
 def enable(user_id):
-    return _change(user_id, users.enable, "Enabled: they can log in again.")
+    return _change(user_id, lambda u: users.enable(u, acting=current_user), "Enabled: they can log in again.")
 
 
 @bp.post("/<id:user_id>/reset-password")
+@admin_required(users.ADMIN_ONLY)
 def reset_password(user_id):
     """A new password, shown once to the admin to hand over; the user's logins end."""
-    return _change(user_id, users.reset_password, "Password reset: their logins have ended.")
+    done = "Password reset: their logins have ended."
+    return _change(user_id, lambda u: users.reset_password(u, acting=current_user), done)
 
 
 @bp.route("/account", methods=["GET", "POST"])

@@ -1,0 +1,84 @@
+"""The documents of a knowledge-retrieval plugin: text or Markdown files its servers index and search.
+
+Who may add or delete them is the plugin's rule (plugins.require_change: its owner or an admin). A
+change reaches the running applications that use the plugin live, published before it is committed,
+as every change of a plugin does (services/plugins.py).
+"""
+
+from .. import netguard
+from ..extensions import db
+from ..models import Plugin, PluginDocument, User
+from . import Invalid, NotFound
+from .plugins import LIVE, publish_chains_before_commit, require_change, users_of
+
+MAX_DOCUMENT_BYTES = 1024 * 1024  # under the 2 MB request limit (MAX_CONTENT_LENGTH)
+MAX_PLUGIN_DOCUMENTS_BYTES = 20 * 1024 * 1024
+DOCUMENT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
+MAX_DOCUMENT_NAME = 255
+
+
+def add_document(plugin: Plugin, user: User, filename: str, data: bytes) -> PluginDocument:
+    """A text or Markdown document, indexed by the servers of the applications using the plugin.
+
+    :raise Forbidden: ``user`` may not change the plugin. :raise Invalid: not a knowledge-retrieval
+        plugin, not UTF-8 text, too large, a name already there.
+    """
+    require_change(plugin, user)
+    if plugin.type != "knowledge_retrieval":
+        raise Invalid("Only a knowledge-retrieval plugin has documents.", "document")
+    name = _document_name(filename)
+    if not name.lower().endswith(DOCUMENT_SUFFIXES):
+        raise Invalid(f"Upload a text or Markdown file ({', '.join(DOCUMENT_SUFFIXES)}).", "document")
+    if not data.strip():
+        raise Invalid(f"“{name}” is empty.", "document")
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise Invalid(f"“{name}” is larger than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB.", "document")
+    stored = sum(document.size for document in plugin.documents)
+    if stored + len(data) > MAX_PLUGIN_DOCUMENTS_BYTES:
+        raise Invalid(
+            f"A plugin holds at most {MAX_PLUGIN_DOCUMENTS_BYTES // (1024 * 1024)} MiB of documents; "
+            f"this one has {stored / (1024 * 1024):.1f} MiB.",
+            "document",
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise Invalid(f"“{name}” is not UTF-8 text.", "document") from e
+    if "\x00" in text:
+        raise Invalid(f"“{name}” is not a text file.", "document")
+    if any(document.name == name for document in plugin.documents):
+        raise Invalid(f"The plugin already has a document named “{name}”: delete it first to replace it.", "document")
+    document = PluginDocument(plugin=plugin, name=name, text=text, size=len(data))
+    db.session.add(document)
+    publish_chains_before_commit(users_of(plugin, LIVE), "The document was not added")
+    db.session.commit()
+    return document
+
+
+def _document_name(name) -> str:
+    """The name as given, refused (not repaired) when it would break a log line or name a path.
+
+    :raise Invalid: at "document"; the message never repeats the name.
+    """
+    if not isinstance(name, str) or not name:
+        raise Invalid("Give the document a name.", "document")
+    if netguard.has_control_characters(name):
+        raise Invalid("A document's name can't contain line breaks, tabs or other control characters.", "document")
+    if name != name.strip():
+        raise Invalid("A document's name can't begin or end with a space.", "document")
+    if "/" in name or "\\" in name:
+        raise Invalid("A document's name can't contain / or \\: give the file's name without its folder.", "document")
+    if len(name) > MAX_DOCUMENT_NAME:
+        raise Invalid(f"A document's name has at most {MAX_DOCUMENT_NAME} characters.", "document")
+    return name
+
+
+def delete_document(plugin: Plugin, user: User, document_id: int) -> None:
+    """:raise Forbidden: ``user`` may not change the plugin. :raise NotFound: it has no such document."""
+    require_change(plugin, user)
+    document = next((d for d in plugin.documents if d.id == document_id), None)
+    if document is None:
+        raise NotFound("No such document.")
+    plugin.documents.remove(document)
+    publish_chains_before_commit(users_of(plugin, LIVE), "The document was not deleted")
+    db.session.commit()
