@@ -14,11 +14,26 @@ import redis
 from sqlalchemy import text
 from werkzeug.serving import make_server
 
-from llmapp import create_app
+from llmapp import create_app, keyspace
 from llmapp.embedded import EmbeddedRedis
 from llmapp.extensions import db
-from llmapp.models import Application, RegistryModel, User
+from llmapp.models import Application, Plugin, RegistryModel, User
+from llmapp.runtime import logs as runtime_logs
 from llmapp.services.applications import DEFAULT_CONFIG
+
+# tests/unit is pure code: a test there may not ask for the database, Redis, the app or a real process
+# (it belongs in tests/integration or tests/e2e then); collection fails, naming the test, if one does.
+NOT_PURE = {
+    "app", "client", "runner", "factory", "auth", "member", "admin", "logged_in", "tiny", "schema",
+    "database_url", "redis_url", "workers", "served_tiny", "config_overrides",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    unit = config.rootpath / "tests" / "unit"
+    for item in items:
+        if item.path.is_relative_to(unit) and (used := NOT_PURE & set(item.fixturenames)):
+            raise pytest.UsageError(f"{item.nodeid} is a unit test but uses {', '.join(sorted(used))}")
 
 
 @pytest.fixture(scope="session")
@@ -356,6 +371,104 @@ def workers(app, database_url, redis_url, tmp_path):
     started.stop()
     for process in server_processes(str(tmp_path)):  # no server of this test outlives it
         process.kill()
+
+
+# --- application logs and plugins, as tests write and read them -------------------------------
+
+def write(app, application_id, message, level="INFO", source="server", request_id=None):
+    connection = redis.Redis.from_url(app.config["REDIS_URL"])
+    return connection.xadd(
+        keyspace.logs(application_id), runtime_logs.record(message, level, source, request_id)
+    ).decode()
+
+
+def fetch(app, application_id):
+    with app.app_context():
+        return db.session.get(Application, application_id)
+
+
+def read_events(lines, count, into):
+    """Read server-sent events from an open stream's lines (one iterator per stream) until ``into`` holds
+    ``count`` line events."""
+    if len(into) >= count:
+        return
+    event = {}
+    for raw in lines:
+        if raw.startswith("id: "):
+            event["id"] = raw[4:]
+        elif raw.startswith("data: "):
+            event["data"] = event.get("data", "") + raw[6:]
+        elif raw == "" and "id" in event:
+            into.append(event)
+            event = {}
+            if len(into) >= count:
+                return
+
+
+FORGED = "x\r\nid: 9999\r\n\x1b[31m"  # a line break, a fake SSE id, a terminal colour
+
+
+HOSTILE = FORGED + "\u2028\u2029\u202e\x85\x00\x07\rend"  # and Unicode separators, a bidi override, C1, NUL
+
+
+def has_raw_control(text: str) -> bool:
+    return bool(runtime_logs.UNSAFE.search(text))
+
+
+def plugin_form(type_name="content_filter", **fields):
+    data = {"name": "no-secrets", "type": type_name, "description": "", "version": "1.0", "enabled": "y"}
+    data.update(fields)
+    return data
+
+
+def stored_plugin(app, name):
+    """The plugin named ``name``, as stored."""
+    with app.app_context():
+        return db.session.scalar(db.select(Plugin).filter_by(name=name))
+
+
+# --- name resolution, as the webhooks' guard does it -------------------------------------------
+
+def resolver(*answers):
+    """A resolver hook: each call answers the next address (the last one again), and is recorded."""
+    calls, queue = [], list(answers)
+
+    import socket
+
+    def resolve(host, port, type=0):  # noqa: A002 - socket.getaddrinfo's name
+        calls.append(host)
+        address = queue.pop(0) if len(queue) > 1 else queue[0]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    resolve.calls = calls
+    return resolve
+
+
+# --- the REST API: its tokens and answers ---------------------------------------------------------
+
+API = "/api/v1"
+
+
+def token_for(app, user) -> str:
+    """A personal access token of ``user``'s, in plain."""
+    from llmapp.services import access_tokens
+
+    with app.app_context():
+        _, plain = access_tokens.create(db.session.get(User, user.id), "tests", None)
+    return plain
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def problem(response, status: int) -> dict:
+    """The problem document (RFC 9457) of an API answer with ``status``."""
+    assert response.status_code == status, response.text
+    assert response.content_type == "application/problem+json"
+    body = response.json
+    assert body["status"] == status and body["title"] and body["detail"]
+    return body
 
 
 # --- deploying through the platform: helpers of the tests that do -------------------------------

@@ -6,9 +6,8 @@ import io
 
 import click
 import pytest
-from test_api import API, bearer, problem, token_for
 
-from conftest import HX
+from conftest import API, HX, bearer, problem, token_for
 from llmapp.extensions import db
 from llmapp.models import Plugin, PluginDocument, RegistryModel, User
 from llmapp.services import OPERATOR, Forbidden, NotFound, plugin_documents, plugins, registry, users

@@ -45,7 +45,7 @@ def test_the_form_the_cli_and_the_api_give_the_services_messages_at_the_same_fie
         assert printed[field] == message
     assert printed["env.0.name"] == BAD_ENV[1]
 
-    from test_api import bearer, token_for
+    from conftest import bearer, token_for
 
     body = {
         "name": "support-bot",

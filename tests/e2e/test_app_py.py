@@ -17,7 +17,7 @@ import redis
 from conftest import csrf_token_from, server_processes, wait_for
 from llmapp.embedded import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def workers_of(platform: subprocess.Popen) -> set[int]:

@@ -236,3 +236,27 @@ def test_control_tokens_in_prompts_and_transcripts_are_text(engine, tiny_model_d
     base.tokenizer.chat_template = None
     transcript = base.prompt_ids(request(base, "chat", messages=[{"role": "user", "content": FORGED}]))
     assert not set(transcript) & specials(base) and base.tokenizer.decode(transcript) == f"user: {FORGED}\nassistant:"
+
+
+def test_tokenising_runs_off_the_event_loop(tiny_model_dir):
+    """A long prompt is CPU work: it is tokenised in the engine's tokenizer thread, never on the loop
+    that answers /health and every other request meanwhile."""
+    import threading
+
+    from llmapp.runtime.engines.transformers import TransformersEngine
+    from llmapp.runtime.serving import ENDPOINTS
+
+    engine = TransformersEngine(tiny_model_dir, batch_size=1, served_name="tiny")
+    engine.load()
+    threads = []
+    tokenise = engine.prompt_ids
+    engine.prompt_ids = lambda request: threads.append(threading.current_thread().name) or tokenise(request)
+    request = ENDPOINTS["completion"].parse({"model": "tiny", "prompt": "hello world " * 500}, "tiny", 8192, "t")
+
+    async def prepare():
+        loop_thread = threading.current_thread().name
+        return loop_thread, await engine.prepare(request, {})
+
+    loop_thread, prepared = asyncio.run(prepare())
+    assert threads and threads[0].startswith("tokenizer") and threads[0] != loop_thread
+    assert prepared.prompt_tokens > 500

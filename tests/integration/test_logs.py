@@ -10,27 +10,14 @@ import httpx
 import pytest
 import redis
 
-from conftest import HX, LiveServer, running_app, wait_for, wait_logged
+from conftest import HOSTILE, HX, LiveServer, fetch, has_raw_control, read_events, wait_for, write
 from llmapp import keyspace
 from llmapp.extensions import db
-from llmapp.models import Application
 from llmapp.runtime import logs as runtime_logs
 from llmapp.services import live_logs
 from llmapp.services import logs as logs_service
 
 LIVE = {"LOG_HEARTBEAT_S": 0.2, "LOG_STREAM_BLOCK_S": 0.5}
-
-
-def write(app, application_id, message, level="INFO", source="server", request_id=None):
-    connection = redis.Redis.from_url(app.config["REDIS_URL"])
-    return connection.xadd(
-        keyspace.logs(application_id), runtime_logs.record(message, level, source, request_id)
-    ).decode()
-
-
-def fetch(app, application_id):
-    with app.app_context():
-        return db.session.get(Application, application_id)
 
 
 def test_search_by_level_text_and_time_in_pages(app, factory, member):
@@ -115,24 +102,6 @@ def test_the_pane_shows_the_latest_lines_escaped_and_searches(logged_in, app, fa
     assert "1 matching line" in found and "deploy requested" not in found and "sse-connect" not in found
     assert "not a duration" in logged_in.get(f"/applications/{application.id}/logs?since=soon", headers=HX).text
     assert 'hx-trigger="load"' in logged_in.get(f"/applications/{application.id}").text  # the pane loads itself
-
-
-def read_events(lines, count, into):
-    """Read server-sent events from an open stream's lines (one iterator per stream) until ``into`` holds
-    ``count`` line events."""
-    if len(into) >= count:
-        return
-    event = {}
-    for raw in lines:
-        if raw.startswith("id: "):
-            event["id"] = raw[4:]
-        elif raw.startswith("data: "):
-            event["data"] = event.get("data", "") + raw[6:]
-        elif raw == "" and "id" in event:
-            into.append(event)
-            event = {}
-            if len(into) >= count:
-                return
 
 
 @pytest.mark.parametrize("config_overrides", [LIVE])
@@ -248,7 +217,7 @@ def test_the_cli_prints_filters_and_follows(app, factory, member, runner, databa
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
     }
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     follower = subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "llmapp", "apps", "logs", "cli-log", "--follow", "--level", "WARNING"],
         cwd=root,
@@ -270,49 +239,7 @@ def test_the_cli_prints_filters_and_follows(app, factory, member, runner, databa
         follower.wait(10)
 
 
-def test_a_secret_on_the_servers_logging_path_is_redacted_everywhere(app, client, auth, member, factory, tiny, workers):
-    """A secret value reaches the server's real logging path (a client sends it as `user`, which the
-    DEBUG request line logs) and is redacted in the stream, the pane, the download and the SSE events."""
-    workers.start(1)
-    secret = "sk-very-secret-value-42"
-    deployed, api, _ = running_app(
-        app, client, auth, member, factory, tiny, "secretive", log_level="DEBUG",
-        env=[{"name": "UPSTREAM_KEY", "value": secret, "secret": True}],
-    )  # fmt: skip
-    response = api.completions.with_raw_response.create(model="secretive", prompt="hi", max_tokens=2, user=secret)
-    request_id = response.headers["X-Request-Id"]
-    wait_logged(app, deployed.id, "/v1/completions request:")
-    connection = redis.Redis.from_url(app.config["REDIS_URL"])
-    raw = b"".join(b"".join(fields.values()) for _, fields in connection.xrange(keyspace.logs(deployed.id)))
-    assert secret.encode() not in raw and "'user': '••••'".encode() in raw  # redacted before it was written
-    assert request_id.encode() in raw
-    assert secret not in client.get(f"/applications/{deployed.id}/logs", headers=HX).text
-    assert secret not in client.get(f"/applications/{deployed.id}/logs?q=user", headers=HX).text
-    assert secret not in client.get(f"/applications/{deployed.id}/logs/download?format=ndjson").text
-    with LiveServer(app) as server:
-        live = httpx.Client(base_url=server.url, timeout=30)
-        live.post("/login", data={"email": member.email, "password": "password123"})
-        events = []
-        with live.stream("GET", f"/applications/{deployed.id}/logs/stream?after=0-0") as stream:
-            read_events(stream.iter_lines(), 3, events)
-        live.close()
-    assert events and secret not in json.dumps(events)
-    # The application's own log level shows the request's detail, and the request's line its fields.
-    with app.app_context():
-        found = logs_service.search(fetch(app, deployed.id), text=request_id, limit=10).lines
-    assert {line.level for line in found} == {"DEBUG", "INFO"}
-    answered = next(line for line in found if line.level == "INFO")
-    assert answered.fields["status"] == 200 and answered.fields["tokens_out"] >= 1 and answered.fields["key"] == "test"
-
-
 # --- untrusted text in a line: one record is one line, wherever it is shown -------------------------
-
-FORGED = "x\r\nid: 9999\r\n\x1b[31m"  # a line break, a fake SSE id, a terminal colour
-HOSTILE = FORGED + "\u2028\u2029\u202e\x85\x00\x07\rend"  # and Unicode separators, a bidi override, C1, NUL
-
-
-def has_raw_control(text: str) -> bool:
-    return bool(runtime_logs.UNSAFE.search(text))
 
 
 class SSE:
@@ -384,30 +311,6 @@ def test_sse_events_stay_whole_whatever_their_text():
     assert second == {"id": "2-2", "event": "line", "data": "next"} and reader.last_id == "2-2"
 
 
-def test_a_forged_line_in_a_model_or_parameter_name_reaches_the_log_neutralised(served_tiny):
-    """Through a real app server: a model name and a parameter name with CR, LF, ESC and the rest are
-    logged escaped, in the message and in every field."""
-    served_tiny.idle()
-    request_id = f"forged-{time.monotonic_ns()}"
-    response = httpx.post(
-        served_tiny.url + "/completions",
-        headers={**served_tiny.headers, "X-Request-Id": request_id},
-        json={"model": HOSTILE, "prompt": "hi", "max_tokens": 1, HOSTILE: 1},
-        timeout=60,
-    )
-    assert response.status_code in (400, 404), response.text
-    lines = wait_for(
-        lambda: [line for line in served_tiny.log() if line.get("request_id") == request_id], 30, 0.1, "the lines"
-    )
-    answered = next(line for line in lines if f" {response.status_code}" in line["message"])
-    assert "x\\r\\nid: 9999\\r\\n\\x1b[31m\\u2028\\u2029\\u202e\\x85\\x00\\x07\\rend" in answered["message"]
-    for line in lines:
-        for name, value in line.items():
-            assert not has_raw_control(value), (name, value)
-            if name == "fields":
-                assert not has_raw_control(repr(json.loads(value)))
-
-
 @pytest.mark.parametrize("config_overrides", [LIVE])
 def test_every_reader_shows_one_line_per_record_and_no_control(
     app, factory, member, runner, logged_in, config_overrides
@@ -459,14 +362,3 @@ def test_every_reader_shows_one_line_per_record_and_no_control(
             assert {e["event"] for e in events} == {"line"}
             assert all("id: 9999" in e["data"] and not has_raw_control(e["data"]) for e in events[:3]), url
             client.close()
-
-
-def test_the_workers_apply_every_applications_retention_by_themselves(app, factory, member, workers):
-    """A stopped application's log (no server trims it) is trimmed by the workers' periodic job."""
-    application = factory.application(member, factory.model(), name="quiet", config={"log_lines": 100})
-    for i in range(150):
-        write(app, application.id, f"line {i}")
-    connection = redis.Redis.from_url(app.config["REDIS_URL"])
-    assert connection.xlen(keyspace.logs(application.id)) == 150
-    workers.start()
-    wait_for(lambda: connection.xlen(keyspace.logs(application.id)) == 100, 60, 0.2, "the workers' trim")

@@ -286,3 +286,24 @@ def test_disguised_blocked_words_and_a_second_system_message_change_nothing(serv
     assert chat(override).json()["usage"]["prompt_tokens"] == plain
     usage = [json.loads(line[6:]) for line in chat(override, True).text.splitlines() if '"usage"' in line]
     assert usage[-1]["usage"]["prompt_tokens"] == plain
+
+
+def test_a_running_server_refuses_a_webhook_to_itself(served_tiny):
+    import httpx
+
+    receiver = Receiver()
+    port = receiver.server.server_address[1]
+    url = f"http://localhost:{port}/hook"  # loopback by name: not on the server's allow-list (127.0.0.1)
+    try:
+        served_tiny.idle()
+        served_tiny.use_plugins({"name": "audit", "type": "webhook_audit", "config": {"url": url, "secret": SECRET}})
+        body = {"model": served_tiny.NAME, "prompt": "hi", "max_tokens": 2}
+        assert httpx.post(served_tiny.url + "/completions", json=body, headers=served_tiny.headers, timeout=60)
+        wait_for(
+            lambda: [r for r in served_tiny.log() if f"webhook {url} refused" in r["message"]], 30, 0.1, "the refusal"
+        )
+        assert receiver.received == []
+    finally:
+        served_tiny.idle()
+        served_tiny.use_plugins()
+        receiver.close()

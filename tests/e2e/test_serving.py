@@ -237,30 +237,6 @@ def test_a_burst_of_streams_never_runs_past_max_concurrency(server):
     assert len(admitted) == 2 and set(admitted) <= {200, 504} and in_flight <= 2, statuses
 
 
-def test_tokenising_runs_off_the_event_loop(tiny_model_dir):
-    """A long prompt is CPU work: it is tokenised in the engine's tokenizer thread, never on the loop
-    that answers /health and every other request meanwhile."""
-    import threading
-
-    from llmapp.runtime.engines.transformers import TransformersEngine
-    from llmapp.runtime.serving import ENDPOINTS
-
-    engine = TransformersEngine(tiny_model_dir, batch_size=1, served_name="tiny")
-    engine.load()
-    threads = []
-    tokenise = engine.prompt_ids
-    engine.prompt_ids = lambda request: threads.append(threading.current_thread().name) or tokenise(request)
-    request = ENDPOINTS["completion"].parse({"model": "tiny", "prompt": "hello world " * 500}, "tiny", 8192, "t")
-
-    async def prepare():
-        loop_thread = threading.current_thread().name
-        return loop_thread, await engine.prepare(request, {})
-
-    loop_thread, prepared = asyncio.run(prepare())
-    assert threads and threads[0].startswith("tokenizer") and threads[0] != loop_thread
-    assert prepared.prompt_tokens > 500
-
-
 def test_a_short_request_is_answered_while_a_long_stream_is_generating(server):
     """One long generation no longer blocks everyone: a 2-token request sent while a 6000-token stream
     runs (other sampling settings) is answered while that stream is still in flight."""

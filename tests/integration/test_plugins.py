@@ -4,20 +4,9 @@ the applications concerned."""
 
 import re
 
-from conftest import HX
+from conftest import HX, plugin_form, stored_plugin
 from llmapp.extensions import db
 from llmapp.models import ApplicationPlugin, Plugin
-
-
-def plugin_form(type_name="content_filter", **fields):
-    data = {"name": "no-secrets", "type": type_name, "description": "", "version": "1.0", "enabled": "y"}
-    data.update(fields)
-    return data
-
-
-def stored(app, name):
-    with app.app_context():
-        return db.session.scalar(db.select(Plugin).filter_by(name=name))
 
 
 def test_the_form_follows_the_types_schema(logged_in):
@@ -37,11 +26,11 @@ def test_create_with_errors_at_the_field_then_edit_and_list(logged_in, app):
     assert "is not a valid regular expression" in refused.text and "At least 1." in refused.text
     assert "Choose one of: block, mask." in refused.text
     assert "(unclosed\nok" in refused.text  # what was typed stays
-    assert stored(app, "no-secrets") is None
+    assert stored_plugin(app, "no-secrets") is None
 
     good = plugin_form(**{"config-keywords": "password\nsecret", "config-action": "mask", "config-apply_to": "output"})
     assert logged_in.post("/plugins/new", data=good).status_code == 303
-    plugin = stored(app, "no-secrets")
+    plugin = stored_plugin(app, "no-secrets")
     assert plugin.type == "content_filter" and plugin.config["keywords"] == ["password", "secret"]
     assert plugin.config["action"] == "mask" and plugin.config["max_match_chars"] == 100  # default kept
     listing = logged_in.get("/plugins/").text
@@ -66,7 +55,7 @@ def test_a_webhook_secret_is_stored_encrypted_and_never_shown(logged_in, app):
         **{"config-url": "https://audit.example/hook", "config-secret": "s3cret-signing-key!"},
     )
     assert logged_in.post("/plugins/new", data=data).status_code == 303
-    plugin = stored(app, "audit")
+    plugin = stored_plugin(app, "audit")
     with app.app_context():
         assert secrets_box.decrypt(plugin.config["secret"]) == "s3cret-signing-key!"
     edit = logged_in.get(f"/plugins/{plugin.id}/edit").text
@@ -102,7 +91,7 @@ def test_sharing_members_see_their_own_and_published_ones(client, auth, app, fac
                 Plugin(name=name, type="system_prompt", config={}, created_by_id=owner.id, published=published)
             )
             db.session.commit()
-    ids = {name: stored(app, name).id for name in ("alices", "house-rules", "admins-draft")}
+    ids = {name: stored_plugin(app, name).id for name in ("alices", "house-rules", "admins-draft")}
 
     auth.login(bob)
     listing = client.get("/plugins/").text
@@ -115,10 +104,10 @@ def test_sharing_members_see_their_own_and_published_ones(client, auth, app, fac
     assert client.get(f"/plugins/{ids['house-rules']}/edit").status_code == 403
     assert client.post(f"/plugins/{ids['house-rules']}/delete").status_code == 403
     assert client.post(f"/plugins/{ids['house-rules']}/enabled", data={"enabled": "0"}).status_code == 403
-    assert stored(app, "house-rules").enabled
+    assert stored_plugin(app, "house-rules").enabled
     # A member can't publish: the field is ignored.
     client.post("/plugins/new", data=plugin_form("system_prompt", name="bobs", published="y"))
-    assert stored(app, "bobs").published is False
+    assert stored_plugin(app, "bobs").published is False
 
     auth.logout()
     auth.login(admin)
@@ -127,7 +116,7 @@ def test_sharing_members_see_their_own_and_published_ones(client, auth, app, fac
 
 def test_disabling_or_deleting_a_plugin_in_use_is_refused_with_the_applications_named(logged_in, app, factory, member):
     logged_in.post("/plugins/new", data=plugin_form("system_prompt", name="greeter"))
-    plugin = stored(app, "greeter")
+    plugin = stored_plugin(app, "greeter")
     running = factory.application(member, factory.model(), name="front-desk", status="running")
     stopped = factory.application(member, factory.model(), name="archive")
     with app.app_context():
@@ -139,7 +128,7 @@ def test_disabling_or_deleting_a_plugin_in_use_is_refused_with_the_applications_
     assert (
         "“greeter” can&#39;t be disabled while “front-desk” uses it: stop it first." in logged_in.get("/plugins/").text
     )
-    assert stored(app, "greeter").enabled
+    assert stored_plugin(app, "greeter").enabled
     logged_in.post(f"/plugins/{plugin.id}/delete")
     assert "can&#39;t be deleted while “front-desk” uses it" in logged_in.get("/plugins/").text
 
@@ -149,10 +138,10 @@ def test_disabling_or_deleting_a_plugin_in_use_is_refused_with_the_applications_
         db.session.get(Application, running.id).status = "stopped"
         db.session.commit()
     logged_in.post(f"/plugins/{plugin.id}/enabled", data={"enabled": "0"})
-    assert stored(app, "greeter").enabled is False
+    assert stored_plugin(app, "greeter").enabled is False
     logged_in.post(f"/plugins/{plugin.id}/delete")
     assert "is attached to “archive”, “front-desk”: detach it there first" in logged_in.get("/plugins/").text
-    assert stored(app, "greeter") is not None
+    assert stored_plugin(app, "greeter") is not None
 
 
 # --- attaching plugins to an application ------------------------------------------------------------
@@ -177,7 +166,7 @@ def document_of(app, application):
 def test_attach_order_override_turn_off_and_detach_on_the_detail_page(logged_in, app, factory, member):
     logged_in.post("/plugins/new", data=plugin_form("system_prompt", name="house style"))
     logged_in.post("/plugins/new", data=plugin_form("pii_redaction", name="pii"))
-    style, pii = stored(app, "house style"), stored(app, "pii")
+    style, pii = stored_plugin(app, "house style"), stored_plugin(app, "pii")
     application = factory.application(member, factory.model(), name="front-desk")
     base = f"/applications/{application.id}/plugins"
     page = logged_in.get(f"/applications/{application.id}").text
@@ -239,7 +228,7 @@ def test_a_member_attaches_only_what_they_may_see_to_what_is_theirs(client, auth
     with app.app_context():
         db.session.add(Plugin(name="alices", type="system_prompt", config={}, created_by_id=alice.id))
         db.session.commit()
-    alices = stored(app, "alices")
+    alices = stored_plugin(app, "alices")
     bobs_app = factory.application(bob, factory.model(), name="bobs-app")
     alices_app = factory.application(alice, factory.model(), name="alices-app")
     auth.login(bob)
@@ -260,7 +249,7 @@ def test_documents_of_a_retrieval_plugin(logged_in, app):
     import io
 
     logged_in.post("/plugins/new", data=plugin_form("knowledge_retrieval", name="handbook"))
-    plugin = stored(app, "handbook")
+    plugin = stored_plugin(app, "handbook")
     url = f"/plugins/{plugin.id}/documents"
     assert "No documents yet" in logged_in.get(f"/plugins/{plugin.id}/edit").text
 
@@ -284,7 +273,7 @@ def test_documents_of_a_retrieval_plugin(logged_in, app):
     pii = logged_in.post("/plugins/new", data=plugin_form("pii_redaction", name="pii"))
     assert pii.status_code == 303
     other = logged_in.post(
-        f"/plugins/{stored(app, 'pii').id}/documents",
+        f"/plugins/{stored_plugin(app, 'pii').id}/documents",
         data={"document": (io.BytesIO(b"x"), "a.txt")},
         headers=HX,
         content_type="multipart/form-data",
@@ -298,78 +287,12 @@ def test_documents_of_a_retrieval_plugin(logged_in, app):
 # --- a running application takes chain changes live ---------------------------------------------------
 
 
-def test_a_running_application_takes_chain_changes_live(app, client, auth, member, factory, tiny, workers):
-    import openai
-
-    from conftest import SERVING_CONFIG, deploy, health_of, new_key, wait_for, wait_logged
-
-    workers.start(1)
-    auth.login(member)
-    client.post("/plugins/new", data=plugin_form("system_prompt", name="style", **{"config-system_prompt": "Be kind."}))
-    client.post(
-        "/plugins/new", data=plugin_form(name="blocker", **{"config-keywords": "forbidden", "config-apply_to": "input"})
-    )
-    style, blocker = stored(app, "style"), stored(app, "blocker")
-    application = factory.application(member, tiny, name="chained", config=dict(SERVING_CONFIG))
-    base = f"/applications/{application.id}/plugins"
-    client.post(base, data={"plugin_id": style.id}, headers=HX)  # before the deploy: it runs from the start
-    running = deploy(client, app, application)
-    assert running.status == "running", running.last_error
-    assert [step["name"] for step in health_of(running)["plugins"]["chain"]] == ["style"]
-    endpoint = openai.OpenAI(base_url=running.endpoint, api_key=new_key(app, application.id), max_retries=0)
-
-    def prompt_tokens(text="hello"):
-        reply = endpoint.completions.create(model="chained", prompt=text, max_tokens=1)
-        return reply.usage.prompt_tokens
-
-    def blocked(text="this is forbidden"):
-        try:
-            prompt_tokens(text)
-        except openai.BadRequestError as e:
-            return e.code == "content_filter"
-        return False
-
-    styled = prompt_tokens()
-    wait_logged(app, application.id, "plugins style")
-    section = client.post(base, data={"plugin_id": blocker.id}, headers=HX)  # live: no restart
-    assert "Changes reach the running server within seconds" in section.text
-    wait_for(blocked, 60, 0.2, "the blocker to act on the running server")
-    client.post(f"{base}/{style.id}/detach", headers=HX)
-    wait_for(lambda: prompt_tokens() < styled, 60, 0.2, "the detached system prompt to stop acting")
-    # This application's override of the keywords…
-    overrides = {"config-keywords": "verboten", "config-apply_to": "input"}
-    assert client.post(f"{base}/{blocker.id}/overrides", data=overrides, headers=HX).status_code == 200
-    wait_for(lambda: blocked("verboten") and not blocked(), 60, 0.2, "the override to reach the server")
-    # …and an edit of the plugin on the Plugins tab (a setting not overridden) reach the running server.
-    edit = plugin_form(name="blocker", **{"config-keywords": "forbidden", "config-apply_to": "output"})
-    assert client.post(f"/plugins/{blocker.id}/edit", data=edit).status_code == 303
-    wait_for(lambda: not blocked("verboten"), 60, 0.2, "the plugin's edit to reach the server")
-    assert health_of(running)["status"] == "ready"
-    wait_logged(app, application.id, "policy: blocker block input (keyword)")
-    # Redis lost the chain (a restart without persistence): the server keeps the one it runs, and the
-    # reconcile publishes it again.
-    from llmapp import keyspace, queues
-    from llmapp.services import reconcile
-
-    with app.app_context():
-        connection, chain_key = queues.connection(), keyspace.plugin_chain(application.id)
-        connection.delete(chain_key)
-
-        def republished():
-            reconcile.reconcile(queues.this_host())  # skips while a worker's reconcile runs
-            return connection.hget(chain_key, "version")
-
-        version = wait_for(republished, 60, 0.5, "the reconcile to publish the chain again").decode()
-    assert version == health_of(running)["plugins"]["version"] and not blocked("verboten")
-    client.post(f"/applications/{application.id}/stop", headers=HX)
-
-
 def test_the_application_form_chooses_plugins(logged_in, app, factory, member):
     from test_applications import form_data
 
     for name in ("first", "second"):
         logged_in.post("/plugins/new", data=plugin_form("system_prompt", name=name))
-    first, second = stored(app, "first"), stored(app, "second")
+    first, second = stored_plugin(app, "first"), stored_plugin(app, "second")
     model = factory.model()
     page = logged_in.get("/applications/new").text
     assert "first — System prompt / template" in page and 'name="plugins"' in page
@@ -378,7 +301,7 @@ def test_the_application_form_chooses_plugins(logged_in, app, factory, member):
         db.session.add(Plugin(name="strangers", type="system_prompt", config={}, created_by_id=stranger.id))
         db.session.commit()
     refused = logged_in.post(
-        "/applications/new", data=form_data(model, plugins=[str(stored(app, "strangers").id)]), headers=HX
+        "/applications/new", data=form_data(model, plugins=[str(stored_plugin(app, "strangers").id)]), headers=HX
     )
     assert refused.status_code == 422 and "Choose plugins from the list." in refused.text
     created = logged_in.post("/applications/new", data=form_data(model, plugins=[str(second.id), str(first.id)]))

@@ -150,7 +150,7 @@ def test_a_worker_follows_the_production_rules(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "LLMAPP_ENV", "LLMAPP_SECRETS_KEY")}
     env.update(LLMAPP_INSTANCE_PATH=str(tmp_path), REDIS_URL="redis://127.0.0.1:1/0")
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
         [sys.executable, "-m", "jobs.worker"], cwd=root, env=env, capture_output=True, text=True, timeout=120
     )
@@ -165,7 +165,7 @@ def test_every_variable_the_readme_names_is_read(monkeypatch, tmp_path):
 
     from llmapp import config
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     # ($LLMAPP_TOKEN in a shell example is the reader's own variable)
     documented = set(re.findall(r"(?<!\$)\bLLMAPP_[A-Z0-9_]+[A-Z0-9]\b", (root / "README.md").read_text()))
     code = "\n".join(p.read_text() for p in [root / "app.py", *root.glob("llmapp/**/*.py"), *root.glob("jobs/*.py")])

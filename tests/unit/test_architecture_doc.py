@@ -19,7 +19,7 @@ Which backticked tokens are repository paths (the rule, precisely):
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "ARCHITECTURE.md"
 PATH_SUFFIXES = (".py", ".md", ".html", ".json", ".toml", ".txt", ".cfg")
 NOT_A_PATH = re.compile(r"\s|://|[*<>{}:=]|…|\.\.\.")

@@ -1,15 +1,11 @@
 """Model detection: what a Hugging Face directory says about its model, read from its files."""
 
 import json
-import re
 import struct
 
 import pytest
 
-from llmapp.extensions import db
-from llmapp.models import RegistryModel
 from llmapp.services import model_detection
-from test_registry import HX, model_form
 
 
 def write_safetensors(path, tensors: dict[str, tuple[str, list[int]]]):
@@ -81,22 +77,3 @@ def test_a_sharded_quantised_model_and_a_bf16_one(tmp_path):
 def test_what_is_not_a_model_directory_says_why(tmp_path, make, reason):
     with pytest.raises(model_detection.NotAModel, match=reason):
         model_detection.detect(make(tmp_path))
-
-
-def test_the_registry_form_detects_and_refuses_at_once(client, auth, admin, app, tiny_model_dir, tmp_path):
-    auth.login(admin)
-    form = model_form(source=tiny_model_dir, family="", context_length="")
-    filled = client.post("/models/detect", data=form, headers=HX)
-    assert filled.status_code == 200 and "data-detected" in filled.text
-    assert re.search(r'name="family"[^>]*value="gpt2"', filled.text) and 'value="8192"' in filled.text
-    assert "Check them, then save." in filled.text
-    # Detection only fills the form: nothing is registered until the admin saves.
-    with app.app_context():
-        assert db.session.scalar(db.select(db.func.count()).select_from(RegistryModel)) == 0
-
-    refused = client.post("/models/detect", data=model_form(source=str(tmp_path)), headers=HX)
-    assert "has no config.json" in refused.text and "data-detected" not in refused.text
-    saved = client.post("/models/new", data=model_form(source=str(tmp_path / "nowhere")), headers=HX)
-    assert saved.status_code == 422 and "does not exist on this host" in saved.text
-    with app.app_context():
-        assert db.session.scalar(db.select(db.func.count()).select_from(RegistryModel)) == 0

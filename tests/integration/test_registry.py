@@ -1,3 +1,5 @@
+import re
+
 from llmapp.extensions import db
 from llmapp.models import RegistryModel
 
@@ -151,3 +153,22 @@ def test_an_upstreams_base_url_is_checked_for_its_form(client, auth, admin, app)
     # Only its form: an admin's upstream may be on this host or a private network.
     private = model_form(engine="openai", source="", base_url="http://10.0.0.5:8000/v1", upstream_model="m")
     assert client.post("/models/new", data=private).status_code == 303
+
+
+def test_the_registry_form_detects_and_refuses_at_once(client, auth, admin, app, tiny_model_dir, tmp_path):
+    auth.login(admin)
+    form = model_form(source=tiny_model_dir, family="", context_length="")
+    filled = client.post("/models/detect", data=form, headers=HX)
+    assert filled.status_code == 200 and "data-detected" in filled.text
+    assert re.search(r'name="family"[^>]*value="gpt2"', filled.text) and 'value="8192"' in filled.text
+    assert "Check them, then save." in filled.text
+    # Detection only fills the form: nothing is registered until the admin saves.
+    with app.app_context():
+        assert db.session.scalar(db.select(db.func.count()).select_from(RegistryModel)) == 0
+
+    refused = client.post("/models/detect", data=model_form(source=str(tmp_path)), headers=HX)
+    assert "has no config.json" in refused.text and "data-detected" not in refused.text
+    saved = client.post("/models/new", data=model_form(source=str(tmp_path / "nowhere")), headers=HX)
+    assert saved.status_code == 422 and "does not exist on this host" in saved.text
+    with app.app_context():
+        assert db.session.scalar(db.select(db.func.count()).select_from(RegistryModel)) == 0

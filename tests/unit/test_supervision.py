@@ -1,0 +1,41 @@
+"""What the reconcile decides about a server (llmapp/services/supervision.py), as tables: dead or busy,
+restarted or failed."""
+
+import pytest
+
+
+def test_a_busy_server_is_not_a_dead_one():
+    """The reconcile's judgement of a server that did not answer its health check (pure)."""
+    from llmapp.services.supervision import BUSY_LIMIT_S, SILENT_CHECKS, Silence, judge_silence
+
+    silence, reason = Silence(), None
+    for check in range(SILENT_CHECKS - 1):  # no CPU used: a stopped or deadlocked process
+        silence, reason = judge_silence(silence, cpu_s=5.0, now=100.0 + check)
+        assert reason is None and silence.misses == check + 1
+    assert judge_silence(silence, 5.0, 110.0)[1] == "the server stopped answering its health checks"
+
+    busy, reason = judge_silence(Silence(misses=2, cpu_s=5.0), cpu_s=9.0, now=200.0)  # it used CPU meanwhile
+    assert reason is None and busy.misses == 0 and busy.busy_since == 200.0
+    busy, reason = judge_silence(busy, cpu_s=13.0, now=200.0 + BUSY_LIMIT_S - 1)
+    assert reason is None and busy.busy_since == 200.0
+    assert "hung" in judge_silence(busy, cpu_s=17.0, now=200.0 + BUSY_LIMIT_S)[1]
+    assert Silence.load({k.encode(): v.encode() for k, v in busy.dump().items()}) == busy
+
+
+@pytest.mark.parametrize(
+    ("policy", "limit", "used", "expected"),
+    [
+        ("on-failure", 3, 0, (True, 1, "")),
+        ("on-failure", 3, 2, (True, 4, "")),
+        ("on-failure", 3, 3, (False, 0, "The server process died after 3 restarts.")),
+        ("on-failure", 1, 1, (False, 0, "The server process died after 1 restart.")),
+        ("on-failure", 0, 0, (False, 0, "The server process died after 0 restarts.")),
+        ("never", 3, 0, (False, 0, "The server process died (restart policy: never).")),
+    ],
+)
+def test_the_restart_decision(policy, limit, used, expected):
+    """The restart policy as a rule (pure): back-off 1, 2, 4… s, up to the limit, then the reason."""
+    from llmapp.services.supervision import decide_restart
+
+    decision = decide_restart("the server process died", policy, limit, used)
+    assert (decision.restart, decision.delay_s, decision.error) == expected
