@@ -7,7 +7,7 @@ import uuid
 
 import redis
 from flask import current_app
-from rq import Queue
+from rq import Queue, get_current_job
 from rq.serializers import JSONSerializer
 
 DEFAULT_QUEUE = "default"
@@ -17,6 +17,7 @@ SERIALIZER = JSONSerializer
 JOBS_PACKAGE = "jobs."
 # A lock's holder renews it every third of its TTL, from a thread of its own, so it holds whatever
 # the holder waits on; when the holder dies the lock lapses after its TTL.
+TOOK_LOCK = "took_lock"  # set in a job's meta once it holds its lock: from then on, no lock means it died
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end return 0"
 
@@ -77,11 +78,17 @@ class HeldLock:
 
 @contextlib.contextmanager
 def held_lock(conn: redis.Redis, key: str, ttl_s: int, token: str | None = None):
-    """Yield True while holding ``key`` (renewed until the block ends), or False when another holds it."""
+    """Yield True while holding ``key`` (renewed until the block ends), or False when another holds it.
+    In an RQ job, the job's meta says it took its lock (TOOK_LOCK): the reconcile reads that."""
     lock = HeldLock(conn, key, ttl_s, token)
     if not lock.acquire():
         yield False
         return
+    job = get_current_job()
+    if job is not None:
+        job.meta[TOOK_LOCK] = True
+        with contextlib.suppress(redis.RedisError):
+            job.save_meta()
     try:
         yield True
     finally:

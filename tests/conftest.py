@@ -486,7 +486,14 @@ def status(app, application_id) -> str:
 
 
 def wait_status(app, application_id, wanted, timeout=90):
-    wait_for(lambda: status(app, application_id) in wanted, timeout, 0.2, f"status in {wanted}")
+    """Wait for the application's status to be one of ``wanted``; on a time-out, say where it is and
+    what its log says (the deploy's phases, the reconcile's decisions), to find out why."""
+    try:
+        wait_for(lambda: status(app, application_id) in wanted, timeout, 0.2, f"status in {wanted}")
+    except AssertionError as e:
+        now = row(app, application_id)
+        log = "\n".join(log_text(app, application_id).splitlines()[-40:])
+        raise AssertionError(f"{e}; it is {now.status} ({now.last_error}), its log ends:\n{log}") from None
     return row(app, application_id)
 
 

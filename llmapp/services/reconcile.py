@@ -19,17 +19,20 @@ from . import applications, lifecycle, metrics, plugins
 from .deployments import fail_deploy, now_iso, publish_keys, request_deploy, stopped
 from .platform_log import log_event
 from .server_processes import health, server_process, terminate
-from .supervision import BUSY_LIMIT_S, Silence, decide_restart, judge_silence
+from .supervision import BUSY_LIMIT_S, Silence, decide_restart, job_in_hand, judge_silence
 
 RECONCILE_LOCK_TTL_S = 30
 
 
-def _job_pending(job_id: str) -> bool:
+def _job_in_hand(job_id: str) -> bool:
+    """Whether the job ``job_id`` is on its way (supervision.job_in_hand)."""
     try:
         job = Job.fetch(job_id, connection=queues.connection(), serializer=queues.SERIALIZER)
-        return job.get_status() in ("queued", "scheduled", "deferred")
     except NoSuchJobError:
         return False
+    started = job.started_at
+    started_s_ago = None if started is None else (datetime.now(UTC) - started.replace(tzinfo=UTC)).total_seconds()
+    return job_in_hand(job.get_status(), started_s_ago, bool(job.meta.get(queues.TOOK_LOCK)))
 
 
 def reconcile(host: str) -> dict:
@@ -63,7 +66,7 @@ def _reconcile(host: str, connection) -> dict:
                 summary[_reconcile_running(application, connection)] += 1
             elif application.status == lifecycle.DEPLOYING:
                 summary[_reconcile_deploying(application, connection)] += 1
-            elif not connection.exists(keyspace.lock("stop", application.id)) and not _job_pending(
+            elif not connection.exists(keyspace.lock("stop", application.id)) and not _job_in_hand(
                 f"stop-{application.deploy_id}"
             ):
                 terminate(application, grace_s=0)
@@ -78,7 +81,7 @@ def _reconcile_deploying(application: Application, connection) -> str:
     """A deploy whose job died: follow its server if one is alive (a job of this host's), else fail it."""
     deploy_id = application.deploy_id
     if connection.exists(keyspace.lock("deploy", application.id)) or any(
-        _job_pending(f"{kind}-{deploy_id}") for kind in ("deploy", "resume")
+        _job_in_hand(f"{kind}-{deploy_id}") for kind in ("deploy", "resume")
     ):
         return "checked"
     if server_process(application) is None:

@@ -5,6 +5,20 @@ from dataclasses import dataclass
 
 SILENT_CHECKS = 3  # unanswered health checks, with no CPU used meanwhile, before a server counts as dead
 BUSY_LIMIT_S = 120  # a server that answers nothing while it keeps using CPU is hung after this long
+# A worker marks a job started when it takes it, a moment (a fork, a few imports: seconds on a loaded
+# machine) before the job takes its application's lock; past this, a started job without it has died.
+JOB_START_GRACE_S = 60
+WAITING = frozenset({"queued", "scheduled", "deferred"})
+
+
+def job_in_hand(status: str | None, started_s_ago: float | None, took_its_lock: bool) -> bool:
+    """Whether a deploy or stop job is on its way, so that the reconcile leaves its application to it:
+    waiting to run (RQ's statuses), or started and not yet holding its lock (between RQ marking it
+    started and the job's first step). A job that held its lock and lost it, or that started too long
+    ago to still be on its way, has died: the reconcile repairs what it left."""
+    if status in WAITING:
+        return True
+    return status == "started" and not took_its_lock and started_s_ago is not None and started_s_ago < JOB_START_GRACE_S
 
 
 @dataclass(frozen=True)

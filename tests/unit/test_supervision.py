@@ -39,3 +39,24 @@ def test_the_restart_decision(policy, limit, used, expected):
 
     decision = decide_restart("the server process died", policy, limit, used)
     assert (decision.restart, decision.delay_s, decision.error) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "started_s_ago", "took_its_lock", "in_hand"),
+    [
+        ("scheduled", None, False, True),  # a restart's deploy, delayed
+        ("queued", None, False, True),
+        ("deferred", None, False, True),
+        ("started", 0.5, False, True),  # taken by a worker, its lock not yet: on its way
+        ("started", 59, False, True),
+        ("started", 61, False, False),  # never took its lock: its work horse died before
+        ("started", 2, True, False),  # held its lock and lost it: it died
+        ("finished", 3, True, False),
+        ("failed", 3, False, False),
+        (None, None, False, False),
+    ],
+)
+def test_whether_a_job_is_on_its_way(status, started_s_ago, took_its_lock, in_hand):
+    from llmapp.services.supervision import job_in_hand
+
+    assert job_in_hand(status, started_s_ago, took_its_lock) is in_hand
