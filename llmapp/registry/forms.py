@@ -18,7 +18,7 @@ class RegistryModelForm(PlatformForm):
     source = StringField("Source")
     base_url = URLField("Upstream base URL")
     upstream_model = StringField("Upstream model name")
-    api_key_env = StringField("Upstream API key variable", default="OPENAI_API_KEY")
+    api_key_env = StringField("Upstream API key variable", default=engines.ENGINE_COLUMNS["api_key_env"])
 
     def __init__(self, *args, model_id=None, **kwargs):
         super().__init__(*args, **kwargs)

