@@ -129,7 +129,7 @@ def start_baseline(rev: str, work: Path, model_dir: Path, redis_url: str) -> Ser
 def start_current(work: Path, model_dir: Path, redis_url: str) -> Server:
     app_id = uuid.uuid4().hex
     spec = ServerSpec(
-        app_id=app_id, app_name="current", engine="transformers", model_path=str(model_dir),
+        app_id=app_id, app_name="current", engine="transformers", engine_options={"path": str(model_dir)},
         config=ServingConfig.from_dict(CONFIG), port=free_port(), grace_s=5,
     )  # fmt: skip
     spec.write(work / "current.json")

@@ -375,6 +375,7 @@ def workers(app, database_url, redis_url, tmp_path):
 
 # --- application logs and plugins, as tests write and read them -------------------------------
 
+
 def write(app, application_id, message, level="INFO", source="server", request_id=None):
     connection = redis.Redis.from_url(app.config["REDIS_URL"])
     return connection.xadd(
@@ -428,6 +429,7 @@ def stored_plugin(app, name):
 
 
 # --- name resolution, as the webhooks' guard does it -------------------------------------------
+
 
 def resolver(*answers):
     """A resolver hook: each call answers the next address (the last one again), and is recorded."""

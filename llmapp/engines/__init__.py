@@ -23,8 +23,16 @@ def names() -> tuple[str, ...]:
 
 
 def kind(name: str) -> EngineKind:
-    """:raise KeyError: no engine of that name (a registry row from a newer or older platform)."""
-    return ENGINES[name]
+    """The engine kind called ``name``.
+
+    :raise NotReady: none is (a registry row from an older or newer platform, or an engine removed).
+    """
+    try:
+        return ENGINES[name]
+    except KeyError:
+        raise NotReady(
+            f"The model's engine “{name}” is not one this platform serves (it serves {', '.join(ENGINES)})."
+        ) from None
 
 
 def detect(path: str) -> Detected:

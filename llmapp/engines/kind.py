@@ -38,7 +38,6 @@ class EngineKind:
     label: str  # what it serves, in a few words, for the engine choice
     fields: tuple[RegistryField, ...] = ()
     notes: dict[str, str] = {}  # a configuration field → what it means under this kind, if not the usual
-    passthrough = False  # the engine forwards requests to a server someone else runs
 
     # the registry -----------------------------------------------------------------------------------
 
@@ -49,9 +48,9 @@ class EngineKind:
         """Check (and normalise in place) this kind's fields of a registry model, adding what is wrong
         to ``errors`` (column → messages). Runs after the common checks (text, length), on stripped
         values; a column that failed those is not judged again."""
-        for spec in self.fields:
-            if spec.required and not values.get(spec.column) and spec.column not in errors:
-                errors.setdefault(spec.column, []).append(spec.required)
+        for field in self.fields:
+            if field.required and not values.get(field.column) and field.column not in errors:
+                errors.setdefault(field.column, []).append(field.required)
 
     def detect(self, path: str):
         """What this kind reads of the model at a path on this host (model_detection.Detected); None when

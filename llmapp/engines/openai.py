@@ -11,7 +11,6 @@ DEFAULT_KEY_VARIABLE = ENGINE_COLUMNS["api_key_env"]
 class UpstreamKind(EngineKind):
     name = "openai"
     label = "an OpenAI-compatible upstream"
-    passthrough = True
     fields = (
         RegistryField("source", "openai: where the upstream runs (optional note)."),
         RegistryField(

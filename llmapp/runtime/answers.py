@@ -3,6 +3,8 @@ OpenAI's shape; each in the endpoint's wire shape (runtime/serving.py), and each
 (its clean-ups and its record) however the sending ended."""
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -10,6 +12,8 @@ from starlette.responses import JSONResponse, Response
 
 from .errors import APIError
 from .serving import sse
+
+log = logging.getLogger("llmapp.server")
 
 
 def timed_out(ctx) -> APIError:
@@ -68,10 +72,8 @@ class EventStream:
     async def _events(self) -> AsyncIterator[bytes]:
         ctx, outcome = self.ctx, self.ctx.outcome
         outputs = ctx.stream
-        writer = ctx.endpoint.chunks(ctx.served.spec.app_name)
+        writer = ctx.endpoint.chunk_writer(ctx.served.spec.app_name)
         try:
-            if first := writer.first():
-                yield sse(first)
             async with asyncio.timeout_at(ctx.deadline):
                 async for output in outputs:
                     if outcome.first_token_at is None and any(c.text for c in output.outputs):
@@ -80,7 +82,7 @@ class EventStream:
                         outcome.prompt_tokens = output.prompt_tokens
                         outcome.completion_tokens = output.completion_tokens or 0
                     for chunk in writer.chunks(output):
-                        if chunk["choices"] or ctx.parsed.include_usage:
+                        if chunk["choices"] or "usage" not in chunk or ctx.parsed.include_usage:
                             yield sse(chunk)
         except TimeoutError:
             error = timed_out(ctx)
@@ -89,13 +91,21 @@ class EventStream:
         except APIError as e:
             outcome.fail(e)
             yield sse(e.body())
+        except Exception:  # noqa: BLE001 - a bug ends the stream with an error event, never a reset connection
+            log.exception("unexpected error in a stream", extra={"request_id": ctx.request_id})
+            error = APIError(500, f"Internal error; request id {ctx.request_id}.", "server_error")
+            outcome.fail(error)
+            yield sse(error.body())
         finally:
             await outputs.aclose()  # stops the generation if the client left or the timeout fired
         yield sse("[DONE]")
 
     async def _send_all(self, send) -> None:
-        async for event in self._events():
-            await send({"type": "http.response.body", "body": event, "more_body": True})
+        # Closed here, whatever ends the sending (a cancel while send() waits on a slow client
+        # included), so the generation stops before the request's slot is given back.
+        async with contextlib.aclosing(self._events()) as events:
+            async for event in events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope, receive, send):

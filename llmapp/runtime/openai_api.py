@@ -134,6 +134,7 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 # An upstream keeps each role as sent, and also reads tool results (function: the older name).
 UPSTREAM_ROLES = {**{role: role for role in ROLES}, "tool": "tool", "function": "function"}
 
+
 def check_parameters(endpoint, body: dict, engine_name: str) -> None:
     """Every parameter is one this endpoint knows, and one the engine implements at the value sent."""
     for name, value in body.items():
@@ -337,7 +338,6 @@ def check_upstream_parameters(kind: str, body: dict) -> None:
             param=name,
             code="unsupported_parameter",
         )
-
 
 
 # Parameters that return the reply's tokens besides its text (each maps to the values that don't).

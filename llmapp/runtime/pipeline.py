@@ -9,9 +9,9 @@ Stages read their configuration from ``ctx.served`` (the application being serve
 module globals, so one process could serve several applications. The order is ``STAGES``, here
 and nowhere else. Engines answer with neutral outputs (text, finish reasons, usage): the stages and
 the plugins work on those, and only the answer (runtime/answers.py) writes the endpoint's wire shape.
-``record`` runs when the response has ended, however it ended (sent, timed out, or the client
-left), and so do the clean-ups stages register with ``ctx.cleanups`` (the admission slot): a
-streamed request holds its slot until its last byte.
+``record_request`` (runtime/request_log.py) runs when the response has ended, however it ended
+(sent, timed out, or the client left), and so do the clean-ups stages register with
+``ctx.cleanups`` (the admission slot): a streamed request holds its slot until its last byte.
 
 The input plugins run after admission and within the request's timeout: their work (matching over a
 body of up to megabytes) is the request's, counted against its slot and its deadline; a request that
@@ -33,7 +33,8 @@ from .answers import Finishing, error_response, respond, timed_out, until_discon
 from .engines import Prepared, RequestOutput
 from .errors import APIError
 from .keys import KeyInfo, KeyStoreUnavailable, bearer_token
-from .plugins.chain import Blocked, OutputRewriter, PluginRun
+from .plugins import reply_fields
+from .plugins.chain import Blocked, Chain, OutputRewriter, PluginRun
 from .request_log import record_request
 from .served import ResponseCache, Served
 from .serving import Endpoint
@@ -96,14 +97,16 @@ class Context:
     cache_key: str | None = None
     answer: RequestOutput | None = None  # a whole answer (the engine's, or the cache's)
     stream: AsyncIterator[RequestOutput] | None = None  # a streamed answer, not yet running
-    plugins: PluginRun | None = None  # what the application's plugin chain did to this request
+    chain: Chain | None = None  # the plugin chain of the moment the request came: a change never reaches
+    plugins: PluginRun | None = None  # it half-way; what it did to this request
     outcome: Outcome = field(default_factory=Outcome)
     cleanups: Cleanups = field(default_factory=Cleanups)
     finished: bool = False
 
     def __post_init__(self):
-        if self.served.chain:  # the chain of the moment: a change never reaches a request half-way
-            self.plugins = PluginRun(self.served.chain)
+        self.chain = self.served.chain
+        if self.chain:
+            self.plugins = PluginRun(self.chain)
 
     @property
     def deadline(self) -> float:
@@ -266,9 +269,9 @@ async def cache_lookup(ctx: Context) -> bool:
     ctx.outcome.cache_status = "MISS"
     if not ctx.parsed.deterministic:
         return False
-    # The body after the input plugins, and the chain's version: a changed chain never answers from
-    # what the one before it wrote.
-    ctx.cache_key = ResponseCache.key(ctx.request.url.path, ctx.body) + ctx.served.chain.version
+    # The body after the input plugins, and the version of the chain that made the answer: a changed
+    # chain never answers from what the one before it wrote.
+    ctx.cache_key = ResponseCache.key(ctx.request.url.path, ctx.body) + ctx.chain.version
     if (cached := cache.get(ctx.cache_key)) is not None:
         ctx.outcome.cache_status, ctx.answer = "HIT", cached
         return True
@@ -312,7 +315,8 @@ async def plugins_out(ctx: Context) -> None:
     for output in ctx.answer.outputs:
         rewriter = ctx.plugins.output()
         output.text = rewriter.whole(output.text)
-        if rewriter.blocked:
+        output.extra, fields_blocked = reply_fields.rewrite_whole(output.extra, ctx.plugins)
+        if rewriter.blocked or fields_blocked:
             output.finish_reason = "content_filter"
 
 
@@ -321,14 +325,20 @@ async def rewrite_stream(outputs: AsyncIterator[RequestOutput], run: PluginRun) 
     longest match, so a match split across outputs is still caught; a block ends the stream there, with
     finish_reason "content_filter", and stops the generation."""
     rewriters: dict[int, OutputRewriter] = {}
+    held: dict[int, dict] = {}  # each choice's other fields (tool calls…), sent rewritten at its end
     try:
         async for output in outputs:
             blocked = False
             for choice in output.outputs:
                 rewriter = rewriters.setdefault(choice.index, run.output())
                 choice.text = rewriter.feed(choice.text)
+                reply_fields.merge(held.setdefault(choice.index, {}), choice.extra)
+                choice.extra = {}
                 if choice.finish_reason and not rewriter.blocked:
                     choice.text += rewriter.close()
+                    choice.extra, fields_blocked = reply_fields.rewrite_whole(held.pop(choice.index), run)
+                    if fields_blocked:
+                        choice.finish_reason = "content_filter"
                 if rewriter.blocked:
                     choice.finish_reason, blocked = "content_filter", True
             if output.outputs and not any(choice.says_something for choice in output.outputs):

@@ -44,10 +44,9 @@ def sse(data: dict | str) -> bytes:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
 
 
-def _choice_extra(output: CompletionOutput) -> tuple[dict, dict]:
-    """An upstream's extra fields: (the message's or delta's, the choice's own)."""
-    own = {k[7:]: v for k, v in output.extra.items() if k.startswith("choice.")}
-    return {k: v for k, v in output.extra.items() if not k.startswith("choice.")}, own
+def _logprobs_as_sent(output: CompletionOutput):
+    """An upstream's log-probabilities as it sent them (None when it sent none)."""
+    return output.choice_extra.get("logprobs")
 
 
 class Endpoint:
@@ -88,18 +87,24 @@ class Endpoint:
     def logprobs(self, entries: list[TokenLogprob] | None, offset: int = 0) -> dict | None:
         raise NotImplementedError
 
+    def _logprobs_of(self, output: CompletionOutput, offset: int = 0):
+        """The choice's log-probabilities: the engine's, or an upstream's as it sent them."""
+        return self.logprobs(output.logprobs, offset) if output.logprobs is not None else _logprobs_as_sent(output)
+
     def choice(self, output: CompletionOutput) -> dict:
+        """A whole answer's choice."""
         raise NotImplementedError
 
     def delta_choice(self, output: CompletionOutput, offset: int) -> dict:
+        """A streamed choice's news (its finish comes in a chunk of its own: last_choice)."""
         raise NotImplementedError
 
     def last_choice(self, output: CompletionOutput) -> dict:
-        """A streamed choice's last chunk: its finish reason alone."""
+        """A streamed choice's last chunk: its finish reason, and the choice's own fields (stop_reason)."""
         raise NotImplementedError
 
-    def first_chunk_choice(self) -> dict | None:
-        """What a stream starts with before any text, if anything."""
+    def first_choice(self, index: int) -> dict | None:
+        """What a streamed choice starts with before any text, if anything."""
         return None
 
     def response(self, model: str, answer: RequestOutput) -> dict:
@@ -117,8 +122,12 @@ class Endpoint:
             "usage": usage(answer.prompt_tokens or 0, answer.completion_tokens or 0, details),
         }
 
-    def chunks(self, model: str) -> "ChunkWriter":
+    def chunk_writer(self, model: str) -> "ChunkWriter":
         return ChunkWriter(self, model)
+
+
+def _own(output: CompletionOutput, *leave_out: str) -> dict:
+    return {k: v for k, v in output.choice_extra.items() if k not in leave_out}
 
 
 class ChatEndpoint(Endpoint):
@@ -143,43 +152,41 @@ class ChatEndpoint(Endpoint):
         if entries is None:
             return None
 
-        def one(token: str, logprob: float, raw: list[int] | None = None) -> dict:
-            return {"token": token, "logprob": _floor(logprob), "bytes": raw or _token_bytes(token)}
+        def one(token: str, logprob: float) -> dict:
+            return {"token": token, "logprob": _floor(logprob), "bytes": _token_bytes(token)}
 
         return {
-            "content": [
-                {**one(e.token, e.logprob, e.bytes), "top_logprobs": [one(t, lp) for t, lp in e.top]} for e in entries
-            ],
+            "content": [{**one(e.token, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]} for e in entries],
             "refusal": None,
         }
 
     def choice(self, output):
-        message, own = _choice_extra(output)
+        text = output.text if output.text or "content" not in output.extra else output.extra["content"]
         return {
-            **own,
+            **_own(output),
             "index": output.index,
-            "message": {"refusal": None, **message, "role": "assistant", "content": output.text},
+            "message": {"refusal": None, **output.extra, "role": "assistant", "content": text},
             "finish_reason": output.finish_reason,
-            "logprobs": self.logprobs(output.logprobs),
+            "logprobs": self._logprobs_of(output),
         }
 
     def delta_choice(self, output, offset):
-        delta, own = _choice_extra(output)
+        delta = dict(output.extra)
         if output.text or not delta:
             delta["content"] = output.text
         return {
-            **own,
             "index": output.index,
             "delta": delta,
-            "logprobs": self.logprobs(output.logprobs),
-            "finish_reason": output.finish_reason,
+            "logprobs": self._logprobs_of(output),
+            "finish_reason": None,
         }
 
     def last_choice(self, output):
-        return {"index": output.index, "delta": {}, "logprobs": None, "finish_reason": output.finish_reason}
+        own = _own(output, "logprobs")
+        return {**own, "index": output.index, "delta": {}, "logprobs": None, "finish_reason": output.finish_reason}
 
-    def first_chunk_choice(self):
-        return {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+    def first_choice(self, index):
+        return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
 
 
 class CompletionEndpoint(Endpoint):
@@ -215,69 +222,83 @@ class CompletionEndpoint(Endpoint):
         }
 
     def choice(self, output):
-        _, own = _choice_extra(output)
         return {
-            **own,
+            **_own(output),
             "index": output.index,
             "text": output.text,
             "finish_reason": output.finish_reason,
-            "logprobs": self.logprobs(output.logprobs),
+            "logprobs": self._logprobs_of(output),
         }
 
     def delta_choice(self, output, offset):
-        return {**self.choice(output), "logprobs": self.logprobs(output.logprobs, offset)}
+        logprobs = self._logprobs_of(output, offset)
+        return {"index": output.index, "text": output.text, "finish_reason": None, "logprobs": logprobs}
 
     def last_choice(self, output):
-        return {"index": output.index, "text": "", "finish_reason": output.finish_reason, "logprobs": None}
+        own = _own(output, "logprobs")
+        return {**own, "index": output.index, "text": "", "finish_reason": output.finish_reason, "logprobs": None}
 
 
 ENDPOINTS: dict[str, Endpoint] = {endpoint.kind: endpoint for endpoint in (ChatEndpoint(), CompletionEndpoint())}
 
 
 class ChunkWriter:
-    """The chunks (dicts) of one streamed answer, from the engine's outputs."""
+    """The chunks (dicts) of one streamed answer, from the engine's outputs: one id and creation time for
+    all of them (an upstream's own, from its first event), each choice started (chat: the assistant's
+    role) before its first news, its finish in a chunk of its own, the usage last."""
 
     def __init__(self, endpoint: Endpoint, model: str):
         self.endpoint, self.model = endpoint, model
         self.id, self.created = endpoint.new_id()
+        self.first = True
+        self.started: set[int] = set()  # the choices whose first chunk was written
         self.offsets: dict[int, int] = {}  # completions' logprobs count text offsets across chunks, per choice
 
-    def _chunk(self, choices: list, extra: dict | None = None, **fields) -> dict:
+    def _chunk(self, choices: list, extra: dict, **fields) -> dict:
         return {
             "id": self.id,
             "created": self.created,
-            **(extra or {}),
+            **extra,
             "object": self.endpoint.chunk_object,
             "model": self.model,
             "choices": choices,
             **fields,
         }
 
-    def first(self) -> dict | None:
-        """What a stream starts with before any text (chat: the assistant's role)."""
-        choice = self.endpoint.first_chunk_choice()
-        return None if choice is None else self._chunk([choice])
+    def _adopt(self, extra: dict) -> dict:
+        """The response-level fields an upstream sent with an event; its id and time become the stream's."""
+        extra = {k: v for k, v in extra.items() if k != "usage"}
+        if self.first:
+            self.first = False
+            if isinstance(extra.get("id"), str):
+                self.id = extra["id"]
+            if isinstance(extra.get("created"), int):
+                self.created = extra["created"]
+        extra.pop("id", None)
+        extra.pop("created", None)
+        return extra
 
     def chunks(self, output: RequestOutput) -> list[dict]:
-        """An output as chunks: its choices' news (text, then each finish reason on a chunk of its own,
-        as OpenAI sends it), then the usage when it carries it."""
-        extra = {k: v for k, v in output.extra.items() if k != "usage"}
+        """An output as chunks."""
+        extra = self._adopt(output.extra)
         found = []
-        news = [c for c in output.outputs if c.text or c.extra or c.logprobs]
-        if news:
+        for choice in output.outputs:
+            if choice.index not in self.started:
+                self.started.add(choice.index)
+                if (first := self.endpoint.first_choice(choice.index)) is not None:
+                    found.append(self._chunk([first], extra))
+        if news := [c for c in output.outputs if c.has_news]:
             choices = []
             for c in news:
                 offset = self.offsets.get(c.index, 0)
-                choices.append(self.endpoint.delta_choice(_without_finish(c), offset))
+                choices.append(self.endpoint.delta_choice(c, offset))
                 self.offsets[c.index] = offset + len(c.text)
             found.append(self._chunk(choices, extra))
         if ends := [c for c in output.outputs if c.finish_reason]:
             found.append(self._chunk([self.endpoint.last_choice(c) for c in ends], extra))
         if output.has_usage:
-            details = output.extra.get("usage")
-            found.append(self._chunk([], usage=usage(output.prompt_tokens, output.completion_tokens or 0, details)))
+            counted = usage(output.prompt_tokens, output.completion_tokens or 0, output.extra.get("usage"))
+            found.append(self._chunk([], extra, usage=counted))
+        if not found and extra:  # an upstream's event of its own fields only (a content filter's results)
+            found.append(self._chunk([], extra))
         return found
-
-
-def _without_finish(output: CompletionOutput) -> CompletionOutput:
-    return CompletionOutput(output.index, output.text, output.token_ids, output.logprobs, None, output.extra)

@@ -160,8 +160,15 @@ def available_memory_bytes() -> int:
 
 
 def recommendation_for(model: RegistryModel) -> recommendations.Recommendation:
-    """What the model's engine recommends for it on this host."""
-    return engines.kind(model.engine).recommend(model, available_memory_bytes())
+    """What the model's engine recommends for it on this host.
+
+    :raise Conflict: the model's engine is not one this platform serves.
+    """
+    try:
+        kind = engines.kind(model.engine)
+    except engines.NotReady as e:
+        raise Conflict(str(e)) from e
+    return kind.recommend(model, available_memory_bytes())
 
 
 def _env_rows(rows: list[dict], existing: list[EnvVar]) -> list[EnvVar]:

@@ -231,8 +231,6 @@ def request_stop(application: Application) -> None:
         ) from e
 
 
-
-
 def run_stop(application_id) -> str:
     connection = queues.connection()
     with queues.held_lock(connection, keyspace.lock("stop", application_id), LOCK_TTL_S) as held:

@@ -14,4 +14,3 @@ def log_event(application_id, message: str, level: str = "INFO") -> None:
         logs.append(queues.connection(), application_id, message, level, source="platform")
     except redis.RedisError as e:
         current_app.logger.warning("application %s: %s (not in its log: Redis: %s)", application_id, message, e)
-

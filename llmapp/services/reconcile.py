@@ -98,7 +98,6 @@ def _reconcile_deploying(application: Application, connection) -> str:
     return "resumed"
 
 
-
 def _reconcile_running(application: Application, connection) -> str:
     process = server_process(application)
     if process is None:
@@ -127,7 +126,6 @@ def _reconcile_running(application: Application, connection) -> str:
         return "checked"
     connection.delete(silence_key)
     return _restart_or_fail(application, reason)
-
 
 
 def _restart_or_fail(application: Application, reason: str) -> str:

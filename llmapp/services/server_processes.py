@@ -202,8 +202,6 @@ def choose_port(application: Application) -> int:
     )
 
 
-
-
 def preflight(application: Application) -> None:
     """Before a process starts (and imports its engine, seconds): a model that can't be served fails now.
 
@@ -289,8 +287,6 @@ def health(application: Application, timeout: float = HEALTH_TIMEOUT_S) -> dict 
     return metrics.server_health(f"http://127.0.0.1:{application.process_port}", timeout)
 
 
-
-
 def terminate(application: Application, grace_s: float) -> int | None:
     """SIGTERM (the server drains in-flight requests), SIGKILL after ``grace_s``. Returns the exit code."""
     process = server_process(application)
@@ -308,7 +304,6 @@ def terminate(application: Application, grace_s: float) -> int | None:
         return None
 
 
-
 def kill_orphan(pid: int, application_id: str) -> None:
     try:
         process = psutil.Process(pid)
@@ -316,7 +311,3 @@ def kill_orphan(pid: int, application_id: str) -> None:
             os.killpg(pid, signal.SIGKILL)
     except (psutil.NoSuchProcess, ProcessLookupError):
         pass
-
-
-# --- API keys -----------------------------------------------------------------------------------
-

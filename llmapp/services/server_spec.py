@@ -22,7 +22,7 @@ def spec_for(application: Application, port: int) -> ServerSpec:
         deploy_id=application.deploy_id,
         engine=model.engine,
         model_name=model.name,
-        engine_options=engines.kind(model.engine).spec_options(model),
+        engine_options=engines.kind(model.engine).spec_options(model),  # the kind checked at preflight
         config=ServingConfig.from_dict({**applications.default_config(), **application.config}),
         host=config["ADVERTISE_HOST"],
         bind=config["BIND_HOST"],

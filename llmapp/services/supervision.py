@@ -58,7 +58,6 @@ def judge_silence(previous: Silence, cpu_s: float, now: float) -> tuple[Silence,
     return Silence(misses, cpu_s, None), None
 
 
-
 @dataclass(frozen=True)
 class RestartDecision:
     """What to do with a server that died or went silent: restart after ``delay_s``, or fail saying why."""
@@ -77,4 +76,3 @@ def decide_restart(reason: str, policy: str, max_restarts: int, restarts_used: i
     if policy == "on-failure":
         return RestartDecision(False, error=f"{said} after {restarts_used} restart{'s' if restarts_used != 1 else ''}.")
     return RestartDecision(False, error=f"{said} (restart policy: {policy}).")
-

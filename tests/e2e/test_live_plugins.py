@@ -9,7 +9,6 @@ from llmapp import keyspace
 
 def test_a_running_application_takes_chain_changes_live(app, client, auth, member, factory, tiny, workers):
 
-
     workers.start(1)
     auth.login(member)
     client.post("/plugins/new", data=plugin_form("system_prompt", name="style", **{"config-system_prompt": "Be kind."}))

@@ -2,7 +2,6 @@
 deals with engines reads the table (the registry's checks and form, recommendations, the server's spec
 and the server's main), so a kind added to it works end to end without another change."""
 
-
 import pytest
 import redis
 import redis.asyncio

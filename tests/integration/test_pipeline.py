@@ -470,6 +470,7 @@ class Upstream:
         import http.server
 
         self.bodies, self.reply = [], reply
+        self.tool_arguments = None  # set: chat answers call a tool with these arguments (streamed in halves)
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -481,15 +482,24 @@ class Upstream:
                 outer.bodies.append(body)
                 kind = "chat" if self.path.endswith("/chat/completions") else "completion"
                 endpoint = ENDPOINTS[kind]
+                arguments = outer.tool_arguments if kind == "chat" else None
                 if not body.get("stream"):
-                    reply = one(CompletionOutput(0, outer.reply, finish_reason="stop"), 5, 3)
+                    call = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}]
+                    extra = {"tool_calls": call} if arguments else {}
+                    reply = one(CompletionOutput(0, outer.reply, finish_reason="stop", extra=extra), 5, 3)
                     answer = endpoint.response(body["model"], reply)
                     return self._send(200, "application/json", json.dumps(answer).encode())
-                writer, words = endpoint.chunks(body["model"]), outer.reply.split(" ")
+                writer, words = endpoint.chunk_writer(body["model"]), outer.reply.split(" ")
                 outputs = [RequestOutput([CompletionOutput(0, w)]) for w in words]
+                if arguments:  # a tool call's arguments arrive in pieces, as vLLM and OpenAI send them
+                    half = len(arguments) // 2
+                    first = {"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}
+                    for piece in ([first], [{"index": 0, "function": {"arguments": arguments[:half]}}],
+                                  [{"index": 0, "function": {"arguments": arguments[half:]}}]):  # fmt: skip
+                        outputs.append(RequestOutput([CompletionOutput(0, extra={"tool_calls": piece})]))
                 outputs.append(RequestOutput([CompletionOutput(0, finish_reason="stop")], 5, 3))
-                chunks = [writer.first(), *(c for output in outputs for c in writer.chunks(output))]
-                events = [sse(c) for c in chunks if c]
+                chunks = [c for output in outputs for c in writer.chunks(output)]
+                events = [sse(c) for c in chunks]
                 self._send(200, "text/event-stream", b"".join(events) + sse("[DONE]"))
 
             def _send(self, status, content_type, payload):
@@ -712,3 +722,41 @@ def test_without_output_plugins_log_probabilities_are_returned(redis_url, publis
 
     ctx, client = asyncio.run(scenario())
     assert ctx.outcome.status == 200 and "logprobs" in json.loads(client.body())["choices"][0]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstreams_tool_calls_pass_the_output_plugins_as_its_text_does(redis_url, published, upstream, stream):
+    """A masked word leaves neither in the content nor in another field of the reply: a tool call's
+    arguments (streamed in pieces that split the word) are masked whole; a blocking filter leaves the
+    call out and ends the choice with finish_reason "content_filter"."""
+    from llmapp.runtime.plugins.chain import Chain
+
+    engine = UpstreamEngine(upstream.url, "upstream-model", None, 30, served_name="app")
+    engine.status = "ready"
+    upstream.tool_arguments = '{"city": "a quick fox town"}'
+    results = []
+
+    async def scenario():
+        for action in ("mask", "block"):
+            state = served(redis_url, published, engine, cache_size=0)
+            rule = {"keywords": ["fox"], "apply_to": "output", "action": action}
+            state.chain = Chain.build({"version": action, "plugins": [{"name": "f", "type": "content_filter",
+                                                                        "config": rule}]})  # fmt: skip
+            client = Client(chat(stream=stream))
+            await answer(state, client)
+            results.append(client.body().decode())
+        await engine.close()
+
+    asyncio.run(scenario())
+    masked, blocked = results
+    assert "fox" not in masked and "town" in masked
+    if stream:
+        pieces = [json.loads(e[6:]) for e in masked.split("\n\n") if e.startswith("data: {")]
+        calls = [c for p in pieces for ch in p["choices"] for c in ch["delta"].get("tool_calls", [])]
+        assert len(calls) == 1 and json.loads(calls[0]["function"]["arguments"])["city"] == "a quick *** town"
+        assert "tool_calls" not in blocked and '"finish_reason": "content_filter"' in blocked
+    else:
+        message = json.loads(masked)["choices"][0]["message"]
+        assert json.loads(message["tool_calls"][0]["function"]["arguments"])["city"] == "a quick *** town"
+        choice = json.loads(blocked)["choices"][0]
+        assert "tool_calls" not in choice["message"] and choice["finish_reason"] == "content_filter"

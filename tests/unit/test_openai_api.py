@@ -195,8 +195,8 @@ def test_response_shapes_follow_openais_schema():
 
 
 def test_chunk_shapes_follow_openais_schema():
-    chat = ENDPOINTS["chat"].chunks("app")
-    chunks = [chat.first()]
+    chat = ENDPOINTS["chat"].chunk_writer("app")
+    chunks = []
     for output in (
         RequestOutput([CompletionOutput(0, "He", [1], ENTRIES[:1])]),
         RequestOutput([CompletionOutput(0, "llo", [2])]),
@@ -208,53 +208,100 @@ def test_chunk_shapes_follow_openais_schema():
     assert [c["choices"][0]["delta"] for c in chunks[:4]] == [{"role": "assistant", "content": ""}, {"content": "He"},
                                                              {"content": "llo"}, {}]  # fmt: skip
     assert chunks[3]["choices"][0]["finish_reason"] == "stop" and chunks[4]["usage"]["total_tokens"] == 5
-    assert len({c["id"] for c in chunks}) == 1
-    text = ENDPOINTS["completion"].chunks("app")
-    assert text.first() is None
+    assert len({c["id"] for c in chunks}) == 1 and len({c["created"] for c in chunks}) == 1
+    text = ENDPOINTS["completion"].chunk_writer("app")
     first = text.chunks(RequestOutput([CompletionOutput(0, "He", [1], ENTRIES[:1])]))
     second = text.chunks(RequestOutput([CompletionOutput(0, "llo", [2], ENTRIES[1:])]))
     last = text.chunks(RequestOutput([CompletionOutput(0, finish_reason="length")]))
     for chunk in first + second + last:
         openai_shapes.check(chunk, openai_shapes.TEXT_COMPLETION)
+    assert len(first) == 1  # no role chunk on the completions endpoint
     assert second[0]["choices"][0]["logprobs"]["text_offset"] == [2]  # offsets run on across chunks
     assert last[0]["choices"][0]["finish_reason"] == "length"
 
 
+TOOL_CALL = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+UPSTREAM_ANSWER = {
+    "id": "chatcmpl-upstream",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "meta-llama/Llama-3.1-8B-Instruct",
+    "system_fingerprint": "fp_1",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]},
+            "finish_reason": "tool_calls",
+            "logprobs": None,
+            "stop_reason": None,
+        },
+        {"index": 1, "message": {"role": "assistant", "content": "Sunny."}, "finish_reason": "stop",
+         "logprobs": {"content": [{"token": "Sunny", "logprob": -0.1, "bytes": [83], "top_logprobs": []}],
+                      "refusal": None}},
+    ],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13, "prompt_tokens_details": None},
+}  # fmt: skip
+
+
 def test_an_upstreams_answer_keeps_its_own_fields_through_the_neutral_outputs():
-    """What an upstream adds (tool calls, its own choice fields, usage details, a fingerprint) comes back as
-    it sent it; the text, finish reason, log-probabilities and usage are read into the neutral outputs."""
-    upstream = {
-        "id": "chatcmpl-upstream",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "meta-llama/Llama-3.1-8B-Instruct",
-        "system_fingerprint": "fp_1",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
-                            "function": {"name": "weather", "arguments": "{}"}}]},
-                "finish_reason": "tool_calls",
-                "logprobs": None,
-                "stop_reason": None,
-            },
-            {"index": 1, "message": {"role": "assistant", "content": "Sunny."}, "finish_reason": "stop",
-             "logprobs": {"content": [{"token": "Sunny", "logprob": -0.1, "bytes": [83], "top_logprobs": []}]}},
-        ],
-        "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13, "prompt_tokens_details": None},
-    }  # fmt: skip
-    answer = read_output("chat", upstream)
+    """What an upstream adds (tool calls and their null content, its own choice fields, its
+    log-probabilities, usage details, its id and fingerprint) comes back as it sent it; the text,
+    finish reasons and usage are read into the neutral outputs."""
+    answer = read_output(UPSTREAM_ANSWER)
     assert [o.text for o in answer.outputs] == ["", "Sunny."] and answer.prompt_tokens == 9
-    assert answer.outputs[1].logprobs[0].token == "Sunny"
     served = ENDPOINTS["chat"].response("app", answer)
     openai_shapes.check(served, openai_shapes.CHAT_COMPLETION)
     first, second = served["choices"]
-    assert first["message"]["tool_calls"] == upstream["choices"][0]["message"]["tool_calls"]
+    assert first["message"]["tool_calls"] == [TOOL_CALL] and first["message"]["content"] is None
     assert first["finish_reason"] == "tool_calls" and "stop_reason" in first
-    assert second["logprobs"]["content"][0]["bytes"] == [83]  # the upstream's bytes, not recomputed
+    assert second["logprobs"] == UPSTREAM_ANSWER["choices"][1]["logprobs"]  # as sent, bytes and all
     assert served["model"] == "app" and served["id"] == "chatcmpl-upstream" and served["system_fingerprint"] == "fp_1"
     assert served["usage"] == {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13,
                                "prompt_tokens_details": None}  # fmt: skip
+
+
+def test_an_upstreams_stream_keeps_one_id_each_choices_role_and_its_own_fields():
+    """Chunks of an upstream's stream (n=2, a vLLM stop_reason, a content filter's own event): one id and
+    time for the stream (the upstream's), each choice starts with the assistant's role, a choice's own
+    fields come with its finish, an event of the upstream's own fields is passed on."""
+    events = [
+        {"id": "up-1", "created": 7, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}},
+                                                 {"index": 1, "delta": {"role": "assistant", "content": ""}}]},
+        {"id": "up-1", "created": 7, "choices": [], "prompt_filter_results": [{"prompt_index": 0}]},
+        {"id": "up-1", "created": 7, "choices": [{"index": 1, "delta": {"content": "Hi"}}]},
+        {"id": "up-1", "created": 7, "choices": [{"index": 0, "delta": {"content": "Yo"}, "finish_reason": "stop",
+                                                  "stop_reason": "\n"}]},
+        {"id": "up-1", "created": 7, "choices": [{"index": 1, "delta": {}, "finish_reason": "length"}]},
+        {"id": "up-1", "created": 7, "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+    ]  # fmt: skip
+    writer = ENDPOINTS["chat"].chunk_writer("app")
+    chunks = [chunk for event in events for chunk in writer.chunks(read_output(event))]
+    for chunk in chunks:
+        openai_shapes.check(chunk, openai_shapes.CHAT_COMPLETION_CHUNK)
+    assert {c["id"] for c in chunks} == {"up-1"} and {c["created"] for c in chunks} == {7}
+    roles = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["delta"].get("role")]
+    assert sorted(r["index"] for r in roles) == [0, 1]
+    assert any(c.get("prompt_filter_results") == [{"prompt_index": 0}] for c in chunks)
+    finish = next(c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"] == "stop")
+    assert finish["index"] == 0 and finish["stop_reason"] == "\n"
+    assert chunks[-1]["usage"]["total_tokens"] == 5
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"choices": "no"},
+        {"choices": [None, 3, {"index": "x", "message": "y", "finish_reason": 5}]},
+        {"choices": [{"message": {"content": 7}, "logprobs": {"content": [None]}}], "usage": {"prompt_tokens": "9"}},
+        {"choices": [{"text": ["x"], "index": True}], "usage": []},
+    ],
+)
+def test_a_malformed_upstream_answer_reads_as_missing_values_never_as_a_crash(event):
+    answer = read_output(event)
+    for endpoint in ENDPOINTS.values():
+        json.dumps(endpoint.response("app", answer))
+        writer = endpoint.chunk_writer("app")
+        json.dumps(writer.chunks(answer))
 
 
 def test_server_sent_events():

@@ -61,7 +61,6 @@ class TokenLogprob:
     token: str
     logprob: float
     top: list[tuple[str, float]] = field(default_factory=list)
-    bytes: list[int] | None = None  # the token's bytes, when they are not its text's UTF-8 (an upstream's)
 
 
 @dataclass
@@ -73,11 +72,20 @@ class CompletionOutput:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None  # set on the choice's last output
-    extra: dict = field(default_factory=dict)  # an upstream's other fields (tool calls, refusal…), as sent
+    # What an upstream sent besides, written back as it came: its message's (or delta's) other fields
+    # (tool calls, reasoning, refusal…), and the choice's own (vLLM's stop_reason, its logprobs as sent).
+    extra: dict = field(default_factory=dict)
+    choice_extra: dict = field(default_factory=dict)
+
+    @property
+    def has_news(self) -> bool:
+        """Whether it adds to the answer (text, fields, log-probabilities), its finish aside."""
+        return bool(self.text or self.extra or self.logprobs or self.choice_extra.get("logprobs"))
 
     @property
     def says_something(self) -> bool:
-        return bool(self.text or self.finish_reason or self.extra or self.logprobs)
+        """Whether a stream has anything to send for it: news, or its end."""
+        return self.has_news or self.finish_reason is not None
 
 
 @dataclass

@@ -39,6 +39,9 @@ class GenerationRow:
         self.settled = False  # answered (resolve): a row is answered once
         self.deltas: asyncio.Queue = asyncio.Queue()  # CompletionOutputs of a stream, then None
         self.done = loop.create_future()  # the whole answer (a RequestOutput), or the error
+        # A cancelled row's error is read by nobody (its client left): marked seen, so asyncio does not
+        # log "exception was never retrieved" for every client that leaves.
+        self.done.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     @property
     def finished(self) -> bool:

@@ -73,8 +73,9 @@ class TransformersEngine(Engine):
 
     @property
     def batch_sizes(self) -> Counter:
-        """Forward passes by their number of rows (the metrics' batch-size histogram)."""
-        return self.batcher.batch_sizes if self.batcher else Counter()
+        """Forward passes by their number of rows (the metrics' batch-size histogram): a copy, since the
+        batcher thread adds to it while the event loop reads (dict() of a Counter copies under the GIL)."""
+        return Counter(dict(self.batcher.batch_sizes)) if self.batcher else Counter()
 
     def stats(self) -> dict:
         sizes = self.batch_sizes

@@ -2,9 +2,11 @@
 cloud API), forwarded with the upstream's model name and API key.
 
 The request goes out as the client sent it (after the input plugins), and the answer comes back into
-neutral outputs: text, finish reasons, log-probabilities and usage where the pipeline reads them, and
-whatever else the upstream sent (tool calls, reasoning, its ids, usage details) in ``extra``, which
-the serving layer writes back as it came. Streams pass through event by event.
+neutral outputs: text and finish reasons where the pipeline and the plugins read them, the usage, and
+whatever else the upstream sent (tool calls, reasoning, its log-probabilities and ids, usage details)
+kept as it came, for the serving layer to write back. A stream is read event by event, each event one
+output. What the upstream sends is not trusted to be well formed: a value of the wrong type is read as
+absent, never as a crash.
 """
 
 import json
@@ -12,61 +14,51 @@ import logging
 from collections.abc import AsyncIterator
 
 from ..errors import APIError
-from . import CompletionOutput, Engine, GenerationRequest, Prepared, RequestOutput, TokenLogprob
+from . import CompletionOutput, Engine, GenerationRequest, Prepared, RequestOutput
 
 log = logging.getLogger("llmapp.server")
 PATHS = {"chat": "chat/completions", "completion": "completions"}
 # What the serving layer writes itself: never copied from the upstream's answer.
 OWN_FIELDS = {"object", "model", "choices", "usage"}
-CHOICE_FIELDS = {"index", "message", "delta", "text", "finish_reason", "logprobs"}
+CHOICE_FIELDS = {"index", "message", "delta", "text", "finish_reason"}
 USAGE_FIELDS = {"prompt_tokens", "completion_tokens", "total_tokens"}
 
 
-def _logprobs(kind: str, value) -> list[TokenLogprob] | None:
-    """An upstream's log-probabilities (chat's or the legacy completions' shape), as neutral entries."""
-    if not isinstance(value, dict):
-        return None
-    if kind == "chat":
-        entries = []
-        for entry in value.get("content") or ():
-            top = [(t.get("token", ""), t.get("logprob", 0.0)) for t in entry.get("top_logprobs") or ()]
-            entries.append(TokenLogprob(entry.get("token", ""), entry.get("logprob", 0.0), top, entry.get("bytes")))
-        return entries
-    tokens, logprobs = value.get("tokens") or [], value.get("token_logprobs") or []
-    tops = value.get("top_logprobs") or [None] * len(tokens)
-    return [
-        TokenLogprob(token, logprob if logprob is not None else 0.0, list((top or {}).items()))
-        for token, logprob, top in zip(tokens, logprobs, tops, strict=False)
-    ]
+def _count(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
-def read_choice(kind: str, choice: dict) -> CompletionOutput:
+def read_choice(choice: dict, position: int) -> CompletionOutput:
     """One choice of an upstream's answer or chunk."""
     message = choice.get("message") if "message" in choice else choice.get("delta")
+    extra = {}
     if isinstance(message, dict):  # chat: the text is the content; other fields pass on as they are
         text = message.get("content")
         extra = {k: v for k, v in message.items() if k not in ("role", "content")}
+        if "content" in message and text is None:
+            extra["content"] = None  # a tool call's null content stays null
     else:
-        text, extra = choice.get("text"), {}
-    extra.update({f"choice.{k}": v for k, v in choice.items() if k not in CHOICE_FIELDS})
+        text = choice.get("text")
+    index = choice.get("index")
+    finish_reason = choice.get("finish_reason")
     return CompletionOutput(
-        index=choice.get("index", 0) if isinstance(choice.get("index"), int) else 0,
+        index=index if isinstance(index, int) and not isinstance(index, bool) else position,
         text=text if isinstance(text, str) else "",
-        logprobs=_logprobs(kind, choice.get("logprobs")),
-        finish_reason=choice.get("finish_reason") if isinstance(choice.get("finish_reason"), str) else None,
+        finish_reason=finish_reason if isinstance(finish_reason, str) else None,
         extra=extra,
+        choice_extra={k: v for k, v in choice.items() if k not in CHOICE_FIELDS},  # its logprobs as sent too
     )
 
 
-def read_output(kind: str, data: dict) -> RequestOutput:
+def read_output(data: dict) -> RequestOutput:
     """An upstream's answer (or one chunk of its stream) as a neutral output."""
     choices = data.get("choices") if isinstance(data.get("choices"), list) else []
-    output = RequestOutput([read_choice(kind, c) for c in choices if isinstance(c, dict)])
+    output = RequestOutput([read_choice(c, i) for i, c in enumerate(choices) if isinstance(c, dict)])
     output.extra = {k: v for k, v in data.items() if k not in OWN_FIELDS}
     usage = data.get("usage")
     if isinstance(usage, dict):
-        output.prompt_tokens = usage.get("prompt_tokens") or 0
-        output.completion_tokens = usage.get("completion_tokens") or 0
+        output.prompt_tokens = _count(usage.get("prompt_tokens"))
+        output.completion_tokens = _count(usage.get("completion_tokens"))
         if details := {k: v for k, v in usage.items() if k not in USAGE_FIELDS}:
             output.extra["usage"] = details
     return output
@@ -155,7 +147,7 @@ class UpstreamEngine(Engine):
             raise APIError(502, "The upstream's answer is not JSON.", "upstream_error") from e
         if not isinstance(data, dict):
             raise APIError(502, "The upstream's answer is not a JSON object.", "upstream_error")
-        output = read_output(prepared.request.kind, data)
+        output = read_output(data)
         if not output.has_usage:
             output.prompt_tokens = output.completion_tokens = 0
         return output
@@ -164,7 +156,6 @@ class UpstreamEngine(Engine):
         import aiohttp
 
         self.forwarded += 1
-        kind = prepared.request.kind
         try:
             async with self._session().post(self._url(prepared.request), json=self._upstream_body(prepared)) as answer:
                 if answer.status != 200:
@@ -184,7 +175,7 @@ class UpstreamEngine(Engine):
                         continue
                     if "error" in chunk:  # the upstream failed half-way: its words, as a broken stream
                         raise self._error(502, chunk)
-                    yield read_output(kind, chunk)
+                    yield read_output(chunk)
         except aiohttp.ClientError as e:
             raise APIError(502, f"The upstream stream broke: {e}", "upstream_error") from e
 

@@ -168,9 +168,9 @@ class PluginRun:
         return messages, prompt
 
     def _rewrite_input(self, step: Step, messages, prompt):
-        # Every text of the request the model reads: see _text_slots and _tool_slots.
+        # Every text of the request the model reads: see text_slots and _tool_slots.
         box = [prompt or ""]
-        slots = _text_slots(messages) if messages is not None else [(box, 0, box[0])]
+        slots = text_slots(messages) if messages is not None else [(box, 0, box[0])]
         slots += _tool_slots(self.tools)
         spans = []
         for _, _, text in slots:
@@ -291,7 +291,7 @@ class _Key(str):
     """A slot's key that is a dictionary's key (a tool parameter's name), not a place in it."""
 
 
-def _text_slots(messages: list[dict]) -> list[tuple[dict, str, str]]:
+def text_slots(messages: list[dict]) -> list[tuple[dict, str, str]]:
     """(holder, key, text) of each text in the chat: holder[key] is where it is written back. The
     content, each text part of content parts, and (upstreams send them) a message's name, and its
     tool calls' function names and arguments."""
