@@ -293,7 +293,7 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
 
 
 @pytest.mark.parametrize("config_overrides", [{"WTF_CSRF_ENABLED": True}])
-def test_an_admin_manages_users(app, factory, browser_page, config_overrides):
+def test_an_admin_manages_users(app, factory, browser_page, config_overrides, tiny_model_dir):
     from playwright.sync_api import expect
 
     admin = factory.user("lead@example.com", admin=True)
@@ -331,6 +331,17 @@ def test_an_admin_manages_users(app, factory, browser_page, config_overrides):
         expect(page.locator("#post--api-v1-applications")).to_contain_text("max_concurrency")
         page.screenshot(path=str(ARTIFACTS / "10b-api-page.png"), caret="initial")  # the top of a long page
         page.locator("#post--api-v1-applications").screenshot(path=str(ARTIFACTS / "10c-api-operation.png"))
+        # The registry: a model directory detected (the engine that takes it, its family and size),
+        # with each engine's column hints from the engine table.
+        page.click("nav a:has-text('Models')")
+        page.click("a:has-text('Add model')")
+        page.fill("#source", tiny_model_dir)
+        page.click("button:has-text('Detect from directory')")
+        expect(page.locator("[data-detected]")).to_contain_text("engine transformers")
+        expect(page.locator("#engine")).to_have_value("transformers")
+        expect(page.locator("#family")).to_have_value("gpt2")
+        expect(page.locator("form.card")).to_contain_text("openai: where the upstream runs (optional note).")
+        shot(page, "14-registry-detect")
         page.wait_for_load_state("networkidle")  # nothing left loading when the server stops
 
 
