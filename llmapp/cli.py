@@ -207,7 +207,7 @@ def create_app(name, owner_email, model, description, settings, env, secrets, as
     owner = _user(owner_email)
     by_name = {m.name: m.id for m in registry.list_models()}
     model_id = by_name.get(model) or _number_or_text(model)  # a name, an id, or text that names no model
-    data = {"name": name, "model_id": model_id, "description": description, **applications.default_config()}
+    data = {"name": name, "model_id": model_id, "description": description}  # the rest: the model's recommendation
     unknown = []
     for field, value in _assignments(settings, "--set"):
         if field not in applications.DEFAULT_CONFIG:

@@ -14,7 +14,7 @@ class TransformersKind(EngineKind):
         RegistryField(
             "source",
             "transformers: the path of a local Hugging Face model directory (checked on this host).",
-            required=None,  # judged whole by check: a missing path has its own message there
+            required="Give the path of a local Hugging Face model directory.",
         ),
     )
 

@@ -72,7 +72,28 @@ def require_admin(acting, message: str) -> None:
         raise Forbidden(message)
 
 
+class Taken(FieldErrors):
+    """Values another row already holds (a name): well-formed input that conflicts with what is stored.
+    The pages show it at its field like any error; the API answers 409 Conflict, with the same errors.
+    Its message is its first error's (a page that shows one message shows that one)."""
+
+    def __init__(self, errors: dict[str, list[str]]):
+        super().__init__(errors)
+        self.args = (errors[self.field][0],)
+
+
+def refuse(errors: dict[str, list[str]], taken: set[str] = frozenset()) -> None:
+    """Raise the field errors found, if any: Taken when every one is a value another row holds.
+
+    :raise FieldErrors, Taken:
+    """
+    if errors:
+        raise (Taken if set(errors) <= set(taken) else FieldErrors)(dict(errors))
+
+
 NUL_ERROR = "Contains a NUL character, which can't be stored or passed on."
+# The same rule for a reader of the API's document: a string of any length without a NUL (JSON Schema).
+NO_NUL_PATTERN = "^[^\\u0000]*$"
 
 
 def publish_before_commit(publish: Callable[[], None], failure: str) -> None:

@@ -14,7 +14,18 @@ from .. import engines, secrets_box
 from ..extensions import db
 from ..models import Application, EnvVar, RegistryModel, User
 from ..runtime.spec import ServingConfig
-from . import NUL_ERROR, Conflict, FieldErrors, NotFound, environment, lifecycle, recommendations, registry
+from . import (
+    NUL_ERROR,
+    Conflict,
+    NotFound,
+    ServiceError,
+    Taken,
+    environment,
+    lifecycle,
+    recommendations,
+    refuse,
+    registry,
+)
 
 # The serving fields and their defaults are ServingConfig's (runtime/spec.py), stated once there.
 DEFAULT_CONFIG = dataclasses.asdict(ServingConfig())
@@ -38,7 +49,9 @@ LABELS = {
     "log_days": "Log days kept",
 }
 BOUNDS = {**recommendations.LIMITS, "max_restarts": (0, 10)}  # integer fields: (lowest, highest)
-OPTIONAL = ("log_lines", "log_days")  # left out or empty: the platform's default
+# What an application must be given; every other field left out (or empty) takes the model's
+# recommendation (max_concurrency, batch_size, timeout_s, cache_size) or the platform's default.
+REQUIRED = ("name", "model_id")
 MAX_NAME = 100
 MAX_DESCRIPTION = 2000
 MAX_ENV_VARS = 100
@@ -192,10 +205,12 @@ def _env_rows(rows: list[dict], existing: list[EnvVar]) -> list[EnvVar]:
 def check(data: dict, owner_id: int, application_id=None) -> dict:
     """The application ``data`` describes, normalised (names stripped, defaults filled in).
 
-    ``data``: name, model_id, description, the configuration fields, and env (a list of rows: name,
-    value, secret, secret_id). Values arrive typed (an adapter parses text); a wrong type is an error.
+    ``data``: name, model_id (REQUIRED), description, the configuration fields, and env (a list of rows:
+    name, value, secret, secret_id). Values arrive typed (an adapter parses text); a wrong type is an
+    error. A configuration field left out takes the model's recommendation, or the platform's default.
 
     :raise FieldErrors: every rule broken, at its field ("env.3.name" for a row's).
+    :raise Taken: the name is the only thing wrong: the owner has an application of that name.
     """
     errors: defaultdict[str, list[str]] = defaultdict(list)
     clean = {}
@@ -216,7 +231,7 @@ def check(data: dict, owner_id: int, application_id=None) -> dict:
 
     clean["name"] = text("name", data.get("name"), MAX_NAME, "Name is required.").strip()
     if "name" not in errors and name_taken(owner_id, clean["name"], except_id=application_id):
-        errors["name"].append(f"You already have an application named “{clean['name']}”.")
+        errors["name"].append(taken_message(clean["name"]))
     clean["description"] = text("description", data.get("description"), MAX_DESCRIPTION)
     model_id = data.get("model_id")
     if model_id is None or model_id == "":
@@ -224,14 +239,11 @@ def check(data: dict, owner_id: int, application_id=None) -> dict:
     elif not _is_int(model_id) or not registry.exists(model_id):
         errors["model_id"].append("Choose a model from the registry.")
     clean["model_id"] = model_id
-    defaults = default_config()
+    defaults = {**default_config(), **(_recommended(model_id) if "model_id" not in errors else {})}
     for field, (low, high) in BOUNDS.items():
         value = data.get(field)
         if value is None or value == "":
-            if field in OPTIONAL:
-                value = defaults[field]
-            else:
-                errors[field].append(f"{LABELS[field]} is required.")
+            value = defaults[field]
         elif not _is_int(value):
             errors[field].append("Must be a whole number.")
         elif not low <= value <= high:
@@ -243,9 +255,20 @@ def check(data: dict, owner_id: int, application_id=None) -> dict:
             errors[field].append("Choose one of: " + ", ".join(choices) + ".")
         clean[field] = value
     clean["env"] = _check_env(data.get("env") or [], errors, text)
-    if errors:
-        raise FieldErrors(dict(errors))
+    refuse(errors, taken={"name"} if errors.get("name") == [taken_message(clean["name"])] else set())
     return clean
+
+
+def taken_message(name: str) -> str:
+    return f"You already have an application named “{name}”."
+
+
+def _recommended(model_id: int) -> dict:
+    """The serving fields the model's engine recommends ({} for a model that can't recommend)."""
+    try:
+        return recommendation_for(registry.get_model(model_id)).as_config()
+    except ServiceError:
+        return {}
 
 
 def _is_int(value) -> bool:
@@ -297,7 +320,7 @@ def create(owner: User, data: dict) -> Application:
     """Create an application owned by ``owner``.
 
     :raise FieldErrors: a rule is broken (see check).
-    :raise Conflict: another request took the name meanwhile.
+    :raise Taken: another request took the name meanwhile.
     """
     data = check(data, owner.id)
     application = Application(
@@ -319,32 +342,38 @@ def update(application: Application, data: dict) -> None:
 
     :raise TransitionRefused: it is running, deploying or stopping.
     :raise FieldErrors: a rule is broken (see check).
-    :raise Conflict: another request took the name meanwhile.
+    :raise Taken: another request took the name meanwhile.
     """
     data = check(data, application.created_by_id, application.id)
     env = _env_rows(data.get("env", []), application.env_vars)
-    lifecycle.claim_for_edit(
-        application.id,
-        name=data["name"].strip(),
-        description=data.get("description") or "",
-        model_id=data["model_id"],
-        config=_config(data),
-    )
-    # The conditional UPDATE above holds the row; the environment changes in the same transaction.
-    db.session.execute(db.delete(EnvVar).where(EnvVar.application_id == application.id))
-    for var in env:
-        var.application_id = application.id
-        db.session.add(var)
-    _commit_or_name_conflict(data["name"])
+
+    def write() -> None:
+        lifecycle.claim_for_edit(
+            application.id,
+            name=data["name"].strip(),
+            description=data.get("description") or "",
+            model_id=data["model_id"],
+            config=_config(data),
+        )
+        # The conditional UPDATE above holds the row; the environment changes in the same transaction.
+        db.session.execute(db.delete(EnvVar).where(EnvVar.application_id == application.id))
+        for var in env:
+            var.application_id = application.id
+            db.session.add(var)
+
+    _commit_or_name_conflict(data["name"], before=write)
     db.session.expire(application)
 
 
-def _commit_or_name_conflict(name: str) -> None:
+def _commit_or_name_conflict(name: str, before=None) -> None:
+    """Commit (after ``before``'s writes, whose UPDATE meets the unique index at once)."""
     try:
+        if before is not None:
+            before()
         db.session.commit()
     except IntegrityError as e:  # a concurrent request took the name after the form checked it
         db.session.rollback()
-        raise Conflict(f"You already have an application named “{name}”.") from e
+        raise Taken({"name": [taken_message(name)]}) from e
 
 
 def delete(application: Application) -> None:

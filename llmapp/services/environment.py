@@ -78,6 +78,20 @@ ALLOWED = frozenset(
 )
 
 
+def refused_pattern() -> str:
+    """The names ``refusal`` refuses, as one regular expression over a name of ENV_NAME's letters (which
+    upper-case as ASCII does), for the API's document: the same constants, any case, ALLOWED excepted."""
+
+    def any_case(text: str) -> str:
+        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in text)
+
+    names = sorted({n for _, exact, _ in REFUSED for n in exact})
+    prefixes = sorted({p for _, _, starts in REFUSED for p in starts})
+    allowed = "|".join(any_case(n) for n in sorted(ALLOWED))
+    refused = "|".join([*(any_case(n) + "$" for n in names), *(any_case(p) for p in prefixes)])
+    return f"^(?!(?:{allowed})$)(?:{refused})"
+
+
 def refusal(name: str) -> str | None:
     """Why ``name`` may not be one of an application's variables, or None when it may."""
     upper = name.upper()

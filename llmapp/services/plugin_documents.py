@@ -8,7 +8,7 @@ as every change of a plugin does (services/plugins.py).
 from .. import netguard
 from ..extensions import db
 from ..models import Plugin, PluginDocument, User
-from . import Invalid, NotFound
+from . import Conflict, Invalid, NotFound, Taken
 from .plugins import LIVE, publish_chains_before_commit, require_change, users_of
 
 MAX_DOCUMENT_BYTES = 1024 * 1024  # under the 2 MB request limit (MAX_CONTENT_LENGTH)
@@ -24,8 +24,8 @@ def add_document(plugin: Plugin, user: User, filename: str, data: bytes) -> Plug
         plugin, not UTF-8 text, too large, a name already there.
     """
     require_change(plugin, user)
-    if plugin.type != "knowledge_retrieval":
-        raise Invalid("Only a knowledge-retrieval plugin has documents.", "document")
+    if plugin.type != "knowledge_retrieval":  # the request is sound; the plugin is of another kind
+        raise Conflict("Only a knowledge-retrieval plugin has documents.")
     name = _document_name(filename)
     if not name.lower().endswith(DOCUMENT_SUFFIXES):
         raise Invalid(f"Upload a text or Markdown file ({', '.join(DOCUMENT_SUFFIXES)}).", "document")
@@ -47,7 +47,7 @@ def add_document(plugin: Plugin, user: User, filename: str, data: bytes) -> Plug
     if "\x00" in text:
         raise Invalid(f"“{name}” is not a text file.", "document")
     if any(document.name == name for document in plugin.documents):
-        raise Invalid(f"The plugin already has a document named “{name}”: delete it first to replace it.", "document")
+        raise Taken({"document": [f"The plugin already has a document named “{name}”: delete it first to replace it."]})
     document = PluginDocument(plugin=plugin, name=name, text=text, size=len(data))
     db.session.add(document)
     publish_chains_before_commit(users_of(plugin, LIVE), "The document was not added")

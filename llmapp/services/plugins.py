@@ -34,11 +34,13 @@ from ..extensions import db
 from ..models import MAX_ID, Application, ApplicationPlugin, Plugin, User
 from ..runtime import plugins as plugin_types
 from ..runtime.plugins import published
-from . import Conflict, Forbidden, Invalid, NotFound, ServiceError, lifecycle, publish_before_commit
+from . import Conflict, Forbidden, Invalid, NotFound, ServiceError, Taken, lifecycle, publish_before_commit
 
 LIVE = (lifecycle.RUNNING, lifecycle.DEPLOYING)
 DESTINATIONS = {"webhook_audit": ("url",)}  # per type: the settings that decide where its data goes
 NOT_YOURS = "Only its owner or an admin can change this plugin."
+MAX_NAME = 100
+REQUIRED = ("name", "type")  # what a plugin must be given
 
 
 class ConfigInvalid(Invalid):
@@ -108,8 +110,8 @@ def _clean(data: dict, user: User, stored: dict | None = None) -> dict:
     name = (data.get("name") or "").strip()
     if not name:
         raise Invalid("Name is required.", "name")
-    if len(name) > 100:
-        raise Invalid("At most 100 characters.", "name")
+    if len(name) > MAX_NAME:
+        raise Invalid(f"At most {MAX_NAME} characters.", "name")
     type_name = data.get("type")
     if type_name not in plugin_types.TYPES:
         raise Invalid("Choose a plugin type.", "type")
@@ -165,8 +167,9 @@ def update(plugin: Plugin, user: User, data: dict) -> Plugin:
         values["published"] = plugin.published
     for key, value in values.items():
         setattr(plugin, key, value)
-    publish_chains_before_commit(users_of(plugin, LIVE), "The plugin was not saved")
-    _commit_or_name_taken(plugin.name)
+    _commit_or_name_taken(
+        plugin.name, before=lambda: publish_chains_before_commit(users_of(plugin, LIVE), "The plugin was not saved")
+    )
     return plugin
 
 
@@ -219,12 +222,16 @@ def _refuse_if_live(plugin: Plugin, verb: str) -> None:
         )
 
 
-def _commit_or_name_taken(name: str) -> None:
+def _commit_or_name_taken(name: str, before=None) -> None:
+    """Commit; ``before`` (publishing to the servers) flushes first, which is where a name another plugin
+    of the owner's holds meets the database's unique index, as it would at the commit."""
     try:
+        if before is not None:
+            before()
         db.session.commit()
     except IntegrityError as e:
         db.session.rollback()
-        raise Invalid(f"You already have a plugin named “{name}”.", "name") from e
+        raise Taken({"name": [f"You already have a plugin named “{name}”."]}) from e
 
 
 # --- an application's chain ---------------------------------------------------------------------
@@ -267,11 +274,15 @@ def set_attached(application: Application, user: User, plugin_ids: list[int]) ->
             attach(application, user, plugin_id)
 
 
-def _link(application: Application, plugin_id: int) -> ApplicationPlugin:
-    link = db.session.get(ApplicationPlugin, (application.id, plugin_id)) if 1 <= plugin_id <= MAX_ID else None
-    if link is None:
+def attached(application: Application, plugin_id: int) -> ApplicationPlugin:
+    """The plugin's place in the application's chain.
+
+    :raise NotFound: it is not attached there (an id out of the database's range names none).
+    """
+    found = db.session.get(ApplicationPlugin, (application.id, plugin_id)) if 1 <= plugin_id <= MAX_ID else None
+    if found is None:
         raise NotFound("That plugin is not attached to this application.")
-    return link
+    return found
 
 
 def attach(application: Application, user: User, plugin_id: int) -> ApplicationPlugin:
@@ -294,7 +305,7 @@ def attach(application: Application, user: User, plugin_id: int) -> ApplicationP
 
 
 def detach(application: Application, plugin_id: int) -> None:
-    link = _link(application, plugin_id)
+    link = attached(application, plugin_id)
     name = link.plugin.name
     db.session.delete(link)
     _apply(application, f"“{name}” was not detached")
@@ -316,7 +327,7 @@ def move(application: Application, plugin_id: int, direction: str) -> None:
 
 
 def set_link_enabled(application: Application, plugin_id: int, enabled: bool) -> None:
-    link = _link(application, plugin_id)
+    link = attached(application, plugin_id)
     link.enabled = enabled
     _apply(application, "The change was not saved")
 
@@ -342,7 +353,7 @@ def set_overrides(application: Application, plugin_id: int, overrides: dict) -> 
     :raise ConfigInvalid: a setting can't be overridden (a secret; a destination, see _locked), or the
         configuration they make breaks the type's rules (errors per setting).
     """
-    link = _link(application, plugin_id)
+    link = attached(application, plugin_id)
     allowed = overridable(link.plugin.type)
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:

@@ -6,7 +6,7 @@ from sqlalchemy.exc import IntegrityError
 from .. import engines
 from ..extensions import db
 from ..models import MAX_ID, Application, RegistryModel, User
-from . import NUL_ERROR, Conflict, FieldErrors, NotFound, Operator, require_admin
+from . import NUL_ERROR, Conflict, NotFound, Operator, Taken, refuse, require_admin
 
 ADMIN_ONLY = "Only an admin can change the model registry."
 
@@ -58,6 +58,7 @@ def name_taken(name: str, except_id: int | None = None) -> bool:
     return db.session.scalar(query) is not None
 
 
+REQUIRED = ("name", "parameters_billions", "precision", "context_length", "engine")  # and what the engine needs
 PARAMETERS_BILLIONS = (0.000001, 10_000)
 CONTEXT_LENGTH = (1, 10_000_000)
 LIMITS = {"name": 100, "family": 50, "source": 500, "base_url": 500, "upstream_model": 200, "api_key_env": 128}
@@ -88,7 +89,7 @@ def check(data: dict, model_id: int | None = None) -> dict:
     if not values["name"]:
         error("name", "Name is required.")
     elif "name" not in errors and name_taken(values["name"], except_id=model_id):
-        error("name", f"A model named “{values['name']}” is already registered.")
+        error("name", taken_message(values["name"]))
     for field, (low, high), missing, whole, out_of_range in (
         (
             "parameters_billions",
@@ -118,9 +119,12 @@ def check(data: dict, model_id: int | None = None) -> dict:
                 values[column] = unused
                 errors.pop(column, None)
         kind.check(values, errors)
-    if errors:
-        raise FieldErrors(errors)
+    refuse(errors, taken={"name"} if errors.get("name") == [taken_message(values["name"])] else set())
     return values
+
+
+def taken_message(name: str) -> str:
+    return f"A model named “{name}” is already registered."
 
 
 def create_model(data: dict, *, acting: "User | Operator") -> RegistryModel:
@@ -148,7 +152,7 @@ def _commit_or_name_taken(name: str) -> None:
         db.session.commit()
     except IntegrityError as e:  # registered meanwhile, in this or another case (the check ran before)
         db.session.rollback()
-        raise FieldErrors({"name": [f"A model named “{name}” is already registered."]}) from e
+        raise Taken({"name": [taken_message(name)]}) from e
 
 
 def delete_model(model_id: int, *, acting: "User | Operator") -> None:

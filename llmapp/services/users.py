@@ -22,10 +22,16 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from ..extensions import db
 from ..models import MAX_ID, ApiKey, LoginSession, User, utcnow
 from ..web import bounded_int
-from . import OPERATOR, Conflict, Invalid, NotFound, Operator, access_tokens, require_admin
+from . import OPERATOR, Conflict, Invalid, NotFound, Operator, Taken, access_tokens, require_admin
 
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+# An address: no "@", space or control character in either part, written with explicit ranges so that the
+# API's document states the same rule to any regular-expression engine; as typed, it may begin and end
+# with spaces and line ends (EDGE), which are removed.
+NOT_IN_ADDRESS = r"@\x00-\x20\x7f-\xa0\u1680\u2000-\u200b\u2028\u2029\u202f\u205f\u3000\ufeff"
+EMAIL = re.compile(rf"^[^{NOT_IN_ADDRESS}]+@[^{NOT_IN_ADDRESS}]+$")
+EDGE = " \t\n\r\f\v"
 MIN_PASSWORD = 8
+MAX_EMAIL = 254
 ADMIN_ONLY = "Only an admin can manage users."
 
 
@@ -49,15 +55,15 @@ def authenticate(email: str, password: str) -> User | None:
 
 
 def create_user(email: str, password: str, *, admin: bool = False, acting: "User | Operator") -> User:
-    """:raise Forbidden: ``acting`` is not an admin. :raise Invalid: the email is malformed or taken, or
-    the password too short."""
+    """:raise Forbidden: ``acting`` is not an admin. :raise Invalid: the email is malformed, or the
+    password too short. :raise Taken: another user has that email."""
     require_admin(acting, ADMIN_ONLY)
-    email = email.strip().lower()
-    if not EMAIL.match(email) or len(email) > 254:
+    typed, email = email, email.strip(EDGE).lower()
+    if not EMAIL.match(email) or max(len(typed), len(email)) > MAX_EMAIL:
         raise Invalid(f"“{email}” is not an email address.", "email")
     check_password_rules(password)
     if find_by_email(email):
-        raise Invalid(f"A user with the email {email} already exists.", "email")
+        raise Taken({"email": [f"A user with the email {email} already exists."]})
     user = User(email=email, is_admin=admin)
     user.set_password(password)
     db.session.add(user)
