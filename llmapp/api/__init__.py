@@ -47,8 +47,9 @@ spec = SpecTree(
 
 # The error answers every operation documents (each a problem document, see openapi.py).
 ERRORS = {"HTTP_401": Problem, "HTTP_404": Problem, "HTTP_429": Problem}
-BODY_ERRORS = {**ERRORS, "HTTP_415": Problem, "HTTP_422": Problem}  # operations that read a JSON body
+BODY_ERRORS = {**ERRORS, "HTTP_400": Problem, "HTTP_415": Problem, "HTTP_422": Problem}  # they read a JSON body
 ADMIN_ERRORS = {**ERRORS, "HTTP_403": Problem}  # operations only admins may do (the service refuses: 403)
+ADMIN_BODY_ERRORS = {**BODY_ERRORS, "HTTP_403": Problem}
 
 # Routes register in the order they are imported, and the reference page lists them in that order:
 # keep it (applications and what hangs on them, the registry, plugins, users), not the alphabet's.

@@ -58,7 +58,9 @@ def list_applications(query: ApplicationQuery):
 
 
 @bp.post("/applications")
-@spec.validate(json=ApplicationIn, resp=Response(HTTP_201=ApplicationOut, **BODY_ERRORS), tags=APPLICATIONS)
+@spec.validate(
+    json=ApplicationIn, resp=Response(HTTP_201=ApplicationOut, HTTP_409=Problem, **BODY_ERRORS), tags=APPLICATIONS
+)
 def create_application(json: ApplicationIn):
     """Create an application (stopped). Every rule the form has applies; errors come per field."""
     application = applications.create(g.api_user, json.model_dump())

@@ -30,8 +30,11 @@ def authenticate():
         detail = problems.HTTP_DETAILS[401] if not credentials else "This token is unknown, revoked or expired."
         return problems.problem(401, detail, headers={"WWW-Authenticate": 'Bearer realm="llmapp"'})
     g.api_user = user
-    if request.method in ("POST", "PUT", "PATCH") and request.content_length and not request.is_json:
-        return problems.problem(415, problems.HTTP_DETAILS[415])
+    if request.method in ("POST", "PUT", "PATCH") and request.content_length:
+        if not request.is_json:
+            return problems.problem(415, problems.HTTP_DETAILS[415])
+        if not isinstance(request.get_json(silent=True), dict):  # nor `false`: a body is not an empty one
+            return problems.problem(400, "The request body must be a JSON object.")
     # As the pages' forms do: no NUL character reaches a service (PostgreSQL can't store one).
     nul = _nul_at(dict(request.args)) or _nul_at(request.get_json(silent=True) if request.is_json else None)
     if nul is not None:

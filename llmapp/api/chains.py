@@ -51,6 +51,7 @@ def change_chain_step(application_id, plugin_id, json: ChainStepIn):
     """Turn an attached plugin on or off here, set this application's overrides of its settings
     (errors at config.<setting>), or move it one place up or down."""
     application = visible_application(application_id)
+    plugins.attached(application, plugin_id)  # 404 when it is not attached, whatever the body asks
     if json.overrides is not None:
         plugins.set_overrides(application, plugin_id, json.overrides)
     if json.enabled is not None:

@@ -4,7 +4,7 @@ import copy
 
 from flask import jsonify
 
-from . import bp, problems, spec
+from . import bp, contract, problems, spec
 from .logs import application_log_stream
 
 
@@ -53,5 +53,5 @@ def document() -> dict:
         }  # fmt: skip
         for name in [n for n in generated["components"]["schemas"] if n.startswith("ValidationError")]:
             del generated["components"]["schemas"][name]
-        _document = generated
+        _document = contract.refine(generated, problem_answer)
     return _document

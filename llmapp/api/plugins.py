@@ -52,7 +52,7 @@ def list_plugins(query: PluginQuery):
 
 
 @bp.post("/plugins")
-@spec.validate(json=PluginIn, resp=Response(HTTP_201=PluginOut, **BODY_ERRORS), tags=PLUGINS)
+@spec.validate(json=PluginIn, resp=Response(HTTP_201=PluginOut, HTTP_409=Problem, **BODY_ERRORS), tags=PLUGINS)
 def create_plugin(json: PluginIn):
     """Create a plugin; its configuration is checked against its type's schema (errors at config.<setting>)."""
     plugin = plugins.create(g.api_user, json.model_dump())
@@ -87,7 +87,9 @@ def delete_plugin(plugin_id):
 
 
 @bp.post("/plugins/<int:plugin_id>/documents")
-@spec.validate(json=DocumentIn, resp=Response(HTTP_201=PluginOut, HTTP_403=Problem, **BODY_ERRORS), tags=PLUGINS)
+@spec.validate(
+    json=DocumentIn, resp=Response(HTTP_201=PluginOut, HTTP_403=Problem, HTTP_409=Problem, **BODY_ERRORS), tags=PLUGINS
+)
 def add_document(plugin_id, json: DocumentIn):
     """Add a text or Markdown document to a knowledge-retrieval plugin."""
     plugin = plugins.get_changeable(plugin_id, g.api_user)

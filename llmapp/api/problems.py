@@ -4,16 +4,21 @@ from flask import Response, json
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
-from ..services import Conflict, FieldErrors, Forbidden, Invalid, NotFound, ServiceError
+from ..services import Conflict, FieldErrors, Forbidden, Invalid, NotFound, ServiceError, Taken
 from ..services.lifecycle import TransitionRefused
 
 MEDIA_TYPE = "application/problem+json"
 
 
-def problem(status: int, detail: str, headers: dict | None = None, **extra) -> Response:
+def problem_document(status: int, detail: str, **extra) -> dict:
     body = {"type": "about:blank", "title": HTTP_STATUS_CODES.get(status, "Error"), "status": status, "detail": detail}
     body.update({k: v for k, v in extra.items() if v is not None})
-    return Response(json.dumps(body), status=status, mimetype=MEDIA_TYPE, headers=headers)
+    return body
+
+
+def problem(status: int, detail: str, headers: dict | None = None, **extra) -> Response:
+    return Response(json.dumps(problem_document(status, detail, **extra)), status=status, mimetype=MEDIA_TYPE,
+                    headers=headers)  # fmt: skip
 
 
 def on_invalid_request(req, resp, error, instance, model_adapter):
@@ -30,9 +35,12 @@ def on_invalid_request(req, resp, error, instance, model_adapter):
 
 
 def from_service_error(error: ServiceError) -> Response:
-    """A service's refusal: per-field errors 422, not found (or not yours to see) 404, not yours to do
-    (an admin's operation, an admin's published plugin) 403, a conflict 409 (with the application's
-    status now, for a refused transition), anything else 503 (e.g. Redis unreachable)."""
+    """A service's refusal: a value another row holds 409 (per field), other per-field errors 422, not
+    found (or not yours to see) 404, not yours to do (an admin's operation, an admin's published
+    plugin) 403, a conflict 409 (with the application's status now, for a refused transition),
+    anything else 503 (e.g. Redis unreachable)."""
+    if isinstance(error, Taken):  # well formed, but another row holds the value: a conflict
+        return problem(409, str(error), errors=error.errors)
     if isinstance(error, FieldErrors):
         return problem(422, "The request has invalid fields.", errors=error.errors)
     if isinstance(error, Invalid) and isinstance(getattr(error, "errors", None), dict):  # a plugin's configuration
@@ -62,7 +70,7 @@ HTTP_DETAILS = {
 
 def from_http_error(error: HTTPException) -> Response:
     code = error.code or 500
-    headers = dict(error.get_headers()) if code == 429 else {}
+    headers = dict(error.get_headers()) if code in (405, 429) else {}  # Allow (RFC 9110), Retry-After
     headers.pop("Content-Type", None)
     if code == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="llmapp"'
@@ -73,3 +81,33 @@ def from_http_error(error: HTTPException) -> Response:
         return problem(429, f"Too many requests with this token (at most {described}): retry after the pause "
                        "Retry-After gives.", headers=headers)  # fmt: skip
     return problem(code, described or HTTP_DETAILS.get(code, HTTP_STATUS_CODES.get(code, "Error")), headers=headers)
+
+
+def answer_unparsed_requests_with_problems(worker) -> None:
+    """A request gunicorn can't parse never reaches the app: gunicorn answers it with an HTML page of its
+    own. Make that answer a problem document too, and a request line over the limit 414 (RFC 9110), not
+    400 (the document declares 414 on every operation). Called in each web server worker
+    (gunicorn.conf.py); gunicorn keeps deciding the status of the rest and logging them."""
+    from gunicorn import util
+    from gunicorn.http.errors import LimitRequestLine
+
+    handle_error = worker.handle_error
+
+    def write(sock, status: int, reason: str, detail: str) -> None:
+        body = json.dumps(problem_document(status, detail or reason)).encode()
+        head = f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: {MEDIA_TYPE}\r\n"
+        util.write_nonblock(sock, f"{head}Content-Length: {len(body)}\r\n\r\n".encode("latin-1") + body)
+
+    def handle(req, client, addr, exc):
+        if not isinstance(exc, LimitRequestLine):
+            return handle_error(req, client, addr, exc)  # its status, its log line, then write() below
+        limit = worker.cfg.limit_request_line
+        worker.log.warning("Request line over %d bytes from ip=%s", limit, (addr or ("",))[0])
+        try:
+            write(client, 414, "URI Too Long", f"The request line is longer than {limit} bytes: send long values "
+                  "in a request body.")  # fmt: skip
+        except OSError:
+            worker.log.debug("Failed to send error message.")
+
+    worker.handle_error = handle
+    util.write_error = write  # what gunicorn's handle_error writes its answer with

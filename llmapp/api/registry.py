@@ -5,7 +5,7 @@ from flask import g, url_for
 from spectree import Response
 
 from ..services import applications, registry
-from . import ADMIN_ERRORS, ERRORS, bp, spec
+from . import ADMIN_BODY_ERRORS, ADMIN_ERRORS, ERRORS, bp, spec
 from .schemas import ModelIn, ModelList, ModelOut, Problem, RecommendationOut
 
 REGISTRY = ["registry"]
@@ -30,7 +30,7 @@ def get_model(model_id):
 
 
 @bp.get("/models/<int:model_id>/recommendation")
-@spec.validate(resp=Response(HTTP_200=RecommendationOut, **ERRORS), tags=REGISTRY)
+@spec.validate(resp=Response(HTTP_200=RecommendationOut, HTTP_409=Problem, **ERRORS), tags=REGISTRY)
 def model_recommendation(model_id):
     """The serving configuration recommended for a model (what the form's Apply fills in), and why."""
     found = applications.recommendation_for(registry.get_model(model_id))
@@ -47,7 +47,7 @@ def model_recommendation(model_id):
 @bp.post("/models")
 @spec.validate(
     json=ModelIn,
-    resp=Response(HTTP_201=ModelOut, HTTP_422=Problem, **ADMIN_ERRORS, HTTP_415=Problem),
+    resp=Response(HTTP_201=ModelOut, HTTP_409=Problem, **ADMIN_BODY_ERRORS),
     tags=REGISTRY,
 )
 def create_model(json: ModelIn):
@@ -59,7 +59,7 @@ def create_model(json: ModelIn):
 @bp.put("/models/<int:model_id>")
 @spec.validate(
     json=ModelIn,
-    resp=Response(HTTP_200=ModelOut, HTTP_422=Problem, **ADMIN_ERRORS, HTTP_415=Problem),
+    resp=Response(HTTP_200=ModelOut, HTTP_409=Problem, **ADMIN_BODY_ERRORS),
     tags=REGISTRY,
 )
 def update_model(model_id, json: ModelIn):

@@ -6,6 +6,7 @@ maximum are read from the same constants, for the document; the service enforces
 errors come back per field in a problem document.
 """
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -14,7 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from .. import engines
 from ..models import RegistryModel
 from ..runtime import plugins as plugin_types
-from ..services import applications, lifecycle
+from ..services import applications, environment, lifecycle, plugin_documents, plugins, registry, users
 
 
 def _utc(value):
@@ -25,8 +26,47 @@ def _utc(value):
 UtcDateTime = Annotated[datetime, BeforeValidator(_utc)]
 
 
+def _whole(value):
+    """JSON Schema's integers include 6.0 (a number without a fraction): read it as 6. A number with a
+    fraction stays what it is, and is refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Whole = Annotated[int, BeforeValidator(_whole)]  # an integer field of a body
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
+
+
+def requiring(*fields: str, also: list[dict] = ()):
+    """A body's JSON Schema, for the document: ``fields`` required and never null, as its service requires
+    them (the model itself keeps them optional, so that a missing one gets the service's own message
+    at its field); ``also``: conditions the document adds (allOf), e.g. what each engine requires."""
+
+    def extra(schema: dict) -> None:
+        schema["required"] = sorted(set(schema.get("required", ())) | set(fields))
+        for name in fields:
+            field = schema["properties"][name]
+            kinds = [kind for kind in field.pop("anyOf", ()) if kind.get("type") != "null"]
+            if kinds:
+                field.update(kinds[0] if len(kinds) == 1 else {"anyOf": kinds})
+            field.pop("default", None)
+        if also:
+            schema["allOf"] = list(also)
+
+    return ConfigDict(json_schema_extra=extra)
+
+
+def any_case(text: str) -> str:
+    """``text`` as a regular expression that matches it in any case, without the (?i) flag JSON Schema's
+    regular expressions (ECMA 262) do not have: "md" → "[mM][dD]"."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in text)
+
+
+def when(field: str, value: str, then: dict) -> dict:
+    """A JSON Schema condition: if ``field`` is ``value``, the body also matches ``then``."""
+    return {"if": {"properties": {field: {"const": value}}, "required": [field]}, "then": then}
 
 
 def _choice(choices) -> Field:
@@ -52,29 +92,43 @@ class Problem(BaseModel):
 
 
 class EnvVarIn(Strict):
-    name: str | None = None
-    value: str = ""
+    """A variable: its name is of ENV_NAME's letters and none a member may not set (see the service)."""
+
+    model_config = requiring("name")
+
+    name: str | None = Field(
+        None,
+        json_schema_extra={
+            "maxLength": applications.MAX_ENV_NAME,
+            "pattern": environment.ENV_NAME.pattern,
+            "not": {"pattern": environment.refused_pattern()},
+        },
+    )
+    value: str = Field("", json_schema_extra={"maxLength": applications.MAX_ENV_VALUE})
     secret: bool = False
-    secret_id: int | None = Field(None, description="Keep the stored value of this secret variable (its id).")
+    secret_id: Whole | None = Field(None, description="Keep the stored value of this secret variable (its id).")
 
 
 class ApplicationIn(Strict):
-    """An application's fields. The types are checked here; everything else (which fields are required,
-    bounds, names) by the applications service, whose errors come back per field: a field left out
-    is "required" there, or takes its default (log_level, restart_policy, log_lines, log_days)."""
+    """An application's fields. The types are checked here; everything else (bounds, names) by the
+    applications service, whose errors come back per field. Only name and model_id must be given: a
+    serving field left out takes the model's recommendation (GET /api/v1/models/{model_id}/recommendation)
+    or the platform's default."""
 
-    name: str | None = Field(None, json_schema_extra={"maxLength": applications.MAX_NAME})
-    model_id: int | None = Field(None, description="A registry model's id (GET /api/v1/models).")
+    model_config = requiring(*applications.REQUIRED)
+
+    name: str | None = Field(None, json_schema_extra={"maxLength": applications.MAX_NAME, "pattern": r"\S"})
+    model_id: Whole | None = Field(None, description="A registry model's id (GET /api/v1/models).")
     description: str | None = Field(None, json_schema_extra={"maxLength": applications.MAX_DESCRIPTION})
-    max_concurrency: int | None = _bounded("max_concurrency")
-    timeout_s: int | None = _bounded("timeout_s")
+    max_concurrency: Whole | None = _bounded("max_concurrency")
+    timeout_s: Whole | None = _bounded("timeout_s")
     log_level: str | None = _choice(applications.LOG_LEVELS)
-    cache_size: int | None = _bounded("cache_size")
-    batch_size: int | None = _bounded("batch_size")
+    cache_size: Whole | None = _bounded("cache_size")
+    batch_size: Whole | None = _bounded("batch_size")
     restart_policy: str | None = _choice(applications.RESTART_POLICIES)
-    max_restarts: int | None = _bounded("max_restarts")
-    log_lines: int | None = _bounded("log_lines")
-    log_days: int | None = _bounded("log_days")
+    max_restarts: Whole | None = _bounded("max_restarts")
+    log_lines: Whole | None = _bounded("log_lines")
+    log_days: Whole | None = _bounded("log_days")
     env: list[EnvVarIn] = Field(default_factory=list, json_schema_extra={"maxItems": applications.MAX_ENV_VARS})
 
 
@@ -189,13 +243,32 @@ class ModelList(BaseModel):
 
 
 class ModelIn(Strict):
-    """A registry model's fields; the registry service judges them (errors per field)."""
+    """A registry model's fields; the registry service judges them (errors per field). What an engine's
+    columns must hold is the engine's (a transformers model's source is a model directory on the
+    platform's host, checked there)."""
 
-    name: str | None = None
-    family: str | None = None
-    parameters_billions: float | int | None = None
+    model_config = requiring(
+        *registry.REQUIRED,
+        also=[
+            when("engine", kind.name, {"required": [field.column for field in kind.fields if field.required]})
+            for kind in engines.ENGINES.values()
+            if any(field.required for field in kind.fields)
+        ],
+    )
+
+    name: str | None = Field(None, json_schema_extra={"maxLength": registry.LIMITS["name"], "pattern": r"\S"})
+    family: str | None = Field(None, json_schema_extra={"maxLength": registry.LIMITS["family"]})
+    parameters_billions: float | int | None = Field(
+        None,
+        json_schema_extra={
+            "minimum": registry.PARAMETERS_BILLIONS[0],
+            "maximum": registry.PARAMETERS_BILLIONS[1],
+        },
+    )
     precision: str | None = _choice(RegistryModel.PRECISIONS)
-    context_length: int | None = None
+    context_length: Whole | None = Field(
+        None, json_schema_extra={"minimum": registry.CONTEXT_LENGTH[0], "maximum": registry.CONTEXT_LENGTH[1]}
+    )
     engine: str | None = _choice(engines.names())
     # What each engine column holds, as the engines say it (llmapp/engines).
     source: str | None = Field(None, description=engines.column_hints().get("source"))
@@ -205,9 +278,25 @@ class ModelIn(Strict):
 
 
 class PluginIn(Strict):
-    """A plugin; its configuration is checked against its type's JSON Schema by the plugins service."""
+    """A plugin; its configuration is checked against its type's JSON Schema by the plugins service
+    (and a webhook's URL by where webhooks may go, a pattern by what RE2 compiles)."""
 
-    name: str | None = None
+    model_config = requiring(
+        *plugins.REQUIRED,
+        also=[
+            when(
+                "type",
+                name,
+                {
+                    "properties": {"config": {k: v for k, v in kind.schema.items() if k != "$schema"}},
+                    **({"required": ["config"]} if kind.schema.get("required") else {}),
+                },
+            )
+            for name, kind in plugin_types.TYPES.items()
+        ],
+    )
+
+    name: str | None = Field(None, json_schema_extra={"maxLength": plugins.MAX_NAME, "pattern": r"\S"})
     type: str | None = _choice(plugin_types.TYPES)
     description: str = ""
     version: str = ""
@@ -246,8 +335,14 @@ class PluginQuery(BaseModel):
 
 
 class DocumentIn(Strict):
-    name: str = Field(description="A .txt or .md file name.")
-    text: str
+    name: str = Field(
+        description="A file name of one of its kinds (no folder, no control characters, no edge spaces).",
+        json_schema_extra={
+            "maxLength": plugin_documents.MAX_DOCUMENT_NAME,
+            "pattern": "(" + "|".join(any_case(suffix) for suffix in plugin_documents.DOCUMENT_SUFFIXES) + ")$",
+        },
+    )
+    text: str = Field(json_schema_extra={"pattern": r"\S"})
 
 
 class PluginType(BaseModel):
@@ -276,7 +371,7 @@ class Chain(BaseModel):
 
 
 class AttachIn(Strict):
-    plugin_id: int
+    plugin_id: Whole
 
 
 class ChainStepIn(Strict):
@@ -298,9 +393,15 @@ class UserList(BaseModel):
     items: list[UserOut]
 
 
+def _typed_email() -> str:
+    """The users service's address (users.EMAIL), with the edge characters it removes (users.EDGE)."""
+    edge = "[" + "".join(f"\\x{ord(c):02x}" for c in users.EDGE) + "]*"
+    return "^" + edge + users.EMAIL.pattern[1:-1] + edge + "$"
+
+
 class UserIn(Strict):
-    email: str
-    password: str
+    email: str = Field(json_schema_extra={"maxLength": users.MAX_EMAIL, "pattern": _typed_email()})
+    password: str = Field(json_schema_extra={"minLength": users.MIN_PASSWORD})
     admin: bool = False
 
 

@@ -4,7 +4,7 @@ from flask import g
 from spectree import Response
 
 from ..services import users
-from . import ADMIN_ERRORS, bp, spec
+from . import ADMIN_BODY_ERRORS, ADMIN_ERRORS, bp, spec
 from .schemas import NewPassword, Problem, UserChange, UserIn, UserList, UserOut
 
 USERS = ["users"]
@@ -29,18 +29,14 @@ def list_users():
 
 
 @bp.post("/users")
-@spec.validate(
-    json=UserIn, resp=Response(HTTP_201=UserOut, **ADMIN_ERRORS, HTTP_415=Problem, HTTP_422=Problem), tags=USERS
-)
+@spec.validate(json=UserIn, resp=Response(HTTP_201=UserOut, HTTP_409=Problem, **ADMIN_BODY_ERRORS), tags=USERS)
 def create_user(json: UserIn):
     """Add a user (admins); the password rules are the page's."""
     return _user_out(users.create_user(json.email, json.password, admin=json.admin, acting=g.api_user)), 201
 
 
 @bp.put("/users/<int:user_id>")
-@spec.validate(
-    json=UserChange, resp=Response(HTTP_200=UserOut, HTTP_409=Problem, **ADMIN_ERRORS, HTTP_415=Problem), tags=USERS
-)
+@spec.validate(json=UserChange, resp=Response(HTTP_200=UserOut, HTTP_409=Problem, **ADMIN_BODY_ERRORS), tags=USERS)
 def change_user(user_id, json: UserChange):
     """Make or unmake an admin, disable or enable an account (admins; never the last admin, nor yourself)."""
     user = users.get_user(user_id, acting=g.api_user)
