@@ -82,10 +82,11 @@ def get_application(application_id):
     tags=APPLICATIONS,
 )
 def update_application(application_id, json: ApplicationIn):
-    """Replace an application's fields, while it is stopped or failed (else 409 with its status).
-    A secret variable sent with an empty value and its ``secret_id`` keeps its stored value."""
+    """Change an application's fields, while it is stopped or failed (else 409 with its status). A field
+    left out keeps its value (``env`` left out keeps every variable; sent, it is the whole list). A
+    secret variable sent with an empty value and its ``secret_id`` keeps its stored value."""
     application = visible_application(application_id)
-    applications.update(application, json.model_dump())
+    applications.update(application, json.model_dump(exclude_unset=True))
     return _out(applications.get_for_user(application.id, g.api_user))
 
 

@@ -33,7 +33,10 @@ def authenticate():
     if request.method in ("POST", "PUT", "PATCH") and request.content_length:
         if not request.is_json:
             return problems.problem(415, problems.HTTP_DETAILS[415])
-        if not isinstance(request.get_json(silent=True), dict):  # nor `false`: a body is not an empty one
+        body = request.get_json(silent=True)  # None: not JSON (or `null`)
+        if body is None and request.get_data(cache=True).strip() != b"null":
+            return problems.problem(400, "The request body is not valid JSON.")
+        if not isinstance(body, dict):  # nor `false`: a body is not an empty one
             return problems.problem(400, "The request body must be a JSON object.")
     # As the pages' forms do: no NUL character reaches a service (PostgreSQL can't store one).
     nul = _nul_at(dict(request.args)) or _nul_at(request.get_json(silent=True) if request.is_json else None)

@@ -4,7 +4,8 @@ every operation shares, stated once here, so that each resource added later has 
 - A string never holds a NUL (services.NO_NUL_PATTERN): the API refuses one anywhere, as the forms do.
 - A request body whose fields are all optional may be left out (it reads as ``{}``).
 - Every error answer is a problem document, and every operation may answer 414 (a request line too
-  long for the web server, which answers before the API does: gunicorn.conf.py).
+  long for the web server, which answers before the API does: gunicorn.conf.py); every POST, PUT or
+  PATCH 400 and 415 (a body sent that is not a JSON object), even one that reads no body.
 - Links: each create leads to what hangs on what it created (its read, change and delete, its
   sub-resources), with the created id from the answer, so that a reader, and a fuzzer's stateful phase,
   can walk the API.
@@ -30,6 +31,10 @@ def refine(document: dict, problem_answer: dict) -> dict:
                 _no_nul(parameter.get("schema", {}))
             _optional_body(operation, document["components"]["schemas"])
             operation["responses"].setdefault("414", {"description": "URI Too Long", **problem_answer})
+        for method in operations.keys() & {"post", "put", "patch"}:  # any body sent is read (auth.py)
+            answers = operations[method]["responses"]
+            answers.setdefault("400", {"description": "Bad Request", **problem_answer})
+            answers.setdefault("415", {"description": "Unsupported Media Type", **problem_answer})
     _links(document)
     return document
 
@@ -90,18 +95,6 @@ def _optional_body(operation: dict, schemas: dict) -> None:
         operation["requestBody"]["required"] = False
 
 
-def _read_answer(operations: dict) -> dict | None:
-    """The schema a GET of these operations answers with."""
-    return (
-        operations.get("get", {})
-        .get("responses", {})
-        .get("200", {})
-        .get("content", {})
-        .get("application/json", {})
-        .get("schema")
-    )
-
-
 def _links(document: dict) -> None:
     """From each POST that creates (201), a link to every operation on the paths below what it created.
 
@@ -116,8 +109,6 @@ def _links(document: dict) -> None:
             continue
         answer_ref = create["responses"]["201"].get("content", {}).get("application/json", {}).get("schema", {})
         answer = document["components"]["schemas"].get(answer_ref.get("$ref", "").rsplit("/", 1)[-1], {})
-        if answer_ref and answer_ref == _read_answer(paths.get(path.rsplit("/", 1)[0], {})):
-            answer = {}  # the create answers with the resource it was made in (a plugin, for its document)
         body = _body_schema(create, document["components"]["schemas"]) or {}
         links = {}
         for target, target_operations in paths.items():

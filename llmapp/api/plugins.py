@@ -9,7 +9,7 @@ from ..runtime import plugins as plugin_types
 from ..secrets_box import MASK
 from ..services import plugin_documents, plugins
 from . import BODY_ERRORS, ERRORS, bp, spec
-from .schemas import DocumentIn, PluginIn, PluginList, PluginOut, PluginQuery, PluginTypeList, Problem
+from .schemas import DocumentIn, DocumentOut, PluginIn, PluginList, PluginOut, PluginQuery, PluginTypeList, Problem
 
 PLUGINS = ["plugins"]
 
@@ -27,7 +27,7 @@ def _plugin_out(plugin) -> PluginOut:
         enabled=plugin.enabled,
         published=plugin.published,
         owner=plugin.owner.email if plugin.owner else None,
-        documents=[{"id": d.id, "name": d.name, "size": d.size} for d in plugin.documents],
+        documents=[_document_out(d) for d in plugin.documents],
     )
 
 
@@ -88,19 +88,27 @@ def delete_plugin(plugin_id):
 
 @bp.post("/plugins/<int:plugin_id>/documents")
 @spec.validate(
-    json=DocumentIn, resp=Response(HTTP_201=PluginOut, HTTP_403=Problem, HTTP_409=Problem, **BODY_ERRORS), tags=PLUGINS
+    json=DocumentIn,
+    resp=Response(HTTP_201=DocumentOut, HTTP_403=Problem, HTTP_409=Problem, **BODY_ERRORS),
+    tags=PLUGINS,
 )
 def add_document(plugin_id, json: DocumentIn):
-    """Add a text or Markdown document to a knowledge-retrieval plugin."""
+    """Add a text or Markdown document to a knowledge-retrieval plugin (409 for a plugin of another type,
+    or a name it already has)."""
     plugin = plugins.get_changeable(plugin_id, g.api_user)
-    plugin_documents.add_document(plugin, g.api_user, json.name, json.text.encode())
-    return _plugin_out(plugin), 201
+    document = plugin_documents.add_document(plugin, g.api_user, json.name, json.text.encode())
+    location = url_for(".delete_document", plugin_id=plugin.id, document_id=document.id)
+    return _document_out(document), 201, {"Location": location}
 
 
-# (No docstring: it would become the operation's summary, and the OpenAPI document stays as it was.)
+def _document_out(document) -> dict:
+    return {"id": document.id, "name": document.name, "size": document.size}
+
+
 @bp.delete("/plugins/<int:plugin_id>/documents/<int:document_id>")
 @spec.validate(resp=Response("HTTP_204", HTTP_403=Problem, **ERRORS), tags=PLUGINS)
 def delete_document(plugin_id, document_id):
+    """Delete a document of a knowledge-retrieval plugin."""
     plugin = plugins.get_changeable(plugin_id, g.api_user)
     plugin_documents.delete_document(plugin, g.api_user, document_id)
     return "", 204

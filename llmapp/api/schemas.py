@@ -1,12 +1,11 @@
 """The REST API's request and response bodies (pydantic), from which the OpenAPI document is generated.
 
-These models say only what shape a body has (types, which fields exist). What values are allowed is
-the services' to say, once (services/applications.py ``check``): the bounds shown here as minimum and
-maximum are read from the same constants, for the document; the service enforces them, and its
-errors come back per field in a problem document.
+The models check a body's shape (types, which fields exist). What values are allowed is the services'
+to say, once: the services enforce their rules and answer per field, and what of a rule JSON Schema
+can say (required fields, lengths, bounds, choices, patterns) is written here, for the document, from
+the services' own constants, never as a second copy.
 """
 
-import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -15,7 +14,19 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from .. import engines
 from ..models import RegistryModel
 from ..runtime import plugins as plugin_types
-from ..services import applications, environment, lifecycle, plugin_documents, plugins, registry, users
+from ..services import (
+    EDGE_SPACE_PATTERN,
+    NOT_BLANK_PATTERN,
+    any_case,
+    api_keys,
+    applications,
+    environment,
+    lifecycle,
+    plugin_documents,
+    plugins,
+    registry,
+    users,
+)
 
 
 def _utc(value):
@@ -58,20 +69,15 @@ def requiring(*fields: str, also: list[dict] = ()):
     return ConfigDict(json_schema_extra=extra)
 
 
-def any_case(text: str) -> str:
-    """``text`` as a regular expression that matches it in any case, without the (?i) flag JSON Schema's
-    regular expressions (ECMA 262) do not have: "md" → "[mM][dD]"."""
-    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in text)
-
-
 def when(field: str, value: str, then: dict) -> dict:
     """A JSON Schema condition: if ``field`` is ``value``, the body also matches ``then``."""
     return {"if": {"properties": {field: {"const": value}}, "required": [field]}, "then": then}
 
 
 def _choice(choices) -> Field:
-    """A text field whose allowed values the service checks; listed here for the document."""
-    return Field(None, json_schema_extra={"enum": list(choices)})
+    """A text field whose allowed values the service checks; listed here for the document (null, as
+    leaving the field out, takes the default)."""
+    return Field(None, json_schema_extra={"enum": [*choices, None]})
 
 
 def _bounded(field: str):
@@ -100,8 +106,9 @@ class EnvVarIn(Strict):
         None,
         json_schema_extra={
             "maxLength": applications.MAX_ENV_NAME,
-            "pattern": environment.ENV_NAME.pattern,
-            "not": {"pattern": environment.refused_pattern()},
+            # ENV_NAME, with what the service strips around it
+            "pattern": f"^{EDGE_SPACE_PATTERN}{environment.ENV_NAME.pattern[1:-1]}{EDGE_SPACE_PATTERN}$",
+            "not": {"pattern": environment.refused_pattern(EDGE_SPACE_PATTERN)},
         },
     )
     value: str = Field("", json_schema_extra={"maxLength": applications.MAX_ENV_VALUE})
@@ -111,13 +118,14 @@ class EnvVarIn(Strict):
 
 class ApplicationIn(Strict):
     """An application's fields. The types are checked here; everything else (bounds, names) by the
-    applications service, whose errors come back per field. Only name and model_id must be given: a
-    serving field left out takes the model's recommendation (GET /api/v1/models/{model_id}/recommendation)
-    or the platform's default."""
+    applications service, whose errors come back per field. Only name and model_id must be given. On
+    create, a serving field left out takes the model's recommendation (GET
+    /api/v1/models/{model_id}/recommendation) or the platform's default; on change, a field left out
+    keeps its value."""
 
     model_config = requiring(*applications.REQUIRED)
 
-    name: str | None = Field(None, json_schema_extra={"maxLength": applications.MAX_NAME, "pattern": r"\S"})
+    name: str | None = Field(None, json_schema_extra={"maxLength": applications.MAX_NAME, "pattern": NOT_BLANK_PATTERN})
     model_id: Whole | None = Field(None, description="A registry model's id (GET /api/v1/models).")
     description: str | None = Field(None, json_schema_extra={"maxLength": applications.MAX_DESCRIPTION})
     max_concurrency: Whole | None = _bounded("max_concurrency")
@@ -179,7 +187,9 @@ class Transition(BaseModel):
 
 
 class KeyIn(Strict):
-    label: str = Field("", description="A name for the key; the service keeps its first 100 characters.")
+    label: str = Field(
+        "", description=f"A name for the key; the service keeps its first {api_keys.MAX_LABEL} characters."
+    )
 
 
 class KeyOut(BaseModel):
@@ -256,7 +266,9 @@ class ModelIn(Strict):
         ],
     )
 
-    name: str | None = Field(None, json_schema_extra={"maxLength": registry.LIMITS["name"], "pattern": r"\S"})
+    name: str | None = Field(
+        None, json_schema_extra={"maxLength": registry.LIMITS["name"], "pattern": NOT_BLANK_PATTERN}
+    )
     family: str | None = Field(None, json_schema_extra={"maxLength": registry.LIMITS["family"]})
     parameters_billions: float | int | None = Field(
         None,
@@ -296,7 +308,7 @@ class PluginIn(Strict):
         ],
     )
 
-    name: str | None = Field(None, json_schema_extra={"maxLength": plugins.MAX_NAME, "pattern": r"\S"})
+    name: str | None = Field(None, json_schema_extra={"maxLength": plugins.MAX_NAME, "pattern": NOT_BLANK_PATTERN})
     type: str | None = _choice(plugin_types.TYPES)
     description: str = ""
     version: str = ""
@@ -342,7 +354,7 @@ class DocumentIn(Strict):
             "pattern": "(" + "|".join(any_case(suffix) for suffix in plugin_documents.DOCUMENT_SUFFIXES) + ")$",
         },
     )
-    text: str = Field(json_schema_extra={"pattern": r"\S"})
+    text: str = Field(json_schema_extra={"pattern": plugin_documents.NOT_BLANK_TEXT_PATTERN})
 
 
 class PluginType(BaseModel):
@@ -400,8 +412,12 @@ def _typed_email() -> str:
 
 
 class UserIn(Strict):
-    email: str = Field(json_schema_extra={"maxLength": users.MAX_EMAIL, "pattern": _typed_email()})
-    password: str = Field(json_schema_extra={"minLength": users.MIN_PASSWORD})
+    model_config = requiring(*users.REQUIRED)
+
+    email: str | None = Field(None, json_schema_extra={"maxLength": users.MAX_EMAIL, "pattern": _typed_email()})
+    password: str | None = Field(
+        None, json_schema_extra={"minLength": users.MIN_PASSWORD, "maxLength": users.MAX_PASSWORD}
+    )
     admin: bool = False
 
 

@@ -92,10 +92,13 @@ def index():
 @bp.route("/new", methods=["GET", "POST"])
 def create():
     """Create an application with the form; errors re-render it inline."""
-    # Defaults fill a new form; a submitted one is what was sent (a field left out is not a default).
-    form = _form(data=applications.default_config()) if request.method == "GET" else _form()
-    if request.method == "GET" and form.model_id.choices:
-        form.model_id.data = form.model_id.choices[0][0]
+    # A new form starts on the first model, with its serving defaults (as the API's create fills them);
+    # a submitted one is what was sent.
+    if request.method == "GET":
+        first = next((model.id for model in registry.list_models()), None)
+        form = _form(data={**applications.serving_defaults(first), "model_id": first})
+    else:
+        form = _form()
     if form.is_submitted() and form.judged():
         try:
             application = applications.create(current_user, form.service_data())

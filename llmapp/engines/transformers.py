@@ -14,7 +14,7 @@ class TransformersKind(EngineKind):
         RegistryField(
             "source",
             "transformers: the path of a local Hugging Face model directory (checked on this host).",
-            required="Give the path of a local Hugging Face model directory.",
+            required=model_detection.NO_DIRECTORY,  # check_directory says it (check below judges it whole)
         ),
     )
 

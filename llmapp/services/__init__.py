@@ -1,5 +1,6 @@
 """Business rules. Views, jobs and the CLI call these; they never hold rules of their own."""
 
+import re
 from collections.abc import Callable
 
 import redis
@@ -94,6 +95,20 @@ def refuse(errors: dict[str, list[str]], taken: set[str] = frozenset()) -> None:
 NUL_ERROR = "Contains a NUL character, which can't be stored or passed on."
 # The same rule for a reader of the API's document: a string of any length without a NUL (JSON Schema).
 NO_NUL_PATTERN = "^[^\\u0000]*$"
+
+# What the services strip from a name (str.strip(): Python's whitespace), written out for the API's
+# document: \s and \S mean other characters in other regular expression engines (ECMA 262's \s has
+# U+FEFF and not U+001C, Python's the reverse).
+SPACE = "".join(c for c in map(chr, range(0x10000)) if c.isspace())
+_SPACE_CLASS = "".join(f"\\u{ord(c):04x}" for c in SPACE)
+NOT_BLANK_PATTERN = f"[^{_SPACE_CLASS}]"  # somewhere, a character str.strip() keeps: not blank
+EDGE_SPACE_PATTERN = f"[{_SPACE_CLASS}]*"  # what str.strip() removes from either end
+
+
+def any_case(text: str) -> str:
+    """``text`` as a regular expression that matches it in any case, without the (?i) flag JSON Schema's
+    regular expressions (ECMA 262) do not have: "md" → "[mM][dD]"."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in text)
 
 
 def publish_before_commit(publish: Callable[[], None], failure: str) -> None:

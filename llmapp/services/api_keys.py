@@ -16,6 +16,9 @@ def publish_and_commit(application: Application, failure: str) -> None:
     db.session.commit()
 
 
+MAX_LABEL = 100  # a longer label is cut, not refused: it is only a reminder
+
+
 def create_key(application: Application, label: str = "") -> tuple[ApiKey, str]:
     """A new key; the plain key is returned here once and never stored.
 
@@ -23,7 +26,10 @@ def create_key(application: Application, label: str = "") -> tuple[ApiKey, str]:
     """
     plain = runtime_keys.generate()
     key = ApiKey(
-        application_id=application.id, label=label.strip()[:100], key_hash=runtime_keys.digest(plain), prefix=plain[:10]
+        application_id=application.id,
+        label=label.strip()[:MAX_LABEL],
+        key_hash=runtime_keys.digest(plain),
+        prefix=plain[:10],
     )
     db.session.add(key)
     publish_and_commit(application, "The key was not created")

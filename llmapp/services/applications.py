@@ -207,7 +207,8 @@ def check(data: dict, owner_id: int, application_id=None) -> dict:
 
     ``data``: name, model_id (REQUIRED), description, the configuration fields, and env (a list of rows:
     name, value, secret, secret_id). Values arrive typed (an adapter parses text); a wrong type is an
-    error. A configuration field left out takes the model's recommendation, or the platform's default.
+    error. A configuration field left out (or empty) keeps the application's value (``application_id``:
+    an edit), or on create takes serving_defaults.
 
     :raise FieldErrors: every rule broken, at its field ("env.3.name" for a row's).
     :raise Taken: the name is the only thing wrong: the owner has an application of that name.
@@ -239,7 +240,11 @@ def check(data: dict, owner_id: int, application_id=None) -> dict:
     elif not _is_int(model_id) or not registry.exists(model_id):
         errors["model_id"].append("Choose a model from the registry.")
     clean["model_id"] = model_id
-    defaults = {**default_config(), **(_recommended(model_id) if "model_id" not in errors else {})}
+    stored = db.session.get(Application, application_id) if application_id is not None else None
+    if stored is not None:  # an edit: a field left out keeps what it holds
+        defaults = {**default_config(), **stored.config}
+    else:
+        defaults = serving_defaults(model_id if "model_id" not in errors else None)
     for field, (low, high) in BOUNDS.items():
         value = data.get(field)
         if value is None or value == "":
@@ -261,6 +266,12 @@ def check(data: dict, owner_id: int, application_id=None) -> dict:
 
 def taken_message(name: str) -> str:
     return f"You already have an application named “{name}”."
+
+
+def serving_defaults(model_id: int | None) -> dict:
+    """The configuration a new application of the model starts with (the form's first values, and what
+    a field left out on create takes): the model's recommendation over the platform's defaults."""
+    return {**default_config(), **(_recommended(model_id) if model_id is not None else {})}
 
 
 def _recommended(model_id: int) -> dict:
@@ -338,14 +349,16 @@ def create(owner: User, data: dict) -> Application:
 
 
 def update(application: Application, data: dict) -> None:
-    """Save an edit, only while the application is stopped or failed.
+    """Save an edit, only while the application is stopped or failed. A field left out of ``data``
+    keeps its value (the description, the configuration, the variables).
 
     :raise TransitionRefused: it is running, deploying or stopping.
     :raise FieldErrors: a rule is broken (see check).
     :raise Taken: another request took the name meanwhile.
     """
-    data = check(data, application.created_by_id, application.id)
-    env = _env_rows(data.get("env", []), application.env_vars)
+    kept_env = "env" not in data  # left out: the variables stay as they are
+    data = check({"description": application.description, **data}, application.created_by_id, application.id)
+    env = None if kept_env else _env_rows(data.get("env", []), application.env_vars)
 
     def write() -> None:
         lifecycle.claim_for_edit(
@@ -355,6 +368,8 @@ def update(application: Application, data: dict) -> None:
             model_id=data["model_id"],
             config=_config(data),
         )
+        if env is None:
+            return
         # The conditional UPDATE above holds the row; the environment changes in the same transaction.
         db.session.execute(db.delete(EnvVar).where(EnvVar.application_id == application.id))
         for var in env:

@@ -169,16 +169,8 @@ def seed() -> dict:
         if applications.name_taken(admin.id, name):
             continue
         model = models[model_name]
-        config = dict(applications.default_config(), **applications.recommendation_for(model).as_config())
-        new_applications[name] = applications.create(
-            admin,
-            dict(
-                name=name,
-                model_id=model.id,
-                description=description,
-                **config,
-                env=demo_environment(model),
-            ),
+        new_applications[name] = applications.create(  # the serving fields: the model's recommendation
+            admin, dict(name=name, model_id=model.id, description=description, env=demo_environment(model))
         )
         created["applications"] += 1
 

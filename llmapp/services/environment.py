@@ -11,6 +11,8 @@ the platform runs as root, as an unprivileged user (see server_processes.server_
 
 import re
 
+from . import any_case
+
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # a variable's name, for every program that reads one
 ENV_NAME_RULE = "Use letters, digits and _, not starting with a digit."
 
@@ -78,18 +80,15 @@ ALLOWED = frozenset(
 )
 
 
-def refused_pattern() -> str:
+def refused_pattern(edge: str = "") -> str:
     """The names ``refusal`` refuses, as one regular expression over a name of ENV_NAME's letters (which
-    upper-case as ASCII does), for the API's document: the same constants, any case, ALLOWED excepted."""
-
-    def any_case(text: str) -> str:
-        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in text)
-
+    upper-case as ASCII does), for the API's document: the same constants, any case, ALLOWED excepted.
+    ``edge``: a pattern for what may surround the name (what the service strips)."""
     names = sorted({n for _, exact, _ in REFUSED for n in exact})
     prefixes = sorted({p for _, _, starts in REFUSED for p in starts})
     allowed = "|".join(any_case(n) for n in sorted(ALLOWED))
-    refused = "|".join([*(any_case(n) + "$" for n in names), *(any_case(p) for p in prefixes)])
-    return f"^(?!(?:{allowed})$)(?:{refused})"
+    refused = "|".join([*(any_case(n) + edge + "$" for n in names), *(any_case(p) for p in prefixes)])
+    return f"^{edge}(?!(?:{allowed}){edge}$)(?:{refused})"
 
 
 def refusal(name: str) -> str | None:

@@ -50,6 +50,9 @@ class Detected:
         return {key: value for key, value in values.items() if value not in (None, "")}
 
 
+NO_DIRECTORY = "Give the path of a local Hugging Face model directory."
+
+
 def check_directory(path: str | Path) -> Path:
     """The directory, if it holds a model's config and weights.
 
@@ -57,7 +60,7 @@ def check_directory(path: str | Path) -> Path:
     """
     directory = Path(path).expanduser()
     if not str(path).strip():
-        raise NotAModel("Give the path of a local Hugging Face model directory.")
+        raise NotAModel(NO_DIRECTORY)
     if not directory.exists():
         raise NotAModel(f"{directory} does not exist on this host.")
     if not directory.is_dir():

@@ -5,6 +5,8 @@ change reaches the running applications that use the plugin live, published befo
 as every change of a plugin does (services/plugins.py).
 """
 
+from sqlalchemy.exc import IntegrityError
+
 from .. import netguard
 from ..extensions import db
 from ..models import Plugin, PluginDocument, User
@@ -15,13 +17,16 @@ MAX_DOCUMENT_BYTES = 1024 * 1024  # under the 2 MB request limit (MAX_CONTENT_LE
 MAX_PLUGIN_DOCUMENTS_BYTES = 20 * 1024 * 1024
 DOCUMENT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
 MAX_DOCUMENT_NAME = 255
+BLANK = b" \t\n\r\x0b\x0c"  # a document of only these is empty (bytes.strip's whitespace)
+NOT_BLANK_TEXT_PATTERN = "[^" + "".join(f"\\u{c:04x}" for c in BLANK) + "]"  # the same, for the API's document
 
 
 def add_document(plugin: Plugin, user: User, filename: str, data: bytes) -> PluginDocument:
     """A text or Markdown document, indexed by the servers of the applications using the plugin.
 
-    :raise Forbidden: ``user`` may not change the plugin. :raise Invalid: not a knowledge-retrieval
-        plugin, not UTF-8 text, too large, a name already there.
+    :raise Forbidden: ``user`` may not change the plugin. :raise Conflict: not a knowledge-retrieval
+        plugin. :raise Invalid: not UTF-8 text, empty, too large. :raise Taken: a name already there
+        (also when a concurrent request took it).
     """
     require_change(plugin, user)
     if plugin.type != "knowledge_retrieval":  # the request is sound; the plugin is of another kind
@@ -29,7 +34,7 @@ def add_document(plugin: Plugin, user: User, filename: str, data: bytes) -> Plug
     name = _document_name(filename)
     if not name.lower().endswith(DOCUMENT_SUFFIXES):
         raise Invalid(f"Upload a text or Markdown file ({', '.join(DOCUMENT_SUFFIXES)}).", "document")
-    if not data.strip():
+    if not data.strip(BLANK):
         raise Invalid(f"“{name}” is empty.", "document")
     if len(data) > MAX_DOCUMENT_BYTES:
         raise Invalid(f"“{name}” is larger than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB.", "document")
@@ -46,12 +51,17 @@ def add_document(plugin: Plugin, user: User, filename: str, data: bytes) -> Plug
         raise Invalid(f"“{name}” is not UTF-8 text.", "document") from e
     if "\x00" in text:
         raise Invalid(f"“{name}” is not a text file.", "document")
+    taken = Taken({"document": [f"The plugin already has a document named “{name}”: delete it first to replace it."]})
     if any(document.name == name for document in plugin.documents):
-        raise Taken({"document": [f"The plugin already has a document named “{name}”: delete it first to replace it."]})
+        raise taken
     document = PluginDocument(plugin=plugin, name=name, text=text, size=len(data))
     db.session.add(document)
-    publish_chains_before_commit(users_of(plugin, LIVE), "The document was not added")
-    db.session.commit()
+    try:
+        publish_chains_before_commit(users_of(plugin, LIVE), "The document was not added")  # flushes first
+        db.session.commit()
+    except IntegrityError as e:  # a concurrent request added one of that name
+        db.session.rollback()
+        raise taken from e
     return document
 
 

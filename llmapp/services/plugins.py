@@ -107,10 +107,11 @@ def _clean(data: dict, user: User, stored: dict | None = None) -> dict:
     :raise Invalid: a field breaks a rule (``field`` says which).
     :raise ConfigInvalid: the configuration breaks its type's schema.
     """
-    name = (data.get("name") or "").strip()
+    typed = data.get("name") or ""
+    name = typed.strip()
     if not name:
         raise Invalid("Name is required.", "name")
-    if len(name) > MAX_NAME:
+    if len(typed) > MAX_NAME:  # as typed: the API's document bounds what is sent
         raise Invalid(f"At most {MAX_NAME} characters.", "name")
     type_name = data.get("type")
     if type_name not in plugin_types.TYPES:

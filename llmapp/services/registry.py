@@ -80,26 +80,21 @@ def check(data: dict, model_id: int | None = None) -> dict:
         if value is not None and not isinstance(value, str):
             error(field, "Must be text.")
             value = ""
-        value = (value or "").strip()
-        if "\x00" in value:
+        typed = value or ""
+        if "\x00" in typed:
             error(field, NUL_ERROR)
-        elif len(value) > limit:
+        elif len(typed) > limit:  # as typed: the API's document bounds what is sent
             error(field, f"At most {limit:,} characters.")
-        values[field] = value
+        values[field] = typed.strip()
     if not values["name"]:
         error("name", "Name is required.")
     elif "name" not in errors and name_taken(values["name"], except_id=model_id):
         error("name", taken_message(values["name"]))
-    for field, (low, high), missing, whole, out_of_range in (
-        (
-            "parameters_billions",
-            PARAMETERS_BILLIONS,
-            "Give the parameter count.",
-            False,
-            "Between 0.000001 and 10,000.",
-        ),
-        ("context_length", CONTEXT_LENGTH, "Give the context length.", True, "Between 1 and 10,000,000."),
+    for field, (low, high), missing, whole in (
+        ("parameters_billions", PARAMETERS_BILLIONS, "Give the parameter count.", False),
+        ("context_length", CONTEXT_LENGTH, "Give the context length.", True),
     ):
+        out_of_range = f"Between {_figure(low)} and {_figure(high)}."
         value = data.get(field)
         if value is None or value == "":
             error(field, missing)
@@ -182,3 +177,8 @@ def detect(source: str, *, acting: "User | Operator") -> "engines.Detected":
     """
     require_admin(acting, ADMIN_ONLY)
     return engines.detect(source)
+
+
+def _figure(number: float) -> str:
+    """A bound as people write it: 0.000001, 10,000."""
+    return f"{number:,f}".rstrip("0").rstrip(".")

@@ -17,6 +17,7 @@ import secrets
 
 import redis
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from ..extensions import db
@@ -31,7 +32,9 @@ NOT_IN_ADDRESS = r"@\x00-\x20\x7f-\xa0\u1680\u2000-\u200b\u2028\u2029\u202f\u205
 EMAIL = re.compile(rf"^[^{NOT_IN_ADDRESS}]+@[^{NOT_IN_ADDRESS}]+$")
 EDGE = " \t\n\r\f\v"
 MIN_PASSWORD = 8
+MAX_PASSWORD = 1024  # far above any passphrase; the hash reads it all
 MAX_EMAIL = 254
+REQUIRED = {"email": "Give the user's email.", "password": f"Give a password (at least {MIN_PASSWORD} characters)."}
 ADMIN_ONLY = "Only an admin can manage users."
 
 
@@ -54,20 +57,29 @@ def authenticate(email: str, password: str) -> User | None:
     return user if user.check_password(password) else None
 
 
-def create_user(email: str, password: str, *, admin: bool = False, acting: "User | Operator") -> User:
-    """:raise Forbidden: ``acting`` is not an admin. :raise Invalid: the email is malformed, or the
-    password too short. :raise Taken: another user has that email."""
+def create_user(email: str | None, password: str | None, *, admin: bool = False, acting: "User | Operator") -> User:
+    """:raise Forbidden: ``acting`` is not an admin. :raise Invalid: the email is missing or malformed,
+    or the password missing, too short or too long. :raise Taken: another user has that email (also
+    when a concurrent request took it)."""
     require_admin(acting, ADMIN_ONLY)
+    for field, value in (("email", email), ("password", password)):
+        if not value:
+            raise Invalid(REQUIRED[field], field)
     typed, email = email, email.strip(EDGE).lower()
     if not EMAIL.match(email) or max(len(typed), len(email)) > MAX_EMAIL:
         raise Invalid(f"“{email}” is not an email address.", "email")
     check_password_rules(password)
+    taken = Taken({"email": [f"A user with the email {email} already exists."]})
     if find_by_email(email):
-        raise Taken({"email": [f"A user with the email {email} already exists."]})
+        raise taken
     user = User(email=email, is_admin=admin)
     user.set_password(password)
     db.session.add(user)
-    db.session.commit()
+    try:
+        db.session.commit()
+    except IntegrityError as e:
+        db.session.rollback()
+        raise taken from e
     return user
 
 
@@ -133,8 +145,8 @@ def check_password_rules(password: str) -> None:
     """:raise Invalid: the password is too short (or too long to hash sensibly)."""
     if len(password) < MIN_PASSWORD:
         raise Invalid(f"The password must have at least {MIN_PASSWORD} characters.", "password")
-    if len(password) > 1024:
-        raise Invalid("The password must have at most 1,024 characters.", "password")
+    if len(password) > MAX_PASSWORD:
+        raise Invalid(f"The password must have at most {MAX_PASSWORD:,} characters.", "password")
 
 
 def list_users(*, acting: "User | Operator") -> list[tuple[User, object]]:

@@ -1,14 +1,15 @@
 from wtforms import BooleanField, EmailField, PasswordField, SelectField, StringField
-from wtforms.validators import InputRequired, Length, ValidationError
+from wtforms.validators import InputRequired, ValidationError
 
 from ..forms import PlatformForm
+from ..services import users
 
 
 class NewUserForm(PlatformForm):
     """The rules (an email, a long enough password, not taken) are the users service's; it says which field."""
 
-    email = EmailField("Email", validators=[InputRequired("Give the user's email."), Length(max=254)])
-    password = PasswordField("Password", validators=[InputRequired("Give a password (at least 8 characters).")])
+    email = EmailField("Email", validators=[InputRequired(users.REQUIRED["email"])])
+    password = PasswordField("Password", validators=[InputRequired(users.REQUIRED["password"])])
     admin = BooleanField("Admin (sees and manages everything)")
 
 

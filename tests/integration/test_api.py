@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from conftest import API, LiveServer, bearer, problem, token_for
+from llmapp import secrets_box
 from llmapp.extensions import db
-from llmapp.models import AccessToken, Application, RegistryModel, User, utcnow
-from llmapp.services import access_tokens
+from llmapp.models import AccessToken, Application, EnvVar, PluginDocument, RegistryModel, User, utcnow
+from llmapp.services import Taken, access_tokens, plugin_documents, plugins, users
 from llmapp.services.applications import recommendation_for
 
 
@@ -140,7 +141,9 @@ def test_bad_input_comes_back_per_field_and_changes_nothing(app, client, member,
         "Contains a NUL character, which can't be stored or passed on."
     ]}  # fmt: skip
     not_json = client.post(f"{API}/applications", data="{", headers={**token, "Content-Type": "application/json"})
-    assert not_json.status_code in (400, 422) and not_json.content_type == "application/problem+json"
+    assert problem(not_json, 400)["detail"] == "The request body is not valid JSON."
+    listed = client.post(f"{API}/applications", json=[bad], headers=token)
+    assert problem(listed, 400)["detail"] == "The request body must be a JSON object."
     with app.app_context():
         assert db.session.scalar(db.select(db.func.count()).select_from(Application)) == 0
 
@@ -151,13 +154,52 @@ def test_serving_fields_left_out_are_the_models_recommendation(app, client, memb
     model = factory.model(parameters_billions=7, precision="bf16", context_length=4096)
     with app.app_context():
         recommended = recommendation_for(db.session.get(RegistryModel, model.id)).as_config()
-    created = client.post(f"{API}/applications", json={"name": "bare", "model_id": model.id}, headers=token)
+    bare = {"name": "bare", "model_id": model.id, "log_level": None}  # null: as left out (the document says so)
+    created = client.post(f"{API}/applications", json=bare, headers=token)
     assert created.status_code == 201, created.text
     assert {field: created.json["config"][field] for field in recommended} == recommended
     assert recommended["max_concurrency"] == 2  # the model's own, not a platform-wide default
-    replaced = {"name": "bare", "model_id": model.id, "max_concurrency": 3}
-    chosen = client.put(f"{API}/applications/{created.json['id']}", json=replaced, headers=token).json["config"]
-    assert chosen["max_concurrency"] == 3 and chosen["timeout_s"] == recommended["timeout_s"]
+
+
+def test_a_change_keeps_what_it_leaves_out(app, client, member, factory):
+    """PUT with some fields: the others keep their values (never the recommendation, never nothing)."""
+    token = bearer(token_for(app, member))
+    model = factory.model(parameters_billions=7, precision="bf16", context_length=4096)
+    body = application_body(model, timeout_s=900, log_level="DEBUG", max_restarts=7, description="Kept.")
+    made = client.post(f"{API}/applications", json=body, headers=token).json
+    url = f"{API}/applications/{made['id']}"
+    changed = client.put(url, json={"name": "support-bot", "model_id": model.id, "max_concurrency": 3}, headers=token)
+    assert changed.status_code == 200, changed.text
+    assert changed.json["config"] == {**made["config"], "max_concurrency": 3}
+    assert changed.json["description"] == "Kept." and changed.json["env"] == made["env"]  # the secret too
+    with app.app_context():
+        secret = db.session.scalar(db.select(EnvVar).filter_by(application_id=uuid.UUID(made["id"]), name="API_KEY"))
+        assert secrets_box.decrypt(secret.value) == "sk-1"
+    emptied = client.put(url, json={"name": "support-bot", "model_id": model.id, "env": []}, headers=token)
+    assert emptied.json["env"] == [] and emptied.json["config"]["max_concurrency"] == 3  # sent: the whole list
+
+
+def test_a_name_taken_meanwhile_is_409_not_a_500(app, client, factory, member, monkeypatch):
+    """Between a service's check and its commit, another request takes the value: the database's unique
+    constraint catches it, and the answer is the same Taken (409 at its field), the session usable."""
+    admin = factory.user("root@example.com", admin=True)
+    token = bearer(token_for(app, admin))
+    factory.user("taken@example.com")
+    monkeypatch.setattr(users, "find_by_email", lambda email: None)  # the other request had not committed
+    raced = client.post(f"{API}/users", json={"email": "Taken@example.com", "password": "p" * 12}, headers=token)
+    assert problem(raced, 409)["errors"] == {"email": ["A user with the email taken@example.com already exists."]}
+    monkeypatch.undo()
+    assert client.get(f"{API}/users", headers=token).status_code == 200
+    with app.app_context():
+        owner = db.session.get(User, member.id)
+        plugin = plugins.create(owner, {"name": "kb", "type": "knowledge_retrieval"})
+        assert plugin.documents == []  # what the service's own check sees
+        with db.engine.begin() as other:  # another request, committed meanwhile
+            other.execute(db.insert(PluginDocument).values(plugin_id=plugin.id, name="faq.md", text="A.", size=2))
+        with pytest.raises(Taken) as taken:
+            plugin_documents.add_document(plugin, owner, "faq.md", b"# Q\n\nA.")
+        assert taken.value.errors["document"][0].startswith("The plugin already has a document named")
+        assert db.session.scalars(db.select(PluginDocument.text)).all() == ["A."]
 
 
 def test_another_members_objects_are_404_and_admin_operations_403(app, client, factory, member):
@@ -295,7 +337,10 @@ def test_plugins_and_an_applications_chain(app, client, member, factory):
     added = client.post(
         f"{API}/plugins/{rag['id']}/documents", json={"name": "faq.md", "text": "# Q\n\nA."}, headers=token
     )
-    assert added.status_code == 201 and [d["name"] for d in added.json["documents"]] == ["faq.md"]
+    assert added.status_code == 201 and added.json["name"] == "faq.md" and added.json["size"] == 7
+    assert added.headers["Location"].endswith(f"/plugins/{rag['id']}/documents/{added.json['id']}")
+    listed = client.get(f"{API}/plugins/{rag['id']}", headers=token).json["documents"]
+    assert listed == [added.json]
     refused = client.post(f"{API}/plugins/{rag['id']}/documents", json={"name": "x.pdf", "text": "x"}, headers=token)
     assert "Upload a text or Markdown file" in problem(refused, 422)["detail"]
 
