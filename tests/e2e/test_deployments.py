@@ -610,32 +610,36 @@ def test_a_server_that_stops_answering_fails_with_that_reason(app, client, auth,
 
 
 def test_stop_lets_a_request_in_flight_finish(app, client, auth, member, factory, tiny, workers):
-    # About a second or two of generation on an idle machine, far longer on a loaded one: a grace and a
+    # Several seconds of generation on an idle machine, far longer on a loaded one: a grace and a
     # timeout generous enough that only a stop that does not drain could cut the request off.
     # Both sides: the worker waits out the grace, and the stop job is queued (here) with a time limit
     # above it; a job killed at the default limit would leave the server to the reconcile, which kills.
-    workers.env["LLMAPP_STOP_GRACE_S"] = "120"
-    app.config["STOP_GRACE_S"] = 120
+    workers.env["LLMAPP_STOP_GRACE_S"] = "300"
+    app.config["STOP_GRACE_S"] = 300
     workers.start(1)
-    deployed, api, _ = running_app(app, client, auth, member, factory, tiny, "draining", timeout_s=300)
+    deployed, api, _ = running_app(app, client, auth, member, factory, tiny, "draining", timeout_s=600)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # Long enough (several seconds idle) that it is still generating when the stop arrives.
         in_flight = pool.submit(
-            api.with_options(timeout=300).completions.create,
+            api.with_options(timeout=600).completions.create,
             model="draining",
             prompt="hello",
-            max_tokens=400,
-            extra_body={"min_tokens": 400},
+            max_tokens=1500,
+            extra_body={"min_tokens": 1500},
         )
-        wait_for(lambda: health_of(deployed)["in_flight"] == 1, 60, 0.01, message="a request in flight")
+        wait_for(
+            lambda: in_flight.done() or health_of(deployed)["in_flight"] == 1, 120, 0.01, message="a request in flight"
+        )
+        assert not in_flight.done(), f"the request ended before it was seen in flight: {in_flight.exception()!r}"
         assert client.post(f"/applications/{deployed.id}/stop", headers=HX).status_code == 200
         try:
-            answer = in_flight.result(timeout=300)
+            answer = in_flight.result(timeout=600)
         except openai.APIError as e:  # what the platform and the server did meanwhile
             raise AssertionError(
                 f"{e!r}; the log ends:\n" + "\n".join(log_text(app, deployed.id).splitlines()[-30:])
             ) from e
-        assert answer.usage.completion_tokens == 400  # answered in full, not cut off
-    assert wait_status(app, deployed.id, {"stopped"}, timeout=150).process_pid is None
+        assert answer.usage.completion_tokens == 1500  # answered in full, not cut off
+    assert wait_status(app, deployed.id, {"stopped"}, timeout=400).process_pid is None
 
 
 def test_after_the_last_restart_the_application_fails(app, client, auth, member, factory, tiny, workers):
