@@ -1,7 +1,7 @@
 """Run the whole platform on the embedded default: `python app.py`.
 
 SQLite under instance/, a real Redis server it starts itself when REDIS_URL is not set, migrations
-applied, RQ workers and the web server (gunicorn) started and kept running: a process that dies (the
+applied, RQ workers, the web server (gunicorn) and the gateway started and kept running: a process that dies (the
 embedded Redis too, on its port, with the data it saved) is started again (with back-off). Only Ctrl-C
 (or SIGTERM) stops everything it started, within STOP_S plus the app servers' own stop.
 `flask` commands run in this folder use the same configuration (they find create_app below).
@@ -186,10 +186,14 @@ def main() -> None:
         # Two workers: a long deploy on one leaves the other free for stops and the reconcile.
         children = [Child(f"worker {n}", ["-m", "jobs.worker"], env) for n in (1, 2)]
         children.append(Child("web server", gunicorn, env))
+        # The one OpenAI-compatible base URL in front of every application (llmapp/gateway/).
+        gateway_port = str(app.config["GATEWAY_PORT"])
+        children.append(Child("gateway", ["-m", "llmapp.gateway", "--host", host, "--port", gateway_port], env))
         for child in children:
             child.start()
         supervised += children
         print(f"\n  llmapp is running at http://{host}:{port}/")
+        print(f"  Its gateway (OpenAI-compatible, every application): http://{host}:{gateway_port}/v1")
         for line in lines:
             print(f"  {line}")
         print("  Press Ctrl-C to stop.\n", flush=True)

@@ -146,10 +146,11 @@ def register_error_handlers(app: Flask) -> None:
 def register_template_helpers(app: Flask) -> None:
     from . import engines
     from .secrets_box import MASK
-    from .services import lifecycle, plugins
+    from .services import lifecycle, plugins, routing
 
     app.jinja_env.globals.update(
         allowed_actions=lifecycle.allowed_actions,
+        gateway_url=routing.gateway_url,
         may_change_plugin=plugins.may_change,  # which buttons a plugin's row shows: the service's rule
         STATUSES=lifecycle.STATUSES,
         MASK=MASK,

@@ -26,6 +26,7 @@ from .services import (
     deployments,
     lifecycle,
     registry,
+    routing,
     users,
 )
 from .services import logs as logs_service
@@ -302,9 +303,18 @@ def create_key(name, label, as_json):
     application = applications.find(name)
     _, plain = api_keys.create_key(application, label)
     if as_json:
-        click.echo(json.dumps({"key": plain, "endpoint": application.endpoint, "application": application.name}))
+        click.echo(
+            json.dumps(
+                {
+                    "key": plain,
+                    "gateway": routing.gateway_url(),
+                    "endpoint": application.endpoint,
+                    "application": application.name,
+                }
+            )
+        )
     else:
-        click.echo(f"{plain}\n(shown once) endpoint: {application.endpoint or 'not running'}")
+        click.echo(f"{plain}\n(shown once) gateway: {routing.gateway_url()} (model “{application.name}”)")
 
 
 def _ms(seconds: float | None) -> str:

@@ -26,6 +26,10 @@ DEFAULTS = {
     "HOSTNAME": None,  # this machine's name among the workers; default: socket.gethostname()
     "BIND_HOST": "127.0.0.1",  # where app servers listen; 0.0.0.0 to serve other machines
     "ADVERTISE_HOST": "127.0.0.1",  # the host name in endpoint URLs
+    # The gateway (llmapp/gateway/): the port `python app.py` runs it on, and the base URL clients are
+    # shown (default: http://ADVERTISE_HOST:GATEWAY_PORT/v1; set it to the load balancer's in production).
+    "GATEWAY_PORT": 5001,
+    "GATEWAY_URL": None,
     # Ports for app servers: each application keeps the one it got while it is free. Outside Linux's
     # ephemeral range (32768-60999), so no outgoing connection takes an application's port meanwhile.
     "SERVER_PORTS": "18000-18999",
@@ -74,6 +78,8 @@ ENVIRONMENT = {
     "LLMAPP_HOSTNAME": "HOSTNAME",
     "LLMAPP_BIND_HOST": "BIND_HOST",
     "LLMAPP_ADVERTISE_HOST": "ADVERTISE_HOST",
+    "LLMAPP_GATEWAY_PORT": "GATEWAY_PORT",
+    "LLMAPP_GATEWAY_URL": "GATEWAY_URL",
     "LLMAPP_SERVER_PORTS": "SERVER_PORTS",
     "LLMAPP_DEPLOY_TIMEOUT_S": "DEPLOY_TIMEOUT_S",
     "LLMAPP_STOP_GRACE_S": "STOP_GRACE_S",
@@ -125,6 +131,7 @@ def load(instance_path: str, overrides: dict | None = None) -> dict:
         config[key] = float(config[key])
     for key in (
         "LOG_LINES", "LOG_DAYS", "SERVER_MAX_HEADER_KB", "SERVER_MAX_CONNECTIONS", "TRUSTED_PROXIES", "SERVER_UID_BASE",
+        "GATEWAY_PORT",
     ):  # fmt: skip
         config[key] = int(config[key])
     if isinstance(config["SERVER_ENV_ALLOW"], str):

@@ -16,6 +16,23 @@ def api_keys(application_id) -> str:
     return f"{PREFIX}:keys:{application_id}"
 
 
+def key_routes() -> str:
+    """Hash of every published key's SHA-256 digest → the id of the application it belongs to: where
+    the gateway sends a key's requests (the application's own hash above stays the authority)."""
+    return f"{PREFIX}:key-routes"
+
+
+def routes() -> str:
+    """Hash of application id → its route as JSON (llmapp/gateway/table.py reads it): name, owner,
+    status, release and replicas. The gateway's whole routing table."""
+    return f"{PREFIX}:routes"
+
+
+def routes_changed() -> str:
+    """Pub/sub channel: an application id whose route changed (the gateway reloads it at once)."""
+    return f"{PREFIX}:routes-changed"
+
+
 def api_keys_used(application_id) -> str:
     """Hash of key id → last time the app server saw it (unix seconds)."""
     return f"{PREFIX}:keys-used:{application_id}"

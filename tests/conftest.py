@@ -25,7 +25,7 @@ from llmapp.services.applications import DEFAULT_CONFIG
 # (it belongs in tests/integration or tests/e2e then); collection fails, naming the test, if one does.
 NOT_PURE = {
     "app", "client", "runner", "factory", "auth", "member", "admin", "logged_in", "tiny", "schema",
-    "database_url", "redis_url", "workers", "served_tiny", "config_overrides",
+    "database_url", "redis_url", "workers", "served_tiny", "config_overrides", "gateway",
 }  # fmt: skip
 
 
@@ -692,6 +692,41 @@ def served_tiny(tiny_model_dir, redis_url, tmp_path_factory):
     server = ServedTiny(tiny_model_dir, redis_database(redis_url, 15), tmp_path_factory.mktemp("served"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(redis_url, tmp_path_factory):
+    """A real gateway process (`python -m llmapp.gateway`) on the tests' Redis: its base URL (…/v1).
+    A test whose pages should show it sets ``app.config["GATEWAY_URL"]`` to it."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from llmapp.embedded import free_port
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("gateway") / "gateway.out"
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llmapp.gateway", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=Path(__file__).resolve().parent.parent,
+            env={"PATH": os.environ["PATH"], "REDIS_URL": redis_url, "LLMAPP_GATEWAY_LOG_LEVEL": "INFO"},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+
+    def answers():
+        try:
+            return httpx.get(base + "/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(answers, 60, 0.1, "the gateway to answer")
+    yield base + "/v1"
+    process.terminate()
+    process.wait(30)
 
 
 # --- a webhook receiver ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from spectree import Response
 
-from ..services import api_keys
+from ..services import api_keys, routing
 from . import BODY_ERRORS, ERRORS, bp, spec
 from .applications import visible_application
 from .schemas import KeyIn, KeyList, KeyOut, NewKey, Problem
@@ -23,10 +23,11 @@ def list_keys(application_id):
 @bp.post("/applications/<application_id>/keys")
 @spec.validate(json=KeyIn, resp=Response(HTTP_201=NewKey, HTTP_503=Problem, **BODY_ERRORS), tags=["keys"])
 def create_key(application_id, json: KeyIn):
-    """Make a key to the application's endpoint; the key is in this answer only."""
+    """Make a key to the application (through the gateway, or its own endpoint); the key is in this
+    answer only."""
     application = visible_application(application_id)
     key, plain = api_keys.create_key(application, json.label)
-    return NewKey(**_key_out(key).model_dump(), key=plain), 201
+    return NewKey(**_key_out(key).model_dump(), key=plain, gateway=routing.gateway_url()), 201
 
 
 @bp.delete("/applications/<application_id>/keys/<int:key_id>")

@@ -203,6 +203,9 @@ class KeyOut(BaseModel):
 
 class NewKey(KeyOut):
     key: str = Field(description="The key itself: shown once, never stored.")
+    gateway: str = Field(
+        description="The platform gateway's base URL (ends in /v1): call it with `model` set to the application's name."
+    )
 
 
 class KeyList(BaseModel):

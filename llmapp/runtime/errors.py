@@ -23,3 +23,25 @@ class APIError(Exception):
 
 def model_not_found(name) -> APIError:
     return APIError(404, f"The model `{name}` does not exist or you do not have access to it.", code="model_not_found")
+
+
+# What a key check answers, on an app server and on the gateway alike.
+def missing_key() -> APIError:
+    return APIError(
+        401,
+        "Missing API key: send 'Authorization: Bearer <key>'. Keys are made on the application's page.",
+        code="invalid_api_key",
+    )
+
+
+def incorrect_key() -> APIError:
+    return APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+
+def key_store_unreachable() -> APIError:
+    return APIError(
+        503,
+        "The key store is unreachable and this key has not been seen yet; retry shortly.",
+        "server_error",
+        headers={"Retry-After": "5"},
+    )

@@ -54,21 +54,30 @@ class KeyInfo:
         return self.expires_at is not None and time.time() >= self.expires_at
 
 
+# Replace one application's keys and their entries in the gateway's index, in one step: the index
+# never names a key of the application's that is gone, nor misses one it holds.
+_PUBLISH = """
+for _, old in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if redis.call('HGET', KEYS[2], old) == ARGV[1] then redis.call('HDEL', KEYS[2], old) end
+end
+redis.call('DEL', KEYS[1])
+for i = 2, #ARGV, 2 do
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[1])
+end
+return 0
+"""
+
+
 def publish(connection, application_id, active: dict[str, tuple]) -> None:
     """Replace the application's published keys with ``active`` ({digest: (key id, label[, expires at])}),
-    atomically."""
+    atomically, with the gateway's index of which application each key reaches."""
 
     def value(key_id, label, expires_at=None) -> str:
         return f"{key_id}@{expires_at:.0f}:{label}" if expires_at else f"{key_id}:{label}"
 
-    with connection.pipeline() as pipe:
-        pipe.delete(keyspace.api_keys(application_id))
-        if active:
-            pipe.hset(
-                keyspace.api_keys(application_id),
-                mapping={digest_: value(*fields) for digest_, fields in active.items()},
-            )
-        pipe.execute()
+    pairs = [part for digest_, fields in active.items() for part in (digest_, value(*fields))]
+    connection.eval(_PUBLISH, 2, keyspace.api_keys(application_id), keyspace.key_routes(), str(application_id), *pairs)
 
 
 def _info(value: bytes) -> KeyInfo:

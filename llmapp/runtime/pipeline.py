@@ -31,7 +31,7 @@ from starlette.requests import ClientDisconnect, Request
 from . import openai_api
 from .answers import Finishing, error_response, respond, timed_out, until_disconnected
 from .engines import Prepared, RequestOutput
-from .errors import APIError
+from .errors import APIError, incorrect_key, key_store_unreachable, missing_key
 from .keys import KeyInfo, KeyStoreUnavailable, bearer_token
 from .plugins import reply_fields
 from .plugins.chain import Blocked, Chain, OutputRewriter, PluginRun
@@ -130,22 +130,13 @@ async def check_key(served: Served, request: Request) -> KeyInfo:
     """The request's API key, one of the application's (401), while Redis can say so (503)."""
     key = bearer_token(request.headers.get("authorization"))
     if not key:
-        raise APIError(
-            401,
-            "Missing API key: send 'Authorization: Bearer <key>'. Keys are made on the application's page.",
-            code="invalid_api_key",
-        )
+        raise missing_key()
     try:
         found = await served.keys.check(key)
     except KeyStoreUnavailable as e:
-        raise APIError(
-            503,
-            "The key store is unreachable and this key has not been seen yet; retry shortly.",
-            "server_error",
-            headers={"Retry-After": "5"},
-        ) from e
+        raise key_store_unreachable() from e
     if found is None:
-        raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+        raise incorrect_key()
     return found
 
 

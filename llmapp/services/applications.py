@@ -25,6 +25,7 @@ from . import (
     recommendations,
     refuse,
     registry,
+    routing,
 )
 
 # The serving fields and their defaults are ServingConfig's (runtime/spec.py), stated once there.
@@ -378,6 +379,7 @@ def update(application: Application, data: dict) -> None:
 
     _commit_or_name_conflict(data["name"], before=write)
     db.session.expire(application)
+    routing.publish(application.id)  # its name is what the gateway routes by
 
 
 def _commit_or_name_conflict(name: str, before=None) -> None:

@@ -263,6 +263,7 @@ def cleanup(application_id, pid: int | None, host: str | None) -> None:
                 kill_orphan(pid, str(application_id))
             else:
                 queues.queue(queue).enqueue("jobs.deploy.kill_process", pid, str(application_id))
+        runtime_keys.publish(queues.connection(), application_id, {})  # and out of the gateway's index
         queues.connection().delete(*keyspace.application_keys(application_id))
         metrics.delete_series(application_id)
         queues.delete_matching(queues.connection(), keyspace.playground_pattern(application_id))

@@ -14,7 +14,7 @@ from sqlalchemy import delete, update
 
 from ..extensions import db
 from ..models import Application, utcnow
-from . import Conflict
+from . import Conflict, routing
 
 STOPPED, DEPLOYING, RUNNING, STOPPING, FAILED = "stopped", "deploying", "running", "stopping", "failed"
 STATUSES = (STOPPED, DEPLOYING, RUNNING, STOPPING, FAILED)
@@ -85,6 +85,7 @@ def transition(application_id, action: str, **values) -> None:
         db.session.rollback()
         raise _refusal(application_id, rule.refusal)
     db.session.commit()
+    routing.publish(application_id)
 
 
 def claim_for_edit(application_id, **values) -> None:
@@ -118,3 +119,4 @@ def delete_if_editable(application_id) -> None:
         db.session.rollback()
         raise _refusal(application_id, "An application can be deleted only while stopped or failed")
     db.session.commit()
+    routing.publish(application_id)

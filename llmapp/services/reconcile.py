@@ -15,7 +15,7 @@ from rq.job import Job
 from .. import keyspace, queues
 from ..extensions import db
 from ..models import ApiKey, Application
-from . import applications, lifecycle, metrics, plugins
+from . import applications, lifecycle, metrics, plugins, routing
 from .deployments import fail_deploy, now_iso, publish_keys, request_deploy, stopped
 from .platform_log import log_event
 from .server_processes import health, server_process, terminate
@@ -74,6 +74,7 @@ def _reconcile(host: str, connection) -> dict:
                 summary["repaired"] += 1
         except lifecycle.TransitionRefused:
             continue  # a job moved it meanwhile: the next reconcile sees where it is
+    summary["routes"] = routing.publish_all()  # a route Redis missed or lost, as the rows say
     return summary
 
 

@@ -36,10 +36,11 @@ class Platform:
     """`python app.py` in a process of its own, on a fresh instance folder, with the demo data."""
 
     def __init__(self, tmp_path, **extra_env):
-        self.port = free_port()
+        self.port, self.gateway_port = free_port(), free_port()
         skip = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "LLMAPP_ENV")
         self.env = {k: v for k, v in os.environ.items() if k not in skip}
         self.env.update(LLMAPP_INSTANCE_PATH=str(tmp_path / "instance"), PORT=str(self.port), LLMAPP_DEMO="1")
+        self.env["LLMAPP_GATEWAY_PORT"] = str(self.gateway_port)
         self.env["LLMAPP_WORKER_LOG_LEVEL"] = "INFO"  # what the workers did, in app.out, should this fail
         self.env.update(extra_env)
         self.log = tmp_path / "app.out"
@@ -98,9 +99,9 @@ def embedded_redis_pid(instance) -> int:
 
 def test_the_platform_outlives_its_parts_dying_and_only_sigterm_stops_everything(tmp_path):
     """`python app.py` through everything that can die under it, one platform for the whole path (it
-    is the slowest thing to start): kill -9 a worker, a gunicorn worker, gunicorn's master and the
-    embedded redis-server; each comes back, the pages answer, the application's server serves on and
-    the workers do their work (and a request gunicorn refuses gets a problem document). Then SIGTERM
+    is the slowest thing to start): kill -9 a worker, a gunicorn worker, gunicorn's master, the
+    embedded redis-server and the gateway; each comes back, the pages answer, the application's server
+    serves on (directly and through the gateway) and the workers do their work (and a request gunicorn refuses gets a problem document). Then SIGTERM
     with a live log open: the web server ends the stream itself, app.py stops everything it started,
     app servers included.
 
@@ -116,8 +117,20 @@ def test_the_platform_outlives_its_parts_dying_and_only_sigterm_stops_everything
         wait_for(answers, 180, 0.5, "the platform to answer")
         deployed = flask("apps", "deploy", "hello-tiny", "--wait", "--json")
         assert deployed["status"] == "running"
-        key = flask("apps", "keys", "create", "hello-tiny", "--json")["key"]
+        created = flask("apps", "keys", "create", "hello-tiny", "--json")
+        key = created["key"]
+        assert created["gateway"] == f"http://127.0.0.1:{running.gateway_port}/v1"
         api = openai.OpenAI(base_url=deployed["endpoint"], api_key=key, max_retries=0)
+        # The gateway app.py runs: one base URL, the key picks the application.
+        gateway = openai.OpenAI(base_url=created["gateway"], api_key=key, max_retries=0)
+
+        def through_the_gateway():
+            try:
+                return gateway.completions.create(model="hello-tiny", prompt="hi", max_tokens=2).usage.completion_tokens
+            except openai.APIError:
+                return None
+
+        wait_for(through_the_gateway, 60, 0.2, "an answer through the gateway")
         [server] = server_processes(tmp_path)
 
         # The live log over gunicorn's gevent workers (as in production): the deploy's lines stream in.
@@ -183,6 +196,13 @@ def test_the_platform_outlives_its_parts_dying_and_only_sigterm_stops_everything
         wait_for(back, 60, 0.2, "its port to answer again")
         assert connection.get("saved-before-the-kill") == b"yes"  # what it saved
         assert (instance / "redis.url").read_text().strip() == url  # the same URL for everyone
+        wait_for(through_the_gateway, 60, 0.2, "the gateway to serve over the restarted Redis")
+
+        # kill -9 the gateway: app.py starts it again on its port.
+        [gateway_process] = [c for c in psutil.Process(platform.pid).children() if "llmapp.gateway" in c.cmdline()]
+        gateway_process.kill()
+        wait_for(lambda: f"(pid {gateway_process.pid}) exited with code -9" in running.printed(), 30, 0.2, "it")
+        wait_for(through_the_gateway, 60, 0.2, "the restarted gateway")
 
         # The platform works on: the app server serves (and logs) a call; the restarted worker (or its
         # sibling) stops and deploys, over the restarted Redis.
@@ -190,6 +210,7 @@ def test_the_platform_outlives_its_parts_dying_and_only_sigterm_stops_everything
         assert flask("apps", "stop", "hello-tiny", "--wait", "--json")["status"] == "stopped"
         assert flask("apps", "deploy", "hello-tiny", "--wait", "--json")["status"] == "running"
         [server] = server_processes(tmp_path)
+        wait_for(through_the_gateway, 60, 0.2, "the redeployed server through the gateway")
 
         # A live log open (the pane's), then SIGTERM to app.py: only this stops everything.
         with contextlib.closing(logged_in(port)) as browser:

@@ -36,8 +36,9 @@ from conftest import SERVING_CONFIG as CONFIG
 from llmapp.extensions import db
 
 
-def test_deploy_call_and_stop(app, client, auth, member, factory, tiny, workers):
+def test_deploy_call_and_stop(app, client, auth, member, factory, tiny, workers, gateway):
     workers.start(2)
+    app.config["GATEWAY_URL"] = gateway  # the snippets call through it
     application = factory.application(member, tiny, name="hello-tiny", config=dict(CONFIG))
     auth.login(member)
     running = deploy(client, app, application)
@@ -55,13 +56,21 @@ def test_deploy_call_and_stop(app, client, auth, member, factory, tiny, workers)
 
     page = client.get(f"/applications/{application.id}").text
     assert "Call it" in page and running.endpoint in page and "curl" in page
+    assert page.index(gateway) < page.index(running.endpoint)  # the gateway first, the server's own after
     assert "server process" in client.get(f"/applications/{application.id}/logs", headers=HX).text
 
     key = new_key(app, application.id)
     # Every snippet on the page runs as pasted, the key read from the environment.
     assert [lang for lang, _ in call_snippets(page)] == ["sh", "python"]
-    for lang, snippet in call_snippets(page):
-        assert run_snippet(lang, snippet, LLMAPP_KEY=key).returncode == 0
+    for lang, snippet in call_snippets(page):  # through the gateway
+        assert gateway in snippet and run_snippet(lang, snippet, LLMAPP_KEY=key).returncode == 0
+    through_gateway = openai.OpenAI(base_url=gateway, api_key=key, max_retries=0)
+    assert [m.id for m in through_gateway.models.list().data] == ["hello-tiny"]
+    streamed = through_gateway.chat.completions.create(
+        model="hello-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=6, stream=True,
+        stream_options={"include_usage": True}, extra_body={"min_tokens": 6},
+    )  # fmt: skip
+    assert [p.usage.completion_tokens for p in streamed if p.usage] == [6]
     client_ = openai.OpenAI(base_url=running.endpoint, api_key=key, max_retries=0)
     assert [m.id for m in client_.models.list().data] == ["hello-tiny"]
 

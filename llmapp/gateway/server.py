@@ -1,0 +1,251 @@
+"""The gateway's HTTP side (aiohttp): authenticate, route by ``model``, pass the answer through.
+
+Errors are OpenAI's shape, with the app servers' own messages where they mean the same thing. The
+replica checks the key again and answers everything else (parameters, limits, plugins); the gateway
+forwards the body as it came.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+
+import aiohttp
+from aiohttp import web
+
+from ..runtime.errors import APIError, incorrect_key, key_store_unreachable, missing_key, model_not_found
+from ..runtime.keys import bearer_token
+from ..runtime.serving import model_object, sse
+from .table import RUNNING, Replica, Route, RoutingTable
+from .watch import HealthChecks, KeyRoutes, KeyUnknown, RouteWatcher, check_health
+
+log = logging.getLogger("llmapp.gateway")
+
+MAX_BODY_BYTES = 32 * 1024 * 1024  # a replica refuses less (its own limit); this bounds the gateway's memory
+CONNECT_TIMEOUT_S = 5.0
+RELEASE_HEADER = "X-Llmapp-Release"
+# Per hop, never passed on (RFC 9110 §7.6.1); the lengths are the gateway's own to set.
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+        "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
+    )
+)  # fmt: skip
+UNAVAILABLE = {
+    "stopped": "The application “{}” is stopped: deploy it to call it.",
+    "deploying": "The application “{}” is deploying; retry shortly.",
+    "stopping": "The application “{}” is stopping.",
+    "failed": "The application “{}” failed: its page says why.",
+}
+# Failures of a replica before any byte of its answer: the request goes to another replica.
+NOT_REACHED = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+TABLE = web.AppKey("table", RoutingTable)
+KEYS = web.AppKey("keys", KeyRoutes)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+WATCHER = web.AppKey("watcher", RouteWatcher)
+LOAD_WAIT_S = 5.0  # a request in the first moments waits this long for the table
+
+
+def error_response(error: APIError) -> web.Response:
+    return web.json_response(error.body(), status=error.status, headers=error.headers)
+
+
+def unavailable(message: str) -> APIError:
+    return APIError(503, message, "server_error", code="application_unavailable", headers={"Retry-After": "5"})
+
+
+async def route_of_key(request: web.Request) -> Route | None:
+    """The route the request's key reaches (None: the key's application is gone).
+
+    :raise APIError: no key (401), a key of no application (401), Redis unreachable (503).
+    """
+    key = bearer_token(request.headers.get("Authorization"))
+    if not key:
+        raise missing_key()
+    if not request.app[WATCHER].loaded.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(request.app[WATCHER].loaded.wait(), LOAD_WAIT_S)
+        if not request.app[WATCHER].loaded.is_set():
+            raise unavailable("The gateway has not read its routes yet; retry shortly.")
+    try:
+        application_id = await request.app[KEYS].application_of(key)
+    except KeyUnknown as e:
+        raise key_store_unreachable() from e
+    if application_id is None:
+        raise incorrect_key()
+    return request.app[TABLE].routes.get(application_id)
+
+
+def requested_model(body: bytes) -> str:
+    """The body's ``model``, in the app servers' words when it has none. :raise APIError: 400."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise APIError(400, "The request body is not valid JSON.") from e
+    if not isinstance(data, dict):
+        raise APIError(400, "The request body must be a JSON object.")
+    model = data.get("model")
+    if model is None:
+        raise APIError(400, "You must provide a model parameter.", param="model")
+    if not isinstance(model, str):
+        raise APIError(400, "'model' must be a string.", param="model")
+    return model
+
+
+def reachable(route: Route | None, model: str) -> Route:
+    """The route, when ``model`` names it and it is running. :raise APIError: 404, 503."""
+    if route is None or model != route.name:
+        raise model_not_found(model)  # another member's application looks like a missing one
+    if route.status != RUNNING:
+        raise unavailable(UNAVAILABLE.get(route.status, "The application “{}” is not running.").format(route.name))
+    return route
+
+
+async def forward(request: web.Request) -> web.StreamResponse:
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(APIError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes."))
+    try:
+        route = reachable(await route_of_key(request), requested_model(body))
+    except APIError as e:
+        return error_response(e)
+    return await proxy(request, route, body)
+
+
+async def proxy(request: web.Request, route: Route, body: bytes) -> web.StreamResponse:
+    """Send the request to the least busy replica (another one when it can't be reached before its
+    first byte) and pass its answer through."""
+    session = request.app[SESSION]
+    url_path = request.rel_url.path_qs
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+    tried: list[Replica] = []
+    while True:
+        replica = await _next_replica(request.app, route, tried)
+        if replica is None:
+            why = "No replica of the application “{}” is answering; retry shortly." if tried else None
+            return error_response(unavailable((why or "The application “{}” has no replica ready.").format(route.name)))
+        tried.append(replica)
+        replica.in_flight += 1
+        try:
+            upstream = await session.request(request.method, replica.url + url_path, data=body, headers=headers)
+        except NOT_REACHED as e:
+            replica.in_flight -= 1
+            replica.healthy = False  # the health checks say when it answers again
+            log.warning("replica %s of %s can't be reached (%s): trying another", replica.id, route.name, e)
+            continue
+        except BaseException:
+            replica.in_flight -= 1
+            raise
+        try:
+            return await _pass_through(request, route, upstream)
+        finally:
+            upstream.close()  # unless released whole: a client that left stops its generation there
+            replica.in_flight -= 1
+
+
+async def _next_replica(app: web.Application, route: Route, tried: list[Replica]) -> Replica | None:
+    for replica in app[TABLE].candidates(route, tried):
+        if replica.healthy is None and not await check_health(app[SESSION], replica):
+            tried.append(replica)  # never known healthy: it gets nothing before it is
+            continue
+        return replica
+    return None
+
+
+async def _pass_through(request: web.Request, route: Route, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    response = web.StreamResponse(
+        status=upstream.status,
+        reason=upstream.reason,
+        headers={k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP},
+    )
+    if upstream.content_length is not None:
+        response.content_length = upstream.content_length
+    if route.release is not None:
+        response.headers[RELEASE_HEADER] = str(route.release)
+    # A write that fails means the client left: the caller's close of the replica's connection then
+    # stops its generation. A read that fails means the replica broke off.
+    try:
+        await response.prepare(request)
+    except ConnectionResetError:
+        return response
+    try:
+        async for chunk in upstream.content.iter_any():
+            try:
+                await response.write(chunk)
+            except ConnectionResetError:
+                return response
+    except (aiohttp.ClientError, TimeoutError) as e:
+        log.warning("a replica of %s broke off an answer: %s", route.name, e)
+        if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+            lost = APIError(502, "The replica serving this stream stopped answering.", "server_error")
+            with contextlib.suppress(ConnectionError):
+                await response.write(sse(lost.body()))
+        else:
+            if request.transport is not None:
+                request.transport.close()  # a body cut short must not look whole
+            return response
+    upstream.release()  # read to the end: its connection goes back to the pool
+    await response.write_eof()
+    return response
+
+
+async def models(request: web.Request) -> web.Response:
+    """What the key may call: its application (the one it was made for)."""
+    try:
+        route = await route_of_key(request)
+    except APIError as e:
+        return error_response(e)
+    return web.json_response({"object": "list", "data": [model_object(route.name, 0)] if route else []})
+
+
+async def one_model(request: web.Request) -> web.Response:
+    try:
+        route = await route_of_key(request)
+        if route is None or request.match_info["model"] != route.name:
+            raise model_not_found(request.match_info["model"])
+    except APIError as e:
+        return error_response(e)
+    return web.json_response(model_object(route.name, 0))
+
+
+async def unknown_path(request: web.Request) -> web.Response:
+    return error_response(APIError(404, f"Unknown request URL: {request.method} {request.rel_url.path}."))
+
+
+async def health(request: web.Request) -> web.Response:
+    table = request.app[TABLE]
+    return web.json_response({"status": "ok", "routes": len(table.routes)})
+
+
+def create_gateway(connection) -> web.Application:
+    """The gateway's aiohttp application over a redis.asyncio ``connection``."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[TABLE] = table = RoutingTable()
+    app[KEYS] = KeyRoutes(connection)
+    app[WATCHER] = watcher = RouteWatcher(connection, table)
+
+    async def background(app: web.Application):
+        # No pool limit (one connection per request in flight, kept alive); bytes pass as they came.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        app[SESSION] = session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
+        )
+        tasks = [asyncio.create_task(watcher.run()), asyncio.create_task(HealthChecks(session, table).run())]
+        yield
+        for task in tasks:
+            task.cancel()
+        await session.close()
+        await connection.aclose()
+
+    app.cleanup_ctx.append(background)
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model}", one_model)
+    app.router.add_post("/v1/{path:.+}", forward)
+    app.router.add_route("*", "/{path:.*}", unknown_path)
+    return app

@@ -1,0 +1,315 @@
+"""The gateway (`python -m llmapp.gateway`, a real process) on the real Redis, in front of replicas that
+are real HTTP servers of the test's own (they answer which replica they are, hold an answer until told,
+stream, or die mid-stream). Routes come from the platform's own publishing (transitions, keys), or,
+for several replicas of one application (which deploys do not make yet), as JSON the platform would
+publish."""
+
+import json
+import socket
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import openai
+import pytest
+import redis
+
+from conftest import wait_for
+from llmapp import keyspace
+from llmapp.extensions import db
+from llmapp.models import Application
+from llmapp.runtime import keys as runtime_keys
+
+
+class FakeReplica:
+    """An app server's stand-in: /health answers ``health``; /v1/* answers with its name, as the body's
+    ``mode`` says: "hold" (until ``gate`` is set), "stream" (a chunk, then the rest once ``gate`` is
+    set), "die" (a chunk of a stream, then the connection drops)."""
+
+    def __init__(self, name: str):
+        self.name, self.health, self.seen = name, 200, []
+        self.gate = threading.Event()
+        replica = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self._json(replica.health, {"status": "ready" if replica.health == 200 else "loading"})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                replica.seen.append({"body": body, "authorization": self.headers.get("Authorization")})
+                mode = body.get("mode", "")
+                if mode == "hold":
+                    replica.gate.wait(60)
+                if mode in ("stream", "die"):
+                    return self._stream(body, mode)
+                self._json(
+                    200,
+                    {
+                        "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": replica.name},
+                                     "finish_reason": "stop"}],
+                    },
+                )  # fmt: skip
+
+            def _json(self, status, data):
+                raw = json.dumps(data).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def _chunk(self, text: str):
+                content = {"role": "assistant", "content": text}
+                data = {
+                    "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                    "choices": [{"index": 0, "delta": content, "finish_reason": None}],
+                }  # fmt: skip
+                event = f"data: {json.dumps(data)}\n\n".encode()
+                self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+                self.wfile.flush()
+
+            def _stream(self, body, mode):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self._chunk(replica.name)
+                if mode == "die":  # a killed server: the connection drops mid-body
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                replica.gate.wait(60)
+                self._chunk(" and the rest")
+                done = b"data: [DONE]\n\n"
+                self.wfile.write(f"{len(done):x}\r\n".encode() + done + b"\r\n0\r\n\r\n")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def replicas():
+    made = []
+
+    def make(name):
+        made.append(FakeReplica(name))
+        return made[-1]
+
+    yield make
+    for replica in made:
+        replica.close()
+
+
+def client(gateway, key) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway, api_key=key, max_retries=0, timeout=60)
+
+
+def run(app, application, replica: FakeReplica, deploy_id=None) -> None:
+    """Take the application to running at ``replica``, as a deploy does (the transitions publish its route)."""
+    from llmapp.services import lifecycle
+
+    with app.app_context():
+        lifecycle.transition(application.id, "deploy", deploy_id=deploy_id or uuid.uuid4().hex)
+        lifecycle.transition(application.id, "deployed", endpoint=replica.url + "/v1")
+
+
+def served_by(api, model, **extra) -> str:
+    answer = api.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], extra_body=extra)
+    return answer.choices[0].message.content
+
+
+def key_of(app, application) -> str:
+    from llmapp.services import api_keys
+
+    with app.app_context():
+        return api_keys.create_key(db.session.get(Application, application.id), "gateway")[1]
+
+
+def test_a_key_reaches_its_own_application_only_and_the_table_follows_the_platform(
+    app, factory, member, gateway, replicas
+):
+    from llmapp.services import lifecycle
+
+    other = factory.user()
+    model = factory.model()
+    mine, theirs = factory.application(member, model, name="mine"), factory.application(other, model, name="theirs")
+    my_replica, their_replica = replicas("my-replica"), replicas("their-replica")
+    run(app, mine, my_replica)
+    run(app, theirs, their_replica)
+    my_key, their_key = key_of(app, mine), key_of(app, theirs)
+    api = client(gateway, my_key)
+
+    # The platform's own publishing reaches the running gateway: no restart, no database.
+    assert wait_for(lambda: _served_or_none(api, "mine"), 30, 0.1, "the route of “mine”") == "my-replica"
+    assert my_replica.seen[-1]["authorization"] == f"Bearer {my_key}"  # the replica checks the key again
+    assert [m.id for m in api.models.list().data] == ["mine"]
+    assert [m.id for m in client(gateway, their_key).models.list().data] == ["theirs"]
+    assert api.models.retrieve("mine").id == "mine"
+
+    # Another member's application looks like a missing one, by its name or through /v1/models/<name>.
+    for call in (lambda: served_by(api, "theirs"), lambda: api.models.retrieve("theirs")):
+        with pytest.raises(openai.NotFoundError) as refused:
+            call()
+        assert refused.value.code == "model_not_found" and "does not exist" in refused.value.message
+    assert their_replica.seen == []
+    with pytest.raises(openai.AuthenticationError, match="Incorrect API key"):
+        served_by(client(gateway, "llm-not-a-key"), "mine")
+    missing = httpx.post(gateway + "/chat/completions", json={"model": "mine"}, timeout=30)
+    assert missing.status_code == 401 and "Missing API key" in missing.json()["error"]["message"]
+    for body, message in ((b"{", "not valid JSON"), (b"[]", "JSON object"), (b"{}", "provide a model")):
+        bad = httpx.post(gateway + "/chat/completions", content=body, headers={"Authorization": f"Bearer {my_key}"})
+        assert bad.status_code == 400 and message in bad.json()["error"]["message"]
+    unknown = httpx.get(gateway + "/files", headers={"Authorization": f"Bearer {my_key}"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["message"].startswith("Unknown request URL")
+
+    # Stopping: a draining replica gets nothing new (503 saying why), then stopped.
+    with app.app_context():
+        lifecycle.transition(mine.id, "stop")
+    refusal = wait_for(lambda: _refusal(api, "mine", "stopping"), 30, 0.1, "503 while stopping")
+    assert refusal.status_code == 503 and refusal.response.headers["retry-after"] == "5"
+    with app.app_context():
+        lifecycle.transition(mine.id, "stopped", endpoint=None)
+    refusal = wait_for(lambda: _refusal(api, "mine", "is stopped: deploy it"), 30, 0.1, "503 once stopped")
+    assert refusal.code == "application_unavailable"
+
+    # Deployed again elsewhere: the same base URL and key reach the new server.
+    moved = replicas("moved")
+    run(app, mine, moved)
+    assert wait_for(lambda: _served_or_none(api, "mine"), 30, 0.1, "the new route") == "moved"
+
+    # Deleted (stopped first): its key reaches nothing; the other member's application serves on.
+    with app.app_context():
+        lifecycle.transition(mine.id, "stop")
+        lifecycle.transition(mine.id, "stopped")
+        from llmapp.services import applications
+
+        applications.delete(db.session.get(Application, mine.id))
+    gone = wait_for(lambda: _refusal(api, "mine", "Incorrect API key"), 30, 0.1, "401 (after a cached answer's 2 s)")
+    assert isinstance(gone, openai.AuthenticationError)
+    assert served_by(client(gateway, their_key), "theirs") == "their-replica"
+
+
+def _served_or_none(api, model):
+    try:
+        return served_by(api, model)
+    except openai.APIStatusError:
+        return None
+
+
+def _refusal(api, model, words):
+    try:
+        served_by(api, model)
+    except openai.APIStatusError as e:
+        return e if words in e.message else None
+    return None
+
+
+def publish_route(redis_url, application_id, name, replicas, release=None, status="running", owner_id=1):
+    """A route as the platform publishes one, announced to the gateways."""
+    connection = redis.Redis.from_url(redis_url)
+    route = {
+        "id": application_id, "name": name, "owner_id": owner_id, "status": status, "release": release,
+        "replicas": [{"id": r.name, "url": r.url, "draining": r.name in draining} for r, draining in replicas],
+    }  # fmt: skip
+    connection.hset(keyspace.routes(), application_id, json.dumps(route))
+    connection.publish(keyspace.routes_changed(), application_id)
+
+
+def several(redis_url, *replicas, release=None) -> tuple[str, str, callable]:
+    """An application of several replicas, with a key: (its id, the key, a republisher: draining names)."""
+    application_id, key = uuid.uuid4().hex, runtime_keys.generate()
+    runtime_keys.publish(redis.Redis.from_url(redis_url), application_id, {runtime_keys.digest(key): (1, "k")})
+
+    def republish(*draining, release=release):
+        publish_route(redis_url, application_id, "pool", [(r, draining) for r in replicas], release=release)
+
+    republish()
+    return application_id, key, republish
+
+
+def test_least_requests_in_flight_first_never_a_draining_or_failing_replica(redis_url, gateway, replicas):
+    one, two = replicas("one"), replicas("two")
+    _, key, republish = several(redis_url, one, two, release=7)
+    api = client(gateway, key)
+    wait_for(lambda: _served_or_none(api, "pool"), 30, 0.1, "the pool's route")
+
+    # Equal loads take turns; a replica holding a request gets the next one only after the other.
+    assert {served_by(api, "pool") for _ in range(6)} == {"one", "two"}
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(served_by, api, "pool", mode="hold")
+        wait_for(lambda: any(s["body"].get("mode") == "hold" for s in one.seen + two.seen), 30, 0.05, "a held request")
+        busy = one if any(s["body"].get("mode") == "hold" for s in one.seen) else two
+        free = two if busy is one else one
+        assert [served_by(api, "pool") for _ in range(4)] == [free.name] * 4
+        busy.gate.set()
+        assert held.result(60) == busy.name
+
+    # Every answer through the gateway names the release that served it.
+    answer = api.chat.completions.with_raw_response.create(model="pool", messages=[{"role": "user", "content": "x"}])
+    assert answer.headers["x-llmapp-release"] == "7"
+
+    # Draining: nothing new goes there.
+    republish("one")
+    wait_for(lambda: all(served_by(api, "pool") == "two" for _ in range(4)), 30, 0.1, "only two")
+    assert {served_by(api, "pool") for _ in range(8)} == {"two"}
+
+    # Failing its health check: nothing new goes there either, until it answers again.
+    republish()
+    two.health = 503
+    wait_for(lambda: all(served_by(api, "pool") == "one" for _ in range(4)), 30, 0.1, "only one")
+    assert {served_by(api, "pool") for _ in range(8)} == {"one"}
+    two.health = 200
+    wait_for(lambda: "two" in {served_by(api, "pool") for _ in range(4)}, 30, 0.1, "two back")
+
+
+def test_a_replica_that_refuses_the_connection_is_skipped_before_the_first_byte(redis_url, gateway, replicas):
+    alive = replicas("alive")
+    gone = FakeReplica("gone")
+    gone.close()  # its port now refuses connections
+    _, key, _ = several(redis_url, gone, alive)
+    api = client(gateway, key)
+    wait_for(lambda: _served_or_none(api, "pool"), 30, 0.1, "the pool's route")
+    assert {served_by(api, "pool") for _ in range(10)} == {"alive"}  # not one failure
+
+
+def test_streams_pass_through_chunk_by_chunk_and_a_replica_lost_mid_stream_ends_with_an_error(
+    redis_url, gateway, replicas
+):
+    streamer = replicas("streamer")
+    _, key, _ = several(redis_url, streamer)
+    api = client(gateway, key)
+    wait_for(lambda: _served_or_none(api, "pool"), 30, 0.1, "the pool's route")
+
+    # The first chunk arrives while the replica still holds the rest: nothing is buffered whole.
+    stream = api.chat.completions.create(
+        model="pool", messages=[{"role": "user", "content": "x"}], stream=True, extra_body={"mode": "stream"}
+    )
+    chunks = iter(stream)
+    assert next(chunks).choices[0].delta.content == "streamer"
+    streamer.gate.set()
+    assert [c.choices[0].delta.content for c in chunks] == [" and the rest"]
+
+    # A replica that dies mid-stream: the client gets an error event and the stream ends (no hang).
+    stream = api.chat.completions.create(
+        model="pool", messages=[{"role": "user", "content": "x"}], stream=True, extra_body={"mode": "die"}
+    )
+    chunks = iter(stream)
+    assert next(chunks).choices[0].delta.content == "streamer"
+    with pytest.raises(openai.APIError, match="stopped answering"):
+        next(chunks)

@@ -1,0 +1,65 @@
+"""The gateway's routing table: which replica a request goes to, and what a reload keeps."""
+
+import json
+
+import pytest
+
+from llmapp.gateway.table import Replica, Route, RoutingTable, parse_route
+
+
+def route(*replicas, status="running") -> Route:
+    return Route("app", "chat", 1, status, None, list(replicas))
+
+
+def test_least_requests_in_flight_first_and_equal_loads_take_turns():
+    table = RoutingTable()
+    a, b, c = Replica("a", "http://a"), Replica("b", "http://b"), Replica("c", "http://c")
+    pool = route(a, b, c)
+    a.in_flight, b.in_flight, c.in_flight = 2, 0, 1
+    assert [r.id for r in table.candidates(pool)] == ["b", "c", "a"]
+    a.in_flight = b.in_flight = c.in_flight = 0
+    assert {table.candidates(pool)[0].id for _ in range(3)} == {"a", "b", "c"}
+
+
+def test_draining_unhealthy_and_tried_replicas_get_no_new_request():
+    table = RoutingTable()
+    draining = Replica("d", "http://d", draining=True)
+    sick, unknown, tried = Replica("s", "http://s"), Replica("u", "http://u"), Replica("t", "http://t")
+    sick.healthy = False
+    candidates = table.candidates(route(draining, sick, unknown, tried), tried=[tried])
+    assert [r.id for r in candidates] == ["u"]  # not yet checked: asked before its first request
+    assert table.candidates(route(draining, sick)) == []
+
+
+def test_a_reload_keeps_what_the_gateway_knows_of_a_replica_that_is_still_there():
+    table = RoutingTable()
+    first = route(Replica("a", "http://a"), Replica("b", "http://b"))
+    table.put(first, "app")
+    first.replicas[0].in_flight, first.replicas[0].healthy = 3, True
+    reloaded = route(Replica("a", "http://a", draining=True), Replica("b", "http://elsewhere"))
+    table.put(reloaded, "app")
+    kept, moved = table.routes["app"].replicas
+    assert (kept.in_flight, kept.healthy, kept.draining) == (3, True, True)  # same replica, now draining
+    assert (moved.in_flight, moved.healthy) == (0, None)  # another address: a new replica
+    table.replace_all({})
+    assert table.routes == {}
+
+
+def test_only_running_routes_replicas_are_health_checked():
+    table = RoutingTable()
+    table.put(route(Replica("a", "http://a")), "running")
+    table.put(Route("stopping", "x", 1, "stopping", None, [Replica("b", "http://b")]), "stopping")
+    assert [r.id for r in table.replicas()] == ["a"]
+
+
+def test_a_published_route_is_read_and_a_broken_one_refused():
+    parsed = parse_route(
+        json.dumps(
+            {"id": "app", "name": "chat", "owner_id": 3, "status": "running", "release": 4,
+             "replicas": [{"id": "r1", "url": "http://h:1", "draining": False}]}
+        )
+    )  # fmt: skip
+    assert (parsed.name, parsed.owner_id, parsed.release, parsed.replicas[0].url) == ("chat", 3, 4, "http://h:1")
+    for broken in ('{"id": "app"}', '{"id": "a", "name": "n", "owner_id": 1, "status": "running", "replicas": [{}]}'):
+        with pytest.raises(ValueError):
+            parse_route(broken)
