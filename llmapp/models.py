@@ -120,6 +120,8 @@ class Application(db.Model):
     process_port: Mapped[int | None]
     # The port its endpoint keeps across restarts and redeploys (while it is free on the host).
     port: Mapped[int | None]
+    # The number of the release its server runs (set when a deploy reaches running).
+    deployed_release: Mapped[int | None]
 
     model: Mapped[RegistryModel] = relationship(lazy="raise")
     owner: Mapped[User] = relationship(lazy="raise")
@@ -243,6 +245,28 @@ class AccessToken(db.Model):
     revoked_at: Mapped[datetime | None]
 
     user: Mapped[User] = relationship()
+
+
+class Release(db.Model):
+    """An application's serving setup as it was saved: numbered from 1, never changed afterwards.
+
+    ``setup`` (llmapp/services/releases.py): the model, the configuration, the environment (a secret
+    as its stored ciphertext and a keyed fingerprint, never in the clear) and the plugin chain with each
+    plugin's settings.
+    """
+
+    __tablename__ = "releases"
+    __table_args__ = (UniqueConstraint("application_id", "number", name="uq_releases_application_number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    application_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("applications.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    note: Mapped[str] = mapped_column(String(200), default="")
+    setup: Mapped[dict] = mapped_column(JSON, default=dict)
+
+    author: Mapped[User | None] = relationship(lazy="joined")
 
 
 class ApiKey(db.Model):

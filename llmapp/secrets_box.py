@@ -1,6 +1,8 @@
 """Encryption at rest for secret environment variables (Fernet, from the `cryptography` package)."""
 
 import base64
+import hashlib
+import hmac
 
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
@@ -46,3 +48,11 @@ def decrypt(token: str) -> str:
         return _fernet().decrypt(token.encode()).decode()
     except InvalidToken as e:
         raise ValueError("a secret could not be decrypted: SECRET_KEY or LLMAPP_SECRETS_KEY changed") from e
+
+
+def fingerprint(plaintext: str) -> str:
+    """A keyed digest of a secret: equal for equal values, and telling nothing of the value to whoever
+    has no key (what releases keep to say whether a secret changed)."""
+    material = current_app.config.get("SECRETS_KEY") or current_app.config["SECRET_KEY"]
+    key = _derive(material.encode() if isinstance(material, str) else material, b"llmapp secret fingerprints")
+    return hmac.new(key, plaintext.encode(), hashlib.sha256).hexdigest()[:24]

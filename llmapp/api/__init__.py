@@ -55,6 +55,6 @@ ADMIN_BODY_ERRORS = {**BODY_ERRORS, "HTTP_403": Problem}
 # keep it (applications and what hangs on them, the registry, plugins, users), not the alphabet's.
 # isort: off
 from . import auth, errors  # noqa: E402,F401
-from . import applications, keys, logs, metrics, registry, plugins, chains, users  # noqa: E402,F401
+from . import applications, keys, releases, logs, metrics, registry, plugins, chains, users  # noqa: E402,F401
 from . import openapi  # noqa: E402,F401
 # isort: on

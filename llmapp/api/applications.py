@@ -86,7 +86,7 @@ def update_application(application_id, json: ApplicationIn):
     left out keeps its value (``env`` left out keeps every variable; sent, it is the whole list). A
     secret variable sent with an empty value and its ``secret_id`` keeps its stored value."""
     application = visible_application(application_id)
-    applications.update(application, json.model_dump(exclude_unset=True))
+    applications.update(application, json.model_dump(exclude_unset=True), g.api_user)
     return _out(applications.get_for_user(application.id, g.api_user))
 
 

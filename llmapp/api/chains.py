@@ -53,11 +53,11 @@ def change_chain_step(application_id, plugin_id, json: ChainStepIn):
     application = visible_application(application_id)
     plugins.attached(application, plugin_id)  # 404 when it is not attached, whatever the body asks
     if json.overrides is not None:
-        plugins.set_overrides(application, plugin_id, json.overrides)
+        plugins.set_overrides(application, plugin_id, json.overrides, g.api_user)
     if json.enabled is not None:
-        plugins.set_link_enabled(application, plugin_id, json.enabled)
+        plugins.set_link_enabled(application, plugin_id, json.enabled, g.api_user)
     if json.move is not None:
-        plugins.move(application, plugin_id, json.move)
+        plugins.move(application, plugin_id, json.move, g.api_user)
     return _chain_out(application)
 
 
@@ -65,5 +65,5 @@ def change_chain_step(application_id, plugin_id, json: ChainStepIn):
 @spec.validate(resp=Response("HTTP_204", **ERRORS), tags=PLUGINS)
 def detach_plugin(application_id, plugin_id):
     """Detach a plugin from the application (live on a running one)."""
-    plugins.detach(visible_application(application_id), plugin_id)
+    plugins.detach(visible_application(application_id), plugin_id, g.api_user)
     return "", 204

@@ -80,11 +80,11 @@ def change(application_id, plugin_id, action):
     application = get_application(application_id)
     try:
         if action == "move":
-            plugins.move(application, plugin_id, request.form.get("direction", ""))
+            plugins.move(application, plugin_id, request.form.get("direction", ""), current_user)
         elif action == "enabled":
-            plugins.set_link_enabled(application, plugin_id, request.form.get("enabled") == "1")
+            plugins.set_link_enabled(application, plugin_id, request.form.get("enabled") == "1", current_user)
         elif action == "detach":
-            plugins.detach(application, plugin_id)
+            plugins.detach(application, plugin_id, current_user)
         elif action == "overrides":
             return _save_overrides(application, plugin_id)
         else:
@@ -103,7 +103,7 @@ def _save_overrides(application, plugin_id):
         typed = config_form.read(link.plugin.type, request.form)
         overrides = {name: value for name, value in typed.items() if name in plugins.overridable(link.plugin.type)}
     try:
-        plugins.set_overrides(application, plugin_id, overrides)
+        plugins.set_overrides(application, plugin_id, overrides, current_user)
     except plugins.ConfigInvalid as e:
         return chain_section(application, editing=plugin_id, override_errors=e.errors, code=422)
     return _answer(application)

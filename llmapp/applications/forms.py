@@ -100,6 +100,8 @@ class ApplicationForm(PlatformForm):
     log_days = _number("log_days")
     # No max_entries: rows past the limit would be dropped without a word; the service counts them.
     env = FieldList(FormField(EnvVarForm))
+    # One line saying why, kept with the release this save makes (the service cuts a longer one).
+    note = StringField("Release note")
     # Which plugins run; their order and per-application settings are on the application's page.
     plugins = SelectMultipleField("Plugins", coerce=_plugin_id, validate_choice=False)
 
@@ -124,7 +126,8 @@ class ApplicationForm(PlatformForm):
     def service_data(self) -> dict:
         """What the applications service takes."""
         data = {
-            key: getattr(self, key).data for key in ("name", "model_id", "description", *applications.DEFAULT_CONFIG)
+            key: getattr(self, key).data
+            for key in ("name", "model_id", "description", "note", *applications.DEFAULT_CONFIG)
         }
         data["env"] = [{**entry.data, "secret_id": bounded_int(entry.data["secret_id"])} for entry in self.env.entries]
         return data

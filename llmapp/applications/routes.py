@@ -21,6 +21,7 @@ from ..services import (
     playground,
     plugins,
     registry,
+    releases,
 )
 from ..services import metrics as metrics_service
 from ..web import int_arg, redirect_to, render
@@ -123,6 +124,8 @@ def detail_context(application) -> dict:
         "history": playground.history(application, current_user),
         # The Plugins section (chain_routes.py renders it alone after a change).
         "links": plugins.chain(application),
+        # The Releases pane (release_routes.py renders it alone for a comparison).
+        **releases.pane(application, int_arg("a"), int_arg("b")),
         "attachable": plugins.attachable(application, current_user),
         "types": plugin_types.TYPES,
         "override_forms": {},
@@ -236,7 +239,7 @@ def edit(application_id):
         form = _form(application)
     if form.is_submitted() and form.judged():
         try:
-            applications.update(application, form.service_data())
+            applications.update(application, form.service_data(), current_user)
         except FieldErrors as e:
             form.show_errors(e.errors)
             return _render_form(form, application, code=422)

@@ -25,6 +25,7 @@ from . import (
     recommendations,
     refuse,
     registry,
+    releases,
     routing,
 )
 
@@ -334,6 +335,7 @@ def create(owner: User, data: dict) -> Application:
     :raise FieldErrors: a rule is broken (see check).
     :raise Taken: another request took the name meanwhile.
     """
+    note = data.get("note") or "Created"
     data = check(data, owner.id)
     application = Application(
         name=data["name"].strip(),
@@ -346,18 +348,22 @@ def create(owner: User, data: dict) -> Application:
     application.env_vars = _env_rows(data.get("env", []), [])
     db.session.add(application)
     _commit_or_name_conflict(application.name)
+    releases.record(application, owner, note)
     return application
 
 
-def update(application: Application, data: dict) -> None:
+def update(application: Application, data: dict, author: User | None = None) -> None:
     """Save an edit, only while the application is stopped or failed. A field left out of ``data``
-    keeps its value (the description, the configuration, the variables).
+    keeps its value (the description, the configuration, the variables). A changed setup is the next
+    release, by ``author`` (None: the command line), with ``data["note"]``.
 
     :raise TransitionRefused: it is running, deploying or stopping.
     :raise FieldErrors: a rule is broken (see check).
     :raise Taken: another request took the name meanwhile.
     """
+    releases.begin(application)  # the setup before this edit, for one from before releases
     kept_env = "env" not in data  # left out: the variables stay as they are
+    note = data.get("note") or "Edited"
     data = check({"description": application.description, **data}, application.created_by_id, application.id)
     env = None if kept_env else _env_rows(data.get("env", []), application.env_vars)
 
@@ -380,6 +386,7 @@ def update(application: Application, data: dict) -> None:
     _commit_or_name_conflict(data["name"], before=write)
     db.session.expire(application)
     routing.publish(application.id)  # its name is what the gateway routes by
+    releases.record(application, author, note)
 
 
 def _commit_or_name_conflict(name: str, before=None) -> None:

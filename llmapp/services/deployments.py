@@ -18,7 +18,7 @@ from ..extensions import db
 from ..models import ApiKey, Application, utcnow
 from ..runtime import keys as runtime_keys
 from ..runtime import logs
-from . import ServiceError, lifecycle, metrics
+from . import ServiceError, lifecycle, metrics, releases
 from .platform_log import log_event
 from .server_processes import DeployFailed, health, kill_orphan, server_process, spawn, terminate
 
@@ -177,7 +177,13 @@ def run_deploy(application_id, deploy_id: str, resumed: bool = False) -> str:
             return f"failed: {e}"
         _set_phase(application, None)
         try:
-            lifecycle.transition(application.id, "deployed", endpoint=endpoint_url(application), deployed_at=utcnow())
+            lifecycle.transition(
+                application.id,
+                "deployed",
+                endpoint=endpoint_url(application),
+                deployed_at=utcnow(),
+                deployed_release=releases.record(application, None, releases.DEPLOYED_NOTE).number,
+            )
         except lifecycle.TransitionRefused:
             return "finished meanwhile by another job"
         publish_keys(application)

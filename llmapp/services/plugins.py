@@ -34,7 +34,7 @@ from ..extensions import db
 from ..models import MAX_ID, Application, ApplicationPlugin, Plugin, User
 from ..runtime import plugins as plugin_types
 from ..runtime.plugins import published
-from . import Conflict, Forbidden, Invalid, NotFound, ServiceError, Taken, lifecycle, publish_before_commit
+from . import Conflict, Forbidden, Invalid, NotFound, ServiceError, Taken, lifecycle, publish_before_commit, releases
 
 LIVE = (lifecycle.RUNNING, lifecycle.DEPLOYING)
 DESTINATIONS = {"webhook_audit": ("url",)}  # per type: the settings that decide where its data goes
@@ -171,6 +171,7 @@ def update(plugin: Plugin, user: User, data: dict) -> Plugin:
     _commit_or_name_taken(
         plugin.name, before=lambda: publish_chains_before_commit(users_of(plugin, LIVE), "The plugin was not saved")
     )
+    releases.record_live(users_of(plugin), user, f"Plugin “{plugin.name}” changed")  # their setups changed
     return plugin
 
 
@@ -182,6 +183,7 @@ def set_enabled(plugin: Plugin, user: User, enabled: bool) -> None:
         _refuse_if_live(plugin, "disabled")
     plugin.enabled = enabled
     db.session.commit()
+    releases.record_live(users_of(plugin), user, f"Plugin “{plugin.name}” turned {'on' if enabled else 'off'}")
 
 
 def delete(plugin: Plugin, user: User) -> None:
@@ -291,6 +293,7 @@ def attach(application: Application, user: User, plugin_id: int) -> ApplicationP
 
     :raise NotFound: no such plugin for ``user``. :raise Conflict: disabled, or attached already.
     """
+    releases.begin(application)  # each chain change below: the setup before it, for one from before releases
     plugin = get_for_user(plugin_id, user)
     if not plugin.enabled:
         raise Conflict(f"“{plugin.name}” is disabled: enable it on the Plugins tab first.")
@@ -301,19 +304,21 @@ def attach(application: Application, user: User, plugin_id: int) -> ApplicationP
     )
     link = ApplicationPlugin(application=application, plugin=plugin, position=(last or 0) + 1, config={})
     db.session.add(link)
-    _apply(application, f"“{plugin.name}” was not attached")
+    _apply(application, f"“{plugin.name}” was not attached", user, f"Attached “{plugin.name}”")
     return link
 
 
-def detach(application: Application, plugin_id: int) -> None:
+def detach(application: Application, plugin_id: int, author: User | None = None) -> None:
+    releases.begin(application)
     link = attached(application, plugin_id)
     name = link.plugin.name
     db.session.delete(link)
-    _apply(application, f"“{name}” was not detached")
+    _apply(application, f"“{name}” was not detached", author, f"Detached “{name}”")
 
 
-def move(application: Application, plugin_id: int, direction: str) -> None:
+def move(application: Application, plugin_id: int, direction: str, author: User | None = None) -> None:
     """One place earlier ("up") or later ("down") in the chain; at an end, nothing changes."""
+    releases.begin(application)
     links = chain(application)
     at = next((i for i, link in enumerate(links) if link.plugin_id == plugin_id), None)
     if at is None:
@@ -322,15 +327,17 @@ def move(application: Application, plugin_id: int, direction: str) -> None:
     if direction not in ("up", "down") or not 0 <= to < len(links):
         return
     links[at], links[to] = links[to], links[at]
+    moved = links[to].plugin.name
     for position, link in enumerate(links, 1):
         link.position = position
-    _apply(application, "The order was not changed")
+    _apply(application, "The order was not changed", author, f"Moved “{moved}” {direction}")
 
 
-def set_link_enabled(application: Application, plugin_id: int, enabled: bool) -> None:
+def set_link_enabled(application: Application, plugin_id: int, enabled: bool, author: User | None = None) -> None:
+    releases.begin(application)
     link = attached(application, plugin_id)
     link.enabled = enabled
-    _apply(application, "The change was not saved")
+    _apply(application, "The change was not saved", author, f"“{link.plugin.name}” turned {'on' if enabled else 'off'}")
 
 
 def overridable(type_name: str) -> dict:
@@ -348,12 +355,15 @@ def _locked(link: ApplicationPlugin) -> tuple[str, ...]:
     return DESTINATIONS.get(link.plugin.type, ())
 
 
-def set_overrides(application: Application, plugin_id: int, overrides: dict) -> ApplicationPlugin:
+def set_overrides(
+    application: Application, plugin_id: int, overrides: dict, author: User | None = None
+) -> ApplicationPlugin:
     """The application's own values of some settings of an attached plugin (the rest are the plugin's).
 
     :raise ConfigInvalid: a setting can't be overridden (a secret; a destination, see _locked), or the
         configuration they make breaks the type's rules (errors per setting).
     """
+    releases.begin(application)
     link = attached(application, plugin_id)
     allowed = overridable(link.plugin.type)
     unknown = sorted(set(overrides) - set(allowed))
@@ -371,7 +381,7 @@ def set_overrides(application: Application, plugin_id: int, overrides: dict) -> 
     if errors:
         raise ConfigInvalid(errors)
     link.config = {name: value for name, value in overrides.items() if base.get(name) != value}
-    _apply(application, "The overrides were not saved")
+    _apply(application, "The overrides were not saved", author, f"Overrides of “{link.plugin.name}” changed")
     return link
 
 
@@ -432,7 +442,8 @@ def publish_chains_before_commit(applications: list[Application], failure: str) 
     publish_before_commit(publish, failure)
 
 
-def _apply(application: Application, failure: str) -> None:
-    """Commit a change of the application's chain, published first when it is live."""
+def _apply(application: Application, failure: str, author: User | None, note: str) -> None:
+    """Commit a change of the application's chain, published first when it is live; then it is a release."""
     publish_chains_before_commit([application] if application.status in LIVE else [], failure)
     db.session.commit()
+    releases.record_live([application], author, note)

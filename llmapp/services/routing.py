@@ -18,7 +18,7 @@ from . import lifecycle
 
 ROUTE_COLUMNS = (
     Application.id, Application.name, Application.created_by_id, Application.status, Application.endpoint,
-    Application.deploy_id,
+    Application.deploy_id, Application.deployed_release,
 )  # fmt: skip
 
 
@@ -39,7 +39,7 @@ def route(application) -> dict:
         "name": application.name,
         "owner_id": application.created_by_id,
         "status": application.status,
-        "release": None,
+        "release": application.deployed_release,
         "replicas": replicas,
     }
 

@@ -101,9 +101,9 @@ def test_the_platform_outlives_its_parts_dying_and_only_sigterm_stops_everything
     """`python app.py` through everything that can die under it, one platform for the whole path (it
     is the slowest thing to start): kill -9 a worker, a gunicorn worker, gunicorn's master, the
     embedded redis-server and the gateway; each comes back, the pages answer, the application's server
-    serves on (directly and through the gateway) and the workers do their work (and a request gunicorn refuses gets a problem document). Then SIGTERM
-    with a live log open: the web server ends the stream itself, app.py stops everything it started,
-    app servers included.
+    serves on (directly and through the gateway) and the workers do their work (and a request gunicorn
+    refuses gets a problem document). Then SIGTERM with a live log open: the web server ends the stream
+    itself, app.py stops everything it started, app servers included.
 
     Why the end is sound without timing anything: gunicorn's own graceful timeout is set to an hour
     here, so a stream that does not end by itself holds the web server until app.py kills it, which

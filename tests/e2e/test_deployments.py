@@ -71,6 +71,8 @@ def test_deploy_call_and_stop(app, client, auth, member, factory, tiny, workers,
         stream_options={"include_usage": True}, extra_body={"min_tokens": 6},
     )  # fmt: skip
     assert [p.usage.completion_tokens for p in streamed if p.usage] == [6]
+    raw = through_gateway.completions.with_raw_response.create(model="hello-tiny", prompt="hi", max_tokens=1)
+    assert running.deployed_release == 1 and raw.headers["x-llmapp-release"] == "1"  # the release that served it
     client_ = openai.OpenAI(base_url=running.endpoint, api_key=key, max_retries=0)
     assert [m.id for m in client_.models.list().data] == ["hello-tiny"]
 

@@ -1,171 +1,28 @@
-"""The `flask` commands: thin wrappers over the services.
+"""`flask apps`: applications, their keys, releases, metrics and logs."""
 
-They act as the operator (services.OPERATOR: whoever may run them runs the platform), so admin-only
-rules let them through. A service's refusal (a ServiceError, Forbidden included) ends a command with
-its message and exit status 1: ServiceCommands says so once, for every command.
-"""
-
+import contextlib
 import json
-import sys
 import time
 
 import click
-from flask import Flask
-from flask.cli import AppGroup, with_appcontext
 
-from .extensions import db
-from .services import (
-    OPERATOR,
+from ..extensions import db
+from ..services import (
     FieldErrors,
     ServiceError,
-    access_tokens,
     api_keys,
     applications,
-    bootstrap,
-    demo,
     deployments,
     lifecycle,
     registry,
+    releases,
     routing,
     users,
 )
-from .services import logs as logs_service
-from .services import metrics as metrics_service
-
-
-class ServiceCommands(AppGroup):
-    """A group of commands over the services: a refusal of theirs (a ServiceError) that a command does
-    not handle itself ends it with the message and exit status 1, never a traceback."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except ServiceError as e:
-            raise click.ClickException(str(e)) from e
-
-
-users_cli = ServiceCommands("users", help="Manage users.")
-metrics_cli = ServiceCommands("metrics", help="Prometheus: the token its scrape job sends.")
-demo_cli = ServiceCommands("demo", help="Demo data.")
-apps_cli = ServiceCommands("apps", help="Deploy, stop and inspect applications (as an operator: all of them).")
-keys_cli = ServiceCommands("keys", help="API keys of an application's endpoint.")
-tokens_cli = ServiceCommands("tokens", help="Personal access tokens for the REST API (/api/v1).")
-apps_cli.add_command(keys_cli)
-
-
-@users_cli.command("create")
-@click.argument("email")
-@click.option("--admin", is_flag=True, help="Make the user an admin (sees and manages everything).")
-@click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of prompting.")
-def create_user(email, admin, password_stdin):
-    """Create a user who logs in with EMAIL."""
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    user = users.create_user(email, password, admin=admin, acting=OPERATOR)
-    click.echo(f"Created {'admin' if user.is_admin else 'member'} {user.email}.")
-
-
-@users_cli.command("list")
-@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
-def list_users(as_json):
-    """List every user: email, role, status and latest login."""
-    rows = users.list_users(acting=OPERATOR)
-    if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "email": user.email,
-                        "admin": user.is_admin,
-                        "disabled": user.disabled_at is not None,
-                        "created_at": user.created_at.isoformat(),
-                        "last_login_at": last_login.isoformat() if last_login else None,
-                    }
-                    for user, last_login in rows
-                ]
-            )
-        )
-        return
-    for user, last_login in rows:
-        status = "disabled" if user.disabled_at else "active"
-        role = "admin" if user.is_admin else "member"
-        click.echo(f"{user.email:40} {role:7} {status:9} {last_login.isoformat(' ', 'minutes') if last_login else '-'}")
-
-
-def _user(email: str):
-    user = users.find_by_email(email)
-    if user is None:
-        raise click.ClickException(f"No user with the email {email}.")
-    return user
-
-
-@users_cli.command("disable")
-@click.argument("email")
-def disable_user(email):
-    """Disable the account EMAIL: its logins end at once."""
-    users.disable(_user(email), acting=OPERATOR)
-    click.echo(f"Disabled {email}: their logins have ended.")
-
-
-@users_cli.command("enable")
-@click.argument("email")
-def enable_user(email):
-    """Enable the account EMAIL again."""
-    users.enable(_user(email), acting=OPERATOR)
-    click.echo(f"Enabled {email}.")
-
-
-@tokens_cli.command("create")
-@click.argument("email")
-@click.option("--name", required=True, help="What uses it, e.g. the CI job.")
-@click.option("--expires-days", type=int, default=None, help="Days until it expires (1-366); default: never.")
-@click.option("--json", "as_json", is_flag=True)
-def create_token(email, name, expires_days, as_json):
-    """Create a token acting as EMAIL and print it once."""
-    token, plain = access_tokens.create(_user(email), name, expires_days)
-    expires = token.expires_at.isoformat() if token.expires_at else None
-    if as_json:
-        click.echo(json.dumps({"id": token.id, "token": plain, "name": token.name, "expires_at": expires}))
-    else:
-        click.echo(f"{plain}\n(shown once) id {token.id}, expires {expires or 'never'}")
-
-
-@tokens_cli.command("list")
-@click.argument("email")
-def list_tokens(email):
-    """EMAIL's tokens: id, name, state, created, expires, last used (never the tokens themselves)."""
-    for token in access_tokens.list_for(_user(email)):
-        click.echo(
-            f"{token.id:>5}  {token.name:30} {access_tokens.state(token):8} {token.prefix}…  "
-            f"created {token.created_at:%Y-%m-%d}  expires {token.expires_at or 'never'}  "
-            f"last used {token.last_used_at or 'never'}"
-        )
-
-
-@tokens_cli.command("revoke")
-@click.argument("email")
-@click.argument("token_id", type=int)
-def revoke_token(email, token_id):
-    """Revoke EMAIL's token TOKEN_ID: requests with it get 401 from now on."""
-    access_tokens.revoke(_user(email), token_id)
-    click.echo(f"Token {token_id} revoked.")
-
-
-@demo_cli.command("seed")
-def seed_demo():
-    """Create the demo admin, registry models and applications (what is missing of them)."""
-    created = demo.seed()
-    click.echo(f"Demo data: {created}. Log in as {demo.DEMO_EMAIL} / {demo.DEMO_PASSWORD}.")
-
-
-@click.command("setup")
-@with_appcontext
-def setup():
-    """Migrate the database, create the first admin if none, seed demo data if LLMAPP_DEMO=1."""
-    for line in bootstrap.prepare():
-        click.echo(line)
+from ..services import logs as logs_service
+from ..services import metrics as metrics_service
+from . import apps_cli, keys_cli, metrics_cli
+from .people import _user
 
 
 def _assignments(pairs: tuple[str, ...], option: str) -> list[tuple[str, str]]:
@@ -209,7 +66,16 @@ def create_app(name, owner_email, model, description, settings, env, secrets, as
     by_name = {m.name: m.id for m in registry.list_models()}
     model_id = by_name.get(model) or _number_or_text(model)  # a name, an id, or text that names no model
     data = {"name": name, "model_id": model_id, "description": description}  # the rest: the model's recommendation
-    unknown = []
+    data.update(_settings(settings))
+    data["env"] = _env(env, secrets)
+    with _field_errors():
+        application = applications.create(owner, data)
+    _report(application, as_json)
+
+
+def _settings(settings) -> dict:
+    """``--set FIELD=VALUE`` options as the service's fields (an unknown field is a usage error)."""
+    data, unknown = {}, []
     for field, value in _assignments(settings, "--set"):
         if field not in applications.DEFAULT_CONFIG:
             unknown.append(field)
@@ -219,17 +85,75 @@ def create_app(name, owner_email, model, description, settings, env, secrets, as
             f"unknown field(s) {', '.join(unknown)}; the fields: {', '.join(applications.DEFAULT_CONFIG)}",
             param_hint="--set",
         )
-    data["env"] = [{"name": k, "value": v, "secret": False} for k, v in _assignments(env, "--env")] + [
+    return data
+
+
+def _env(env, secrets) -> list[dict]:
+    return [{"name": k, "value": v, "secret": False} for k, v in _assignments(env, "--env")] + [
         {"name": k, "value": v, "secret": True} for k, v in _assignments(secrets, "--secret")
     ]
+
+
+@contextlib.contextmanager
+def _field_errors():
+    """Every broken rule printed as "field: message", then exit 1 (nothing was saved)."""
     try:
-        application = applications.create(owner, data)
+        yield
     except FieldErrors as e:
         for field, messages in e.errors.items():
             for message in messages:
                 click.echo(f"{field}: {message}", err=True)
         raise SystemExit(1) from e
-    _report(application, as_json)
+
+
+@apps_cli.command("edit")
+@click.argument("name")
+@click.option(
+    "--set", "settings", multiple=True, metavar="FIELD=VALUE", help="A configuration field, e.g. timeout_s=120."
+)
+@click.option("--env", "env", multiple=True, metavar="NAME=VALUE", help="An environment variable (all of them).")
+@click.option("--secret", "secrets", multiple=True, metavar="NAME=VALUE", help="A secret environment variable.")
+@click.option("--note", default="", help="Why, in one line: kept with the release.")
+@click.option("--json", "as_json", is_flag=True)
+def edit_app(name, settings, env, secrets, note, as_json):
+    """Change the application NAME (what is not given keeps its value; --env/--secret replace every
+    variable): a changed setup is its next release, whose number is printed."""
+    application = applications.find(name)
+    data = {"name": application.name, "model_id": application.model_id, **_settings(settings), "note": note}
+    if env or secrets:
+        data["env"] = _env(env, secrets)
+    with _field_errors():
+        applications.update(application, data)
+    release = releases.newest(application.id)
+    if as_json:
+        click.echo(json.dumps({**applications.summary(application), "release": release.number}))
+    else:
+        click.echo(f"{application.name}: release {release.number}")
+
+
+@apps_cli.command("releases")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def list_releases(name, as_json):
+    """The releases of the application NAME, newest first (current: the one its server runs)."""
+    application = applications.find(name)
+    serving = releases.serving(application)
+    rows = [
+        {
+            "number": r.number,
+            "current": r.number == serving,
+            "created_at": r.created_at.isoformat(),
+            "author": r.author.email if r.author else None,
+            "note": r.note,
+        }
+        for r in releases.history(application)
+    ]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        mark = "*" if row["current"] else " "
+        click.echo(f"{mark} {row['number']:>4}  {row['created_at'][:19]}  {row['author'] or '-':30} {row['note']}")
 
 
 def _wait(application, until: set[str], timeout: float):
@@ -412,12 +336,3 @@ def app_logs(name, follow, level, since, text, as_user, as_json):
 def metrics_token():
     """Print the token Prometheus sends to /metrics and to the target list (see README, Prometheus)."""
     click.echo(metrics_service.metrics_token())
-
-
-def register(app: Flask) -> None:
-    app.cli.add_command(metrics_cli)
-    app.cli.add_command(apps_cli)
-    app.cli.add_command(users_cli)
-    app.cli.add_command(tokens_cli)
-    app.cli.add_command(demo_cli)
-    app.cli.add_command(setup)

@@ -1,0 +1,248 @@
+"""Releases: every saved serving setup of an application, numbered from 1 and never changed.
+
+A setup is what decides how the application's endpoint behaves: the model, the configuration, the
+environment and the plugin chain with each plugin's settings. Saving one that differs from the newest
+release records the next number (saving the same setup again records nothing). A secret is kept as
+its stored ciphertext and a keyed fingerprint, so two releases can be compared ("changed",
+"unchanged") without anyone seeing the value. The release a server runs is
+``Application.deployed_release``: the newest one when its deploy reached running.
+"""
+
+from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError
+
+from .. import secrets_box
+from ..extensions import db
+from ..models import MAX_ID, Application, RegistryModel, Release, User
+from ..runtime import plugins as plugin_types
+from . import NotFound, lifecycle, routing
+
+MAX_NOTE = 200  # a longer note is cut: it is one line
+FIRST_NOTE = "The setup when releases began"
+DEPLOYED_NOTE = "The setup as deployed"  # what a deploy records, when no release holds it yet
+
+
+def _secret(stored: str) -> dict:
+    try:
+        fingerprint = secrets_box.fingerprint(secrets_box.decrypt(stored))
+    except ValueError:  # the key changed since it was stored: it can't be compared
+        fingerprint = None
+    return {"secret": True, "ciphertext": stored, "fingerprint": fingerprint}
+
+
+def setup_of(application: Application) -> dict:
+    """The application's serving setup as its rows hold it now."""
+    from . import plugins  # which records releases itself: imported when used
+
+    model = db.session.get(RegistryModel, application.model_id)
+    env = [
+        {"name": var.name, **(_secret(var.value) if var.is_secret else {"secret": False, "value": var.value})}
+        for var in application.env_vars
+    ]
+    chain = []
+    for link in plugins.chain(application):
+        plugin = link.plugin
+        secret_names = plugin_types.secret_settings(plugin.type)
+        settings = {
+            name: _secret(value) if name in secret_names and value else value
+            for name, value in sorted((plugin.config or {}).items())
+        }
+        chain.append(
+            {
+                "plugin_id": plugin.id, "name": plugin.name, "type": plugin.type, "enabled": link.enabled,
+                "plugin_enabled": plugin.enabled, "overrides": dict(sorted((link.config or {}).items())),
+                "settings": settings,
+            }
+        )  # fmt: skip
+    return {
+        "model": {"id": application.model_id, "name": model.name if model else None},
+        "config": dict(sorted(application.config.items())),
+        "env": env,
+        "plugins": chain,
+    }
+
+
+def _comparable(setup: dict) -> dict:
+    """A setup with each ciphertext left out (a secret encrypted again is the same secret)."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "ciphertext"}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return strip(setup)
+
+
+def newest(application_id) -> Release | None:
+    return db.session.scalar(
+        db.select(Release).where(Release.application_id == application_id).order_by(Release.number.desc()).limit(1)
+    )
+
+
+def record(application: Application, author: User | None, note: str = "") -> Release:
+    """The release of the application's setup now: a new number when it differs from the newest one."""
+    setup = setup_of(application)
+    for _ in range(3):  # two saves at once may pick the same number: the loser takes the next
+        latest = newest(application.id)
+        if latest is not None and _comparable(latest.setup) == _comparable(setup):
+            return latest
+        release = Release(
+            application_id=application.id,
+            number=(latest.number if latest else 0) + 1,
+            author_id=author.id if author is not None else None,
+            note=" ".join((note or "").split())[:MAX_NOTE],
+            setup=setup,
+        )
+        db.session.add(release)
+        try:
+            db.session.commit()
+        except IntegrityError:
+            db.session.rollback()
+            continue
+        return release
+    raise RuntimeError("could not number a release: too many saves at once")
+
+
+def record_live(applications: list[Application], author: User | None, note: str) -> None:
+    """Record a change that running servers take at once (their plugin chains, a plugin's settings):
+    each then runs its new release."""
+    for application in applications:
+        release = record(application, author, note)
+        if application.status == lifecycle.RUNNING and application.deployed_release not in (None, release.number):
+            application.deployed_release = release.number
+            db.session.commit()
+            routing.publish(application.id)  # the number its answers carry
+
+
+def begin(application: Application) -> None:
+    """An application from before releases: its setup now is its first release."""
+    if newest(application.id) is None:
+        record(application, None, FIRST_NOTE)
+
+
+def history(application: Application) -> list[Release]:
+    """The application's releases, newest first."""
+    begin(application)
+    return list(
+        db.session.scalars(
+            db.select(Release).where(Release.application_id == application.id).order_by(Release.number.desc())
+        )
+    )
+
+
+def get(application: Application, number) -> Release:
+    """:raise NotFound: the application has no release of that number."""
+    found = None
+    if isinstance(number, int) and 1 <= number <= MAX_ID:
+        found = db.session.scalar(
+            db.select(Release).where(Release.application_id == application.id, Release.number == number)
+        )
+    if found is None:
+        raise NotFound(f"{application.name} has no release {number}.")
+    return found
+
+
+def shown_setup(release: Release) -> dict:
+    """A release's setup for people and scripts: a secret as the mask, never its ciphertext or fingerprint."""
+
+    def shown(value):
+        if isinstance(value, dict) and value.get("secret") and "ciphertext" in value:
+            return secrets_box.MASK
+        if isinstance(value, dict):
+            return {k: shown(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [shown(v) for v in value]
+        return value
+
+    setup = release.setup
+    env = [{"name": v["name"], "secret": v["secret"], "value": secrets_box.MASK if v["secret"] else v["value"]}
+           for v in setup["env"]]  # fmt: skip
+    return {**shown({k: v for k, v in setup.items() if k != "env"}), "env": env}
+
+
+def pane(application: Application, a=None, b=None) -> dict:
+    """What the Releases pane shows: the releases, the one running, and the comparison of ``a`` with
+    ``b`` (release numbers; by default the newest with the one before it)."""
+    history_ = history(application)
+    view = {"releases": history_, "serving_release": serving(application), "comparison": None, "compare_error": None}
+    numbers = sorted({a, b}) if a and b and a != b else [r.number for r in history_[1::-1]]
+    if len(numbers) == 2:
+        try:
+            older, newer = (get(application, number) for number in numbers)
+        except NotFound as e:
+            view["compare_error"] = str(e)
+        else:
+            view["comparison"] = {"older": older, "newer": newer, "changes": compare(older, newer)}
+    return view
+
+
+def serving(application: Application) -> int | None:
+    """The number of the release its server runs, while it runs."""
+    return application.deployed_release if application.status in (lifecycle.RUNNING, lifecycle.STOPPING) else None
+
+
+@dataclass(frozen=True)
+class Change:
+    what: str  # "config.timeout_s", "env OPENAI_API_KEY", "plugin Moderation: settings.keywords"
+    before: str  # "—" where there was none; "secret" values never appear
+    after: str
+
+
+ABSENT = "—"
+
+
+def _shown(value) -> str:
+    if value is None:
+        return ABSENT
+    if isinstance(value, dict) and value.get("secret"):
+        return "secret"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def _pair(what: str, before, after) -> list[Change]:
+    if _comparable(before) == _comparable(after):
+        return []
+    if isinstance(before, dict) and before.get("secret") and isinstance(after, dict) and after.get("secret"):
+        return [Change(what, "secret", "secret (changed)")]
+    return [Change(what, _shown(before), _shown(after))]
+
+
+def _keyed(rows: list[dict], key: str) -> dict:
+    return {row[key]: row for row in rows}
+
+
+def compare(older: Release, newer: Release) -> list[Change]:
+    """What differs from ``older`` to ``newer``, field by field; a secret only as changed or not."""
+    a, b = older.setup, newer.setup
+    changes = _pair("model", a["model"]["name"], b["model"]["name"])
+    for field in sorted(set(a["config"]) | set(b["config"])):
+        changes += _pair(f"config.{field}", a["config"].get(field), b["config"].get(field))
+    env_a, env_b = _keyed(a["env"], "name"), _keyed(b["env"], "name")
+    for name in sorted(set(env_a) | set(env_b)):
+        before, after = env_a.get(name), env_b.get(name)
+        changes += _pair(
+            f"env {name}",
+            before if before is None or before["secret"] else before["value"],
+            after if after is None or after["secret"] else after["value"],
+        )
+    if [p["name"] for p in a["plugins"]] != [p["name"] for p in b["plugins"]]:
+        changes.append(
+            Change(
+                "plugin chain",
+                " → ".join(p["name"] for p in a["plugins"]) or ABSENT,
+                " → ".join(p["name"] for p in b["plugins"]) or ABSENT,
+            )
+        )
+    plugins_a, plugins_b = _keyed(a["plugins"], "name"), _keyed(b["plugins"], "name")
+    for name in [p["name"] for p in b["plugins"] if p["name"] in plugins_a]:
+        before, after = plugins_a[name], plugins_b[name]
+        changes += _pair(f"plugin {name}: on", before["enabled"], after["enabled"])
+        for part in ("overrides", "settings"):
+            for field in sorted(set(before[part]) | set(after[part])):
+                changes += _pair(f"plugin {name}: {part}.{field}", before[part].get(field), after[part].get(field))
+    return changes

@@ -1,0 +1,123 @@
+"""Releases: each saved setup numbered and kept as it was; compared with secrets as changed or not;
+the running one marked, followed by a live plugin change, and published for the gateway's header."""
+
+import json
+
+import redis
+
+from conftest import HX, plugin_form, stored_plugin, token_for
+from llmapp import keyspace
+from llmapp.extensions import db
+from llmapp.models import Application, EnvVar, Release
+
+
+def releases_of(app, application_id) -> list[Release]:
+    with app.app_context():
+        rows = db.session.scalars(
+            db.select(Release).where(Release.application_id == application_id).order_by(Release.number)
+        ).all()
+        db.session.expunge_all()
+        return rows
+
+
+def test_each_changed_save_is_the_next_release_and_secrets_are_compared_unseen(app, factory, member):
+    from llmapp.services import applications, releases
+
+    model = factory.model()
+    with app.app_context():
+        owner = db.session.get(type(member), member.id)
+        created = applications.create(owner, {"name": "chat", "model_id": model.id})
+        application_id = created.id
+        row = db.session.get(Application, application_id)
+        applications.update(
+            row, {"name": "chat", "model_id": model.id, "timeout_s": 99, "note": "longer\nplease"}, owner
+        )
+        applications.update(row, {"name": "chat", "model_id": model.id, "timeout_s": 99})  # the same setup
+        secret = [{"name": "API_KEY", "value": "sk-first", "secret": True}, {"name": "MODE", "value": "a"}]
+        applications.update(row, {"name": "chat", "model_id": model.id, "env": secret})
+        secret_id = db.session.scalar(db.select(EnvVar.id).where(EnvVar.name == "API_KEY"))
+        kept = [
+            {"name": "API_KEY", "value": "", "secret": True, "secret_id": secret_id},
+            {"name": "MODE", "value": "b"},
+        ]
+        applications.update(row, {"name": "chat", "model_id": model.id, "env": kept})
+        rotated = [{"name": "API_KEY", "value": "sk-second", "secret": True}, {"name": "MODE", "value": "b"}]
+        applications.update(row, {"name": "chat", "model_id": model.id, "env": rotated})
+
+        history = releases.history(row)
+        assert [(r.number, r.note) for r in history] == [
+            (5, "Edited"), (4, "Edited"), (3, "Edited"), (2, "longer please"), (1, "Created"),
+        ]  # fmt: skip
+        assert history[-1].author.email == member.email and history[0].author is None
+        assert history[-1].setup["config"]["timeout_s"] != 99 and history[-2].setup["config"]["timeout_s"] == 99
+
+        def changes(a, b):
+            return [(c.what, c.before, c.after) for c in releases.compare(releases.get(row, a), releases.get(row, b))]
+
+        assert changes(1, 2) == [("config.timeout_s", str(history[-1].setup["config"]["timeout_s"]), "99")]
+        assert changes(2, 3) == [("env API_KEY", "—", "secret"), ("env MODE", "—", "a")]
+        assert changes(3, 4) == [("env MODE", "a", "b")]  # the secret kept: unchanged, so not listed
+        assert changes(4, 5) == [("env API_KEY", "secret", "secret (changed)")]
+        assert changes(5, 5) == []
+        stored = json.dumps([r.setup for r in history])
+        assert "sk-first" not in stored and "sk-second" not in stored  # ciphertext and fingerprints only
+        assert "sk-" not in json.dumps(releases.shown_setup(history[0]))
+        assert releases.serving(row) is None  # stopped: nothing runs
+
+
+def test_a_live_plugin_change_is_the_running_release_and_the_gateway_is_told(
+    app, client, logged_in, factory, member, redis_url
+):
+    from llmapp.services import lifecycle
+
+    application = factory.application(member, factory.model(), name="live")
+    with app.app_context():
+        from llmapp.services import applications, releases
+
+        releases.history(db.session.get(Application, application.id))  # release 1: from before releases
+        lifecycle.transition(application.id, "deploy", deploy_id="d1")
+        lifecycle.transition(application.id, "deployed", endpoint="http://127.0.0.1:1/v1", deployed_release=1)
+    logged_in.post("/plugins/new", data=plugin_form("system_prompt", name="tone", prompt="Be brief.", mode="prepend"))
+    plugin = stored_plugin(app, "tone")
+    attached = logged_in.post(f"/applications/{application.id}/plugins", data={"plugin_id": plugin.id}, headers=HX)
+    assert attached.status_code == 200
+    (first, second) = releases_of(app, application.id)
+    assert (second.number, second.note, second.setup["plugins"][0]["name"]) == (2, "Attached “tone”", "tone")
+    with app.app_context():
+        row = db.session.get(Application, application.id)
+        assert row.deployed_release == 2 and applications.summary(row)["status"] == "running"
+    route = json.loads(redis.Redis.from_url(redis_url).hget(keyspace.routes(), str(application.id)))
+    assert route["release"] == 2  # the number the gateway's answers carry
+
+    # The pane lists both, the running one marked, and compares any two (a bad number is said, not a 500).
+    pane = logged_in.get(f"/applications/{application.id}/releases?a=1&b=2", headers=HX)
+    assert pane.status_code == 200 and "Attached “tone”" in pane.text and "plugin chain" in pane.text
+    assert "running" in pane.text and "From release 1 to 2" in pane.text
+    bad = logged_in.get(f"/applications/{application.id}/releases?a=1&b=77", headers=HX)
+    assert bad.status_code == 200 and "has no release 77" in bad.text
+    page = logged_in.get(f"/applications/{application.id}")
+    assert page.status_code == 200 and 'id="releases"' in page.text
+
+    # The API lists them, the running one current, a secret never in the clear; an unknown number is 404.
+    headers = {"Authorization": f"Bearer {token_for(app, member)}"}
+    listed = client.get(f"/api/v1/applications/{application.id}/releases", headers=headers).get_json()
+    assert [(r["number"], r["current"]) for r in listed["items"]] == [(2, True), (1, False)]
+    one = client.get(f"/api/v1/applications/{application.id}/releases/1", headers=headers).get_json()
+    assert one["number"] == 1 and one["setup"]["plugins"] == []
+    assert client.get(f"/api/v1/applications/{application.id}/releases/99", headers=headers).status_code == 404
+
+
+def test_the_command_line_edits_into_a_release_and_lists_them(app, runner, factory, member):
+    application = factory.application(member, factory.model(), name="cli-app")
+    edited = runner.invoke(args=["apps", "edit", "cli-app", "--set", "timeout_s=77", "--note", "slow", "--json"])
+    assert edited.exit_code == 0, edited.output
+    assert json.loads(edited.output)["release"] == 2  # 1: the setup from before, recorded first
+    again = runner.invoke(args=["apps", "edit", "cli-app", "--set", "timeout_s=77", "--json"])
+    assert json.loads(again.output)["release"] == 2  # nothing changed: no new release
+    refused = runner.invoke(args=["apps", "edit", "cli-app", "--set", "timeout_s=0"])
+    assert refused.exit_code == 1 and "timeout_s:" in refused.output
+    listed = runner.invoke(args=["apps", "releases", "cli-app", "--json"])
+    rows = json.loads(listed.output)
+    assert [(r["number"], r["current"], r["note"]) for r in rows] == [(2, False, "slow"), (1, False, rows[1]["note"])]
+    with app.app_context():
+        assert db.session.get(Application, application.id).config["timeout_s"] == 77
