@@ -694,10 +694,8 @@ def served_tiny(tiny_model_dir, redis_url, tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def gateway(redis_url, tmp_path_factory):
-    """A real gateway process (`python -m llmapp.gateway`) on the tests' Redis: its base URL (…/v1).
-    A test whose pages should show it sets ``app.config["GATEWAY_URL"]`` to it."""
+def start_gateway(redis_url, log_dir):
+    """A real gateway process (`python -m llmapp.gateway`) on ``redis_url``: (the process, its base URL …/v1)."""
     import subprocess
     import sys
 
@@ -706,8 +704,7 @@ def gateway(redis_url, tmp_path_factory):
     from llmapp.embedded import free_port
 
     port = free_port()
-    log = tmp_path_factory.mktemp("gateway") / "gateway.out"
-    with open(log, "w") as output:
+    with open(Path(log_dir) / f"gateway-{port}.out", "w") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "llmapp.gateway", "--host", "127.0.0.1", "--port", str(port)],
             cwd=Path(__file__).resolve().parent.parent,
@@ -724,7 +721,15 @@ def gateway(redis_url, tmp_path_factory):
             return False
 
     wait_for(answers, 60, 0.1, "the gateway to answer")
-    yield base + "/v1"
+    return process, base + "/v1"
+
+
+@pytest.fixture(scope="session")
+def gateway(redis_url, tmp_path_factory):
+    """A gateway on the tests' Redis: its base URL (…/v1). A test whose pages should show it sets
+    ``app.config["GATEWAY_URL"]`` to it."""
+    process, url = start_gateway(redis_url, tmp_path_factory.mktemp("gateway"))
+    yield url
     process.terminate()
     process.wait(30)
 

@@ -200,6 +200,38 @@ def test_a_client_that_leaves_stops_its_generation(server):
     assert after["engine"]["cancelled_generations"] == before["engine"]["cancelled_generations"] + 1
 
 
+def test_through_the_gateway_a_client_that_leaves_stops_its_generation_too(server, tmp_path):
+    """The gateway in front of the real server: answers carry the release, a stream passes through as it
+    is made, and a client that leaves mid-stream frees the server's slot (the gateway closes its side)."""
+    from conftest import start_gateway
+    from llmapp import keyspace
+
+    route = {
+        "id": server.app_id, "name": server.NAME, "owner_id": 1, "status": "running", "release": 3,
+        "replicas": [{"id": "served", "url": server.base, "draining": False}],
+    }  # fmt: skip
+    server.redis.hset(keyspace.routes(), server.app_id, json.dumps(route))
+    process, gateway = start_gateway(server.redis_url, tmp_path)
+    try:
+        answer = httpx.post(gateway + "/completions", json={"model": server.NAME, "prompt": "hi", "max_tokens": 2},
+                            headers=server.headers, timeout=60)  # fmt: skip
+        assert answer.status_code == 200 and answer.headers["x-llmapp-release"] == "3"
+        assert answer.json()["usage"]["completion_tokens"] >= 1
+        before = server.health()
+        body = {"model": server.NAME, "prompt": "hi", "max_tokens": 6000, "min_tokens": 6000, "stream": True}
+        with httpx.stream("POST", gateway + "/completions", json=body, headers=server.headers, timeout=60) as stream:
+            assert next(stream.iter_lines()).startswith("data: ")  # streaming, long before its end
+        after = wait_for_value(
+            lambda: (h := server.health())["outcomes"].get("499", 0) > before["outcomes"].get("499", 0) and h,
+            "a 499 for the stream whose client left the gateway",
+        )
+        assert after["in_flight"] == 0
+        assert after["engine"]["cancelled_generations"] == before["engine"]["cancelled_generations"] + 1
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def test_a_burst_of_streams_never_runs_past_max_concurrency(server):
     """Max concurrency 2: of 12 long streams sent at once, 2 are served and 10 refused at once."""
 
