@@ -734,6 +734,54 @@ def gateway(redis_url, tmp_path_factory):
     process.wait(30)
 
 
+class SSE:
+    """Server-sent events read as a browser's EventSource reads them (WHATWG): lines end at CR, LF or
+    CRLF; an id: field sets the last event id even in an event without data."""
+
+    BREAK = re.compile(r"\r\n|\r|\n")
+
+    def __init__(self, response):
+        self.chunks = response.iter_text()
+        self.buffer, self.last_id = "", ""
+
+    def lines(self):
+        for chunk in self.chunks:
+            self.buffer += chunk
+            # A CR at the end may be the first half of a CRLF: wait for the next chunk.
+            while (m := self.BREAK.search(self.buffer)) and not (m.group() == "\r" and m.end() == len(self.buffer)):
+                line, self.buffer = self.buffer[: m.start()], self.buffer[m.end() :]
+                yield line
+
+    def items(self):
+        """("comment", text) and ("event", {"id", "event", "data"}) as they come."""
+        data, event = [], ""
+        for line in self.lines():
+            if line == "":
+                if data:
+                    yield "event", {"id": self.last_id, "event": event or "message", "data": "\n".join(data)}
+                data, event = [], ""
+            elif line.startswith(":"):
+                yield "comment", line[1:].strip()
+            else:
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "data":
+                    data.append(value)
+                elif name == "event":
+                    event = value
+                elif name == "id" and "\0" not in value:
+                    self.last_id = value
+
+    def events(self, count: int) -> list[dict]:
+        found = []
+        for kind, item in self.items():
+            if kind == "event":
+                found.append(item)
+                if len(found) == count:
+                    return found
+        raise AssertionError(f"the stream ended after {len(found)} of {count} events")
+
+
 # --- a webhook receiver ---------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SERVING_CONFIG, LiveServer
+from conftest import SERVING_CONFIG, LiveServer, wait_for
 from llmapp.extensions import db
 
 pytestmark = pytest.mark.browser
@@ -181,11 +181,12 @@ def test_create_validate_recommend_save_find_delete(app, factory, browser_page, 
 
 
 @pytest.mark.parametrize("config_overrides", [{"WTF_CSRF_ENABLED": True}])
-def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, config_overrides):
+def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, config_overrides, gateway):
     import openai
     from playwright.sync_api import expect
 
     workers.start(1)
+    app.config["GATEWAY_URL"] = gateway  # the page shows it first: the address a person copies
     user = factory.user("operator@example.com")
     factory.application(user, tiny, name="hello-tiny", config=dict(SERVING_CONFIG))
     page = browser_page
@@ -206,10 +207,18 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
         page.click("button:has-text('Create key')")
         key = page.locator(".new-key").inner_text().strip()
         endpoint = page.locator("#live code.mono").first.inner_text().strip()
-        reply = openai.OpenAI(base_url=endpoint, api_key=key, max_retries=0).chat.completions.create(
-            model="hello-tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=4
-        )
-        assert reply.usage.completion_tokens >= 1
+        assert endpoint == gateway
+        client = openai.OpenAI(base_url=endpoint, api_key=key, max_retries=0)
+
+        def reply():
+            try:
+                return client.chat.completions.create(
+                    model="hello-tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=4
+                )
+            except openai.APIStatusError:  # the gateway learns the route a moment after the page says running
+                return None
+
+        assert wait_for(reply, 30, 0.2, "an answer through the gateway").usage.completion_tokens >= 1
         expect(page.locator("#log-lines")).to_contain_text("ready on port", timeout=10_000)
         shot(page, "08-running")
 
@@ -231,8 +240,10 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
         api = openai.OpenAI(base_url=endpoint, api_key=key, max_retries=0)
         for i in range(6):
             api.completions.create(model="hello-tiny", prompt=f"hello {i}", max_tokens=4)
+        # (The gateway answers another model's name itself: the server counts what reaches it directly.)
+        direct = page.locator("#live [data-endpoint=direct]").inner_text().strip()
         with pytest.raises(openai.NotFoundError):
-            api.completions.create(model="not-this-one", prompt="x")
+            api.with_options(base_url=direct).completions.create(model="not-this-one", prompt="x")
         page.click("#monitoring nav a:has-text('15m')")
         # 8: the chat, the playground's reply and six completions.
         expect(page.locator("#monitoring [data-outcome='2xx']")).to_have_text("8", timeout=30_000)

@@ -114,9 +114,7 @@ def test_the_api_log_stream_heartbeats_through_an_outage_and_resumes(app, factor
     """The REST API's live log (the same stream as the pane's): open before the outage, it heartbeats
     through it and then delivers the lines written after Redis is back, from the last one it sent; one
     opened during the outage (from now on) heartbeats until Redis is back, then delivers them too."""
-    from test_logs import SSE
-
-    from conftest import LiveServer
+    from conftest import SSE, LiveServer
     from llmapp import keyspace
     from llmapp.models import User
     from llmapp.runtime import logs as runtime_logs

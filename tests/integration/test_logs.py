@@ -2,7 +2,6 @@
 resume), access control, the CLI, and secrets redacted on the server's real logging path."""
 
 import json
-import re
 import threading
 import time
 
@@ -10,7 +9,7 @@ import httpx
 import pytest
 import redis
 
-from conftest import HOSTILE, HX, LiveServer, fetch, has_raw_control, read_events, wait_for, write
+from conftest import HOSTILE, HX, SSE, LiveServer, fetch, has_raw_control, read_events, wait_for, write
 from llmapp import keyspace
 from llmapp.extensions import db
 from llmapp.runtime import logs as runtime_logs
@@ -240,54 +239,6 @@ def test_the_cli_prints_filters_and_follows(app, factory, member, runner, databa
 
 
 # --- untrusted text in a line: one record is one line, wherever it is shown -------------------------
-
-
-class SSE:
-    """Server-sent events read as a browser's EventSource reads them (WHATWG): lines end at CR, LF or
-    CRLF; an id: field sets the last event id even in an event without data."""
-
-    BREAK = re.compile(r"\r\n|\r|\n")
-
-    def __init__(self, response):
-        self.chunks = response.iter_text()
-        self.buffer, self.last_id = "", ""
-
-    def lines(self):
-        for chunk in self.chunks:
-            self.buffer += chunk
-            # A CR at the end may be the first half of a CRLF: wait for the next chunk.
-            while (m := self.BREAK.search(self.buffer)) and not (m.group() == "\r" and m.end() == len(self.buffer)):
-                line, self.buffer = self.buffer[: m.start()], self.buffer[m.end() :]
-                yield line
-
-    def items(self):
-        """("comment", text) and ("event", {"id", "event", "data"}) as they come."""
-        data, event = [], ""
-        for line in self.lines():
-            if line == "":
-                if data:
-                    yield "event", {"id": self.last_id, "event": event or "message", "data": "\n".join(data)}
-                data, event = [], ""
-            elif line.startswith(":"):
-                yield "comment", line[1:].strip()
-            else:
-                name, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
-                if name == "data":
-                    data.append(value)
-                elif name == "event":
-                    event = value
-                elif name == "id" and "\0" not in value:
-                    self.last_id = value
-
-    def events(self, count: int) -> list[dict]:
-        found = []
-        for kind, item in self.items():
-            if kind == "event":
-                found.append(item)
-                if len(found) == count:
-                    return found
-        raise AssertionError(f"the stream ended after {len(found)} of {count} events")
 
 
 def test_sse_events_stay_whole_whatever_their_text():
