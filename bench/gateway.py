@@ -30,6 +30,7 @@ import redis  # noqa: E402
 
 from llmapp import keyspace  # noqa: E402
 from llmapp.embedded import EmbeddedRedis, free_port  # noqa: E402
+from llmapp.gateway.table import route_key, sign  # noqa: E402
 from llmapp.runtime import keys  # noqa: E402
 
 ANSWER = json.dumps(
@@ -39,6 +40,7 @@ ANSWER = json.dumps(
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }
 ).encode()  # fmt: skip
+BENCH_SECRET = "bench-secret-key"
 BODY = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
 
@@ -137,13 +139,15 @@ def main() -> None:
         processes.append(subprocess.Popen([sys.executable, __file__, "--upstream", str(upstream_port)]))
         application_id, key = uuid.uuid4().hex, keys.generate()
         connection = redis.Redis.from_url(redis_url)
-        keys.publish(connection, application_id, {keys.digest(key): (1, "bench")})
+        signing = route_key(BENCH_SECRET)  # the gateway derives the same key from SECRET_KEY
+        keys.publish(connection, application_id, {keys.digest(key): (1, "bench")}, route_key=signing)
         route = {
             "id": application_id, "name": "bench", "owner_id": 1, "status": "running", "release": 1,
             "replicas": [{"id": "r1", "url": f"http://127.0.0.1:{upstream_port}", "draining": False}],
         }  # fmt: skip
-        connection.hset(keyspace.routes(), application_id, json.dumps(route))
-        env = {**os.environ, "REDIS_URL": redis_url}
+        connection.hset(keyspace.routes(), application_id, sign(signing, json.dumps({"version": 0, **route})))
+        instance = tempfile.mkdtemp(prefix="bench-gateway-instance-")
+        env = {**os.environ, "REDIS_URL": redis_url, "SECRET_KEY": BENCH_SECRET, "LLMAPP_INSTANCE_PATH": instance}
         gateway_args = ["-m", "llmapp.gateway", "--host", "127.0.0.1", "--port", str(gateway_port)]
         processes.append(subprocess.Popen([sys.executable, *gateway_args], cwd=ROOT, env=env))
         wait_http(f"http://127.0.0.1:{upstream_port}/health")

@@ -244,6 +244,28 @@ WORKER_ENV = {
 }
 
 
+def _route_key():
+    from llmapp.gateway.table import route_key
+
+    return route_key(WORKER_ENV["SECRET_KEY"])
+
+
+ROUTE_KEY = _route_key()  # what the platform signs gateway routes and key routes with, in the tests
+
+
+def publish_route(connection, route: dict) -> None:
+    """A route for the gateways, signed and announced as the platform publishes one (for several replicas
+    of one application, which deploys do not make yet, or a server the test started itself)."""
+    import json
+    import time
+
+    from llmapp.gateway.table import sign
+
+    signed = sign(ROUTE_KEY, json.dumps({"version": time.time(), **route}))
+    connection.hset(keyspace.routes(), route["id"], signed)
+    connection.publish(keyspace.routes_changed(), route["id"])
+
+
 # An application deployed by the tests: the serving defaults, with a shorter timeout and a smaller cache;
 # log retention is left out, so the platform's (the test app's) settings apply.
 SERVING_CONFIG = {
@@ -612,7 +634,7 @@ class ServedTiny:
         if flush:
             self.redis.flushdb()
         self.app_id = app_id or uuid.uuid4().hex
-        keys.publish(self.redis, self.app_id, {keys.digest(self.KEY): (1, "tests")})
+        keys.publish(self.redis, self.app_id, {keys.digest(self.KEY): (1, "tests")}, route_key=ROUTE_KEY)
         config = ServingConfig(max_concurrency=2, timeout_s=60, log_level="DEBUG", cache_size=8, batch_size=4)
         self.spec = ServerSpec(
             app_id=self.app_id, app_name=self.NAME, engine="transformers", engine_options={"path": model_dir},
@@ -708,7 +730,14 @@ def start_gateway(redis_url, log_dir):
         process = subprocess.Popen(
             [sys.executable, "-m", "llmapp.gateway", "--host", "127.0.0.1", "--port", str(port)],
             cwd=Path(__file__).resolve().parent.parent,
-            env={"PATH": os.environ["PATH"], "REDIS_URL": redis_url, "LLMAPP_GATEWAY_LOG_LEVEL": "INFO"},
+            env={
+                "PATH": os.environ["PATH"],
+                "REDIS_URL": redis_url,
+                "LLMAPP_GATEWAY_LOG_LEVEL": "INFO",
+                "LLMAPP_ENV": "testing",
+                "SECRET_KEY": WORKER_ENV["SECRET_KEY"],
+                "LLMAPP_INSTANCE_PATH": str(Path(log_dir) / f"gateway-{port}"),
+            },  # fmt: skip
             stdout=output,
             stderr=subprocess.STDOUT,
         )

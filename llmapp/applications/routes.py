@@ -124,8 +124,9 @@ def detail_context(application) -> dict:
         "history": playground.history(application, current_user),
         # The Plugins section (chain_routes.py renders it alone after a change).
         "links": plugins.chain(application),
-        # The Releases pane (release_routes.py renders it alone for a comparison).
-        **releases.pane(application, int_arg("a"), int_arg("b")),
+        # The Releases pane (release_routes.py renders it alone for a comparison): read only where it is
+        # shown, not for every poll of the live part.
+        "releases_pane": lambda: releases.pane(application, int_arg("a"), int_arg("b")),
         "attachable": plugins.attachable(application, current_user),
         "types": plugin_types.TYPES,
         "override_forms": {},

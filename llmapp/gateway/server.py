@@ -12,6 +12,7 @@ import logging
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from ..runtime.errors import APIError, incorrect_key, key_store_unreachable, missing_key, model_not_found
 from ..runtime.keys import bearer_token
@@ -21,15 +22,20 @@ from .watch import HealthChecks, KeyRoutes, KeyUnknown, RouteWatcher, check_heal
 
 log = logging.getLogger("llmapp.gateway")
 
-MAX_BODY_BYTES = 32 * 1024 * 1024  # a replica refuses less (its own limit); this bounds the gateway's memory
 CONNECT_TIMEOUT_S = 5.0
+# Below the app servers' keep-alive (5 s): the gateway drops an idle connection before a server does,
+# so a request never goes out on a connection the server is closing.
+KEEPALIVE_S = 4.0
+# The paths the gateway serves: only the OpenAI endpoints, forwarded by these exact names.
+FORWARDED = ("/v1/chat/completions", "/v1/completions")
 RELEASE_HEADER = "X-Llmapp-Release"
-# Per hop, never passed on (RFC 9110 §7.6.1); the lengths are the gateway's own to set.
+# Per hop, never passed on (RFC 9110 §7.6.1); the lengths are the gateway's own to set; the body is
+# read already (no Expect); the platform's cookies are not the replica's business.
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
         "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-        "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
+        "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Expect", "Cookie",
     )
 )  # fmt: skip
 UNAVAILABLE = {
@@ -38,13 +44,15 @@ UNAVAILABLE = {
     "stopping": "The application “{}” is stopping.",
     "failed": "The application “{}” failed: its page says why.",
 }
-# Failures of a replica before any byte of its answer: the request goes to another replica.
-NOT_REACHED = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+# A replica that could not be reached at all: the request goes to another one. (A connection lost after
+# the request was sent is not retried: the replica may have started on it.)
+NOT_REACHED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 TABLE = web.AppKey("table", RoutingTable)
 KEYS = web.AppKey("keys", KeyRoutes)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 WATCHER = web.AppKey("watcher", RouteWatcher)
+MAX_BODY = web.AppKey("max_body", int)
 LOAD_WAIT_S = 5.0  # a request in the first moments waits this long for the table
 
 
@@ -61,6 +69,8 @@ async def route_of_key(request: web.Request) -> Route | None:
 
     :raise APIError: no key (401), a key of no application (401), Redis unreachable (503).
     """
+    if len(request.headers.getall("Authorization", [])) > 1:
+        raise APIError(400, "Send one Authorization header.", code="invalid_api_key")
     key = bearer_token(request.headers.get("Authorization"))
     if not key:
         raise missing_key()
@@ -82,7 +92,7 @@ def requested_model(body: bytes) -> str:
     """The body's ``model``, in the app servers' words when it has none. :raise APIError: 400."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise APIError(400, "The request body is not valid JSON.") from e
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.")
@@ -104,12 +114,19 @@ def reachable(route: Route | None, model: str) -> Route:
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
+    """An OpenAI endpoint: the key first (from the headers, before any body is read), then the body's
+    model, then the replica."""
+    if request.path not in FORWARDED:
+        return await unknown_path(request)
+    limit = request.app[MAX_BODY]
     try:
+        route = await route_of_key(request)
+        if (request.content_length or 0) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
         body = await request.read()
+        route = reachable(route, requested_model(body))
     except web.HTTPRequestEntityTooLarge:
-        return error_response(APIError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes."))
-    try:
-        route = reachable(await route_of_key(request), requested_model(body))
+        return error_response(APIError(413, f"The request body is larger than {limit} bytes."))
     except APIError as e:
         return error_response(e)
     return await proxy(request, route, body)
@@ -119,8 +136,8 @@ async def proxy(request: web.Request, route: Route, body: bytes) -> web.StreamRe
     """Send the request to the least busy replica (another one when it can't be reached before its
     first byte) and pass its answer through."""
     session = request.app[SESSION]
-    url_path = request.rel_url.path_qs
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+    named = {h.strip().lower() for h in request.headers.get("Connection", "").split(",")}  # more per-hop ones
+    headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | named)
     tried: list[Replica] = []
     while True:
         replica = await _next_replica(request.app, route, tried)
@@ -130,12 +147,16 @@ async def proxy(request: web.Request, route: Route, body: bytes) -> web.StreamRe
         tried.append(replica)
         replica.in_flight += 1
         try:
-            upstream = await session.request(request.method, replica.url + url_path, data=body, headers=headers)
+            upstream = await session.post(replica.url + request.path, data=body, headers=headers)
         except NOT_REACHED as e:
             replica.in_flight -= 1
             replica.healthy = False  # the health checks say when it answers again
-            log.warning("replica %s of %s can't be reached (%s): trying another", replica.id, route.name, e)
+            log.warning("replica %s of application %s can't be reached (%s): trying another", replica.id, route.id, e)
             continue
+        except aiohttp.ClientError as e:  # sent, then lost before an answer: not safe to send again
+            replica.in_flight -= 1
+            log.warning("replica %s of application %s broke off before answering: %s", replica.id, route.id, e)
+            return error_response(APIError(502, "The application's server broke off before answering.", "server_error"))
         except BaseException:
             replica.in_flight -= 1
             raise
@@ -178,11 +199,11 @@ async def _pass_through(request: web.Request, route: Route, upstream: aiohttp.Cl
             except ConnectionResetError:
                 return response
     except (aiohttp.ClientError, TimeoutError) as e:
-        log.warning("a replica of %s broke off an answer: %s", route.name, e)
+        log.warning("a replica of application %s broke off an answer: %s", route.id, e)
         if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
             lost = APIError(502, "The replica serving this stream stopped answering.", "server_error")
             with contextlib.suppress(ConnectionError):
-                await response.write(sse(lost.body()))
+                await response.write(b"\n\n" + sse(lost.body()))  # ends an event it broke off in
         else:
             if request.transport is not None:
                 request.transport.close()  # a body cut short must not look whole
@@ -220,16 +241,33 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "routes": len(table.routes)})
 
 
-def create_gateway(connection) -> web.Application:
-    """The gateway's aiohttp application over a redis.asyncio ``connection``."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+@web.middleware
+async def openai_errors(request: web.Request, handler):
+    """Whatever goes wrong answers in OpenAI's shape, never aiohttp's text/plain 500."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return error_response(APIError(e.status, e.reason or "The request was refused."))
+    except Exception:
+        log.exception("the gateway failed on a request")
+        return error_response(APIError(500, "The gateway failed on this request.", "server_error"))
+
+
+def create_gateway(connection, listener, key: bytes, max_body: int) -> web.Application:
+    """The gateway's aiohttp application: ``connection`` (redis.asyncio, with timeouts) for commands,
+    ``listener`` for the routes' channel, ``key`` to check what the platform signed (table.route_key),
+    and the largest body it reads (the app servers' own limit)."""
+    app = web.Application(client_max_size=max_body, middlewares=[openai_errors])
+    app[MAX_BODY] = max_body
     app[TABLE] = table = RoutingTable()
-    app[KEYS] = KeyRoutes(connection)
-    app[WATCHER] = watcher = RouteWatcher(connection, table)
+    app[KEYS] = KeyRoutes(connection, key)
+    app[WATCHER] = watcher = RouteWatcher(connection, listener, table, key)
 
     async def background(app: web.Application):
         # No pool limit (one connection per request in flight, kept alive); bytes pass as they came.
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE_S)
         app[SESSION] = session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
@@ -241,6 +279,7 @@ def create_gateway(connection) -> web.Application:
             task.cancel()
         await session.close()
         await connection.aclose()
+        await listener.aclose()
 
     app.cleanup_ctx.append(background)
     app.router.add_get("/health", health)

@@ -1,16 +1,55 @@
 """The gateway's routing table: every application's route, as the platform publishes it in Redis.
 
 A route is JSON under ``keyspace.routes()`` (written by llmapp/services/routing.py):
-``{"id", "name", "owner_id", "status", "release", "replicas": [{"id", "url", "draining"}]}``.
-What the gateway learns itself (requests in flight on a replica, whether it answers its health
-check) lives on the ``Replica`` and survives a reload of its route. Pure: no I/O here.
+``{"id", "name", "owner_id", "status", "release", "version", "replicas": [{"id", "url", "draining"}]}``,
+signed. App servers can reach Redis too, so every value the gateway routes by is signed with a key
+derived from the platform's secret (``route_key``), which the servers never get: a value a server wrote
+is not a route. What the gateway learns itself (requests in flight on a replica, whether it answers its
+health check) lives on the ``Replica`` and survives a reload of its route. Pure: no I/O here.
 """
 
+import hashlib
+import hmac
 import itertools
 import json
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 RUNNING = "running"
+DELETED = "deleted"  # a route's tombstone: only a signed one removes a route (a missing entry doesn't)
+FAILURES_TO_EXCLUDE = 2  # failed health checks in a row before a replica gets no new request
+
+
+def route_key(material: str | bytes) -> bytes:
+    """The key that signs routes and key routes, from the platform's secret (LLMAPP_SECRETS_KEY, else
+    SECRET_KEY): the platform and the gateways derive the same one; app servers have neither."""
+    material = material.encode() if isinstance(material, str) else material
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"llmapp gateway routes").derive(material)
+
+
+def sign(key: bytes, text: str) -> str:
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:32] + "." + text
+
+
+def unsign(key: bytes, value: bytes | str) -> str | None:
+    """The text of a signed value; None when the signature is not the key's."""
+    value = value.decode(errors="replace") if isinstance(value, bytes) else value
+    signature, _, text = value.partition(".")
+    return text if hmac.compare_digest(sign(key, text).partition(".")[0], signature) else None
+
+
+def key_route(key: bytes, key_digest: str, application_id: str) -> str:
+    """The signed index entry sending a key (by its digest) to its application: "signature.id"."""
+    signature = sign(key, f"{key_digest}:{application_id}").partition(".")[0]
+    return f"{signature}.{application_id}"
+
+
+def application_of_key(key: bytes, key_digest: str, value: bytes | str) -> str | None:
+    value = value.decode(errors="replace") if isinstance(value, bytes) else value
+    application_id = value.partition(".")[2]
+    return application_id if hmac.compare_digest(key_route(key, key_digest, application_id), value) else None
 
 
 @dataclass(eq=False)
@@ -22,6 +61,13 @@ class Replica:
     # None until its health is first known: a replica is asked before its first request (it must be
     # ready before it gets any), then checked in the background.
     healthy: bool | None = None
+    failures: int = 0  # health checks failed in a row
+
+    def checked(self, answered: bool) -> None:
+        """A health check's outcome: one failure is a blip; FAILURES_TO_EXCLUDE in a row exclude it."""
+        self.failures = 0 if answered else self.failures + 1
+        if answered or self.healthy is None or self.failures >= FAILURES_TO_EXCLUDE:
+            self.healthy = answered
 
 
 @dataclass
@@ -34,10 +80,15 @@ class Route:
     replicas: list[Replica] = field(default_factory=list)
 
 
-def parse_route(raw: bytes | str) -> Route:
-    """A route as published. :raise ValueError: not one (the gateway skips it)."""
-    data = json.loads(raw)
+def parse_route(raw: bytes | str, key: bytes | None = None) -> Route:
+    """A route as published (signed with ``key``, when given). :raise ValueError: not one, or not
+    signed with the key (the gateway skips it)."""
+    if key is not None:
+        raw = unsign(key, raw)
+        if raw is None:
+            raise ValueError("not signed with the platform's key")
     try:
+        data = json.loads(raw)
         replicas = [Replica(str(r["id"]), str(r["url"]), bool(r.get("draining"))) for r in data.get("replicas", [])]
         release = data.get("release")
         return Route(
@@ -48,7 +99,7 @@ def parse_route(raw: bytes | str) -> Route:
             int(release) if release is not None else None,
             replicas,
         )
-    except (KeyError, TypeError, AttributeError) as e:
+    except (KeyError, TypeError, AttributeError, RecursionError) as e:
         raise ValueError(f"not a route: {e}") from e
 
 
@@ -57,11 +108,11 @@ class RoutingTable:
         self.routes: dict[str, Route] = {}
         self._turn = itertools.count()  # breaks ties between replicas equally loaded
 
-    def put(self, route: Route | None, application_id: str) -> None:
-        """Replace (or with None, remove) an application's route, keeping what is known of each
+    def put(self, route: Route, application_id: str) -> None:
+        """Replace an application's route (its tombstone removes it), keeping what is known of each
         replica that is still there (same id and address)."""
         old = self.routes.pop(application_id, None)
-        if route is None:
+        if route.status == DELETED:
             return
         if old is not None:
             known = {(r.id, r.url): r for r in old.replicas}
@@ -72,16 +123,18 @@ class RoutingTable:
                     route.replicas[i] = kept
         self.routes[application_id] = route
 
-    def replace_all(self, routes: dict[str, Route]) -> None:
-        for application_id in set(self.routes) - set(routes):
-            self.routes.pop(application_id)
+    def put_all(self, routes: dict[str, Route]) -> None:
+        """Apply every route read. One that is not there stays as last known: entries can vanish
+        without the platform (a server may delete them; Redis may lose them): only tombstones delete."""
         for application_id, route in routes.items():
             self.put(route, application_id)
 
     def candidates(self, route: Route, tried=()) -> list[Replica]:
         """The replicas a new request may go to, least requests in flight first: not draining, not
-        known unhealthy, not tried already for this request."""
-        eligible = [r for r in route.replicas if not r.draining and r.healthy is not False and r not in tried]
+        tried already for this request, and not known unhealthy, unless all are (then the replicas
+        answer for themselves: a health check's verdict is older than the request)."""
+        live = [r for r in route.replicas if not r.draining and r not in tried]
+        eligible = [r for r in live if r.healthy is not False] or live
         if len(eligible) > 1:
             turn = next(self._turn) % len(eligible)
             eligible = eligible[turn:] + eligible[:turn]  # equal loads take turns

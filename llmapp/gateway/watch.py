@@ -12,7 +12,7 @@ import redis
 
 from .. import keyspace
 from ..runtime.keys import digest
-from .table import Replica, Route, RoutingTable, parse_route
+from .table import Replica, Route, RoutingTable, application_of_key, parse_route
 
 log = logging.getLogger("llmapp.gateway")
 
@@ -24,40 +24,37 @@ HEALTH_TIMEOUT_S = 2.0
 KEY_TTL_S = 2.0
 
 
-def _routes(raw: dict) -> dict[str, Route]:
-    routes = {}
-    for application_id, value in raw.items():
-        try:
-            routes[application_id.decode()] = parse_route(value)
-        except ValueError as e:
-            log.warning("skipped the route of application %s: %s", application_id.decode(), e)
-    return routes
-
-
 class RouteWatcher:
-    """Loads the table, then follows ``keyspace.routes_changed()``; reloads it all every RELOAD_S."""
+    """Loads the table, then follows ``keyspace.routes_changed()``; reloads it all every RELOAD_S.
+    ``connection`` answers commands; ``listener`` (no read timeout) holds the subscription."""
 
-    def __init__(self, connection, table: RoutingTable):
-        self.connection, self.table = connection, table
+    def __init__(self, connection, listener, table: RoutingTable, key: bytes):
+        self.connection, self.listener, self.table, self.key = connection, listener, table, key
         self.loaded = asyncio.Event()
 
+    def _parsed(self, application_id: str, raw) -> Route | None:
+        try:
+            return parse_route(raw, self.key)
+        except ValueError as e:  # the id is hex or a UUID the platform wrote, or escaped by %r
+            log.warning("skipped the route of application %r: %s", application_id, e)
+            return None
+
     async def reload(self) -> None:
-        self.table.replace_all(_routes(await self.connection.hgetall(keyspace.routes())))
+        published = await self.connection.hgetall(keyspace.routes())
+        routes = {i.decode(errors="replace"): self._parsed(i.decode(errors="replace"), v) for i, v in published.items()}
+        self.table.put_all({i: route for i, route in routes.items() if route is not None})
         self.loaded.set()
 
     async def reload_one(self, application_id: str) -> None:
         raw = await self.connection.hget(keyspace.routes(), application_id)
-        try:
-            route = parse_route(raw) if raw is not None else None
-        except ValueError as e:
-            log.warning("skipped the route of application %s: %s", application_id, e)
-            return
-        self.table.put(route, application_id)
+        route = self._parsed(application_id, raw) if raw is not None else None
+        if route is not None:
+            self.table.put(route, application_id)
 
     async def run(self) -> None:
         while True:
             try:
-                async with self.connection.pubsub() as pubsub:
+                async with self.listener.pubsub() as pubsub:
                     await pubsub.subscribe(keyspace.routes_changed())
                     await self.reload()  # after subscribing: no change falls between the two
                     next_reload = time.monotonic() + RELOAD_S
@@ -72,6 +69,9 @@ class RouteWatcher:
             except (redis.RedisError, OSError) as e:
                 log.warning("Redis is unreachable (%s): routing with the table as last read", e)
                 await asyncio.sleep(1.0)
+            except Exception:  # never a frozen table without a word: say why, and start again
+                log.exception("the route watcher failed; starting it again")
+                await asyncio.sleep(1.0)
 
 
 class KeyUnknown(Exception):
@@ -81,8 +81,8 @@ class KeyUnknown(Exception):
 class KeyRoutes:
     """Which application a key reaches: ``keyspace.key_routes()``, asked of Redis, reused KEY_TTL_S."""
 
-    def __init__(self, connection):
-        self.connection = connection
+    def __init__(self, connection, key: bytes):
+        self.connection, self.key = connection, key
         self.seen: dict[str, tuple[str | None, float]] = {}  # digest → (application id or None, when)
 
     async def application_of(self, key: str) -> str | None:
@@ -100,7 +100,7 @@ class KeyRoutes:
             return seen[0]  # the last answer, while Redis is away
         if len(self.seen) > 100_000:  # a flood of made-up keys must not grow this without bound
             self.seen.clear()
-        application_id = value.decode() if value is not None else None
+        application_id = application_of_key(self.key, key_digest, value) if value is not None else None
         self.seen[key_digest] = (application_id, now)
         return application_id
 
@@ -113,10 +113,11 @@ async def check_health(session: aiohttp.ClientSession, replica: Replica) -> bool
             healthy = answer.status == 200
     except (aiohttp.ClientError, TimeoutError):
         healthy = False
-    if replica.healthy is not healthy and replica.healthy is not None:
+    was = replica.healthy
+    replica.checked(healthy)
+    if was is not None and was is not replica.healthy:
         log.warning("replica %s at %s is %s", replica.id, replica.url, "healthy" if healthy else "not answering")
-    replica.healthy = healthy
-    return healthy
+    return replica.healthy
 
 
 class HealthChecks:
@@ -130,5 +131,9 @@ class HealthChecks:
         while True:
             replicas = list(self.table.replicas())
             if replicas:
-                await asyncio.gather(*(check_health(self.session, replica) for replica in replicas))
+                for failure in await asyncio.gather(
+                    *(check_health(self.session, replica) for replica in replicas), return_exceptions=True
+                ):
+                    if isinstance(failure, Exception):
+                        log.error("a health check failed: %r", failure)
             await asyncio.sleep(HEALTH_INTERVAL_S)

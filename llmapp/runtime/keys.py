@@ -55,29 +55,40 @@ class KeyInfo:
 
 
 # Replace one application's keys and their entries in the gateway's index, in one step: the index
-# never names a key of the application's that is gone, nor misses one it holds.
+# never names a key of the application's that is gone, nor misses one it holds. An index entry is
+# "signature.application id" (llmapp/gateway/table.py: key_route); ARGV: the id, then for each key its
+# digest, its value here and its index entry.
 _PUBLISH = """
+local suffix = '.' .. ARGV[1]
 for _, old in ipairs(redis.call('HKEYS', KEYS[1])) do
-    if redis.call('HGET', KEYS[2], old) == ARGV[1] then redis.call('HDEL', KEYS[2], old) end
+    local entry = redis.call('HGET', KEYS[2], old)
+    if entry and string.sub(entry, -#suffix) == suffix then redis.call('HDEL', KEYS[2], old) end
 end
 redis.call('DEL', KEYS[1])
-for i = 2, #ARGV, 2 do
+for i = 2, #ARGV, 3 do
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-    redis.call('HSET', KEYS[2], ARGV[i], ARGV[1])
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
 end
 return 0
 """
 
 
-def publish(connection, application_id, active: dict[str, tuple]) -> None:
+def publish(connection, application_id, active: dict[str, tuple], *, route_key: bytes) -> None:
     """Replace the application's published keys with ``active`` ({digest: (key id, label[, expires at])}),
-    atomically, with the gateway's index of which application each key reaches."""
+    atomically, with the gateway's index of which application each key reaches (signed with
+    ``route_key``, llmapp/gateway/table.py)."""
+    from ..gateway.table import key_route
 
     def value(key_id, label, expires_at=None) -> str:
         return f"{key_id}@{expires_at:.0f}:{label}" if expires_at else f"{key_id}:{label}"
 
-    pairs = [part for digest_, fields in active.items() for part in (digest_, value(*fields))]
-    connection.eval(_PUBLISH, 2, keyspace.api_keys(application_id), keyspace.key_routes(), str(application_id), *pairs)
+    application_id = str(application_id)
+    parts = [
+        part
+        for digest_, fields in active.items()
+        for part in (digest_, value(*fields), key_route(route_key, digest_, application_id))
+    ]
+    connection.eval(_PUBLISH, 2, keyspace.api_keys(application_id), keyspace.key_routes(), application_id, *parts)
 
 
 def _info(value: bytes) -> KeyInfo:

@@ -348,6 +348,7 @@ def create(owner: User, data: dict) -> Application:
     application.env_vars = _env_rows(data.get("env", []), [])
     db.session.add(application)
     _commit_or_name_conflict(application.name)
+    routing.publish(application.id)  # the gateway says "stopped", not "no such model"
     releases.record(application, owner, note)
     return application
 

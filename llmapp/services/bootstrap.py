@@ -3,13 +3,15 @@
 import os
 
 import flask_migrate
+import redis
 from flask import current_app
 
-from . import demo, users
+from . import demo, deployments, users
 
 
 def prepare() -> list[str]:
-    """Migrate, create the first admin if there are no users, seed demo data if asked.
+    """Migrate, create the first admin if there are no users, publish every key and route for the
+    gateways, seed demo data if asked.
 
     Returns lines worth printing (the generated admin password appears here, and only here).
     """
@@ -22,6 +24,10 @@ def prepare() -> list[str]:
             lines.append(f"Created the first admin: {user.email} / password: {generated}  (shown once; keep it)")
         else:
             lines.append(f"Created the first admin {user.email} (password from LLMAPP_ADMIN_PASSWORD).")
+    try:
+        deployments.publish_everything()
+    except redis.RedisError as e:
+        lines.append(f"Redis is unreachable ({e}): the gateway learns routes and keys once it is back.")
     if current_app.config["DEMO"]:
         seeded = demo.seed()
         lines.append(

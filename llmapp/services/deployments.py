@@ -18,7 +18,7 @@ from ..extensions import db
 from ..models import ApiKey, Application, utcnow
 from ..runtime import keys as runtime_keys
 from ..runtime import logs
-from . import ServiceError, lifecycle, metrics, releases
+from . import ServiceError, lifecycle, metrics, releases, routing
 from .platform_log import log_event
 from .server_processes import DeployFailed, health, kill_orphan, server_process, spawn, terminate
 
@@ -269,7 +269,7 @@ def cleanup(application_id, pid: int | None, host: str | None) -> None:
                 kill_orphan(pid, str(application_id))
             else:
                 queues.queue(queue).enqueue("jobs.deploy.kill_process", pid, str(application_id))
-        runtime_keys.publish(queues.connection(), application_id, {})  # and out of the gateway's index
+        runtime_keys.publish(queues.connection(), application_id, {}, route_key=routing.signing_key())  # the index too
         queues.connection().delete(*keyspace.application_keys(application_id))
         metrics.delete_series(application_id)
         queues.delete_matching(queues.connection(), keyspace.playground_pattern(application_id))
@@ -296,6 +296,14 @@ def shutdown_host(reason: str) -> int:
     return count
 
 
+def publish_everything() -> None:
+    """Every application's keys and route, as the database holds them (at start-up and after an
+    upgrade: what an older platform published lacked the gateway's signed entries)."""
+    for application in db.session.scalars(db.select(Application)):
+        publish_keys(application)
+    routing.publish_all()
+
+
 def publish_keys(application: Application) -> None:
     """Give the running server the application's active keys (it reads them from Redis per request)."""
     now = utcnow()
@@ -313,4 +321,5 @@ def publish_keys(application: Application) -> None:
             key_hash: (key_id, label, expires_at.replace(tzinfo=UTC).timestamp() if expires_at else None)
             for key_hash, key_id, label, expires_at in active
         },
+        route_key=routing.signing_key(),
     )

@@ -8,19 +8,17 @@ can't be disabled or deleted; the refusal names those applications. Secret setti
 signing secret) are stored encrypted and never shown again; left empty in an edit, they are kept.
 
 Chains: the plugins attached to an application, in order, each with the application's overrides of
-its configuration and on or off there. Every change reaches a running application's server live:
-the chain is published to Redis (encrypted with the application's own key, see
-runtime/plugins/published.py) before the change is committed, and the server swaps it in between
-requests. When Redis is unreachable nothing changes, and the user is told so.
+its configuration and on or off there. Every change reaches a running application's server live: the
+chain is published to Redis (encrypted with the application's own key, runtime/plugins/published.py)
+before the change is committed, and the server swaps it in between requests; when Redis is
+unreachable nothing changes, and the user is told so. Each change is a release (services/releases.py).
 
 Destinations: a setting that decides where a plugin's data goes (a webhook's URL) must point where
 llmapp/netguard.py allows, checked at every save (the app server checks again on every connection).
-An application can't override it on a plugin that isn't its owner's (a published one): that plugin's
-secret would sign what goes where the application's owner chose. Such an override stored before this
-rule is ignored: the chain the server runs has the plugin's own value.
+An application can't override it on a plugin that isn't its owner's (a published one: its secret
+would sign what goes where the application's owner chose); such an override stored before is ignored.
 
-Documents (a knowledge-retrieval plugin's) are services/plugin_documents.py's.
-"""
+Documents (a knowledge-retrieval plugin's) are services/plugin_documents.py's."""
 
 import hashlib
 import json
@@ -166,6 +164,7 @@ def update(plugin: Plugin, user: User, data: dict) -> Plugin:
         _refuse_if_live(plugin, "disabled")
     if not user.is_admin:
         values["published"] = plugin.published
+    releases.begin(*users_of(plugin))  # their setups before this change, for those from before releases
     for key, value in values.items():
         setattr(plugin, key, value)
     _commit_or_name_taken(
@@ -181,6 +180,7 @@ def set_enabled(plugin: Plugin, user: User, enabled: bool) -> None:
     require_change(plugin, user)
     if not enabled:
         _refuse_if_live(plugin, "disabled")
+    releases.begin(*users_of(plugin))
     plugin.enabled = enabled
     db.session.commit()
     releases.record_live(users_of(plugin), user, f"Plugin “{plugin.name}” turned {'on' if enabled else 'off'}")
@@ -342,8 +342,7 @@ def set_link_enabled(application: Application, plugin_id: int, enabled: bool, au
 
 def overridable(type_name: str) -> dict:
     """The settings an application may override: all but the secrets (those stay the plugin's)."""
-    secrets = plugin_types.secret_settings(type_name)
-    properties = plugin_types.TYPES[type_name].schema["properties"]
+    secrets, properties = plugin_types.secret_settings(type_name), plugin_types.TYPES[type_name].schema["properties"]
     return {name: spec for name, spec in properties.items() if name not in secrets}
 
 
@@ -385,8 +384,7 @@ def set_overrides(
     return link
 
 
-def _plugin_config(plugin: Plugin) -> dict:
-    """The plugin's configuration over its type's defaults, its secrets decrypted (for its servers only)."""
+def _plugin_config(plugin: Plugin) -> dict:  # over its type's defaults, secrets decrypted (for its servers only)
     config = {**plugin_types.defaults(plugin.type), **(plugin.config or {})}
     for setting in plugin_types.secret_settings(plugin.type):
         if config.get(setting):
@@ -394,12 +392,15 @@ def _plugin_config(plugin: Plugin) -> dict:
     return config
 
 
-def effective_config(link: ApplicationPlugin) -> dict:
-    """The plugin's configuration with the application's overrides, less any it may not have (stored
-    before a rule forbade them: a secret, or a destination of a plugin that isn't the owner's)."""
+def effective_overrides(link: ApplicationPlugin) -> dict:
+    """The application's overrides, less any it may not have (stored before a rule forbade them: a
+    secret, or a destination of a plugin that isn't the owner's)."""
     allowed = set(overridable(link.plugin.type)) - set(_locked(link))
-    overrides = {name: value for name, value in (link.config or {}).items() if name in allowed}
-    return {**_plugin_config(link.plugin), **overrides}
+    return {name: value for name, value in sorted((link.config or {}).items()) if name in allowed}
+
+
+def effective_config(link: ApplicationPlugin) -> dict:  # what the server runs
+    return {**_plugin_config(link.plugin), **effective_overrides(link)}
 
 
 def chain_document(application: Application) -> dict:

@@ -8,6 +8,7 @@ its stored ciphertext and a keyed fingerprint, so two releases can be compared (
 ``Application.deployed_release``: the newest one when its deploy reached running.
 """
 
+import unicodedata
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
@@ -51,7 +52,7 @@ def setup_of(application: Application) -> dict:
         chain.append(
             {
                 "plugin_id": plugin.id, "name": plugin.name, "type": plugin.type, "enabled": link.enabled,
-                "plugin_enabled": plugin.enabled, "overrides": dict(sorted((link.config or {}).items())),
+                "plugin_enabled": plugin.enabled, "overrides": plugins.effective_overrides(link),
                 "settings": settings,
             }
         )  # fmt: skip
@@ -76,6 +77,12 @@ def _comparable(setup: dict) -> dict:
     return strip(setup)
 
 
+def one_line(text: str) -> str:
+    """A note as one line of visible text: no control, format or line-separator characters."""
+    kept = "".join(c if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp") else " " for c in text or "")
+    return " ".join(kept.split())
+
+
 def newest(application_id) -> Release | None:
     return db.session.scalar(
         db.select(Release).where(Release.application_id == application_id).order_by(Release.number.desc()).limit(1)
@@ -93,14 +100,16 @@ def record(application: Application, author: User | None, note: str = "") -> Rel
             application_id=application.id,
             number=(latest.number if latest else 0) + 1,
             author_id=author.id if author is not None else None,
-            note=" ".join((note or "").split())[:MAX_NOTE],
+            note=one_line(note)[:MAX_NOTE],
             setup=setup,
         )
         db.session.add(release)
         try:
             db.session.commit()
-        except IntegrityError:
+        except IntegrityError as e:
             db.session.rollback()
+            if "number" not in str(e.orig):  # not the unique number: the application is gone, say
+                raise
             continue
         return release
     raise RuntimeError("could not number a release: too many saves at once")
@@ -117,10 +126,11 @@ def record_live(applications: list[Application], author: User | None, note: str)
             routing.publish(application.id)  # the number its answers carry
 
 
-def begin(application: Application) -> None:
-    """An application from before releases: its setup now is its first release."""
-    if newest(application.id) is None:
-        record(application, None, FIRST_NOTE)
+def begin(*applications: Application) -> None:
+    """Applications from before releases: each one's setup now is its first release."""
+    for application in applications:
+        if newest(application.id) is None:
+            record(application, None, FIRST_NOTE)
 
 
 def history(application: Application) -> list[Release]:
@@ -230,7 +240,7 @@ def compare(older: Release, newer: Release) -> list[Change]:
             before if before is None or before["secret"] else before["value"],
             after if after is None or after["secret"] else after["value"],
         )
-    if [p["name"] for p in a["plugins"]] != [p["name"] for p in b["plugins"]]:
+    if [p["plugin_id"] for p in a["plugins"]] != [p["plugin_id"] for p in b["plugins"]]:
         changes.append(
             Change(
                 "plugin chain",
@@ -238,10 +248,13 @@ def compare(older: Release, newer: Release) -> list[Change]:
                 " → ".join(p["name"] for p in b["plugins"]) or ABSENT,
             )
         )
-    plugins_a, plugins_b = _keyed(a["plugins"], "name"), _keyed(b["plugins"], "name")
-    for name in [p["name"] for p in b["plugins"] if p["name"] in plugins_a]:
-        before, after = plugins_a[name], plugins_b[name]
-        changes += _pair(f"plugin {name}: on", before["enabled"], after["enabled"])
+    plugins_a = _keyed(a["plugins"], "plugin_id")  # the same plugin, whatever it is called now
+    for after in (p for p in b["plugins"] if p["plugin_id"] in plugins_a):
+        before, name = plugins_a[after["plugin_id"]], after["name"]
+        changes += _pair(f"plugin {name}: name", before["name"], name)
+        changes += _pair(f"plugin {name}: on here", before["enabled"], after["enabled"])
+        changes += _pair(f"plugin {name}: on", before["plugin_enabled"], after["plugin_enabled"])
+        changes += _pair(f"plugin {name}: type", before["type"], after["type"])
         for part in ("overrides", "settings"):
             for field in sorted(set(before[part]) | set(after[part])):
                 changes += _pair(f"plugin {name}: {part}.{field}", before[part].get(field), after[part].get(field))

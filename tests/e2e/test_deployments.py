@@ -60,12 +60,19 @@ def test_deploy_call_and_stop(app, client, auth, member, factory, tiny, workers,
     assert "server process" in client.get(f"/applications/{application.id}/logs", headers=HX).text
 
     key = new_key(app, application.id)
+    through_gateway = openai.OpenAI(base_url=gateway, api_key=key, max_retries=0)
+
+    def gateway_knows():  # the route and key reach the gateway a moment after the database says running
+        try:
+            return [m.id for m in through_gateway.models.list().data] == ["hello-tiny"]
+        except openai.APIStatusError:
+            return False
+
+    wait_for(gateway_knows, 30, 0.1, "the gateway to route to hello-tiny")
     # Every snippet on the page runs as pasted, the key read from the environment.
     assert [lang for lang, _ in call_snippets(page)] == ["sh", "python"]
     for lang, snippet in call_snippets(page):  # through the gateway
         assert gateway in snippet and run_snippet(lang, snippet, LLMAPP_KEY=key).returncode == 0
-    through_gateway = openai.OpenAI(base_url=gateway, api_key=key, max_retries=0)
-    assert [m.id for m in through_gateway.models.list().data] == ["hello-tiny"]
     streamed = through_gateway.chat.completions.create(
         model="hello-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=6, stream=True,
         stream_options={"include_usage": True}, extra_body={"min_tokens": 6},

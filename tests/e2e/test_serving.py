@@ -203,19 +203,22 @@ def test_a_client_that_leaves_stops_its_generation(server):
 def test_through_the_gateway_a_client_that_leaves_stops_its_generation_too(server, tmp_path):
     """The gateway in front of the real server: answers carry the release, a stream passes through as it
     is made, and a client that leaves mid-stream frees the server's slot (the gateway closes its side)."""
-    from conftest import start_gateway
-    from llmapp import keyspace
+    from conftest import ROUTE_KEY, publish_route, start_gateway
+    from llmapp.runtime import keys
 
+    # The key and route as the platform publishes them (again: this test must not depend on what the
+    # session published at its start still being in Redis).
+    keys.publish(server.redis, server.app_id, {keys.digest(server.KEY): (1, "tests")}, route_key=ROUTE_KEY)
     route = {
         "id": server.app_id, "name": server.NAME, "owner_id": 1, "status": "running", "release": 3,
         "replicas": [{"id": "served", "url": server.base, "draining": False}],
     }  # fmt: skip
-    server.redis.hset(keyspace.routes(), server.app_id, json.dumps(route))
+    publish_route(server.redis, route)
     process, gateway = start_gateway(server.redis_url, tmp_path)
     try:
         answer = httpx.post(gateway + "/completions", json={"model": server.NAME, "prompt": "hi", "max_tokens": 2},
                             headers=server.headers, timeout=60)  # fmt: skip
-        assert answer.status_code == 200 and answer.headers["x-llmapp-release"] == "3"
+        assert answer.status_code == 200 and answer.headers["x-llmapp-release"] == "3", answer.text
         assert answer.json()["usage"]["completion_tokens"] >= 1
         before = server.health()
         body = {"model": server.NAME, "prompt": "hi", "max_tokens": 6000, "min_tokens": 6000, "stream": True}

@@ -7,6 +7,7 @@ import redis
 import redis.asyncio
 from starlette.testclient import TestClient
 
+from conftest import ROUTE_KEY
 from llmapp import engines
 from llmapp.engines.kind import EngineKind, RegistryField
 from llmapp.extensions import db
@@ -98,7 +99,7 @@ def test_a_new_kind_is_built_and_served_from_its_spec(app, factory, member, echo
     assert isinstance(engine, EchoEngine)
 
     connection = redis.Redis.from_url(redis_url)
-    keys.publish(connection, spec.app_id, {keys.digest("k"): (1, "test")})
+    keys.publish(connection, spec.app_id, {keys.digest("k"): (1, "test")}, route_key=ROUTE_KEY)
     server = build_app(spec, engine, redis.asyncio.Redis.from_url(redis_url))
     headers = {"Authorization": "Bearer k"}
     with TestClient(server) as client:

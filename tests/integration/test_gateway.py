@@ -16,7 +16,7 @@ import openai
 import pytest
 import redis
 
-from conftest import wait_for
+from conftest import ROUTE_KEY, publish_route, wait_for
 from llmapp import keyspace
 from llmapp.extensions import db
 from llmapp.models import Application
@@ -44,7 +44,9 @@ class FakeReplica:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                replica.seen.append({"body": body, "authorization": self.headers.get("Authorization")})
+                replica.seen.append(
+                    {"body": body, "authorization": self.headers.get("Authorization"), "headers": dict(self.headers)}
+                )
                 mode = body.get("mode", "")
                 if mode == "hold":
                     replica.gate.wait(60)
@@ -220,24 +222,16 @@ def _refusal(api, model, words):
     return None
 
 
-def publish_route(redis_url, application_id, name, replicas, release=None, status="running", owner_id=1):
-    """A route as the platform publishes one, announced to the gateways."""
-    connection = redis.Redis.from_url(redis_url)
-    route = {
-        "id": application_id, "name": name, "owner_id": owner_id, "status": status, "release": release,
-        "replicas": [{"id": r.name, "url": r.url, "draining": r.name in draining} for r, draining in replicas],
-    }  # fmt: skip
-    connection.hset(keyspace.routes(), application_id, json.dumps(route))
-    connection.publish(keyspace.routes_changed(), application_id)
-
-
 def several(redis_url, *replicas, release=None) -> tuple[str, str, callable]:
     """An application of several replicas, with a key: (its id, the key, a republisher: draining names)."""
     application_id, key = uuid.uuid4().hex, runtime_keys.generate()
-    runtime_keys.publish(redis.Redis.from_url(redis_url), application_id, {runtime_keys.digest(key): (1, "k")})
+    connection = redis.Redis.from_url(redis_url)
+    runtime_keys.publish(connection, application_id, {runtime_keys.digest(key): (1, "k")}, route_key=ROUTE_KEY)
 
     def republish(*draining, release=release):
-        publish_route(redis_url, application_id, "pool", [(r, draining) for r in replicas], release=release)
+        replicas_ = [{"id": r.name, "url": r.url, "draining": r.name in draining} for r in replicas]
+        route = {"id": application_id, "name": "pool", "owner_id": 1, "status": "running", "release": release}
+        publish_route(connection, {**route, "replicas": replicas_})
 
     republish()
     return application_id, key, republish
@@ -313,3 +307,49 @@ def test_streams_pass_through_chunk_by_chunk_and_a_replica_lost_mid_stream_ends_
     assert next(chunks).choices[0].delta.content == "streamer"
     with pytest.raises(openai.APIError, match="stopped answering"):
         next(chunks)
+
+
+def test_what_a_server_or_a_client_could_forge_reaches_nothing(redis_url, gateway, replicas):
+    """App servers can write to Redis, so the gateway follows only what the platform signed; a client's
+    path, headers and body go nowhere but the application's own OpenAI endpoints."""
+    victim, attacker = replicas("victim"), replicas("attacker")
+    victim_id, key, _ = several(redis_url, victim)
+    api = client(gateway, key)
+    wait_for(lambda: _served_or_none(api, "pool"), 30, 0.1, "the pool's route")
+    connection = redis.Redis.from_url(redis_url)
+
+    # A route rewritten by a server (unsigned, or signed for another route) is not followed.
+    forged = {"id": victim_id, "name": "pool", "owner_id": 1, "status": "running", "version": 9e12,
+              "replicas": [{"id": "attacker", "url": attacker.url}]}  # fmt: skip
+    stolen = connection.hget(keyspace.routes(), victim_id).decode().partition(".")[0]
+    for value in (json.dumps(forged), stolen + "." + json.dumps(forged)):
+        connection.hset(keyspace.routes(), victim_id, value)
+        connection.publish(keyspace.routes_changed(), victim_id)
+        assert {served_by(api, "pool") for _ in range(5)} == {"victim"}
+    # A key pointed at another application by a server is no key at the gateway.
+    own_key = runtime_keys.generate()
+    connection.hset(keyspace.key_routes(), runtime_keys.digest(own_key), victim_id)
+    with pytest.raises(openai.AuthenticationError):
+        served_by(client(gateway, own_key), "pool")
+    assert attacker.seen == []
+
+    # Only the OpenAI endpoints, by their exact names: no way to the replica's other paths.
+    bearer = {"Authorization": f"Bearer {key}"}
+    for path in ("/%2e%2e/health", "/a%2F..%2F..%2Fmetrics", "/chat/completions%3Fx=1", "/chat/completions/.."):
+        sent = httpx.post(gateway + path, json={"model": "pool"}, headers=bearer, timeout=30)
+        assert sent.status_code == 404 and sent.json()["error"]["message"].startswith("Unknown request URL")
+    before = len(victim.seen)
+    # No key: refused before the body is read; a body over the servers' limit: 413 before it is read.
+    assert httpx.post(gateway + "/chat/completions", content=b"x" * 1000, timeout=30).status_code == 401
+    huge = httpx.post(gateway + "/chat/completions", content=b"{" * (5 * 1024 * 1024), headers=bearer, timeout=60)
+    assert huge.status_code == 413 and huge.json()["error"]["message"].startswith("The request body is larger")
+    deep = httpx.post(gateway + "/chat/completions", content=b"[" * 100_000, headers=bearer, timeout=30)
+    assert deep.status_code == 400 and "not valid JSON" in deep.json()["error"]["message"]
+    twice = httpx.post(
+        gateway + "/chat/completions", json={"model": "pool"}, timeout=30,
+        headers=[("Authorization", f"Bearer {key}"), ("Authorization", "Bearer llm-other")],
+    )  # fmt: skip
+    assert twice.status_code == 400 and "one Authorization header" in twice.json()["error"]["message"]
+    assert len(victim.seen) == before  # none of these reached the replica
+    served_by(api.with_options(default_headers={"Cookie": "session=platform-login"}), "pool")
+    assert "cookie" not in {name.lower() for name in victim.seen[-1]["headers"]}

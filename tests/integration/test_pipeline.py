@@ -11,6 +11,7 @@ import redis
 import redis.asyncio
 
 import openai_shapes
+from conftest import ROUTE_KEY
 from llmapp.runtime import keys, pipeline, request_log
 from llmapp.runtime.engines import CompletionOutput, Engine, Prepared, RequestOutput, one
 from llmapp.runtime.engines.upstream import UpstreamEngine
@@ -65,7 +66,7 @@ def published(redis_url):
     """An application id with one published key, "good" labelled "laptop"."""
     application_id = uuid.uuid4().hex
     connection = redis.Redis.from_url(redis_url)
-    keys.publish(connection, application_id, {keys.digest("good"): (7, "laptop")})
+    keys.publish(connection, application_id, {keys.digest("good"): (7, "laptop")}, route_key=ROUTE_KEY)
     yield application_id
     connection.delete(f"llmapp:keys:{application_id}", f"llmapp:keys-used:{application_id}")
     connection.close()

@@ -5,9 +5,10 @@ import json
 
 import redis
 
-from conftest import HX, plugin_form, stored_plugin, token_for
+from conftest import HX, ROUTE_KEY, plugin_form, stored_plugin, token_for
 from llmapp import keyspace
 from llmapp.extensions import db
+from llmapp.gateway.table import unsign
 from llmapp.models import Application, EnvVar, Release
 
 
@@ -86,7 +87,8 @@ def test_a_live_plugin_change_is_the_running_release_and_the_gateway_is_told(
     with app.app_context():
         row = db.session.get(Application, application.id)
         assert row.deployed_release == 2 and applications.summary(row)["status"] == "running"
-    route = json.loads(redis.Redis.from_url(redis_url).hget(keyspace.routes(), str(application.id)))
+    signed = redis.Redis.from_url(redis_url).hget(keyspace.routes(), str(application.id))
+    route = json.loads(unsign(ROUTE_KEY, signed))
     assert route["release"] == 2  # the number the gateway's answers carry
 
     # The pane lists both, the running one marked, and compares any two (a bad number is said, not a 500).
@@ -121,3 +123,31 @@ def test_the_command_line_edits_into_a_release_and_lists_them(app, runner, facto
     assert [(r["number"], r["current"], r["note"]) for r in rows] == [(2, False, "slow"), (1, False, rows[1]["note"])]
     with app.app_context():
         assert db.session.get(Application, application.id).config["timeout_s"] == 77
+
+
+def test_a_plugin_is_followed_by_its_id_and_a_note_is_one_plain_line(app, factory, member):
+    from llmapp.services import applications, plugins, releases
+
+    application = factory.application(member, factory.model(), name="tracked")
+    with app.app_context():
+        owner = db.session.get(type(member), member.id)
+        brief = {"system_prompt": "Be brief."}
+        plugin = plugins.create(owner, {"name": "tone", "type": "system_prompt", "config": brief})
+        row = db.session.get(Application, application.id)
+        plugins.attach(row, owner, plugin.id)
+        plugins.update(plugin, owner, {"name": "voice", "type": "system_prompt", "config": brief})
+        plugins.set_enabled(plugin, owner, False)
+        update = {"name": "tracked", "model_id": row.model_id, "note": "fix \x1b[31mred\x1b[0m\u2028two\u202elines"}
+        applications.update(row, update, owner)
+        history = {r.number: r for r in releases.history(row)}
+        assert [history[n].note for n in sorted(history)] == [
+            releases.FIRST_NOTE, "Attached “tone”", "Plugin “voice” changed", "Plugin “voice” turned off",
+            "fix [31mred [0m two lines",
+        ]  # fmt: skip
+
+        def changes(a, b):
+            return [(c.what, c.before, c.after) for c in releases.compare(history[a], history[b])]
+
+        assert changes(2, 3) == [("plugin voice: name", "tone", "voice")]  # the same plugin, renamed
+        assert changes(3, 4) == [("plugin voice: on", "on", "off")]
+        assert changes(1, 2) == [("plugin chain", "—", "tone")]

@@ -4,7 +4,16 @@ import json
 
 import pytest
 
-from llmapp.gateway.table import Replica, Route, RoutingTable, parse_route
+from llmapp.gateway.table import (
+    Replica,
+    Route,
+    RoutingTable,
+    application_of_key,
+    key_route,
+    parse_route,
+    route_key,
+    sign,
+)
 
 
 def route(*replicas, status="running") -> Route:
@@ -28,7 +37,8 @@ def test_draining_unhealthy_and_tried_replicas_get_no_new_request():
     sick.healthy = False
     candidates = table.candidates(route(draining, sick, unknown, tried), tried=[tried])
     assert [r.id for r in candidates] == ["u"]  # not yet checked: asked before its first request
-    assert table.candidates(route(draining, sick)) == []
+    assert table.candidates(route(draining)) == []
+    assert table.candidates(route(draining, sick)) == [sick]  # the only one left answers for itself
 
 
 def test_a_reload_keeps_what_the_gateway_knows_of_a_replica_that_is_still_there():
@@ -41,7 +51,9 @@ def test_a_reload_keeps_what_the_gateway_knows_of_a_replica_that_is_still_there(
     kept, moved = table.routes["app"].replicas
     assert (kept.in_flight, kept.healthy, kept.draining) == (3, True, True)  # same replica, now draining
     assert (moved.in_flight, moved.healthy) == (0, None)  # another address: a new replica
-    table.replace_all({})
+    table.put_all({})  # an entry gone from Redis (a server may delete it) is not a deletion
+    assert list(table.routes) == ["app"]
+    table.put(Route("app", "chat", 1, "deleted"), "app")  # the platform's tombstone is
     assert table.routes == {}
 
 
@@ -63,3 +75,30 @@ def test_a_published_route_is_read_and_a_broken_one_refused():
     for broken in ('{"id": "app"}', '{"id": "a", "name": "n", "owner_id": 1, "status": "running", "replicas": [{}]}'):
         with pytest.raises(ValueError):
             parse_route(broken)
+
+
+def test_only_what_the_platform_signed_routes_anything():
+    key, other = route_key("platform secret"), route_key("another secret")
+    text = json.dumps({"id": "a", "name": "chat", "owner_id": 1, "status": "running", "replicas": []})
+    assert parse_route(sign(key, text), key).name == "chat"
+    for forged in (text, sign(other, text), sign(key, text).replace("chat", "evil")):
+        with pytest.raises(ValueError, match="not signed"):
+            parse_route(forged, key)
+    entry = key_route(key, "digest-1", "app-a")
+    assert application_of_key(key, "digest-1", entry) == "app-a"
+    assert application_of_key(key, "digest-2", entry) is None  # not another key's entry
+    assert application_of_key(key, "digest-1", entry.replace("app-a", "app-b")) is None
+    assert application_of_key(key, "digest-1", "app-a") is None
+
+
+def test_one_failed_health_check_is_a_blip_two_exclude_and_a_first_one_excludes_at_once():
+    replica = Replica("a", "http://a")
+    replica.checked(False)
+    assert replica.healthy is False  # never known healthy: nothing before it answers
+    replica.checked(True)
+    replica.checked(False)
+    assert replica.healthy is True
+    replica.checked(False)
+    assert replica.healthy is False
+    table = RoutingTable()
+    assert table.candidates(route(replica)) == [replica]  # all unhealthy: they answer for themselves
