@@ -223,7 +223,8 @@ def test_through_the_gateway_a_client_that_leaves_stops_its_generation_too(serve
         before = server.health()
         body = {"model": server.NAME, "prompt": "hi", "max_tokens": 6000, "min_tokens": 6000, "stream": True}
         with httpx.stream("POST", gateway + "/completions", json=body, headers=server.headers, timeout=60) as stream:
-            assert next(stream.iter_lines()).startswith("data: ")  # streaming, long before its end
+            events = (line for line in stream.iter_lines() if line.startswith("data: "))
+            assert len([next(events) for _ in range(3)]) == 3  # tokens streaming, long before the end
         after = wait_for_value(
             lambda: (h := server.health())["outcomes"].get("499", 0) > before["outcomes"].get("499", 0) and h,
             "a 499 for the stream whose client left the gateway",
