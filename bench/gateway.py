@@ -140,7 +140,8 @@ def main() -> None:
         application_id, key = uuid.uuid4().hex, keys.generate()
         connection = redis.Redis.from_url(redis_url)
         signing = route_key(BENCH_SECRET)  # the gateway derives the same key from SECRET_KEY
-        keys.publish(connection, application_id, {keys.digest(key): (1, "bench")}, route_key=signing)
+        entries = {keys.digest(key): (1, "bench")}
+        keys.publish(connection, application_id, entries, application_key=b"bench-app-key", route_key=signing)
         route = {
             "id": application_id, "name": "bench", "owner_id": 1, "status": "running", "release": 1,
             "replicas": [{"id": "r1", "url": f"http://127.0.0.1:{upstream_port}", "draining": False}],

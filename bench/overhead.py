@@ -133,8 +133,18 @@ def start_current(work: Path, model_dir: Path, redis_url: str) -> Server:
         config=ServingConfig.from_dict(CONFIG), port=free_port(), grace_s=5,
     )  # fmt: skip
     spec.write(work / "current.json")
-    keys.publish(redis.Redis.from_url(redis_url), app_id, {keys.digest(KEY): (1, "bench")})
+    from cryptography.fernet import Fernet
+
+    from llmapp.gateway.table import route_key
+    from llmapp.runtime.plugins.published import CHAIN_KEY_VARIABLE
+
+    application_key = Fernet.generate_key()  # the application's own key, as the platform hands it over
+    entries = {keys.digest(KEY): (1, "bench")}
+    keys.publish(
+        redis.Redis.from_url(redis_url), app_id, entries, application_key=application_key, route_key=route_key("bench")
+    )
     env = {"PATH": os.environ["PATH"], "PYTHONUNBUFFERED": "1", REDIS_URL_VARIABLE: redis_url}
+    env[CHAIN_KEY_VARIABLE] = application_key.decode()
     return Server("current", ROOT, work / "current.json", env, spec.port)
 
 

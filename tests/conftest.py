@@ -251,6 +251,8 @@ def _route_key():
 
 
 ROUTE_KEY = _route_key()  # what the platform signs gateway routes and key routes with, in the tests
+# An application's own key, for servers the tests build themselves (a Fernet key, as the platform's are)
+APP_KEY = b"dGVzdHMtYXBwbGljYXRpb24ta2V5LTMyLWJ5dGVzISE="
 
 
 def publish_route(connection, route: dict) -> None:
@@ -617,7 +619,7 @@ class ServedTiny:
     HEADER_TIMEOUT_S = 5.0
     MAX_CONNECTIONS = 64
 
-    def __init__(self, model_dir, redis_url, run_dir, app_id=None, flush=True):
+    def __init__(self, model_dir, redis_url, run_dir, app_id=None, flush=True, chain_key=None):
         import subprocess
         import sys
         import uuid
@@ -634,7 +636,16 @@ class ServedTiny:
         if flush:
             self.redis.flushdb()
         self.app_id = app_id or uuid.uuid4().hex
-        keys.publish(self.redis, self.app_id, {keys.digest(self.KEY): (1, "tests")}, route_key=ROUTE_KEY)
+        from cryptography.fernet import Fernet
+
+        self.chain_key = chain_key or Fernet.generate_key()  # the application's own key: one per application
+        keys.publish(
+            self.redis,
+            self.app_id,
+            {keys.digest(self.KEY): (1, "tests")},
+            application_key=self.chain_key,
+            route_key=ROUTE_KEY,
+        )
         config = ServingConfig(max_concurrency=2, timeout_s=60, log_level="DEBUG", cache_size=8, batch_size=4)
         self.spec = ServerSpec(
             app_id=self.app_id, app_name=self.NAME, engine="transformers", engine_options={"path": model_dir},
@@ -645,11 +656,8 @@ class ServedTiny:
         )  # fmt: skip
         spec_path = Path(run_dir) / f"served-{self.spec.port}.json"
         self.spec.write(spec_path)
-        from cryptography.fernet import Fernet
-
         from llmapp.runtime.plugins.published import CHAIN_KEY_VARIABLE
 
-        self.chain_key = Fernet.generate_key()
         env = {
             "PATH": os.environ["PATH"],
             REDIS_URL_VARIABLE: redis_url,

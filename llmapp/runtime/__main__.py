@@ -78,7 +78,9 @@ def main(argv=None) -> None:
     configure_logging(spec, writer)
     engine = make_engine(spec)
     chain_key = os.environ.pop(CHAIN_KEY_VARIABLE, "").encode()
-    app = build_app(spec, engine, redis.asyncio.Redis.from_url(redis_url, **REDIS_TIMEOUTS), writer, chain_key)
+    app = build_app(
+        spec, engine, redis.asyncio.Redis.from_url(redis_url, **REDIS_TIMEOUTS), writer, chain_key=chain_key
+    )
     chains = app.app.state.chains
     threading.Thread(target=load, args=(engine, spec, chains, redis_url), name="loader", daemon=True).start()
     log.info("starting %s (engine %s) on %s:%d", spec.app_name, spec.engine, spec.host, spec.port)

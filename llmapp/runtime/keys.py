@@ -1,18 +1,24 @@
 """API keys of applications as the app servers see them: hashes in Redis, so a change applies at once.
 
-The platform publishes an application's active keys (digest → "id:label", or "id@expiry:label" for a
-key that expires at that unix time); its server looks each request's key up there. While Redis is
-unreachable the server keeps serving the keys it has already seen (and the set it loaded when it
-became ready); a key it has never seen is answered 503, never let in unchecked.
+The platform publishes an application's active keys (digest → "signature.id:label", or
+"signature.id@expiry:label" for a key that expires at that unix time); its server looks each request's
+key up there. Every server can reach Redis, so each entry is signed with a key derived from the
+application's own key (``entry_key``; its server gets that in its environment, no other server does): an
+entry another server wrote lets nobody in. While Redis is unreachable the server keeps serving the keys
+it has already seen (and the set it loaded when it became ready); a key it has never seen is answered
+503, never let in unchecked.
 """
 
 import hashlib
+import hmac
 import logging
 import secrets
 import time
 from dataclasses import dataclass
 
 import redis
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .. import keyspace
 
@@ -73,26 +79,45 @@ return 0
 """
 
 
-def publish(connection, application_id, active: dict[str, tuple], *, route_key: bytes) -> None:
+def entry_key(application_key: bytes) -> bytes:
+    """What signs an application's key entries, from the application's own key (secrets_box.application_key
+    on the platform, the server's LLMAPP_CHAIN_KEY)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"llmapp api key entries").derive(application_key)
+
+
+def _signature(key: bytes, key_digest: str, value: str) -> str:
+    return hmac.new(key, f"{key_digest}:{value}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _verified(key: bytes, key_digest: str, entry: bytes) -> str | None:
+    """An entry's value, when the platform signed it for this key; None otherwise."""
+    signature, _, value = entry.decode(errors="replace").partition(".")
+    return value if hmac.compare_digest(_signature(key, key_digest, value), signature) else None
+
+
+def publish(connection, application_id, active: dict[str, tuple], *, application_key: bytes, route_key: bytes) -> None:
     """Replace the application's published keys with ``active`` ({digest: (key id, label[, expires at])}),
-    atomically, with the gateway's index of which application each key reaches (signed with
-    ``route_key``, llmapp/gateway/table.py)."""
+    atomically, each entry signed (``entry_key`` of ``application_key``), with the gateway's index of
+    which application each key reaches (signed with ``route_key``, llmapp/gateway/table.py)."""
     from ..gateway.table import key_route
 
-    def value(key_id, label, expires_at=None) -> str:
-        return f"{key_id}@{expires_at:.0f}:{label}" if expires_at else f"{key_id}:{label}"
+    signing = entry_key(application_key)
+
+    def value(key_digest, key_id, label, expires_at=None) -> str:
+        text = f"{key_id}@{expires_at:.0f}:{label}" if expires_at else f"{key_id}:{label}"
+        return f"{_signature(signing, key_digest, text)}.{text}"
 
     application_id = str(application_id)
     parts = [
         part
         for digest_, fields in active.items()
-        for part in (digest_, value(*fields), key_route(route_key, digest_, application_id))
+        for part in (digest_, value(digest_, *fields), key_route(route_key, digest_, application_id))
     ]
     connection.eval(_PUBLISH, 2, keyspace.api_keys(application_id), keyspace.key_routes(), application_id, *parts)
 
 
-def _info(value: bytes) -> KeyInfo:
-    key_id, _, label = value.decode().partition(":")
+def _info(value: str) -> KeyInfo:
+    key_id, _, label = value.partition(":")
     key_id, _, expires_at = key_id.partition("@")
     return KeyInfo(key_id, label, float(expires_at) if expires_at else None)
 
@@ -106,8 +131,11 @@ class KeyChecker:
 
     RETRY_S = 1.0  # after a Redis error, answer from the known keys this long before asking again
 
-    def __init__(self, connection, application_id):
+    def __init__(self, connection, application_id, application_key: bytes):
+        if not application_key:  # a key anyone could derive would let anyone's entries in
+            raise ValueError("no application key: the server can't tell the platform's key entries from others'")
         self.connection, self.application_id = connection, application_id
+        self.entry_key = entry_key(application_key)
         self.known: dict[str, KeyInfo] = {}  # digest → key, of keys Redis said were valid
         self.used: dict[str, float] = {}  # key id → last use, written to Redis by flush_used()
         self.unreachable_until = 0.0
@@ -118,7 +146,8 @@ class KeyChecker:
             published = await self.connection.hgetall(keyspace.api_keys(self.application_id))
         except redis.RedisError:
             return
-        self.known = {d.decode(): _info(v) for d, v in published.items()}
+        verified = {d.decode(): _verified(self.entry_key, d.decode(), v) for d, v in published.items()}
+        self.known = {d: _info(v) for d, v in verified.items() if v is not None}
 
     async def check(self, key: str) -> KeyInfo | None:
         """The key, when it is valid; None when it is not.
@@ -137,10 +166,11 @@ class KeyChecker:
                 if self.unreachable_until:
                     log.warning("Redis is reachable again")
                     self.unreachable_until = 0.0
-                if value is None:
+                verified = _verified(self.entry_key, key_digest, value) if value is not None else None
+                if verified is None:  # none, or one the platform did not sign
                     self.known.pop(key_digest, None)
                     return None
-                info = self.known[key_digest] = _info(value)
+                info = self.known[key_digest] = _info(verified)
                 if info.expired():
                     return None
                 self.used[info.id] = time.time()

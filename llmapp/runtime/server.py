@@ -194,9 +194,10 @@ ROUTES = [
 ]
 
 
-def build_app(spec: ServerSpec, engine: Engine, redis_connection, log_writer=None, chain_key: bytes = b""):
-    """The server's ASGI app for one application (wrapped in RequestIds)."""
-    served = Served(spec, engine, KeyChecker(redis_connection, spec.app_id))
+def build_app(spec: ServerSpec, engine: Engine, redis_connection, log_writer=None, *, chain_key: bytes):
+    """The server's ASGI app for one application (wrapped in RequestIds). ``chain_key``: the application's
+    own key (its plugin chain is encrypted with it, its key entries signed)."""
+    served = Served(spec, engine, KeyChecker(redis_connection, spec.app_id, chain_key))
     served.recorder = Recorder(spec.app_id, engine, served.admission, spec.metrics_flush_s)
     app = Starlette(
         routes=ROUTES,

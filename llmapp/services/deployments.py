@@ -13,7 +13,7 @@ import psutil
 import redis
 from flask import current_app
 
-from .. import keyspace, queues
+from .. import keyspace, queues, secrets_box
 from ..extensions import db
 from ..models import ApiKey, Application, utcnow
 from ..runtime import keys as runtime_keys
@@ -269,7 +269,13 @@ def cleanup(application_id, pid: int | None, host: str | None) -> None:
                 kill_orphan(pid, str(application_id))
             else:
                 queues.queue(queue).enqueue("jobs.deploy.kill_process", pid, str(application_id))
-        runtime_keys.publish(queues.connection(), application_id, {}, route_key=routing.signing_key())  # the index too
+        runtime_keys.publish(  # the gateway's index too
+            queues.connection(),
+            application_id,
+            {},
+            application_key=secrets_box.application_key(application_id),
+            route_key=routing.signing_key(),
+        )
         queues.connection().delete(*keyspace.application_keys(application_id))
         metrics.delete_series(application_id)
         queues.delete_matching(queues.connection(), keyspace.playground_pattern(application_id))
@@ -321,5 +327,6 @@ def publish_keys(application: Application) -> None:
             key_hash: (key_id, label, expires_at.replace(tzinfo=UTC).timestamp() if expires_at else None)
             for key_hash, key_id, label, expires_at in active
         },
+        application_key=secrets_box.application_key(application.id),
         route_key=routing.signing_key(),
     )

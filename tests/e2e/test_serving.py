@@ -160,12 +160,19 @@ def test_a_key_that_has_expired_is_refused(server):
     """Keys the platform makes for itself (the playground's) carry an expiry the server enforces."""
     import time
 
-    from llmapp import keyspace
+    from conftest import ROUTE_KEY
     from llmapp.runtime import keys
 
-    keys_hash = keyspace.api_keys(server.app_id)
-    server.redis.hset(keys_hash, keys.digest("llm-expired"), f"7@{time.time() - 1:.0f}:old")
-    server.redis.hset(keys_hash, keys.digest("llm-current"), f"8@{time.time() + 600:.0f}:playground")
+    def publish(extra):  # as the platform publishes an application's keys: all of them, signed
+        entries = {keys.digest(server.KEY): (1, "tests"), **extra}
+        keys.publish(server.redis, server.app_id, entries, application_key=server.chain_key, route_key=ROUTE_KEY)
+
+    publish(
+        {
+            keys.digest("llm-expired"): (7, "old", time.time() - 1),
+            keys.digest("llm-current"): (8, "playground", time.time() + 600),
+        }
+    )
     try:
         expired = post(server, "/completions", {"model": server.NAME, "prompt": "hi", "max_tokens": 1},
                        headers={"Authorization": "Bearer llm-expired"})  # fmt: skip
@@ -174,7 +181,7 @@ def test_a_key_that_has_expired_is_refused(server):
                        headers={"Authorization": "Bearer llm-current"})  # fmt: skip
         assert current.status_code == 200
     finally:
-        server.redis.hdel(keys_hash, keys.digest("llm-expired"), keys.digest("llm-current"))
+        publish({})
 
 
 def wait_for_value(predicate, message):
@@ -208,7 +215,8 @@ def test_through_the_gateway_a_client_that_leaves_stops_its_generation_too(serve
 
     # The key and route as the platform publishes them (again: this test must not depend on what the
     # session published at its start still being in Redis).
-    keys.publish(server.redis, server.app_id, {keys.digest(server.KEY): (1, "tests")}, route_key=ROUTE_KEY)
+    entries = {keys.digest(server.KEY): (1, "tests")}
+    keys.publish(server.redis, server.app_id, entries, application_key=server.chain_key, route_key=ROUTE_KEY)
     route = {
         "id": server.app_id, "name": server.NAME, "owner_id": 1, "status": "running", "release": 3,
         "replicas": [{"id": "served", "url": server.base, "draining": False}],

@@ -7,7 +7,7 @@ import redis
 import redis.asyncio
 from starlette.testclient import TestClient
 
-from conftest import ROUTE_KEY
+from conftest import APP_KEY, ROUTE_KEY
 from llmapp import engines
 from llmapp.engines.kind import EngineKind, RegistryField
 from llmapp.extensions import db
@@ -99,8 +99,8 @@ def test_a_new_kind_is_built_and_served_from_its_spec(app, factory, member, echo
     assert isinstance(engine, EchoEngine)
 
     connection = redis.Redis.from_url(redis_url)
-    keys.publish(connection, spec.app_id, {keys.digest("k"): (1, "test")}, route_key=ROUTE_KEY)
-    server = build_app(spec, engine, redis.asyncio.Redis.from_url(redis_url))
+    keys.publish(connection, spec.app_id, {keys.digest("k"): (1, "test")}, application_key=APP_KEY, route_key=ROUTE_KEY)
+    server = build_app(spec, engine, redis.asyncio.Redis.from_url(redis_url), chain_key=APP_KEY)
     headers = {"Authorization": "Bearer k"}
     with TestClient(server) as client:
         whole = client.post("/v1/completions", json={"model": "parrot", "prompt": "hi there"}, headers=headers)

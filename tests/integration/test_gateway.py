@@ -16,7 +16,7 @@ import openai
 import pytest
 import redis
 
-from conftest import ROUTE_KEY, publish_route, wait_for
+from conftest import APP_KEY, ROUTE_KEY, publish_route, wait_for
 from llmapp import keyspace
 from llmapp.extensions import db
 from llmapp.models import Application
@@ -226,7 +226,8 @@ def several(redis_url, *replicas, release=None) -> tuple[str, str, callable]:
     """An application of several replicas, with a key: (its id, the key, a republisher: draining names)."""
     application_id, key = uuid.uuid4().hex, runtime_keys.generate()
     connection = redis.Redis.from_url(redis_url)
-    runtime_keys.publish(connection, application_id, {runtime_keys.digest(key): (1, "k")}, route_key=ROUTE_KEY)
+    entries = {runtime_keys.digest(key): (1, "k")}
+    runtime_keys.publish(connection, application_id, entries, application_key=APP_KEY, route_key=ROUTE_KEY)
 
     def republish(*draining, release=release):
         replicas_ = [{"id": r.name, "url": r.url, "draining": r.name in draining} for r in replicas]

@@ -48,7 +48,7 @@ def series_total(connection, application_id, resolution="10s") -> Counter:
 def test_two_server_processes_of_one_application_add_up_exactly(tiny_model_dir, redis_url, tmp_path):
     url = redis_database(redis_url, 14)
     first = ServedTiny(tiny_model_dir, url, tmp_path)
-    second = ServedTiny(tiny_model_dir, url, tmp_path, app_id=first.app_id, flush=False)
+    second = ServedTiny(tiny_model_dir, url, tmp_path, app_id=first.app_id, flush=False, chain_key=first.chain_key)
     try:
         tokens = 0
 

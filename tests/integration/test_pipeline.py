@@ -11,7 +11,8 @@ import redis
 import redis.asyncio
 
 import openai_shapes
-from conftest import ROUTE_KEY
+from conftest import APP_KEY, ROUTE_KEY
+from llmapp import keyspace
 from llmapp.runtime import keys, pipeline, request_log
 from llmapp.runtime.engines import CompletionOutput, Engine, Prepared, RequestOutput, one
 from llmapp.runtime.engines.upstream import UpstreamEngine
@@ -66,7 +67,9 @@ def published(redis_url):
     """An application id with one published key, "good" labelled "laptop"."""
     application_id = uuid.uuid4().hex
     connection = redis.Redis.from_url(redis_url)
-    keys.publish(connection, application_id, {keys.digest("good"): (7, "laptop")}, route_key=ROUTE_KEY)
+    keys.publish(
+        connection, application_id, {keys.digest("good"): (7, "laptop")}, application_key=APP_KEY, route_key=ROUTE_KEY
+    )
     yield application_id
     connection.delete(f"llmapp:keys:{application_id}", f"llmapp:keys-used:{application_id}")
     connection.close()
@@ -81,7 +84,8 @@ def served(redis_url, application_id, engine=None, max_request_bytes=1000, **con
         config=ServingConfig(**{"max_concurrency": 2, "timeout_s": 5, "cache_size": 4, **config}),
         max_request_bytes=max_request_bytes,
     )
-    return Served(spec, engine or FakeEngine(), KeyChecker(redis.asyncio.Redis.from_url(redis_url), application_id))
+    checker = KeyChecker(redis.asyncio.Redis.from_url(redis_url), application_id, APP_KEY)
+    return Served(spec, engine or FakeEngine(), checker)
 
 
 class Client:
@@ -197,6 +201,29 @@ def test_authenticate(redis_url, published):
     known, unknown = asyncio.run(outage())
     assert known.key.label == "laptop"  # Redis unreachable: a key already seen still works
     assert unknown.status == 503 and unknown.headers["Retry-After"] == "5"  # never let in unchecked
+
+
+def test_a_key_entry_another_server_wrote_lets_nobody_in(redis_url, published):
+    """Every server can write to Redis: an entry the platform did not sign with this application's own
+    key (unsigned, or signed with another application's key, or moved from another key) is no key."""
+    connection = redis.Redis.from_url(redis_url)
+    other = {keys.digest("stolen"): (9, "x")}
+    keys.publish(connection, "elsewhere", other, application_key=b"another-application-key", route_key=ROUTE_KEY)
+    signed_elsewhere = connection.hget(keyspace.api_keys("elsewhere"), keys.digest("stolen"))
+    good = connection.hget(keyspace.api_keys(published), keys.digest("good"))
+    forged = {"unsigned": b"1:evil", "stolen": signed_elsewhere, "moved": good}
+    connection.hset(keyspace.api_keys(published), mapping={keys.digest(k): v for k, v in forged.items()})
+
+    async def check(key):
+        state = served(redis_url, published)
+        await state.keys.load()  # what a server loads at start: only the platform's entries
+        known = set(state.keys.known)
+        return await state.keys.check(key), known
+
+    for key in forged:
+        found, known = asyncio.run(check(key))
+        assert found is None and known == {keys.digest("good")}
+    assert asyncio.run(check("good"))[0] == keys.KeyInfo("7", "laptop")
 
 
 def test_parse_limits_the_body_and_checks_it(redis_url, published):
