@@ -568,7 +568,11 @@ def run_snippet(lang: str, snippet: str, **env):
 def deploy(client, app, application):
     response = client.post(f"/applications/{application.id}/deploy", headers=HX)
     assert response.status_code == 200 and response.headers["HX-Redirect"] == f"/applications/{application.id}"
-    return wait_status(app, application.id, {"running", "failed"})
+    ended = wait_status(app, application.id, {"running", "failed"})
+    if ended.status == "failed":  # expected by some tests; for the others, pytest shows why on a failure
+        print(f"the deploy failed: {ended.last_error}; the log ends:")
+        print("\n".join(log_text(app, application.id).splitlines()[-30:]))
+    return ended
 
 
 def running_app(app, client, auth, owner, factory, model, name, env=(), **config):

@@ -19,7 +19,7 @@ from . import applications, lifecycle, metrics, plugins, routing
 from .deployments import fail_deploy, now_iso, publish_keys, request_deploy, stopped
 from .platform_log import log_event
 from .server_processes import health, server_process, terminate
-from .supervision import BUSY_LIMIT_S, Silence, decide_restart, job_in_hand, judge_silence
+from .supervision import BUSY_LIMIT_S, Silence, decide_restart, job_in_hand, judge_silence, key_uses
 
 RECONCILE_LOCK_TTL_S = 30
 
@@ -163,12 +163,12 @@ def _sample_usage(application: Application, process: psutil.Process) -> None:
             }
     except psutil.NoSuchProcess:
         return
-    used = queues.connection().hgetall(keyspace.api_keys_used(application.id))
-    for key_id, ts in used.items():
+    used = key_uses(queues.connection().hgetall(keyspace.api_keys_used(application.id)))
+    for key_id, last_used_at in used.items():
         db.session.execute(
             db.update(ApiKey)
-            .where(ApiKey.id == int(key_id), ApiKey.application_id == application.id)
-            .values(last_used_at=datetime.fromtimestamp(float(ts), UTC).replace(tzinfo=None))
+            .where(ApiKey.id == key_id, ApiKey.application_id == application.id)
+            .values(last_used_at=last_used_at)
         )
     db.session.execute(db.update(Application).where(Application.id == application.id).values(resource_usage=usage))
     db.session.commit()

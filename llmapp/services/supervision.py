@@ -1,7 +1,11 @@
 """What the reconcile decides about a server, as pure rules (no database, Redis or process): whether
-one that does not answer its health checks is dead or busy, and whether one that died is restarted."""
+one that does not answer its health checks is dead or busy, whether one that died is restarted, and
+what of its keys' last use to believe."""
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ..models import MAX_ID
 
 SILENT_CHECKS = 3  # unanswered health checks, with no CPU used meanwhile, before a server counts as dead
 BUSY_LIMIT_S = 120  # a server that answers nothing while it keeps using CPU is hung after this long
@@ -38,6 +42,21 @@ class Silence:
 
     def dump(self) -> dict:
         return {k: "" if v is None else str(v) for k, v in self.__dict__.items()}
+
+
+def key_uses(written: dict) -> dict[int, datetime]:
+    """A server's record of its keys' last use (key id → unix time, as it wrote them to Redis), with
+    what is not that left out: a server writes what it likes, and one bad entry must not stop the
+    reconcile that reads them."""
+    uses = {}
+    for key_id, when in written.items():
+        try:
+            key_id, when = int(key_id), float(when)
+            if 1 <= key_id <= MAX_ID and 0 <= when < 32503680000:  # before the year 3000
+                uses[key_id] = datetime.fromtimestamp(when, UTC).replace(tzinfo=None)
+        except (ValueError, OverflowError):
+            continue
+    return uses
 
 
 def judge_silence(previous: Silence, cpu_s: float, now: float) -> tuple[Silence, str | None]:

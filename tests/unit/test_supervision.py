@@ -60,3 +60,19 @@ def test_whether_a_job_is_on_its_way(status, started_s_ago, took_its_lock, in_ha
     from llmapp.services.supervision import job_in_hand
 
     assert job_in_hand(status, started_s_ago, took_its_lock) is in_hand
+
+
+def test_a_servers_record_of_its_keys_use_is_read_for_what_it_is():
+    """A server writes its keys' last use to Redis, and a server may write anything: junk is left out
+    (one bad entry once failed the whole reconcile of the host)."""
+    from datetime import datetime
+
+    from llmapp.services.supervision import key_uses
+
+    written = {
+        b"7": b"1796467987", b"8": b"1796467987.5",  # what a server writes
+        b"x": b"1", b"9": b"soon", b"0": b"1", b"99999999999": b"1", b"10": b"nan", b"11": b"1e300", b"12": b"-5",
+    }  # fmt: skip
+    assert key_uses(written) == {
+        7: datetime(2026, 12, 5, 10, 53, 7), 8: datetime(2026, 12, 5, 10, 53, 7, 500000),
+    }  # fmt: skip
