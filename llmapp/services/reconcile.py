@@ -69,7 +69,8 @@ def _reconcile(host: str, connection) -> dict:
             elif not connection.exists(keyspace.lock("stop", application.id)) and not _job_in_hand(
                 f"stop-{application.deploy_id}"
             ):
-                terminate(application, grace_s=0)
+                # Its requests in flight still get the grace the stop promised them.
+                terminate(application, current_app.config["STOP_GRACE_S"])
                 stopped(application, "stopped (repaired: its stop job had died)")
                 summary["repaired"] += 1
         except lifecycle.TransitionRefused:

@@ -199,12 +199,18 @@ def test_a_client_that_leaves_stops_its_generation(server):
             {"model": server.NAME, "prompt": "hi", "max_tokens": 6000, "min_tokens": 6000},
             timeout=1,
         )
-    after = wait_for_value(
-        lambda: (h := server.health())["outcomes"].get("499", 0) > before["outcomes"].get("499", 0) and h,
-        "a 499 for the request whose client left",
-    )
+    after = wait_for_value(lambda: left(server, before), "a 499 and a cancelled generation for the client that left")
     assert after["in_flight"] == 0  # its slot is free
     assert after["engine"]["cancelled_generations"] == before["engine"]["cancelled_generations"] + 1
+
+
+def left(server, before) -> dict | None:
+    """The server's health once it has answered a 499 more and cancelled one more generation than
+    ``before`` (two counters, each moved by its own thread: wait for both, never judge one instant)."""
+    health = server.health()
+    more_499 = health["outcomes"].get("499", 0) > before["outcomes"].get("499", 0)
+    cancelled = health["engine"]["cancelled_generations"] > before["engine"]["cancelled_generations"]
+    return health if more_499 and cancelled else None
 
 
 def test_through_the_gateway_a_client_that_leaves_stops_its_generation_too(server, tmp_path):
@@ -233,10 +239,7 @@ def test_through_the_gateway_a_client_that_leaves_stops_its_generation_too(serve
         with httpx.stream("POST", gateway + "/completions", json=body, headers=server.headers, timeout=60) as stream:
             events = (line for line in stream.iter_lines() if line.startswith("data: "))
             assert len([next(events) for _ in range(3)]) == 3  # tokens streaming, long before the end
-        after = wait_for_value(
-            lambda: (h := server.health())["outcomes"].get("499", 0) > before["outcomes"].get("499", 0) and h,
-            "a 499 for the stream whose client left the gateway",
-        )
+        after = wait_for_value(lambda: left(server, before), "a 499 for the stream whose client left the gateway")
         assert after["in_flight"] == 0
         assert after["engine"]["cancelled_generations"] == before["engine"]["cancelled_generations"] + 1
     finally:
