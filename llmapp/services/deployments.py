@@ -176,6 +176,9 @@ def run_deploy(application_id, deploy_id: str, resumed: bool = False) -> str:
             fail_deploy(application, str(e))
             return f"failed: {e}"
         _set_phase(application, None)
+        # Its keys before anyone sees it running: a key made once it runs is published by its maker, and
+        # a publish of what this job read earlier must not come after that one and drop it.
+        publish_keys(application)
         try:
             lifecycle.transition(
                 application.id,
@@ -186,7 +189,6 @@ def run_deploy(application_id, deploy_id: str, resumed: bool = False) -> str:
             )
         except lifecycle.TransitionRefused:
             return "finished meanwhile by another job"
-        publish_keys(application)
         log_event(
             application.id,
             f"deploy completed by the reconcile (its job had died): running at {endpoint_url(application)}"
