@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from ..runtime import openai_api
 from ..runtime.errors import APIError, incorrect_key, key_store_unreachable, missing_key, model_not_found
 from ..runtime.keys import bearer_token
 from ..runtime.serving import model_object, sse
@@ -94,14 +95,7 @@ def requested_model(body: bytes) -> str:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise APIError(400, "The request body is not valid JSON.") from e
-    if not isinstance(data, dict):
-        raise APIError(400, "The request body must be a JSON object.")
-    model = data.get("model")
-    if model is None:
-        raise APIError(400, "You must provide a model parameter.", param="model")
-    if not isinstance(model, str):
-        raise APIError(400, "'model' must be a string.", param="model")
-    return model
+    return openai_api.requested_model(data)
 
 
 def reachable(route: Route | None, model: str) -> Route:

@@ -241,13 +241,8 @@ def _stop(body: dict) -> list[str]:
     return [text(s, "stop") for s in stop or []]
 
 
-def parse(endpoint, body, served_model: str, max_context: int, engine_name: str, passthrough: bool = False):
-    """Validate a request ``body`` for ``endpoint`` (serving.ENDPOINTS), as a GenerationRequest.
-
-    ``passthrough`` (an upstream engine): the upstream judges its own parameters; only what this
-    server reads itself is checked.
-    :raise APIError: 400 (or 404 for a model it does not serve) with the OpenAI error shape.
-    """
+def requested_model(body) -> str:
+    """The body's ``model`` (the app servers and the gateway read it alike). :raise APIError: 400."""
     if not isinstance(body, dict):
         raise APIError(400, "The request body must be a JSON object.")
     model = body.get("model")
@@ -255,6 +250,17 @@ def parse(endpoint, body, served_model: str, max_context: int, engine_name: str,
         raise APIError(400, "You must provide a model parameter.", param="model")
     if not isinstance(model, str):
         raise APIError(400, "'model' must be a string.", param="model")
+    return model
+
+
+def parse(endpoint, body, served_model: str, max_context: int, engine_name: str, passthrough: bool = False):
+    """Validate a request ``body`` for ``endpoint`` (serving.ENDPOINTS), as a GenerationRequest.
+
+    ``passthrough`` (an upstream engine): the upstream judges its own parameters; only what this
+    server reads itself is checked.
+    :raise APIError: 400 (or 404 for a model it does not serve) with the OpenAI error shape.
+    """
+    model = requested_model(body)
     if model != served_model:
         raise model_not_found(model)
     request = GenerationRequest(kind=endpoint.kind)
