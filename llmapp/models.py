@@ -110,18 +110,16 @@ class Application(db.Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     deployed_at: Mapped[datetime | None]
-    # The current (or last) deploy, and the server process it started: where it runs, so a stop or a
-    # reconcile for it goes to a worker on that host.
+    # The current (or last) deploy or roll-out; its server processes are its replicas (Replica rows).
     deploy_id: Mapped[str | None] = mapped_column(String(32))
     deploy_phases: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
     restarts: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
-    process_host: Mapped[str | None] = mapped_column(String(255), index=True)
-    process_pid: Mapped[int | None]
-    process_port: Mapped[int | None]
     # The port its endpoint keeps across restarts and redeploys (while it is free on the host).
     port: Mapped[int | None]
-    # The number of the release its server runs (set when a deploy reaches running).
+    # The number of the release its replicas run (set when a deploy or a roll-out reaches running).
     deployed_release: Mapped[int | None]
+    # While it runs: the release a rolling redeploy is bringing up beside it (None: none is).
+    rolling_to: Mapped[int | None]
 
     model: Mapped[RegistryModel] = relationship(lazy="raise")
     owner: Mapped[User] = relationship(lazy="raise")
@@ -144,8 +142,32 @@ class Application(db.Model):
         passive_deletes=True,
     )
 
+    replicas: Mapped[list["Replica"]] = relationship(
+        back_populates="application",
+        order_by="Replica.started_at",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+
     def __repr__(self) -> str:
         return f"<Application {self.name} {self.status}>"
+
+    @property
+    def serving_replicas(self) -> list["Replica"]:
+        return [r for r in self.replicas if r.status == "ready"]
+
+    # Where its first serving replica runs (the page's "direct" line, the scripts of one-replica days).
+    @property
+    def process_host(self) -> str | None:
+        return self.serving_replicas[0].host if self.serving_replicas else None
+
+    @property
+    def process_pid(self) -> int | None:
+        return self.serving_replicas[0].pid if self.serving_replicas else None
+
+    @property
+    def process_port(self) -> int | None:
+        return self.serving_replicas[0].port if self.serving_replicas else None
 
 
 class EnvVar(db.Model):
@@ -267,6 +289,33 @@ class Release(db.Model):
     setup: Mapped[dict] = mapped_column(JSON, default=dict)
 
     author: Mapped[User | None] = relationship(lazy="joined")
+
+
+class Replica(db.Model):
+    """One server process of an application: the release it runs, where, and how it stands.
+
+    ``status``: starting (not sent anything yet), ready (serving), draining (finishing what it has,
+    sent nothing new, then stopped). A deploy or roll-out starts ``replicas`` of them; the reconcile
+    replaces one that dies; a stop or the end of a roll-out drains and removes them.
+    """
+
+    __tablename__ = "replicas"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: uuid.uuid4().hex)
+    application_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("applications.id", ondelete="CASCADE"), index=True)
+    release: Mapped[int]
+    deploy_id: Mapped[str] = mapped_column(String(32))  # the deploy or roll-out that started it
+    status: Mapped[str] = mapped_column(String(16), default="starting")
+    host: Mapped[str] = mapped_column(String(255), index=True)  # the host whose worker queue runs its jobs
+    address: Mapped[str] = mapped_column(String(255), default="")  # the name clients and gateways reach it by
+    pid: Mapped[int | None]
+    port: Mapped[int | None]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    application: Mapped[Application] = relationship(back_populates="replicas")
+
+    def __repr__(self) -> str:
+        return f"<Replica {self.id[:8]} release {self.release} {self.status} {self.host}:{self.port}>"
 
 
 class ApiKey(db.Model):

@@ -3,6 +3,7 @@
 import contextlib
 import socket
 import threading
+import time
 import uuid
 
 import redis
@@ -58,9 +59,12 @@ class HeldLock:
         self.stopped = threading.Event()
         self.thread = None
 
-    def acquire(self) -> bool:
-        if not self.connection.set(self.key, self.token, nx=True, ex=self.ttl_s):
-            return False
+    def acquire(self, wait_s: float = 0) -> bool:
+        deadline = time.monotonic() + wait_s
+        while not self.connection.set(self.key, self.token, nx=True, ex=self.ttl_s):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
         self.thread = threading.Thread(target=self._renew, name=f"lock {self.key}", daemon=True)
         self.thread.start()
         return True
@@ -77,11 +81,12 @@ class HeldLock:
 
 
 @contextlib.contextmanager
-def held_lock(conn: redis.Redis, key: str, ttl_s: int, token: str | None = None):
-    """Yield True while holding ``key`` (renewed until the block ends), or False when another holds it.
-    In an RQ job, the job's meta says it took its lock (TOOK_LOCK): the reconcile reads that."""
+def held_lock(conn: redis.Redis, key: str, ttl_s: int, token: str | None = None, wait_s: float = 0):
+    """Yield True while holding ``key`` (renewed until the block ends), or False when another holds it
+    (still, after ``wait_s``). In an RQ job, the job's meta says it took its lock (TOOK_LOCK): the
+    reconcile reads that."""
     lock = HeldLock(conn, key, ttl_s, token)
-    if not lock.acquire():
+    if not lock.acquire(wait_s):
         yield False
         return
     job = get_current_job()

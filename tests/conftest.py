@@ -503,8 +503,11 @@ HX = {"HX-Request": "true"}
 
 
 def row(app, application_id) -> Application:
+    """The application's row as it is now, with its replicas (it is read outside the app's context)."""
+    from sqlalchemy.orm import selectinload
+
     with app.app_context():
-        return db.session.get(Application, application_id)
+        return db.session.get(Application, application_id, options=[selectinload(Application.replicas)])
 
 
 def status(app, application_id) -> str:

@@ -8,7 +8,7 @@ from flask import g, url_for
 from spectree import Response
 
 from ..extensions import db
-from ..services import applications, deployments
+from ..services import applications, deployments, releases, routing
 from . import BODY_ERRORS, ERRORS, bp, spec
 from .schemas import ApplicationIn, ApplicationOut, ApplicationPage, ApplicationQuery, Problem, Transition
 
@@ -40,6 +40,9 @@ def _out(application) -> dict:
         created_at=application.created_at,
         updated_at=application.updated_at,
         deployed_at=application.deployed_at,
+        release=application.deployed_release,
+        rolling_to=application.rolling_to,
+        gateway=routing.gateway_url(),
     )
 
 
@@ -103,13 +106,16 @@ def _transition(application_id, request_transition):
     application = visible_application(application_id)
     deploy_id = request_transition(application)
     db.session.expire(application)
-    return Transition(id=str(application.id), status=application.status, deploy_id=deploy_id), 202
+    release = application.rolling_to or (releases.newest(application.id).number if deploy_id else None)
+    return Transition(id=str(application.id), status=application.status, deploy_id=deploy_id, release=release), 202
 
 
 @bp.post("/applications/<application_id>/deploy")
 @spec.validate(resp=Response(HTTP_202=Transition, HTTP_409=Problem, HTTP_503=Problem, **ERRORS), tags=APPLICATIONS)
 def deploy_application(application_id):
-    """Deploy: the application moves to deploying; poll it until running (or failed, with last_error)."""
+    """Deploy its newest release: a stopped or failed application moves to deploying (poll it until
+    running, or failed with last_error); a running one rolls the release out beside the one serving
+    (poll until ``rolling_to`` is null: ``release`` then says which serves, ``last_error`` why not)."""
     return _transition(application_id, deployments.request_deploy)
 
 

@@ -1,11 +1,13 @@
-"""/api/v1/applications/<id>/releases: an application's releases, newest first, and one by its number."""
+"""/api/v1/applications/<id>/releases: an application's releases, newest first, one by its number, and
+deploying one again (a rollback)."""
 
+from flask import g
 from spectree import Response
 
-from ..services import releases
+from ..services import deployments, releases
 from . import ERRORS, bp, spec
-from .applications import visible_application
-from .schemas import ReleaseList, ReleaseOut
+from .applications import APPLICATIONS, _transition, visible_application
+from .schemas import Problem, ReleaseList, ReleaseOut, Transition
 
 RELEASES = ["releases"]
 
@@ -36,3 +38,13 @@ def get_release(application_id, number):
     application = visible_application(application_id)
     releases.history(application)  # an application from before releases gets its first one
     return _out(application, releases.get(application, number))
+
+
+@bp.post("/applications/<application_id>/releases/<int:number>/deploy")
+@spec.validate(
+    resp=Response(HTTP_202=Transition, HTTP_409=Problem, HTTP_503=Problem, **ERRORS), tags=[*RELEASES, *APPLICATIONS]
+)
+def deploy_release(application_id, number):
+    """Roll back (or forward) to release ``number``: its setup becomes the next release and is deployed,
+    rolled out while the application runs (no request dropped). Poll the application as after a deploy."""
+    return _transition(application_id, lambda application: deployments.rollback(application, number, g.api_user))

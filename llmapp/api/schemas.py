@@ -91,6 +91,7 @@ class ApplicationIn(Strict):
     batch_size: Whole | None = _bounded("batch_size")
     restart_policy: str | None = _choice(applications.RESTART_POLICIES)
     max_restarts: Whole | None = _bounded("max_restarts")
+    replicas: Whole | None = _bounded("replicas")
     log_lines: Whole | None = _bounded("log_lines")
     log_days: Whole | None = _bounded("log_days")
     env: list[EnvVarIn] = Field(default_factory=list, json_schema_extra={"maxItems": applications.MAX_ENV_VARS})
@@ -136,6 +137,9 @@ class ApplicationOut(BaseModel):
     created_at: UtcDateTime
     updated_at: UtcDateTime
     deployed_at: UtcDateTime | None
+    release: int | None = Field(description="The release its replicas run (null: it has not run).")
+    rolling_to: int | None = Field(description="While it runs: the release being rolled out beside it.")
+    gateway: str = Field(description="The platform's OpenAI base URL; the application's name is the model.")
 
 
 class ApplicationPage(BaseModel):
@@ -158,6 +162,7 @@ class Transition(BaseModel):
     id: str
     status: Literal[lifecycle.STATUSES]  # type: ignore[valid-type]
     deploy_id: str | None = None
+    release: int | None = Field(None, description="The release being deployed or rolled out.")
 
 
 class KeyIn(Strict):

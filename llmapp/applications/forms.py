@@ -96,6 +96,7 @@ class ApplicationForm(PlatformForm):
         validate_choice=False,
     )
     max_restarts = _number("max_restarts")
+    replicas = _number("replicas")
     log_lines = _number("log_lines")
     log_days = _number("log_days")
     # No max_entries: rows past the limit would be dropped without a word; the service counts them.

@@ -232,7 +232,10 @@ def edit(application_id):
     """Edit an application, only while it is stopped or failed."""
     application = get_application(application_id)
     if "edit" not in lifecycle.allowed_actions(application.status) and request.method == "GET":
-        flash(f"{application.name} is {application.status}: stop it before editing.", "error")
+        flash(
+            f"{application.name} is {application.status}: wait until it is running, stopped or failed to edit it.",
+            "error",
+        )
         return redirect_to(url_for(".detail", application_id=application.id))
     if request.method == "GET":
         form = _form(application, data=_form_data(application))

@@ -156,16 +156,18 @@ def list_releases(name, as_json):
         click.echo(f"{mark} {row['number']:>4}  {row['created_at'][:19]}  {row['author'] or '-':30} {row['note']}")
 
 
-def _wait(application, until: set[str], timeout: float):
-    """Poll the database until the application reaches one of ``until``."""
+def _wait(application, until, timeout: float):
+    """Poll the database until the application reaches one of ``until`` (statuses, or a test of it)."""
+    done = until if callable(until) else lambda current: current.status in until
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         db.session.expire_all()
         current = db.session.get(type(application), application.id)
-        if current.status in until:
+        if done(current):
             return current
         time.sleep(0.25)
-    raise click.ClickException(f"Still {current.status} after {timeout:g} s.")
+    still = f"rolling out release {current.rolling_to}" if current.rolling_to else current.status
+    raise click.ClickException(f"Still {still} after {timeout:g} s.")
 
 
 def _report(application, as_json: bool) -> None:
@@ -173,7 +175,10 @@ def _report(application, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data))
     else:
-        click.echo(f"{data['name']}: {data['status']}" + (f" at {data['endpoint']}" if data["endpoint"] else ""))
+        serving = f" release {data['release']}" if data["status"] == lifecycle.RUNNING else ""
+        click.echo(
+            f"{data['name']}: {data['status']}{serving}" + (f" at {data['endpoint']}" if data["endpoint"] else "")
+        )
     if application.status == lifecycle.FAILED:
         raise click.ClickException(application.last_error or "failed")
 
@@ -204,8 +209,41 @@ def _transition(name, request_transition, until: set[str], wait: bool, timeout: 
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait.")
 @click.option("--json", "as_json", is_flag=True)
 def deploy_app(name, wait, timeout, as_json):
-    """Deploy the application NAME (a name, or an id)."""
-    _transition(name, deployments.request_deploy, {lifecycle.RUNNING, lifecycle.FAILED}, wait, timeout, as_json)
+    """Deploy the newest release of the application NAME (a name, or an id); while it runs, roll it out
+    beside the release serving, which serves until the new replicas are ready."""
+    application = applications.find(name)
+    deployments.request_deploy(application)
+    _follow_deploy(application, wait, timeout, as_json)
+
+
+@apps_cli.command("rollback")
+@click.argument("name")
+@click.option("--to", "number", type=int, help="The release to go back to (default: the one before the last deployed)")
+@click.option("--wait", is_flag=True, help="Wait until it serves (exit 1 if it fails).")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True)
+def rollback_app(name, number, wait, timeout, as_json):
+    """Deploy an earlier release of the application NAME again, as its next release (rolling while it
+    runs: no request is dropped)."""
+    application = applications.find(name)
+    deployments.rollback(application, number, None)
+    _follow_deploy(application, wait, timeout, as_json)
+
+
+def _follow_deploy(application, wait: bool, timeout: float, as_json: bool) -> None:
+    """After a deploy or a rollback was asked: wait (if asked) until it serves the release or failed."""
+    db.session.expire_all()
+    application = db.session.get(type(application), application.id)
+    target = application.rolling_to or releases.newest(application.id).number
+    if wait:
+        application = _wait(
+            application,
+            lambda a: a.rolling_to is None and a.status in (lifecycle.RUNNING, lifecycle.FAILED, lifecycle.STOPPED),
+            timeout,
+        )
+    _report(application, as_json)
+    if wait and application.deployed_release != target:
+        raise click.ClickException(f"Release {target} does not serve: {application.last_error or application.status}")
 
 
 @apps_cli.command("stop")

@@ -155,7 +155,7 @@ async def proxy(request: web.Request, route: Route, body: bytes) -> web.StreamRe
             replica.in_flight -= 1
             raise
         try:
-            return await _pass_through(request, route, upstream)
+            return await _pass_through(request, route, replica, upstream)
         finally:
             upstream.close()  # unless released whole: a client that left stops its generation there
             replica.in_flight -= 1
@@ -170,7 +170,9 @@ async def _next_replica(app: web.Application, route: Route, tried: list[Replica]
     return None
 
 
-async def _pass_through(request: web.Request, route: Route, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+async def _pass_through(
+    request: web.Request, route: Route, replica: Replica, upstream: aiohttp.ClientResponse
+) -> web.StreamResponse:
     response = web.StreamResponse(
         status=upstream.status,
         reason=upstream.reason,
@@ -178,8 +180,8 @@ async def _pass_through(request: web.Request, route: Route, upstream: aiohttp.Cl
     )
     if upstream.content_length is not None:
         response.content_length = upstream.content_length
-    if route.release is not None:
-        response.headers[RELEASE_HEADER] = str(route.release)
+    if replica.release is not None:  # the release that answered (two serve during a roll-out)
+        response.headers[RELEASE_HEADER] = str(replica.release)
     # A write that fails means the client left: the caller's close of the replica's connection then
     # stops its generation. A read that fails means the replica broke off.
     try:

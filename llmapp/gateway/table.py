@@ -1,7 +1,7 @@
 """The gateway's routing table: every application's route, as the platform publishes it in Redis.
 
 A route is JSON under ``keyspace.routes()`` (written by llmapp/services/routing.py):
-``{"id", "name", "owner_id", "status", "release", "version", "replicas": [{"id", "url", "draining"}]}``,
+``{"id", "name", "owner_id", "status", "release", "version", "replicas": [{"id", "url", "release", "draining"}]}``,
 signed. App servers can reach Redis too, so every value the gateway routes by is signed with a key
 derived from the platform's secret (``route_key``), which the servers never get: a value a server wrote
 is not a route. What the gateway learns itself (requests in flight on a replica, whether it answers its
@@ -57,6 +57,7 @@ class Replica:
     id: str
     url: str  # its base, without /v1
     draining: bool = False
+    release: int | None = None  # the release it serves (during a roll-out, not every replica's is the same)
     in_flight: int = 0
     # None until its health is first known: a replica is asked before its first request (it must be
     # ready before it gets any), then checked in the background.
@@ -89,18 +90,25 @@ def parse_route(raw: bytes | str, key: bytes | None = None) -> Route:
             raise ValueError("not signed with the platform's key")
     try:
         data = json.loads(raw)
-        replicas = [Replica(str(r["id"]), str(r["url"]), bool(r.get("draining"))) for r in data.get("replicas", [])]
         release = data.get("release")
+        replicas = [
+            Replica(str(r["id"]), str(r["url"]), bool(r.get("draining")), _number(r.get("release", release)))
+            for r in data.get("replicas", [])
+        ]
         return Route(
             str(data["id"]),
             str(data["name"]),
             int(data["owner_id"]),
             str(data["status"]),
-            int(release) if release is not None else None,
+            _number(release),
             replicas,
         )
     except (KeyError, TypeError, AttributeError, RecursionError) as e:
         raise ValueError(f"not a route: {e}") from e
+
+
+def _number(value) -> int | None:
+    return int(value) if value is not None else None
 
 
 class RoutingTable:
@@ -119,7 +127,7 @@ class RoutingTable:
             for i, replica in enumerate(route.replicas):
                 kept = known.get((replica.id, replica.url))
                 if kept is not None:
-                    kept.draining = replica.draining
+                    kept.draining, kept.release = replica.draining, replica.release
                     route.replicas[i] = kept
         self.routes[application_id] = route
 

@@ -29,6 +29,7 @@ class ServingConfig:
     batch_size: int = 4
     restart_policy: str = "on-failure"
     max_restarts: int = 3
+    replicas: int = 1  # server processes behind the gateway, each with the whole model loaded
     log_lines: int = 2000  # the application's log keeps at most this many lines…
     log_days: float = 7  # …and none older than this
 

@@ -5,15 +5,70 @@ database and the servers never disagree: when Redis is unreachable nothing chang
 told so (no key that nobody saw, no revoked key still accepted).
 """
 
+from datetime import UTC
+
+from .. import keyspace, queues, secrets_box
 from ..extensions import db
 from ..models import MAX_ID, ApiKey, Application, utcnow
 from ..runtime import keys as runtime_keys
-from . import NotFound, deployments, publish_before_commit
+from . import NotFound, publish_before_commit, routing
+
+PUBLISH_LOCK_S = 10  # the longest a publish of one application's keys may hold its lock
+
+
+def _publishing(application_id):
+    """One publisher of an application's keys at a time: each reads the keys and writes them whole, so a
+    publish that read before another's commit must not write after it (it would drop a new key)."""
+    return queues.connection().lock(
+        keyspace.lock("keys", application_id), timeout=PUBLISH_LOCK_S, blocking_timeout=PUBLISH_LOCK_S
+    )
 
 
 def publish_and_commit(application: Application, failure: str) -> None:
-    publish_before_commit(lambda: deployments.publish_keys(application), failure)
-    db.session.commit()
+    """Publish the keys as the session holds them, then commit, with no other publish in between."""
+
+    def publish_then_commit():
+        with _publishing(application.id):
+            _publish(application)
+            db.session.commit()
+
+    publish_before_commit(publish_then_commit, failure)
+
+
+def publish_keys(application: Application) -> None:
+    """Give the running servers and the gateways the application's active keys, as committed."""
+    with _publishing(application.id):
+        db.session.commit()  # read what is committed now, not an older snapshot of this session's
+        _publish(application)
+
+
+def publish_everything() -> None:
+    """Every application's keys and route, as the database holds them (at start-up and after an
+    upgrade: what an older platform published lacked the gateway's signed entries)."""
+    for application in db.session.scalars(db.select(Application)).all():
+        publish_keys(application)
+    routing.publish_all()
+
+
+def _publish(application: Application) -> None:
+    now = utcnow()
+    active = db.session.execute(
+        db.select(ApiKey.key_hash, ApiKey.id, ApiKey.label, ApiKey.expires_at).where(
+            ApiKey.application_id == application.id,
+            ApiKey.revoked_at.is_(None),
+            db.or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+        )
+    ).all()
+    runtime_keys.publish(
+        queues.connection(),
+        application.id,
+        {
+            key_hash: (key_id, label, expires_at.replace(tzinfo=UTC).timestamp() if expires_at else None)
+            for key_hash, key_id, label, expires_at in active
+        },
+        application_key=secrets_box.application_key(application.id),
+        route_key=routing.signing_key(),
+    )
 
 
 MAX_LABEL = 100  # a longer label is cut, not refused: it is only a reminder

@@ -47,10 +47,11 @@ LABELS = {
     "batch_size": "Batch size",
     "restart_policy": "Restart policy",
     "max_restarts": "Max restarts",
+    "replicas": "Replicas",
     "log_lines": "Log lines kept",
     "log_days": "Log days kept",
 }
-BOUNDS = {**recommendations.LIMITS, "max_restarts": (0, 10)}  # integer fields: (lowest, highest)
+BOUNDS = {**recommendations.LIMITS, "max_restarts": (0, 10), "replicas": (1, 8)}  # integer fields: (lowest, highest)
 # What an application must be given; every other field left out (or empty) takes the model's
 # recommendation (max_concurrency, batch_size, timeout_s, cache_size) or the platform's default.
 REQUIRED = ("name", "model_id")
@@ -154,6 +155,9 @@ def summary(application: Application) -> dict:
         "model_id": application.model_id,
         "last_error": application.last_error,
         "deployed_at": application.deployed_at.isoformat() if application.deployed_at else None,
+        "release": application.deployed_release,  # the release its replicas run
+        "rolling_to": application.rolling_to,
+        "replicas": len(application.serving_replicas),
     }
 
 
@@ -408,9 +412,10 @@ def delete(application: Application) -> None:
     """
     from . import deployments
 
-    leftovers = (application.id, application.process_pid, application.process_host)
-    lifecycle.delete_if_editable(application.id)
-    deployments.cleanup(*leftovers)
+    leftovers = [(r.pid, r.host) for r in application.replicas if r.pid]
+    application_id = application.id
+    lifecycle.delete_if_editable(application_id)
+    deployments.cleanup(application_id, leftovers)
 
 
 def masked_env(application: Application) -> list[dict]:

@@ -6,7 +6,7 @@ import flask_migrate
 import redis
 from flask import current_app
 
-from . import demo, deployments, users
+from . import api_keys, demo, users
 
 
 def prepare() -> list[str]:
@@ -25,7 +25,7 @@ def prepare() -> list[str]:
         else:
             lines.append(f"Created the first admin {user.email} (password from LLMAPP_ADMIN_PASSWORD).")
     try:
-        deployments.publish_everything()
+        api_keys.publish_everything()
     except redis.RedisError as e:
         lines.append(f"Redis is unreachable ({e}): the gateway learns routes and keys once it is back.")
     if current_app.config["DEMO"]:

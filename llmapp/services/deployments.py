@@ -1,13 +1,17 @@
-"""Deploy and stop: the lifecycle's transitions as jobs (the real processes behind endpoints).
+"""Deploy, roll out and stop: the lifecycle's transitions as jobs (the real processes behind endpoints).
 
-A deploy runs as an RQ job on any worker; the server it starts (server_processes.py) runs on that
-worker's host, recorded on the application, so the stop and the reconcile (reconcile.py) for it go to
-that host's queue. Each step reports to the application's log (platform_log.py).
+A deploy runs as an RQ job on any worker. It starts the application's replicas (``replicas`` servers,
+server_processes.py) on that worker's host, each recorded as a Replica row, so the stop and the
+reconcile (reconcile.py) for them go to that host's queue. Replicas always start from a release: a
+deploy of a stopped application starts the newest; deploying a running one rolls it out beside the
+release that serves (a roll-out): the new replicas must be ready before any gateway sends them a
+request, then the old ones drain (they finish what they have) and stop. A roll-out that fails leaves
+the old release serving. Each step reports to the application's log (platform_log.py).
 """
 
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import psutil
 import redis
@@ -15,16 +19,20 @@ from flask import current_app
 
 from .. import keyspace, queues, secrets_box
 from ..extensions import db
-from ..models import ApiKey, Application, utcnow
+from ..models import Application, Replica, utcnow
 from ..runtime import keys as runtime_keys
 from ..runtime import logs
-from . import ServiceError, lifecycle, metrics, releases, routing
+from . import NotFound, ServiceError, api_keys, lifecycle, metrics, releases, replicas, routing
 from .platform_log import log_event
 from .server_processes import DeployFailed, health, kill_orphan, server_process, spawn, terminate
+from .server_spec import ServingSetup
 
 PHASES = ("queued", "starting process", "loading model", "warming up", "ready")
 HEALTH_PHASES = {"loading": "loading model", "warming_up": "warming up", "ready": "ready"}
 LOCK_TTL_S = 5  # a deploy job's lock, renewed while it runs; a lock that lapses means the job died
+# A deploy job finds its application's lock held by the previous one finishing (its last writes): it
+# waits this long before it takes itself for a duplicate.
+LOCK_WAIT_S = 20
 
 
 def now_iso() -> str:
@@ -56,13 +64,15 @@ def _set_phase(application: Application, name: str | None, status: str = "runnin
     db.session.commit()
 
 
-# --- deploy -------------------------------------------------------------------------------------
+# --- deploy and roll out -------------------------------------------------------------------------
 
 
 def request_deploy(application: Application, *, restart_reason: str | None = None, delay_s: float = 0) -> str:
-    """Move to deploying (one conditional UPDATE) and enqueue the deploy job; return the deploy id.
+    """Deploy the application's newest release and enqueue the job; return the deploy id. A stopped or
+    failed one moves to deploying; a running one stays running and rolls the release out beside the
+    one serving (the same release again: fresh replicas, no request dropped).
 
-    :raise TransitionRefused: it is not stopped or failed (or running, for a restart).
+    :raise TransitionRefused: it is on its way somewhere, or already rolling a release out.
     :raise ServiceError: Redis is unreachable (the application is left as it was).
     """
     application_id = application.id
@@ -71,19 +81,29 @@ def request_deploy(application: Application, *, restart_reason: str | None = Non
     except redis.RedisError as e:
         raise ServiceError("The deploy could not be queued: Redis is unreachable. Nothing changed; try again.") from e
     deploy_id = uuid.uuid4().hex
-    values = {"deploy_id": deploy_id, "deploy_phases": _advance([], "queued"), "last_error": None, "endpoint": None}
-    if restart_reason:
+    values = {"deploy_id": deploy_id, "deploy_phases": _advance([], "queued"), "last_error": None}
+    current = db.session.get(Application, application_id)  # in this session (the caller's may be detached)
+    rolling = current is not None and current.status == lifecycle.RUNNING and not restart_reason
+    if restart_reason:  # the release that crashed: a draft saved meanwhile is not deployed by itself
+        number = current.deployed_release if current is not None else None
         values["restarts"] = [*application.restarts, {"at": now_iso(), "reason": restart_reason}]
-        lifecycle.transition(application_id, "restart", **values)
+        lifecycle.transition(application_id, "restart", endpoint=None, rolling_to=None, **values)
         log_event(
             application_id,
             f"restarting in {delay_s:g} s (restart {len(values['restarts'])}): {restart_reason}",
             "WARNING",
         )
+    elif rolling:  # a running application can't be deleted meanwhile: its release is recorded first
+        number, serving = releases.record(current, None, releases.DEPLOYED_NOTE).number, current.deployed_release
+        lifecycle.begin_roll(application_id, rolling_to=number, **values)
+        log_event(application_id, f"rolling out release {number} (release {serving} serves until it is ready)")
     else:
-        lifecycle.transition(application_id, "deploy", restarts=[], **values)
+        lifecycle.transition(application_id, "deploy", restarts=[], endpoint=None, **values)
         log_event(application_id, "deploy requested")
-    args = ("jobs.deploy.deploy_application", str(application_id), deploy_id)
+        number = None
+    if number is None:  # deploying now: it can't be deleted meanwhile
+        number = releases.record(db.session.get(Application, application_id), None, releases.DEPLOYED_NOTE).number
+    args = ("jobs.deploy.deploy_application", str(application_id), deploy_id, number)
     options = {"job_id": f"deploy-{deploy_id}", "job_timeout": int(current_app.config["DEPLOY_TIMEOUT_S"]) + 120}
     try:
         queue = queues.queue()
@@ -92,14 +112,31 @@ def request_deploy(application: Application, *, restart_reason: str | None = Non
         else:
             queue.enqueue(*args, **options)
     except redis.RedisError as e:
-        lifecycle.transition(application_id, "deploy_failed", last_error="The job queue (Redis) was unreachable.")
+        if rolling:
+            end_roll_failed(db.session.get(Application, application_id), deploy_id, "The job queue was unreachable.")
+        else:
+            lifecycle.transition(application_id, "deploy_failed", last_error="The job queue (Redis) was unreachable.")
         raise ServiceError("The deploy could not be queued: Redis is unreachable. Try again shortly.") from e
     return deploy_id
 
 
-def endpoint_url(application: Application) -> str:
-    """Where clients call the application: the advertised host and its own port."""
-    return f"http://{current_app.config['ADVERTISE_HOST']}:{application.port or application.process_port}/v1"
+def rollback(application: Application, number: int | None, author) -> str:
+    """Deploy release ``number`` (default: the one before the last deployed) again, as the application's
+    next release: rolled out while it runs, deployed when it is stopped or failed. Returns the deploy id.
+
+    :raise NotFound: no such release. :raise TransitionRefused: it is on its way somewhere, or rolling.
+    """
+    if application.rolling_to is not None:
+        raise lifecycle.TransitionRefused(
+            f"Release {application.rolling_to} is being rolled out; wait until it serves or fails.", application.status
+        )
+    if number is None:
+        last = application.deployed_release or releases.history(application)[0].number
+        if last <= 1:
+            raise NotFound(f"{application.name} has no release before release {last} to roll back to.")
+        number = last - 1
+    releases.restore(application, number, author)
+    return request_deploy(application)
 
 
 def _last_error_line(application: Application) -> str:
@@ -116,13 +153,16 @@ def _deadline(application: Application) -> float:
     return time.monotonic() - elapsed + current_app.config["DEPLOY_TIMEOUT_S"]
 
 
-def _wait_ready(application: Application, process: psutil.Process) -> None:
-    """Follow the server's phases until it is ready, fails, exits or runs past the deploy deadline.
+def _current_phase(application: Application) -> str:
+    return application.deploy_phases[-1]["name"] if application.deploy_phases else "starting process"
+
+
+def wait_ready(application: Application, replica: Replica, process: psutil.Process, deadline: float) -> None:
+    """Follow one replica's server until it is ready, fails, exits or runs past ``deadline`` (a
+    monotonic time), moving the deploy's phases forward as it goes.
 
     :raise DeployFailed: with the reason.
     """
-    deadline = _deadline(application)
-    current = application.deploy_phases[-1]["name"] if application.deploy_phases else "starting process"
     while time.monotonic() < deadline:
         if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:
             code = process.wait(0) if process.is_running() else None
@@ -131,86 +171,179 @@ def _wait_ready(application: Application, process: psutil.Process) -> None:
                 f"The server process exited during start-up{f' (code {code})' if code else ''}"
                 f"{': ' + detail if detail else ''}. See the logs."
             )
-        state = health(application, timeout=1.0)
+        state = health(replica, timeout=1.0)
         if state:
             if state.get("status") == "failed":
                 raise DeployFailed(
                     f"The model could not be loaded: {state.get('error') or _last_error_line(application)}"
                 )
-            phase = HEALTH_PHASES.get(state.get("status"))
-            if phase and phase != current and current in PHASES:
+            phase, current = HEALTH_PHASES.get(state.get("status")), _current_phase(application)
+            if phase and current in PHASES and PHASES.index(phase) > PHASES.index(current):
                 for name in PHASES[PHASES.index(current) + 1 : PHASES.index(phase) + 1]:
                     _set_phase(application, name)
-                current = phase
-            if current == "ready":
+            if phase == "ready":
                 return
         time.sleep(0.05)
     raise DeployFailed(
-        f"The server was not ready within {current_app.config['DEPLOY_TIMEOUT_S']:g} s (it was {current})."
+        f"The server was not ready within {current_app.config['DEPLOY_TIMEOUT_S']:g} s "
+        f"(it was {_current_phase(application)})."
     )
 
 
-def run_deploy(application_id, deploy_id: str, resumed: bool = False) -> str:
-    """The deploy job's work: start the server, wait until it is ready, record running (or failed).
+def _start_replicas(
+    application: Application, deploy_id: str, number: int | None, resumed: bool
+) -> list[tuple[Replica, psutil.Process]]:
+    """The deploy's replicas of release ``number``, started (those a previous run of its job started
+    are followed; None: the release they run, else the newest).
 
-    Idempotent: a second run for the same deploy finds the lock or the process and starts nothing.
-    ``resumed``: the reconcile found the deploy without its job, its server alive; follow it.
+    :raise DeployFailed: one could not be started, or the job's earlier run left none alive.
+    """
+    mine = [r for r in application.replicas if r.deploy_id == deploy_id]
+    number = number or (mine[0].release if mine else None)
+    try:
+        release = (
+            releases.get(application, number) if number else releases.record(application, None, releases.DEPLOYED_NOTE)
+        )
+    except NotFound as e:
+        raise DeployFailed(str(e)) from e
+    setup = ServingSetup.of(release)
+    started = []
+    for replica in mine:
+        process = server_process(replica)
+        if process is None:
+            application.replicas.remove(replica)  # never started, or died: started again below
+        else:
+            started.append((replica, process))
+    db.session.commit()
+    if resumed and not started:
+        raise DeployFailed("The deploy job stopped before finishing (its worker died). Deploy again.")
+    if not started:
+        _set_phase(application, "starting process")
+    while len(started) < setup.serving_config().replicas:
+        replica = Replica(release=release.number, deploy_id=deploy_id, host=queues.this_host(), status="starting")
+        application.replicas.append(replica)
+        db.session.commit()
+        started.append((replica, spawn(application, replica, setup)))
+    return started
+
+
+def run_deploy(application_id, deploy_id: str, number: int | None = None, resumed: bool = False) -> str:
+    """The deploy job's work: start the release's replicas, wait until each is ready, then serve them
+    (running; or, for a roll-out, in place of the old ones). Failed: what it started is killed.
+
+    Idempotent: a second run for the same deploy finds the lock or the processes and starts nothing.
+    ``number``: the release to serve. ``resumed``: the reconcile found the deploy without its job, its
+    servers alive; follow them.
     """
     connection = queues.connection()
-    with queues.held_lock(connection, keyspace.lock("deploy", application_id), LOCK_TTL_S) as held:
+    with queues.held_lock(connection, keyspace.lock("deploy", application_id), LOCK_TTL_S, wait_s=LOCK_WAIT_S) as held:
         if not held:
             return "another job is deploying this application"
         application = db.session.get(Application, uuid.UUID(str(application_id)))
-        if application is None or application.status != lifecycle.DEPLOYING or application.deploy_id != deploy_id:
+        if application is None or application.deploy_id != deploy_id:
             return "stale deploy: nothing to do"
-        log_event(application.id, "deploy resumed: following the server to ready" if resumed else "deploy job started")
+        rolling = application.status == lifecycle.RUNNING and application.rolling_to is not None
+        if application.status != lifecycle.DEPLOYING and not rolling:
+            return "stale deploy: nothing to do"
+        log_event(application.id, "deploy resumed: following the servers to ready" if resumed else "deploy job started")
         try:
-            process = server_process(application)  # a previous run of this job already started it
-            if process is None:
-                if resumed:
-                    raise DeployFailed("The deploy job stopped before finishing (its worker died). Deploy again.")
-                _set_phase(application, "starting process")
-                process = spawn(application)
-            _wait_ready(application, process)
+            if not rolling:  # what a crashed deploy or server left goes first
+                replicas.remove(application, [r for r in application.replicas if r.deploy_id != deploy_id], grace_s=0)
+            started = _start_replicas(application, deploy_id, number, resumed)
+            deadline = _deadline(application)
+            for replica, process in started:
+                wait_ready(application, replica, process, deadline)
         except DeployFailed as e:
-            fail_deploy(application, str(e))
+            if rolling:
+                end_roll_failed(application, deploy_id, str(e))
+            else:
+                fail_deploy(application, str(e))
             return f"failed: {e}"
         _set_phase(application, None)
-        # Its keys before anyone sees it running: a key made once it runs is published by its maker, and
-        # a publish of what this job read earlier must not come after that one and drop it.
-        publish_keys(application)
-        try:
-            lifecycle.transition(
-                application.id,
-                "deployed",
-                endpoint=endpoint_url(application),
-                deployed_at=utcnow(),
-                deployed_release=releases.record(application, None, releases.DEPLOYED_NOTE).number,
-            )
-        except lifecycle.TransitionRefused:
-            return "finished meanwhile by another job"
+        new = [replica for replica, _ in started]
+        return _serve_rolled(application, deploy_id, new) if rolling else _serve_deployed(application, new, resumed)
+
+
+def _serve_deployed(application: Application, new: list[Replica], resumed: bool) -> str:
+    for replica in new:
+        replica.status = "ready"
+    db.session.commit()
+    # Its keys before anyone sees it running: a key made once it runs is published by its maker, and
+    # a publish of what this job read earlier must not come after that one and drop it.
+    api_keys.publish_keys(application)
+    try:
+        lifecycle.transition(
+            application.id,
+            "deployed",
+            endpoint=replicas.endpoint_url(new[0]),
+            deployed_at=utcnow(),
+            deployed_release=new[0].release,
+        )
+    except lifecycle.TransitionRefused:
+        return "finished meanwhile by another job"
+    where = f"release {new[0].release} running at {replicas.endpoint_url(new[0])}" + (
+        f" and {len(new) - 1} more replica{'s' if len(new) > 2 else ''}" if len(new) > 1 else ""
+    )
+    log_event(
+        application.id,
+        f"deploy completed by the reconcile (its job had died): {where}" if resumed else where,
+    )
+    return "running"
+
+
+def _serve_rolled(application: Application, deploy_id: str, new: list[Replica]) -> str:
+    """The roll-out's replicas are ready: they serve, the old ones drain and stop."""
+    previous = application.deployed_release
+    served = lifecycle.end_roll(
+        application.id,
+        deploy_id,
+        deployed_release=new[0].release,
+        endpoint=replicas.endpoint_url(new[0]),
+        deployed_at=utcnow(),
+    )
+    if not served:  # stopped or restarted meanwhile: what it started is not wanted
+        db.session.rollback()
+        replicas.remove(application, new, grace_s=0)
+        return "ended meanwhile: its replicas were stopped"
+    old = [r for r in application.replicas if r not in new]
+    for replica in new:
+        replica.status = "ready"
+    for replica in old:
+        replica.status = "draining"
+    db.session.commit()
+    routing.publish(application.id)
+    log_event(
+        application.id,
+        f"release {new[0].release} serves ({len(new)} replica{'s' if len(new) != 1 else ''}); "
+        f"release {previous}'s replicas finish what they have, then stop",
+    )
+    replicas.retire(application, deploy_id, old)
+    return "running"
+
+
+def end_roll_failed(application: Application, deploy_id: str, reason: str) -> None:
+    """A roll-out that could not serve: what it started is killed; the release serving goes on."""
+    mine = [r for r in application.replicas if r.deploy_id == deploy_id]
+    replicas.remove(application, mine, grace_s=0)
+    _set_phase(application, None, "failed")
+    if lifecycle.end_roll(application.id, deploy_id, last_error=reason):
+        db.session.commit()
+        routing.publish(application.id)
         log_event(
             application.id,
-            f"deploy completed by the reconcile (its job had died): running at {endpoint_url(application)}"
-            if resumed
-            else f"running at {endpoint_url(application)}",
+            f"the roll-out failed; release {application.deployed_release} keeps serving: {reason}",
+            "ERROR",
         )
-        return "running"
+    else:
+        db.session.rollback()
 
 
 def fail_deploy(application: Application, reason: str) -> None:
     """Kill what the deploy started and record it failed, with the reason in words."""
-    terminate(application, grace_s=0)
+    replicas.remove(application, list(application.replicas), grace_s=0)
     _set_phase(application, None, "failed")
     try:
-        lifecycle.transition(
-            application.id,
-            "deploy_failed",
-            last_error=reason,
-            process_pid=None,
-            process_port=None,
-            process_host=None,
-        )
+        lifecycle.transition(application.id, "deploy_failed", last_error=reason)
     except lifecycle.TransitionRefused:
         return  # another job or the reconcile settled it meanwhile
     log_event(application.id, f"deploy failed: {reason}", "ERROR")
@@ -220,14 +353,15 @@ def fail_deploy(application: Application, reason: str) -> None:
 
 
 def request_stop(application: Application) -> None:
-    """Move to stopping and send the stop job to the host that runs the server.
+    """Move to stopping and send the stop job to the host that runs the servers.
 
     :raise TransitionRefused: it is not running.
     """
     lifecycle.transition(application.id, "stop")
+    host = application.replicas[0].host if application.replicas else queues.this_host()
     try:
         log_event(application.id, "stop requested")
-        queues.queue(queues.host_queue_name(application.process_host or queues.this_host())).enqueue(
+        queues.queue(queues.host_queue_name(host)).enqueue(
             "jobs.deploy.stop_application",
             str(application.id),
             job_id=f"stop-{application.deploy_id}",
@@ -247,14 +381,20 @@ def run_stop(application_id) -> str:
         application = db.session.get(Application, uuid.UUID(str(application_id)))
         if application is None or application.status != lifecycle.STOPPING:
             return "not stopping: nothing to do"
-        code = terminate(application, current_app.config["STOP_GRACE_S"])
+        codes = [c for c in terminate(list(application.replicas), current_app.config["STOP_GRACE_S"]).values()]
+        code = next((c for c in codes if c is not None), None)
         stopped(application, f"stopped (exit code {code})" if code is not None else "stopped")
         return "stopped"
 
 
 def stopped(application: Application, message: str) -> None:
-    """Record a stop that is done: the process gone, its address forgotten."""
-    lifecycle.transition(application.id, "stopped", process_pid=None, process_port=None, process_host=None)
+    """Record a stop that is done: the processes gone, their replicas forgotten (a server still alive
+    on another host is killed by its host's worker)."""
+    elsewhere = [(r.pid, r.host) for r in application.replicas if r.pid and r.host != queues.this_host()]
+    application.replicas.clear()
+    lifecycle.transition(application.id, "stopped", rolling_to=None)  # commits the replicas' removal too
+    for pid, host in elsewhere:
+        _kill_elsewhere(application.id, pid, host)
     try:
         queues.connection().delete(keyspace.server(application.id))
     except redis.RedisError:
@@ -262,15 +402,19 @@ def stopped(application: Application, message: str) -> None:
     log_event(application.id, message)
 
 
-def cleanup(application_id, pid: int | None, host: str | None) -> None:
-    """After a delete: no process left behind, no keys or logs kept in Redis."""
+def _kill_elsewhere(application_id, pid: int, host: str) -> None:
+    queues.queue(queues.host_queue_name(host)).enqueue("jobs.deploy.kill_process", pid, str(application_id))
+
+
+def cleanup(application_id, processes: list[tuple[int, str]]) -> None:
+    """After a delete: no process left behind (``processes``: its replicas' pids and hosts), no keys
+    or logs kept in Redis."""
     try:
-        if pid:
-            queue = queues.host_queue_name(host) if host else queues.DEFAULT_QUEUE
+        for pid, host in processes:
             if host == queues.this_host():
                 kill_orphan(pid, str(application_id))
             else:
-                queues.queue(queue).enqueue("jobs.deploy.kill_process", pid, str(application_id))
+                _kill_elsewhere(application_id, pid, host)
         runtime_keys.publish(  # the gateway's index too
             queues.connection(),
             application_id,
@@ -289,46 +433,17 @@ def shutdown_host(reason: str) -> int:
     """Stop every server on this host and record it (the embedded platform's Ctrl-C). Returns how many."""
     host = queues.this_host()
     count = 0
-    for application in db.session.scalars(db.select(Application).where(Application.process_host == host)).all():
+    on_host = db.select(Replica.application_id).where(Replica.host == host)
+    for application in db.session.scalars(db.select(Application).where(Application.id.in_(on_host))).all():
         try:
             if application.status == lifecycle.DEPLOYING:
                 fail_deploy(application, f"The deploy was interrupted: {reason}.")
             else:
                 if application.status == lifecycle.RUNNING:
                     lifecycle.transition(application.id, "stop")
-                terminate(application, current_app.config["STOP_GRACE_S"])
+                terminate(list(application.replicas), current_app.config["STOP_GRACE_S"])
                 stopped(application, f"stopped: {reason}")
         except lifecycle.TransitionRefused:
             continue  # a worker's job or reconcile finished it meanwhile
         count += 1
     return count
-
-
-def publish_everything() -> None:
-    """Every application's keys and route, as the database holds them (at start-up and after an
-    upgrade: what an older platform published lacked the gateway's signed entries)."""
-    for application in db.session.scalars(db.select(Application)):
-        publish_keys(application)
-    routing.publish_all()
-
-
-def publish_keys(application: Application) -> None:
-    """Give the running server the application's active keys (it reads them from Redis per request)."""
-    now = utcnow()
-    active = db.session.execute(
-        db.select(ApiKey.key_hash, ApiKey.id, ApiKey.label, ApiKey.expires_at).where(
-            ApiKey.application_id == application.id,
-            ApiKey.revoked_at.is_(None),
-            db.or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
-        )
-    ).all()
-    runtime_keys.publish(
-        queues.connection(),
-        application.id,
-        {
-            key_hash: (key_id, label, expires_at.replace(tzinfo=UTC).timestamp() if expires_at else None)
-            for key_hash, key_id, label, expires_at in active
-        },
-        application_key=secrets_box.application_key(application.id),
-        route_key=routing.signing_key(),
-    )

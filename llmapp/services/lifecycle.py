@@ -4,6 +4,9 @@
        ▲                    │ deploy_failed  ▲ restart │ crashed
        └──── deploy ◄── failed ◄─────────────┴─────────┘
 
+A running application rolls out a release beside the one it serves (``begin_roll``, ``end_roll``): it
+stays running throughout, with ``rolling_to`` naming the release coming up.
+
 Every transition is one conditional UPDATE (... WHERE status IN (sources)), so a double click or
 two browsers can never perform it twice: the second UPDATE matches no row and is refused.
 """
@@ -18,8 +21,10 @@ from . import Conflict, routing
 
 STOPPED, DEPLOYING, RUNNING, STOPPING, FAILED = "stopped", "deploying", "running", "stopping", "failed"
 STATUSES = (STOPPED, DEPLOYING, RUNNING, STOPPING, FAILED)
-# Edit and delete need an application that is neither running nor on its way somewhere.
-EDITABLE = frozenset({STOPPED, FAILED})
+# An edit of a running application is its next release, a draft until deployed; nothing on its way
+# somewhere is edited. Only what runs nothing can be deleted.
+EDITABLE = frozenset({STOPPED, FAILED, RUNNING})
+DELETABLE = frozenset({STOPPED, FAILED})
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,12 @@ def allowed_actions(status: str) -> frozenset[str]:
     """What a user may ask of an application in this status: drives which buttons are enabled."""
     actions = {"view"}
     if status in EDITABLE:
-        actions |= {"edit", "delete"}
+        actions.add("edit")
+    if status in DELETABLE:
+        actions.add("delete")
     actions |= {name for name in ("deploy", "stop") if status in TRANSITIONS[name].sources}
     if status == RUNNING:
-        actions.add("call")
+        actions |= {"call", "roll"}
     return frozenset(actions)
 
 
@@ -88,6 +95,45 @@ def transition(application_id, action: str, **values) -> None:
     routing.publish(application_id)
 
 
+def begin_roll(application_id, **values) -> None:
+    """Start rolling a running application out to another release (one conditional UPDATE).
+
+    :raise TransitionRefused: it is not running, or a roll-out is already under way.
+    """
+    result = db.session.execute(
+        update(Application)
+        .where(Application.id == application_id, Application.status == RUNNING, Application.rolling_to.is_(None))
+        .values(updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        db.session.rollback()
+        current = db.session.get(Application, application_id)
+        if current is not None and current.status == RUNNING:
+            raise TransitionRefused(
+                f"Release {current.rolling_to} is being rolled out; wait until it serves or fails.", RUNNING
+            )
+        raise _refusal(application_id, "Only a running application can be rolled out to a release")
+    db.session.commit()
+
+
+def end_roll(application_id, deploy_id: str, **values) -> bool:
+    """Finish the roll-out ``deploy_id`` (it served, or failed): whether it was still under way (a stop
+    or a restart meanwhile ends it too). The caller commits, with its replicas' changes."""
+    result = db.session.execute(
+        update(Application)
+        .where(
+            Application.id == application_id,
+            Application.status == RUNNING,
+            Application.deploy_id == deploy_id,
+            Application.rolling_to.is_not(None),
+        )
+        .values(updated_at=utcnow(), rolling_to=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
 def claim_for_edit(application_id, **values) -> None:
     """Update an application's own columns only while it is editable (one conditional UPDATE).
 
@@ -102,7 +148,7 @@ def claim_for_edit(application_id, **values) -> None:
     )
     if result.rowcount != 1:
         db.session.rollback()
-        raise _refusal(application_id, "An application can be edited only while stopped or failed")
+        raise _refusal(application_id, "An application can be edited only while stopped, failed or running")
 
 
 def delete_if_editable(application_id) -> None:
@@ -112,7 +158,7 @@ def delete_if_editable(application_id) -> None:
     """
     result = db.session.execute(
         delete(Application)
-        .where(Application.id == application_id, Application.status.in_(EDITABLE))
+        .where(Application.id == application_id, Application.status.in_(DELETABLE))
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:

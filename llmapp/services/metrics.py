@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from .. import keyspace, queues
 from ..extensions import db
-from ..models import Application, User
+from ..models import Application, Replica, User
 from ..runtime import metrics
 from ..runtime.pipeline import STAGES
 from . import applications, lifecycle
@@ -169,10 +169,15 @@ def server_health(base_url: str, timeout: float) -> dict | None:
 
 
 def in_flight(application: Application) -> int | None:
-    """Requests in flight now, asked of the running server (None when it does not answer)."""
-    if application.status != lifecycle.RUNNING or not application.endpoint:
+    """Requests in flight now, asked of each serving replica and added up (None when none answers)."""
+    if application.status != lifecycle.RUNNING:
         return None
-    return (server_health(application.endpoint.removesuffix("/v1"), timeout=1) or {}).get("in_flight")
+    counts = [
+        (server_health(f"http://{r.address}:{r.port}", timeout=1) or {}).get("in_flight")
+        for r in application.serving_replicas
+    ]
+    counts = [c for c in counts if isinstance(c, int)]
+    return sum(counts) if counts else None
 
 
 def report(application: Application, window_name: str | None = None, now: float | None = None) -> dict:
@@ -276,23 +281,24 @@ def derived_metrics_token(secret_key: str) -> str:
 
 
 def prometheus_targets() -> list[dict]:
-    """Every running server in Prometheus's http_sd format, labelled with its application and host."""
-    running = db.session.scalars(
-        select(Application)
-        .where(Application.status == lifecycle.RUNNING, Application.endpoint.is_not(None))
-        .order_by(Application.name)
+    """Every serving replica of every running application in Prometheus's http_sd format, labelled with
+    its application, release, replica and host."""
+    rows = db.session.execute(
+        select(Application.name, Application.id, Replica)
+        .join(Replica, Replica.application_id == Application.id)
+        .where(Application.status == lifecycle.RUNNING, Replica.status == "ready", Replica.port.is_not(None))
+        .order_by(Application.name, Replica.started_at)
     ).all()
-    targets = []
-    for application in running:
-        address = application.endpoint.removeprefix("http://").removeprefix("https://").removesuffix("/v1")
-        targets.append(
-            {
-                "targets": [address],
-                "labels": {
-                    "application": application.name,
-                    "application_id": str(application.id),
-                    "host": application.process_host or "",
-                },
-            }
-        )
-    return targets
+    return [
+        {
+            "targets": [f"{replica.address}:{replica.port}"],
+            "labels": {
+                "application": name,
+                "application_id": str(application_id),
+                "release": str(replica.release),
+                "replica": replica.id,
+                "host": replica.host,
+            },
+        }
+        for name, application_id, replica in rows
+    ]

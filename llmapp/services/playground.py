@@ -21,7 +21,7 @@ from .. import keyspace, queues, secrets_box
 from ..extensions import db
 from ..models import ApiKey, Application, User, utcnow
 from ..runtime import keys as runtime_keys
-from . import ServiceError, api_keys, deployments, lifecycle
+from . import ServiceError, api_keys, lifecycle, replicas
 
 KEY_LIFETIME = timedelta(hours=1)
 KEY_RENEW_BEFORE = timedelta(minutes=10)  # a key this close to expiring is replaced, not used
@@ -132,6 +132,17 @@ class Turn:
     body: dict
 
 
+def _replica_url(application: Application) -> str:
+    """A serving replica's address (the playground shows what one server answers, with its timings).
+
+    :raise ServiceError: none serves now.
+    """
+    serving = application.serving_replicas
+    if not serving:
+        raise ServiceError(f"{application.name} has no server ready now; try again once it runs.")
+    return replicas.endpoint_url(serving[0])
+
+
 def take_turn(application: Application, user: User, turn_id: str) -> Turn | None:
     """The turn to stream (None when it has streamed already, or expired). A turn streams once.
 
@@ -144,7 +155,7 @@ def take_turn(application: Application, user: User, turn_id: str) -> Turn | None
     return Turn(
         application_id=str(application.id),
         user_id=user.id,
-        url=deployments.endpoint_url(application) + "/chat/completions",
+        url=_replica_url(application) + "/chat/completions",
         key=_key(application, user),
         request_id=f"playground-{turn_id[:12]}",
         timeout_s=float(application.config.get("timeout_s", 60)) + 10,

@@ -1,10 +1,13 @@
-"""The reconcile: every few seconds, per host, compare what the database wants with the server
-processes that run, and repair the difference (a dead or silent server restarted or failed, a
-deploy whose job died followed or failed, a stop whose job died finished). Its decisions are pure
-rules in supervision.py.
+"""The reconcile: every few seconds, per host, compare what the database wants with the replicas'
+server processes that run there, and repair the difference: a dead or silent replica replaced (or,
+the last one, its application restarted or failed, as its restart policy says), a replacement
+followed to ready, a deploy whose job died followed or failed, a roll-out whose job died ended (the
+old release serving on), a stop or a drain whose job died finished. Its decisions are pure rules in
+supervision.py.
 """
 
 import time
+import uuid
 from datetime import UTC, datetime
 
 import psutil
@@ -14,11 +17,16 @@ from rq.job import Job
 
 from .. import keyspace, queues
 from ..extensions import db
-from ..models import ApiKey, Application
+from ..models import ApiKey, Application, Replica, utcnow
 from . import applications, lifecycle, metrics, plugins, routing
-from .deployments import fail_deploy, now_iso, publish_keys, request_deploy, stopped
+from .api_keys import publish_keys
+from .deployments import end_roll_failed, fail_deploy, now_iso, request_deploy, stopped
 from .platform_log import log_event
-from .server_processes import health, server_process, terminate
+from .releases import get as get_release
+from .replicas import endpoint_url, retire_job_id
+from .replicas import remove as remove_replicas
+from .server_processes import DeployFailed, health, server_process, spawn, terminate
+from .server_spec import ServingSetup
 from .supervision import BUSY_LIMIT_S, Silence, decide_restart, job_in_hand, judge_silence, key_uses
 
 RECONCILE_LOCK_TTL_S = 30
@@ -49,12 +57,13 @@ def reconcile(host: str) -> dict:
 
 
 def _reconcile(host: str, connection) -> dict:
-    summary = {"checked": 0, "restarted": 0, "failed": 0, "repaired": 0, "resumed": 0}
+    summary = {"checked": 0, "restarted": 0, "failed": 0, "repaired": 0, "resumed": 0, "replaced": 0}
+    on_host = db.select(Replica.application_id).where(Replica.host == host)
     candidates = db.session.scalars(
         db.select(Application).where(
             db.or_(
-                Application.process_host == host,
-                db.and_(Application.process_host.is_(None), Application.status == lifecycle.DEPLOYING),
+                Application.id.in_(on_host),
+                db.and_(~Application.replicas.any(), Application.status == lifecycle.DEPLOYING),
             ),
             Application.status.in_((lifecycle.RUNNING, lifecycle.DEPLOYING, lifecycle.STOPPING)),
         )
@@ -63,14 +72,14 @@ def _reconcile(host: str, connection) -> dict:
         summary["checked"] += 1
         try:
             if application.status == lifecycle.RUNNING:
-                summary[_reconcile_running(application, connection)] += 1
+                summary[_reconcile_running(application, connection, host)] += 1
             elif application.status == lifecycle.DEPLOYING:
-                summary[_reconcile_deploying(application, connection)] += 1
+                summary[_reconcile_deploying(application, connection, host)] += 1
             elif not connection.exists(keyspace.lock("stop", application.id)) and not _job_in_hand(
                 f"stop-{application.deploy_id}"
             ):
                 # Its requests in flight still get the grace the stop promised them.
-                terminate(application, current_app.config["STOP_GRACE_S"])
+                terminate(_on(application, host), current_app.config["STOP_GRACE_S"])
                 stopped(application, "stopped (repaired: its stop job had died)")
                 summary["repaired"] += 1
         except lifecycle.TransitionRefused:
@@ -79,17 +88,35 @@ def _reconcile(host: str, connection) -> dict:
     return summary
 
 
-def _reconcile_deploying(application: Application, connection) -> str:
-    """A deploy whose job died: follow its server if one is alive (a job of this host's), else fail it."""
+def _on(application: Application, host: str) -> list[Replica]:
+    return [r for r in application.replicas if r.host == host]
+
+
+def _deploy_in_hand(application: Application, connection) -> bool:
+    """Whether the application's current deploy or roll-out has a job on its way."""
+    return bool(connection.exists(keyspace.lock("deploy", application.id))) or any(
+        _job_in_hand(f"{kind}-{application.deploy_id}") for kind in ("deploy", "resume")
+    )
+
+
+def _retiring(application: Application, connection, host: str) -> bool:
+    """Whether a job is on its way to stop the application's draining replicas on ``host``."""
+    return (
+        bool(connection.exists(keyspace.lock("retire", application.id)))
+        or _deploy_in_hand(application, connection)
+        or _job_in_hand(retire_job_id(application.deploy_id, host))
+    )
+
+
+def _reconcile_deploying(application: Application, connection, host: str) -> str:
+    """A deploy whose job died: follow its servers if one is alive (a job of this host's), else fail it."""
     deploy_id = application.deploy_id
-    if connection.exists(keyspace.lock("deploy", application.id)) or any(
-        _job_in_hand(f"{kind}-{deploy_id}") for kind in ("deploy", "resume")
-    ):
+    if _deploy_in_hand(application, connection):
         return "checked"
-    if server_process(application) is None:
+    if not any(server_process(r) for r in _on(application, host) if r.deploy_id == deploy_id):
         fail_deploy(application, "The deploy job stopped before finishing (its worker died). Deploy again.")
         return "repaired"
-    log_event(application.id, "the deploy job died while the server was starting: following it to ready", "WARNING")
+    log_event(application.id, "the deploy job died while the servers were starting: following them to ready", "WARNING")
     queues.queue(queues.host_queue_name(queues.this_host())).enqueue(
         "jobs.deploy.resume_deploy",
         str(application.id),
@@ -100,38 +127,127 @@ def _reconcile_deploying(application: Application, connection) -> str:
     return "resumed"
 
 
-def _reconcile_running(application: Application, connection) -> str:
-    process = server_process(application)
-    if process is None:
-        return _restart_or_fail(application, "the server process died")
-    silence_key = keyspace.health_misses(application.id)
-    state = health(application)
-    if state and state.get("status") == "ready":
-        connection.delete(silence_key)
-        _sample_usage(application, process)
+def _reconcile_running(application: Application, connection, host: str) -> str:
+    """Each replica of a running application on this host: serving ones checked (a dead or silent one
+    is replaced), replacements followed, draining ones whose roll-out died stopped."""
+    outcome = "checked"
+    job_in_hand = _deploy_in_hand(application, connection)
+    if application.rolling_to is not None and not job_in_hand:
+        end_roll_failed(
+            application, application.deploy_id, "The roll-out's job stopped before finishing (its worker died)."
+        )
+        outcome = "repaired"
+    dead: list[tuple[Replica, str]] = []
+    for replica in _on(application, host):
+        if replica.status == "ready":
+            if reason := _judge(replica, connection):
+                dead.append((replica, reason))
+        elif replica.status == "starting" and replica.deploy_id != application.deploy_id:
+            outcome = _follow_replacement(application, replica) or outcome
+        elif replica.status == "draining" and not _retiring(application, connection, host):
+            remove_replicas(application, [replica], current_app.config["STOP_GRACE_S"])
+            log_event(application.id, f"replica {replica.id[:8]} stopped (its retirement's job had died)")
+            outcome = "repaired"
+    if dead:
+        return _replace(application, dead)
+    serving = [(r, p) for r in _on(application, host) if r.status == "ready" and (p := server_process(r))]
+    if serving:
+        _sample_usage(application, serving)
         if not connection.exists(keyspace.api_keys(application.id)):
             publish_keys(application)  # Redis lost its data (a restart without persistence)
         if not connection.exists(keyspace.plugin_chain(application.id)):
             plugins.publish_chain(application)
-        return "checked"
+    return outcome
+
+
+def _judge(replica: Replica, connection) -> str | None:
+    """Why a serving replica counts as dead (None: it serves, or is busy and given time)."""
+    process = server_process(replica)
+    if process is None:
+        return "the server process died"
+    silence_key = keyspace.health_misses(replica.id)
+    state = health(replica)
+    if state and state.get("status") == "ready":
+        connection.delete(silence_key)
+        return None
     try:
         cpu = sum(process.cpu_times()[:2])
     except psutil.NoSuchProcess:
-        return _restart_or_fail(application, "the server process died")
+        return "the server process died"
     previous = Silence.load(connection.hgetall(silence_key))
     silence, reason = judge_silence(previous, cpu, time.time())
     if reason is None:
         if silence.busy_since is not None and previous.busy_since is None:
-            log_event(application.id, "the server is too busy to answer its health check; not restarting it", "WARNING")
+            log_event(
+                replica.application_id, "a server is too busy to answer its health check; not restarting it", "WARNING"
+            )
         connection.hset(silence_key, mapping=silence.dump())
         connection.expire(silence_key, BUSY_LIMIT_S * 2)
-        return "checked"
+        return None
     connection.delete(silence_key)
-    return _restart_or_fail(application, reason)
+    return reason
+
+
+def _replace(application: Application, dead: list[tuple[Replica, str]]) -> str:
+    """Dead replicas go; while others serve, each is replaced as the restart policy allows; the last
+    one's death restarts (or fails) the whole application."""
+    reason = dead[0][1]
+    for replica, why in dead:
+        log_event(
+            application.id, f"replica {replica.id[:8]} (pid {replica.pid}, release {replica.release}): {why}", "WARNING"
+        )
+    remove_replicas(application, [replica for replica, _ in dead], grace_s=0)
+    alive = [r for r in application.replicas if r.status in ("ready", "starting")]
+    if not any(r.status == "ready" for r in alive):
+        return _restart_or_fail(application, reason)
+    config = {**applications.DEFAULT_CONFIG, **application.config}
+    wanted = int(get_release(application, application.deployed_release).setup["config"].get("replicas", 1))
+    for _ in range(max(0, wanted - len(alive))):
+        decision = decide_restart(
+            reason, config["restart_policy"], int(config["max_restarts"]), len(application.restarts or [])
+        )
+        if not decision.restart:
+            log_event(application.id, f"not replaced: {decision.error} The other replicas serve on.", "WARNING")
+            break
+        application.restarts = [*application.restarts, {"at": now_iso(), "reason": reason}]
+        replica = Replica(
+            release=application.deployed_release, deploy_id="r" + uuid.uuid4().hex[1:], host=queues.this_host()
+        )
+        application.replicas.append(replica)
+        db.session.commit()
+        try:
+            spawn(application, replica, ServingSetup.of(get_release(application, replica.release)))
+        except DeployFailed as e:
+            remove_replicas(application, [replica], grace_s=0)
+            log_event(application.id, f"the replacement replica could not start: {e}", "ERROR")
+            break
+    return "replaced"
+
+
+def _follow_replacement(application: Application, replica: Replica) -> str | None:
+    """A replacement the reconcile started: ready (it joins the route), dead or too slow (it goes)."""
+    if server_process(replica) is None:
+        remove_replicas(application, [replica], grace_s=0)
+        log_event(application.id, "the replacement replica exited during start-up; see the logs", "ERROR")
+        return "repaired"
+    state = health(replica) or {}
+    if state.get("status") == "ready":
+        replica.status = "ready"
+        application.updated_at = utcnow()
+        db.session.commit()
+        routing.publish(application.id)
+        log_event(application.id, f"replacement replica ready at {endpoint_url(replica)}")
+        return "replaced"
+    late = (utcnow() - replica.started_at).total_seconds() > current_app.config["DEPLOY_TIMEOUT_S"]
+    if state.get("status") == "failed" or late:
+        remove_replicas(application, [replica], grace_s=0)
+        log_event(application.id, "the replacement replica did not become ready; the others serve on", "ERROR")
+        return "repaired"
+    return None
 
 
 def _restart_or_fail(application: Application, reason: str) -> str:
-    terminate(application, grace_s=0)
+    remove_replicas(application, list(application.replicas), grace_s=0)
     config = {**applications.DEFAULT_CONFIG, **application.config}
     decision = decide_restart(
         reason, config["restart_policy"], int(config["max_restarts"]), len(application.restarts or [])
@@ -139,31 +255,30 @@ def _restart_or_fail(application: Application, reason: str) -> str:
     if decision.restart:
         request_deploy(application, restart_reason=reason, delay_s=decision.delay_s)
         return "restarted"
-    lifecycle.transition(
-        application.id,
-        "crashed",
-        last_error=decision.error,
-        process_pid=None,
-        process_port=None,
-        process_host=None,
-    )
+    lifecycle.transition(application.id, "crashed", last_error=decision.error, endpoint=None, rolling_to=None)
     log_event(application.id, decision.error, "ERROR")
     return "failed"
 
 
-def _sample_usage(application: Application, process: psutil.Process) -> None:
+def _sample_usage(application: Application, serving: list[tuple[Replica, psutil.Process]]) -> None:
+    """CPU and memory of the application's serving processes on this host, added up."""
     try:
         # Not inside oneshot(): it caches the CPU times, and the two readings would be the same (0 %).
-        cpu_percent = process.cpu_percent(interval=0.1)
-        with process.oneshot():
-            usage = {
-                "cpu_percent": cpu_percent,
-                "rss_bytes": process.memory_info().rss,
-                "threads": process.num_threads(),
-                "sampled_at": now_iso(),
-            }
+        cpu_percent = sum(process.cpu_percent(interval=0.1) for _, process in serving)
+        rss = threads = 0
+        for _, process in serving:
+            with process.oneshot():
+                rss += process.memory_info().rss
+                threads += process.num_threads()
     except psutil.NoSuchProcess:
         return
+    usage = {
+        "cpu_percent": cpu_percent,
+        "rss_bytes": rss,
+        "threads": threads,
+        "replicas": len(serving),
+        "sampled_at": now_iso(),
+    }
     used = key_uses(queues.connection().hgetall(keyspace.api_keys_used(application.id)))
     for key_id, last_used_at in used.items():
         db.session.execute(

@@ -15,9 +15,9 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import secrets_box
 from ..extensions import db
-from ..models import MAX_ID, Application, RegistryModel, Release, User
+from ..models import MAX_ID, Application, ApplicationPlugin, EnvVar, Plugin, RegistryModel, Release, Replica, User
 from ..runtime import plugins as plugin_types
-from . import NotFound, lifecycle, routing
+from . import FieldErrors, NotFound, lifecycle, routing
 
 MAX_NOTE = 200  # a longer note is cut: it is one line
 FIRST_NOTE = "The setup when releases began"
@@ -120,10 +120,60 @@ def record_live(applications: list[Application], author: User | None, note: str)
     each then runs its new release."""
     for application in applications:
         release = record(application, author, note)
-        if application.status == lifecycle.RUNNING and application.deployed_release not in (None, release.number):
+        serving = application.deployed_release
+        if application.status == lifecycle.RUNNING and serving not in (None, release.number):
             application.deployed_release = release.number
+            db.session.execute(  # its replicas run it now: the chain is live
+                db.update(Replica)
+                .where(Replica.application_id == application.id, Replica.release == serving)
+                .values(release=release.number)
+            )
             db.session.commit()
             routing.publish(application.id)  # the number its answers carry
+
+
+def restore(application: Application, number: int, author: User | None) -> Release:
+    """Make release ``number``'s setup the application's again (a rollback), as its next release: the
+    model, configuration, environment (secrets as they were stored) and plugin chain. A plugin since
+    deleted stays out; a plugin's own settings, shared by every application using it, are not
+    changed. The caller deploys it (a roll-out while it runs).
+
+    :raise NotFound: no such release. :raise TransitionRefused: it is deploying or stopping.
+    :raise FieldErrors: its model is gone from the registry.
+    """
+    target = get(application, number)
+    setup = target.setup
+    if db.session.get(RegistryModel, setup["model"]["id"]) is None:
+        raise FieldErrors({"model_id": [f"Release {number}'s model is no longer in the registry."]})
+    begin(application)
+    lifecycle.claim_for_edit(application.id, model_id=setup["model"]["id"], config=dict(setup["config"]))
+    db.session.execute(db.delete(EnvVar).where(EnvVar.application_id == application.id))
+    for position, var in enumerate(setup["env"]):
+        value = var["ciphertext"] if var["secret"] else var["value"]
+        db.session.add(
+            EnvVar(
+                application_id=application.id, position=position, name=var["name"], value=value, is_secret=var["secret"]
+            )
+        )
+    db.session.execute(db.delete(ApplicationPlugin).where(ApplicationPlugin.application_id == application.id))
+    kept = [p for p in setup["plugins"] if db.session.get(Plugin, p["plugin_id"]) is not None]
+    for position, link in enumerate(kept):
+        db.session.add(
+            ApplicationPlugin(
+                application_id=application.id,
+                plugin_id=link["plugin_id"],
+                position=position,
+                enabled=link["enabled"],
+                config=dict(link["overrides"]),
+            )
+        )
+    db.session.commit()
+    db.session.expire(application)
+    from . import plugins
+
+    if application.status == lifecycle.RUNNING:
+        plugins.publish_chain(application)  # chains are live: its servers take it at once
+    return record(application, author, f"Rollback to release {number}")
 
 
 def begin(*applications: Application) -> None:

@@ -1,10 +1,12 @@
 """The gateway's routes: what the platform tells every gateway about each application, in Redis.
 
-A route (llmapp/gateway/table.py reads it) is derived from the application's row: its name, owner,
-status, running release and replicas, so it is published after every change of those is committed (a
-transition, an edit, a delete) and announced on ``keyspace.routes_changed()``. It is signed (app servers
-can write to Redis; they can't sign) and carries a version, the row's ``updated_at``: a publisher that
-read the row earlier never overwrites a newer route. When Redis is unreachable at that moment the
+A route (llmapp/gateway/table.py reads it) is derived from the application's row and its replicas'
+rows: its name, owner, status, running release and each replica's address, release and state, so it is
+published after every change of those is committed (a transition, a replica ready or draining, an
+edit, a delete) and announced on ``keyspace.routes_changed()``. It is signed (app servers
+can write to Redis; they can't sign) and carries a version, the application row's ``updated_at``
+(bumped with each replica's change): a publisher that read the rows earlier never overwrites a newer
+route. When Redis is unreachable at that moment the
 reconcile publishes it on its next round (``publish_all``): the row is the truth.
 """
 
@@ -18,7 +20,7 @@ from flask import current_app
 from .. import keyspace, queues
 from ..extensions import db
 from ..gateway.table import route_key, sign, unsign
-from ..models import Application
+from ..models import Application, Replica
 from . import lifecycle
 
 # Write a route unless the one there is newer (ARGV: id, signed route, its version), and announce it.
@@ -37,9 +39,10 @@ return 1
 """
 
 ROUTE_COLUMNS = (
-    Application.id, Application.name, Application.created_by_id, Application.status, Application.endpoint,
-    Application.deploy_id, Application.deployed_release, Application.updated_at,
+    Application.id, Application.name, Application.created_by_id, Application.status,
+    Application.deployed_release, Application.updated_at,
 )  # fmt: skip
+ROUTED = ("ready", "draining")  # a starting replica is sent nothing: it is not in the route yet
 
 
 def signing_key() -> bytes:
@@ -47,18 +50,33 @@ def signing_key() -> bytes:
     return route_key(current_app.config.get("SECRETS_KEY") or current_app.config["SECRET_KEY"])
 
 
-def route(application) -> dict:
-    """The application's route as the gateways read it (``application``: its row, or ROUTE_COLUMNS)."""
+def _replicas_by_application(application_ids) -> dict:
+    found: dict = {}
+    rows = db.session.execute(
+        db.select(Replica.application_id, Replica.id, Replica.port, Replica.address, Replica.release, Replica.status)
+        .where(Replica.application_id.in_(application_ids), Replica.status.in_(ROUTED), Replica.port.is_not(None))
+        .order_by(Replica.started_at)
+    )
+    for row in rows:
+        found.setdefault(row.application_id, []).append(row)
+    return found
+
+
+def route(application, replica_rows=()) -> dict:
+    """The application's route as the gateways read it (``application``: its row, or ROUTE_COLUMNS;
+    ``replica_rows``: its replicas that are ready or draining)."""
     replicas = []
-    if application.status in (lifecycle.RUNNING, lifecycle.STOPPING) and application.endpoint:
-        replicas.append(
-            {
-                "id": application.deploy_id,
-                "url": application.endpoint.removesuffix("/v1"),
-                # A stopping server finishes what it has; the gateway sends it nothing new.
-                "draining": application.status == lifecycle.STOPPING,
-            }
-        )
+    if application.status in (lifecycle.RUNNING, lifecycle.STOPPING):
+        for replica in replica_rows:
+            replicas.append(
+                {
+                    "id": replica.id,
+                    "url": f"http://{replica.address}:{replica.port}",
+                    "release": replica.release,
+                    # A draining or stopping server finishes what it has; the gateway sends it nothing new.
+                    "draining": replica.status == "draining" or application.status == lifecycle.STOPPING,
+                }
+            )
     return {
         "id": str(application.id),
         "name": application.name,
@@ -70,8 +88,8 @@ def route(application) -> dict:
     }
 
 
-def _signed(application, key: bytes) -> str:
-    return sign(key, json.dumps(route(application), sort_keys=True))
+def _signed(application, replica_rows, key: bytes) -> str:
+    return sign(key, json.dumps(route(application, replica_rows), sort_keys=True))
 
 
 def _write(connection, application_id: str, signed: str) -> None:
@@ -88,7 +106,10 @@ def publish(application_id) -> None:
     application = db.session.execute(db.select(*ROUTE_COLUMNS).where(Application.id == application_id)).first()
     connection, key = queues.connection(), signing_key()
     try:
-        signed = _signed(application, key) if application is not None else _tombstone(str(application_id), key)
+        if application is None:
+            signed = _tombstone(str(application_id), key)
+        else:
+            signed = _signed(application, _replicas_by_application([application.id]).get(application.id, ()), key)
         _write(connection, str(application_id), signed)
     except redis.RedisError as e:
         current_app.logger.warning("the route of application %s waits for the reconcile: %s", application_id, e)
@@ -101,7 +122,9 @@ def publish_all() -> int:
     published = {
         i.decode(errors="replace"): v.decode(errors="replace") for i, v in connection.hgetall(keyspace.routes()).items()
     }
-    wanted = {str(a.id): _signed(a, key) for a in db.session.execute(db.select(*ROUTE_COLUMNS))}
+    applications = db.session.execute(db.select(*ROUTE_COLUMNS)).all()
+    replicas = _replicas_by_application([a.id for a in applications])
+    wanted = {str(a.id): _signed(a, replicas.get(a.id, ()), key) for a in applications}
     changed = [i for i, signed in wanted.items() if published.get(i) != signed]
     for application_id in changed:
         _write(connection, application_id, wanted[application_id])

@@ -1,6 +1,6 @@
-"""An application's server process on this host: its port, its run folder, its account, its
-environment, and spawning, finding and terminating it (orphans too). The deploy (deployments.py) and
-the reconcile (reconcile.py) call these; what the server is told is server_spec.py's.
+"""A replica's server process on this host: its port, its run folder, its account, its environment,
+and spawning, finding and terminating it (orphans too). The deploy (deployments.py) and the reconcile
+(reconcile.py) call these; what the server is told is server_spec.py's, from the release it serves.
 """
 
 import itertools
@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +21,12 @@ from flask import current_app
 
 from .. import ROOT, engines, queues, secrets_box
 from ..extensions import db
-from ..models import Application
+from ..models import Application, Replica
 from ..runtime.plugins.published import CHAIN_KEY_VARIABLE
 from ..runtime.spec import REDIS_URL_VARIABLE
-from . import environment, metrics, plugins, registry
+from . import NotFound, environment, metrics, plugins, registry
 from .platform_log import log_event
-from .server_spec import spec_for
+from .server_spec import ServingSetup, spec_for
 
 # What a server inherits from its worker's environment: the system's basics and what its engine and
 # libraries read. Nothing else (cloud credentials, the platform's own secrets) reaches user-configured
@@ -50,18 +51,18 @@ class DeployFailed(Exception):
     """Why a deploy failed, in words for the user."""
 
 
-def server_environment(application: Application, user: "ServerUser | None") -> dict:
-    """The server's environment: an allow-list of the worker's, the application's own variables, where
+def server_environment(application: Application, setup: ServingSetup, user: "ServerUser | None") -> dict:
+    """The server's environment: an allow-list of the worker's, the release's own variables, where
     Redis is. A variable of a kind members may not set (stored before the rule existed) fails the deploy."""
     allowed = INHERITED_ENV | set(current_app.config["SERVER_ENV_ALLOW"])
     env = {k: v for k, v in os.environ.items() if k in allowed or k.startswith("LC_")}
-    for var in application.env_vars:
-        if why := environment.refusal(var.name):
+    for name, value, secret in setup.env:
+        if why := environment.refusal(name):
             raise DeployFailed(f"{why} Remove it from the application's environment variables.")
         try:
-            env[var.name] = secrets_box.decrypt(var.value) if var.is_secret else var.value
+            env[name] = secrets_box.decrypt(value) if secret else value
         except ValueError as e:
-            raise DeployFailed(f"The secret {var.name} could not be decrypted ({e}); enter it again.") from e
+            raise DeployFailed(f"The secret {name} could not be decrypted ({e}); enter it again.") from e
     if user is not None:  # nothing of root's home or temporary files
         env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
     env[REDIS_URL_VARIABLE] = current_app.config["REDIS_URL"]
@@ -101,7 +102,7 @@ class ServerUser:
         return (st.st_mode >> shift) & bits == bits
 
 
-def server_user(application: Application, port: int) -> ServerUser | None:
+def server_user(application: Application, setup: ServingSetup, port: int) -> ServerUser | None:
     """Who the application's server runs as (None: the platform's own account).
 
     A platform that isn't root can't switch accounts. As root, by default each server gets an account
@@ -130,7 +131,7 @@ def server_user(application: Application, port: int) -> ServerUser | None:
     else:
         uid = current_app.config["SERVER_UID_BASE"] + current_app.config["SERVER_PORTS"].index(port)
         user = ServerUser(f"llmapp-server-{uid}", uid, NOGROUP_GID, "/nonexistent")
-    unreadable = next((path for path in paths_to_read(application) if not user.can_read(path)), None)
+    unreadable = next((path for path in paths_to_read(setup) if not user.can_read(path)), None)
     if unreadable is None:
         return user
     why = (
@@ -145,7 +146,7 @@ def server_user(application: Application, port: int) -> ServerUser | None:
     return None
 
 
-def paths_to_read(application: Application) -> list[Path]:
+def paths_to_read(setup: ServingSetup) -> list[Path]:
     """What a server must read: the interpreter and its standard library, the packages, the code, and
     what its engine reads (the model).
 
@@ -153,7 +154,7 @@ def paths_to_read(application: Application) -> list[Path]:
     """
     paths = sysconfig.get_paths()
     needed = [Path(sys.executable), Path(paths["stdlib"]), Path(paths["purelib"]), Path(ROOT) / "llmapp"]
-    model = registry.get_model(application.model_id)
+    model = _model(setup)
     try:
         return needed + engines.kind(model.engine).paths_to_read(model)
     except engines.NotReady as e:
@@ -180,7 +181,8 @@ def _port_is_free(port: int) -> bool:
 
 
 def choose_port(application: Application) -> int:
-    """The application's own port while it is free; else a free one of the range no other application holds.
+    """The application's own port while it is free; else a free one of the range that no other
+    application keeps and no replica holds.
 
     :raise DeployFailed: every port of the range is taken.
     """
@@ -188,7 +190,7 @@ def choose_port(application: Application) -> int:
         db.session.scalars(
             db.select(Application.port).where(Application.id != application.id, Application.port.is_not(None))
         )
-    )
+    ) | set(db.session.scalars(db.select(Replica.port).where(Replica.port.is_not(None))))
     if application.port and application.port not in held and _port_is_free(application.port):
         return application.port
     ports = current_app.config["SERVER_PORTS"]
@@ -202,26 +204,34 @@ def choose_port(application: Application) -> int:
     )
 
 
-def preflight(application: Application) -> None:
+def _model(setup: ServingSetup):
+    try:
+        return registry.get_model(setup.model_id)
+    except NotFound as e:
+        raise DeployFailed(f"Release {setup.release}'s model is no longer in the registry.") from e
+
+
+def preflight(setup: ServingSetup) -> None:
     """Before a process starts (and imports its engine, seconds): a model that can't be served fails now.
 
     :raise DeployFailed: with the engine's reason.
     """
-    model = registry.get_model(application.model_id)
+    model = _model(setup)
     try:
         engines.kind(model.engine).preflight(model)
     except engines.NotReady as e:
         raise DeployFailed(str(e)) from e
 
 
-def spawn(application: Application) -> psutil.Process:
-    """Start the application's server (its port, chain, account, spec, environment); record where it runs.
+def spawn(application: Application, replica: Replica, setup: ServingSetup) -> psutil.Process:
+    """Start one replica's server (its port, chain, account, spec, environment) serving ``setup``;
+    record where it runs on its row.
 
     :raise DeployFailed: why it could not be started.
     """
-    preflight(application)
+    preflight(setup)
     port = choose_port(application)
-    if application.port and port != application.port:
+    if application.port and port != application.port and len(application.replicas) == 1:
         log_event(
             application.id,
             f"port {application.port} is taken on {queues.this_host()}: the endpoint moves to port {port}",
@@ -231,9 +241,9 @@ def spawn(application: Application) -> psutil.Process:
         plugins.publish_chain(application)
     except ValueError as e:
         raise DeployFailed(f"The plugin chain could not be prepared ({e}); enter the webhook's secret again.") from e
-    user = server_user(application, port)
-    spec_path = run_dir() / f"{application.id}.json"
-    spec_for(application, port).write(spec_path)
+    user = server_user(application, setup, port)
+    spec_path = run_dir() / f"{application.id}.{replica.id}.json"
+    spec_for(application, port, setup).write(spec_path)
     output = os.open(run_dir() / f"{application.id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     spec_file = open(spec_path, "rb")  # noqa: SIM115 - the server reads it on its standard input
     try:
@@ -244,7 +254,7 @@ def spawn(application: Application) -> psutil.Process:
         process = subprocess.Popen(
             [sys.executable, "-I", "-u", "-c", SERVER_LAUNCHER, "--spec", str(spec_path), "--spec-on-stdin"],
             cwd=ROOT,
-            env=server_environment(application, user),
+            env=server_environment(application, setup, user),
             stdout=output,
             stderr=subprocess.STDOUT,
             stdin=spec_file,
@@ -256,58 +266,72 @@ def spawn(application: Application) -> psutil.Process:
     finally:
         os.close(output)
         spec_file.close()
-    db.session.execute(
-        db.update(Application)
-        .where(Application.id == application.id)
-        .values(process_host=queues.this_host(), process_pid=process.pid, process_port=port, port=port)
-    )
+    replica.host, replica.pid, replica.port = queues.this_host(), process.pid, port
+    replica.address = current_app.config["ADVERTISE_HOST"]
+    if len(application.replicas) == 1:
+        application.port = port  # its only server's: the port its endpoint keeps from now on
     db.session.commit()
-    db.session.refresh(application)
-    log_event(application.id, f"server process {process.pid} started on {queues.this_host()}:{port}")
+    log_event(
+        application.id,
+        f"server process {process.pid} started on {queues.this_host()}:{port} (release {setup.release})",
+    )
     return psutil.Process(process.pid)
 
 
-def server_process(application: Application) -> psutil.Process | None:
-    """The application's server process, if it runs on this host and is alive."""
-    if not application.process_pid or application.process_host != queues.this_host():
+def server_process(replica: Replica) -> psutil.Process | None:
+    """The replica's server process, if it runs on this host and is alive."""
+    if not replica.pid or replica.host != queues.this_host():
         return None
     try:
-        process = psutil.Process(application.process_pid)
+        process = psutil.Process(replica.pid)
         if process.status() == psutil.STATUS_ZOMBIE:
             process.wait(0)
             return None
-        if f"{application.id}.json" not in " ".join(process.cmdline()):  # not a reused pid
+        if str(replica.application_id) not in " ".join(process.cmdline()):  # not a reused pid
             return None
         return process
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.TimeoutExpired):
         return None
 
 
-def health(application: Application, timeout: float = HEALTH_TIMEOUT_S) -> dict | None:
-    return metrics.server_health(f"http://127.0.0.1:{application.process_port}", timeout)
+def health(replica: Replica, timeout: float = HEALTH_TIMEOUT_S) -> dict | None:
+    return metrics.server_health(f"http://127.0.0.1:{replica.port}", timeout)
 
 
-def terminate(application: Application, grace_s: float) -> int | None:
-    """SIGTERM (the server drains in-flight requests), SIGKILL after ``grace_s``. Returns the exit code."""
-    process = server_process(application)
-    if process is None:
-        return None
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
+def terminate(replicas: list[Replica], grace_s: float) -> dict[str, int | None]:
+    """SIGTERM each replica's server at once (each drains its in-flight requests), SIGKILL one still
+    there after ``grace_s``. Returns each one's exit code, by replica id."""
+    signalled = {}
+    for replica in replicas:
+        process = server_process(replica)
+        if process is None:
+            continue
         try:
-            return process.wait(grace_s + 2)
-        except psutil.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            log_event(application.id, f"server did not stop within {grace_s:g} s: killed", "WARNING")
-            return process.wait(5)
-    except (ProcessLookupError, psutil.NoSuchProcess):
-        return None
+            os.killpg(process.pid, signal.SIGTERM)
+            signalled[replica.id] = (replica, process)
+        except (ProcessLookupError, PermissionError):
+            continue
+    codes: dict[str, int | None] = {replica.id: None for replica in replicas}
+    deadline = time.monotonic() + grace_s + 2  # they drain side by side
+    for replica_id, (replica, process) in signalled.items():
+        try:
+            try:
+                codes[replica_id] = process.wait(max(0.1, deadline - time.monotonic()))
+            except psutil.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                log_event(
+                    replica.application_id, f"server {process.pid} did not stop within {grace_s:g} s: killed", "WARNING"
+                )
+                codes[replica_id] = process.wait(5)
+        except (ProcessLookupError, psutil.NoSuchProcess, psutil.TimeoutExpired):
+            continue
+    return codes
 
 
 def kill_orphan(pid: int, application_id: str) -> None:
     try:
         process = psutil.Process(pid)
-        if f"{application_id}.json" in " ".join(process.cmdline()):
+        if str(application_id) in " ".join(process.cmdline()):
             os.killpg(pid, signal.SIGKILL)
     except (psutil.NoSuchProcess, ProcessLookupError):
         pass

@@ -221,7 +221,7 @@ def disable(user: User, *, acting: "User | Operator") -> None:
         raise Conflict(f"{user.email} is the last admin: make another user an admin first.")
     if user.disabled_at is not None:
         return
-    from . import deployments, playground
+    from . import api_keys, playground
 
     user.disabled_at = utcnow()
     _end_logins(user)
@@ -236,7 +236,7 @@ def disable(user: User, *, acting: "User | Operator") -> None:
     db.session.flush()
     for application in {key.application for key in revoked}:
         try:
-            deployments.publish_keys(application)
+            api_keys.publish_keys(application)
         except redis.RedisError:
             pass  # best effort: the key expires within the hour anyway, and the next deploy republishes
     db.session.commit()

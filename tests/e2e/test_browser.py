@@ -285,9 +285,9 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
 
         # kill -9 of its server: restarted by the reconcile, at the same endpoint, which answers again.
         with app.app_context():
-            from llmapp.models import Application
+            from llmapp.models import Application, Replica
 
-            pid = db.session.scalar(db.select(Application.process_pid).filter_by(name="hello-tiny"))
+            pid = db.session.scalar(db.select(Replica.pid).join(Application).filter(Application.name == "hello-tiny"))
         os.kill(pid, signal.SIGKILL)
         expect(page.locator("#live")).to_contain_text("Restarts (1)", timeout=30_000)
         expect(page.locator("#live h1 .badge")).to_have_text("running", timeout=60_000)

@@ -375,7 +375,7 @@ def test_concurrency_timeout_cache_log_level_and_environment(
         assert "this server runs with the platform's rights (an operator can change that)" in text
     # The spec on disk: readable by its owner only, and no credential in it (not even Redis's URL).
     run = tmp_path / "instance" / "run"
-    spec = run / f"{deployed.id}.json"
+    spec = run / f"{deployed.id}.{deployed.replicas[0].id}.json"
     assert stat.S_IMODE(spec.stat().st_mode) == 0o600 and stat.S_IMODE(run.stat().st_mode) == 0o700
     assert stat.S_IMODE((run / f"{deployed.id}.log").stat().st_mode) == 0o600
     assert "redis" not in spec.read_text().lower() and "tok-secret-123" not in spec.read_text()
@@ -525,11 +525,11 @@ def test_a_deploy_whose_worker_died_is_followed_to_ready_while_its_server_loads(
     application = factory.application(member, tiny, name="orphan", config=dict(CONFIG))
     auth.login(member)
     client.post(f"/applications/{application.id}/deploy", headers=HX)
-    pid = wait_for(lambda: row(app, application.id).process_pid, 30, 0.05, "the server process")
+    pid = wait_for(lambda: [r.pid for r in row(app, application.id).replicas if r.pid], 30, 0.05, "its server")[0]
     os.kill(pid, signal.SIGSTOP)  # the server is alive but still loading, as on a busy machine
     workers.kill(workers.processes[0])  # the worker and its work horse die mid-deploy
     workers.start(1)  # another worker's reconcile finds the deploy without its job
-    wait_logged(app, application.id, "following it to ready")  # the reconcile follows it
+    wait_logged(app, application.id, "following them to ready")  # the reconcile follows it
     assert status(app, application.id) == "deploying"  # judged by where it goes, not by one instant
     os.kill(pid, signal.SIGCONT)
     repaired = wait_status(app, application.id, {"running", "failed"}, timeout=90)
@@ -558,17 +558,30 @@ def test_a_deploy_job_run_twice_starts_one_process(app, client, auth, member, fa
     assert len(server_processes(application.id)) == 1
 
 
-def test_deploy_refused_twice_and_edit_refused_while_running(app, client, auth, member, factory, tiny, workers):
+def test_a_second_deploy_is_refused_while_one_rolls_out_and_a_flood_restarts_nothing(
+    app, client, auth, member, factory, tiny, workers
+):
     workers.start(1)
-    deployed, _, key = running_app(app, client, auth, member, factory, tiny, "busy")
-    response = client.post(f"/applications/{deployed.id}/deploy", headers=HX, follow_redirects=False)
-    assert response.headers["HX-Redirect"] == f"/applications/{deployed.id}"
+    first, _, key = running_app(app, client, auth, member, factory, tiny, "busy")
+    application_id = first.id
+    for _ in range(2):  # a double click: the first rolls release 1 out again, the second is refused
+        response = client.post(f"/applications/{application_id}/deploy", headers=HX, follow_redirects=False)
+        assert response.headers["HX-Redirect"] == f"/applications/{application_id}"
     assert (
-        "Only a stopped or failed application can be deployed; this one is running."
-        in client.get(f"/applications/{deployed.id}").text
+        "Release 1 is being rolled out; wait until it serves or fails."
+        in client.get(f"/applications/{application_id}").text
     )
-    assert client.post(f"/applications/{deployed.id}/delete").status_code == 303
-    assert status(app, deployed.id) == "running" and len(server_processes(deployed.id)) == 1
+    assert client.post(f"/applications/{application_id}/delete").status_code == 303
+    wait_for(
+        lambda: (
+            (now := row(app, application_id)).rolling_to is None and len(server_processes(application_id)) == 1 and now
+        ),
+        120,
+        0.2,
+        "the roll-out to end with one server",
+    )
+    deployed = row(app, application_id)
+    assert deployed.status == "running" and deployed.deployed_release == 1 and deployed.last_error is None
 
     # A flood of huge bodies can't get the server restarted: refused (413) or refused without
     # tokenising (400), while /health keeps answering; three reconciles later nothing has happened.
@@ -611,8 +624,10 @@ def test_cli_deploy_keys_and_stop(app, runner, member, factory, tiny, workers):
     assert api.models.list().data[0].id == "cli-app"
     listing = json.loads(runner.invoke(args=["apps", "list", "--json"]).output)
     assert [(a["name"], a["status"]) for a in listing] == [("cli-app", "running")]
-    refused = runner.invoke(args=["apps", "deploy", "cli-app"])
-    assert refused.exit_code != 0 and "this one is running" in refused.output
+    rolled = runner.invoke(args=["apps", "deploy", "cli-app", "--wait", "--json"])  # the same release, afresh
+    assert rolled.exit_code == 0 and json.loads(rolled.output)["release"] == 1, rolled.output
+    refused = runner.invoke(args=["apps", "rollback", "cli-app"])
+    assert refused.exit_code != 0 and "has no release before release 1 to roll back to" in refused.output
     result = runner.invoke(args=["apps", "stop", "cli-app", "--wait", "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["status"] == "stopped"
     assert runner.invoke(args=["apps", "stop", "nope"]).exit_code != 0

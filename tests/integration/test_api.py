@@ -243,11 +243,13 @@ def test_a_refused_transition_is_409_with_the_status_now(app, client, member, fa
     token = bearer(token_for(app, member))
     running = factory.application(member, factory.model(), name="busy", status="running")
     url = f"{API}/applications/{running.id}"
-    assert problem(client.post(f"{url}/deploy", headers=token), 409)["current_status"] == "running"
     assert problem(client.delete(url, headers=token), 409)["current_status"] == "running"
+    moving = factory.application(member, factory.model(), name="moving", status="deploying")
+    moving_url = f"{API}/applications/{moving.id}"
+    assert problem(client.post(f"{moving_url}/deploy", headers=token), 409)["current_status"] == "deploying"
     assert (
-        problem(client.put(url, json=application_body(factory.model()), headers=token), 409)["current_status"]
-        == "running"
+        problem(client.put(moving_url, json=application_body(factory.model()), headers=token), 409)["current_status"]
+        == "deploying"
     )
     stopped = factory.application(member, factory.model(), name="idle")
     assert (

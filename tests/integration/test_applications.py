@@ -116,7 +116,7 @@ def test_row_actions_follow_the_status(logged_in, factory, member):
     stopped_row = re.search(rf'<tr id="app-{stopped.id}">.*?</tr>', text, re.S).group(0)
     assert f'hx-delete="/applications/{stopped.id}/delete"' in stopped_row
     assert f"/applications/{stopped.id}/edit" in stopped_row
-    assert "hx-delete" not in running_row and f"/applications/{running.id}/edit" not in running_row
+    assert "hx-delete" not in running_row and f"/applications/{running.id}/edit" in running_row  # a draft release
     assert 'disabled title="Stop the application before deleting it"' in running_row
 
 
@@ -157,6 +157,7 @@ def test_create_succeeds_flashes_and_lists(logged_in, factory, app, member):
         "batch_size": 2,
         "restart_policy": "on-failure",
         "max_restarts": 3,
+        "replicas": 1,  # left empty: one
         "log_lines": 2000,  # left empty: the platform's retention
         "log_days": 7,
     }
@@ -401,15 +402,15 @@ def test_detail_page_sections(logged_in, factory, member):
 # --- edit and delete refused while not stopped -------------------------------------------------
 
 
-@pytest.mark.parametrize("status", ["running", "deploying", "stopping"])
+@pytest.mark.parametrize("status", ["deploying", "stopping"])
 def test_edit_and_delete_refused_by_the_server(logged_in, factory, member, app, status):
     model = factory.model()
     application = factory.application(member, model, name="busy", status=status)
     page = logged_in.get(f"/applications/{application.id}/edit", follow_redirects=True)
-    assert f"busy is {status}: stop it before editing." in page.text
+    assert f"busy is {status}: wait until it is running, stopped or failed to edit it." in page.text
     response = logged_in.post(f"/applications/{application.id}/edit", data=form_data(model, name="changed"))
     assert response.status_code == 409
-    assert f"An application can be edited only while stopped or failed; this one is {status}." in response.text
+    assert f"An application can be edited only while stopped, failed or running; this one is {status}." in response.text
     assert 'value="changed"' in response.text  # what the user typed is kept
     response = logged_in.delete(f"/applications/{application.id}/delete", headers=HX, follow_redirects=False)
     assert response.headers["HX-Redirect"] == f"/applications/{application.id}"

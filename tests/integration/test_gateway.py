@@ -124,11 +124,20 @@ def client(gateway, key) -> openai.OpenAI:
 
 def run(app, application, replica: FakeReplica, deploy_id=None) -> None:
     """Take the application to running at ``replica``, as a deploy does (the transitions publish its route)."""
+    from llmapp.models import Replica
     from llmapp.services import lifecycle
 
+    deploy_id = deploy_id or uuid.uuid4().hex
+    address, port = replica.url.removeprefix("http://").rsplit(":", 1)
     with app.app_context():
-        lifecycle.transition(application.id, "deploy", deploy_id=deploy_id or uuid.uuid4().hex)
-        lifecycle.transition(application.id, "deployed", endpoint=replica.url + "/v1")
+        lifecycle.transition(application.id, "deploy", deploy_id=deploy_id)
+        deployed = db.session.get(Application, application.id)
+        deployed.replicas.clear()
+        deployed.replicas.append(
+            Replica(release=1, deploy_id=deploy_id, host="here", address=address, port=int(port), status="ready")
+        )
+        db.session.commit()
+        lifecycle.transition(application.id, "deployed", endpoint=replica.url + "/v1", deployed_release=1)
 
 
 def served_by(api, model, **extra) -> str:

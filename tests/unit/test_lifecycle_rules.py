@@ -10,7 +10,7 @@ from llmapp.services import lifecycle
     [
         ("stopped", {"view", "edit", "delete", "deploy"}),
         ("failed", {"view", "edit", "delete", "deploy"}),
-        ("running", {"view", "stop", "call"}),
+        ("running", {"view", "stop", "call", "edit", "roll"}),  # an edit is a draft; a roll-out deploys it
         ("deploying", {"view"}),
         ("stopping", {"view"}),
     ],

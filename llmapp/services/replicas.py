@@ -1,0 +1,69 @@
+"""An application's replicas as the platform keeps them: where one is reached, and taking replicas
+away (their servers terminated on this host, their rows gone, the route following). Starting them is
+the deploy's (deployments.py); following them, the reconcile's (reconcile.py).
+"""
+
+import time
+import uuid
+
+from flask import current_app
+
+from .. import keyspace, queues
+from ..extensions import db
+from ..models import Application, Replica, utcnow
+from . import routing
+from .server_processes import terminate
+
+# Between a roll-out publishing its old replicas as draining and signalling them: every gateway applies
+# a route within moments (it is announced), after which none sends them anything new.
+ROUTE_SETTLE_S = 1.0
+RETIRE_LOCK_TTL_S = 5  # held (renewed) while a retirement runs: the reconcile leaves draining replicas to it
+
+
+def endpoint_url(replica: Replica) -> str:
+    """Where clients reach one replica directly (the gateway is the application's one address)."""
+    return f"http://{replica.address}:{replica.port}/v1"
+
+
+def retire_job_id(deploy_id: str, host: str) -> str:
+    return f"retire-{deploy_id}-{host}"
+
+
+def retire(application: Application, deploy_id: str, replicas: list[Replica]) -> None:
+    """Have draining replicas stopped by their hosts' workers, in a job of their own: the roll-out
+    ``deploy_id`` that drained them ends now (its application may be deployed again at once)."""
+    for host in {r.host for r in replicas}:
+        queues.queue(queues.host_queue_name(host)).enqueue(
+            "jobs.deploy.retire_replicas",
+            str(application.id),
+            [r.id for r in replicas if r.host == host],
+            job_id=retire_job_id(deploy_id, host),
+            job_timeout=int(current_app.config["STOP_GRACE_S"]) + 60,
+        )
+
+
+def run_retire(application_id, replica_ids: list[str]) -> str:
+    """Once every gateway sends them nothing, stop draining replicas of this host, with the stop's grace
+    for what they have in flight."""
+    connection = queues.connection()
+    with queues.held_lock(connection, keyspace.lock("retire", application_id), RETIRE_LOCK_TTL_S) as held:
+        time.sleep(ROUTE_SETTLE_S)
+        application = db.session.get(Application, uuid.UUID(str(application_id)))
+        if application is None:
+            return "gone"
+        mine = [r for r in application.replicas if r.id in replica_ids and r.host == queues.this_host()]
+        remove(application, mine, current_app.config["STOP_GRACE_S"])
+        return f"retired {len(mine)}" + ("" if held else " (beside another retirement)")
+
+
+def remove(application: Application, replicas: list[Replica], grace_s: float) -> None:
+    """Terminate replicas' servers (on this host) and forget them; the route follows."""
+    if not replicas:
+        return
+    terminate(replicas, grace_s)
+    for replica in replicas:
+        if replica in application.replicas:
+            application.replicas.remove(replica)
+    application.updated_at = utcnow()  # the route's version: it changes with its replicas
+    db.session.commit()
+    routing.publish(application.id)

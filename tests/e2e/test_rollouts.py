@@ -1,0 +1,197 @@
+"""Releases served for real: replicas behind the gateway, rolling redeploys and rollbacks under a steady
+load (zero failed requests, each client seeing the release change once per roll-out), a release that
+can't start leaving the old one serving, and a replica killed with -9 under load. Real workers, app
+servers and gateway; the official openai client through the gateway; the CLI as an operator types it."""
+
+import json
+import shutil
+import signal
+import threading
+
+import openai
+import psutil
+
+from conftest import SERVING_CONFIG, log_text, new_key, row, wait_for, wait_logged
+from llmapp.extensions import db
+from llmapp.models import Application
+from llmapp.services import applications
+
+
+class Load:
+    """Clients calling the gateway back to back, each in its own thread, plain and streamed requests
+    in turn; what each one got, in order: (release, error)."""
+
+    def __init__(self, base_url: str, key: str, model: str, clients: int = 4):
+        self.model, self.stop = model, threading.Event()
+        self.results: list[list[tuple[int | None, str | None]]] = [[] for _ in range(clients)]
+        self.threads = [
+            threading.Thread(
+                target=self._run,
+                args=(i, openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=120)),
+                daemon=True,
+            )
+            for i in range(clients)
+        ]
+
+    def _call(self, client: openai.OpenAI, streamed: bool) -> int:
+        raw = client.completions.with_raw_response.create(
+            model=self.model, prompt="Hello", max_tokens=6, temperature=0, stream=streamed
+        )
+        answer = raw.parse()
+        if streamed:
+            chunks = list(answer)  # an error event mid-way raises here
+            assert chunks, "a stream with no chunk"
+        else:
+            assert answer.choices[0].text is not None
+        return int(raw.headers["X-Llmapp-Release"])
+
+    def _run(self, i: int, client: openai.OpenAI) -> None:
+        turn = i
+        while not self.stop.is_set():
+            turn += 1
+            try:
+                self.results[i].append((self._call(client, streamed=turn % 2 == 0), None))
+            except Exception as e:  # noqa: BLE001 - every failure is counted, whatever its kind
+                self.results[i].append((None, f"{type(e).__name__}: {e}"))
+
+    def __enter__(self) -> "Load":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(180)
+
+    def count(self) -> int:
+        return sum(len(r) for r in self.results)
+
+    def failures(self) -> list[str]:
+        return [error for results in self.results for _, error in results if error]
+
+    def every_client_saw(self, release: int) -> bool:
+        return all(any(r == release for r, _ in results) for results in self.results)
+
+    def releases_in_order(self) -> list[list[int]]:
+        """Each client's releases, repeats folded: [1, 3, 4] when it saw 1, then 3, then 4."""
+        folded = []
+        for results in self.results:
+            seen = []
+            for release, _ in results:
+                if release is not None and (not seen or seen[-1] != release):
+                    seen.append(release)
+            folded.append(seen)
+        return folded
+
+
+def cli(runner, *args) -> tuple[int, dict | list | str]:
+    result = runner.invoke(args=["apps", *args])
+    try:
+        return result.exit_code, json.loads(result.output.strip().splitlines()[0])
+    except (ValueError, IndexError):
+        return result.exit_code, result.output
+
+
+def current_release(runner, name: str) -> int:
+    _, listed = cli(runner, "releases", name, "--json")
+    return next(r["number"] for r in listed if r["current"])
+
+
+def deployed_replicas(app, application_id) -> list:
+    with app.app_context():
+        return [r for r in db.session.get(Application, application_id).replicas if r.status == "ready"]
+
+
+def test_rolling_redeploys_and_rollback_drop_no_request(
+    app, runner, member, factory, tiny, tiny_model_dir, tmp_path, workers, gateway
+):
+    workers.start(2)
+    application = factory.application(member, tiny, name="steady", config={**SERVING_CONFIG, "replicas": 2})
+    code, deployed = cli(runner, "deploy", "steady", "--wait", "--json")
+    assert code == 0 and deployed["status"] == "running" and deployed["release"] == 1, deployed
+    assert len(deployed_replicas(app, application.id)) == 2  # two servers, two ports
+    assert len({r.port for r in deployed_replicas(app, application.id)}) == 2
+    key = new_key(app, application.id)
+
+    # A model whose directory goes away after it was saved: the release that uses it can't start.
+    copy = tmp_path / "gone-model"
+    shutil.copytree(tiny_model_dir, copy)
+    gone = factory.model(name="gone-gpt2", engine="transformers", source=str(copy), precision="fp32")
+
+    with Load(gateway, key, "steady") as load:
+        wait_for(lambda: load.every_client_saw(1), 120, 0.2, "every client to be served by release 1")
+
+        with app.app_context():
+            saved = db.session.get(Application, application.id)
+            applications.update(saved, {"name": "steady", "model_id": gone.id, "note": "another model"})
+        shutil.rmtree(copy)
+        result = runner.invoke(args=["apps", "deploy", "steady", "--wait", "--json"])
+        assert result.exit_code == 1 and "Release 2 does not serve" in result.output, result.output
+        failed = row(app, application.id)
+        assert (failed.status, failed.deployed_release, failed.rolling_to) == ("running", 1, None)
+        assert "gone-model" in failed.last_error, failed.last_error
+        wait_logged(app, application.id, "the roll-out failed; release 1 keeps serving")
+
+        # A draft saved while it runs serves nothing until it is deployed: then rolled out.
+        code, edited = cli(runner, "edit", "steady", "--set", "timeout_s=45", "--note", "longer timeout", "--json")
+        assert code == 0 and edited["release"] == 3, edited
+        with app.app_context():  # the edit keeps the gone model: put the good one back in the same release
+            saved = db.session.get(Application, application.id)
+            applications.update(saved, {"name": "steady", "model_id": tiny.id, "note": "the model back"})
+        assert current_release(runner, "steady") == 1
+        code, rolled = cli(runner, "deploy", "steady", "--wait", "--json")
+        assert code == 0 and rolled["release"] == 4 and rolled["rolling_to"] is None, rolled
+        assert current_release(runner, "steady") == 4
+        wait_for(lambda: load.every_client_saw(4), 120, 0.2, "every client to be served by release 4")
+
+        code, rolled_back = cli(runner, "rollback", "steady", "--to", "1", "--wait", "--json")
+        assert code == 0 and rolled_back["release"] == 5, (rolled_back, log_text(app, application.id)[-3000:])
+        wait_for(lambda: load.every_client_saw(5), 120, 0.2, "every client to be served by release 5")
+        served = load.count()
+        wait_for(lambda: load.count() > served + 8, 120, 0.2, "more requests after the rollback")
+
+    assert load.failures() == [], load.failures()[:5]
+    for seen in load.releases_in_order():
+        assert seen == [1, 4, 5], load.releases_in_order()  # each roll-out switches a client once
+    with app.app_context():
+        restored = db.session.get(Application, application.id)
+        assert restored.config["timeout_s"] == SERVING_CONFIG["timeout_s"]  # release 1's setup again
+    assert len(deployed_replicas(app, application.id)) == 2
+    assert {r.release for r in deployed_replicas(app, application.id)} == {5}
+    text = log_text(app, application.id)
+    assert "rolling out release 4" in text and "release 4 serves (2 replicas)" in text
+
+
+def test_a_replica_killed_under_load_fails_only_what_it_had(app, runner, member, factory, tiny, workers, gateway):
+    workers.start(2)
+    application = factory.application(
+        member, tiny, name="sturdy", config={**SERVING_CONFIG, "replicas": 2, "restart_policy": "on-failure"}
+    )
+    code, deployed = cli(runner, "deploy", "sturdy", "--wait", "--json")
+    assert code == 0 and deployed["status"] == "running", deployed
+    key = new_key(app, application.id)
+    victim, survivor = deployed_replicas(app, application.id)
+
+    with Load(gateway, key, "sturdy", clients=4) as load:
+        wait_for(lambda: load.count() >= 8, 120, 0.2, "requests through the gateway")
+        psutil.Process(victim.pid).send_signal(signal.SIGKILL)
+        before = load.count()
+        wait_for(lambda: load.count() >= before + 20, 180, 0.2, "requests after the kill")
+        # The reconcile replaces it; the application never stops running.
+        wait_for(
+            lambda: (
+                len(ready := deployed_replicas(app, application.id)) == 2 and victim.id not in {r.id for r in ready}
+            ),
+            180,
+            0.5,
+            "a replacement replica",
+        )
+        replaced = load.count()
+        wait_for(lambda: load.count() >= replaced + 8, 120, 0.2, "requests after the replacement")
+
+    # Only requests in flight on the killed replica fail: at most one per client, and each ended (no hang).
+    assert len(load.failures()) <= 4, load.failures()
+    assert row(app, application.id).status == "running"
+    assert any(r.id == survivor.id for r in deployed_replicas(app, application.id))
+    assert f"replica {victim.id[:8]}" in log_text(app, application.id)
