@@ -120,6 +120,10 @@ class Application(db.Model):
     deployed_release: Mapped[int | None]
     # While it runs: the release a rolling redeploy is bringing up beside it (None: none is).
     rolling_to: Mapped[int | None]
+    # A canary: another release serving beside deployed_release, with this share (%) of the gateway's
+    # requests. While the roll-out of a canary is under way, canary_percent is set and canary_release not.
+    canary_release: Mapped[int | None]
+    canary_percent: Mapped[int] = mapped_column(default=0, server_default="0")
 
     model: Mapped[RegistryModel] = relationship(lazy="raise")
     owner: Mapped[User] = relationship(lazy="raise")

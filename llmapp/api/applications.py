@@ -42,6 +42,8 @@ def _out(application) -> dict:
         deployed_at=application.deployed_at,
         release=application.deployed_release,
         rolling_to=application.rolling_to,
+        canary_release=application.canary_release,
+        canary_percent=application.canary_percent,
         gateway=routing.gateway_url(),
     )
 

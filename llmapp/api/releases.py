@@ -1,13 +1,13 @@
 """/api/v1/applications/<id>/releases: an application's releases, newest first, one by its number, and
-deploying one again (a rollback)."""
+deploying one again (a rollback); /canary: trying the newest as a canary, then promoting or aborting it."""
 
 from flask import g
 from spectree import Response
 
-from ..services import deployments, releases
-from . import ERRORS, bp, spec
+from ..services import canaries, deployments, releases
+from . import BODY_ERRORS, ERRORS, bp, spec
 from .applications import APPLICATIONS, _transition, visible_application
-from .schemas import Problem, ReleaseList, ReleaseOut, Transition
+from .schemas import CanaryIn, Problem, ReleaseList, ReleaseOut, Transition
 
 RELEASES = ["releases"]
 
@@ -48,3 +48,28 @@ def deploy_release(application_id, number):
     """Roll back (or forward) to release ``number``: its setup becomes the next release and is deployed,
     rolled out while the application runs (no request dropped). Poll the application as after a deploy."""
     return _transition(application_id, lambda application: deployments.rollback(application, number, g.api_user))
+
+
+@bp.post("/applications/<application_id>/canary")
+@spec.validate(
+    json=CanaryIn, resp=Response(HTTP_202=Transition, HTTP_409=Problem, HTTP_503=Problem, **BODY_ERRORS), tags=RELEASES
+)
+def start_canary(application_id, json: CanaryIn):
+    """Roll the newest release out as a canary taking ``share`` % of the gateway's requests, beside the
+    release deployed (poll the application until ``rolling_to`` is null: ``canary_release`` then names
+    it); with a canary running, give it that share."""
+    return _transition(application_id, lambda application: canaries.start(application, json.share) or None)
+
+
+@bp.post("/applications/<application_id>/canary/promote")
+@spec.validate(resp=Response(HTTP_202=Transition, HTTP_409=Problem, **ERRORS), tags=RELEASES)
+def promote_canary(application_id):
+    """The canary's release serves every request; the old release's servers finish and stop."""
+    return _transition(application_id, canaries.promote)
+
+
+@bp.post("/applications/<application_id>/canary/abort")
+@spec.validate(resp=Response(HTTP_202=Transition, HTTP_409=Problem, **ERRORS), tags=RELEASES)
+def abort_canary(application_id):
+    """The canary gets no new request (0 % at once); its servers finish and stop."""
+    return _transition(application_id, canaries.abort)

@@ -19,6 +19,7 @@ from ..services import (
     any_case,
     api_keys,
     applications,
+    canaries,
     environment,
     lifecycle,
     plugin_documents,
@@ -139,6 +140,8 @@ class ApplicationOut(BaseModel):
     deployed_at: UtcDateTime | None
     release: int | None = Field(description="The release its replicas run (null: it has not run).")
     rolling_to: int | None = Field(description="While it runs: the release being rolled out beside it.")
+    canary_release: int | None = Field(description="A release serving beside ``release`` as a canary.")
+    canary_percent: int = Field(description="The canary's share of the gateway's requests (%).")
     gateway: str = Field(description="The platform's OpenAI base URL; the application's name is the model.")
 
 
@@ -163,6 +166,13 @@ class Transition(BaseModel):
     status: Literal[lifecycle.STATUSES]  # type: ignore[valid-type]
     deploy_id: str | None = None
     release: int | None = Field(None, description="The release being deployed or rolled out.")
+
+
+class CanaryIn(Strict):
+    share: int = Field(
+        json_schema_extra={"minimum": canaries.SHARES[0], "maximum": canaries.SHARES[1]},
+        description="The canary's share of the gateway's requests, in percent.",
+    )
 
 
 class KeyIn(Strict):

@@ -130,7 +130,16 @@ def detail_context(application) -> dict:
         "attachable": plugins.attachable(application, current_user),
         "types": plugin_types.TYPES,
         "override_forms": {},
+        "state": live_state(application),  # the live part's poll says what it saw
     }
+
+
+def live_state(application) -> str:
+    """What the panes outside the live part follow: its status, and which releases serve how."""
+    return ".".join(
+        str(v) for v in (application.status, application.deployed_release, application.rolling_to,
+                         application.canary_release, application.canary_percent)
+    )  # fmt: skip
 
 
 @bp.get("/<application_id>")
@@ -139,8 +148,8 @@ def detail(application_id):
     application = get_application(application_id)
     response = render("applications/detail.html", "applications/_live.html", **detail_context(application))
     seen = request.args.get("seen")
-    if seen and seen != application.status:
-        # The rest of the page that follows the state (the Monitoring pane) refreshes itself on this.
+    if seen and seen != live_state(application):
+        # The rest of the page that follows the state (Monitoring, Releases) refreshes itself on this.
         response.headers["HX-Trigger"] = "application-status-changed"
     return response
 

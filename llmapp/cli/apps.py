@@ -12,6 +12,7 @@ from ..services import (
     ServiceError,
     api_keys,
     applications,
+    canaries,
     deployments,
     lifecycle,
     registry,
@@ -230,8 +231,36 @@ def rollback_app(name, number, wait, timeout, as_json):
     _follow_deploy(application, wait, timeout, as_json)
 
 
-def _follow_deploy(application, wait: bool, timeout: float, as_json: bool) -> None:
-    """After a deploy or a rollback was asked: wait (if asked) until it serves the release or failed."""
+@apps_cli.command("canary")
+@click.argument("name")
+@click.option("--share", type=int, help="Its share of the gateway's requests, in % (starts one, or changes it).")
+@click.option("--promote", is_flag=True, help="Its release serves every request; the old one's servers stop.")
+@click.option("--abort", is_flag=True, help="It gets no new request; its servers stop.")
+@click.option("--wait", is_flag=True, help="Wait until it serves (exit 1 if it fails).")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True)
+def canary_app(name, share, promote, abort, wait, timeout, as_json):
+    """Try the newest release of the application NAME as a canary taking --share % of the gateway's
+    requests beside the release deployed (or change the running canary's share); then --promote or
+    --abort it."""
+    if sum((share is not None, promote, abort)) != 1:
+        raise click.UsageError("Give one of --share, --promote or --abort.")
+    application = applications.find(name)
+    if promote or abort:
+        (canaries.promote if promote else canaries.abort)(application)
+    else:
+        with _field_errors():
+            started = canaries.start(application, share)
+        if started:
+            _follow_deploy(application, wait, timeout, as_json, canary=True)
+            return
+    db.session.expire_all()
+    _report(db.session.get(type(application), application.id), as_json)
+
+
+def _follow_deploy(application, wait: bool, timeout: float, as_json: bool, canary: bool = False) -> None:
+    """After a deploy, a rollback or a canary was asked: wait (if asked) until it serves the release or
+    failed."""
     db.session.expire_all()
     application = db.session.get(type(application), application.id)
     target = application.rolling_to or releases.newest(application.id).number
@@ -242,7 +271,7 @@ def _follow_deploy(application, wait: bool, timeout: float, as_json: bool) -> No
             timeout,
         )
     _report(application, as_json)
-    if wait and application.deployed_release != target:
+    if wait and (application.canary_release if canary else application.deployed_release) != target:
         raise click.ClickException(f"Release {target} does not serve: {application.last_error or application.status}")
 
 

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 
 import aiohttp
 from aiohttp import web
@@ -18,6 +19,7 @@ from ..runtime import openai_api
 from ..runtime.errors import APIError, incorrect_key, key_store_unreachable, missing_key, model_not_found
 from ..runtime.keys import bearer_token
 from ..runtime.serving import model_object, sse
+from .counts import ReleaseCounts
 from .table import RUNNING, Replica, Route, RoutingTable
 from .watch import HealthChecks, KeyRoutes, KeyUnknown, RouteWatcher, check_health
 
@@ -54,6 +56,7 @@ KEYS = web.AppKey("keys", KeyRoutes)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 WATCHER = web.AppKey("watcher", RouteWatcher)
 MAX_BODY = web.AppKey("max_body", int)
+COUNTS = web.AppKey("counts", ReleaseCounts)
 LOAD_WAIT_S = 5.0  # a request in the first moments waits this long for the table
 
 
@@ -140,6 +143,7 @@ async def proxy(request: web.Request, route: Route, body: bytes) -> web.StreamRe
             return error_response(unavailable((why or "The application “{}” has no replica ready.").format(route.name)))
         tried.append(replica)
         replica.in_flight += 1
+        started = time.monotonic()
         try:
             upstream = await session.post(replica.url + request.path, data=body, headers=headers)
         except NOT_REACHED as e:
@@ -150,12 +154,15 @@ async def proxy(request: web.Request, route: Route, body: bytes) -> web.StreamRe
         except aiohttp.ClientError as e:  # sent, then lost before an answer: not safe to send again
             replica.in_flight -= 1
             log.warning("replica %s of application %s broke off before answering: %s", replica.id, route.id, e)
+            request.app[COUNTS].add(route.id, replica.release, 502, time.monotonic() - started)
             return error_response(APIError(502, "The application's server broke off before answering.", "server_error"))
         except BaseException:
             replica.in_flight -= 1
             raise
         try:
-            return await _pass_through(request, route, replica, upstream)
+            response = await _pass_through(request, route, replica, upstream)
+            request.app[COUNTS].add(route.id, replica.release, response.status, time.monotonic() - started)
+            return response
         finally:
             upstream.close()  # unless released whole: a client that left stops its generation there
             replica.in_flight -= 1
@@ -260,6 +267,7 @@ def create_gateway(connection, listener, key: bytes, max_body: int) -> web.Appli
     app[TABLE] = table = RoutingTable()
     app[KEYS] = KeyRoutes(connection, key)
     app[WATCHER] = watcher = RouteWatcher(connection, listener, table, key)
+    app[COUNTS] = counts = ReleaseCounts(connection)
 
     async def background(app: web.Application):
         # No pool limit (one connection per request in flight, kept alive); bytes pass as they came.
@@ -269,10 +277,15 @@ def create_gateway(connection, listener, key: bytes, max_body: int) -> web.Appli
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
         )
-        tasks = [asyncio.create_task(watcher.run()), asyncio.create_task(HealthChecks(session, table).run())]
+        tasks = [
+            asyncio.create_task(watcher.run()),
+            asyncio.create_task(HealthChecks(session, table).run()),
+            asyncio.create_task(counts.run()),
+        ]
         yield
         for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # the counts' last flush, before Redis closes
         await session.close()
         await connection.aclose()
         await listener.aclose()

@@ -1,7 +1,8 @@
 """The gateway's routing table: every application's route, as the platform publishes it in Redis.
 
 A route is JSON under ``keyspace.routes()`` (written by llmapp/services/routing.py):
-``{"id", "name", "owner_id", "status", "release", "version", "replicas": [{"id", "url", "release", "draining"}]}``,
+``{"id", "name", "owner_id", "status", "release", "version", "replicas": [{"id", "url", "release", "draining"}],
+"weights": {release: share}}`` (weights: while a canary runs, each release's share of new requests, %),
 signed. App servers can reach Redis too, so every value the gateway routes by is signed with a key
 derived from the platform's secret (``route_key``), which the servers never get: a value a server wrote
 is not a route. What the gateway learns itself (requests in flight on a replica, whether it answers its
@@ -12,6 +13,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import random
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes
@@ -79,6 +81,7 @@ class Route:
     status: str
     release: int | None = None
     replicas: list[Replica] = field(default_factory=list)
+    weights: dict[int, int] = field(default_factory=dict)  # release → share (%) while a canary runs
 
 
 def parse_route(raw: bytes | str, key: bytes | None = None) -> Route:
@@ -102,6 +105,7 @@ def parse_route(raw: bytes | str, key: bytes | None = None) -> Route:
             str(data["status"]),
             _number(release),
             replicas,
+            {int(r): int(share) for r, share in (data.get("weights") or {}).items()},
         )
     except (KeyError, TypeError, AttributeError, RecursionError) as e:
         raise ValueError(f"not a route: {e}") from e
@@ -115,6 +119,7 @@ class RoutingTable:
     def __init__(self):
         self.routes: dict[str, Route] = {}
         self._turn = itertools.count()  # breaks ties between replicas equally loaded
+        self._random = random.Random()  # draws the release of each request while a canary runs
 
     def put(self, route: Route, application_id: str) -> None:
         """Replace an application's route (its tombstone removes it), keeping what is known of each
@@ -140,14 +145,28 @@ class RoutingTable:
     def candidates(self, route: Route, tried=()) -> list[Replica]:
         """The replicas a new request may go to, least requests in flight first: not draining, not
         tried already for this request, and not known unhealthy, unless all are (then the replicas
-        answer for themselves: a health check's verdict is older than the request)."""
+        answer for themselves: a health check's verdict is older than the request). While a canary
+        runs, a request first draws its release by the weights (a retry goes to any that answers)."""
         live = [r for r in route.replicas if not r.draining and r not in tried]
         eligible = [r for r in live if r.healthy is not False] or live
+        if route.weights and not tried:
+            release = self.draw(route.weights)
+            eligible = [r for r in eligible if r.release == release] or eligible
         if len(eligible) > 1:
             turn = next(self._turn) % len(eligible)
             eligible = eligible[turn:] + eligible[:turn]  # equal loads take turns
             eligible.sort(key=lambda r: r.in_flight)  # stable: the rotation decides among equals
         return eligible
+
+    def draw(self, weights: dict[int, int]) -> int | None:
+        """A release, each with the chance its weight gives it (none for a weight of 0)."""
+        shares = [(release, share) for release, share in sorted(weights.items()) if share > 0]
+        point = self._random.uniform(0, sum(share for _, share in shares))
+        for release, share in shares:
+            point -= share
+            if point < 0:
+                return release
+        return shares[-1][0] if shares else None
 
     def replicas(self):
         """Every replica of every running application (for the health checks)."""

@@ -21,6 +21,8 @@ writers never lose an increment, and a reader never sees half a flush. Fields:
     plugin|<name>, plugin|<name>|n  seconds each plugin of the chain spent, and on how many requests
     policy|<plugin>|<action>|<side> what the plugins blocked or masked (action block/mask, side input/output)
     cpu|sum, rss|sum, usage|n       the reconcile's samples of the server process (CPU %, RSS bytes)
+    gw|<release>|n|<outcome>,       the gateway's answers by the release that gave them (a canary's
+    gw|<release>|lat|<i>, |lat|sum    beside the release deployed): outcomes and latency as seen by clients
 """
 
 import bisect
@@ -139,6 +141,16 @@ def request_fields(
         if answered:
             fields[f"key|{label}|in"], fields[f"key|{label}|out"] = prompt_tokens, completion_tokens
     return fields
+
+
+def release_fields(release: int, status: int, seconds: float) -> dict:
+    """What a gateway counts of one answer, by the release that gave it."""
+    prefix = f"gw|{release}|"
+    return {
+        f"{prefix}n|{outcome(status)}": 1,
+        f"{prefix}lat|{bucket_index(LATENCY_S, seconds)}": 1,
+        f"{prefix}lat|sum": seconds,
+    }
 
 
 def plugin_fields(seconds: dict[str, float], events: list[dict]) -> dict:

@@ -157,6 +157,8 @@ def summary(application: Application) -> dict:
         "deployed_at": application.deployed_at.isoformat() if application.deployed_at else None,
         "release": application.deployed_release,  # the release its replicas run
         "rolling_to": application.rolling_to,
+        "canary_release": application.canary_release,  # serving beside release, with canary_percent of it
+        "canary_percent": application.canary_percent,
         "replicas": len(application.serving_replicas),
     }
 
@@ -358,11 +360,12 @@ def create(owner: User, data: dict) -> Application:
 
 
 def update(application: Application, data: dict, author: User | None = None) -> None:
-    """Save an edit, only while the application is stopped or failed. A field left out of ``data``
+    """Save an edit, while the application is stopped, failed or running (then the changed setup is a
+    draft release: its servers run the release they started from). A field left out of ``data``
     keeps its value (the description, the configuration, the variables). A changed setup is the next
     release, by ``author`` (None: the command line), with ``data["note"]``.
 
-    :raise TransitionRefused: it is running, deploying or stopping.
+    :raise TransitionRefused: it is deploying or stopping.
     :raise FieldErrors: a rule is broken (see check).
     :raise Taken: another request took the name meanwhile.
     """
@@ -410,12 +413,12 @@ def delete(application: Application) -> None:
 
     :raise TransitionRefused: it is running, deploying or stopping.
     """
-    from . import deployments
+    from . import replicas  # which reaches this module (server_spec): imported when used
 
     leftovers = [(r.pid, r.host) for r in application.replicas if r.pid]
     application_id = application.id
     lifecycle.delete_if_editable(application_id)
-    deployments.cleanup(application_id, leftovers)
+    replicas.cleanup(application_id, leftovers)
 
 
 def masked_env(application: Application) -> list[dict]:

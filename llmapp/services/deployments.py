@@ -17,22 +17,19 @@ import psutil
 import redis
 from flask import current_app
 
-from .. import keyspace, queues, secrets_box
+from .. import keyspace, queues
 from ..extensions import db
 from ..models import Application, Replica, utcnow
-from ..runtime import keys as runtime_keys
 from ..runtime import logs
-from . import NotFound, ServiceError, api_keys, lifecycle, metrics, releases, replicas, routing
+from . import NotFound, ServiceError, api_keys, lifecycle, releases, replicas, routing
 from .platform_log import log_event
-from .server_processes import DeployFailed, health, kill_orphan, server_process, spawn, terminate
+from .server_processes import DeployFailed, health, server_process, spawn, terminate
 from .server_spec import ServingSetup
 
 PHASES = ("queued", "starting process", "loading model", "warming up", "ready")
 HEALTH_PHASES = {"loading": "loading model", "warming_up": "warming up", "ready": "ready"}
 LOCK_TTL_S = 5  # a deploy job's lock, renewed while it runs; a lock that lapses means the job died
-# A deploy job finds its application's lock held by the previous one finishing (its last writes): it
-# waits this long before it takes itself for a duplicate.
-LOCK_WAIT_S = 20
+LOCK_WAIT_S = 20  # for the lock a previous job holds while it finishes, before this one counts as a duplicate
 
 
 def now_iso() -> str:
@@ -67,10 +64,13 @@ def _set_phase(application: Application, name: str | None, status: str = "runnin
 # --- deploy and roll out -------------------------------------------------------------------------
 
 
-def request_deploy(application: Application, *, restart_reason: str | None = None, delay_s: float = 0) -> str:
+def request_deploy(
+    application: Application, *, restart_reason: str | None = None, delay_s: float = 0, canary_percent: int = 0
+) -> str:
     """Deploy the application's newest release and enqueue the job; return the deploy id. A stopped or
     failed one moves to deploying; a running one stays running and rolls the release out beside the
-    one serving (the same release again: fresh replicas, no request dropped).
+    one serving (the same release again: fresh replicas, no request dropped); with ``canary_percent``,
+    as a canary taking that share beside it (canaries.py).
 
     :raise TransitionRefused: it is on its way somewhere, or already rolling a release out.
     :raise ServiceError: Redis is unreachable (the application is left as it was).
@@ -87,7 +87,9 @@ def request_deploy(application: Application, *, restart_reason: str | None = Non
     if restart_reason:  # the release that crashed: a draft saved meanwhile is not deployed by itself
         number = current.deployed_release if current is not None else None
         values["restarts"] = [*application.restarts, {"at": now_iso(), "reason": restart_reason}]
-        lifecycle.transition(application_id, "restart", endpoint=None, rolling_to=None, **values)
+        lifecycle.transition(
+            application_id, "restart", endpoint=None, rolling_to=None, canary_release=None, canary_percent=0, **values
+        )
         log_event(
             application_id,
             f"restarting in {delay_s:g} s (restart {len(values['restarts'])}): {restart_reason}",
@@ -95,8 +97,9 @@ def request_deploy(application: Application, *, restart_reason: str | None = Non
         )
     elif rolling:  # a running application can't be deleted meanwhile: its release is recorded first
         number, serving = releases.record(current, None, releases.DEPLOYED_NOTE).number, current.deployed_release
-        lifecycle.begin_roll(application_id, rolling_to=number, **values)
-        log_event(application_id, f"rolling out release {number} (release {serving} serves until it is ready)")
+        lifecycle.begin_roll(application_id, rolling_to=number, canary_percent=canary_percent, **values)
+        as_what = f"as a canary taking {canary_percent} % of the requests" if canary_percent else "in its place"
+        log_event(application_id, f"rolling out release {number} {as_what} (release {serving} serves meanwhile)")
     else:
         lifecycle.transition(application_id, "deploy", restarts=[], endpoint=None, **values)
         log_event(application_id, "deploy requested")
@@ -129,6 +132,10 @@ def rollback(application: Application, number: int | None, author) -> str:
     if application.rolling_to is not None:
         raise lifecycle.TransitionRefused(
             f"Release {application.rolling_to} is being rolled out; wait until it serves or fails.", application.status
+        )
+    if application.canary_release is not None:  # refused before the row changes: no release made for nothing
+        raise lifecycle.TransitionRefused(
+            f"Release {application.canary_release} runs as a canary: promote or abort it first.", application.status
         )
     if number is None:
         last = application.deployed_release or releases.history(application)[0].number
@@ -292,8 +299,11 @@ def _serve_deployed(application: Application, new: list[Replica], resumed: bool)
 
 
 def _serve_rolled(application: Application, deploy_id: str, new: list[Replica]) -> str:
-    """The roll-out's replicas are ready: they serve, the old ones drain and stop."""
-    previous = application.deployed_release
+    """The roll-out's replicas are ready: they serve, the old ones drain and stop (a canary's serve
+    beside them instead)."""
+    previous, share = application.deployed_release, application.canary_percent
+    if share:
+        return _serve_canary(application, deploy_id, new, previous, share)
     served = lifecycle.end_roll(
         application.id,
         deploy_id,
@@ -321,12 +331,28 @@ def _serve_rolled(application: Application, deploy_id: str, new: list[Replica]) 
     return "running"
 
 
+def _serve_canary(application: Application, deploy_id: str, new: list[Replica], previous: int, share: int) -> str:
+    if not lifecycle.end_roll(application.id, deploy_id, canary_release=new[0].release):
+        db.session.rollback()
+        replicas.remove(application, new, grace_s=0)
+        return "ended meanwhile: its replicas were stopped"
+    for replica in new:
+        replica.status = "ready"
+    db.session.commit()
+    routing.publish(application.id)
+    log_event(
+        application.id,
+        f"canary: release {new[0].release} takes {share} % of the gateway's requests, release {previous} the rest",
+    )
+    return "canary"
+
+
 def end_roll_failed(application: Application, deploy_id: str, reason: str) -> None:
     """A roll-out that could not serve: what it started is killed; the release serving goes on."""
     mine = [r for r in application.replicas if r.deploy_id == deploy_id]
     replicas.remove(application, mine, grace_s=0)
     _set_phase(application, None, "failed")
-    if lifecycle.end_roll(application.id, deploy_id, last_error=reason):
+    if lifecycle.end_roll(application.id, deploy_id, last_error=reason, canary_percent=0):
         db.session.commit()
         routing.publish(application.id)
         log_event(
@@ -392,41 +418,15 @@ def stopped(application: Application, message: str) -> None:
     on another host is killed by its host's worker)."""
     elsewhere = [(r.pid, r.host) for r in application.replicas if r.pid and r.host != queues.this_host()]
     application.replicas.clear()
-    lifecycle.transition(application.id, "stopped", rolling_to=None)  # commits the replicas' removal too
+    # Commits the replicas' removal too.
+    lifecycle.transition(application.id, "stopped", rolling_to=None, canary_release=None, canary_percent=0)
     for pid, host in elsewhere:
-        _kill_elsewhere(application.id, pid, host)
+        replicas.kill_elsewhere(application.id, pid, host)
     try:
         queues.connection().delete(keyspace.server(application.id))
     except redis.RedisError:
         pass  # it expires by itself
     log_event(application.id, message)
-
-
-def _kill_elsewhere(application_id, pid: int, host: str) -> None:
-    queues.queue(queues.host_queue_name(host)).enqueue("jobs.deploy.kill_process", pid, str(application_id))
-
-
-def cleanup(application_id, processes: list[tuple[int, str]]) -> None:
-    """After a delete: no process left behind (``processes``: its replicas' pids and hosts), no keys
-    or logs kept in Redis."""
-    try:
-        for pid, host in processes:
-            if host == queues.this_host():
-                kill_orphan(pid, str(application_id))
-            else:
-                _kill_elsewhere(application_id, pid, host)
-        runtime_keys.publish(  # the gateway's index too
-            queues.connection(),
-            application_id,
-            {},
-            application_key=secrets_box.application_key(application_id),
-            route_key=routing.signing_key(),
-        )
-        queues.connection().delete(*keyspace.application_keys(application_id))
-        metrics.delete_series(application_id)
-        queues.delete_matching(queues.connection(), keyspace.playground_pattern(application_id))
-    except redis.RedisError as e:  # the application is gone; what it left in Redis holds no secret
-        current_app.logger.warning("after deleting application %s, Redis was unreachable: %s", application_id, e)
 
 
 def shutdown_host(reason: str) -> int:

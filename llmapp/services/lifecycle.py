@@ -102,13 +102,22 @@ def begin_roll(application_id, **values) -> None:
     """
     result = db.session.execute(
         update(Application)
-        .where(Application.id == application_id, Application.status == RUNNING, Application.rolling_to.is_(None))
+        .where(
+            Application.id == application_id,
+            Application.status == RUNNING,
+            Application.rolling_to.is_(None),
+            Application.canary_release.is_(None),
+        )
         .values(updated_at=utcnow(), **values)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
         db.session.rollback()
         current = db.session.get(Application, application_id)
+        if current is not None and current.status == RUNNING and current.canary_release is not None:
+            raise TransitionRefused(
+                f"Release {current.canary_release} runs as a canary: promote or abort it first.", RUNNING
+            )
         if current is not None and current.status == RUNNING:
             raise TransitionRefused(
                 f"Release {current.rolling_to} is being rolled out; wait until it serves or fails.", RUNNING

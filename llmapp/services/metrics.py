@@ -126,6 +126,31 @@ def _figures(total: Counter, seconds: int) -> dict:
     }
 
 
+def by_release(total: Counter) -> list[dict]:
+    """The gateway's answers per release (a canary beside the release deployed), as clients saw them."""
+    counted: dict[int, Counter] = {}
+    for field, value in total.items():
+        if field.startswith("gw|"):
+            _, release, rest = field.split("|", 2)
+            if release.isdigit():
+                counted.setdefault(int(release), Counter())[rest] += value
+    rows = []
+    for release, fields in sorted(counted.items()):
+        outcomes = {o: fields.get(f"n|{o}", 0) for o in metrics.OUTCOMES}
+        requests = sum(outcomes.values())
+        errors = sum(n for o, n in outcomes.items() if metrics.is_error(o))
+        rows.append(
+            {
+                "release": release,
+                "requests": requests,
+                "errors": errors,
+                "error_rate": errors / requests if requests else None,
+                "latency_s": _quantiles(fields, "lat", (0.5, 0.95)),
+            }
+        )
+    return rows
+
+
 def _points(buckets: list[tuple[int, dict]], win: Window) -> list[dict]:
     """Chart points: the buckets merged per point_s. A point with no data at all is None (a gap, not
     zero): the server was not running then. One that has resource samples but no requests is zero."""
@@ -200,6 +225,7 @@ def report(application: Application, window_name: str | None = None, now: float 
         "to": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
         "has_data": bool(total),
         **_figures(total, win.seconds),
+        "releases": by_release(total),
         "in_flight": in_flight(application),
         "points": _points(buckets, win),
     }

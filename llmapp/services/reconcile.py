@@ -200,28 +200,36 @@ def _replace(application: Application, dead: list[tuple[Replica, str]]) -> str:
     alive = [r for r in application.replicas if r.status in ("ready", "starting")]
     if not any(r.status == "ready" for r in alive):
         return _restart_or_fail(application, reason)
+    for release in sorted({replica.release for replica, _ in dead}):  # a canary's are replaced by its own
+        wanted = int(get_release(application, release).setup["config"].get("replicas", 1))
+        missing = wanted - len([r for r in alive if r.release == release])
+        if missing > 0 and not _start_replacements(application, release, missing, reason):
+            break
+    return "replaced"
+
+
+def _start_replacements(application: Application, release: int, count: int, reason: str) -> bool:
+    """Start ``count`` replicas of ``release`` as the restart policy allows (the reconcile follows them
+    to ready); whether each could start."""
     config = {**applications.DEFAULT_CONFIG, **application.config}
-    wanted = int(get_release(application, application.deployed_release).setup["config"].get("replicas", 1))
-    for _ in range(max(0, wanted - len(alive))):
+    for _ in range(count):
         decision = decide_restart(
             reason, config["restart_policy"], int(config["max_restarts"]), len(application.restarts or [])
         )
         if not decision.restart:
             log_event(application.id, f"not replaced: {decision.error} The other replicas serve on.", "WARNING")
-            break
+            return False
         application.restarts = [*application.restarts, {"at": now_iso(), "reason": reason}]
-        replica = Replica(
-            release=application.deployed_release, deploy_id="r" + uuid.uuid4().hex[1:], host=queues.this_host()
-        )
+        replica = Replica(release=release, deploy_id="r" + uuid.uuid4().hex[1:], host=queues.this_host())
         application.replicas.append(replica)
         db.session.commit()
         try:
-            spawn(application, replica, ServingSetup.of(get_release(application, replica.release)))
+            spawn(application, replica, ServingSetup.of(get_release(application, release)))
         except DeployFailed as e:
             remove_replicas(application, [replica], grace_s=0)
             log_event(application.id, f"the replacement replica could not start: {e}", "ERROR")
-            break
-    return "replaced"
+            return False
+    return True
 
 
 def _follow_replacement(application: Application, replica: Replica) -> str | None:
@@ -255,7 +263,15 @@ def _restart_or_fail(application: Application, reason: str) -> str:
     if decision.restart:
         request_deploy(application, restart_reason=reason, delay_s=decision.delay_s)
         return "restarted"
-    lifecycle.transition(application.id, "crashed", last_error=decision.error, endpoint=None, rolling_to=None)
+    lifecycle.transition(
+        application.id,
+        "crashed",
+        last_error=decision.error,
+        endpoint=None,
+        rolling_to=None,
+        canary_release=None,
+        canary_percent=0,
+    )
     log_event(application.id, decision.error, "ERROR")
     return "failed"
 

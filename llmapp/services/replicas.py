@@ -1,18 +1,21 @@
-"""An application's replicas as the platform keeps them: where one is reached, and taking replicas
-away (their servers terminated on this host, their rows gone, the route following). Starting them is
-the deploy's (deployments.py); following them, the reconcile's (reconcile.py).
+"""An application's replicas as the platform keeps them: where one is reached, taking replicas away
+(their servers terminated on this host, or by their host's worker; their rows gone, the route
+following), and what a deleted application leaves. Starting them is the deploy's (deployments.py);
+following them, the reconcile's (reconcile.py).
 """
 
 import time
 import uuid
 
+import redis
 from flask import current_app
 
-from .. import keyspace, queues
+from .. import keyspace, queues, secrets_box
 from ..extensions import db
 from ..models import Application, Replica, utcnow
-from . import routing
-from .server_processes import terminate
+from ..runtime import keys as runtime_keys
+from . import metrics, routing
+from .server_processes import kill_orphan, terminate
 
 # Between a roll-out publishing its old replicas as draining and signalling them: every gateway applies
 # a route within moments (it is announced), after which none sends them anything new.
@@ -67,3 +70,30 @@ def remove(application: Application, replicas: list[Replica], grace_s: float) ->
     application.updated_at = utcnow()  # the route's version: it changes with its replicas
     db.session.commit()
     routing.publish(application.id)
+
+
+def kill_elsewhere(application_id, pid: int, host: str) -> None:
+    queues.queue(queues.host_queue_name(host)).enqueue("jobs.deploy.kill_process", pid, str(application_id))
+
+
+def cleanup(application_id, processes: list[tuple[int, str]]) -> None:
+    """After a delete: no process left behind (``processes``: its replicas' pids and hosts), no keys
+    or logs kept in Redis."""
+    try:
+        for pid, host in processes:
+            if host == queues.this_host():
+                kill_orphan(pid, str(application_id))
+            else:
+                kill_elsewhere(application_id, pid, host)
+        runtime_keys.publish(  # the gateway's index too
+            queues.connection(),
+            application_id,
+            {},
+            application_key=secrets_box.application_key(application_id),
+            route_key=routing.signing_key(),
+        )
+        queues.connection().delete(*keyspace.application_keys(application_id))
+        metrics.delete_series(application_id)
+        queues.delete_matching(queues.connection(), keyspace.playground_pattern(application_id))
+    except redis.RedisError as e:  # the application is gone; what it left in Redis holds no secret
+        current_app.logger.warning("after deleting application %s, Redis was unreachable: %s", application_id, e)

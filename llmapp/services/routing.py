@@ -40,7 +40,7 @@ return 1
 
 ROUTE_COLUMNS = (
     Application.id, Application.name, Application.created_by_id, Application.status,
-    Application.deployed_release, Application.updated_at,
+    Application.deployed_release, Application.canary_release, Application.canary_percent, Application.updated_at,
 )  # fmt: skip
 ROUTED = ("ready", "draining")  # a starting replica is sent nothing: it is not in the route yet
 
@@ -77,9 +77,15 @@ def route(application, replica_rows=()) -> dict:
                     "draining": replica.status == "draining" or application.status == lifecycle.STOPPING,
                 }
             )
+    weights = {}
+    if application.canary_release is not None and application.status == lifecycle.RUNNING:
+        # The gateway splits requests between the two releases (replicas of others get none).
+        share = application.canary_percent
+        weights = {str(application.deployed_release): 100 - share, str(application.canary_release): share}
     return {
         "id": str(application.id),
         "name": application.name,
+        "weights": weights,
         "owner_id": application.created_by_id,
         "status": application.status,
         "release": application.deployed_release,

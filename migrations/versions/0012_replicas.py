@@ -1,4 +1,4 @@
-"""replicas: an application's server processes as rows of their own; a roll-out's target release
+"""replicas: an application's server processes as rows of their own; a roll-out's target release; canaries
 
 Before, an application had one server process, recorded on its own row (process_host, process_pid,
 process_port). Each becomes its application's first replica, so a platform upgraded while servers run
@@ -78,6 +78,8 @@ def upgrade():
         batch_op.drop_column('process_pid')
         batch_op.drop_column('process_port')
         batch_op.add_column(sa.Column('rolling_to', sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column('canary_release', sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column('canary_percent', sa.Integer(), server_default='0', nullable=False))
     _names_unique_in_any_case()
 
 
@@ -91,6 +93,8 @@ def _names_unique_in_any_case():
 
 def downgrade():
     with op.batch_alter_table('applications', schema=None) as batch_op:
+        batch_op.drop_column('canary_percent')
+        batch_op.drop_column('canary_release')
         batch_op.drop_column('rolling_to')
         batch_op.add_column(sa.Column('process_port', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('process_pid', sa.Integer(), nullable=True))

@@ -417,3 +417,52 @@ def test_a_plugin_is_configured_through_its_schemas_form(app, factory, browser_p
 
         document = plugins.chain_document(db.session.get(type(application), application.id))
         assert [(p["name"], p["config"].get("region")) for p in document["plugins"]] == [("redact-pii", "HK")]
+
+
+def test_canary_promote_and_rollback_in_one_click_each(app, factory, browser_page, workers, tiny, gateway):
+    """While it runs: an edit is a draft release; the Releases pane tries it as a canary; the banner
+    promotes it; a release's button rolls back to it. Each is one click (and a confirmation)."""
+    from playwright.sync_api import expect
+
+    workers.start(2)
+    app.config["GATEWAY_URL"] = gateway
+    user = factory.user("releaser@example.com")
+    application = factory.application(user, tiny, name="versioned", config=dict(SERVING_CONFIG))
+    page = browser_page
+    with LiveServer(app) as server:
+        log_in(page, server, user)
+        page.goto(f"{server.url}/applications/{application.id}")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#live button:has-text('Deploy')")
+        expect(page.locator("#live h1 .badge")).to_have_text("running", timeout=90_000)
+
+        page.goto(f"{server.url}/applications/{application.id}/edit")
+        expect(page.locator(".flash-info")).to_contain_text("a draft that serves nothing until you Redeploy it")
+        page.fill("[name=timeout_s]", "45")
+        page.fill("[name=note]", "a longer timeout")
+        page.click("form button[type=submit]")
+        expect(page.locator("#releases")).to_contain_text("draft")
+        page.fill("#releases [name=share]", "25")
+        page.click("#releases button:has-text('Start canary')")
+        banner = page.locator("#live .canary")
+        expect(banner).to_contain_text("release 2 takes 25 % of the gateway's requests", timeout=90_000)
+        shot(page, "10-canary")
+        banner.screenshot(path=str(ARTIFACTS / "10-canary-banner.png"))
+        page.locator("#releases").screenshot(path=str(ARTIFACTS / "10-canary-releases.png"))
+
+        page.once("dialog", lambda dialog: dialog.accept())
+        banner.locator("button:has-text('Promote')").click()
+        expect(page.locator("#live .canary")).to_have_count(0, timeout=30_000)
+        expect(page.locator("#releases tr:has(td.mono:text-is('2'))")).to_contain_text("running", timeout=30_000)
+
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator("#releases tr:has(td.mono:text-is('1')) button:has-text('Roll back to this')").click()
+        expect(page.locator("#live")).to_contain_text("Rolling out release 3", timeout=30_000)
+        expect(page.locator("#releases tr:has(td.mono:text-is('3'))")).to_contain_text("running", timeout=90_000)
+        expect(page.locator("#releases")).to_contain_text("Rollback to release 1")
+        shot(page, "11-rolled-back")
+        page.locator("#live .replicas").screenshot(path=str(ARTIFACTS / "11-rolled-back-replicas.png"))
+    with app.app_context():
+        from llmapp.models import Application
+
+        assert db.session.get(Application, application.id).config["timeout_s"] == SERVING_CONFIG["timeout_s"]

@@ -7,6 +7,7 @@ import json
 import shutil
 import signal
 import threading
+from collections import Counter
 
 import openai
 import psutil
@@ -195,3 +196,57 @@ def test_a_replica_killed_under_load_fails_only_what_it_had(app, runner, member,
     assert row(app, application.id).status == "running"
     assert any(r.id == survivor.id for r in deployed_replicas(app, application.id))
     assert f"replica {victim.id[:8]}" in log_text(app, application.id)
+
+
+def release_of(api: openai.OpenAI, model: str) -> int:
+    raw = api.completions.with_raw_response.create(model=model, prompt="Hi", max_tokens=1, temperature=0)
+    raw.parse()
+    return int(raw.headers["X-Llmapp-Release"])
+
+
+def test_a_canary_takes_its_share_and_is_aborted_or_promoted(app, runner, member, factory, tiny, workers, gateway):
+    from llmapp.services import metrics
+
+    workers.start(2)
+    application = factory.application(member, tiny, name="bird", config=dict(SERVING_CONFIG))
+    code, deployed = cli(runner, "deploy", "bird", "--wait", "--json")
+    assert code == 0 and deployed["release"] == 1, deployed
+    key = new_key(app, application.id)
+    api = openai.OpenAI(base_url=gateway, api_key=key, max_retries=0, timeout=120)
+    code, edited = cli(runner, "edit", "bird", "--set", "timeout_s=44", "--note", "to try", "--json")
+    assert code == 0 and edited["release"] == 2
+
+    code, started = cli(runner, "canary", "bird", "--share", "20", "--wait", "--json")
+    assert code == 0 and (started["release"], started["canary_release"], started["canary_percent"]) == (1, 2, 20)
+    answered = Counter(release_of(api, "bird") for _ in range(500))
+    # Binomial(500, 0.2): 100 expected, standard deviation 8.9; these bounds are 4.5 of them either side.
+    assert answered[1] + answered[2] == 500 and 60 <= answered[2] <= 140, answered
+
+    # The Monitoring pane's figures by release are the gateway's own count of what it answered.
+    def by_release():
+        with app.app_context():
+            rows = metrics.report(db.session.get(Application, application.id), "1h")["releases"]
+        return {r["release"]: r["requests"] for r in rows}
+
+    wait_for(lambda: by_release() == dict(answered), 60, 0.5, f"the per-release figures to be {dict(answered)}")
+    page_rows = by_release()
+    assert set(page_rows) == {1, 2}
+
+    # Abort: once the gateway has the route (announced at once), the canary gets no request at all.
+    code, aborted = cli(runner, "canary", "bird", "--abort", "--json")
+    assert code == 0 and aborted["canary_release"] is None and aborted["release"] == 1
+    wait_for(lambda: all(release_of(api, "bird") == 1 for _ in range(10)), 60, 0.1, "release 1 only")
+    assert Counter(release_of(api, "bird") for _ in range(100)) == {1: 100}
+    wait_for(lambda: {r.release for r in row(app, application.id).replicas} == {1}, 60, 0.2, "the canary stopped")
+
+    # Again, then promoted: release 2 serves everything; release 1's server stops.
+    code, again = cli(runner, "canary", "bird", "--share", "50", "--wait", "--json")
+    assert code == 0 and again["canary_release"] == 2, again
+    code, promoted = cli(runner, "canary", "bird", "--promote", "--json")
+    assert code == 0 and (promoted["release"], promoted["canary_release"]) == (2, None), promoted
+    wait_for(lambda: all(release_of(api, "bird") == 2 for _ in range(10)), 60, 0.1, "release 2 only")
+    wait_for(lambda: {r.release for r in row(app, application.id).replicas} == {2}, 60, 0.2, "release 1 stopped")
+    assert current_release(runner, "bird") == 2
+    # A canary needs a release that is not the one serving.
+    code, refused = cli(runner, "canary", "bird", "--share", "10", "--json")
+    assert code == 1 and "Release 2 is the one serving" in refused, refused

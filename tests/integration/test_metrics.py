@@ -122,3 +122,31 @@ def test_the_app_center_overview(logged_in, factory, member, app, redis_url):
     assert busiest.index("busy") < busiest.index("failing") and "not-mine" not in fragment
     assert "41 requests" in busiest and "7 errors" in fragment.split("Most errors")[1]
     assert 'href="/applications/?status=running"' in fragment
+
+
+def test_the_pane_shows_each_release_through_the_gateway_side_by_side(logged_in, factory, member, app, redis_url):
+    """What gateways count per release (a canary beside the release deployed) is summed across gateways
+    and shown per release: requests, their share, errors and latency."""
+    application = factory.application(member, factory.model(), name="split", status="running")
+    with app.app_context():
+        from llmapp.extensions import db
+        from llmapp.models import Application
+
+        row = db.session.get(Application, application.id)
+        row.deployed_release, row.canary_release, row.canary_percent = 1, 2, 20
+        db.session.commit()
+    connection = redis.Redis.from_url(redis_url)
+    bucket = int(time.time() // 10 * 10)
+    for _ in range(2):  # two gateways' flushes add up
+        counted = Counter()
+        for release, status, seconds, times in ((1, 200, 0.02, 30), (2, 200, 0.3, 8), (2, 502, 0.01, 2)):
+            for _ in range(times):
+                counted.update(metrics.release_fields(release, status, seconds))
+        metrics.write(connection, str(application.id), {bucket: counted})
+    pane = logged_in.get(f"/applications/{application.id}/monitoring?window=15m", headers=HX).text
+    table = pane.split('aria-label="Requests by release"')[1].split("</table>")[0]
+    deployed, canary = table.split('data-release="1"')[1].split('data-release="2"')
+    assert "deployed" in deployed and ">60<" in deployed and "75.0 %" in deployed  # 60 of 80 requests
+    assert ">0<" in deployed and "17.5 ms" in deployed  # no error; p50 interpolated in the 10–25 ms bucket
+    assert "canary" in canary and ">20<" in canary and "25.0 %" in canary  # 20 of 80
+    assert ">4<" in canary and "20.0 %" in canary  # 4 errors of 20

@@ -102,3 +102,31 @@ def test_one_failed_health_check_is_a_blip_two_exclude_and_a_first_one_excludes_
     assert replica.healthy is False
     table = RoutingTable()
     assert table.candidates(route(replica)) == [replica]  # all unhealthy: they answer for themselves
+
+
+def test_a_canary_route_draws_each_request_s_release_by_the_weights():
+    table = RoutingTable()
+    table._random.seed(7)  # a fixed draw: the bounds below hold for any, this keeps the test repeatable
+    stable = [Replica("a", "http://a", release=1), Replica("b", "http://b", release=1)]
+    canary = Replica("c", "http://c", release=2)
+    pool = Route("app", "chat", 1, "running", 1, [*stable, canary], {1: 80, 2: 20})
+    drawn = [table.candidates(pool)[0].release for _ in range(10_000)]
+    assert 1_850 <= drawn.count(2) <= 2_150  # 2,000 expected; 40 is one standard deviation
+    assert {r.release for r in table.candidates(pool, tried=[canary])} == {1}  # a retry: any that answers
+    pool.weights = {1: 100, 2: 0}  # an abort: none at all
+    assert {table.candidates(pool)[0].release for _ in range(500)} == {1}
+    pool.weights = {1: 0, 2: 100}
+    canary.healthy = False  # the drawn release has no healthy replica: another answers
+    assert {table.candidates(pool)[0].release for _ in range(50)} == {1}
+
+
+def test_a_route_s_weights_and_each_replica_s_release_are_read_from_what_the_platform_published():
+    published = {
+        "id": "app", "name": "chat", "owner_id": 1, "status": "running", "release": 3, "version": 1,
+        "weights": {"3": 90, "4": 10},
+        "replicas": [{"id": "a", "url": "http://a", "release": 3}, {"id": "b", "url": "http://b", "release": 4},
+                     {"id": "c", "url": "http://c"}],
+    }  # fmt: skip
+    parsed = parse_route(json.dumps(published))
+    assert parsed.weights == {3: 90, 4: 10}
+    assert [r.release for r in parsed.replicas] == [3, 4, 3]  # one without its own: the route's release

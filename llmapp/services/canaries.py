@@ -1,0 +1,124 @@
+"""Canaries: a release serving beside the one deployed, with a chosen share of the gateway's requests,
+compared side by side (the Monitoring pane's per-release figures), then promoted (it serves everything;
+the old replicas drain and stop) or aborted (its replicas drain and stop; the share goes to 0 at once).
+
+A canary starts as a roll-out of the newest release (deployments.request_deploy with a share): its
+replicas must be ready before any gateway sends them a request; then, instead of the old ones draining,
+both serve, split by the share (``Application.canary_release``, ``canary_percent``; the route's weights).
+"""
+
+import uuid
+
+from ..extensions import db
+from ..models import Application, utcnow
+from . import Conflict, FieldErrors, deployments, lifecycle, releases, replicas, routing
+from .platform_log import log_event
+
+SHARES = (1, 99)  # a canary's share of the gateway's requests, in percent
+
+
+def check_share(share) -> int:
+    """:raise FieldErrors: not a whole percentage within SHARES."""
+    low, high = SHARES
+    if isinstance(share, bool) or not isinstance(share, int) or not low <= share <= high:
+        raise FieldErrors({"share": [f"A canary takes between {low} and {high} % of the requests."]})
+    return share
+
+
+def start(application: Application, share: int) -> str:
+    """Roll the newest release out as a canary taking ``share`` % of the gateway's requests (or, with a
+    canary running, give it that share). Returns the deploy id ("" for a new share).
+
+    :raise FieldErrors: a share out of bounds. :raise Conflict: the newest release is the one serving,
+        or it is not running. :raise TransitionRefused: a roll-out is under way.
+    """
+    share = check_share(share)
+    if application.canary_release is not None:
+        set_share(application, share)
+        return ""
+    if application.status != lifecycle.RUNNING:
+        raise lifecycle.TransitionRefused(
+            f"Only a running application can try a release as a canary; this one is {application.status}.",
+            application.status,
+        )
+    newest = releases.record(application, None, releases.DEPLOYED_NOTE)
+    if newest.number == application.deployed_release:
+        raise Conflict(
+            f"Release {newest.number} is the one serving: save a change first (an edit makes the next release), "
+            "then try that release as a canary."
+        )
+    return deployments.request_deploy(application, canary_percent=share)
+
+
+def set_share(application: Application, share: int) -> None:
+    """:raise Conflict: no canary runs."""
+    share = check_share(share)
+    done = db.session.execute(
+        db.update(Application)
+        .where(Application.id == application.id, Application.canary_release.is_not(None))
+        .values(canary_percent=share, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if done != 1:
+        db.session.rollback()
+        raise Conflict(f"{application.name} runs no canary.")
+    db.session.commit()
+    db.session.expire(application)
+    routing.publish(application.id)
+    log_event(application.id, f"the canary (release {application.canary_release}) now takes {share} % of the requests")
+
+
+def promote(application: Application) -> None:
+    """The canary's release serves every request; the old release's replicas drain and stop.
+
+    :raise Conflict: no canary runs (or its roll-out is still under way).
+    """
+    canary, old_release = application.canary_release, application.deployed_release
+    ended = _end(application, deployed_release=canary)
+    keep = [r for r in application.replicas if r.release == canary and r.status in ("ready", "starting")]
+    application.endpoint = replicas.endpoint_url(keep[0]) if keep and keep[0].port else application.endpoint
+    _drain(application, ended, [r for r in application.replicas if r not in keep])
+    log_event(
+        application.id, f"canary promoted: release {canary} serves every request; release {old_release}'s replicas stop"
+    )
+
+
+def abort(application: Application) -> None:
+    """The canary's replicas drain and stop; the release deployed serves every request again (0 % at
+    once: no gateway sends the canary anything new).
+
+    :raise Conflict: no canary runs (or its roll-out is still under way).
+    """
+    canary = application.canary_release
+    ended = _end(application)
+    _drain(application, ended, [r for r in application.replicas if r.release == canary])
+    log_event(application.id, f"canary aborted: release {application.deployed_release} serves every request again")
+
+
+def _end(application: Application, **values) -> str:
+    """End the canary (one conditional UPDATE, not committed); the new deploy id its retirement runs under."""
+    deploy_id = uuid.uuid4().hex
+    done = db.session.execute(
+        db.update(Application)
+        .where(
+            Application.id == application.id,
+            Application.status == lifecycle.RUNNING,
+            Application.canary_release.is_not(None),
+            Application.rolling_to.is_(None),
+        )
+        .values(canary_release=None, canary_percent=0, deploy_id=deploy_id, updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if done != 1:
+        db.session.rollback()
+        raise Conflict(f"{application.name} runs no canary to end.")
+    return deploy_id
+
+
+def _drain(application: Application, deploy_id: str, leaving: list) -> None:
+    for replica in leaving:
+        replica.status = "draining"
+    db.session.commit()
+    db.session.expire(application)
+    routing.publish(application.id)
+    replicas.retire(application, deploy_id, leaving)
