@@ -154,7 +154,7 @@ class RedisServer(Supervised):
 
 def main() -> None:
     from llmapp.embedded import EmbeddedRedis
-    from llmapp.services import bootstrap, deployments
+    from llmapp.services import bootstrap, stops
 
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
@@ -215,7 +215,7 @@ def main() -> None:
         try:
             if app is not None and children:
                 with app.app_context():  # the servers it started go too, recorded as stopped
-                    if stopped := deployments.shutdown_host("the platform was shut down"):
+                    if stopped := stops.shutdown_host("the platform was shut down"):
                         print(f"Stopped {stopped} application server(s).")
         finally:
             if embedded is not None:

@@ -1,7 +1,7 @@
 """Deployment jobs: thin wrappers over the deploy, reconcile and server-process services (the worker
 provides the app context)."""
 
-from llmapp.services import deployments, reconcile, replicas, server_processes
+from llmapp.services import deployments, reconcile, replicas, server_processes, stops
 
 
 def deploy_application(application_id: str, deploy_id: str, release: int | None = None) -> str:
@@ -17,7 +17,7 @@ def retire_replicas(application_id: str, replica_ids: list[str]) -> str:
 
 
 def stop_application(application_id: str) -> str:
-    return deployments.run_stop(application_id)
+    return stops.run_stop(application_id)
 
 
 def reconcile_host(host: str) -> dict:

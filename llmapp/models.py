@@ -291,6 +291,7 @@ class Release(db.Model):
     author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     note: Mapped[str] = mapped_column(String(200), default="")
     setup: Mapped[dict] = mapped_column(JSON, default=dict)
+    served_at: Mapped[datetime | None]  # when it last began to serve (a rollback goes to the one before)
 
     author: Mapped[User | None] = relationship(lazy="joined")
 

@@ -8,7 +8,7 @@ from flask import g, url_for
 from spectree import Response
 
 from ..extensions import db
-from ..services import applications, deployments, releases, routing
+from ..services import applications, deployments, releases, routing, stops
 from . import BODY_ERRORS, ERRORS, bp, spec
 from .schemas import ApplicationIn, ApplicationOut, ApplicationPage, ApplicationQuery, Problem, Transition
 
@@ -129,4 +129,4 @@ def stop_application(application_id):
 
 
 def _stop(application) -> None:
-    deployments.request_stop(application)
+    stops.request_stop(application)

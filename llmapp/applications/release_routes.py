@@ -28,7 +28,7 @@ def deploy_release(application_id, number):
 def _share() -> int | str:
     """The form's share: a whole number, or what was typed (the service says why it is refused)."""
     typed = request.form.get("share", "").strip()
-    return int(typed) if typed.isdigit() and len(typed) < 4 else typed
+    return int(typed) if typed.isdecimal() and typed.isascii() and len(typed) < 4 else typed
 
 
 def _canary(application, share):

@@ -22,6 +22,7 @@ from ..services import (
     plugins,
     registry,
     releases,
+    stops,
 )
 from ..services import metrics as metrics_service
 from ..web import int_arg, redirect_to, render
@@ -198,7 +199,7 @@ def deploy(application_id):
 @bp.post("/<application_id>/stop")
 def stop(application_id):
     """Stop (the page asked for confirmation): in-flight requests finish, then the server exits."""
-    return _request(application_id, deployments.request_stop)
+    return _request(application_id, stops.request_stop)
 
 
 def _keys_section(application, new_key=None, error=None):

@@ -18,6 +18,7 @@ from ..services import (
     registry,
     releases,
     routing,
+    stops,
     users,
 )
 from ..services import logs as logs_service
@@ -219,7 +220,7 @@ def deploy_app(name, wait, timeout, as_json):
 
 @apps_cli.command("rollback")
 @click.argument("name")
-@click.option("--to", "number", type=int, help="The release to go back to (default: the one before the last deployed)")
+@click.option("--to", "number", type=int, help="The release to go back to (default: the one that served before)")
 @click.option("--wait", is_flag=True, help="Wait until it serves (exit 1 if it fails).")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait.")
 @click.option("--json", "as_json", is_flag=True)
@@ -271,7 +272,8 @@ def _follow_deploy(application, wait: bool, timeout: float, as_json: bool, canar
             timeout,
         )
     _report(application, as_json)
-    if wait and (application.canary_release if canary else application.deployed_release) != target:
+    served = application.canary_release if canary else application.deployed_release
+    if wait and (served != target or application.last_error):
         raise click.ClickException(f"Release {target} does not serve: {application.last_error or application.status}")
 
 
@@ -282,7 +284,7 @@ def _follow_deploy(application, wait: bool, timeout: float, as_json: bool, canar
 @click.option("--json", "as_json", is_flag=True)
 def stop_app(name, wait, timeout, as_json):
     """Stop the application NAME: in-flight requests finish, then its server exits."""
-    _transition(name, deployments.request_stop, {lifecycle.STOPPED, lifecycle.FAILED}, wait, timeout, as_json)
+    _transition(name, stops.request_stop, {lifecycle.STOPPED, lifecycle.FAILED}, wait, timeout, as_json)
 
 
 @keys_cli.command("create")

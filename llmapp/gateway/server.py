@@ -57,6 +57,7 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 WATCHER = web.AppKey("watcher", RouteWatcher)
 MAX_BODY = web.AppKey("max_body", int)
 COUNTS = web.AppKey("counts", ReleaseCounts)
+CLIENT_LEFT, BROKE_OFF = 499, 502  # how an answer passed through ended, for the per-release counts
 LOAD_WAIT_S = 5.0  # a request in the first moments waits this long for the table
 
 
@@ -160,8 +161,8 @@ async def proxy(request: web.Request, route: Route, body: bytes) -> web.StreamRe
             replica.in_flight -= 1
             raise
         try:
-            response = await _pass_through(request, route, replica, upstream)
-            request.app[COUNTS].add(route.id, replica.release, response.status, time.monotonic() - started)
+            response, outcome = await _pass_through(request, route, replica, upstream)
+            request.app[COUNTS].add(route.id, replica.release, outcome, time.monotonic() - started)
             return response
         finally:
             upstream.close()  # unless released whole: a client that left stops its generation there
@@ -179,7 +180,9 @@ async def _next_replica(app: web.Application, route: Route, tried: list[Replica]
 
 async def _pass_through(
     request: web.Request, route: Route, replica: Replica, upstream: aiohttp.ClientResponse
-) -> web.StreamResponse:
+) -> tuple[web.StreamResponse, int]:
+    """The answer passed through, and how it ended for the counts: the replica's status; 499 when the
+    client left; 502 when the replica broke off mid-way."""
     response = web.StreamResponse(
         status=upstream.status,
         reason=upstream.reason,
@@ -194,13 +197,13 @@ async def _pass_through(
     try:
         await response.prepare(request)
     except ConnectionResetError:
-        return response
+        return response, CLIENT_LEFT
     try:
         async for chunk in upstream.content.iter_any():
             try:
                 await response.write(chunk)
             except ConnectionResetError:
-                return response
+                return response, CLIENT_LEFT
     except (aiohttp.ClientError, TimeoutError) as e:
         log.warning("a replica of application %s broke off an answer: %s", route.id, e)
         if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
@@ -210,10 +213,13 @@ async def _pass_through(
         else:
             if request.transport is not None:
                 request.transport.close()  # a body cut short must not look whole
-            return response
+            return response, BROKE_OFF
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
+        return response, BROKE_OFF
     upstream.release()  # read to the end: its connection goes back to the pool
     await response.write_eof()
-    return response
+    return response, upstream.status
 
 
 async def models(request: web.Request) -> web.Response:

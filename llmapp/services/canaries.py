@@ -41,6 +41,8 @@ def start(application: Application, share: int) -> str:
             f"Only a running application can try a release as a canary; this one is {application.status}.",
             application.status,
         )
+    if application.deployed_release is None:
+        raise Conflict(f"{application.name} runs a release from before releases: deploy it once, then try a canary.")
     newest = releases.record(application, None, releases.DEPLOYED_NOTE)
     if newest.number == application.deployed_release:
         raise Conflict(
@@ -74,9 +76,11 @@ def promote(application: Application) -> None:
     :raise Conflict: no canary runs (or its roll-out is still under way).
     """
     canary, old_release = application.canary_release, application.deployed_release
-    ended = _end(application, deployed_release=canary)
-    keep = [r for r in application.replicas if r.release == canary and r.status in ("ready", "starting")]
-    application.endpoint = replicas.endpoint_url(keep[0]) if keep and keep[0].port else application.endpoint
+    keep = [r for r in application.replicas if r.release == canary and r.status == "ready"]
+    if canary is None or not keep:
+        raise Conflict(f"{application.name} has no canary serving to promote.")
+    ended = _end(application, canary, deployed_release=canary, endpoint=replicas.endpoint_url(keep[0]))
+    releases.mark_served(application.id, canary)
     _drain(application, ended, [r for r in application.replicas if r not in keep])
     log_event(
         application.id, f"canary promoted: release {canary} serves every request; release {old_release}'s replicas stop"
@@ -90,20 +94,27 @@ def abort(application: Application) -> None:
     :raise Conflict: no canary runs (or its roll-out is still under way).
     """
     canary = application.canary_release
-    ended = _end(application)
+    serving = [r for r in application.replicas if r.release == application.deployed_release and r.status == "ready"]
+    if canary is None or not serving:
+        raise Conflict(
+            f"{application.name} has no canary to abort beside a serving release"
+            + (": promote it, or stop the application." if canary is not None else ".")
+        )
+    ended = _end(application, canary)
     _drain(application, ended, [r for r in application.replicas if r.release == canary])
     log_event(application.id, f"canary aborted: release {application.deployed_release} serves every request again")
 
 
-def _end(application: Application, **values) -> str:
-    """End the canary (one conditional UPDATE, not committed); the new deploy id its retirement runs under."""
+def _end(application: Application, canary: int, **values) -> str:
+    """End the canary ``canary`` (one conditional UPDATE, not committed); the new deploy id its
+    retirement runs under."""
     deploy_id = uuid.uuid4().hex
     done = db.session.execute(
         db.update(Application)
         .where(
             Application.id == application.id,
             Application.status == lifecycle.RUNNING,
-            Application.canary_release.is_not(None),
+            Application.canary_release == canary,
             Application.rolling_to.is_(None),
         )
         .values(canary_release=None, canary_percent=0, deploy_id=deploy_id, updated_at=utcnow(), **values)

@@ -23,13 +23,14 @@ from ..models import Application, Replica, utcnow
 from ..runtime import logs
 from . import NotFound, ServiceError, api_keys, lifecycle, releases, replicas, routing
 from .platform_log import log_event
-from .server_processes import DeployFailed, health, server_process, spawn, terminate
+from .server_processes import DeployFailed, Superseded, health, kill_orphan, server_process, spawn
 from .server_spec import ServingSetup
 
 PHASES = ("queued", "starting process", "loading model", "warming up", "ready")
 HEALTH_PHASES = {"loading": "loading model", "warming_up": "warming up", "ready": "ready"}
 LOCK_TTL_S = 5  # a deploy job's lock, renewed while it runs; a lock that lapses means the job died
 LOCK_WAIT_S = 20  # for the lock a previous job holds while it finishes, before this one counts as a duplicate
+SUPERSEDED_CHECK_S = 1.0  # how often a deploy waiting for its servers checks it is still the application's
 
 
 def now_iso() -> str:
@@ -52,13 +53,31 @@ def _advance(phases: list, name: str, status: str = "running") -> list:
 
 
 def _set_phase(application: Application, name: str | None, status: str = "running") -> None:
-    application.deploy_phases = _advance(application.deploy_phases or [], name, status)
+    """Move the phases of the application's current deploy (a deploy ended meanwhile changes nothing:
+    the UPDATE is conditional, and the row object is not written)."""
+    deploy_id, phases = application.deploy_id, _advance(application.deploy_phases or [], name, status)
     db.session.execute(
         db.update(Application)
-        .where(Application.id == application.id, Application.deploy_id == application.deploy_id)
-        .values(deploy_phases=application.deploy_phases)
+        .where(Application.id == application.id, Application.deploy_id == deploy_id)
+        .values(deploy_phases=phases)
     )
     db.session.commit()
+
+
+def _still_under_way(application_id, deploy_id: str, rolling: bool) -> bool:
+    """Whether the deploy ``deploy_id`` is still the application's (no stop, restart or repair ended
+    it), read on a connection of its own (the job's session keeps what it holds)."""
+    with db.engine.connect() as connection:
+        row = connection.execute(
+            db.select(Application.status, Application.deploy_id, Application.rolling_to).where(
+                Application.id == uuid.UUID(str(application_id))
+            )
+        ).first()
+    if row is None or row.deploy_id != deploy_id:
+        return False
+    if rolling:
+        return row.status == lifecycle.RUNNING and row.rolling_to is not None
+    return row.status == lifecycle.DEPLOYING
 
 
 # --- deploy and roll out -------------------------------------------------------------------------
@@ -97,7 +116,7 @@ def request_deploy(
         )
     elif rolling:  # a running application can't be deleted meanwhile: its release is recorded first
         number, serving = releases.record(current, None, releases.DEPLOYED_NOTE).number, current.deployed_release
-        lifecycle.begin_roll(application_id, rolling_to=number, canary_percent=canary_percent, **values)
+        lifecycle.begin_roll(application_id, rolling_to=number, canary_percent=canary_percent, restarts=[], **values)
         as_what = f"as a canary taking {canary_percent} % of the requests" if canary_percent else "in its place"
         log_event(application_id, f"rolling out release {number} {as_what} (release {serving} serves meanwhile)")
     else:
@@ -124,7 +143,7 @@ def request_deploy(
 
 
 def rollback(application: Application, number: int | None, author) -> str:
-    """Deploy release ``number`` (default: the one before the last deployed) again, as the application's
+    """Deploy release ``number`` (default: the one that served before the one deployed) again, as the application's
     next release: rolled out while it runs, deployed when it is stopped or failed. Returns the deploy id.
 
     :raise NotFound: no such release. :raise TransitionRefused: it is on its way somewhere, or rolling.
@@ -138,10 +157,9 @@ def rollback(application: Application, number: int | None, author) -> str:
             f"Release {application.canary_release} runs as a canary: promote or abort it first.", application.status
         )
     if number is None:
-        last = application.deployed_release or releases.history(application)[0].number
-        if last <= 1:
-            raise NotFound(f"{application.name} has no release before release {last} to roll back to.")
-        number = last - 1
+        number = releases.served_before(application)
+        if number is None:
+            raise NotFound(f"{application.name} has served no other release to roll back to; name one (--to).")
     releases.restore(application, number, author)
     return request_deploy(application)
 
@@ -164,13 +182,20 @@ def _current_phase(application: Application) -> str:
     return application.deploy_phases[-1]["name"] if application.deploy_phases else "starting process"
 
 
-def wait_ready(application: Application, replica: Replica, process: psutil.Process, deadline: float) -> None:
+def wait_ready(
+    application: Application, deploy_id: str, rolling: bool, replica: Replica, process: psutil.Process, deadline: float
+) -> None:
     """Follow one replica's server until it is ready, fails, exits or runs past ``deadline`` (a
     monotonic time), moving the deploy's phases forward as it goes.
 
-    :raise DeployFailed: with the reason.
+    :raise Superseded: the deploy was ended meanwhile. :raise DeployFailed: with the reason.
     """
+    checked = time.monotonic()
     while time.monotonic() < deadline:
+        if time.monotonic() - checked >= SUPERSEDED_CHECK_S:
+            if not _still_under_way(application.id, deploy_id, rolling):
+                raise Superseded("the deploy was ended meanwhile (a stop, a restart or a repair)")
+            checked = time.monotonic()
         if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:
             code = process.wait(0) if process.is_running() else None
             detail = _last_error_line(application)
@@ -197,11 +222,9 @@ def wait_ready(application: Application, replica: Replica, process: psutil.Proce
     )
 
 
-def _start_replicas(
-    application: Application, deploy_id: str, number: int | None, resumed: bool
-) -> list[tuple[Replica, psutil.Process]]:
-    """The deploy's replicas of release ``number``, started (those a previous run of its job started
-    are followed; None: the release they run, else the newest).
+def _start_replicas(application: Application, deploy_id: str, number: int | None, resumed: bool, started: list) -> None:
+    """Start the deploy's replicas of release ``number`` into ``started`` (with their processes; those
+    a previous run of its job started are followed; None: the release they run, else the newest).
 
     :raise DeployFailed: one could not be started, or the job's earlier run left none alive.
     """
@@ -214,7 +237,6 @@ def _start_replicas(
     except NotFound as e:
         raise DeployFailed(str(e)) from e
     setup = ServingSetup.of(release)
-    started = []
     for replica in mine:
         process = server_process(replica)
         if process is None:
@@ -231,7 +253,6 @@ def _start_replicas(
         application.replicas.append(replica)
         db.session.commit()
         started.append((replica, spawn(application, replica, setup)))
-    return started
 
 
 def run_deploy(application_id, deploy_id: str, number: int | None = None, resumed: bool = False) -> str:
@@ -244,7 +265,8 @@ def run_deploy(application_id, deploy_id: str, number: int | None = None, resume
     """
     connection = queues.connection()
     with queues.held_lock(connection, keyspace.lock("deploy", application_id), LOCK_TTL_S, wait_s=LOCK_WAIT_S) as held:
-        if not held:
+        if not held:  # the reconcile repairs it, as a deploy whose job died
+            log_event(application_id, "a deploy job found another one still at work on this application", "WARNING")
             return "another job is deploying this application"
         application = db.session.get(Application, uuid.UUID(str(application_id)))
         if application is None or application.deploy_id != deploy_id:
@@ -253,27 +275,46 @@ def run_deploy(application_id, deploy_id: str, number: int | None = None, resume
         if application.status != lifecycle.DEPLOYING and not rolling:
             return "stale deploy: nothing to do"
         log_event(application.id, "deploy resumed: following the servers to ready" if resumed else "deploy job started")
+        started: list[tuple[Replica, psutil.Process]] = []
         try:
             if not rolling:  # what a crashed deploy or server left goes first
                 replicas.remove(application, [r for r in application.replicas if r.deploy_id != deploy_id], grace_s=0)
-            started = _start_replicas(application, deploy_id, number, resumed)
+            _start_replicas(application, deploy_id, number, resumed, started)
             deadline = _deadline(application)
             for replica, process in started:
-                wait_ready(application, replica, process, deadline)
+                wait_ready(application, deploy_id, rolling, replica, process, deadline)
+            _set_phase(application, None)
+            new = [replica for replica, _ in started]
+            return _serve_rolled(application, deploy_id, new) if rolling else _serve_deployed(application, new, resumed)
         except DeployFailed as e:
+            if isinstance(e, Superseded) or not _still_under_way(application_id, deploy_id, rolling):
+                _abandon(application_id, deploy_id, started)
+                return f"ended meanwhile: {e}"
             if rolling:
                 end_roll_failed(application, deploy_id, str(e))
             else:
                 fail_deploy(application, str(e))
             return f"failed: {e}"
-        _set_phase(application, None)
-        new = [replica for replica, _ in started]
-        return _serve_rolled(application, deploy_id, new) if rolling else _serve_deployed(application, new, resumed)
+
+
+def _abandon(application_id, deploy_id: str, started: list) -> None:
+    """A deploy ended meanwhile: kill the servers it started (their rows may be gone already) and
+    forget what is left of them."""
+    db.session.rollback()
+    for _, process in started:
+        kill_orphan(process.pid, str(application_id))
+    application_uuid = uuid.UUID(str(application_id))
+    mine = db.select(Replica).where(Replica.application_id == application_uuid, Replica.deploy_id == deploy_id)
+    leftover = db.session.scalars(mine).all()
+    application = db.session.get(Application, application_uuid)
+    if application is not None and leftover:
+        replicas.remove(application, leftover, grace_s=0)
 
 
 def _serve_deployed(application: Application, new: list[Replica], resumed: bool) -> str:
     for replica in new:
         replica.status = "ready"
+    releases.mark_served(application.id, new[0].release)
     db.session.commit()
     # Its keys before anyone sees it running: a key made once it runs is published by its maker, and
     # a publish of what this job read earlier must not come after that one and drop it.
@@ -286,8 +327,8 @@ def _serve_deployed(application: Application, new: list[Replica], resumed: bool)
             deployed_at=utcnow(),
             deployed_release=new[0].release,
         )
-    except lifecycle.TransitionRefused:
-        return "finished meanwhile by another job"
+    except lifecycle.TransitionRefused as e:
+        raise Superseded("the deploy was settled meanwhile by the reconcile") from e
     where = f"release {new[0].release} running at {replicas.endpoint_url(new[0])}" + (
         f" and {len(new) - 1} more replica{'s' if len(new) > 2 else ''}" if len(new) > 1 else ""
     )
@@ -311,15 +352,14 @@ def _serve_rolled(application: Application, deploy_id: str, new: list[Replica]) 
         endpoint=replicas.endpoint_url(new[0]),
         deployed_at=utcnow(),
     )
-    if not served:  # stopped or restarted meanwhile: what it started is not wanted
-        db.session.rollback()
-        replicas.remove(application, new, grace_s=0)
-        return "ended meanwhile: its replicas were stopped"
+    if not served:  # stopped, restarted or repaired meanwhile: what it started is not wanted
+        raise Superseded("the roll-out was ended meanwhile")
     old = [r for r in application.replicas if r not in new]
     for replica in new:
         replica.status = "ready"
     for replica in old:
         replica.status = "draining"
+    releases.mark_served(application.id, new[0].release)
     db.session.commit()
     routing.publish(application.id)
     log_event(
@@ -333,9 +373,7 @@ def _serve_rolled(application: Application, deploy_id: str, new: list[Replica]) 
 
 def _serve_canary(application: Application, deploy_id: str, new: list[Replica], previous: int, share: int) -> str:
     if not lifecycle.end_roll(application.id, deploy_id, canary_release=new[0].release):
-        db.session.rollback()
-        replicas.remove(application, new, grace_s=0)
-        return "ended meanwhile: its replicas were stopped"
+        raise Superseded("the roll-out was ended meanwhile")
     for replica in new:
         replica.status = "ready"
     db.session.commit()
@@ -373,77 +411,3 @@ def fail_deploy(application: Application, reason: str) -> None:
     except lifecycle.TransitionRefused:
         return  # another job or the reconcile settled it meanwhile
     log_event(application.id, f"deploy failed: {reason}", "ERROR")
-
-
-# --- stop ---------------------------------------------------------------------------------------
-
-
-def request_stop(application: Application) -> None:
-    """Move to stopping and send the stop job to the host that runs the servers.
-
-    :raise TransitionRefused: it is not running.
-    """
-    lifecycle.transition(application.id, "stop")
-    host = application.replicas[0].host if application.replicas else queues.this_host()
-    try:
-        log_event(application.id, "stop requested")
-        queues.queue(queues.host_queue_name(host)).enqueue(
-            "jobs.deploy.stop_application",
-            str(application.id),
-            job_id=f"stop-{application.deploy_id}",
-            job_timeout=int(current_app.config["STOP_GRACE_S"]) + 60,
-        )
-    except redis.RedisError as e:  # the reconcile finishes the stop once Redis is back
-        raise ServiceError(
-            "Stopping, but the stop job could not be queued (Redis is unreachable); it completes when Redis is back."
-        ) from e
-
-
-def run_stop(application_id) -> str:
-    connection = queues.connection()
-    with queues.held_lock(connection, keyspace.lock("stop", application_id), LOCK_TTL_S) as held:
-        if not held:
-            return "another job is stopping this application"
-        application = db.session.get(Application, uuid.UUID(str(application_id)))
-        if application is None or application.status != lifecycle.STOPPING:
-            return "not stopping: nothing to do"
-        codes = [c for c in terminate(list(application.replicas), current_app.config["STOP_GRACE_S"]).values()]
-        code = next((c for c in codes if c is not None), None)
-        stopped(application, f"stopped (exit code {code})" if code is not None else "stopped")
-        return "stopped"
-
-
-def stopped(application: Application, message: str) -> None:
-    """Record a stop that is done: the processes gone, their replicas forgotten (a server still alive
-    on another host is killed by its host's worker)."""
-    elsewhere = [(r.pid, r.host) for r in application.replicas if r.pid and r.host != queues.this_host()]
-    application.replicas.clear()
-    # Commits the replicas' removal too.
-    lifecycle.transition(application.id, "stopped", rolling_to=None, canary_release=None, canary_percent=0)
-    for pid, host in elsewhere:
-        replicas.kill_elsewhere(application.id, pid, host)
-    try:
-        queues.connection().delete(keyspace.server(application.id))
-    except redis.RedisError:
-        pass  # it expires by itself
-    log_event(application.id, message)
-
-
-def shutdown_host(reason: str) -> int:
-    """Stop every server on this host and record it (the embedded platform's Ctrl-C). Returns how many."""
-    host = queues.this_host()
-    count = 0
-    on_host = db.select(Replica.application_id).where(Replica.host == host)
-    for application in db.session.scalars(db.select(Application).where(Application.id.in_(on_host))).all():
-        try:
-            if application.status == lifecycle.DEPLOYING:
-                fail_deploy(application, f"The deploy was interrupted: {reason}.")
-            else:
-                if application.status == lifecycle.RUNNING:
-                    lifecycle.transition(application.id, "stop")
-                terminate(list(application.replicas), current_app.config["STOP_GRACE_S"])
-                stopped(application, f"stopped: {reason}")
-        except lifecycle.TransitionRefused:
-            continue  # a worker's job or reconcile finished it meanwhile
-        count += 1
-    return count

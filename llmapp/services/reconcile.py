@@ -20,24 +20,26 @@ from ..extensions import db
 from ..models import ApiKey, Application, Replica, utcnow
 from . import applications, lifecycle, metrics, plugins, routing
 from .api_keys import publish_keys
-from .deployments import end_roll_failed, fail_deploy, now_iso, request_deploy, stopped
+from .deployments import end_roll_failed, fail_deploy, now_iso, request_deploy
 from .platform_log import log_event
 from .releases import get as get_release
 from .replicas import endpoint_url, retire_job_id
 from .replicas import remove as remove_replicas
 from .server_processes import DeployFailed, health, server_process, spawn, terminate
 from .server_spec import ServingSetup
+from .stops import stopped
 from .supervision import BUSY_LIMIT_S, Silence, decide_restart, job_in_hand, judge_silence, key_uses
 
 RECONCILE_LOCK_TTL_S = 30
+ENQUEUE_GRACE_S = 30  # between a deploy's request recording it and its job being queued (a busy web process)
 
 
-def _job_in_hand(job_id: str) -> bool:
-    """Whether the job ``job_id`` is on its way (supervision.job_in_hand)."""
+def _job_in_hand(job_id: str) -> bool | None:
+    """Whether the job ``job_id`` is on its way (supervision.job_in_hand); None: there is no such job."""
     try:
         job = Job.fetch(job_id, connection=queues.connection(), serializer=queues.SERIALIZER)
     except NoSuchJobError:
-        return False
+        return None
     started = job.started_at
     started_s_ago = None if started is None else (datetime.now(UTC) - started.replace(tzinfo=UTC)).total_seconds()
     return job_in_hand(job.get_status(), started_s_ago, bool(job.meta.get(queues.TOOK_LOCK)))
@@ -93,10 +95,17 @@ def _on(application: Application, host: str) -> list[Replica]:
 
 
 def _deploy_in_hand(application: Application, connection) -> bool:
-    """Whether the application's current deploy or roll-out has a job on its way."""
-    return bool(connection.exists(keyspace.lock("deploy", application.id))) or any(
-        _job_in_hand(f"{kind}-{application.deploy_id}") for kind in ("deploy", "resume")
-    )
+    """Whether the application's current deploy or roll-out has a job on its way: one holds its lock,
+    is waiting or has just started, or none is there yet but the deploy was asked for moments ago (its
+    request records it, then queues the job)."""
+    if connection.exists(keyspace.lock("deploy", application.id)):
+        return True
+    jobs = [_job_in_hand(f"{kind}-{application.deploy_id}") for kind in ("deploy", "resume")]
+    if any(jobs):
+        return True
+    asked = application.deploy_phases[0]["started_at"] if application.deploy_phases else None
+    asked_s_ago = (utcnow() - datetime.fromisoformat(asked)).total_seconds() if asked else None
+    return all(job is None for job in jobs) and asked_s_ago is not None and asked_s_ago < ENQUEUE_GRACE_S
 
 
 def _retiring(application: Application, connection, host: str) -> bool:
@@ -233,16 +242,24 @@ def _start_replacements(application: Application, release: int, count: int, reas
 
 
 def _follow_replacement(application: Application, replica: Replica) -> str | None:
-    """A replacement the reconcile started: ready (it joins the route), dead or too slow (it goes)."""
+    """A replacement the reconcile started: ready (it joins the route), dead or too slow (it goes), or
+    of a release that no longer serves (a roll-out or a canary ended meanwhile: it goes)."""
+    if replica.release not in (application.deployed_release, application.canary_release):
+        remove_replicas(application, [replica], grace_s=0)
+        return "repaired"
     if server_process(replica) is None:
         remove_replicas(application, [replica], grace_s=0)
         log_event(application.id, "the replacement replica exited during start-up; see the logs", "ERROR")
         return "repaired"
     state = health(replica) or {}
     if state.get("status") == "ready":
-        replica.status = "ready"
-        application.updated_at = utcnow()
+        joined = db.session.execute(  # only if still starting: a drain or a removal meanwhile stands
+            db.update(Replica).where(Replica.id == replica.id, Replica.status == "starting").values(status="ready")
+        ).rowcount
+        db.session.execute(db.update(Application).where(Application.id == application.id).values(updated_at=utcnow()))
         db.session.commit()
+        if not joined:
+            return None
         routing.publish(application.id)
         log_event(application.id, f"replacement replica ready at {endpoint_url(replica)}")
         return "replaced"

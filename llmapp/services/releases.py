@@ -15,7 +15,18 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import secrets_box
 from ..extensions import db
-from ..models import MAX_ID, Application, ApplicationPlugin, EnvVar, Plugin, RegistryModel, Release, Replica, User
+from ..models import (
+    MAX_ID,
+    Application,
+    ApplicationPlugin,
+    EnvVar,
+    Plugin,
+    RegistryModel,
+    Release,
+    Replica,
+    User,
+    utcnow,
+)
 from ..runtime import plugins as plugin_types
 from . import FieldErrors, NotFound, lifecycle, routing
 
@@ -89,9 +100,10 @@ def newest(application_id) -> Release | None:
     )
 
 
-def record(application: Application, author: User | None, note: str = "") -> Release:
-    """The release of the application's setup now: a new number when it differs from the newest one."""
-    setup = setup_of(application)
+def record(application: Application, author: User | None, note: str = "", setup: dict | None = None) -> Release:
+    """The release of the application's setup now (or of ``setup``): a new number when it differs
+    from the newest one."""
+    setup = setup if setup is not None else setup_of(application)
     for _ in range(3):  # two saves at once may pick the same number: the loser takes the next
         latest = newest(application.id)
         if latest is not None and _comparable(latest.setup) == _comparable(setup):
@@ -117,26 +129,41 @@ def record(application: Application, author: User | None, note: str = "") -> Rel
 
 def record_live(applications: list[Application], author: User | None, note: str) -> None:
     """Record a change that running servers take at once (their plugin chains, a plugin's settings):
-    each then runs its new release."""
+    each then runs its new release: the one it ran, with the chain as it is now. A draft saved
+    meanwhile stays a draft, recorded again after it (with the new chain) as the newest release."""
     for application in applications:
-        release = record(application, author, note)
-        serving = application.deployed_release
-        if application.status == lifecycle.RUNNING and serving not in (None, release.number):
-            application.deployed_release = release.number
+        serving = application.deployed_release if application.status == lifecycle.RUNNING else None
+        if serving is None:
+            record(application, author, note)
+            continue
+        now = setup_of(application)
+        live_setup = {**get(application, serving).setup, "plugins": now["plugins"]}
+        live = record(application, author, note, live_setup)
+        if live.number != serving:
+            db.session.execute(
+                db.update(Application)
+                .where(Application.id == application.id, Application.deployed_release == serving)
+                .values(deployed_release=live.number, updated_at=utcnow())
+            )
+            mark_served(application.id, live.number)
             db.session.execute(  # its replicas run it now: the chain is live
                 db.update(Replica)
                 .where(Replica.application_id == application.id, Replica.release == serving)
-                .values(release=release.number)
+                .values(release=live.number)
             )
             db.session.commit()
             routing.publish(application.id)  # the number its answers carry
+        if _comparable(now) != _comparable(live_setup):
+            record(application, author, note, now)  # the draft, newest again
 
 
 def restore(application: Application, number: int, author: User | None) -> Release:
     """Make release ``number``'s setup the application's again (a rollback), as its next release: the
     model, configuration, environment (secrets as they were stored) and plugin chain. A plugin since
-    deleted stays out; a plugin's own settings, shared by every application using it, are not
-    changed. The caller deploys it (a roll-out while it runs).
+    deleted, disabled or no longer visible to the application's owner stays out (the attach rules);
+    a plugin's own settings, shared by every application using it, are not changed. The caller deploys
+    it (a roll-out while it runs); the chain, live in every replica, takes effect as its first server
+    starts.
 
     :raise NotFound: no such release. :raise TransitionRefused: it is deploying or stopping.
     :raise FieldErrors: its model is gone from the registry.
@@ -155,8 +182,13 @@ def restore(application: Application, number: int, author: User | None) -> Relea
                 application_id=application.id, position=position, name=var["name"], value=value, is_secret=var["secret"]
             )
         )
+    from . import plugins  # which records releases itself: imported when used
+
+    owner = db.session.get(User, application.created_by_id)
+    visible = plugins.visible_to(owner).where(Plugin.enabled.is_(True)).with_only_columns(Plugin.id)
+    may_attach = set(db.session.scalars(visible))
     db.session.execute(db.delete(ApplicationPlugin).where(ApplicationPlugin.application_id == application.id))
-    kept = [p for p in setup["plugins"] if db.session.get(Plugin, p["plugin_id"]) is not None]
+    kept = [p for p in setup["plugins"] if p["plugin_id"] in may_attach]
     for position, link in enumerate(kept):
         db.session.add(
             ApplicationPlugin(
@@ -169,11 +201,30 @@ def restore(application: Application, number: int, author: User | None) -> Relea
         )
     db.session.commit()
     db.session.expire(application)
-    from . import plugins
-
-    if application.status == lifecycle.RUNNING:
-        plugins.publish_chain(application)  # chains are live: its servers take it at once
     return record(application, author, f"Rollback to release {number}")
+
+
+def mark_served(application_id, number: int) -> None:
+    """Release ``number`` begins to serve now (committed by the caller)."""
+    db.session.execute(
+        db.update(Release)
+        .where(Release.application_id == application_id, Release.number == number)
+        .values(served_at=utcnow())
+    )
+
+
+def served_before(application: Application) -> int | None:
+    """The release that served before the one deployed now (None: no other ever served)."""
+    return db.session.scalar(
+        db.select(Release.number)
+        .where(
+            Release.application_id == application.id,
+            Release.served_at.is_not(None),
+            Release.number != application.deployed_release,
+        )
+        .order_by(Release.served_at.desc(), Release.number.desc())
+        .limit(1)
+    )
 
 
 def begin(*applications: Application) -> None:

@@ -8,6 +8,7 @@ import time
 import uuid
 
 import redis
+import sqlalchemy as sa
 from flask import current_app
 
 from .. import keyspace, queues, secrets_box
@@ -34,15 +35,19 @@ def retire_job_id(deploy_id: str, host: str) -> str:
 
 def retire(application: Application, deploy_id: str, replicas: list[Replica]) -> None:
     """Have draining replicas stopped by their hosts' workers, in a job of their own: the roll-out
-    ``deploy_id`` that drained them ends now (its application may be deployed again at once)."""
+    ``deploy_id`` that drained them ends now (its application may be deployed again at once). Redis
+    unreachable: the reconcile stops them (draining replicas with no retirement on its way)."""
     for host in {r.host for r in replicas}:
-        queues.queue(queues.host_queue_name(host)).enqueue(
-            "jobs.deploy.retire_replicas",
-            str(application.id),
-            [r.id for r in replicas if r.host == host],
-            job_id=retire_job_id(deploy_id, host),
-            job_timeout=int(current_app.config["STOP_GRACE_S"]) + 60,
-        )
+        try:
+            queues.queue(queues.host_queue_name(host)).enqueue(
+                "jobs.deploy.retire_replicas",
+                str(application.id),
+                [r.id for r in replicas if r.host == host],
+                job_id=retire_job_id(deploy_id, host),
+                job_timeout=int(current_app.config["STOP_GRACE_S"]) + 60,
+            )
+        except redis.RedisError as e:
+            current_app.logger.warning("draining replicas of %s wait for the reconcile: %s", application.id, e)
 
 
 def run_retire(application_id, replica_ids: list[str]) -> str:
@@ -60,16 +65,29 @@ def run_retire(application_id, replica_ids: list[str]) -> str:
 
 
 def remove(application: Application, replicas: list[Replica], grace_s: float) -> None:
-    """Terminate replicas' servers (on this host) and forget them; the route follows."""
-    if not replicas:
+    """Terminate replicas' servers (this host's here, with ``grace_s``; another host's by its worker)
+    and forget them; the route follows. A replica someone else removed meanwhile is skipped."""
+    ids = [identity[0] for identity in (sa.inspect(r).identity for r in replicas) if identity]  # unloaded: maybe gone
+    application_id = sa.inspect(application).identity[0]
+    if not ids:
         return
-    terminate(replicas, grace_s)
-    for replica in replicas:
-        if replica in application.replicas:
-            application.replicas.remove(replica)
-    application.updated_at = utcnow()  # the route's version: it changes with its replicas
+    recorded = db.session.scalars(db.select(Replica).where(Replica.id.in_(ids))).all()
+    here = queues.this_host()
+    terminate([r for r in recorded if r.host == here], grace_s)
+    for replica in recorded:
+        if replica.host != here and replica.pid:
+            try:
+                kill_elsewhere(application_id, replica.pid, replica.host)
+            except redis.RedisError:
+                current_app.logger.error(
+                    "replica %s on %s (pid %s) was not stopped: Redis is unreachable; stop it by hand",
+                    replica.id, replica.host, replica.pid,
+                )  # fmt: skip
+    db.session.execute(db.delete(Replica).where(Replica.id.in_(ids)))
+    # The route's version: it changes with the replicas.
+    db.session.execute(db.update(Application).where(Application.id == application_id).values(updated_at=utcnow()))
     db.session.commit()
-    routing.publish(application.id)
+    routing.publish(application_id)
 
 
 def kill_elsewhere(application_id, pid: int, host: str) -> None:

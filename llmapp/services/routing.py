@@ -78,7 +78,8 @@ def route(application, replica_rows=()) -> dict:
                 }
             )
     weights = {}
-    if application.canary_release is not None and application.status == lifecycle.RUNNING:
+    canary = application.canary_release is not None and application.deployed_release is not None
+    if canary and application.status == lifecycle.RUNNING:
         # The gateway splits requests between the two releases (replicas of others get none).
         share = application.canary_percent
         weights = {str(application.deployed_release): 100 - share, str(application.canary_release): share}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 from flask import current_app
+from sqlalchemy.orm.exc import StaleDataError
 
 from .. import ROOT, engines, queues, secrets_box
 from ..extensions import db
@@ -49,6 +50,11 @@ HEALTH_TIMEOUT_S = 2.0
 
 class DeployFailed(Exception):
     """Why a deploy failed, in words for the user."""
+
+
+class Superseded(DeployFailed):
+    """The deploy was ended meanwhile (a stop, a restart, the reconcile): what it started goes, nothing
+    else is changed (whoever ended it settled the application)."""
 
 
 def server_environment(application: Application, setup: ServingSetup, user: "ServerUser | None") -> dict:
@@ -270,7 +276,12 @@ def spawn(application: Application, replica: Replica, setup: ServingSetup) -> ps
     replica.address = current_app.config["ADVERTISE_HOST"]
     if len(application.replicas) == 1:
         application.port = port  # its only server's: the port its endpoint keeps from now on
-    db.session.commit()
+    try:
+        db.session.commit()
+    except StaleDataError as e:  # its row went meanwhile (a stop): the server it would have recorded goes too
+        db.session.rollback()
+        kill_orphan(process.pid, str(application.id))
+        raise Superseded("the deploy was ended while its server started") from e
     log_event(
         application.id,
         f"server process {process.pid} started on {queues.this_host()}:{port} (release {setup.release})",

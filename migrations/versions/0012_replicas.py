@@ -56,12 +56,19 @@ def upgrade():
     )
     connection = op.get_bind()
     with_process = connection.execute(sa.select(applications).where(applications.c.process_pid.is_not(None))).all()
+    releases = sa.table('releases', sa.column('application_id', sa.Uuid()), sa.column('number', sa.Integer()))
+    newest = dict(
+        connection.execute(
+            sa.select(releases.c.application_id, sa.func.max(releases.c.number)).group_by(releases.c.application_id)
+        ).all()
+    )
     for row in with_process:
         connection.execute(
             replicas.insert().values(
                 id=uuid.uuid4().hex,
                 application_id=row.id,
-                release=row.deployed_release or 1,
+                # A deploy under way serves its application's newest release.
+                release=(row.deployed_release if row.status != 'deploying' else None) or newest.get(row.id) or 1,
                 deploy_id=row.deploy_id or '',
                 status='ready' if row.status in ('running', 'stopping') else 'starting',
                 host=row.process_host or '',
@@ -81,6 +88,8 @@ def upgrade():
         batch_op.add_column(sa.Column('canary_release', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('canary_percent', sa.Integer(), server_default='0', nullable=False))
     _names_unique_in_any_case()
+    with op.batch_alter_table('releases', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('served_at', sa.DateTime(), nullable=True))
 
 
 def _names_unique_in_any_case():
@@ -92,6 +101,8 @@ def _names_unique_in_any_case():
 
 
 def downgrade():
+    with op.batch_alter_table('releases', schema=None) as batch_op:
+        batch_op.drop_column('served_at')
     with op.batch_alter_table('applications', schema=None) as batch_op:
         batch_op.drop_column('canary_percent')
         batch_op.drop_column('canary_release')
@@ -101,6 +112,21 @@ def downgrade():
         batch_op.add_column(sa.Column('process_host', sa.String(length=255), nullable=True))
         batch_op.create_index(batch_op.f('ix_applications_process_host'), ['process_host'], unique=False)
     _names_unique_in_any_case()
+    # Each application's first serving replica becomes its one server again (the older platform stops
+    # and supervises that one; any other is left to the operator).
+    connection = op.get_bind()
+    replicas = connection.execute(
+        sa.text("SELECT application_id, host, pid, port FROM replicas ORDER BY status = 'ready' DESC, started_at")
+    ).all()
+    done = set()
+    for application_id, host, pid, port in replicas:
+        if application_id in done:
+            continue
+        done.add(application_id)
+        connection.execute(
+            sa.text("UPDATE applications SET process_host = :host, process_pid = :pid, process_port = :port WHERE id = :id"),
+            {"host": host, "pid": pid, "port": port, "id": application_id},
+        )
     with op.batch_alter_table('replicas', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_replicas_host'))
         batch_op.drop_index(batch_op.f('ix_replicas_application_id'))

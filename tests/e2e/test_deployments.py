@@ -627,7 +627,7 @@ def test_cli_deploy_keys_and_stop(app, runner, member, factory, tiny, workers):
     rolled = runner.invoke(args=["apps", "deploy", "cli-app", "--wait", "--json"])  # the same release, afresh
     assert rolled.exit_code == 0 and json.loads(rolled.output)["release"] == 1, rolled.output
     refused = runner.invoke(args=["apps", "rollback", "cli-app"])
-    assert refused.exit_code != 0 and "has no release before release 1 to roll back to" in refused.output
+    assert refused.exit_code != 0 and "has served no other release to roll back to" in refused.output
     result = runner.invoke(args=["apps", "stop", "cli-app", "--wait", "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["status"] == "stopped"
     assert runner.invoke(args=["apps", "stop", "nope"]).exit_code != 0

@@ -250,3 +250,28 @@ def test_a_canary_takes_its_share_and_is_aborted_or_promoted(app, runner, member
     # A canary needs a release that is not the one serving.
     code, refused = cli(runner, "canary", "bird", "--share", "10", "--json")
     assert code == 1 and "Release 2 is the one serving" in refused, refused
+
+
+def test_a_stop_during_a_roll_out_leaves_no_server_behind(app, runner, member, factory, tiny, workers):
+    """The roll-out's job learns it was ended (its servers were starting when the stop came): every
+    server of the application is gone, and it deploys again at once."""
+    from conftest import server_processes
+
+    workers.start(2)
+    application = factory.application(member, tiny, name="halted", config=dict(SERVING_CONFIG))
+    code, deployed = cli(runner, "deploy", "halted", "--wait", "--json")
+    assert code == 0 and deployed["status"] == "running", deployed
+    code, rolling = cli(runner, "deploy", "halted", "--json")  # a roll-out begins
+    assert code == 0 and rolling["rolling_to"] == 1, rolling
+    wait_for(
+        lambda: any(r.status == "starting" and r.pid for r in row(app, application.id).replicas),
+        60,
+        0.05,
+        "the roll-out's server to start",
+    )
+    code, stopped = cli(runner, "stop", "halted", "--wait", "--json")
+    assert code == 0 and (stopped["status"], stopped["rolling_to"]) == ("stopped", None), stopped
+    wait_for(lambda: server_processes(application.id) == [], 60, 0.2, "no server of it left")
+    code, again = cli(runner, "deploy", "halted", "--wait", "--json")
+    assert code == 0 and again["status"] == "running", again
+    assert len(server_processes(application.id)) == 1 and len(row(app, application.id).replicas) == 1

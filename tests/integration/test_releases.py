@@ -3,6 +3,7 @@ the running one marked, followed by a live plugin change, and published for the 
 
 import json
 
+import pytest
 import redis
 
 from conftest import HX, ROUTE_KEY, plugin_form, stored_plugin, token_for
@@ -151,3 +152,109 @@ def test_a_plugin_is_followed_by_its_id_and_a_note_is_one_plain_line(app, factor
         assert changes(2, 3) == [("plugin voice: name", "tone", "voice")]  # the same plugin, renamed
         assert changes(3, 4) == [("plugin voice: on", "on", "off")]
         assert changes(1, 2) == [("plugin chain", "—", "tone")]
+
+
+def running_at(app, application_id, release: int, *, replicas=1) -> None:
+    """The application as a deploy leaves it: running ``release`` on ``replicas`` ready servers."""
+    from llmapp.models import Replica
+    from llmapp.services import lifecycle, releases
+
+    with app.app_context():
+        lifecycle.transition(application_id, "deploy", deploy_id="d1")
+        row = db.session.get(Application, application_id)
+        for port in range(replicas):
+            row.replicas.append(
+                Replica(release=release, deploy_id="d1", host="h", address="127.0.0.1", port=1 + port, status="ready")
+            )
+        releases.mark_served(application_id, release)
+        db.session.commit()
+        lifecycle.transition(application_id, "deployed", endpoint="http://127.0.0.1:1/v1", deployed_release=release)
+
+
+def test_a_live_change_beside_a_draft_keeps_the_servers_release_and_the_draft_newest(app, logged_in, factory, member):
+    """An edit of a running application is a draft; a plugin attached meanwhile applies live to what
+    runs: the running release is the one that ran plus the chain, the draft stays newest (with it)."""
+    from llmapp.services import applications
+
+    model, other = factory.model(), factory.model()
+    application = factory.application(member, model, name="live")
+    with app.app_context():
+        from llmapp.services import releases
+
+        releases.history(db.session.get(Application, application.id))  # release 1
+    running_at(app, application.id, 1)
+    with app.app_context():
+        applications.update(db.session.get(Application, application.id), {"name": "live", "model_id": other.id})
+    logged_in.post("/plugins/new", data=plugin_form("system_prompt", name="tone", prompt="Be brief.", mode="prepend"))
+    logged_in.post(
+        f"/applications/{application.id}/plugins", data={"plugin_id": stored_plugin(app, "tone").id}, headers=HX
+    )
+    one, draft, live, newest = releases_of(app, application.id)
+    assert draft.setup["model"]["id"] == other.id and draft.setup["plugins"] == []
+    assert live.setup["model"]["id"] == model.id and [p["name"] for p in live.setup["plugins"]] == ["tone"]
+    assert newest.setup["model"]["id"] == other.id and [p["name"] for p in newest.setup["plugins"]] == ["tone"]
+    with app.app_context():
+        row = db.session.get(Application, application.id)
+        assert row.deployed_release == live.number == 3 and {r.release for r in row.replicas} == {3}
+
+
+def test_a_rollback_goes_to_the_release_that_served_before_and_keeps_only_plugins_the_owner_may_attach(
+    app, factory, member, admin
+):
+    from llmapp.models import ApplicationPlugin, Plugin
+    from llmapp.services import applications, deployments, releases
+
+    model = factory.model()
+    application = factory.application(member, model, name="back")
+    with app.app_context():
+        shared = Plugin(name="admin-only", type="system_prompt", config={"prompt": "x"}, created_by_id=admin.id)
+        db.session.add(shared)
+        db.session.commit()
+        db.session.add(ApplicationPlugin(application_id=application.id, plugin_id=shared.id, position=0, config={}))
+        db.session.commit()
+        releases.history(db.session.get(Application, application.id))  # release 1, with the plugin
+        row = db.session.get(Application, application.id)
+        applications.update(row, {"name": "back", "model_id": model.id, "timeout_s": 77})  # release 2
+        applications.update(row, {"name": "back", "model_id": model.id, "timeout_s": 78})  # 3: never served
+        releases.mark_served(application.id, 1)
+        db.session.commit()
+    running_at(app, application.id, 2)
+    with app.app_context():
+        row = db.session.get(Application, application.id)
+        assert releases.served_before(row) == 1  # not 1 less than 2 by chance: 3 never served, 1 did
+        deployments.rollback(row, None, None)
+        row = db.session.get(Application, application.id)
+        assert (row.rolling_to, row.config["timeout_s"]) == (4, releases.get(row, 1).setup["config"]["timeout_s"])
+        # The member can't see the admin's unpublished plugin: the rollback leaves it out.
+        assert (
+            db.session.scalars(db.select(ApplicationPlugin).where(ApplicationPlugin.application_id == row.id)).all()
+            == []
+        )
+        assert releases.get(row, 4).note == "Rollback to release 1"
+
+
+def test_a_canary_needs_a_new_release_and_serving_replicas_to_promote_or_abort(app, factory, member):
+    from llmapp.services import Conflict, FieldErrors, canaries, releases
+
+    application = factory.application(factory.user(), factory.model(), name="bird")
+    with app.app_context():
+        releases.history(db.session.get(Application, application.id))
+    running_at(app, application.id, 1)
+    with app.app_context():
+        row = db.session.get(Application, application.id)
+        for share in (0, 100, "20", True):
+            with pytest.raises(FieldErrors) as refused:
+                canaries.start(row, share)
+            assert "between 1 and 99" in refused.value.errors["share"][0]
+        with pytest.raises(Conflict, match="Release 1 is the one serving"):
+            canaries.start(row, 20)
+        for end in (canaries.promote, canaries.abort):
+            with pytest.raises(Conflict, match="no canary"):
+                end(row)
+        # A canary whose replicas are gone can't be promoted: the application would serve nothing.
+        row.canary_release, row.canary_percent = 1, 20
+        for replica in row.replicas:
+            replica.status = "draining"
+        db.session.commit()
+        with pytest.raises(Conflict, match="no canary serving to promote"):
+            canaries.promote(db.session.get(Application, application.id))
