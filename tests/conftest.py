@@ -213,11 +213,29 @@ def csrf_token_from(html: str) -> str:
     return match.group(1)
 
 
+def quiet_handle_error(server, request, client_address) -> None:
+    """A test server's handler failed (most often: a client dropped its connection): one line, not
+    socketserver's traceback. On Python 3.11.7 formatting a traceback calls ast.parse, which races with
+    ast.parse in another thread (werkzeug compiles URL rules as each test's app is made) and fails that
+    one with a spurious SystemError (CPython gh-106905, fixed in later releases)."""
+    import sys
+
+    sys.stderr.write(f"test server {server.server_address}: {sys.exc_info()[1]!r} (client {client_address})\n")
+
+
+class QuietHTTPServer(http.server.ThreadingHTTPServer):
+    """The tests' fake HTTP servers (receivers, fake replicas, upstreams)."""
+
+    daemon_threads = True
+    handle_error = quiet_handle_error
+
+
 class LiveServer:
     """The app on a real HTTP server in a thread, for the browser tests."""
 
     def __init__(self, app):
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.server.handle_error = quiet_handle_error.__get__(self.server)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -846,7 +864,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = QuietHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 import psutil
 import redis
 from flask import current_app
+from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 
 from .. import keyspace, queues
 from ..extensions import db
@@ -286,6 +287,9 @@ def run_deploy(application_id, deploy_id: str, number: int | None = None, resume
             _set_phase(application, None)
             new = [replica for replica, _ in started]
             return _serve_rolled(application, deploy_id, new) if rolling else _serve_deployed(application, new, resumed)
+        except (ObjectDeletedError, StaleDataError) as e:  # its rows went meanwhile (a stop): ended
+            _abandon(application_id, deploy_id, started)
+            return f"ended meanwhile: {e}"
         except DeployFailed as e:
             if isinstance(e, Superseded) or not _still_under_way(application_id, deploy_id, rolling):
                 _abandon(application_id, deploy_id, started)

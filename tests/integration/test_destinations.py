@@ -14,7 +14,7 @@ import threading
 import httpcore
 import pytest
 
-from conftest import API, HX, Receiver, bearer, problem, resolver, token_for, wait_for
+from conftest import API, HX, QuietHTTPServer, Receiver, bearer, problem, resolver, token_for, wait_for
 from llmapp import netguard
 from llmapp.extensions import db
 from llmapp.models import Application, ApplicationPlugin, Plugin, PluginDocument
@@ -268,7 +268,7 @@ class Redirecting(http.server.BaseHTTPRequestHandler):
 def test_a_redirect_is_not_followed(connections, caplog):
     target = Receiver()
     Redirecting.location = target.url
-    redirecting = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    redirecting = QuietHTTPServer(("127.0.0.1", 0), Redirecting)
     threading.Thread(target=redirecting.serve_forever, daemon=True).start()
     sender = webhook.WebhookSender(retries=0, allow="127.0.0.1")
     try:

@@ -9,14 +9,14 @@ import socket
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import openai
 import pytest
 import redis
 
-from conftest import APP_KEY, ROUTE_KEY, publish_route, wait_for
+from conftest import APP_KEY, ROUTE_KEY, QuietHTTPServer, publish_route, wait_for
 from llmapp import keyspace
 from llmapp.extensions import db
 from llmapp.models import Application
@@ -94,8 +94,7 @@ class FakeReplica:
                 done = b"data: [DONE]\n\n"
                 self.wfile.write(f"{len(done):x}\r\n".encode() + done + b"\r\n0\r\n\r\n")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = QuietHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

@@ -11,7 +11,7 @@ import redis
 import redis.asyncio
 
 import openai_shapes
-from conftest import APP_KEY, ROUTE_KEY
+from conftest import APP_KEY, ROUTE_KEY, QuietHTTPServer
 from llmapp import keyspace
 from llmapp.runtime import keys, pipeline, request_log
 from llmapp.runtime.engines import CompletionOutput, Engine, Prepared, RequestOutput, one
@@ -540,7 +540,7 @@ class Upstream:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = QuietHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
