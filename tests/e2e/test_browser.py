@@ -462,6 +462,7 @@ def test_canary_promote_and_rollback_in_one_click_each(app, factory, browser_pag
         expect(page.locator("#releases")).to_contain_text("Rollback to release 1")
         shot(page, "11-rolled-back")
         page.locator("#live .replicas").screenshot(path=str(ARTIFACTS / "11-rolled-back-replicas.png"))
+        page.locator("#releases").screenshot(path=str(ARTIFACTS / "11-rolled-back-releases.png"))
         page.goto("about:blank")  # its live part polls while it runs: not after the server is gone
     with app.app_context():
         from llmapp.models import Application
