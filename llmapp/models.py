@@ -160,7 +160,7 @@ class Application(db.Model):
     def serving_replicas(self) -> list["Replica"]:
         return [r for r in self.replicas if r.status == "ready"]
 
-    # Where its first serving replica runs (the page's "direct" line, the scripts of one-replica days).
+    # Where its first serving replica runs, for code that thinks of one server (read-only).
     @property
     def process_host(self) -> str | None:
         return self.serving_replicas[0].host if self.serving_replicas else None

@@ -50,13 +50,17 @@ def signing_key() -> bytes:
     return route_key(current_app.config.get("SECRETS_KEY") or current_app.config["SECRET_KEY"])
 
 
-def _replicas_by_application(application_ids) -> dict:
+def _replicas_by_application(application_id=None) -> dict:
+    """The routed replicas of one application (or of all), by application id."""
     found: dict = {}
-    rows = db.session.execute(
+    query = (
         db.select(Replica.application_id, Replica.id, Replica.port, Replica.address, Replica.release, Replica.status)
-        .where(Replica.application_id.in_(application_ids), Replica.status.in_(ROUTED), Replica.port.is_not(None))
+        .where(Replica.status.in_(ROUTED), Replica.port.is_not(None))
         .order_by(Replica.started_at)
     )
+    if application_id is not None:
+        query = query.where(Replica.application_id == application_id)
+    rows = db.session.execute(query)
     for row in rows:
         found.setdefault(row.application_id, []).append(row)
     return found
@@ -116,7 +120,7 @@ def publish(application_id) -> None:
         if application is None:
             signed = _tombstone(str(application_id), key)
         else:
-            signed = _signed(application, _replicas_by_application([application.id]).get(application.id, ()), key)
+            signed = _signed(application, _replicas_by_application(application.id).get(application.id, ()), key)
         _write(connection, str(application_id), signed)
     except redis.RedisError as e:
         current_app.logger.warning("the route of application %s waits for the reconcile: %s", application_id, e)
@@ -130,7 +134,7 @@ def publish_all() -> int:
         i.decode(errors="replace"): v.decode(errors="replace") for i, v in connection.hgetall(keyspace.routes()).items()
     }
     applications = db.session.execute(db.select(*ROUTE_COLUMNS)).all()
-    replicas = _replicas_by_application([a.id for a in applications])
+    replicas = _replicas_by_application()
     wanted = {str(a.id): _signed(a, replicas.get(a.id, ()), key) for a in applications}
     changed = [i for i, signed in wanted.items() if published.get(i) != signed]
     for application_id in changed:
