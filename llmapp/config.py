@@ -33,6 +33,8 @@ DEFAULTS = {
     # Ports for app servers: each application keeps the one it got while it is free. Outside Linux's
     # ephemeral range (32768-60999), so no outgoing connection takes an application's port meanwhile.
     "SERVER_PORTS": "18000-18999",
+    # Managed engines' virtualenvs (services/engine_installs.py); default: engines/ beside the instance folder
+    "ENGINES_DIR": None,
     "DEPLOY_TIMEOUT_S": 180,  # from process start to ready, at most
     "STOP_GRACE_S": 10,  # in-flight requests get this long to finish after a stop
     "RECONCILE_INTERVAL_S": 5,
@@ -81,6 +83,7 @@ ENVIRONMENT = {
     "LLMAPP_GATEWAY_PORT": "GATEWAY_PORT",
     "LLMAPP_GATEWAY_URL": "GATEWAY_URL",
     "LLMAPP_SERVER_PORTS": "SERVER_PORTS",
+    "LLMAPP_ENGINES_DIR": "ENGINES_DIR",
     "LLMAPP_DEPLOY_TIMEOUT_S": "DEPLOY_TIMEOUT_S",
     "LLMAPP_STOP_GRACE_S": "STOP_GRACE_S",
     "LLMAPP_RECONCILE_INTERVAL_S": "RECONCILE_INTERVAL_S",

@@ -1,5 +1,6 @@
 """The `flask` commands: thin wrappers over the services (llmapp/cli/people.py: users, tokens, demo
-data, setup; llmapp/cli/apps.py: applications, their keys, releases, metrics and logs).
+data, setup; llmapp/cli/apps.py: applications, their keys, releases, metrics and logs;
+llmapp/cli/engines.py: managed engines).
 
 They act as the operator (services.OPERATOR: whoever may run them runs the platform), so admin-only
 rules let them through. A service's refusal (a ServiceError, Forbidden included) ends a command with
@@ -30,11 +31,12 @@ demo_cli = ServiceCommands("demo", help="Demo data.")
 apps_cli = ServiceCommands("apps", help="Deploy, stop and inspect applications (as an operator: all of them).")
 keys_cli = ServiceCommands("keys", help="API keys of an application's endpoint.")
 tokens_cli = ServiceCommands("tokens", help="Personal access tokens for the REST API (/api/v1).")
+engines_cli = ServiceCommands("engines", help="Managed engines (llama.cpp, vLLM, transformers serve) on this host.")
 apps_cli.add_command(keys_cli)
 
 
 def register(app: Flask) -> None:
-    from . import apps  # noqa: F401 - its commands join the groups above
+    from . import apps, engines  # noqa: F401 - their commands join the groups above
     from .people import setup
 
     app.cli.add_command(metrics_cli)
@@ -42,4 +44,5 @@ def register(app: Flask) -> None:
     app.cli.add_command(users_cli)
     app.cli.add_command(tokens_cli)
     app.cli.add_command(demo_cli)
+    app.cli.add_command(engines_cli)
     app.cli.add_command(setup)

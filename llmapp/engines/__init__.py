@@ -7,19 +7,27 @@ one entry in ``ENGINES``.
 """
 
 from ..services.model_detection import Detected, NotAModel
-from . import openai, transformers
+from . import llamacpp, openai, transformers, transformers_serve, vllm
 from .kind import ENGINE_COLUMNS, EngineKind, NotReady, RegistryField
+from .managed import ManagedKind
 
-ENGINES: dict[str, EngineKind] = {kind.name: kind for kind in (transformers.KIND, openai.KIND)}
+ENGINES: dict[str, EngineKind] = {
+    kind.name: kind for kind in (transformers.KIND, openai.KIND, llamacpp.KIND, vllm.KIND, transformers_serve.KIND)
+}
 
 __all__ = [
-    "ENGINES", "ENGINE_COLUMNS", "Detected", "EngineKind", "NotAModel", "NotReady", "RegistryField", "detect", "kind",
-    "names",
+    "ENGINES", "ENGINE_COLUMNS", "Detected", "EngineKind", "ManagedKind", "NotAModel", "NotReady", "RegistryField",
+    "detect", "kind", "managed_names", "names",
 ]  # fmt: skip
 
 
 def names() -> tuple[str, ...]:
     return tuple(ENGINES)
+
+
+def managed_names() -> tuple[str, ...]:
+    """The engines the platform installs and starts itself (llmapp/engines/managed.py)."""
+    return tuple(name for name, kind in ENGINES.items() if isinstance(kind, ManagedKind))
 
 
 def kind(name: str) -> EngineKind:

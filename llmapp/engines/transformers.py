@@ -7,16 +7,16 @@ from ..services import model_detection, recommendations
 from .kind import EngineKind, NotReady, RegistryField
 
 
-class TransformersKind(EngineKind):
-    name = "transformers"
-    label = "a local Hugging Face model directory"
-    fields = (
-        RegistryField(
+class HuggingFaceDirectory:
+    """What every kind serving a local Hugging Face directory shares: the source field, its check, the
+    recommendation from the model's size, the files the server's account must read."""
+
+    def source_field(self) -> RegistryField:
+        return RegistryField(
             "source",
-            "transformers: the path of a local Hugging Face model directory (checked on this host).",
+            f"{self.name}: the path of a local Hugging Face model directory (checked on this host).",
             required=model_detection.NO_DIRECTORY,  # check_directory says it (check below judges it whole)
-        ),
-    )
+        )
 
     def check(self, values, errors):
         if "source" in errors:
@@ -26,24 +26,40 @@ class TransformersKind(EngineKind):
         except model_detection.NotAModel as e:
             errors["source"] = [str(e)]
 
-    def detect(self, path):
-        return model_detection.detect(path)
-
     def recommend(self, model, memory_bytes):
         return recommendations.recommend(model.parameters_billions, model.precision, model.context_length, memory_bytes)
 
-    def preflight(self, model):
+    def check_model(self, model):
+        """:raise NotReady: the directory is not a model (before anything is spawned)."""
         try:
             model_detection.check_directory(model.source)
         except model_detection.NotAModel as e:
             raise NotReady(f"The model could not be loaded: {e}") from e
 
-    def paths_to_read(self, model):
+    def model_paths(self, model):
         folder = Path(model.source)
         try:  # the weights may be owner-only; what is in sub-folders (rare) is found by the load
             return [folder, *(path for path in folder.iterdir() if path.is_file())]
         except OSError as e:
             raise NotReady(f"The model directory {folder} could not be read: {e.strerror}.") from e
+
+
+class TransformersKind(HuggingFaceDirectory, EngineKind):
+    name = "transformers"
+    label = "a local Hugging Face model directory"
+    notes = {"gpu_memory_share": "not used", "tensor_parallel": "not used: one process"}
+
+    def __init__(self):
+        self.fields = (self.source_field(),)
+
+    def detect(self, path):
+        return model_detection.detect(path)
+
+    def preflight(self, model):
+        self.check_model(model)
+
+    def paths_to_read(self, model):
+        return self.model_paths(model)
 
     def spec_options(self, model):
         return {"path": model.source, "precision": model.precision}
@@ -57,7 +73,10 @@ class TransformersKind(EngineKind):
 
         options = spec.engine_options
         precision = options.get("precision", "fp32")
-        return TransformersEngine(options["path"], spec.config.batch_size, precision, spec.app_name)
+        config = spec.config
+        return TransformersEngine(
+            options["path"], config.batch_size, precision, spec.app_name, config.context_size, config.threads
+        )
 
 
 KIND = TransformersKind()

@@ -36,14 +36,16 @@ def make_engine(spec: ServerSpec) -> Engine:
 
 def configure_logging(spec: ServerSpec, writer: logs.StreamWriter) -> None:
     secrets = [os.environ.get(name, "") for name in spec.secret_names]
-    to_redis = logs.RedisStreamHandler(writer, source="server")
-    to_stderr = logging.StreamHandler(sys.stderr)
-    to_stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    for handler in (to_redis, to_stderr):
-        handler.addFilter(logs.RedactSecrets(secrets))
-        log.addHandler(handler)
-    log.setLevel(spec.config.log_level)  # the application's log level field
-    log.propagate = False
+    # The server's own lines, and a managed engine's output (runtime/engines/managed.py) as source "engine".
+    for logger, source in ((log, "server"), (logging.getLogger("llmapp.engine"), "engine")):
+        to_redis = logs.RedisStreamHandler(writer, source=source)
+        to_stderr = logging.StreamHandler(sys.stderr)
+        to_stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        for handler in (to_redis, to_stderr):
+            handler.addFilter(logs.RedactSecrets(secrets))
+            logger.addHandler(handler)
+        logger.setLevel(spec.config.log_level)  # the application's log level field
+        logger.propagate = False
 
 
 def load(engine: Engine, spec: ServerSpec, chains, redis_url: str) -> None:

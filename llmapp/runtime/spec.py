@@ -30,6 +30,11 @@ class ServingConfig:
     restart_policy: str = "on-failure"
     max_restarts: int = 3
     replicas: int = 1  # server processes behind the gateway, each with the whole model loaded
+    # What an engine is started with (each kind maps them onto its own settings; llmapp/engines)
+    context_size: int = 0  # tokens of prompt and answer a request may take; 0: the model's own
+    threads: int = 0  # CPU threads; 0: the engine's default
+    gpu_memory_share: int = 90  # percent of each GPU's memory the engine may take (vLLM)
+    tensor_parallel: int = 1  # GPUs the model is split across (vLLM)
     log_lines: int = 2000  # the application's log keeps at most this many lines…
     log_days: float = 7  # …and none older than this
 

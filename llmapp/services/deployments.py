@@ -18,17 +18,25 @@ import redis
 from flask import current_app
 from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 
-from .. import keyspace, queues
+from .. import engines, keyspace, queues
 from ..extensions import db
 from ..models import Application, Replica, utcnow
 from ..runtime import logs
 from . import NotFound, ServiceError, api_keys, lifecycle, releases, replicas, routing
 from .platform_log import log_event
-from .server_processes import DeployFailed, Superseded, health, kill_orphan, server_process, spawn
+from .server_processes import DeployFailed, Superseded, health, kill_orphan, model_of, server_process, spawn
 from .server_spec import ServingSetup
 
 PHASES = ("queued", "starting process", "loading model", "warming up", "ready")
-HEALTH_PHASES = {"loading": "loading model", "warming_up": "warming up", "ready": "ready"}
+# A managed engine's (llmapp/engines/managed.py): the server starts the engine, which loads the weights.
+ENGINE_PHASES = ("queued", "starting process", "starting engine", "loading weights", "warming up", "ready")
+HEALTH_PHASES = {
+    "starting_engine": "starting engine",
+    "loading_weights": "loading weights",
+    "loading": "loading model",
+    "warming_up": "warming up",
+    "ready": "ready",
+}
 LOCK_TTL_S = 5  # a deploy job's lock, renewed while it runs; a lock that lapses means the job died
 LOCK_WAIT_S = 20  # for the lock a previous job holds while it finishes, before this one counts as a duplicate
 SUPERSEDED_CHECK_S = 1.0  # how often a deploy waiting for its servers checks it is still the application's
@@ -183,8 +191,19 @@ def _current_phase(application: Application) -> str:
     return application.deploy_phases[-1]["name"] if application.deploy_phases else "starting process"
 
 
+def phases_of(setup: ServingSetup) -> tuple[str, ...]:
+    """The phases a deploy of ``setup`` goes through (its engine's kind decides)."""
+    return ENGINE_PHASES if isinstance(engines.kind(model_of(setup).engine), engines.ManagedKind) else PHASES
+
+
 def wait_ready(
-    application: Application, deploy_id: str, rolling: bool, replica: Replica, process: psutil.Process, deadline: float
+    application: Application,
+    deploy_id: str,
+    rolling: bool,
+    replica: Replica,
+    process: psutil.Process,
+    deadline: float,
+    phases: tuple[str, ...] = PHASES,
 ) -> None:
     """Follow one replica's server until it is ready, fails, exits or runs past ``deadline`` (a
     monotonic time), moving the deploy's phases forward as it goes.
@@ -211,8 +230,8 @@ def wait_ready(
                     f"The model could not be loaded: {state.get('error') or _last_error_line(application)}"
                 )
             phase, current = HEALTH_PHASES.get(state.get("status")), _current_phase(application)
-            if phase and current in PHASES and PHASES.index(phase) > PHASES.index(current):
-                for name in PHASES[PHASES.index(current) + 1 : PHASES.index(phase) + 1]:
+            if phase in phases and current in phases and phases.index(phase) > phases.index(current):
+                for name in phases[phases.index(current) + 1 : phases.index(phase) + 1]:
                     _set_phase(application, name)
             if phase == "ready":
                 return
@@ -223,7 +242,9 @@ def wait_ready(
     )
 
 
-def _start_replicas(application: Application, deploy_id: str, number: int | None, resumed: bool, started: list) -> None:
+def _start_replicas(
+    application: Application, deploy_id: str, number: int | None, resumed: bool, started: list
+) -> ServingSetup:
     """Start the deploy's replicas of release ``number`` into ``started`` (with their processes; those
     a previous run of its job started are followed; None: the release they run, else the newest).
 
@@ -254,6 +275,7 @@ def _start_replicas(application: Application, deploy_id: str, number: int | None
         application.replicas.append(replica)
         db.session.commit()
         started.append((replica, spawn(application, replica, setup)))
+    return setup
 
 
 def run_deploy(application_id, deploy_id: str, number: int | None = None, resumed: bool = False) -> str:
@@ -280,10 +302,10 @@ def run_deploy(application_id, deploy_id: str, number: int | None = None, resume
         try:
             if not rolling:  # what a crashed deploy or server left goes first
                 replicas.remove(application, [r for r in application.replicas if r.deploy_id != deploy_id], grace_s=0)
-            _start_replicas(application, deploy_id, number, resumed, started)
-            deadline = _deadline(application)
+            setup = _start_replicas(application, deploy_id, number, resumed, started)
+            deadline, phases = _deadline(application), phases_of(setup)
             for replica, process in started:
-                wait_ready(application, deploy_id, rolling, replica, process, deadline)
+                wait_ready(application, deploy_id, rolling, replica, process, deadline, phases)
             _set_phase(application, None)
             new = [replica for replica, _ in started]
             return _serve_rolled(application, deploy_id, new) if rolling else _serve_deployed(application, new, resumed)

@@ -1,4 +1,4 @@
-"""What a local Hugging Face model directory is, read from its files without loading it.
+"""What a local Hugging Face model directory (or GGUF file) is, read from its files without loading it.
 
 ``config.json`` gives the family (``model_type``), the context length and the precision it was saved
 in; the safetensors headers (8 bytes of length, then a JSON table of tensors with dtype and shape)
@@ -31,6 +31,7 @@ class Detected:
     parameters: int | None  # exact, from the safetensors headers
     sources: list[str] = field(default_factory=list)  # the files it was read from
     engine: str | None = None  # the engine that takes it (set by the engine table's detect)
+    quantization: str | None = None  # a GGUF file's type (Q4_K_M, F16…)
 
     @property
     def parameters_billions(self) -> float | None:
@@ -147,3 +148,98 @@ def _safetensors_counts(directory: Path) -> Counter:
                 continue
             counts[str(tensor.get("dtype"))] += math.prod(int(n) for n in tensor.get("shape") or [])
     return counts
+
+
+NO_GGUF = "Give the path of a local GGUF model file (*.gguf)."
+# GGUF's file types (llama.cpp's LLAMA_FTYPE) as the registry's precision: what a weight takes, roughly.
+GGUF_PRECISION = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "Q8_0": "int8"}
+
+
+def check_gguf(path: str | Path) -> Path:
+    """The file, if it is a GGUF file (by its magic bytes, not its name alone).
+
+    :raise NotAModel: with the reason.
+    """
+    file = Path(path).expanduser()
+    if not str(path).strip():
+        raise NotAModel(NO_GGUF)
+    if file.suffix.lower() != ".gguf":
+        raise NotAModel(f"{file} is not a .gguf file.")
+    if not file.is_file():
+        raise NotAModel(f"{file} does not exist on this host." if not file.exists() else f"{file} is not a file.")
+    try:
+        with file.open("rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise NotAModel(f"{file} can't be read: {e.strerror}.") from e
+    if magic != b"GGUF":
+        raise NotAModel(f"{file} is not a GGUF file (it does not start with GGUF's magic bytes).")
+    return file
+
+
+@dataclass
+class GGUFInfo:
+    """What a GGUF file's header says: read from its metadata and tensor table, no weights loaded."""
+
+    architecture: str
+    parameters: int
+    quantization: str  # the file type (Q4_K_M, F16…), else its most common tensor type
+    context_length: int | None
+    layers: int | None
+    kv_heads: int | None
+    head_size: int | None
+    file_bytes: int
+
+
+def read_gguf(path: str | Path) -> GGUFInfo:
+    """:raise NotAModel: not a GGUF file, or one whose header can't be read."""
+    import gguf
+
+    file = check_gguf(path)
+    try:
+        reader = gguf.GGUFReader(str(file))
+    except Exception as e:  # noqa: BLE001 - any malformed header is the same answer to the user
+        raise NotAModel(f"{file}'s GGUF header can't be read: {e}.") from e
+
+    def value(key: str):
+        field_ = reader.fields.get(key)
+        return field_.contents() if field_ is not None else None
+
+    architecture = str(value("general.architecture") or "")
+    file_type = value("general.file_type")
+    try:
+        quantization = gguf.LlamaFileType(file_type).name if file_type is not None else ""
+        quantization = quantization.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except ValueError:
+        quantization = ""
+    if not quantization:
+        types = Counter(t.tensor_type.name for t in reader.tensors)
+        quantization = types.most_common(1)[0][0] if types else ""
+    heads = value(f"{architecture}.attention.head_count")
+    kv_heads = value(f"{architecture}.attention.head_count_kv") or heads
+    width = value(f"{architecture}.embedding_length")
+    return GGUFInfo(
+        architecture=architecture,
+        parameters=sum(int(t.n_elements) for t in reader.tensors),
+        quantization=quantization,
+        context_length=value(f"{architecture}.context_length"),
+        layers=value(f"{architecture}.block_count"),
+        kv_heads=kv_heads if isinstance(kv_heads, int) else None,
+        head_size=width // heads if isinstance(width, int) and isinstance(heads, int) and heads else None,
+        file_bytes=file.stat().st_size,
+    )
+
+
+def detect_gguf(path: str | Path) -> Detected:
+    info = read_gguf(path)
+    precision = GGUF_PRECISION.get(info.quantization)
+    if precision is None and info.quantization.startswith(("Q4", "IQ4", "Q3", "Q2", "IQ3", "IQ2", "Q5", "Q6")):
+        precision = "int4"  # the registry's nearest: 4-6 bits a weight
+    return Detected(
+        family=info.architecture,
+        context_length=info.context_length,
+        precision=precision,
+        parameters=info.parameters,
+        sources=[f"GGUF header ({info.quantization})"],
+        quantization=info.quantization,
+    )

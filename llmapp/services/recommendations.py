@@ -114,6 +114,16 @@ def recommend(parameters_billions: float, precision: str, context_length: int, m
     parameters = parameters_billions * 1e9
     model_memory = int(OVERHEAD * parameters * BYTES_PER_PARAMETER[precision])
     per_sequence = kv_cache_bytes(parameters, precision, context_length)
+    return recommend_for(model_memory, per_sequence, parameters_billions, context_length, memory_bytes)
+
+
+def recommend_for(
+    model_memory: int, per_sequence: int, parameters_billions: float, context_length: int, memory_bytes: int
+) -> Recommendation:
+    """Steps 3 and 4 of the formula, for an engine that knows its model's memory and KV cache itself
+    (llama.cpp: the GGUF file's size and the cache its header describes)."""
+    if model_memory <= 0 or per_sequence <= 0 or context_length <= 0 or memory_bytes <= 0:
+        raise ValueError("model memory, KV cache, context length and memory must be positive")
     free = USABLE_FRACTION * memory_bytes - model_memory
     fits = free > 0
     concurrency = _clamp(free // per_sequence if fits else 1, *LIMITS["max_concurrency"])

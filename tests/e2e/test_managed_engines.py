@@ -1,0 +1,179 @@
+"""Managed engines for real: llama.cpp (xllamacpp) serving the tiny GPT-2 as a GGUF file, installed by
+`flask engines install`, started behind the app server, stopped and killed with it.
+
+The engines folder is the test's own (made readable to the servers' accounts), so the test sees the
+deploy fail before the install and the install itself (seconds: one 33 MB wheel, from pip's cache after
+the first run).
+"""
+
+import json
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from conftest import WORKER_ENV, deploy, health_of, log_text, new_key, row, wait_for, wait_status
+from llmapp.runtime.tiny_gguf import build_tiny_gguf
+
+
+@pytest.fixture(scope="module")
+def engines_folder():
+    folder = Path(tempfile.mkdtemp(prefix="llmapp-tests-engines-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_model_dir):
+    folder = Path(tempfile.mkdtemp(prefix="llmapp-tests-gguf-"))
+    folder.chmod(0o755)
+    yield str(build_tiny_gguf(folder / "tiny-gpt2.gguf", tiny_model_dir))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def config_overrides(engines_folder):
+    return {"ENGINES_DIR": str(engines_folder)}
+
+
+def engine_processes(port: int | None = None):
+    """The llama.cpp engines running now (launch.py under an engine's interpreter)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(part.endswith("llmapp/engines/launch.py") for part in process.info["cmdline"] or []):
+            if process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
+
+
+def engine_of(server_pid: int) -> psutil.Process:
+    return wait_for(
+        lambda: next((p for p in engine_processes() if p.ppid() == server_pid), None), message="the engine process"
+    )
+
+
+def test_llama_cpp_engine_installs_deploys_serves_and_goes_with_its_server(
+    app, client, auth, admin, factory, runner, workers, engines_folder, tiny_gguf
+):
+    workers.env["LLMAPP_ENGINES_DIR"] = str(engines_folder)
+    workers.start()
+    model = factory.model(
+        name="tiny-gguf", family="gpt2", parameters_billions=0.00065, precision="fp32", context_length=8192,
+        engine="llama.cpp", source=tiny_gguf,
+    )  # fmt: skip
+    application = factory.application(admin, model, name="hello-gguf", config={"batch_size": 2, "timeout_s": 30})
+    auth.login(admin)
+
+    # Not installed: the deploy fails at once, before any process, naming the command.
+    failed = deploy(client, app, application)
+    assert failed.status == "failed"
+    assert "flask engines install llama.cpp" in failed.last_error
+    assert not failed.replicas and not engine_processes()
+
+    listed = runner.invoke(args=["engines", "list", "--json"])
+    engines = {e["name"]: e for e in json.loads(listed.output)}
+    assert engines["llama.cpp"]["installed"] is False and engines["llama.cpp"]["applications"] == ["hello-gguf"]
+    installed = runner.invoke(args=["engines", "install", "llama.cpp"])
+    assert installed.exit_code == 0, installed.output
+    assert "Successfully installed xllamacpp" in installed.output or "is installed" in installed.output
+    listed = runner.invoke(args=["engines", "list", "--json"])
+    engine = next(e for e in json.loads(listed.output) if e["name"] == "llama.cpp")
+    assert engine["installed"] is True and engine["version"] == "2026.10.11549"
+
+    deployed = deploy(client, app, application)
+    assert deployed.status == "running", deployed.last_error
+    phases = [p["name"] for p in deployed.deploy_phases]
+    assert phases[:3] == ["queued", "starting process", "starting engine"] and phases[-1] == "ready"
+    assert all(p["seconds"] is not None for p in deployed.deploy_phases)
+    server = psutil.Process(deployed.replicas[0].pid)
+    engine = engine_of(server.pid)
+    assert engine.uids().real == server.uids().real  # the server's own account (as root: not root)
+
+    # The engine listens on loopback only, and answers nothing without its token.
+    ports = [c.laddr for c in engine.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+    assert ports and all(address.ip == "127.0.0.1" for address in ports)
+    assert deployed.replicas[0].port not in [address.port for address in ports]
+    refused = httpx.get(f"http://127.0.0.1:{ports[0].port}/v1/models", timeout=10)
+    assert refused.status_code == 401
+
+    key = new_key(app, application.id)
+    client_ = openai.OpenAI(base_url=deployed.endpoint, api_key=key, max_retries=0)
+    answer = client_.chat.completions.create(
+        model="hello-gguf", messages=[{"role": "user", "content": "hello"}], max_tokens=6, temperature=0
+    )
+    assert answer.model == "hello-gguf" and answer.usage.completion_tokens >= 1 and answer.usage.prompt_tokens >= 1
+    streamed = client_.chat.completions.create(
+        model="hello-gguf",
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=6,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(streamed)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer.choices[0].message.content
+    # Greedy: the same text as the plain answer, through the same pipeline (the cache is off for streams).
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=deployed.endpoint, api_key="sk-wrong", max_retries=0).models.list()
+
+    # Counted in the server's /metrics; the engine's own gauges reach /health; its lines reach the log.
+    metrics = httpx.get(
+        deployed.endpoint.replace("/v1", "/metrics"), headers={"Authorization": health_of_token()}, timeout=10
+    ).text
+    assert "llmapp_requests_total{" in metrics
+    gauges = wait_for(lambda: health_of(deployed)["engine"].get("gauges"), message="the engine's gauges")
+    assert {"running", "waiting"} <= set(gauges)
+    logged = log_text(app, application.id)
+    assert "engine" in logged and "llama.cpp listening on" in logged
+
+    # The engine dies: the replica is a failed one, and the restart policy starts a new one with its engine.
+    engine.kill()
+    wait_for(lambda: not server.is_running() or server.status() == psutil.STATUS_ZOMBIE, 60, message="the server exits")
+    replaced = wait_for(
+        lambda: (
+            (r := row(app, application.id)).status == "running"
+            and r.replicas
+            and r.replicas[0].pid != server.pid
+            and r.replicas[0].status == "ready"
+            and r
+        ),
+        120,
+        message="a replacement replica",
+    )
+    new_engine = engine_of(replaced.replicas[0].pid)
+    assert client_.completions.create(model="hello-gguf", prompt="hello", max_tokens=3).usage.completion_tokens >= 1
+
+    # kill -9 of the server takes its engine with it (PR_SET_PDEATHSIG); a stop takes the next one.
+    new_server = psutil.Process(replaced.replicas[0].pid)
+    new_server.send_signal(signal.SIGKILL)
+    wait_for(lambda: not new_engine.is_running() or new_engine.status() == psutil.STATUS_ZOMBIE, 30, message="gone")
+    last = wait_for(
+        lambda: (
+            (r := row(app, application.id)).status == "running"
+            and r.replicas
+            and r.replicas[0].pid not in (server.pid, new_server.pid)
+            and r.replicas[0].status == "ready"
+            and r
+        ),
+        120,
+        message="a second replacement",
+    )
+    last_engine = engine_of(last.replicas[0].pid)
+    response = client.post(f"/applications/{application.id}/stop", headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    wait_status(app, application.id, {"stopped"})
+    wait_for(lambda: not last_engine.is_running() or last_engine.status() == psutil.STATUS_ZOMBIE, 30, message="stop")
+    assert not engine_processes()
+
+
+def health_of_token() -> str:
+    from llmapp.services.metrics import derived_metrics_token
+
+    return f"Bearer {derived_metrics_token(WORKER_ENV['SECRET_KEY'])}"
