@@ -146,7 +146,7 @@ def register_error_handlers(app: Flask) -> None:
 def register_template_helpers(app: Flask) -> None:
     from . import engines
     from .secrets_box import MASK
-    from .services import lifecycle, plugins, routing
+    from .services import applications, lifecycle, plugins, routing
 
     app.jinja_env.globals.update(
         allowed_actions=lifecycle.allowed_actions,
@@ -155,6 +155,7 @@ def register_template_helpers(app: Flask) -> None:
         STATUSES=lifecycle.STATUSES,
         MASK=MASK,
         ENGINES=engines.ENGINES,  # a registry model's engine kind: ENGINES[model.engine]
+        CONFIG_DEFAULTS=applications.DEFAULT_CONFIG,  # a field an older application's config lacks
         engine_column_hints=engines.column_hints,
     )
 

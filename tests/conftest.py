@@ -405,6 +405,62 @@ def server_processes(application_id=None):
     return found
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def shared_engines(tmp_path_factory):
+    """A folder of managed engines installed once for the whole run, with the README's command (`flask
+    engines install`). LLMAPP_TEST_ENGINES_DIR names it (.ci/run starts the slow installs there before
+    the legs, and both legs share it: installs of one engine wait for each other); else .test-engines/
+    in the checkout. The servers' accounts read it (the checkout is open to them in CI)."""
+    import subprocess
+    import sys
+
+    folder = Path(os.environ.get("LLMAPP_TEST_ENGINES_DIR") or ROOT / ".test-engines")
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o755)
+    env = {
+        **os.environ,
+        **WORKER_ENV,
+        "LLMAPP_ENGINES_DIR": str(folder),
+        "LLMAPP_INSTANCE_PATH": str(tmp_path_factory.mktemp("engines-instance") / "instance"),
+    }
+
+    def install(name: str) -> Path:
+        done = subprocess.run(
+            [sys.executable, "-m", "flask", "--app", "app", "engines", "install", name],
+            cwd=ROOT, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, f"flask engines install {name} failed:\n{done.stdout}\n{done.stderr}"
+        return folder
+
+    return install
+
+
+def engine_processes(server_pids) -> list:
+    """The managed engines (launch.py under an engine's interpreter) that these app servers started."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline", "ppid"]):
+        if process.info["ppid"] in set(server_pids) and any(
+            part.endswith("llmapp/engines/launch.py") for part in process.info["cmdline"] or []
+        ):
+            if process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
+
+
+def gone(process) -> bool:
+    import psutil
+
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 @pytest.fixture
 def workers(app, database_url, redis_url, tmp_path):
     started = Workers(database_url, redis_url)

@@ -97,6 +97,10 @@ class ApplicationForm(PlatformForm):
     )
     max_restarts = _number("max_restarts")
     replicas = _number("replicas")
+    context_size = _number("context_size")
+    threads = _number("threads")
+    gpu_memory_share = _number("gpu_memory_share")
+    tensor_parallel = _number("tensor_parallel")
     log_lines = _number("log_lines")
     log_days = _number("log_days")
     # No max_entries: rows past the limit would be dropped without a word; the service counts them.

@@ -5,8 +5,10 @@ standard library and the engine). Its settings come as one JSON object on standa
 included: a command line is readable by every account on the host). The engine listens on a loopback
 port and answers only the token; the app server in front of it (its parent) is the only one told it.
 
-Before anything else it asks the kernel to kill it when its parent dies (PR_SET_PDEATHSIG), so a server
-killed with SIGKILL never leaves an engine behind holding memory and a port.
+Before anything else it asks the kernel to kill it when its parent dies (PR_SET_PDEATHSIG), and it
+forks a watchdog into its process group (the app server made it the leader of one): when the engine's
+main process is gone, however it went, the watchdog kills what is left of the group. vLLM's engine-core
+and worker processes outlive a SIGKILLed API server otherwise, holding memory and the GPU.
 """
 
 import ctypes
@@ -24,6 +26,21 @@ def die_with_parent(parent_pid: int) -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:  # it died before the call: nobody would kill us later
         sys.exit("the app server exited while its engine started")
+
+
+def start_watchdog() -> None:
+    """Fork the watchdog: it waits until its parent (the engine's main process) is gone, then SIGKILLs the
+    engine's whole process group, itself included. It lets go of the engine's output pipe at once, so the
+    server reading it sees the end when the engine ends."""
+    engine_pid = os.getpid()
+    if os.fork() != 0:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    while os.getppid() == engine_pid:  # reparented: the engine's main process exited or was killed
+        time.sleep(0.5)
+    os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
 def llama_cpp(settings: dict) -> None:
@@ -121,6 +138,7 @@ ENGINES = {"llama.cpp": llama_cpp, "vllm": vllm, "transformers-serve": transform
 def main() -> None:
     settings = json.loads(sys.stdin.read())
     die_with_parent(settings["parent_pid"])
+    start_watchdog()
     print(f"starting {settings['engine']} at {time.strftime('%H:%M:%S')}", flush=True)
     ENGINES[settings["engine"]](settings)
 

@@ -1,7 +1,7 @@
 from flask import abort, flash, render_template, request, url_for
 from flask_login import current_user, login_required
 
-from ..services import Conflict, NotFound, model_detection, registry
+from ..services import Conflict, NotFound, engine_installs, model_detection, registry
 from ..web import admin_required, redirect_to, render
 from . import bp
 from .forms import RegistryModelForm
@@ -89,3 +89,10 @@ def delete(model_id):
     else:
         flash(f"Model “{name}” removed.", "success")
     return redirect_to(url_for(".index"))
+
+
+@bp.get("/engines")
+@admin_required("Only admins see the engines.")
+def engines():
+    """The engines on this host: installed or not (and the command that installs one), versions, users."""
+    return render_template("registry/engines.html", engines=engine_installs.overview(current_user))

@@ -48,10 +48,24 @@ LABELS = {
     "restart_policy": "Restart policy",
     "max_restarts": "Max restarts",
     "replicas": "Replicas",
+    "context_size": "Context size (tokens)",
+    "threads": "CPU threads",
+    "gpu_memory_share": "GPU memory share (%)",
+    "tensor_parallel": "Tensor-parallel GPUs",
     "log_lines": "Log lines kept",
     "log_days": "Log days kept",
 }
-BOUNDS = {**recommendations.LIMITS, "max_restarts": (0, 10), "replicas": (1, 8)}  # integer fields: (lowest, highest)
+# Integer fields: (lowest, highest). The engine fields (context size … tensor parallel) are what a
+# kind maps onto its engine's settings (llmapp/engines); 0 means "the model's / the engine's own".
+BOUNDS = {
+    **recommendations.LIMITS,
+    "max_restarts": (0, 10),
+    "replicas": (1, 8),
+    "context_size": (0, 1_048_576),
+    "threads": (0, 256),
+    "gpu_memory_share": (10, 95),
+    "tensor_parallel": (1, 8),
+}
 # What an application must be given; every other field left out (or empty) takes the model's
 # recommendation (max_concurrency, batch_size, timeout_s, cache_size) or the platform's default.
 REQUIRED = ("name", "model_id")

@@ -63,8 +63,14 @@ MODELS = [
 ]
 
 TINY_MODEL = "tiny-gpt2"
+TINY_GGUF = "tiny-gpt2-gguf"
 APPLICATIONS = [
     ("hello-tiny", TINY_MODEL, "A 2-layer GPT-2 built on this machine: deploy it and call it within a minute."),
+    (
+        "hello-gguf",
+        TINY_GGUF,
+        "The same GPT-2 as a GGUF file, served by llama.cpp: run `flask engines install llama.cpp` first.",
+    ),
     ("support-bot", "Qwen2.5-0.5B-Instruct", "Answers customer questions from the help centre."),
     ("code-review", "Llama-3.1-8B-Instruct", "Reviews pull requests and suggests changes."),
     ("summarizer", "Mistral-7B-Instruct-int4", "Summarises long documents into five bullet points."),
@@ -156,7 +162,19 @@ def seed() -> dict:
         engine="transformers",
         source=str(tiny),
     )
-    for spec in [tiny_spec, *MODELS]:
+    gguf = tiny.with_name(f"{TINY_MODEL}.gguf")
+    if not gguf.exists():
+        from ..runtime.tiny_gguf import build_tiny_gguf
+
+        build_tiny_gguf(gguf, tiny)  # the same weights, written with the gguf package: offline
+    gguf_spec = {
+        **tiny_spec,
+        "name": TINY_GGUF,
+        "engine": "llama.cpp",
+        "source": str(gguf),
+        **engines.detect(str(gguf)).as_fields(),
+    }
+    for spec in [tiny_spec, gguf_spec, *MODELS]:
         model = db.session.scalar(select(RegistryModel).where(RegistryModel.name == spec["name"]))
         if model is None:
             model = RegistryModel(**spec)

@@ -193,16 +193,20 @@ def server_health(base_url: str, timeout: float) -> dict | None:
         return None
 
 
-def in_flight(application: Application) -> int | None:
-    """Requests in flight now, asked of each serving replica and added up (None when none answers)."""
+def live(application: Application) -> tuple[int | None, dict | None]:
+    """Now, asked of each serving replica: requests in flight (added up), and a managed engine's own
+    gauges (running and waiting requests added up, KV-cache use the highest). None where none answers."""
     if application.status != lifecycle.RUNNING:
-        return None
-    counts = [
-        (server_health(f"http://{r.address}:{r.port}", timeout=1) or {}).get("in_flight")
-        for r in application.serving_replicas
-    ]
-    counts = [c for c in counts if isinstance(c, int)]
-    return sum(counts) if counts else None
+        return None, None
+    answers = [server_health(f"http://{r.address}:{r.port}", timeout=1) or {} for r in application.serving_replicas]
+    counts = [a.get("in_flight") for a in answers if isinstance(a.get("in_flight"), int)]
+    gauges: dict[str, float] = {}
+    for answer in answers:
+        for name, value in ((answer.get("engine") or {}).get("gauges") or {}).items():
+            if isinstance(value, int | float):
+                added = max(gauges.get(name, 0), value) if name == "kv_cache_use" else gauges.get(name, 0) + value
+                gauges[name] = added
+    return (sum(counts) if counts else None), (gauges or None)
 
 
 def report(application: Application, window_name: str | None = None, now: float | None = None) -> dict:
@@ -217,6 +221,7 @@ def report(application: Application, window_name: str | None = None, now: float 
     except redis.RedisError:
         return {"application": application.name, "window": win.name, "available": False}
     total = metrics.merge([fields for _, fields in buckets])
+    in_flight, engine_gauges = live(application)
     return {
         "application": application.name,
         "window": win.name,
@@ -226,7 +231,8 @@ def report(application: Application, window_name: str | None = None, now: float 
         "has_data": bool(total),
         **_figures(total, win.seconds),
         "releases": by_release(total),
-        "in_flight": in_flight(application),
+        "in_flight": in_flight,
+        "engine": engine_gauges,
         "points": _points(buckets, win),
     }
 

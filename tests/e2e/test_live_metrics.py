@@ -40,7 +40,7 @@ def test_a_known_mix_is_counted_the_same_everywhere(app, client, auth, member, f
 
     def shown_in_flight():
         with app.app_context():
-            return metrics_service.in_flight(row(app, deployed.id))
+            return metrics_service.live(row(app, deployed.id))[0]
 
     wait_for(lambda: shown_in_flight() == 0, 30, 0.1, "in flight, as the pages show it")
     # One stream whose client leaves after its first event (499), and one each of 400, 401 and 404.

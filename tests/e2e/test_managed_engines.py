@@ -17,7 +17,18 @@ import openai
 import psutil
 import pytest
 
-from conftest import WORKER_ENV, deploy, health_of, log_text, new_key, row, wait_for, wait_status
+from conftest import (
+    WORKER_ENV,
+    deploy,
+    engine_processes,
+    gone,
+    health_of,
+    log_text,
+    new_key,
+    row,
+    wait_for,
+    wait_status,
+)
 from llmapp.runtime.tiny_gguf import build_tiny_gguf
 
 
@@ -42,20 +53,8 @@ def config_overrides(engines_folder):
     return {"ENGINES_DIR": str(engines_folder)}
 
 
-def engine_processes(port: int | None = None):
-    """The llama.cpp engines running now (launch.py under an engine's interpreter)."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if any(part.endswith("llmapp/engines/launch.py") for part in process.info["cmdline"] or []):
-            if process.status() != psutil.STATUS_ZOMBIE:
-                found.append(process)
-    return found
-
-
-def engine_of(server_pid: int) -> psutil.Process:
-    return wait_for(
-        lambda: next((p for p in engine_processes() if p.ppid() == server_pid), None), message="the engine process"
-    )
+def engine_of(server_pid: int):
+    return wait_for(lambda: next(iter(engine_processes([server_pid])), None), message="the engine process")
 
 
 def test_llama_cpp_engine_installs_deploys_serves_and_goes_with_its_server(
@@ -67,14 +66,16 @@ def test_llama_cpp_engine_installs_deploys_serves_and_goes_with_its_server(
         name="tiny-gguf", family="gpt2", parameters_billions=0.00065, precision="fp32", context_length=8192,
         engine="llama.cpp", source=tiny_gguf,
     )  # fmt: skip
-    application = factory.application(admin, model, name="hello-gguf", config={"batch_size": 2, "timeout_s": 30})
+    application = factory.application(
+        admin, model, name="hello-gguf", config={"batch_size": 2, "timeout_s": 30, "context_size": 256}
+    )
     auth.login(admin)
 
     # Not installed: the deploy fails at once, before any process, naming the command.
     failed = deploy(client, app, application)
     assert failed.status == "failed"
     assert "flask engines install llama.cpp" in failed.last_error
-    assert not failed.replicas and not engine_processes()
+    assert not failed.replicas
 
     listed = runner.invoke(args=["engines", "list", "--json"])
     engines = {e["name"]: e for e in json.loads(listed.output)}
@@ -120,6 +121,10 @@ def test_llama_cpp_engine_installs_deploys_serves_and_goes_with_its_server(
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer.choices[0].message.content
     # Greedy: the same text as the plain answer, through the same pipeline (the cache is off for streams).
+    # The serving fields reach the engine: context size 256 is each slot's context in llama.cpp.
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client_.completions.create(model="hello-gguf", prompt="the quick brown fox " * 80, max_tokens=4)
+    assert "context" in str(too_long.value).lower()
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=deployed.endpoint, api_key="sk-wrong", max_retries=0).models.list()
 
@@ -127,15 +132,16 @@ def test_llama_cpp_engine_installs_deploys_serves_and_goes_with_its_server(
     metrics = httpx.get(
         deployed.endpoint.replace("/v1", "/metrics"), headers={"Authorization": health_of_token()}, timeout=10
     ).text
-    assert "llmapp_requests_total{" in metrics
+    assert 'llmapp_requests_total{outcome="2xx"} 2.0' in metrics, metrics
     gauges = wait_for(lambda: health_of(deployed)["engine"].get("gauges"), message="the engine's gauges")
     assert {"running", "waiting"} <= set(gauges)
     logged = log_text(app, application.id)
     assert "engine" in logged and "llama.cpp listening on" in logged
+    assert "n_slots = 2" in logged and "n_ctx_slot = 256" in logged  # batch size → slots, context size
 
     # The engine dies: the replica is a failed one, and the restart policy starts a new one with its engine.
     engine.kill()
-    wait_for(lambda: not server.is_running() or server.status() == psutil.STATUS_ZOMBIE, 60, message="the server exits")
+    wait_for(lambda: gone(server), 60, message="the server exits")
     replaced = wait_for(
         lambda: (
             (r := row(app, application.id)).status == "running"
@@ -153,7 +159,7 @@ def test_llama_cpp_engine_installs_deploys_serves_and_goes_with_its_server(
     # kill -9 of the server takes its engine with it (PR_SET_PDEATHSIG); a stop takes the next one.
     new_server = psutil.Process(replaced.replicas[0].pid)
     new_server.send_signal(signal.SIGKILL)
-    wait_for(lambda: not new_engine.is_running() or new_engine.status() == psutil.STATUS_ZOMBIE, 30, message="gone")
+    wait_for(lambda: gone(new_engine), 30, message="its engine to go")
     last = wait_for(
         lambda: (
             (r := row(app, application.id)).status == "running"
@@ -169,11 +175,79 @@ def test_llama_cpp_engine_installs_deploys_serves_and_goes_with_its_server(
     response = client.post(f"/applications/{application.id}/stop", headers={"HX-Request": "true"})
     assert response.status_code == 200
     wait_status(app, application.id, {"stopped"})
-    wait_for(lambda: not last_engine.is_running() or last_engine.status() == psutil.STATUS_ZOMBIE, 30, message="stop")
-    assert not engine_processes()
+    wait_for(lambda: gone(last_engine), 30, message="the engine to go with the stop")
 
 
 def health_of_token() -> str:
     from llmapp.services.metrics import derived_metrics_token
 
     return f"Bearer {derived_metrics_token(WORKER_ENV['SECRET_KEY'])}"
+
+
+def served_by_managed_engine(app, client, auth, admin, factory, workers, folder, model, name, config, wait_s=90):
+    """Deploy an application of ``model`` on workers that use the engines in ``folder``; its openai client."""
+    workers.env["LLMAPP_ENGINES_DIR"] = str(folder)
+    workers.env["LLMAPP_DEPLOY_TIMEOUT_S"] = str(wait_s)
+    workers.start()
+    application = factory.application(admin, model, name=name, config={"timeout_s": 60, **config})
+    auth.login(admin)
+    response = client.post(f"/applications/{application.id}/deploy", headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    deployed = wait_status(app, application.id, {"running", "failed"}, timeout=wait_s + 30)
+    assert deployed.status == "running", deployed.last_error
+    key = new_key(app, application.id)
+    return deployed, openai.OpenAI(base_url=deployed.endpoint, api_key=key, max_retries=0)
+
+
+def check_plain_streamed_counted(deployed, api, name):
+    """What every managed engine must do behind the app server: plain and streamed answers with usage
+    through the official client, counted in the server's metrics."""
+    answer = api.chat.completions.create(
+        model=name, messages=[{"role": "user", "content": "hello"}], max_tokens=5, temperature=0
+    )
+    assert answer.model == name and answer.usage.completion_tokens >= 1
+    chunks = list(
+        api.chat.completions.create(
+            model=name,
+            messages=[{"role": "user", "content": "hello"}],
+            max_tokens=5,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer.choices[0].message.content
+    completion = api.completions.create(model=name, prompt="hello", max_tokens=3, temperature=0)
+    assert completion.usage.completion_tokens >= 1
+    metrics = httpx.get(
+        deployed.endpoint.replace("/v1", "/metrics"), headers={"Authorization": health_of_token()}, timeout=10
+    ).text
+    assert 'llmapp_requests_total{outcome="2xx"} 3.0' in metrics, metrics
+    assert 'llmapp_tokens_total{api_key="test",gen_ai_token_type="output"}' in metrics
+
+
+def stop_and_check_the_engine_goes(app, client, deployed):
+    [engine] = wait_for(lambda: engine_processes([deployed.replicas[0].pid]), message="the engine process")
+    response = client.post(f"/applications/{deployed.id}/stop", headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    wait_status(app, deployed.id, {"stopped"})
+    wait_for(lambda: gone(engine), 30, message="the engine to go with the stop")
+
+
+def test_transformers_serve_engine_serves_the_tiny_model_behind_the_app_server(
+    app, client, auth, admin, factory, workers, shared_engines, tiny_model_dir
+):
+    folder = shared_engines("transformers-serve")
+    model = factory.model(
+        name="tiny-gpt2-ts", family="gpt2", parameters_billions=0.0004, precision="fp32", context_length=8192,
+        engine="transformers-serve", source=tiny_model_dir,
+    )  # fmt: skip
+    deployed, api = served_by_managed_engine(
+        app, client, auth, admin, factory, workers, folder, model, "hello-ts", {"batch_size": 4, "threads": 1}
+    )
+    phases = [p["name"] for p in deployed.deploy_phases]
+    assert phases[:3] == ["queued", "starting process", "starting engine"] and phases[-1] == "ready"
+    check_plain_streamed_counted(deployed, api, "hello-ts")
+    assert "Uvicorn running on http://127.0.0.1:" in log_text(app, deployed.id)  # its own lines, as source engine
+    stop_and_check_the_engine_goes(app, client, deployed)

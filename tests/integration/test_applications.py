@@ -160,6 +160,10 @@ def test_create_succeeds_flashes_and_lists(logged_in, factory, app, member):
         "replicas": 1,  # left empty: one
         "log_lines": 2000,  # left empty: the platform's retention
         "log_days": 7,
+        "context_size": 0,  # left empty: the model's own
+        "threads": 0,
+        "gpu_memory_share": 90,
+        "tensor_parallel": 1,
     }
     page = logged_in.get("/applications/")
     assert "Application “support-bot” created." in page.text and ">support-bot</a>" in page.text

@@ -77,3 +77,64 @@ def test_a_sharded_quantised_model_and_a_bf16_one(tmp_path):
 def test_what_is_not_a_model_directory_says_why(tmp_path, make, reason):
     with pytest.raises(model_detection.NotAModel, match=reason):
         model_detection.detect(make(tmp_path))
+
+
+# --- GGUF files (llama.cpp) -------------------------------------------------------------------------
+
+
+def write_gguf(path, *, arch="llama", file_type=15, layers=4, heads=8, kv_heads=2, width=256, context=4096):
+    """A GGUF file with llama.cpp's metadata and a few small tensors (no real weights)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_context_length(context)
+    writer.add_embedding_length(width)
+    writer.add_block_count(layers)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_file_type(file_type)
+    writer.add_tensor("token_embd.weight", np.zeros((10, width), dtype=np.float32))
+    writer.add_tensor("output_norm.weight", np.zeros((width,), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_header_gives_architecture_size_quantisation_and_context(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf")  # file type 15: MOSTLY_Q4_K_M
+    info = model_detection.read_gguf(path)
+    assert (info.architecture, info.quantization, info.context_length) == ("llama", "Q4_K_M", 4096)
+    assert info.parameters == 10 * 256 + 256 and (info.layers, info.kv_heads, info.head_size) == (4, 2, 32)
+    detected = model_detection.detect_gguf(path)
+    assert (detected.family, detected.precision, detected.quantization) == ("llama", "int4", "Q4_K_M")
+    assert model_detection.detect_gguf(write_gguf(tmp_path / "q8.gguf", file_type=7)).precision == "int8"
+
+
+def test_the_tiny_gguf_holds_the_tiny_models_parameters(tmp_path, tiny_model_dir):
+    from llmapp.runtime.tiny_gguf import build_tiny_gguf
+
+    gguf_file = build_tiny_gguf(tmp_path / "tiny.gguf", tiny_model_dir)
+    detected = model_detection.detect_gguf(gguf_file)
+    # Tied output weights and attention masks are not written: the same count as the safetensors give.
+    assert detected.parameters == model_detection.detect(tiny_model_dir).parameters
+    assert (detected.family, detected.precision, detected.context_length) == ("gpt2", "fp32", 8192)
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("model.bin", b"GGUF", "is not a .gguf file"),
+        ("fake.gguf", b"PK\x03\x04 a zip", "does not start with GGUF's magic bytes"),
+        ("missing.gguf", None, "does not exist on this host"),
+        ("truncated.gguf", b"GGUF\x03\x00", "header can't be read"),
+    ],
+)
+def test_what_is_not_a_gguf_file_says_why(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(model_detection.NotAModel, match=message):
+        model_detection.read_gguf(path)

