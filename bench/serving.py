@@ -75,6 +75,11 @@ async def load(url, key, body, total, concurrency, headers_out=None, elapsed_out
 
 
 def main():
+    main_with(run)
+
+
+def main_with(run_benchmark) -> None:
+    """Run ``run_benchmark(app, work)`` on a temporary platform: SQLite, an embedded Redis, one worker."""
     work = Path(tempfile.mkdtemp(prefix="llmapp-bench-"))
     redis_server = EmbeddedRedis(work / "redis", publish=False)
     redis_url = redis_server.start()
@@ -101,7 +106,7 @@ def main():
     try:
         with app.app_context():
             flask_migrate.upgrade()
-            run(app, work)
+            run_benchmark(app, work)
     finally:
         with app.app_context():
             deployments.shutdown_host("the benchmark ended")

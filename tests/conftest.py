@@ -452,6 +452,19 @@ def engine_processes(server_pids) -> list:
     return found
 
 
+def engine_group(engine) -> list:
+    """Every process of a managed engine's process group: the engine, what it forked, its watchdog."""
+    import psutil
+
+    def group_of(process):
+        try:
+            return os.getpgid(process.pid)
+        except (ProcessLookupError, psutil.Error):
+            return None
+
+    return [p for p in psutil.process_iter() if group_of(p) == engine.pid]
+
+
 def gone(process) -> bool:
     import psutil
 

@@ -14,6 +14,7 @@ and worker processes outlive a SIGKILLed API server otherwise, holding memory an
 import ctypes
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -28,10 +29,11 @@ def die_with_parent(parent_pid: int) -> None:
         sys.exit("the app server exited while its engine started")
 
 
-def start_watchdog() -> None:
+def start_watchdog(scratch: str) -> None:
     """Fork the watchdog: it waits until its parent (the engine's main process) is gone, then SIGKILLs the
-    engine's whole process group, itself included. It lets go of the engine's output pipe at once, so the
-    server reading it sees the end when the engine ends."""
+    rest of the engine's process group and removes the engine's scratch folder (its caches; the server
+    removes it on a stop, but a SIGKILLed server can't). It lets go of the engine's output pipe at once,
+    so the server reading it sees the end when the engine ends."""
     engine_pid = os.getpid()
     if os.fork() != 0:
         return
@@ -40,7 +42,15 @@ def start_watchdog() -> None:
         os.dup2(devnull, fd)
     while os.getppid() == engine_pid:  # reparented: the engine's main process exited or was killed
         time.sleep(0.5)
-    os.killpg(os.getpgid(0), signal.SIGKILL)
+    group = os.getpgid(0)
+    os.setpgid(0, 0)  # out of the group first, so the kill below leaves the watchdog to clean up
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # nothing of it is left
+    if os.path.basename(scratch).startswith("llmapp-engine-"):
+        shutil.rmtree(scratch, ignore_errors=True)
+    os._exit(0)  # the watchdog's end: never on into the engine's start
 
 
 def llama_cpp(settings: dict) -> None:
@@ -138,7 +148,7 @@ ENGINES = {"llama.cpp": llama_cpp, "vllm": vllm, "transformers-serve": transform
 def main() -> None:
     settings = json.loads(sys.stdin.read())
     die_with_parent(settings["parent_pid"])
-    start_watchdog()
+    start_watchdog(settings["scratch"])
     print(f"starting {settings['engine']} at {time.strftime('%H:%M:%S')}", flush=True)
     ENGINES[settings["engine"]](settings)
 

@@ -6,6 +6,9 @@ torch==2.13.0+cpu); a GPU host installs `vllm`. Its virtualenv is its own: vLLM 
 transformers and torch, which never enter the platform's environment.
 """
 
+import dataclasses
+
+from ..services import model_detection, recommendations
 from .managed import Gauge, ManagedKind, Package
 from .transformers import HuggingFaceDirectory
 
@@ -37,6 +40,23 @@ class VllmKind(HuggingFaceDirectory, ManagedKind):
 
     def __init__(self):
         self.fields = (self.source_field(),)
+
+    def recommend(self, model, memory_bytes):
+        """From GPU memory, as vLLM uses it: its memory share (90 %) holds the weights, and the rest is KV
+        cache; the cache per sequence from the model's own config (its KV heads) where it says. Batch size
+        is vLLM's max_num_seqs: every sequence that fits, at most 256 (its default)."""
+        general = super().recommend(model, memory_bytes)
+        shape = model_detection.kv_shape(model.source)
+        if not shape:
+            return dataclasses.replace(general, batch_size=min(general.max_concurrency, 256))
+        layers, kv_heads, head_size = shape
+        kv_bytes = 4 if model.precision == "fp32" else 2
+        per_sequence = 2 * layers * kv_heads * head_size * kv_bytes * model.context_length
+        weights = int(model.parameters_billions * 1e9 * recommendations.BYTES_PER_PARAMETER[model.precision])
+        found = recommendations.recommend_for(
+            weights, per_sequence, model.parameters_billions, model.context_length, memory_bytes
+        )
+        return dataclasses.replace(found, batch_size=min(found.max_concurrency, 256))
 
     def preflight(self, model):
         self.check_model(model)

@@ -48,13 +48,14 @@ _CLASSES = (
     ),
     (
         # The engines' own settings, whole namespaces (torch alone reads more than a hundred, one of
-        # which imports a module named in it): what a member may tune is named in ALLOWED below.
+        # which imports a module named in it; vLLM's and llama.cpp's are free-form flags, where the serving
+        # fields are the validated way): what a member may tune is named in ALLOWED below.
         "the engine's libraries read it to decide what they load or where they write",
         "",
         "TORCH PYTORCH_ CUDA_ CUDNN_ NCCL_ NVTOOLSEXT ROCM_ ROCR_ HIP_ HSA_ ROCP_ ZE_ KINETO_ PT_HPU_ FX_ "
         "COMPILE_STROBELIGHT ENABLE_PYTORCH_ OMP_ KMP_ GOMP_ MKL_ HF_ HUGGINGFACE_ HUGGING_FACE_ TRANSFORMERS_ "
         "TOKENIZERS_ SAFETENSORS_ PROMETHEUS_ TRITON_ NUMBA_ WERKZEUG_ FLASK_ INDUCTOR_ AOT_ AOTI ACCELERATE_ "
-        "HALIDE_ QUACK_ CUTLASS_ CUTEDSL_ NVSHMEM_ ROCSHMEM_ NPY_",
+        "HALIDE_ QUACK_ CUTLASS_ CUTEDSL_ NVSHMEM_ ROCSHMEM_ NPY_ VLLM_ LLAMA_ GGML_ XLLAMACPP",
     ),
     (
         "it sends the server's traffic or data elsewhere",
@@ -70,13 +71,14 @@ _CLASSES = (
 )
 REFUSED = tuple((why, frozenset(names.split()), tuple(prefixes.split())) for why, names, prefixes in _CLASSES)
 # In the refused namespaces, what a member may set: thread counts, devices, offline switches, verbosity,
-# the Hugging Face token (the key of a hub, for libraries that ask for one).
+# the Hugging Face token (the key of a hub, for libraries that ask for one), an upstream vLLM's API key
+# (a managed vLLM is given its own token over it).
 ALLOWED = frozenset(
     "OMP_NUM_THREADS MKL_NUM_THREADS CUDA_VISIBLE_DEVICES HIP_VISIBLE_DEVICES ROCR_VISIBLE_DEVICES "
     "TOKENIZERS_PARALLELISM HF_HUB_OFFLINE TRANSFORMERS_OFFLINE HF_HUB_DISABLE_TELEMETRY "
     "HF_HUB_DISABLE_PROGRESS_BARS HF_HUB_DISABLE_EXPERIMENTAL_WARNING HF_HUB_DISABLE_IMPLICIT_TOKEN "
     "HF_HUB_DISABLE_SYMLINKS_WARNING HF_HUB_VERBOSITY TRANSFORMERS_VERBOSITY TRANSFORMERS_NO_ADVISORY_WARNINGS "
-    "HF_TOKEN PYTORCH_CUDA_ALLOC_CONF".split()
+    "HF_TOKEN PYTORCH_CUDA_ALLOC_CONF VLLM_API_KEY".split()
 )
 
 

@@ -119,6 +119,29 @@ def _context_length(config: dict) -> int | None:
     return None
 
 
+def kv_shape(path: str | Path) -> tuple[int, int, int] | None:
+    """(layers, KV heads, head size) from a model directory's config.json (grouped-query attention's
+    ``num_key_value_heads`` counted), or None when it does not say."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    config = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+
+    def whole(*keys):
+        values = (config.get(key) for key in keys)
+        return next((v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > 0), None)
+
+    layers = whole("num_hidden_layers", "n_layer", "num_layers")
+    heads = whole("num_attention_heads", "n_head")
+    width = whole("hidden_size", "n_embd", "d_model")
+    kv_heads = whole("num_key_value_heads", "n_head_kv") or heads
+    head_size = whole("head_dim") or (width // heads if width and heads else None)
+    return (layers, kv_heads, head_size) if layers and kv_heads and head_size else None
+
+
 def _config_precision(config: dict) -> str | None:
     quantization = config.get("quantization_config")
     if isinstance(quantization, dict):

@@ -304,6 +304,7 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
 
 
 @pytest.mark.parametrize("config_overrides", [{"WTF_CSRF_ENABLED": True}])
+@pytest.mark.parametrize("config_overrides", [{"ENGINES_DIR": "/nonexistent/llmapp-test-engines"}])  # none installed
 def test_an_admin_manages_users(app, factory, browser_page, config_overrides, tiny_model_dir):
     from playwright.sync_api import expect
 
@@ -353,6 +354,11 @@ def test_an_admin_manages_users(app, factory, browser_page, config_overrides, ti
         expect(page.locator("#family")).to_have_value("gpt2")
         expect(page.locator("form.card")).to_contain_text("openai: where the upstream runs (optional note).")
         shot(page, "14-registry-detect")
+        # The engines on this host: built in, or installed by a command the page names.
+        page.click("nav a:has-text('Engines')")
+        expect(page.locator("h1")).to_have_text("Engines")
+        expect(page.locator("tr", has_text="llama.cpp")).to_contain_text("flask engines install llama.cpp")
+        shot(page, "15-engines")
         page.wait_for_load_state("networkidle")  # nothing left loading when the server stops
 
 

@@ -7,6 +7,7 @@ the first run).
 """
 
 import json
+import os
 import shutil
 import signal
 import tempfile
@@ -20,6 +21,7 @@ import pytest
 from conftest import (
     WORKER_ENV,
     deploy,
+    engine_group,
     engine_processes,
     gone,
     health_of,
@@ -94,7 +96,9 @@ def test_llama_cpp_engine_installs_deploys_serves_and_goes_with_its_server(
     assert all(p["seconds"] is not None for p in deployed.deploy_phases)
     server = psutil.Process(deployed.replicas[0].pid)
     engine = engine_of(server.pid)
-    assert engine.uids().real == server.uids().real  # the server's own account (as root: not root)
+    assert engine.uids().real == server.uids().real  # the server's own account
+    if os.geteuid() == 0 and os.environ.get("LLMAPP_REQUIRE_SERVER_USER"):
+        assert engine.uids().real != 0  # as root: an unprivileged account of its own
 
     # The engine listens on loopback only, and answers nothing without its token.
     ports = [c.laddr for c in engine.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
@@ -156,10 +160,16 @@ def test_llama_cpp_engine_installs_deploys_serves_and_goes_with_its_server(
     new_engine = engine_of(replaced.replicas[0].pid)
     assert client_.completions.create(model="hello-gguf", prompt="hello", max_tokens=3).usage.completion_tokens >= 1
 
-    # kill -9 of the server takes its engine with it (PR_SET_PDEATHSIG); a stop takes the next one.
+    # kill -9 of the server takes its engine with it (PR_SET_PDEATHSIG), and the engine's scratch folder
+    # (its home, for caches) goes too; a stop takes the next one.
     new_server = psutil.Process(replaced.replicas[0].pid)
+    scratch = Path(new_engine.environ()["HOME"])
+    assert scratch.is_dir() and scratch.name.startswith("llmapp-engine-") and scratch.stat().st_mode & 0o077 == 0
+    group = engine_group(new_engine)
+    assert len(group) == 2  # llama.cpp runs in one process; its watchdog beside it
     new_server.send_signal(signal.SIGKILL)
-    wait_for(lambda: gone(new_engine), 30, message="its engine to go")
+    wait_for(lambda: all(gone(p) for p in group), 30, message="its engine and watchdog to go")
+    wait_for(lambda: not scratch.exists(), 30, message="its scratch folder to go")
     last = wait_for(
         lambda: (
             (r := row(app, application.id)).status == "running"
@@ -172,10 +182,12 @@ def test_llama_cpp_engine_installs_deploys_serves_and_goes_with_its_server(
         message="a second replacement",
     )
     last_engine = engine_of(last.replicas[0].pid)
+    last_scratch, last_group = Path(last_engine.environ()["HOME"]), engine_group(last_engine)
     response = client.post(f"/applications/{application.id}/stop", headers={"HX-Request": "true"})
     assert response.status_code == 200
     wait_status(app, application.id, {"stopped"})
-    wait_for(lambda: gone(last_engine), 30, message="the engine to go with the stop")
+    wait_for(lambda: all(gone(p) for p in last_group), 30, message="the engine to go with the stop")
+    assert not last_scratch.exists()
 
 
 def health_of_token() -> str:
@@ -194,7 +206,9 @@ def served_by_managed_engine(app, client, auth, admin, factory, workers, folder,
     response = client.post(f"/applications/{application.id}/deploy", headers={"HX-Request": "true"})
     assert response.status_code == 200
     deployed = wait_status(app, application.id, {"running", "failed"}, timeout=wait_s + 30)
-    assert deployed.status == "running", deployed.last_error
+    assert deployed.status == "running", f"{deployed.last_error}; the log ends:\n" + "\n".join(
+        log_text(app, application.id).splitlines()[-60:]
+    )
     key = new_key(app, application.id)
     return deployed, openai.OpenAI(base_url=deployed.endpoint, api_key=key, max_retries=0)
 

@@ -6,18 +6,12 @@ nothing it checks depends on the platform's database.
 """
 
 import os
+from pathlib import Path
 
 import psutil
 from test_managed_engines import check_plain_streamed_counted, served_by_managed_engine
 
-from conftest import engine_processes, gone, health_of, log_text, status, wait_for
-
-
-def group_of(process: psutil.Process) -> int | None:
-    try:
-        return os.getpgid(process.pid)
-    except (ProcessLookupError, psutil.Error):
-        return None
+from conftest import engine_group, engine_processes, gone, health_of, log_text, status, wait_for
 
 
 def test_vllm_engine_serves_the_tiny_model_and_all_its_processes_go_with_a_killed_server(
@@ -44,8 +38,13 @@ def test_vllm_engine_serves_the_tiny_model_and_all_its_processes_go_with_a_kille
     # SIGKILLed app server takes every process of its engine's group with it (launch.py's watchdog).
     server = psutil.Process(deployed.replicas[0].pid)
     [engine] = engine_processes([server.pid])
-    group = [p for p in psutil.process_iter() if group_of(p) == engine.pid]
+    group = engine_group(engine)
     assert len(group) >= 3, group  # the API server, its engine core and worker, the watchdog
+    if os.geteuid() == 0 and os.environ.get("LLMAPP_REQUIRE_SERVER_USER"):
+        assert all(p.uids().real == server.uids().real != 0 for p in group)  # the server's own account
+    scratch = Path(engine.environ()["HOME"])  # where vLLM writes its caches
+    assert (scratch / "cache" / "vllm").is_dir()
     server.kill()
     wait_for(lambda: all(gone(p) for p in group), 60, message="every process of the engine's group to go")
+    wait_for(lambda: not scratch.exists(), 30, message="the engine's scratch folder to go")
     wait_for(lambda: status(app, deployed.id) == "failed", 60, message="the replica counted as failed")

@@ -78,7 +78,7 @@ def test_demo_data_seeds_once(app, database_url, redis_url, tiny_model_dir, tmp_
         counts = [
             db.session.scalar(db.select(db.func.count()).select_from(t)) for t in (User, RegistryModel, Application)
         ]
-    assert counts == [2, 5, 5]  # the first admin and the demo admin; nothing twice
+    assert counts == [2, 6, 6]  # the first admin and the demo admin; nothing twice
     with app.app_context():
         from llmapp.models import Plugin
 

@@ -69,3 +69,21 @@ def test_llama_cpp_recommends_from_the_files_size_and_its_kv_heads(tmp_path):
     # Llama-3.1-8B's shape: 2 (K, V) × 32 layers × 8 KV heads × 128 × 2 bytes × 128k tokens = 16 GiB, not 64.
     assert recommendation.kv_cache_per_sequence_bytes == 2 * 32 * 8 * 128 * 2 * 131072
     assert recommendation.model_memory_bytes == math.ceil(1.1 * path.stat().st_size)  # the file is the weights
+
+
+def test_vllm_recommends_from_gpu_memory_and_the_models_kv_heads(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from llmapp.engines import vllm
+
+    config = {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    llama_8b = SimpleNamespace(source=str(tmp_path), parameters_billions=8.0, precision="bf16", context_length=131072)
+    on_an_80gb_gpu = vllm.KIND.recommend(llama_8b, 80 * 1024**3)
+    # Grouped-query attention: 8 KV heads, not 32; 16 GiB per 128k-token sequence, not 64.
+    assert on_an_80gb_gpu.kv_cache_per_sequence_bytes == 2 * 32 * 8 * 128 * 2 * 131072
+    # 90 % of 80 GiB, less 16 GB of bf16 weights, holds three such sequences: vLLM's max_num_seqs 3.
+    assert (on_an_80gb_gpu.max_concurrency, on_an_80gb_gpu.batch_size) == (3, 3)
+    shorter = SimpleNamespace(**{**vars(llama_8b), "context_length": 1024})  # 128 MiB each: 450 would fit
+    assert vllm.KIND.recommend(shorter, 80 * 1024**3).batch_size == 256  # vLLM's own ceiling

@@ -22,9 +22,11 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -84,6 +86,7 @@ class ManagedEngine(UpstreamEngine):
         self.stopping = False
         self.gauges: dict[str, float] = {}
         self.started_at = time.monotonic()
+        self.scratch = tempfile.mkdtemp(prefix="llmapp-engine-")  # 0700, the server's own
 
     # starting --------------------------------------------------------------------------------------
 
@@ -99,12 +102,16 @@ class ManagedEngine(UpstreamEngine):
             "port": self.port,
             "token": self.token,
             "parent_pid": os.getpid(),
+            "scratch": self.scratch,
         }
 
     def _supervise(self) -> None:
         """The engine's whole life, in one thread (the one its PR_SET_PDEATHSIG is tied to)."""
         env = {k: v for k, v in self.environ.items() if not k.startswith("LLMAPP_")}
-        env["PYTHONUNBUFFERED"] = "1"
+        # A home of its own for the caches engines write (vLLM's model info, compiled kernels): the
+        # server's account has none (/nonexistent). Removed when the engine stops.
+        env.update(HOME=self.scratch, XDG_CACHE_HOME=os.path.join(self.scratch, "cache"), PYTHONUNBUFFERED="1")
+        env.setdefault("HF_HUB_OFFLINE", "1")  # a local model: never the network
         try:
             self.process = subprocess.Popen(
                 [self.options["python"], "-I", "-u", self.options["launcher"]],
@@ -211,4 +218,5 @@ class ManagedEngine(UpstreamEngine):
                 log.warning("engine %s did not stop within %g s: killed", self.kind.name, STOP_GRACE_S)
         self._kill_group()
         process.wait(5)
+        shutil.rmtree(self.scratch, ignore_errors=True)
         log.info("engine %s stopped", self.kind.name)
