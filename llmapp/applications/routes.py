@@ -65,7 +65,7 @@ def _form(application=None, **kwargs) -> ApplicationForm:
 def _recommendation(model_id):
     try:
         return applications.recommendation_for(registry.get_model(model_id)) if model_id else None
-    except NotFound:
+    except (NotFound, Conflict):  # no such model, or nothing to recommend from: the form shows none
         return None
 
 

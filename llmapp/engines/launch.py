@@ -2,8 +2,9 @@
 
 It runs under the engine's interpreter, never the platform's, so it imports nothing of llmapp (only the
 standard library and the engine). Its settings come as one JSON object on standard input (the token
-included: a command line is readable by every account on the host). The engine listens on a loopback
-port and answers only the token; the app server in front of it (its parent) is the only one told it.
+included: a command line is readable by every account on the host). The engine listens on a Unix socket
+in the app server's own 0700 folder (no TCP port) and answers only the token; the app server in front of
+it (its parent) is the only one told it.
 
 Before anything else it asks the kernel to kill it when its parent dies (PR_SET_PDEATHSIG), and it
 forks a watchdog into its process group (the app server made it the leader of one): when the engine's
@@ -60,8 +61,7 @@ def llama_cpp(settings: dict) -> None:
     params = xllamacpp.CommonParams()
     params.model.path = settings["model"]
     params.model_alias = settings["served_name"]
-    params.hostnames = ["127.0.0.1"]
-    params.port = settings["port"]
+    params.hostnames = [settings["socket"]]  # llama.cpp listens on a Unix socket when its name ends in .sock
     params.api_keys = [settings["token"]]
     params.endpoint_metrics = True
     params.use_jinja = True  # the model's own chat template, as written in the file
@@ -71,9 +71,11 @@ def llama_cpp(settings: dict) -> None:
         params.cpuparams.n_threads = settings["threads"]
         params.cpuparams_batch.n_threads = settings["threads"]
     params.n_gpu_layers = settings.get("gpu_layers", 0)
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # before its threads start: they inherit the mask
     server = xllamacpp.Server(params)
     print(f"llama.cpp listening on {server.listening_address}", flush=True)
-    signal.sigwait({signal.SIGTERM, signal.SIGINT})  # native threads serve; we only wait to be stopped
+    signal.sigwait(stop)  # native threads serve; the main thread waits to be stopped, then returns
 
 
 def vllm(settings: dict) -> None:
@@ -84,10 +86,10 @@ def vllm(settings: dict) -> None:
     import torch
 
     os.environ["VLLM_API_KEY"] = settings["token"]
-    argv = settings["argv"]
+    argv = [*settings["argv"], "--uds", settings["socket"]]
     if not torch.cuda.is_available():  # the CPU build: float32 (no bf16 without AVX-512) and a bounded cache
         argv = [*argv, "--dtype", "float32"]
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings["cpu_kv_cache_gib"])
         if settings.get("threads"):
             os.environ["OMP_NUM_THREADS"] = str(settings["threads"])
     sys.argv = ["vllm", *argv]
@@ -95,36 +97,43 @@ def vllm(settings: dict) -> None:
 
 
 class RequireToken:
-    """ASGI middleware: every request but /health must carry the engine's token (transformers serve has
-    no API key option of its own)."""
+    """ASGI middleware: every connection but the lifespan and GET /health must carry the engine's token
+    (transformers serve has no API key option of its own). Fails closed: a WebSocket without it is closed."""
 
     def __init__(self, app, token: str):
         self.app, self.expected = app, f"Bearer {token}".encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] != "/health":
-            import hmac
+        import hmac
 
-            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-            if not hmac.compare_digest(given, self.expected):
-                headers = [(b"content-type", b"text/plain")]
-                await send({"type": "http.response.start", "status": 401, "headers": headers})
-                await send({"type": "http.response.body", "body": b"unauthorized"})
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] == "lifespan" or (scope["type"] == "http" and scope["path"] == "/health"):
+            return await self.app(scope, receive, send)
+        given = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), b"")
+        if hmac.compare_digest(given, self.expected):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "http":
+            headers = [(b"content-type", b"text/plain")]
+            await send({"type": "http.response.start", "status": 401, "headers": headers})
+            await send({"type": "http.response.body", "body": b"unauthorized"})
+        else:
+            await send({"type": "websocket.close", "code": 1008})
 
 
 def transformers_serve(settings: dict) -> None:
     """`transformers serve` with the model preloaded and continuous batching, behind the token."""
+    import uvicorn
     from transformers.cli import serve
     from transformers.cli.serving import server
 
-    build = server.build_server
+    build, config = server.build_server, uvicorn.Config
 
     def build_with_token(*args, **kwargs):
         return RequireToken(build(*args, **kwargs), settings["token"])
 
-    server.build_server = build_with_token
+    def config_on_the_socket(app, **kwargs):  # its own uvicorn.Config takes a host and port only
+        return config(app, **{**kwargs, "uds": settings["socket"]})
+
+    server.build_server, uvicorn.Config = build_with_token, config_on_the_socket
     if settings.get("threads"):
         import torch
 
@@ -136,8 +145,6 @@ def transformers_serve(settings: dict) -> None:
         cb_max_batch_tokens=settings.get("max_batch_tokens"),
         device="cpu",
         dtype="auto",
-        host="127.0.0.1",
-        port=settings["port"],
         log_level="info",
     )
 

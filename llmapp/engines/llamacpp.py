@@ -63,10 +63,11 @@ class LlamaCppKind(ManagedKind):
                 model.parameters_billions, model.precision, model.context_length, memory_bytes
             )
         context = model.context_length or info.context_length or 2048
-        if info.layers and info.kv_heads and info.head_size:
+        shape = (info.layers, info.kv_heads, info.head_size)
+        if all(isinstance(n, int) and n > 0 for n in shape):
             per_sequence = 2 * info.layers * info.kv_heads * info.head_size * KV_BYTES * context
-        else:
-            per_sequence = recommendations.kv_cache_bytes(info.parameters, "fp16", context)
+        else:  # a header that does not say: the estimate from the size
+            per_sequence = recommendations.kv_cache_bytes(max(info.parameters, 1), "fp16", context)
         return recommendations.recommend_for(
             math.ceil(FILE_OVERHEAD * info.file_bytes),
             per_sequence,

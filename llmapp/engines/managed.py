@@ -3,7 +3,7 @@ virtualenv of its own (services/engine_installs.py) and starts for each replica,
 
 The app server stays in front (keys, limits, cache, plugins, metrics, logs, the gateway's routing):
 its engine is runtime/engines/managed.py's ``ManagedEngine``, which starts the real engine as its child
-on a loopback port with a random token (launch.py, under the engine's own interpreter) and forwards to
+on a Unix socket with a random token (launch.py, under the engine's own interpreter) and forwards to
 it as the upstream engine does. A kind here says what to install, how the application's serving fields
 map onto the engine's settings, what its health and metrics endpoints are, and what the deploy phases
 read from its output.
@@ -64,7 +64,8 @@ class ManagedKind(EngineKind):
     def paths_to_read(self, model):
         from ..services import engine_installs
 
-        return [engine_installs.python_of(self.name).resolve(), LAUNCHER, Path(model.source)]
+        venv = engine_installs.python_of(self.name).parent.parent  # the current version's own folder
+        return [venv, venv / "pyvenv.cfg", LAUNCHER, Path(model.source)]
 
     def spec_options(self, model):
         from ..services import engine_installs

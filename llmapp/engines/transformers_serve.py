@@ -40,7 +40,7 @@ class TransformersServeKind(HuggingFaceDirectory, ManagedKind):
         super().preflight(model)
 
     def paths_to_read(self, model):
-        return [*super().paths_to_read(model)[:2], *self.model_paths(model)]
+        return [*super().paths_to_read(model)[:-1], *self.model_paths(model)]  # the model folder and its files
 
     def spec_options(self, model):
         return {**super().spec_options(model), "context_length": model.context_length}

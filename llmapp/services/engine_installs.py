@@ -5,8 +5,8 @@ versions, never the platform's own environment (vLLM pins its own transformers a
 ``installed``; the Engines page and ``flask engines list`` read ``overview``. An install is done when
 its marker (``llmapp-engine.json``, written last) names the same requirements as the engine's kind:
 a half-finished or older install counts as not installed. Installs of one engine on one host are
-serialised by a file lock, and a new install is built beside the old one and swapped in at the end,
-so servers running on the old one keep running.
+serialised by a file lock; a new install is built in a folder of its own, made current in one step
+(the link engines/NAME), and servers started from an older one keep its files until they stop.
 """
 
 import fcntl
@@ -20,6 +20,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 from flask import current_app
 from sqlalchemy import func, select
 
@@ -30,7 +31,6 @@ from ..queues import this_host
 from . import Invalid, NotFound, require_admin
 
 MARKER = "llmapp-engine.json"
-PIP_TIMEOUT_S = 3600
 
 
 def engines_dir() -> Path:
@@ -45,7 +45,9 @@ def venv_dir(name: str) -> Path:
 
 
 def python_of(name: str) -> Path:
-    return venv_dir(name) / "bin" / "python"
+    """The interpreter of the current install's own folder (the link engines/NAME resolved): a server
+    started now keeps using that version's files, whatever is installed after it."""
+    return venv_dir(name).resolve() / "bin" / "python"
 
 
 def managed_kind(name: str) -> "engines.ManagedKind":
@@ -94,7 +96,7 @@ def _run(command: list[str], echo: Callable[[str], None]) -> None:
         if line and not line.startswith("WARNING: Location"):  # pip's note on unused local indexes
             echo(line)
             tail = [*tail[-9:], line]
-    if process.wait(PIP_TIMEOUT_S) != 0:
+    if process.wait() != 0:
         raise Invalid(f"Installing failed ({' '.join(command[:4])}…):\n" + "\n".join(tail))
 
 
@@ -114,59 +116,81 @@ def install(name: str, acting, echo: Callable[[str], None] = lambda line: None) 
         if done := installed(name):
             echo(f"{name} {done['version']} is installed in {venv_dir(name)}")
             return done
-        target = venv_dir(name)
-        building = target.with_name(f".{name}.new")
-        shutil.rmtree(building, ignore_errors=True)
         started = time.monotonic()
-        echo(f"Creating {name}'s virtualenv in {target}")
-        _run([_base_python(), "-m", "venv", str(building)], echo)
-        python = str(building / "bin" / "python")
-        pip = [python, "-m", "pip"]
-        quiet = ["--disable-pip-version-check"]
-        _run([*pip, "install", *quiet, "--progress-bar", "off", *kind.package.requirements], echo)
-        if kind.package.remove:
-            _run([*pip, "uninstall", *quiet, "-y", *kind.package.remove], echo)
-        _run([python, "-I", "-c", f"import {kind.package.module}"], echo)  # it imports, or the install failed
-        asked = f"from importlib.metadata import version; print(version({kind.package.distribution!r}))"
-        version = subprocess.run(
-            [python, "-I", "-c", asked],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        version_dir = engines_dir() / f".{name}-{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}"
+        echo(f"Creating {name}'s virtualenv in {version_dir}")
+        try:
+            version = _build(kind, version_dir, echo)
+        except BaseException:
+            shutil.rmtree(version_dir, ignore_errors=True)  # a failed or interrupted install leaves nothing
+            raise
         marker = {
             "name": name,
             "version": version,
             "requirements": list(kind.package.requirements),
             "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.monotonic() - started, 1),
-            "python": str(target / "bin" / "python"),
         }
-        (building / MARKER).write_text(json.dumps(marker, indent=2))
-        _open_to_servers(building)
-        # Swapped in whole (servers run its python with -m, never its scripts, which name the folder):
-        # the old install serves until the new one is complete.
-        old = target.with_name(f".{name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            target.rename(old)
-        building.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-        echo(f"{name} {version} installed in {target} ({marker['seconds']:g} s)")
+        (version_dir / MARKER).write_text(json.dumps(marker, indent=2))
+        _open_to_servers(version_dir)
+        _make_current(name, version_dir)
+        echo(f"{name} {version} installed in {venv_dir(name)} ({marker['seconds']:g} s)")
         return marker
 
 
+def _build(kind, folder: Path, echo) -> str:
+    """A virtualenv at ``folder`` with the kind's pinned requirements; returns the version installed."""
+    _run([_base_python(), "-m", "venv", str(folder)], echo)
+    python = str(folder / "bin" / "python")
+    pip, quiet = [python, "-m", "pip"], ["--disable-pip-version-check"]
+    _run([*pip, "install", *quiet, "--progress-bar", "off", *kind.package.requirements], echo)
+    if kind.package.remove:
+        _run([*pip, "uninstall", *quiet, "-y", *kind.package.remove], echo)
+    _run([python, "-I", "-c", f"import {kind.package.module}"], echo)  # it imports, or the install failed
+    asked = f"from importlib.metadata import version; print(version({kind.package.distribution!r}))"
+    found = subprocess.run([python, "-I", "-c", asked], capture_output=True, text=True)
+    if found.returncode != 0:
+        raise Invalid(f"{kind.package.distribution} was installed but its version can't be read: {found.stderr[-300:]}")
+    return found.stdout.strip()
+
+
+def _make_current(name: str, version_dir: Path) -> None:
+    """Point engines/NAME at the new version in one step (a symbolic link replaced atomically). Servers
+    run a version's own folder (python_of resolves the link when a server is spawned), so the ones
+    running keep their files; older versions go once no process runs from them."""
+    target = venv_dir(name)
+    if target.is_dir() and not target.is_symlink():  # an install of the first layout: a version like another
+        target.rename(target.with_name(f".{name}-first"))
+    link = target.with_name(f".{name}.link")
+    link.unlink(missing_ok=True)
+    link.symlink_to(version_dir.name)
+    os.replace(link, target)
+    for old in target.parent.glob(f".{name}-*"):
+        if old != version_dir and old.is_dir() and not _in_use(old):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _in_use(folder: Path) -> bool:
+    """Whether a process on this host runs an interpreter of ``folder`` (an engine started from it)."""
+    prefix = str(folder) + os.sep
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if command and command[0].startswith(prefix):
+            return True
+    return False
+
+
 def _open_to_servers(folder: Path) -> None:
-    """Servers run as accounts of their own: they read and run what is in the venv (never write it)."""
+    """Servers run as accounts of their own: they read what is in the venv, run what its owner may run
+    (never write any of it). Links are left alone (chmod would follow them out of the folder)."""
     for root, folders, files in os.walk(folder):
-        for entry in [root, *(os.path.join(root, f) for f in folders)]:
-            os.chmod(entry, os.stat(entry).st_mode | 0o055)
-        for file in files:
-            path = os.path.join(root, file)
-            if not os.path.islink(path):
-                os.chmod(path, os.stat(path).st_mode | 0o044)
-    for parent in (folder.parent,):
-        os.chmod(parent, os.stat(parent).st_mode | 0o011)
+        os.chmod(root, os.stat(root).st_mode | 0o055)
+        for entry in (os.path.join(root, name) for name in [*folders, *files]):
+            if os.path.islink(entry):
+                continue
+            mode = os.stat(entry).st_mode
+            os.chmod(entry, mode | 0o044 | (0o011 if mode & 0o100 else 0))
+    os.chmod(folder.parent, os.stat(folder.parent).st_mode | 0o011)
 
 
 def overview(acting) -> list[dict]:

@@ -241,6 +241,7 @@ def read_gguf(path: str | Path) -> GGUFInfo:
     heads = value(f"{architecture}.attention.head_count")
     kv_heads = value(f"{architecture}.attention.head_count_kv") or heads
     width = value(f"{architecture}.embedding_length")
+    key_length = value(f"{architecture}.attention.key_length")  # where heads are not width / count
     return GGUFInfo(
         architecture=architecture,
         parameters=sum(int(t.n_elements) for t in reader.tensors),
@@ -248,7 +249,11 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         context_length=value(f"{architecture}.context_length"),
         layers=value(f"{architecture}.block_count"),
         kv_heads=kv_heads if isinstance(kv_heads, int) else None,
-        head_size=width // heads if isinstance(width, int) and isinstance(heads, int) and heads else None,
+        head_size=key_length
+        if isinstance(key_length, int) and key_length > 0
+        else width // heads
+        if isinstance(width, int) and isinstance(heads, int) and heads > 0
+        else None,
         file_bytes=file.stat().st_size,
     )
 

@@ -303,8 +303,9 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
         page.goto("about:blank")  # the live log's stream closes before the server does
 
 
-@pytest.mark.parametrize("config_overrides", [{"WTF_CSRF_ENABLED": True}])
-@pytest.mark.parametrize("config_overrides", [{"ENGINES_DIR": "/nonexistent/llmapp-test-engines"}])  # none installed
+@pytest.mark.parametrize(
+    "config_overrides", [{"WTF_CSRF_ENABLED": True, "ENGINES_DIR": "/nonexistent/llmapp-test-engines"}]
+)  # no engine installed
 def test_an_admin_manages_users(app, factory, browser_page, config_overrides, tiny_model_dir):
     from playwright.sync_api import expect
 

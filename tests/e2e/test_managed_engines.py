@@ -55,6 +55,20 @@ def config_overrides(engines_folder):
     return {"ENGINES_DIR": str(engines_folder)}
 
 
+def assert_reachable_only_by_its_server(engine, server) -> Path:
+    """The engine has no TCP port: it listens on a Unix socket in a folder only the server's account may
+    enter, and answers nothing there without its token. Returns the socket."""
+    assert not [c for c in engine.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+    scratch = Path(engine.environ()["HOME"])
+    assert scratch.stat().st_uid == server.uids().real and scratch.stat().st_mode & 0o077 == 0
+    socket_path = scratch / "engine.sock"
+    assert socket_path.is_socket()
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)), timeout=10) as direct:
+        assert direct.get("http://localhost/v1/models").status_code == 401
+        assert direct.post("http://localhost/v1/chat/completions", json={"messages": []}).status_code == 401
+    return socket_path
+
+
 def engine_of(server_pid: int):
     return wait_for(lambda: next(iter(engine_processes([server_pid])), None), message="the engine process")
 
@@ -100,12 +114,7 @@ def test_llama_cpp_engine_installs_deploys_serves_and_goes_with_its_server(
     if os.geteuid() == 0 and os.environ.get("LLMAPP_REQUIRE_SERVER_USER"):
         assert engine.uids().real != 0  # as root: an unprivileged account of its own
 
-    # The engine listens on loopback only, and answers nothing without its token.
-    ports = [c.laddr for c in engine.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
-    assert ports and all(address.ip == "127.0.0.1" for address in ports)
-    assert deployed.replicas[0].port not in [address.port for address in ports]
-    refused = httpx.get(f"http://127.0.0.1:{ports[0].port}/v1/models", timeout=10)
-    assert refused.status_code == 401
+    assert_reachable_only_by_its_server(engine, server)
 
     key = new_key(app, application.id)
     client_ = openai.OpenAI(base_url=deployed.endpoint, api_key=key, max_retries=0)
@@ -187,7 +196,7 @@ def test_llama_cpp_engine_installs_deploys_serves_and_goes_with_its_server(
     assert response.status_code == 200
     wait_status(app, application.id, {"stopped"})
     wait_for(lambda: all(gone(p) for p in last_group), 30, message="the engine to go with the stop")
-    assert not last_scratch.exists()
+    wait_for(lambda: not last_scratch.exists(), 30, message="its scratch folder to go")
 
 
 def health_of_token() -> str:
@@ -262,6 +271,18 @@ def test_transformers_serve_engine_serves_the_tiny_model_behind_the_app_server(
     )
     phases = [p["name"] for p in deployed.deploy_phases]
     assert phases[:3] == ["queued", "starting process", "starting engine"] and phases[-1] == "ready"
+    [engine] = engine_processes([deployed.replicas[0].pid])
+    assert_reachable_only_by_its_server(engine, psutil.Process(deployed.replicas[0].pid))
     check_plain_streamed_counted(deployed, api, "hello-ts")
-    assert "Uvicorn running on http://127.0.0.1:" in log_text(app, deployed.id)  # its own lines, as source engine
+    # Media by URL would be fetched by the engine from this host's network: refused before it.
+    with pytest.raises(openai.BadRequestError, match="not fetched by this application's engine"):
+        api.chat.completions.create(
+            model="hello-ts",
+            messages=[{"role": "user", "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/meta-data/"}},
+            ]}],
+            max_tokens=2,
+        )  # fmt: skip
+    assert "Uvicorn running on unix socket" in log_text(app, deployed.id)  # its own lines, as source engine
     stop_and_check_the_engine_goes(app, client, deployed)

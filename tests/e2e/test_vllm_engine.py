@@ -9,7 +9,11 @@ import os
 from pathlib import Path
 
 import psutil
-from test_managed_engines import check_plain_streamed_counted, served_by_managed_engine
+from test_managed_engines import (
+    assert_reachable_only_by_its_server,
+    check_plain_streamed_counted,
+    served_by_managed_engine,
+)
 
 from conftest import engine_group, engine_processes, gone, health_of, log_text, status, wait_for
 
@@ -38,6 +42,7 @@ def test_vllm_engine_serves_the_tiny_model_and_all_its_processes_go_with_a_kille
     # SIGKILLed app server takes every process of its engine's group with it (launch.py's watchdog).
     server = psutil.Process(deployed.replicas[0].pid)
     [engine] = engine_processes([server.pid])
+    assert_reachable_only_by_its_server(engine, server)  # vLLM's token guards /v1 only: the socket is the wall
     group = engine_group(engine)
     assert len(group) >= 3, group  # the API server, its engine core and worker, the watchdog
     if os.geteuid() == 0 and os.environ.get("LLMAPP_REQUIRE_SERVER_USER"):

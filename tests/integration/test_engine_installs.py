@@ -4,13 +4,14 @@ and a deploy's refusal before anything starts when the engine is not installed o
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 from llmapp.extensions import db
 from llmapp.models import Application, RegistryModel
 from llmapp.runtime.tiny_gguf import build_tiny_gguf
-from llmapp.services import Forbidden, engine_installs, releases, server_processes, server_spec
+from llmapp.services import OPERATOR, Forbidden, Invalid, engine_installs, releases, server_processes, server_spec
 
 HX = {"HX-Request": "true"}
 
@@ -134,3 +135,44 @@ def test_the_engine_fields_are_checked_and_shown_with_what_they_mean_for_the_eng
         assert application.config["context_size"] == 2048 and application.config["threads"] == 2
     page = client.get(f"/applications/{application.id}").text
     assert "2048 tokens" in page and "each slot&#39;s context" in page and "llama.cpp&#39;s CPU threads" in page
+
+
+def test_a_new_install_becomes_current_in_one_step_and_running_versions_keep_their_files(app, tmp_path):
+    import subprocess
+
+    with app.app_context():
+        folder = engine_installs.engines_dir()
+        old, running, new = (folder / f".llama.cpp-{n}" for n in ("1", "2", "3"))
+        for version in (old, running, new):
+            (version / "bin").mkdir(parents=True)
+        (running / "bin" / "python").symlink_to("/bin/sleep")  # an engine still running from version 2
+        engine = subprocess.Popen([str(running / "bin" / "python"), "60"])
+        try:
+            engine_installs._make_current("llama.cpp", old)
+            assert engine_installs.venv_dir("llama.cpp").resolve() == old.resolve()
+            engine_installs._make_current("llama.cpp", new)
+            assert engine_installs.venv_dir("llama.cpp").resolve() == new.resolve()
+            assert engine_installs.python_of("llama.cpp") == new.resolve() / "bin" / "python"
+            assert not old.exists() and running.exists()  # unused: gone; in use: kept
+        finally:
+            engine.kill()
+            engine.wait()
+
+
+def test_a_failed_install_leaves_nothing_and_keeps_the_current_one(app, monkeypatch):
+    def fails(command, echo):
+        if "venv" in command:  # the virtualenv is made; pip fails in it
+            (Path(command[-1]) / "bin").mkdir(parents=True)
+        if "install" in command:
+            raise Invalid("Installing failed (pip install…):\nERROR: No matching distribution found")
+
+    with app.app_context():
+        current = engine_installs.engines_dir() / ".llama.cpp-current"
+        (current / "bin").mkdir(parents=True)
+        engine_installs._make_current("llama.cpp", current)
+        monkeypatch.setattr(engine_installs, "_run", fails)
+        with pytest.raises(Invalid, match="No matching distribution"):
+            engine_installs.install("llama.cpp", OPERATOR)
+        versions = sorted(p.name for p in engine_installs.engines_dir().glob(".llama.cpp-*"))
+        assert versions == [".llama.cpp-current"]
+        assert engine_installs.venv_dir("llama.cpp").resolve() == current.resolve()

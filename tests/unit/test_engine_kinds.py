@@ -87,3 +87,51 @@ def test_vllm_recommends_from_gpu_memory_and_the_models_kv_heads(tmp_path):
     assert (on_an_80gb_gpu.max_concurrency, on_an_80gb_gpu.batch_size) == (3, 3)
     shorter = SimpleNamespace(**{**vars(llama_8b), "context_length": 1024})  # 128 MiB each: 450 would fit
     assert vllm.KIND.recommend(shorter, 80 * 1024**3).batch_size == 256  # vLLM's own ceiling
+
+
+def test_media_by_url_is_found_in_any_message_and_inline_media_passes():
+    from llmapp.runtime.engines.managed import remote_media
+
+    def asking(*parts):
+        return {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": list(parts)}]}
+
+    text = {"type": "text", "text": "what is this?"}
+    assert remote_media(asking(text)) is None
+    assert remote_media(asking(text, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}})) is None
+    assert remote_media(asking({"type": "image_url", "image_url": {"url": "http://10.0.0.1/x.png"}})) == (
+        "http://10.0.0.1/x.png"
+    )
+    assert remote_media(asking({"type": "video_url", "video_url": "file:///etc/passwd"})) == "file:///etc/passwd"
+    assert remote_media(asking({"type": "image_url", "image_url": {}})) == "None"  # no URL at all: not inline
+    assert remote_media({"prompt": "hello"}) is None and remote_media({"messages": "not a list"}) is None
+
+
+def test_the_token_middleware_lets_nothing_through_without_the_token():
+    import asyncio
+
+    from llmapp.engines.launch import RequireToken
+
+    reached, sent = [], []
+
+    async def app(scope, receive, send):
+        reached.append(scope["type"])
+
+    async def send(message):
+        sent.append(message)
+
+    guarded = RequireToken(app, "s3cret")
+    good = [(b"authorization", b"Bearer s3cret")]
+    bad = [(b"authorization", b"Bearer wrong")]
+
+    async def call(scope):
+        reached.clear(), sent.clear()
+        await guarded(scope, None, send)
+        return list(reached), [m.get("status") or m.get("code") for m in sent]
+
+    run = asyncio.run
+    assert run(call({"type": "http", "path": "/v1/models", "headers": good})) == (["http"], [])
+    assert run(call({"type": "http", "path": "/v1/models", "headers": bad})) == ([], [401, None])
+    assert run(call({"type": "http", "path": "/invocations", "headers": []})) == ([], [401, None])
+    assert run(call({"type": "http", "path": "/health", "headers": []})) == (["http"], [])
+    assert run(call({"type": "websocket", "path": "/v1/realtime", "headers": []})) == ([], [1008])
+    assert run(call({"type": "lifespan"})) == (["lifespan"], [])

@@ -102,9 +102,14 @@ class UpstreamEngine(Engine):
             self.session = aiohttp.ClientSession(
                 headers=self.headers,
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s + 5, connect=10),
-                connector=aiohttp.TCPConnector(limit=1024, keepalive_timeout=30),
+                connector=self._connector(),
             )
         return self.session
+
+    def _connector(self):
+        import aiohttp
+
+        return aiohttp.TCPConnector(limit=1024, keepalive_timeout=30)
 
     def _url(self, request: GenerationRequest) -> str:
         return f"{self.base_url}/{PATHS[request.kind]}"
