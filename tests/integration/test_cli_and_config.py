@@ -99,12 +99,13 @@ def test_demo_data_seeds_once(app, database_url, redis_url, tiny_model_dir, tmp_
         hello = db.session.scalar(db.select(Application).filter_by(name="hello-tiny"))
         assert hello.model_id == tiny.id and tiny.source == str(tmp_path / "tiny-gpt2")
         # Every demo variable is one something reads: the openai engine its upstream key (under the name
-        # the registry gives it), torch its CPU threads, huggingface_hub its offline switch.
+        # the registry gives it), torch its CPU threads, huggingface_hub its offline switch; llama.cpp reads
+        # none (its threads are a serving field).
+        expected_by_engine = {"llama.cpp": set(), "transformers": {"OMP_NUM_THREADS", "HF_HUB_OFFLINE"}}
         for application in db.session.scalars(db.select(Application)):
             model = db.session.get(RegistryModel, application.model_id)
             names = {var.name for var in application.env_vars}
-            expected = {model.api_key_env} if model.engine == "openai" else {"OMP_NUM_THREADS", "HF_HUB_OFFLINE"}
-            assert names == expected, application.name
+            assert names == ({model.api_key_env} if model.engine == "openai" else expected_by_engine[model.engine])
         analyst = db.session.scalar(db.select(Application).filter_by(name="analyst"))
         assert [v.is_secret for v in analyst.env_vars] == [True]
         assert db.session.get(RegistryModel, analyst.model_id).api_key_env == "VLLM_API_KEY"
