@@ -2,11 +2,11 @@
 c=1 and c=8, in one run, rounds interleaved; the front's added latency (p50) and its share of the
 engine's own requests/s.
 
-    LLMAPP_ENGINES_DIR=.test-engines .venv/bin/python bench/engines.py [llama.cpp transformers-serve vllm]
+    LLMAPP_ENGINES_DIR=.test-engines [BENCH_THREADS=1] .venv/bin/python bench/engines.py [llama.cpp vllm …]
 
 The engines must be installed there (`flask engines install NAME`; the test suite leaves them in
 .test-engines/). "Directly" is a second copy of the same engine with the same settings, started by the
-same code the app server uses (runtime/engines/managed.py) on a loopback port with a known token; the
+same code the app server uses (runtime/engines/managed.py), called over its Unix socket; the
 two take turns, so one idles while the other is measured. Requests are the same chat completion
 (greedy, max_tokens 16) on both paths; the app server's cache is off and no plugin is attached.
 """
@@ -53,12 +53,11 @@ def standalone(kind, model: RegistryModel, config: dict) -> ManagedEngine:
     return engine
 
 
-def measure(url: str, key: str, model: str, concurrency: int) -> tuple[float, float]:
+def measure(url: str, key: str, model: str, concurrency: int, uds: str | None = None) -> tuple[float, float]:
     """p50 latency (ms) and requests/s of one round."""
     elapsed: list[float] = []
-    latencies = asyncio.run(
-        load(url, key, {**BODY, "model": model}, REQUESTS[concurrency], concurrency, elapsed_out=elapsed)
-    )
+    body = {**BODY, "model": model}
+    latencies = asyncio.run(load(url, key, body, REQUESTS[concurrency], concurrency, elapsed_out=elapsed, uds=uds))
     return statistics.median(latencies), REQUESTS[concurrency] / elapsed[0]
 
 
@@ -83,7 +82,9 @@ def run(app, work):
         )  # fmt: skip
         db.session.add(model)
         db.session.commit()
-        config = {**BASE, "batch_size": 8, "context_size": 1024, "cache_size": 0}
+        # BENCH_THREADS: the engine's CPU threads (0: its default, every core; 1 leaves a core to the front)
+        threads = int(os.environ.get("BENCH_THREADS", "0"))
+        config = {**BASE, "batch_size": 8, "context_size": 1024, "cache_size": 0, "threads": threads}
         row = Application(
             name=f"bench-{name.replace('.', '')}", model_id=model.id, created_by_id=user.id, config=config
         )
@@ -91,14 +92,23 @@ def run(app, work):
         db.session.commit()
         started = time.perf_counter()
         fronted = deploy(row)
-        print(f"\n{name} {marker['version']}: deployed behind the app server in {time.perf_counter() - started:.1f} s")
+        print(
+            f"\n{name} {marker['version']} (threads {threads or 'default'}): deployed behind the app server in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
         key = api_keys.create_key(fronted, "bench")[1]
         direct = standalone(kind, model, config)
         for concurrency in (1, 8):
             results = {"direct": [], "front": []}
             for _ in range(ROUNDS):  # interleaved: direct, front, direct, front…
                 results["direct"].append(
-                    measure(f"{direct.base_url}/chat/completions", direct.token, direct.upstream_model, concurrency)
+                    measure(
+                        "http://localhost/v1/chat/completions",
+                        direct.token,
+                        direct.upstream_model,
+                        concurrency,
+                        uds=direct.socket_path,
+                    )
                 )
                 results["front"].append(measure(f"{fronted.endpoint}/chat/completions", key, fronted.name, concurrency))
             p50 = {path: statistics.median(r[0] for r in rounds) for path, rounds in results.items()}

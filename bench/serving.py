@@ -28,7 +28,7 @@ from llmapp.embedded import EmbeddedRedis  # noqa: E402
 from llmapp.extensions import db  # noqa: E402
 from llmapp.models import Application, EnvVar, RegistryModel, User  # noqa: E402
 from llmapp.runtime.tiny_model import build_tiny_model  # noqa: E402
-from llmapp.services import api_keys, deployments, server_processes  # noqa: E402
+from llmapp.services import api_keys, deployments, server_processes, stops  # noqa: E402
 
 BASE = {
     "max_concurrency": 64,
@@ -46,12 +46,15 @@ def percentile(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-async def load(url, key, body, total, concurrency, headers_out=None, elapsed_out=None):
+async def load(url, key, body, total, concurrency, headers_out=None, elapsed_out=None, uds=None):
     """Send ``total`` requests, ``concurrency`` at a time (after 20 warm-up requests that do not count);
-    return each one's latency in ms."""
+    return each one's latency in ms. ``uds``: a Unix socket to send them over."""
     latencies, semaphore = [], asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=120) as client:
+    transport = httpx.AsyncHTTPTransport(uds=uds, limits=limits) if uds else None
+    async with httpx.AsyncClient(
+        headers={"Authorization": f"Bearer {key}"}, limits=limits, timeout=120, transport=transport
+    ) as client:
 
         async def one():
             async with semaphore:
@@ -109,7 +112,7 @@ def main_with(run_benchmark) -> None:
             run_benchmark(app, work)
     finally:
         with app.app_context():
-            deployments.shutdown_host("the benchmark ended")
+            stops.shutdown_host("the benchmark ended")
         worker.terminate()
         worker.wait(15)
         redis_server.stop()
