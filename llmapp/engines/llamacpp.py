@@ -83,9 +83,6 @@ class LlamaCppKind(ManagedKind):
             raise NotReady(f"The model could not be loaded: {e}") from e
         super().preflight(model)
 
-    def spec_options(self, model):
-        return {**super().spec_options(model), "context_length": model.context_length}
-
     def launch_settings(self, spec, options):
         config = spec.config
         return {

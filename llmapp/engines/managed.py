@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .kind import EngineKind, NotReady
+from .transformers import HuggingFaceDirectory
 
 LAUNCHER = Path(__file__).with_name("launch.py")
 
@@ -70,7 +71,12 @@ class ManagedKind(EngineKind):
     def spec_options(self, model):
         from ..services import engine_installs
 
-        return {"path": model.source, "python": str(engine_installs.python_of(self.name)), "launcher": str(LAUNCHER)}
+        return {
+            "path": model.source,
+            "context_length": model.context_length,  # context_of's ceiling
+            "python": str(engine_installs.python_of(self.name)),
+            "launcher": str(LAUNCHER),
+        }
 
     def launch_settings(self, spec, options: dict) -> dict:
         """What launch.py is told besides the engine, port, token and model: the serving fields as this
@@ -90,3 +96,17 @@ class ManagedKind(EngineKind):
         from ..runtime.engines.managed import ManagedEngine
 
         return ManagedEngine(self, spec, environ)
+
+
+class ManagedDirectoryKind(HuggingFaceDirectory, ManagedKind):
+    """A managed engine that serves a local Hugging Face directory (vLLM, transformers serve)."""
+
+    def __init__(self):
+        self.fields = (self.source_field(),)
+
+    def preflight(self, model):
+        self.check_model(model)
+        super().preflight(model)
+
+    def paths_to_read(self, model):
+        return [*super().paths_to_read(model)[:-1], *self.model_paths(model)]  # the model folder and its files

@@ -7,15 +7,14 @@ launch.py puts the engine's token in front of it (the server has no API key sett
 
 import math
 
-from .managed import ManagedKind, Package
-from .transformers import HuggingFaceDirectory
+from .managed import ManagedDirectoryKind, Package
 
 BLOCK_TOKENS = 32  # transformers' default KV-cache block for continuous batching
 
 
-class TransformersServeKind(HuggingFaceDirectory, ManagedKind):
+class TransformersServeKind(ManagedDirectoryKind):
     name = "transformers-serve"
-    label = "a local Hugging Face model directory, run by `transformers serve`"
+    label = "a local Hugging Face model directory, run by transformers serve"
     notes = {
         "batch_size": "sequences in its continuous batch (sets its KV-cache blocks)",
         "context_size": "each sequence's share of the KV cache",
@@ -31,19 +30,6 @@ class TransformersServeKind(HuggingFaceDirectory, ManagedKind):
     )
     metrics_path = None  # it has no metrics endpoint
     loading_markers = ("Loading model", "Loading weights")
-
-    def __init__(self):
-        self.fields = (self.source_field(),)
-
-    def preflight(self, model):
-        self.check_model(model)
-        super().preflight(model)
-
-    def paths_to_read(self, model):
-        return [*super().paths_to_read(model)[:-1], *self.model_paths(model)]  # the model folder and its files
-
-    def spec_options(self, model):
-        return {**super().spec_options(model), "context_length": model.context_length}
 
     def upstream_model(self, spec, options):
         return options["path"]  # it names its preloaded model by the path it was given

@@ -12,8 +12,7 @@ import shutil
 from pathlib import Path
 
 from ..services import model_detection, recommendations
-from .managed import Gauge, ManagedKind, Package
-from .transformers import HuggingFaceDirectory
+from .managed import Gauge, ManagedDirectoryKind, Package
 
 GIB = 1024**3
 # The CPU build takes the local torch==2.13.0+cpu. torchvision and its kin from PyPI can't load beside it
@@ -31,7 +30,7 @@ def has_nvidia_gpu() -> bool:
     return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
 
 
-class VllmKind(HuggingFaceDirectory, ManagedKind):
+class VllmKind(ManagedDirectoryKind):
     name = "vllm"
     label = "a local Hugging Face model directory, run by vLLM"
     notes = {
@@ -54,9 +53,6 @@ class VllmKind(HuggingFaceDirectory, ManagedKind):
     )
     loading_markers = ("Starting to load model", "Loading weights")
 
-    def __init__(self):
-        self.fields = (self.source_field(),)
-
     def recommend(self, model, memory_bytes):
         """From GPU memory, as vLLM uses it: its memory share (90 %) holds the weights, and the rest is KV
         cache; the cache per sequence from the model's own config (its KV heads) where it says. Batch size
@@ -73,16 +69,6 @@ class VllmKind(HuggingFaceDirectory, ManagedKind):
             weights, per_sequence, model.parameters_billions, model.context_length, memory_bytes
         )
         return dataclasses.replace(found, batch_size=min(found.max_concurrency, 256))
-
-    def preflight(self, model):
-        self.check_model(model)
-        super().preflight(model)
-
-    def paths_to_read(self, model):
-        return [*super().paths_to_read(model)[:-1], *self.model_paths(model)]  # the model folder and its files
-
-    def spec_options(self, model):
-        return {**super().spec_options(model), "context_length": model.context_length}
 
     def launch_settings(self, spec, options):
         config = spec.config
