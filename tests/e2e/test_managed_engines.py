@@ -33,6 +33,8 @@ from conftest import (
 )
 from llmapp.runtime.tiny_gguf import build_tiny_gguf
 
+HX = {"HX-Request": "true"}
+
 
 @pytest.fixture(scope="module")
 def engines_folder():
@@ -148,6 +150,15 @@ def test_llama_cpp_engine_installs_deploys_serves_and_goes_with_its_server(
     assert 'llmapp_requests_total{outcome="2xx"} 2.0' in metrics, metrics
     gauges = wait_for(lambda: health_of(deployed)["engine"].get("gauges"), message="the engine's gauges")
     assert {"running", "waiting"} <= set(gauges)
+    pane = wait_for(
+        lambda: (
+            "Engine running" in (text := client.get(f"/applications/{application.id}/monitoring", headers=HX).text)
+            and text
+        ),
+        30,
+        message="the engine's gauges on the Monitoring pane",
+    )
+    assert "waiting, the engine's own count" in pane
     logged = log_text(app, application.id)
     assert "engine" in logged and "llama.cpp listening on" in logged
     assert "n_slots = 2" in logged and "n_ctx_slot = 256" in logged  # batch size → slots, context size
