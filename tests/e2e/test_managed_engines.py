@@ -216,6 +216,14 @@ def health_of_token() -> str:
     return f"Bearer {derived_metrics_token(WORKER_ENV['SECRET_KEY'])}"
 
 
+def tiny_on(factory, engine: str, model_dir: str):
+    """The tiny GPT-2's Hugging Face directory, registered for a managed engine."""
+    return factory.model(
+        name=f"tiny-gpt2-{engine}", family="gpt2", parameters_billions=0.0004, precision="fp32", context_length=8192,
+        engine=engine, source=model_dir,
+    )  # fmt: skip
+
+
 def served_by_managed_engine(app, client, auth, admin, factory, workers, folder, model, name, config, wait_s=90):
     """Deploy an application of ``model`` on workers that use the engines in ``folder``; its openai client."""
     workers.env["LLMAPP_ENGINES_DIR"] = str(folder)
@@ -273,10 +281,7 @@ def test_transformers_serve_engine_serves_the_tiny_model_behind_the_app_server(
     app, client, auth, admin, factory, workers, shared_engines, tiny_model_dir
 ):
     folder = shared_engines("transformers-serve")
-    model = factory.model(
-        name="tiny-gpt2-ts", family="gpt2", parameters_billions=0.0004, precision="fp32", context_length=8192,
-        engine="transformers-serve", source=tiny_model_dir,
-    )  # fmt: skip
+    model = tiny_on(factory, "transformers-serve", tiny_model_dir)
     deployed, api = served_by_managed_engine(
         app, client, auth, admin, factory, workers, folder, model, "hello-ts", {"batch_size": 4, "threads": 1}
     )

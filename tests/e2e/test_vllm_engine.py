@@ -13,6 +13,7 @@ from test_managed_engines import (
     assert_reachable_only_by_its_server,
     check_plain_streamed_counted,
     served_by_managed_engine,
+    tiny_on,
 )
 
 from conftest import engine_group, engine_processes, gone, health_of, log_text, status, wait_for
@@ -22,10 +23,7 @@ def test_vllm_engine_serves_the_tiny_model_and_all_its_processes_go_with_a_kille
     app, client, auth, admin, factory, workers, shared_engines, tiny_model_dir
 ):
     folder = shared_engines("vllm")
-    model = factory.model(
-        name="tiny-gpt2-vllm", family="gpt2", parameters_billions=0.0004, precision="fp32", context_length=8192,
-        engine="vllm", source=tiny_model_dir,
-    )  # fmt: skip
+    model = tiny_on(factory, "vllm", tiny_model_dir)
     deployed, api = served_by_managed_engine(
         app, client, auth, admin, factory, workers, folder, model, "hello-vllm",
         {"batch_size": 4, "context_size": 512, "restart_policy": "never"}, wait_s=600,
