@@ -47,16 +47,11 @@ class ManagedKind(EngineKind):
     # Text of the engine's output that says it is loading the weights (the deploy's "loading weights").
     loading_markers: tuple[str, ...] = ()
 
-    def installed_marker(self):
-        from ..services import engine_installs
-
-        return engine_installs.installed(self.name)
-
     def preflight(self, model):
         from ..queues import this_host
         from ..services import engine_installs
 
-        if not self.installed_marker():
+        if not engine_installs.installed(self.name):
             raise NotReady(
                 f"The {self.name} engine is not installed on {this_host()}: run "
                 f"`{engine_installs.install_command(self.name)}` there, then deploy again."
