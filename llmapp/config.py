@@ -62,6 +62,12 @@ DEFAULTS = {
     # Webhook destinations allowed although private or loopback (llmapp/netguard.py): comma-separated
     # host names, addresses and CIDR networks, e.g. "audit.internal,10.1.2.0/24". Empty: none.
     "WEBHOOK_ALLOWED_DESTINATIONS": "",
+    # A key with limits (quotas) while Redis, where they are counted, is unreachable: "serve" it without
+    # them (a log line says so) or "refuse" it (503). Serve: an outage of the counter should not take every
+    # application down; the keys themselves still hold (README, "Quotas").
+    "QUOTAS_WITHOUT_REDIS": "serve",
+    # Audit log entries older than this many days are deleted (0: kept for ever).
+    "AUDIT_RETENTION_DAYS": 0,
 }
 
 # Environment variables read at start-up, and the config key each one sets.
@@ -102,6 +108,8 @@ ENVIRONMENT = {
     "LLMAPP_SERVER_HEADER_TIMEOUT_S": "SERVER_HEADER_TIMEOUT_S",
     "LLMAPP_SERVER_KEEP_ALIVE_S": "SERVER_KEEP_ALIVE_S",
     "LLMAPP_SERVER_MAX_CONNECTIONS": "SERVER_MAX_CONNECTIONS",
+    "LLMAPP_QUOTAS_WITHOUT_REDIS": "QUOTAS_WITHOUT_REDIS",
+    "LLMAPP_AUDIT_RETENTION_DAYS": "AUDIT_RETENTION_DAYS",
 }
 
 REDIS_URL_FILE = "redis.url"  # where `python app.py` publishes its embedded Redis for the CLI and workers
@@ -134,9 +142,11 @@ def load(instance_path: str, overrides: dict | None = None) -> dict:
         config[key] = float(config[key])
     for key in (
         "LOG_LINES", "LOG_DAYS", "SERVER_MAX_HEADER_KB", "SERVER_MAX_CONNECTIONS", "TRUSTED_PROXIES", "SERVER_UID_BASE",
-        "GATEWAY_PORT",
+        "GATEWAY_PORT", "AUDIT_RETENTION_DAYS",
     ):  # fmt: skip
         config[key] = int(config[key])
+    if config["QUOTAS_WITHOUT_REDIS"] not in ("serve", "refuse"):
+        raise RuntimeError(f"LLMAPP_QUOTAS_WITHOUT_REDIS={config['QUOTAS_WITHOUT_REDIS']!r}: say serve or refuse.")
     if isinstance(config["SERVER_ENV_ALLOW"], str):
         config["SERVER_ENV_ALLOW"] = [n.strip() for n in config["SERVER_ENV_ALLOW"].split(",") if n.strip()]
     config["SERVER_PORTS"] = _port_range(config["SERVER_PORTS"])

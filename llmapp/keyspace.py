@@ -107,3 +107,19 @@ def application_keys(application_id) -> tuple[str, ...]:
 def plugin_chain(application_id) -> str:
     """The application's plugin chain as its server runs it: a hash of "version" and "body" (encrypted)."""
     return f"{PREFIX}:plugin-chain:{application_id}"
+
+
+def quota(scope: str, scope_id, kind: str) -> str:
+    """A limit's state (scope: key, application or user; kind: rpm, tpm, day or month): a token bucket's
+    hash for a rate, the prefix of one counter per day or month for a budget (runtime/quotas.py)."""
+    return f"{PREFIX}:quota:{scope}:{scope_id}:{kind}"
+
+
+def usage() -> str:
+    """Stream of every served request's usage (application, key, owner, day, tokens), appended by the
+    app servers with their quota's settlement and moved into the database by the platform (services/usage.py)."""
+    return f"{PREFIX}:usage"
+
+
+def usage_lock() -> str:
+    return f"{PREFIX}:usage-lock"

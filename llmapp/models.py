@@ -1,10 +1,10 @@
 """Database models. Lifecycle rules live in services/lifecycle.py, not here."""
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from flask_login import UserMixin
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint, Uuid, func
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, Text, UniqueConstraint, Uuid, func
 from sqlalchemy import false as sa_false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -18,7 +18,28 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)  # stored naive, always UTC
 
 
-class User(UserMixin, db.Model):
+class Limited:
+    """Quotas of a key, an application or a user (across their applications): null is no limit.
+    The app servers enforce them (llmapp/runtime/quotas.py); services/quotas.py sets them."""
+
+    limit_rpm: Mapped[int | None] = mapped_column(BigInteger)  # requests per minute
+    limit_tpm: Mapped[int | None] = mapped_column(BigInteger)  # tokens per minute
+    limit_daily_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    limit_monthly_tokens: Mapped[int | None] = mapped_column(BigInteger)
+
+    @property
+    def limits(self) -> dict[str, int]:
+        """The limits set, by their short names (rpm, tpm, day, month)."""
+        values = {
+            "rpm": self.limit_rpm,
+            "tpm": self.limit_tpm,
+            "day": self.limit_daily_tokens,
+            "month": self.limit_monthly_tokens,
+        }
+        return {kind: value for kind, value in values.items() if value}
+
+
+class User(Limited, UserMixin, db.Model):
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -86,7 +107,7 @@ class RegistryModel(db.Model):
         return f"<RegistryModel {self.name}>"
 
 
-class Application(db.Model):
+class Application(Limited, db.Model):
     __tablename__ = "applications"
     __table_args__ = (
         UniqueConstraint("created_by_id", "name", name="uq_applications_owner_name"),
@@ -323,7 +344,7 @@ class Replica(db.Model):
         return f"<Replica {self.id[:8]} release {self.release} {self.status} {self.host}:{self.port}>"
 
 
-class ApiKey(db.Model):
+class ApiKey(Limited, db.Model):
     """A key to an application's endpoint. Only its SHA-256 is stored; the key is shown once."""
 
     __tablename__ = "api_keys"
@@ -350,3 +371,38 @@ class ApiKey(db.Model):
 Index("uq_registry_models_lower_name", func.lower(RegistryModel.name), unique=True)
 Index("uq_applications_owner_lower_name", Application.created_by_id, func.lower(Application.name), unique=True)
 Index("uq_plugins_owner_lower_name", Plugin.created_by_id, func.lower(Plugin.name), unique=True)
+
+
+class UsageDay(db.Model):
+    """A day's usage of one key of one application (services/usage.py adds the app servers' records).
+
+    No foreign keys: usage outlives what it was about (a deleted application's stays on the Usage page),
+    so names are kept as they were."""
+
+    __tablename__ = "usage_days"
+    __table_args__ = (
+        UniqueConstraint("day", "application_id", "key_id", name="uq_usage_days_day_application_key"),
+        Index("ix_usage_days_user_day", "user_id", "day"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    day: Mapped[date] = mapped_column(index=True)
+    application_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    application_name: Mapped[str] = mapped_column(String(100), default="")
+    key_id: Mapped[int]  # 0: a request whose key is unknown
+    key_label: Mapped[str] = mapped_column(String(100), default="")
+    user_id: Mapped[int | None]  # the application's owner when it was used
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class UsageCursor(db.Model):
+    """How far into the usage stream the database has counted, moved in the same transaction as the counts
+    (so each record counts once, whatever fails)."""
+
+    __tablename__ = "usage_cursor"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    last_id: Mapped[str] = mapped_column(String(64), default="0-0")

@@ -36,7 +36,7 @@ def error_response(error: APIError) -> JSONResponse:
 
 def respond(ctx) -> Response:
     """The response for a request whose stages are done: its stream, or its whole answer."""
-    headers = {}
+    headers = dict(ctx.charge.headers) if ctx.charge is not None else {}
     if ctx.outcome.cache_status:
         headers["X-Cache"] = ctx.outcome.cache_status
     if ctx.stream is not None:

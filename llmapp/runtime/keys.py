@@ -11,6 +11,7 @@ it has already seen (and the set it loaded when it became ready); a key it has n
 
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 import time
@@ -62,8 +63,8 @@ class KeyInfo:
 
 # Replace one application's keys and their entries in the gateway's index, in one step: the index
 # never names a key of the application's that is gone, nor misses one it holds. An index entry is
-# "signature.application id" (llmapp/gateway/table.py: key_route); ARGV: the id, then for each key its
-# digest, its value here and its index entry.
+# "signature.application id" (llmapp/gateway/table.py: key_route); ARGV: the id, the signed quotas
+# entry ('' for none), then for each key its digest, its value here and its index entry.
 _PUBLISH = """
 local suffix = '.' .. ARGV[1]
 for _, old in ipairs(redis.call('HKEYS', KEYS[1])) do
@@ -71,7 +72,8 @@ for _, old in ipairs(redis.call('HKEYS', KEYS[1])) do
     if entry and string.sub(entry, -#suffix) == suffix then redis.call('HDEL', KEYS[2], old) end
 end
 redis.call('DEL', KEYS[1])
-for i = 2, #ARGV, 3 do
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'quotas', ARGV[2]) end
+for i = 3, #ARGV, 3 do
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
 end
@@ -95,10 +97,22 @@ def _verified(key: bytes, key_digest: str, entry: bytes) -> str | None:
     return value if hmac.compare_digest(_signature(key, key_digest, value), signature) else None
 
 
-def publish(connection, application_id, active: dict[str, tuple], *, application_key: bytes, route_key: bytes) -> None:
-    """Replace the application's published keys with ``active`` ({digest: (key id, label[, expires at])}),
-    atomically, each entry signed (``entry_key`` of ``application_key``), with the gateway's index of
-    which application each key reaches (signed with ``route_key``, llmapp/gateway/table.py)."""
+QUOTAS_FIELD = "quotas"  # the application's limits (runtime/quotas.py: Policy), beside its keys' digests
+
+
+def publish(
+    connection,
+    application_id,
+    active: dict[str, tuple],
+    *,
+    application_key: bytes,
+    route_key: bytes,
+    quotas: dict | None = None,
+) -> None:
+    """Replace the application's published keys with ``active`` ({digest: (key id, label[, expires at])})
+    and its limits with ``quotas`` (runtime/quotas.py: Policy), atomically, each entry signed
+    (``entry_key`` of ``application_key``), with the gateway's index of which application each key
+    reaches (signed with ``route_key``, llmapp/gateway/table.py)."""
     from ..gateway.table import key_route
 
     signing = entry_key(application_key)
@@ -113,7 +127,11 @@ def publish(connection, application_id, active: dict[str, tuple], *, application
         for digest_, fields in active.items()
         for part in (digest_, value(digest_, *fields), key_route(route_key, digest_, application_id))
     ]
-    connection.eval(_PUBLISH, 2, keyspace.api_keys(application_id), keyspace.key_routes(), application_id, *parts)
+    quotas_text = json.dumps(quotas, sort_keys=True) if quotas else ""
+    signed_quotas = f"{_signature(signing, QUOTAS_FIELD, quotas_text)}.{quotas_text}" if quotas_text else ""
+    connection.eval(
+        _PUBLISH, 2, keyspace.api_keys(application_id), keyspace.key_routes(), application_id, signed_quotas, *parts
+    )
 
 
 def _info(value: str) -> KeyInfo:
@@ -131,7 +149,7 @@ class KeyChecker:
 
     RETRY_S = 1.0  # after a Redis error, answer from the known keys this long before asking again
 
-    def __init__(self, connection, application_id, application_key: bytes):
+    def __init__(self, connection, application_id, application_key: bytes, quotas=None):
         if not application_key:  # a key anyone could derive would let anyone's entries in
             raise ValueError("no application key: the server can't tell the platform's key entries from others'")
         self.connection, self.application_id = connection, application_id
@@ -139,6 +157,11 @@ class KeyChecker:
         self.known: dict[str, KeyInfo] = {}  # digest → key, of keys Redis said were valid
         self.used: dict[str, float] = {}  # key id → last use, written to Redis by flush_used()
         self.unreachable_until = 0.0
+        self.quotas = quotas  # a quotas.Quotas, given the limits published with the keys
+
+    def _policy(self, entry: bytes | None) -> None:
+        if self.quotas is not None:
+            self.quotas.update(_verified(self.entry_key, QUOTAS_FIELD, entry) if entry is not None else None)
 
     async def load(self) -> None:
         """Know every active key up front (best effort), so an outage right after start still serves them."""
@@ -146,6 +169,7 @@ class KeyChecker:
             published = await self.connection.hgetall(keyspace.api_keys(self.application_id))
         except redis.RedisError:
             return
+        self._policy(published.pop(QUOTAS_FIELD.encode(), None))
         verified = {d.decode(): _verified(self.entry_key, d.decode(), v) for d, v in published.items()}
         self.known = {d: _info(v) for d, v in verified.items() if v is not None}
 
@@ -157,7 +181,9 @@ class KeyChecker:
         key_digest = digest(key)
         if time.monotonic() >= self.unreachable_until:
             try:
-                value = await self.connection.hget(keyspace.api_keys(self.application_id), key_digest)
+                value, policy = await self.connection.hmget(
+                    keyspace.api_keys(self.application_id), [key_digest, QUOTAS_FIELD]
+                )
             except redis.RedisError as e:
                 if not self.unreachable_until:
                     log.warning("Redis is unreachable (%s): serving the API keys already known", e)
@@ -170,6 +196,7 @@ class KeyChecker:
                 if verified is None:  # none, or one the platform did not sign
                     self.known.pop(key_digest, None)
                     return None
+                self._policy(policy)
                 info = self.known[key_digest] = _info(verified)
                 if info.expired():
                     return None

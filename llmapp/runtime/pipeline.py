@@ -1,7 +1,7 @@
 """The app server's request path, as a pipeline of stages (docs/ARCHITECTURE.md, "The request pipeline").
 
-    authenticate → parse → admit → plugins in → cache lookup → prepare → generate → plugins out
-    → cache store   … then record (and the chain's webhooks)
+    authenticate → parse → admit → plugins in → cache lookup → prepare → reserve → generate
+    → plugins out → cache store   … then record (and the chain's webhooks) and settle the quotas
 
 Each stage is a small async function of one request ``Context``; it raises ``APIError`` to answer
 early with an error, or returns True once the answer is ready (a cache hit), which skips the rest.
@@ -35,6 +35,7 @@ from .errors import APIError, incorrect_key, key_store_unreachable, missing_key
 from .keys import KeyInfo, KeyStoreUnavailable, bearer_token
 from .plugins import reply_fields
 from .plugins.chain import Blocked, Chain, OutputRewriter, PluginRun
+from .quotas import Charge
 from .request_log import record_request
 from .served import ResponseCache, Served
 from .serving import Endpoint
@@ -101,6 +102,8 @@ class Context:
     plugins: PluginRun | None = None  # it half-way; what it did to this request
     outcome: Outcome = field(default_factory=Outcome)
     cleanups: Cleanups = field(default_factory=Cleanups)
+    charge: Charge | None = None  # what the request reserved of its limits (runtime/quotas.py)
+    streamed_tokens: int = 0  # tokens a stream has produced so far (its usage, if it ends early)
     finished: bool = False
 
     def __post_init__(self):
@@ -121,6 +124,16 @@ class Context:
         self.finished = True
         self.cleanups.run()
         record_request(self)
+        if self.charge is not None:
+            self.served.quotas.settle_later(self.charge, self.key.id, self.used())
+
+    def used(self) -> dict[str, int]:
+        """The tokens the request used, as its usage counts them: a cache hit's are "cached" (no model ran)."""
+        outcome = self.outcome
+        completion = outcome.completion_tokens or self.streamed_tokens
+        if outcome.cache_status == "HIT":
+            return {"input": 0, "output": 0, "cached": outcome.prompt_tokens + completion}
+        return {"input": outcome.prompt_tokens, "output": completion, "cached": 0}
 
 
 # --- the stages -----------------------------------------------------------------------------------
@@ -264,9 +277,31 @@ async def cache_lookup(ctx: Context) -> bool:
     # chain never answers from what the one before it wrote.
     ctx.cache_key = ResponseCache.key(ctx.request.url.path, ctx.body) + ctx.chain.version
     if (cached := cache.get(ctx.cache_key)) is not None:
+        await charge(ctx, 0)  # a request, but no tokens: no model runs for it
         ctx.outcome.cache_status, ctx.answer = "HIT", cached
         return True
     return False
+
+
+def estimated_prompt_tokens(parsed: openai_api.GenerationRequest) -> int:
+    """A prompt's tokens where no tokenizer counted them (an upstream's): about four bytes a token, and
+    a few for each message's framing. The settlement corrects it with the upstream's own count."""
+    if parsed.prompt is not None:
+        return len(parsed.prompt.encode()) // 4 + 1
+    text = sum(len(str(message.get("content") or "").encode()) for message in parsed.messages or ())
+    return text // 4 + 4 * len(parsed.messages or ()) + 1
+
+
+async def charge(ctx: Context, tokens: int) -> None:
+    """Reserve one request and ``tokens`` of every limit the request's key is held to (429 over one)."""
+    ctx.charge = await ctx.served.quotas.admit(ctx.key, tokens)
+
+
+async def reserve(ctx: Context) -> None:
+    """The request's tokens, its prompt's and as many as it may generate, against the limits."""
+    if not ctx.outcome.prompt_tokens:
+        ctx.outcome.prompt_tokens = estimated_prompt_tokens(ctx.parsed)
+    await charge(ctx, ctx.outcome.prompt_tokens + ctx.parsed.max_tokens)
 
 
 async def generate(ctx: Context) -> None:
@@ -276,7 +311,7 @@ async def generate(ctx: Context) -> None:
     """
     engine = ctx.served.engine
     if ctx.parsed.stream:
-        ctx.stream = engine.stream(ctx.prepared)
+        ctx.stream = counted(engine.stream(ctx.prepared), ctx)
         return
     answer = asyncio.ensure_future(engine.complete(ctx.prepared))
     left = asyncio.ensure_future(until_disconnected(ctx.request.receive))
@@ -294,6 +329,17 @@ async def generate(ctx: Context) -> None:
             raise APIError(499, "The client went away; its generation was stopped.")
         raise timed_out(ctx)
     ctx.answer = answer.result()
+
+
+async def counted(outputs: AsyncIterator[RequestOutput], ctx: Context) -> AsyncIterator[RequestOutput]:
+    """A stream whose tokens are counted as they come (each output's token ids, or one for each piece
+    of text an upstream sends), so a stream that ends early still costs what it generated."""
+    try:
+        async for output in outputs:
+            ctx.streamed_tokens += sum(len(c.token_ids) or bool(c.text) for c in output.outputs)
+            yield output
+    finally:
+        await outputs.aclose()
 
 
 async def plugins_out(ctx: Context) -> None:
@@ -354,6 +400,7 @@ STAGES: tuple[Stage, ...] = (
     plugins_in,  # in the slot and the timeout: their work is the request's
     cache_lookup,
     prepare,
+    reserve,
     generate,
     plugins_out,
     cache_store,
@@ -374,6 +421,8 @@ async def run(ctx: Context, stages: tuple[Stage, ...] = STAGES):
         response = respond(ctx)
     except APIError as e:
         ctx.outcome.fail(e)
+        if ctx.charge is not None:
+            e.headers = {**ctx.charge.headers, **e.headers}
         response = error_response(e)
     except Exception:  # noqa: BLE001 - a bug answers 500 in OpenAI's shape, with the request id to find it
         log.exception("unexpected error", extra={"request_id": ctx.request_id})

@@ -11,6 +11,7 @@ from .engines import Engine, RequestOutput
 from .keys import KeyChecker
 from .plugins.chain import Chain
 from .plugins.webhook import WebhookSender
+from .quotas import Quotas
 from .spec import ServerSpec
 
 
@@ -74,10 +75,14 @@ class Served:
     chain: Chain = field(default_factory=Chain)  # the plugins, swapped whole when the platform changes them
     webhooks: WebhookSender | None = None  # started with the first chain that has a webhook
     plugin_threads: ThreadPoolExecutor = None  # the input plugins' work: a thread for each slot
+    quotas: Quotas = None  # the limits, checked and settled in Redis (given the policy by ``keys``)
 
     def __post_init__(self):
         self.cache = self.cache or ResponseCache(self.spec.config.cache_size)
         self.admission = self.admission or Admission(self.spec.config.max_concurrency)
+        if self.quotas is None:
+            self.quotas = Quotas(self.keys.connection, self.spec.app_id, self.spec.quota_without_redis)
+        self.keys.quotas = self.quotas
         # As many threads as slots: an admitted request never waits for another's plugins (nor for the
         # default executor's threads, which other work shares).
         self.plugin_threads = self.plugin_threads or ThreadPoolExecutor(

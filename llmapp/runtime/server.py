@@ -180,6 +180,7 @@ async def lifespan(app):
         await asyncio.gather(*tasks, return_exceptions=True)
         await served.recorder.flush(connection)  # the last seconds' counts, before exiting
         await state.upkeep.leave()
+        await served.quotas.close()  # the last requests' usage
         await served.engine.close()
         if served.webhooks is not None:
             await asyncio.to_thread(served.webhooks.close)  # the last summaries, briefly

@@ -69,6 +69,9 @@ class ServerSpec:
     # Webhook destinations allowed although private or loopback (netguard): hosts, addresses, CIDRs; a
     # comma-separated string (the setting as configured) is split.
     webhook_allow: tuple[str, ...] = ()
+    # A key with limits while Redis (where they are counted) is unreachable: "serve" it without them, or
+    # "refuse" it (503); runtime/quotas.py
+    quota_without_redis: str = "serve"
     version: int = VERSION
 
     def __post_init__(self):

@@ -35,6 +35,13 @@ def publish_and_commit(application: Application, failure: str) -> None:
     publish_before_commit(publish_then_commit, failure)
 
 
+def publish_uncommitted(application: Application) -> None:
+    """Publish the keys as the session holds them, uncommitted (the caller commits, or rolls back on a
+    Redis error: services.publish_before_commit)."""
+    with _publishing(application.id):
+        _publish(application)
+
+
 def publish_keys(application: Application) -> None:
     """Give the running servers and the gateways the application's active keys, as committed."""
     with _publishing(application.id):
@@ -51,9 +58,11 @@ def publish_everything() -> None:
 
 
 def _publish(application: Application) -> None:
+    from .quotas import policy
+
     now = utcnow()
-    active = db.session.execute(
-        db.select(ApiKey.key_hash, ApiKey.id, ApiKey.label, ApiKey.expires_at).where(
+    active = db.session.scalars(
+        db.select(ApiKey).where(
             ApiKey.application_id == application.id,
             ApiKey.revoked_at.is_(None),
             db.or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
@@ -63,22 +72,27 @@ def _publish(application: Application) -> None:
         queues.connection(),
         application.id,
         {
-            key_hash: (key_id, label, expires_at.replace(tzinfo=UTC).timestamp() if expires_at else None)
-            for key_hash, key_id, label, expires_at in active
+            key.key_hash: (key.id, key.label, key.expires_at and key.expires_at.replace(tzinfo=UTC).timestamp())
+            for key in active
         },
         application_key=secrets_box.application_key(application.id),
         route_key=routing.signing_key(),
+        quotas=policy(application, active),
     )
 
 
 MAX_LABEL = 100  # a longer label is cut, not refused: it is only a reminder
 
 
-def create_key(application: Application, label: str = "") -> tuple[ApiKey, str]:
-    """A new key; the plain key is returned here once and never stored.
+def create_key(application: Application, label: str = "", limits: dict | None = None) -> tuple[ApiKey, str]:
+    """A new key, with ``limits`` (services/quotas.py: by short name) if given; the plain key is
+    returned here once and never stored.
 
-    :raise ServiceError: Redis is unreachable (no key was made).
+    :raise FieldErrors: a limit out of range. :raise ServiceError: Redis is unreachable (no key was made).
     """
+    from .quotas import assign, checked
+
+    checked_limits = checked(limits or {})
     plain = runtime_keys.generate()
     key = ApiKey(
         application_id=application.id,
@@ -86,6 +100,7 @@ def create_key(application: Application, label: str = "") -> tuple[ApiKey, str]:
         key_hash=runtime_keys.digest(plain),
         prefix=plain[:10],
     )
+    assign(key, checked_limits)
     db.session.add(key)
     publish_and_commit(application, "The key was not created")
     return key, plain
@@ -95,14 +110,20 @@ def revoke_key(application: Application, key_id: int) -> ApiKey:
     """:raise NotFound: no such key on this application.
     :raise ServiceError: Redis is unreachable (the key stays valid).
     """
+    key = find_key(application, key_id)
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        publish_and_commit(application, "The key was not revoked")
+    return key
+
+
+def find_key(application: Application, key_id: int) -> ApiKey:
+    """One of the application's keys (revoked ones too). :raise NotFound: it has no such key."""
     key = None
     if 1 <= key_id <= MAX_ID:  # a larger id names no key (and would overflow the column)
         key = db.session.scalar(db.select(ApiKey).where(ApiKey.id == key_id, ApiKey.application_id == application.id))
     if key is None:
         raise NotFound("No such key.")
-    if key.revoked_at is None:
-        key.revoked_at = utcnow()
-        publish_and_commit(application, "The key was not revoked")
     return key
 
 

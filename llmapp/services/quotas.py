@@ -1,0 +1,106 @@
+"""Quotas: requests and tokens per minute, tokens per day and per month, on an API key, an application, or
+a user across their applications. Set here (pages, API and CLI alike), published with the keys, enforced
+by the app servers in Redis (llmapp/runtime/quotas.py), so a change applies to the next request.
+"""
+
+from ..extensions import db
+from ..models import ApiKey, Application, Limited, User
+from . import NotFound, publish_before_commit, refuse, require_admin
+from . import api_keys as keys_service
+
+# Each limit: its short name (the runtime's, the API's and the CLI's), its column, and what it reads as.
+FIELDS = {"rpm": "limit_rpm", "tpm": "limit_tpm", "day": "limit_daily_tokens", "month": "limit_monthly_tokens"}
+LABELS = {
+    "rpm": "Requests per minute",
+    "tpm": "Tokens per minute",
+    "day": "Tokens per day",
+    "month": "Tokens per month",
+}
+MAX_LIMIT = 10**11  # past this a limit limits nothing (and a rate's bucket would lose exactness)
+CACHE_HIT_COST = "A cache hit counts as a request, and costs no tokens: no model ran for it."
+ADMIN_ONLY = "Only an admin can set a person's limits."
+
+
+def checked(values: dict) -> dict[str, int | None]:
+    """The limits in ``values`` (by short name; missing, None, "" or 0 mean no limit), checked.
+
+    :raise FieldErrors: a limit that is not a whole number from 1 to 10^11.
+    """
+    errors, limits = {}, {}
+    for kind in FIELDS:
+        value = values.get(kind)
+        if value in (None, "", 0):
+            limits[kind] = None
+            continue
+        try:
+            number = int(str(value).strip()) if not isinstance(value, bool) else None
+        except ValueError:
+            number = None
+        if number is None or not 0 <= number <= MAX_LIMIT:
+            errors[kind] = [f"{LABELS[kind]}: a whole number from 1 to {MAX_LIMIT:,}, or empty for no limit."]
+        else:
+            limits[kind] = number or None
+    refuse(errors)
+    return limits
+
+
+def assign(target: Limited, limits: dict[str, int | None]) -> dict[str, tuple]:
+    """Set ``target``'s limits; what changed, as {kind: (before, after)} (for the audit log)."""
+    changed = {}
+    for kind, column in FIELDS.items():
+        if kind in limits and getattr(target, column) != limits[kind]:
+            changed[kind] = (getattr(target, column), limits[kind])
+            setattr(target, column, limits[kind])
+    return changed
+
+
+def policy(application: Application, active_keys) -> dict:
+    """What the application's servers are given (runtime/quotas.py, Policy): its limits, its owner's
+    and each active key's; always the owner, whom its usage is counted to."""
+    owner = db.session.get(User, application.created_by_id)
+    return {
+        "application": {"name": application.name, "limits": application.limits},
+        "user": {"id": str(owner.id), "name": owner.email, "limits": owner.limits},
+        "keys": {str(key.id): key.limits for key in active_keys if key.limits},
+    }
+
+
+def set_key_limits(application: Application, key_id: int, values: dict) -> ApiKey:
+    """:raise NotFound: no such key. :raise FieldErrors: a limit out of range.
+    :raise ServiceError: Redis is unreachable (nothing changed)."""
+    limits = checked(values)
+    key = keys_service.find_key(application, key_id)
+    if key.revoked_at is not None:
+        raise NotFound("No such key: it was revoked.")
+    if assign(key, limits):
+        keys_service.publish_and_commit(application, "The key's limits were not changed")
+    return key
+
+
+def set_application_limits(application: Application, values: dict) -> Application:
+    """:raise FieldErrors: a limit out of range. :raise ServiceError: Redis is unreachable (nothing changed)."""
+    limits = checked(values)
+    if assign(application, limits):
+        keys_service.publish_and_commit(application, "The application's limits were not changed")
+    return application
+
+
+def set_user_limits(user: User, values: dict, *, acting) -> User:
+    """A person's limits, across all their applications (admins only).
+
+    :raise Forbidden: ``acting`` is not an admin. :raise FieldErrors: a limit out of range.
+    """
+    require_admin(acting, ADMIN_ONLY)
+    limits = checked(values)
+    if assign(user, limits):
+        owned = db.session.scalars(db.select(Application).where(Application.created_by_id == user.id)).all()
+        publish_before_commit(lambda: [keys_service.publish_uncommitted(a) for a in owned], "Nothing changed")
+        db.session.commit()
+    return user
+
+
+def describe(limits: dict[str, int]) -> str:
+    """ "5 requests per minute, 10,000 tokens per day"; "no limits"."""
+    from ..runtime.quotas import amount
+
+    return ", ".join(amount(value, kind) for kind, value in limits.items()) or "no limits"
