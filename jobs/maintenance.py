@@ -1,7 +1,12 @@
 """Periodic upkeep of the platform's data: thin wrappers over llmapp services."""
 
-from llmapp.services import logs
+from llmapp.services import logs, usage
 
 
 def trim_logs() -> int:
     return logs.trim_all()
+
+
+def upkeep() -> dict:
+    """Trim the logs and move the app servers' usage records into the database."""
+    return {"log_lines_trimmed": logs.trim_all(), "usage_records": usage.collect()}

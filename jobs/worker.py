@@ -64,7 +64,7 @@ def schedule_reconcile(app, stop: threading.Event) -> None:
                 if time.monotonic() >= next_trim:
                     next_trim = time.monotonic() + trim_every
                     if queues.connection().set(keyspace.trim_logs_queued(), "1", nx=True, ex=int(trim_every * 10) + 60):
-                        queues.queue().enqueue("jobs.maintenance.trim_logs", job_timeout=300, result_ttl=60)
+                        queues.queue().enqueue("jobs.maintenance.upkeep", job_timeout=300, result_ttl=60)
                 if failing:
                     log.warning("Redis is reachable again: reconciling %s", host)
                 failing = False

@@ -8,11 +8,12 @@ pages stay as they are), validates with pydantic v2, and writes OpenAPI 3.1 by d
 would replace the app class, and flask-smorest writes 3.0 from marshmallow schemas.
 
 One module per resource, each a thin adapter over the same services the pages, the jobs and the CLI
-call: applications.py (and their deploy and stop), keys.py, logs.py (the log and its live stream),
-metrics.py, registry.py (/models), plugins.py (plugin types, plugins, their documents), chains.py (an
-application's plugins), users.py. Beside them: auth.py (tokens, the rate limit, the checks every body
-passes), errors.py (a refusal or an HTTP error as a problem document, problems.py), openapi.py (the
-document), schemas.py (the bodies' shapes) and page.py (the reference page in the UI).
+call: applications.py (and their deploy and stop), keys.py, quotas.py (limits and usage), logs.py (the
+log and its live stream), metrics.py, registry.py (/models), plugins.py (plugin types, plugins, their
+documents), chains.py (an application's plugins), users.py. Beside them: auth.py (tokens, the rate
+limit, the checks every body passes), errors.py (a refusal or an HTTP error as a problem document,
+problems.py), openapi.py (the document), schemas.py and quota_schemas.py (the bodies' shapes) and
+page.py (the reference page in the UI).
 """
 
 from flask import Blueprint
@@ -55,6 +56,6 @@ ADMIN_BODY_ERRORS = {**BODY_ERRORS, "HTTP_403": Problem}
 # keep it (applications and what hangs on them, the registry, plugins, users), not the alphabet's.
 # isort: off
 from . import auth, errors  # noqa: E402,F401
-from . import applications, keys, releases, logs, metrics, registry, plugins, chains, users  # noqa: E402,F401
+from . import applications, keys, quotas, releases, logs, metrics, registry, plugins, chains, users  # noqa: E402,F401
 from . import openapi  # noqa: E402,F401
 # isort: on

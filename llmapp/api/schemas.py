@@ -17,7 +17,6 @@ from ..services import (
     EDGE_SPACE_PATTERN,
     NOT_BLANK_PATTERN,
     any_case,
-    api_keys,
     applications,
     canaries,
     environment,
@@ -177,32 +176,6 @@ class CanaryIn(Strict):
         json_schema_extra={"minimum": canaries.SHARES[0], "maximum": canaries.SHARES[1]},
         description="The canary's share of the gateway's requests, in percent.",
     )
-
-
-class KeyIn(Strict):
-    label: str = Field(
-        "", description=f"A name for the key; the service keeps its first {api_keys.MAX_LABEL} characters."
-    )
-
-
-class KeyOut(BaseModel):
-    id: int
-    label: str
-    prefix: str
-    created_at: UtcDateTime
-    last_used_at: UtcDateTime | None
-    revoked_at: UtcDateTime | None
-
-
-class NewKey(KeyOut):
-    key: str = Field(description="The key itself: shown once, never stored.")
-    gateway: str = Field(
-        description="The platform gateway's base URL (ends in /v1): call it with `model` set to the application's name."
-    )
-
-
-class KeyList(BaseModel):
-    items: list[KeyOut]
 
 
 class LogLineOut(BaseModel):

@@ -1,6 +1,6 @@
 """The `flask` commands: thin wrappers over the services (llmapp/cli/people.py: users, tokens, demo
 data, setup; llmapp/cli/apps.py: applications, their keys, releases, metrics and logs;
-llmapp/cli/engines.py: managed engines).
+llmapp/cli/quotas.py: keys, limits and usage; llmapp/cli/engines.py: managed engines).
 
 They act as the operator (services.OPERATOR: whoever may run them runs the platform), so admin-only
 rules let them through. A service's refusal (a ServiceError, Forbidden included) ends a command with
@@ -36,7 +36,7 @@ apps_cli.add_command(keys_cli)
 
 
 def register(app: Flask) -> None:
-    from . import apps, engines  # noqa: F401 - their commands join the groups above
+    from . import apps, engines, quotas  # noqa: F401 - their commands join the groups above
     from .people import setup
 
     app.cli.add_command(metrics_cli)

@@ -10,20 +10,18 @@ from ..extensions import db
 from ..services import (
     FieldErrors,
     ServiceError,
-    api_keys,
     applications,
     canaries,
     deployments,
     lifecycle,
     registry,
     releases,
-    routing,
     stops,
     users,
 )
 from ..services import logs as logs_service
 from ..services import metrics as metrics_service
-from . import apps_cli, keys_cli, metrics_cli
+from . import apps_cli, metrics_cli
 from .people import _user
 
 
@@ -285,29 +283,6 @@ def _follow_deploy(application, wait: bool, timeout: float, as_json: bool, canar
 def stop_app(name, wait, timeout, as_json):
     """Stop the application NAME: in-flight requests finish, then its server exits."""
     _transition(name, stops.request_stop, {lifecycle.STOPPED, lifecycle.FAILED}, wait, timeout, as_json)
-
-
-@keys_cli.command("create")
-@click.argument("name")
-@click.option("--label", default="", help="A name for the key, e.g. the script that uses it.")
-@click.option("--json", "as_json", is_flag=True)
-def create_key(name, label, as_json):
-    """Create an API key for NAME and print it once."""
-    application = applications.find(name)
-    _, plain = api_keys.create_key(application, label)
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "key": plain,
-                    "gateway": routing.gateway_url(),
-                    "endpoint": application.endpoint,
-                    "application": application.name,
-                }
-            )
-        )
-    else:
-        click.echo(f"{plain}\n(shown once) gateway: {routing.gateway_url()} (model “{application.name}”)")
 
 
 def _ms(seconds: float | None) -> str:

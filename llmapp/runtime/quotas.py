@@ -162,7 +162,7 @@ return 0
 
 
 def amount(capacity: int, kind: str) -> str:
-    """"5 requests per minute", "1 token per day"."""
+    """ "5 requests per minute", "1 token per day"."""
     unit = UNITS[kind] if capacity != 1 else UNITS[kind].replace("s per", " per", 1)
     return f"{capacity:,} {unit}"
 

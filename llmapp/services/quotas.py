@@ -22,13 +22,16 @@ ADMIN_ONLY = "Only an admin can set a person's limits."
 
 
 def checked(values: dict) -> dict[str, int | None]:
-    """The limits in ``values`` (by short name; missing, None, "" or 0 mean no limit), checked.
+    """The limits ``values`` gives (by short name; None, "" or 0 mean no limit; one left out is not in
+    the answer, so it stays as it is), checked.
 
     :raise FieldErrors: a limit that is not a whole number from 1 to 10^11.
     """
     errors, limits = {}, {}
     for kind in FIELDS:
-        value = values.get(kind)
+        if kind not in values:
+            continue
+        value = values[kind]
         if value in (None, "", 0):
             limits[kind] = None
             continue
