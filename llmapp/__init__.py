@@ -88,6 +88,7 @@ def register_blueprints(app: Flask) -> None:
     from .plugins import bp as plugins_bp
     from .prometheus import bp as prometheus_bp
     from .registry import bp as registry_bp
+    from .reports import bp as reports_bp
     from .users import bp as users_bp
 
     app.register_blueprint(auth_bp)
@@ -96,6 +97,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(plugins_bp)
     app.register_blueprint(prometheus_bp)
     app.register_blueprint(users_bp)
+    app.register_blueprint(reports_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(api_page_bp)
 
@@ -146,7 +148,7 @@ def register_error_handlers(app: Flask) -> None:
 def register_template_helpers(app: Flask) -> None:
     from . import engines
     from .secrets_box import MASK
-    from .services import applications, lifecycle, plugins, routing
+    from .services import applications, lifecycle, plugins, quotas, routing
 
     app.jinja_env.globals.update(
         allowed_actions=lifecycle.allowed_actions,
@@ -157,6 +159,9 @@ def register_template_helpers(app: Flask) -> None:
         ENGINES=engines.ENGINES,  # a registry model's engine kind: ENGINES[model.engine]
         CONFIG_DEFAULTS=applications.DEFAULT_CONFIG,  # a field an older application's config lacks
         engine_column_hints=engines.column_hints,
+        describe_limits=quotas.describe,  # "5 requests per minute, …" or "no limits"
+        LIMIT_LABELS=quotas.LABELS,
+        CACHE_HIT_COST=quotas.CACHE_HIT_COST,
     )
 
     from . import charts

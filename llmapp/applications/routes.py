@@ -1,7 +1,7 @@
 """An application's pages: the list, the form (new, edit, its helpers), the detail page with its
-Monitoring pane and API keys, deploy, stop and delete. The detail page's other panes are beside this
-module, on the same blueprint: log_routes.py (Logs), playground_routes.py (Playground) and
-chain_routes.py (Plugins)."""
+Monitoring pane, deploy, stop and delete. The detail page's other panes are beside this module, on the
+same blueprint: log_routes.py (Logs), playground_routes.py (Playground), chain_routes.py (Plugins),
+release_routes.py (Releases) and key_routes.py (API keys, limits and Usage)."""
 
 from flask import abort, flash, render_template, request, url_for
 from flask_login import current_user, login_required
@@ -23,6 +23,7 @@ from ..services import (
     registry,
     releases,
     stops,
+    usage,
 )
 from ..services import metrics as metrics_service
 from ..web import int_arg, redirect_to, render
@@ -120,6 +121,7 @@ def detail_context(application) -> dict:
         "warnings": applications.config_warnings(application),
         "keys": api_keys.list_keys(application),
         "new_key": None,
+        "usage_report": lambda: usage.for_application(application, usage.DEFAULT_DAYS),
         "windows": metrics_service.WINDOWS,
         "playground_form": PlaygroundForm(formdata=None),
         "history": playground.history(application, current_user),
@@ -200,41 +202,6 @@ def deploy(application_id):
 def stop(application_id):
     """Stop (the page asked for confirmation): in-flight requests finish, then the server exits."""
     return _request(application_id, stops.request_stop)
-
-
-def _keys_section(application, new_key=None, error=None):
-    return render_template(
-        "applications/_keys.html",
-        application=application,
-        keys=api_keys.list_keys(application),
-        new_key=new_key,
-        error=error,
-    )
-
-
-@bp.post("/<application_id>/keys")
-def create_key(application_id):
-    """Make an API key and show it once, in the keys section."""
-    application = get_application(application_id)
-    label = request.form.get("label", "").strip()[:100]
-    try:
-        _, plain = api_keys.create_key(application, label)
-    except ServiceError as e:
-        return _keys_section(application, error=str(e))
-    return _keys_section(application, new_key=plain)
-
-
-@bp.post("/<application_id>/keys/<id:key_id>/revoke")
-def revoke_key(application_id, key_id):
-    """Revoke a key: the running server refuses it from the next request on."""
-    application = get_application(application_id)
-    try:
-        api_keys.revoke_key(application, key_id)
-    except NotFound:
-        abort(404, "No such key.")
-    except ServiceError as e:
-        return _keys_section(application, error=str(e))
-    return _keys_section(application)
 
 
 @bp.route("/<application_id>/edit", methods=["GET", "POST"])

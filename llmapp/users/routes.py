@@ -1,7 +1,7 @@
 from flask import abort, flash, render_template, request, url_for
 from flask_login import current_user, login_required
 
-from ..services import Invalid, NotFound, ServiceError, access_tokens, users
+from ..services import FieldErrors, Invalid, NotFound, ServiceError, access_tokens, quotas, users
 from ..web import admin_required, bounded_int, redirect_to, render, wants_fragment
 from . import bp
 from .forms import ChangePasswordForm, NewTokenForm, NewUserForm
@@ -59,6 +59,8 @@ def _change(user_id, change, done: str):
     user = get_user(user_id)
     try:
         result = change(user)
+    except FieldErrors as e:
+        return _row(user, error=" ".join(m for messages in e.errors.values() for m in messages))
     except ServiceError as e:
         return _row(user, error=str(e))
     return _row(user, message=done, password=result if isinstance(result, str) else None)
@@ -84,6 +86,14 @@ def disable(user_id):
 @admin_required(users.ADMIN_ONLY)
 def enable(user_id):
     return _change(user_id, lambda u: users.enable(u, acting=current_user), "Enabled: they can log in again.")
+
+
+@bp.post("/<id:user_id>/limits")
+@admin_required(users.ADMIN_ONLY)
+def limits(user_id):
+    """A person's limits, across all their applications: their servers obey them from the next request."""
+    values = {kind: request.form.get(kind, "").strip() for kind in quotas.FIELDS if kind in request.form}
+    return _change(user_id, lambda u: quotas.set_user_limits(u, values, acting=current_user), "Limits saved.")
 
 
 @bp.post("/<id:user_id>/reset-password")
