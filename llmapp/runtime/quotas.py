@@ -326,9 +326,11 @@ class Quotas:
     def _without_redis(self, error, tokens: int) -> Charge:
         if not self.unreachable_until or time.monotonic() >= self.unreachable_until:
             log.warning(
-                "Redis is unreachable (%s): %s requests with limits until it is back",
+                "Redis is unreachable (%s): %s until it is back",
                 error,
-                "serving" if self.without_redis == "serve" else "refusing",
+                "serving keys that have limits without them"
+                if self.without_redis == "serve"
+                else "refusing keys with limits",
             )
         self.unreachable_until = time.monotonic() + self.RETRY_S
         if self.without_redis == "refuse":
