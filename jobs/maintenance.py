@@ -1,6 +1,6 @@
 """Periodic upkeep of the platform's data: thin wrappers over llmapp services."""
 
-from llmapp.services import logs, usage
+from llmapp.services import audit, logs, usage
 
 
 def trim_logs() -> int:
@@ -8,5 +8,6 @@ def trim_logs() -> int:
 
 
 def upkeep() -> dict:
-    """Trim the logs and move the app servers' usage records into the database."""
-    return {"log_lines_trimmed": logs.trim_all(), "usage_records": usage.collect()}
+    """Trim the logs, move the app servers' usage records into the database, and apply the audit log's
+    retention."""
+    return {"log_lines_trimmed": logs.trim_all(), "usage_records": usage.collect(), "audit_pruned": audit.prune()}

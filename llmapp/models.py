@@ -56,6 +56,7 @@ class User(Limited, UserMixin, db.Model):
     # The login this request came with (services/users.py): Flask-Login keeps "id:token" in the
     # session and the remember-me cookie, and a token whose login has ended lets nobody in.
     session_token = None  # str, set per request
+    token_name = None  # the name of the personal access token an API request came with
 
     def get_id(self) -> str:
         return f"{self.id}:{self.session_token}"
@@ -406,3 +407,26 @@ class UsageCursor(db.Model):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     last_id: Mapped[str] = mapped_column(String(64), default="0-0")
+
+
+class AuditEntry(db.Model):
+    """One change by a person or a token (services/audit.py writes them; nothing edits one). No foreign
+    keys: an entry outlives what it is about, and who made it."""
+
+    __tablename__ = "audit_entries"
+    __table_args__ = (
+        Index("ix_audit_entries_owner", "owner_id", "id"),
+        Index("ix_audit_entries_object", "object_type", "object_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor_id: Mapped[int | None]  # the user who acted (a token acts as its user); None: the operator
+    actor: Mapped[str] = mapped_column(String(300))  # their e-mail, "token NAME (e-mail)", "operator (…)"
+    address: Mapped[str] = mapped_column(String(64), default="")
+    action: Mapped[str] = mapped_column(String(64), index=True)  # "application.update", "key.create"…
+    object_type: Mapped[str] = mapped_column(String(32))
+    object_id: Mapped[str] = mapped_column(String(64), default="")
+    object_name: Mapped[str] = mapped_column(String(200), default="")
+    owner_id: Mapped[int | None]  # whose object it is: they may read the entry too
+    changes: Mapped[dict] = mapped_column(JSON, default=dict)  # field → [before, after]; secrets "changed"

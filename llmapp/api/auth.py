@@ -5,7 +5,7 @@ from flask import current_app, g, request
 
 from ..extensions import limiter
 from ..runtime.keys import authorization, bearer_token
-from ..services import NUL_ERROR, access_tokens
+from ..services import NUL_ERROR, access_tokens, audit
 from . import bp, problems
 
 
@@ -30,6 +30,7 @@ def authenticate():
         detail = problems.HTTP_DETAILS[401] if not credentials else "This token is unknown, revoked or expired."
         return problems.problem(401, detail, headers={"WWW-Authenticate": 'Bearer realm="llmapp"'})
     g.api_user = user
+    audit.acting_as(user, audit.request_address(), user.token_name)
     if request.method in ("POST", "PUT", "PATCH") and request.content_length:
         if not request.is_json:
             return problems.problem(415, problems.HTTP_DETAILS[415])

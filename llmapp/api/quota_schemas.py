@@ -86,3 +86,30 @@ class UsageReport(BaseModel):
     until: str
     totals: UsageTotals
     rows: list[UsageRow]
+
+
+class AuditQuery(BaseModel):
+    actor: str = Field("", max_length=200, description="Part of who acted: an e-mail, a token's name.")
+    object_type: str = Field("", max_length=32, description="application, key, plugin, model, user, token, engine…")
+    object_id: str = Field("", max_length=64)
+    action: str = Field("", max_length=64, description="An action, or its start: `application.` for all of them.")
+    days: int | None = Field(None, ge=1, le=3660, description="Only the last N days.")
+    before_id: int | None = Field(None, ge=1, description="The page after this entry (the last id you got).")
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class AuditEntryOut(BaseModel):
+    id: int
+    at: str
+    actor: str
+    actor_id: int | None
+    address: str
+    action: str
+    object_type: str
+    object_id: str
+    object_name: str
+    changes: dict[str, list] = Field(description='Each changed field: [before, after]; a secret as "changed".')
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntryOut]

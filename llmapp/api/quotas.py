@@ -1,14 +1,15 @@
-"""/api/v1/…/limits and …/usage: an application's and a person's limits, and usage per day and key."""
+"""/api/v1/…/limits, …/usage and /audit: an application's and a person's limits, usage per day and key,
+and the audit log."""
 
 from flask import g
 from spectree import Response
 
-from ..services import quotas, users
+from ..services import audit, quotas, users
 from ..services import usage as usage_service
 from . import ADMIN_BODY_ERRORS, BODY_ERRORS, ERRORS, bp, spec
 from .applications import visible_application
 from .keys import limits_out
-from .quota_schemas import Limits, LimitsOut, UsageQuery, UsageReport
+from .quota_schemas import AuditPage, AuditQuery, Limits, LimitsOut, UsageQuery, UsageReport
 from .schemas import Problem
 
 LIMITS, USAGE = ["limits"], ["usage"]
@@ -51,3 +52,11 @@ def usage_overview(query: UsageQuery):
     """Usage across applications: an admin's of everyone (or of ``user_id``), a member's of their own."""
     report = usage_service.overview(g.api_user, query.days, query.user_id)
     return UsageReport(**usage_service.as_dict(report))
+
+
+@bp.get("/audit")
+@spec.validate(query=AuditQuery, resp=Response(HTTP_200=AuditPage, **ERRORS), tags=["audit"])
+def audit_log(query: AuditQuery):
+    """The audit log, newest first: an admin's of every change, a member's of changes to their own things."""
+    filters = audit.Filters(**query.model_dump())
+    return AuditPage(items=[audit.as_dict(entry) for entry in audit.entries(g.api_user, filters)])

@@ -19,8 +19,11 @@ class ServiceCommands(AppGroup):
     not handle itself ends it with the message and exit status 1, never a traceback."""
 
     def invoke(self, ctx):
+        from ..services import audit
+
         try:
-            return super().invoke(ctx)
+            with audit.operator_acting():  # what a command changes is the operator's, in the audit log
+                return super().invoke(ctx)
         except ServiceError as e:
             raise click.ClickException(str(e)) from e
 
@@ -31,6 +34,7 @@ demo_cli = ServiceCommands("demo", help="Demo data.")
 apps_cli = ServiceCommands("apps", help="Deploy, stop and inspect applications (as an operator: all of them).")
 keys_cli = ServiceCommands("keys", help="API keys of an application's endpoint.")
 tokens_cli = ServiceCommands("tokens", help="Personal access tokens for the REST API (/api/v1).")
+audit_cli = ServiceCommands("audit", help="The audit log: who changed what.")
 engines_cli = ServiceCommands("engines", help="Managed engines (llama.cpp, vLLM, transformers serve) on this host.")
 apps_cli.add_command(keys_cli)
 
@@ -45,4 +49,5 @@ def register(app: Flask) -> None:
     app.cli.add_command(tokens_cli)
     app.cli.add_command(demo_cli)
     app.cli.add_command(engines_cli)
+    app.cli.add_command(audit_cli)
     app.cli.add_command(setup)

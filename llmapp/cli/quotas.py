@@ -1,12 +1,12 @@
-"""`flask apps keys`, `flask apps limits`, `flask users limits`, `flask apps usage`: API keys with their
-limits, an application's and a person's limits, and usage."""
+"""`flask apps keys`, `flask apps limits`, `flask users limits`, `flask apps usage`, `flask audit list`: API
+keys with their limits, an application's and a person's limits, usage, and the audit log."""
 
 import json
 
 import click
 
-from ..services import OPERATOR, api_keys, applications, quotas, routing, usage
-from . import apps_cli, keys_cli, users_cli
+from ..services import OPERATOR, api_keys, applications, audit, quotas, routing, usage
+from . import apps_cli, audit_cli, keys_cli, users_cli
 from .apps import _as_user, _field_errors
 from .people import _user
 
@@ -110,3 +110,22 @@ def app_usage(name, days, as_user, as_json):
             f"  {row.day} {row.key_label:22} {row.requests:>8} {row.input_tokens:>10} "
             f"{row.output_tokens:>10} {row.cached_tokens:>10}"
         )
+
+
+@audit_cli.command("list")
+@click.option("--actor", default="", help="Part of who acted: an e-mail, a token's name.")
+@click.option("--object", "object_type", default="", help="application, key, plugin, model, user, token, engine…")
+@click.option("--action", default="", help="An action, or its start (application. for all of them).")
+@click.option("--days", type=click.IntRange(1, 3660), default=None, help="Only the last N days.")
+@click.option("--limit", type=click.IntRange(1, audit.MAX_PAGE), default=audit.PAGE, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def audit_list(actor, object_type, action, days, limit, as_json):
+    """The newest entries of the audit log (the operator sees all of them)."""
+    filters = audit.Filters(actor=actor, object_type=object_type, action=action, days=days, limit=limit)
+    found = [audit.as_dict(entry) for entry in audit.entries(OPERATOR, filters)]
+    if as_json:
+        click.echo(json.dumps(found))
+        return
+    for entry in found:
+        changed = ", ".join(entry["changes"]) or "-"
+        click.echo(f"{entry['at']} {entry['actor']} {entry['action']} {entry['object_name']} ({changed})")

@@ -89,6 +89,7 @@ def authenticate(plain: str) -> User | None:
     if token.last_used_at is None or now - token.last_used_at >= LAST_USED_EVERY:
         token.last_used_at = now
         db.session.commit()
+    token.user.token_name = token.name  # who acted, in the audit log
     return token.user
 
 

@@ -20,6 +20,7 @@ from . import (
     NotFound,
     ServiceError,
     Taken,
+    audit,
     environment,
     lifecycle,
     recommendations,
@@ -388,6 +389,7 @@ def update(application: Application, data: dict, author: User | None = None) -> 
     :raise Taken: another request took the name meanwhile.
     """
     releases.begin(application)  # the setup before this edit, for one from before releases
+    before = audit_view(application, application.env_vars)
     kept_env = "env" not in data  # left out: the variables stay as they are
     note = data.get("note") or "Edited"
     data = check({"description": application.description, **data}, application.created_by_id, application.id)
@@ -400,6 +402,15 @@ def update(application: Application, data: dict, author: User | None = None) -> 
             description=data.get("description") or "",
             model_id=data["model_id"],
             config=_config(data),
+        )
+        after = Application(
+            name=data["name"].strip(), description=data.get("description") or "", model_id=data["model_id"],
+            config=_config(data),
+        )  # fmt: skip
+        audit.record(
+            "application.update",
+            application,
+            audit.diff(before, audit_view(after, application.env_vars if env is None else env)),
         )
         if env is None:
             return
@@ -435,8 +446,21 @@ def delete(application: Application) -> None:
 
     leftovers = [(r.pid, r.host) for r in application.replicas if r.pid]
     application_id = application.id
+    audit.record("application.delete", application)  # committed with the delete, or rolled back with it
     lifecycle.delete_if_editable(application_id)
     replicas.cleanup(application_id, leftovers)
+
+
+def audit_view(application: Application, env: list[EnvVar]) -> dict:
+    """An application's fields as its audit entries compare them (a secret variable as its ciphertext,
+    which audit.diff writes as changed or not, never as a value)."""
+    return {
+        "name": application.name,
+        "description": application.description,
+        "model_id": application.model_id,
+        "config": application.config,
+        "env": {var.name: (audit.SECRET_MARK + var.value if var.is_secret else var.value) for var in env},
+    }
 
 
 def masked_env(application: Application) -> list[dict]:

@@ -11,7 +11,7 @@ import uuid
 
 from ..extensions import db
 from ..models import Application, utcnow
-from . import Conflict, FieldErrors, deployments, lifecycle, releases, replicas, routing
+from . import Conflict, FieldErrors, audit, deployments, lifecycle, releases, replicas, routing
 from .platform_log import log_event
 
 SHARES = (1, 99)  # a canary's share of the gateway's requests, in percent
@@ -64,6 +64,7 @@ def set_share(application: Application, share: int) -> None:
     if done != 1:
         db.session.rollback()
         raise Conflict(f"{application.name} runs no canary.")
+    audit.record("application.canary_share", application, {"canary_percent": (application.canary_percent, share)})
     db.session.commit()
     db.session.expire(application)
     routing.publish(application.id)
@@ -79,6 +80,7 @@ def promote(application: Application) -> None:
     keep = [r for r in application.replicas if r.release == canary and r.status == "ready"]
     if canary is None or not keep:
         raise Conflict(f"{application.name} has no canary serving to promote.")
+    audit.record("application.canary_promote", application, {"release": (old_release, canary)})
     ended = _end(application, canary, deployed_release=canary, endpoint=replicas.endpoint_url(keep[0]))
     releases.mark_served(application.id, canary)
     _drain(application, ended, [r for r in application.replicas if r not in keep])
@@ -100,6 +102,7 @@ def abort(application: Application) -> None:
             f"{application.name} has no canary to abort beside a serving release"
             + (": promote it, or stop the application." if canary is not None else ".")
         )
+    audit.record("application.canary_abort", application, {"canary_release": (canary, None)})
     ended = _end(application, canary)
     _drain(application, ended, [r for r in application.replicas if r.release == canary])
     log_event(application.id, f"canary aborted: release {application.deployed_release} serves every request again")

@@ -22,7 +22,7 @@ from .. import engines, keyspace, queues
 from ..extensions import db
 from ..models import Application, Replica, utcnow
 from ..runtime import logs
-from . import NotFound, ServiceError, api_keys, lifecycle, releases, replicas, routing
+from . import NotFound, ServiceError, api_keys, audit, lifecycle, releases, replicas, routing
 from .platform_log import log_event
 from .server_processes import DeployFailed, Superseded, health, kill_orphan, model_of, server_process, spawn
 from .server_spec import ServingSetup
@@ -170,7 +170,8 @@ def rollback(application: Application, number: int | None, author) -> str:
         if number is None:
             raise NotFound(f"{application.name} has served no other release to roll back to; name one (--to).")
     releases.restore(application, number, author)
-    return request_deploy(application)
+    audit.record("application.rollback", application, {"release": (application.deployed_release, number)})
+    return request_deploy(application)  # its transition commits the entry
 
 
 def _last_error_line(application: Application) -> str:

@@ -28,7 +28,7 @@ from .. import engines
 from ..extensions import db
 from ..models import Application, RegistryModel
 from ..queues import this_host
-from . import Invalid, NotFound, require_admin
+from . import Invalid, NotFound, audit, require_admin
 
 MARKER = "llmapp-engine.json"
 
@@ -134,6 +134,8 @@ def install(name: str, acting, echo: Callable[[str], None] = lambda line: None) 
         (version_dir / MARKER).write_text(json.dumps(marker, indent=2))
         _open_to_servers(version_dir)
         _make_current(name, version_dir)
+        audit.record("engine.install", ("engine", name), {"version": (None, version)})
+        db.session.commit()
         echo(f"{name} {version} installed in {venv_dir(name)} ({marker['seconds']:g} s)")
         return marker
 

@@ -76,6 +76,12 @@ def _refusal(application_id, message: str) -> TransitionRefused:
     return TransitionRefused(f"{message}; this one is {current}.", current)
 
 
+def _audit(action: str, application_id, changes: dict | None = None) -> None:
+    from . import audit
+
+    audit.record(action, db.session.get(Application, application_id), changes)
+
+
 def transition(application_id, action: str, **values) -> None:
     """Move an application along ``action`` with one conditional UPDATE, setting ``values`` too.
 
@@ -91,6 +97,8 @@ def transition(application_id, action: str, **values) -> None:
     if result.rowcount != 1:
         db.session.rollback()
         raise _refusal(application_id, rule.refusal)
+    if action in ("deploy", "stop"):  # what a person asks for (a job's transitions are not theirs)
+        _audit(f"application.{action}", application_id)
     db.session.commit()
     routing.publish(application_id)
 
@@ -123,6 +131,10 @@ def begin_roll(application_id, **values) -> None:
                 f"Release {current.rolling_to} is being rolled out; wait until it serves or fails.", RUNNING
             )
         raise _refusal(application_id, "Only a running application can be rolled out to a release")
+    changes = {"release": (None, values.get("rolling_to"))}
+    if values.get("canary_percent"):
+        changes["canary_percent"] = (0, values["canary_percent"])
+    _audit("application.deploy", application_id, changes)
     db.session.commit()
 
 
