@@ -3,6 +3,7 @@ the services' (services/quotas.py, services/usage.py), written here for the docu
 
 from pydantic import BaseModel, Field
 
+from ..models import MAX_ID
 from ..services import api_keys, quotas, usage
 from .fields import Strict, UtcDateTime, Whole
 
@@ -58,7 +59,7 @@ class KeyList(BaseModel):
 
 class UsageQuery(BaseModel):
     days: int = Field(usage.DEFAULT_DAYS, ge=1, le=usage.MAX_DAYS, description="The last N days, today (UTC) included.")
-    user_id: int | None = Field(None, description="Admins: one person's applications only.")
+    user_id: int | None = Field(None, ge=1, le=MAX_ID, description="Admins: one person's applications only.")
 
 
 class UsageRow(BaseModel):
@@ -94,7 +95,7 @@ class AuditQuery(BaseModel):
     object_id: str = Field("", max_length=64)
     action: str = Field("", max_length=64, description="An action, or its start: `application.` for all of them.")
     days: int | None = Field(None, ge=1, le=3660, description="Only the last N days.")
-    before_id: int | None = Field(None, ge=1, description="The page after this entry (the last id you got).")
+    before_id: int | None = Field(None, ge=1, le=MAX_ID, description="The page after this entry (the last id you got).")
     limit: int = Field(100, ge=1, le=1000)
 
 

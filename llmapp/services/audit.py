@@ -322,6 +322,10 @@ class Filters:
     before_id: int | None = None  # the page after this entry
     limit: int = PAGE
 
+    def __post_init__(self):
+        for name in ("actor", "object_type", "object_id", "action"):  # no stored text holds a NUL
+            object.__setattr__(self, name, getattr(self, name).replace("\x00", ""))
+
 
 def entries(acting, filters: Filters) -> list[AuditEntry]:
     """The newest entries that match, newest first: an admin's of everything, a member's of entries

@@ -295,6 +295,32 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
         assert api.completions.create(model="hello-tiny", prompt="back", max_tokens=2).usage.completion_tokens >= 1
         shot(page, "08f-restarted")
 
+        # Limits: a key's limit set on the page holds from the next request; the Usage section counts,
+        # and the Usage and Audit pages show it.
+        page.locator("#api-keys td details.limits summary").first.click()
+        page.locator("#api-keys td details.limits[open] input[name=rpm]").fill("2")
+        page.locator("#api-keys td details.limits[open] button:has-text('Save limits')").click()
+        expect(page.locator("#api-keys")).to_contain_text("2 requests per minute")
+        with pytest.raises(openai.RateLimitError) as limited:
+            for _ in range(3):
+                api.completions.create(model="hello-tiny", prompt="counted", max_tokens=1)
+        assert "key browser: 2 requests per minute" in limited.value.message
+        page.locator("#api-keys").scroll_into_view_if_needed()
+        page.locator("#api-keys").screenshot(path=str(ARTIFACTS / "08g-keys-limits.png"), caret="initial")
+        page.reload()
+        expect(page.locator("#usage")).to_contain_text("browser")
+        page.locator("#usage").scroll_into_view_if_needed()
+        page.locator("#usage").screenshot(path=str(ARTIFACTS / "08h-usage-section.png"), caret="initial")
+        page.click("nav.mainnav a:has-text('Usage')")
+        expect(page.locator("#usage-report")).to_contain_text("hello-tiny")
+        shot(page, "08i-usage-page")
+        page.click("nav.mainnav a:has-text('Audit')")
+        expect(page.locator("#audit-log")).to_contain_text("key.update")
+        expect(page.locator("#audit-log")).to_contain_text("limit_rpm")
+        shot(page, "08j-audit-page")
+        page.go_back()
+        page.go_back()
+
         page.once("dialog", lambda dialog: dialog.accept())
         page.click("#live button:has-text('Stop')")
         expect(page.locator("#live h1 .badge")).to_have_text("stopped", timeout=30_000)
