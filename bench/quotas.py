@@ -6,10 +6,10 @@
    tokens per minute, tokens per day and per month, on the key, the application and the owner) against
    none (no Redis call at all), interleaved call by call; and ``Quotas.settle`` (after the response:
    the correction and the usage record), which no request waits for.
-2. End to end: one real app server (`python -m llmapp.runtime`) on the tiny GPT-2, two keys, one with
-   all 12 limits (set high: none trips) and one with none, requests alternating between them at
-   concurrency 1 over a keep-alive client: cache hits (the cheapest request, where the limiter's share
-   is largest) and 1-token sampled requests.
+2. End to end: two real app servers (`python -m llmapp.runtime`) on the tiny GPT-2, the same in all
+   but their limits: one application with all 12 (set high: none trips), one with none; requests
+   alternating between them at concurrency 1 over keep-alive clients: cache hits (the cheapest
+   request, where the limiter's share is largest) and 1-token sampled requests.
 
 Redis: an embedded redis-server (as `python app.py` runs it), or --redis-url.
 """
@@ -39,6 +39,7 @@ from llmapp.runtime.quotas import Quotas  # noqa: E402
 from llmapp.runtime.spec import REDIS_URL_VARIABLE, ServerSpec, ServingConfig  # noqa: E402
 from llmapp.runtime.tiny_model import build_tiny_model  # noqa: E402
 
+KEY = "llm-bench-quotas"
 HIGH = {"rpm": 10**9, "tpm": 10**10, "day": 10**11, "month": 10**11}  # every limit set, none reached
 
 
@@ -56,77 +57,83 @@ def policy(limited_key: str) -> dict:
 
 
 async def in_process(redis_url: str, calls: int) -> dict:
-    quotas = Quotas(redis.asyncio.Redis.from_url(redis_url), uuid.uuid4().hex)
     import json
 
-    quotas.update(json.dumps(policy("1")))
-    limited, free = KeyInfo("1", "limited"), KeyInfo("2", "free")
+    connection = redis.asyncio.Redis.from_url(redis_url)
+    limited, free = Quotas(connection, uuid.uuid4().hex), Quotas(connection, uuid.uuid4().hex)
+    limited.update(json.dumps(policy("1")))
+    key = KeyInfo("1", "bench")
     admit = {"all 12 limits": [], "none": []}
     settle = []
     for _ in range(200):  # warm-up: the script loaded, the connection made
-        await quotas.admit(limited, 40)
+        await limited.admit(key, 40)
     for _ in range(calls):
-        for name, key in (("all 12 limits", limited), ("none", free)):
+        for name, quotas in (("all 12 limits", limited), ("none", free)):
             start = time.perf_counter()
             charge = await quotas.admit(key, 40)
             admit[name].append((time.perf_counter() - start) * 1000)
         start = time.perf_counter()
-        await quotas.settle(charge, "1", {"input": 5, "output": 30, "cached": 0})
+        await limited.settle(charge, "1", {"input": 5, "output": 30, "cached": 0})
         settle.append((time.perf_counter() - start) * 1000)
     redis.Redis.from_url(redis_url).delete("llmapp:usage")
     return {**admit, "settle (after the response)": settle}
 
 
-def end_to_end(redis_url: str, work: Path, requests: int) -> dict:
+def start_server(redis_url: str, work: Path, model_dir: Path, name: str, quotas: dict | None) -> Server:
     from cryptography.fernet import Fernet
 
     from llmapp.gateway.table import route_key
     from llmapp.runtime.plugins.published import CHAIN_KEY_VARIABLE
 
-    model_dir = build_tiny_model(work / "tiny-gpt2")
     app_id = uuid.uuid4().hex
     spec = ServerSpec(
         app_id=app_id, app_name="bench", engine="transformers", engine_options={"path": str(model_dir)},
         config=ServingConfig.from_dict({**CONFIG, "log_level": "WARNING"}), port=free_port(), grace_s=5,
     )  # fmt: skip
-    spec.write(work / "spec.json")
+    spec.write(work / f"{name}.json")
     application_key = Fernet.generate_key()
-    plain = {"all 12 limits": "llm-bench-limited", "none": "llm-bench-free"}
     keys.publish(
         redis.Redis.from_url(redis_url),
         app_id,
-        {keys.digest(plain["all 12 limits"]): (1, "limited"), keys.digest(plain["none"]): (2, "free")},
+        {keys.digest(KEY): (1, "bench")},
         application_key=application_key,
         route_key=route_key("bench"),
-        quotas=policy("1"),
+        quotas=quotas,
     )
     env = {"PATH": os.environ["PATH"], "PYTHONUNBUFFERED": "1", REDIS_URL_VARIABLE: redis_url}
     env[CHAIN_KEY_VARIABLE] = application_key.decode()
-    server = Server("current", ROOT, work / "spec.json", env, spec.port)
+    return Server(name, ROOT, work / f"{name}.json", env, spec.port)
+
+
+def end_to_end(redis_url: str, work: Path, requests: int) -> dict:
+    model_dir = build_tiny_model(work / "tiny-gpt2")
+    servers = {
+        "all 12 limits": start_server(redis_url, work, model_dir, "limited", policy("1")),
+        "none": start_server(redis_url, work, model_dir, "free", None),
+    }
     results = {}
     try:
         bodies = {
             "cache hit": {"model": "bench", "prompt": "hello", "max_tokens": 1, "temperature": 0},
             "1 token": {"model": "bench", "prompt": "hello", "max_tokens": 1, "temperature": 1},
         }
-        with httpx.Client(timeout=30) as client:
+        with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {KEY}"}) as client:
             for case, body in bodies.items():
-                times = {name: [] for name in plain}
+                times = {name: [] for name in servers}
                 for _ in range(30):
-                    for key in plain.values():
-                        client.post(server.url + "/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+                    for server in servers.values():
+                        client.post(server.url + "/completions", json=body)
                 for _ in range(requests):
-                    for name, key in plain.items():
+                    for name, server in servers.items():
                         start = time.perf_counter()
-                        answer = client.post(
-                            server.url + "/completions", json=body, headers={"Authorization": f"Bearer {key}"}
-                        )
+                        answer = client.post(server.url + "/completions", json=body)
                         times[name].append((time.perf_counter() - start) * 1000)
                         assert answer.status_code == 200, answer.text
                         assert ("x-ratelimit-limit-requests" in answer.headers) == (name != "none")
                 results[case] = times
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
     return results
 
 

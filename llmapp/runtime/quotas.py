@@ -65,58 +65,82 @@ local function period(kind, ms)  -- the counter's suffix and the period's end (m
   local finish = m == 12 and days_from_civil(y + 1, 1, 1) or days_from_civil(y, m + 1, 1)
   return tostring(y * 100 + m), finish * DAY
 end
--- A bucket's level in 1/60000 of a request or token: it refills by its capacity (per minute) each ms,
--- so every quantity is a whole number, exact in a double up to 2^53 (a capacity up to 1.5e11).
+-- A bucket is one string, "level:time", its level in 1/60000 of a request or token: it refills by its
+-- capacity (per minute) each ms, so every quantity is a whole number, exact in a double up to 2^53 (a
+-- capacity up to 1.5e11).
 local U = 60000
-local function level(key, cap, now)  -- a bucket's level now, and the time it was last written
-  local s = redis.call('HMGET', key, 'l', 't')
-  local l, t = tonumber(s[1]), tonumber(s[2])
+local function level(value, cap, now)  -- a bucket's level now, and the time it was last written
+  local l, t
+  if value then l, t = string.match(value, '^(-?%d+):(%d+)$') end
+  l, t = tonumber(l), tonumber(t)
   if not l then return cap * U, now end
   if now > t then l = l + (now - t) * cap; t = now end
   return math.min(l, cap * U), t
 end
 local function write(key, cap, l, t)
-  redis.call('HSET', key, 'l', string.format('%.0f', l), 't', string.format('%.0f', t))
-  redis.call('PEXPIRE', key, math.ceil((cap * U - math.min(l, cap * U)) / cap) + U)
+  local full_in = math.ceil((cap * U - math.min(l, cap * U)) / cap)
+  redis.call('SET', key, string.format('%.0f:%.0f', l, t), 'PX', full_in + U)
+end
+local function limits(spec)  -- "rpm=5,day=1000": kinds and capacities
+  local kinds, caps = {}, {}
+  for kind, cap in string.gmatch(spec, '(%a+)=(%d+)') do
+    kinds[#kinds + 1], caps[#caps + 1] = kind, tonumber(cap)
+  end
+  return kinds, caps
+end
+local function names(kinds, ms)  -- each limit's key: a bucket's own, a budget's counter of the period
+  local out, finishes = {}, {}
+  for i = 1, #kinds do
+    if kinds[i] == 'rpm' or kinds[i] == 'tpm' then out[i] = KEYS[i]
+    else
+      local suffix
+      suffix, finishes[i] = period(kinds[i], ms)
+      out[i] = KEYS[i] .. ':' .. suffix
+    end
+  end
+  return out, finishes
 end
 """
 
-# KEYS: each limit's key. ARGV: the time ('' for Redis's), the request's tokens, then each limit's kind
-# and capacity. All limits pass, and all are charged, or none is. Answers: the failed limit (1-based, 0
-# for none), ms until it would pass (-1: never, the request is larger than the limit), the time, then
-# for the headers the requests' limit, remaining and ms to full, and the same for tokens (-1: no limit).
+# KEYS: each limit's key. ARGV: the time ('' for Redis's), the request's tokens, the limits ("rpm=5,…",
+# in the order of KEYS). All limits pass, and all are charged, or none is. Answers: the failed limit
+# (1-based, 0 for none), ms until it would pass (-1: never, the request is larger than the limit), the
+# time, then for the headers the requests' limit, remaining and ms to full, and the same for tokens (-1:
+# no limit), as one comma-separated string (cheaper to read than an array). One read (MGET) and one
+# write per limit.
 _ADMIT = (
     _PRELUDE
     + """
 local now, tokens = clock(ARGV[1]), tonumber(ARGV[2])
-local n = (#ARGV - 2) / 2
+local kinds, caps = limits(ARGV[3])
+local keys, finishes = names(kinds, now)
+local values = redis.call('MGET', unpack(keys))
 local levels, times, failed, retry = {}, {}, 0, 0
-for i = 1, n do
-  local kind, cap = ARGV[1 + 2 * i], tonumber(ARGV[2 + 2 * i])
+for i = 1, #kinds do
+  local kind, cap = kinds[i], caps[i]
   local cost = kind == 'rpm' and 1 or tokens
   if kind == 'rpm' or kind == 'tpm' then
-    levels[i], times[i] = level(KEYS[i], cap, now)
+    levels[i], times[i] = level(values[i], cap, now)
     if failed == 0 and cost > 0 and cost * U > levels[i] then
       failed = i
       retry = cost > cap and -1 or math.ceil((cost * U - levels[i]) / cap)
     end
   else
-    local suffix, finish = period(kind, now)
-    levels[i] = cap - tonumber(redis.call('GET', KEYS[i] .. ':' .. suffix) or '0')
+    levels[i] = cap - tonumber(values[i] or '0')
     if failed == 0 and cost > 0 and cost > levels[i] then
       failed = i
-      retry = cost > cap and -1 or finish - now
+      retry = cost > cap and -1 or finishes[i] - now
     end
   end
 end
 local head = {-1, -1, -1, -1, -1, -1}
-for i = 1, n do
-  local kind, cap = ARGV[1 + 2 * i], tonumber(ARGV[2 + 2 * i])
+for i = 1, #kinds do
+  local kind, cap = kinds[i], caps[i]
   local cost = kind == 'rpm' and 1 or tokens
   if kind == 'rpm' or kind == 'tpm' then
     if failed == 0 then
       levels[i] = levels[i] - cost * U
-      write(KEYS[i], cap, levels[i], times[i])
+      write(keys[i], cap, levels[i], times[i])
     end
     local at = kind == 'rpm' and 1 or 4
     local remaining = math.floor(levels[i] / U)
@@ -124,38 +148,39 @@ for i = 1, n do
       head[at], head[at + 1], head[at + 2] = cap, remaining, math.ceil((cap * U - levels[i]) / cap)
     end
   elseif failed == 0 and cost > 0 then
-    local suffix, finish = period(kind, now)
-    redis.call('INCRBY', KEYS[i] .. ':' .. suffix, cost)
-    redis.call('PEXPIREAT', KEYS[i] .. ':' .. suffix, finish + DAY)
+    if redis.call('INCRBY', keys[i], cost) == cost then  -- the period's first: it goes a day after it ends
+      redis.call('PEXPIREAT', keys[i], finishes[i] + DAY)
+    end
   end
 end
-return {failed, retry, now, head[1], head[2], head[3], head[4], head[5], head[6]}
+return table.concat({failed, retry, string.format('%.0f', now), head[1], head[2], head[3], head[4], head[5],
+  head[6]}, ',')
 """
 )
 
 # KEYS: the token limits' keys, then the usage stream. ARGV: the time ('' for Redis's), the admission's
-# time, the tokens to give back (negative: to take), the number of limits, each limit's kind and
-# capacity, then the usage entry's fields and values.
+# time, the tokens to give back (negative: to take), the token limits ("tpm=…,day=…"), then the usage
+# entry's fields and values.
 _SETTLE = (
     _PRELUDE
     + f"""
-local now, at, back, n = clock(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-if back ~= 0 then
-  for i = 1, n do
-    local kind, cap = ARGV[3 + 2 * i], tonumber(ARGV[4 + 2 * i])
-    if kind == 'tpm' then
-      local l, t = level(KEYS[i], cap, now)
-      write(KEYS[i], cap, math.min(l + back * U, cap * U), t)
-    else
-      local suffix = period(kind, at)
-      local counter = KEYS[i] .. ':' .. suffix
-      if redis.call('EXISTS', counter) == 1 then redis.call('INCRBY', counter, -back) end
+local now, at, back = clock(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local kinds, caps = limits(ARGV[4])
+if back ~= 0 and #kinds > 0 then
+  local keys = names(kinds, at)
+  local values = redis.call('MGET', unpack(keys))
+  for i = 1, #kinds do
+    if kinds[i] == 'tpm' then
+      local l, t = level(values[i], caps[i], now)
+      write(keys[i], caps[i], math.min(l + back * U, caps[i] * U), t)
+    elseif values[i] then
+      redis.call('INCRBY', keys[i], -back)
     end
   end
 end
 local entry = {{}}
-for i = 5 + 2 * n, #ARGV do entry[#entry + 1] = ARGV[i] end
-redis.call('XADD', KEYS[n + 1], 'MAXLEN', '~', '{USAGE_STREAM_MAX}', '*', unpack(entry))
+for i = 5, #ARGV do entry[#entry + 1] = ARGV[i] end
+redis.call('XADD', KEYS[#kinds + 1], 'MAXLEN', '~', '{USAGE_STREAM_MAX}', '*', unpack(entry))
 return 0
 """
 )
@@ -266,12 +291,37 @@ def refusal(limit: Limit, retry_ms: int, tokens: int, headers: dict) -> APIError
     )
 
 
+@dataclass(frozen=True)
+class Held:
+    """The limits a key is held to, with what the scripts are given for them (made once per policy)."""
+
+    limits: list[Limit]
+    keys: list[str]
+    spec: str  # "rpm=5,tpm=1000,…", in the order of ``keys``
+    token_keys: list[str]  # the token limits' (what a settlement corrects)
+    token_spec: str
+
+    @classmethod
+    def of(cls, limits: list[Limit]) -> "Held":
+        tokens = [limit for limit in limits if limit.kind != "rpm"]
+        return cls(
+            limits,
+            [limit.redis_key for limit in limits],
+            ",".join(f"{limit.kind}={limit.capacity}" for limit in limits),
+            [limit.redis_key for limit in tokens],
+            ",".join(f"{limit.kind}={limit.capacity}" for limit in tokens),
+        )
+
+
+NOTHING_HELD = Held([], [], "", [], "")
+
+
 @dataclass
 class Charge:
     """What an admitted request reserved, settled when it ends."""
 
     at_ms: int  # the admission's time, which says whose day and month the tokens count to
-    limits: list[Limit]
+    held: Held
     reserved: int
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -290,6 +340,7 @@ class Quotas:
         self.connection, self.application_id, self.without_redis = connection, str(application_id), without_redis
         self.policy = Policy()
         self.policy_text: str | None = None
+        self.held: dict[tuple, Held] = {}  # key → the limits it is held to, under this policy
         self._admit = connection.register_script(_ADMIT)
         self._settle = connection.register_script(_SETTLE)
         self.unreachable_until = 0.0
@@ -301,6 +352,7 @@ class Quotas:
         """The published policy (verified by the key checker); parsed only when it changed."""
         if text != self.policy_text:
             self.policy_text, self.policy = text, Policy.parse(self.application_id, text)
+            self.held = {}
 
     async def admit(self, key, tokens: int, *, now_ms: str = "") -> Charge:
         """Charge one request and ``tokens`` to every limit ``key`` is held to, or none.
@@ -308,20 +360,21 @@ class Quotas:
         :raise APIError: 429 over a limit (naming it); 503 when Redis is unreachable and the setting
             says to refuse.
         """
-        limits = self.policy.limits_for(key)
-        if not limits:
-            return Charge(int(time.time() * 1000), [], tokens)
-        args = [now_ms, tokens] + [part for limit in limits for part in (limit.kind, limit.capacity)]
+        held = self.held.get((key.id, key.label))
+        if held is None:
+            held = self.held[(key.id, key.label)] = Held.of(self.policy.limits_for(key))
+        if not held.limits:
+            return Charge(int(time.time() * 1000), held, tokens)
         try:
             if time.monotonic() < self.unreachable_until:
                 raise redis.ConnectionError("unreachable a moment ago")
-            answer = [int(x) for x in await self._admit(keys=[limit.redis_key for limit in limits], args=args)]
+            answer = [int(x) for x in (await self._admit(keys=held.keys, args=[now_ms, tokens, held.spec])).split(b",")]
         except redis.RedisError as e:
             return self._without_redis(e, tokens)
         headers = rate_headers(answer)
         if answer[0]:
-            raise refusal(limits[answer[0] - 1], answer[1], tokens, headers)
-        return Charge(answer[2], limits, tokens, headers)
+            raise refusal(held.limits[answer[0] - 1], answer[1], tokens, headers)
+        return Charge(answer[2], held, tokens, headers)
 
     def _without_redis(self, error, tokens: int) -> Charge:
         if not self.unreachable_until or time.monotonic() >= self.unreachable_until:
@@ -340,7 +393,7 @@ class Quotas:
                 "server_error",
                 headers={"Retry-After": "5"},
             )
-        return Charge(int(time.time() * 1000), [], tokens)
+        return Charge(int(time.time() * 1000), NOTHING_HELD, tokens)
 
     def settle_later(self, charge: Charge, key_id, used: dict[str, int], *, now_ms: str = "") -> None:
         """Settle in the background (the response has ended; nothing waits for this)."""
@@ -350,13 +403,14 @@ class Quotas:
 
     async def settle(self, charge: Charge, key_id, used: dict[str, int], *, now_ms: str = "") -> None:
         """Give back what the request did not use, and append its usage (``used``: input, output, cached)."""
-        token_limits = [limit for limit in charge.limits if limit.kind != "rpm"]
+        held = charge.held
         spent = used["input"] + used["output"]
         owner, day = self.policy.owner_id, today(charge.at_ms)
         entry = {"a": self.application_id, "k": key_id, "u": owner, "d": day, "r": 1, **used}
-        keys = [limit.redis_key for limit in token_limits] + [keyspace.usage()]
-        args = [now_ms, charge.at_ms, charge.reserved - spent, len(token_limits)]
-        args += [part for limit in token_limits for part in (limit.kind, limit.capacity)]
+        back = charge.reserved - spent
+        corrected = back and held.token_keys  # nothing to give back or take: only the usage to record
+        keys = [*held.token_keys, keyspace.usage()] if corrected else [keyspace.usage()]
+        args = [now_ms, charge.at_ms, back, held.token_spec if corrected else ""]
         args += [part for item in entry.items() for part in item]
         self.pending.append((keys, args))
         async with self.sending:

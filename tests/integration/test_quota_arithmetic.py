@@ -177,4 +177,4 @@ def test_a_charge_without_limits_asks_nothing_of_redis(loop):
     """No limit: no Redis call on the request's path (an unreachable Redis costs nothing)."""
     quotas = Quotas(redis.asyncio.Redis.from_url("redis://127.0.0.1:1"), "x")
     charge = loop.run_until_complete(quotas.admit(KEY, 40))
-    assert isinstance(charge, Charge) and charge.limits == [] and charge.headers == {}
+    assert isinstance(charge, Charge) and charge.held.limits == [] and charge.headers == {}
