@@ -10,4 +10,8 @@ def trim_logs() -> int:
 def upkeep() -> dict:
     """Trim the logs, move the app servers' usage records into the database, and apply the audit log's
     retention."""
-    return {"log_lines_trimmed": logs.trim_all(), "usage_records": usage.collect(), "audit_pruned": audit.prune()}
+    return {
+        "log_lines_trimmed": logs.trim_all(),
+        "usage_records": usage.collect(wait=True),
+        "audit_pruned": audit.prune(),
+    }

@@ -145,6 +145,8 @@ def load(instance_path: str, overrides: dict | None = None) -> dict:
         "GATEWAY_PORT", "AUDIT_RETENTION_DAYS",
     ):  # fmt: skip
         config[key] = int(config[key])
+    if config["AUDIT_RETENTION_DAYS"] < 0:
+        raise RuntimeError("LLMAPP_AUDIT_RETENTION_DAYS: a number of days, or 0 to keep every entry.")
     if config["QUOTAS_WITHOUT_REDIS"] not in ("serve", "refuse"):
         raise RuntimeError(f"LLMAPP_QUOTAS_WITHOUT_REDIS={config['QUOTAS_WITHOUT_REDIS']!r}: say serve or refuse.")
     if isinstance(config["SERVER_ENV_ALLOW"], str):

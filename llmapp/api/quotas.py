@@ -43,14 +43,14 @@ def set_user_limits(user_id, json: Limits):
 def application_usage(application_id, query: UsageQuery):
     """Requests and tokens of the application per day and key (exact: the limits' own accounting)."""
     application = visible_application(application_id)
-    return UsageReport(**usage_service.as_dict(usage_service.for_application(application, query.days)))
+    return UsageReport(**usage_service.as_dict(usage_service.for_application(application, query.days, wait=True)))
 
 
 @bp.get("/usage")
 @spec.validate(query=UsageQuery, resp=Response(HTTP_200=UsageReport, **ERRORS), tags=USAGE)
 def usage_overview(query: UsageQuery):
     """Usage across applications: an admin's of everyone (or of ``user_id``), a member's of their own."""
-    report = usage_service.overview(g.api_user, query.days, query.user_id)
+    report = usage_service.overview(g.api_user, query.days, query.user_id, wait=True)
     return UsageReport(**usage_service.as_dict(report))
 
 

@@ -96,7 +96,7 @@ def user_limits(email, **limits):
 def app_usage(name, days, as_user, as_json):
     """Requests and tokens of the application NAME per day and key."""
     application = _as_user(applications.find(name), name, as_user)
-    report = usage.for_application(application, days)
+    report = usage.for_application(application, days, wait=True)
     if as_json:
         click.echo(json.dumps({"application": application.name, **usage.as_dict(report)}))
         return

@@ -94,7 +94,8 @@ def _signature(key: bytes, key_digest: str, value: str) -> str:
 def _verified(key: bytes, key_digest: str, entry: bytes) -> str | None:
     """An entry's value, when the platform signed it for this key; None otherwise."""
     signature, _, value = entry.decode(errors="replace").partition(".")
-    return value if hmac.compare_digest(_signature(key, key_digest, value), signature) else None
+    expected = _signature(key, key_digest, value).encode()
+    return value if hmac.compare_digest(expected, signature.encode(errors="replace")) else None
 
 
 QUOTAS_FIELD = "quotas"  # the application's limits (runtime/quotas.py: Policy), beside its keys' digests
@@ -158,10 +159,19 @@ class KeyChecker:
         self.used: dict[str, float] = {}  # key id → last use, written to Redis by flush_used()
         self.unreachable_until = 0.0
         self.quotas = quotas  # a quotas.Quotas, given the limits published with the keys
+        self.forged_policy_seen = False
 
     def _policy(self, entry: bytes | None) -> None:
-        if self.quotas is not None:
-            self.quotas.update(_verified(self.entry_key, QUOTAS_FIELD, entry) if entry is not None else None)
+        """The limits published with the keys. One that is missing or not the platform's changes nothing:
+        the last verified one stays (an entry anyone else wrote, or deleted, never lifts a limit)."""
+        if self.quotas is None:
+            return
+        verified = _verified(self.entry_key, QUOTAS_FIELD, entry) if entry is not None else None
+        if verified is not None:
+            self.quotas.update(verified)
+        elif entry is not None and not self.forged_policy_seen:
+            log.warning("the limits entry in Redis is not the platform's: the last verified limits stay")
+            self.forged_policy_seen = True
 
     async def load(self) -> None:
         """Know every active key up front (best effort), so an outage right after start still serves them."""

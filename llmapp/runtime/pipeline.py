@@ -35,7 +35,7 @@ from .errors import APIError, incorrect_key, key_store_unreachable, missing_key
 from .keys import KeyInfo, KeyStoreUnavailable, bearer_token
 from .plugins import reply_fields
 from .plugins.chain import Blocked, Chain, OutputRewriter, PluginRun
-from .quotas import Charge
+from .quotas import Charge, reservation
 from .request_log import record_request
 from .served import ResponseCache, Served
 from .serving import Endpoint
@@ -283,15 +283,6 @@ async def cache_lookup(ctx: Context) -> bool:
     return False
 
 
-def estimated_prompt_tokens(parsed: openai_api.GenerationRequest) -> int:
-    """A prompt's tokens where no tokenizer counted them (an upstream's): about four bytes a token, and
-    a few for each message's framing. The settlement corrects it with the upstream's own count."""
-    if parsed.prompt is not None:
-        return len(parsed.prompt.encode()) // 4 + 1
-    text = sum(len(str(message.get("content") or "").encode()) for message in parsed.messages or ())
-    return text // 4 + 4 * len(parsed.messages or ()) + 1
-
-
 async def charge(ctx: Context, tokens: int) -> None:
     """Reserve one request and ``tokens`` of every limit the request's key is held to (429 over one)."""
     ctx.charge = await ctx.served.quotas.admit(ctx.key, tokens)
@@ -299,9 +290,12 @@ async def charge(ctx: Context, tokens: int) -> None:
 
 async def reserve(ctx: Context) -> None:
     """The request's tokens, its prompt's and as many as it may generate, against the limits."""
-    if not ctx.outcome.prompt_tokens:
-        ctx.outcome.prompt_tokens = estimated_prompt_tokens(ctx.parsed)
-    await charge(ctx, ctx.outcome.prompt_tokens + ctx.parsed.max_tokens)
+    engine = ctx.served.engine
+    prompt, tokens = reservation(
+        ctx.body, ctx.parsed.max_tokens, ctx.outcome.prompt_tokens, engine.passthrough, engine.max_context
+    )
+    ctx.outcome.prompt_tokens = prompt
+    await charge(ctx, tokens)
 
 
 async def generate(ctx: Context) -> None:

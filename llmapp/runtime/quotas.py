@@ -25,6 +25,7 @@ import redis
 
 from .. import keyspace
 from .errors import APIError
+from .quota_scripts import ADMIT, SETTLE
 
 log = logging.getLogger("llmapp.server")
 
@@ -32,158 +33,6 @@ KINDS = ("rpm", "tpm", "day", "month")
 UNITS = {"rpm": "requests per minute", "tpm": "tokens per minute", "day": "tokens per day", "month": "tokens per month"}
 RATES = ("rpm", "tpm")
 WITHOUT_REDIS = ("serve", "refuse")  # what a server does with a limited key while Redis is unreachable
-USAGE_STREAM_MAX = 200_000  # entries the usage stream keeps when the platform has not drained it
-
-# Shared by both scripts: Redis's clock (or a given one, for the tests), a UTC day's and month's
-# bounds (Howard Hinnant's civil-date algorithms), and a token bucket's level now.
-_PRELUDE = """
-local DAY = 86400000
-local function clock(given)
-  if given ~= '' then return tonumber(given) end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
-  local yoe = y - era * 400
-  local doy = math.floor((153 * ((m + 9) % 12) + 2) / 5) + d - 1
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
-local function period(kind, ms)  -- the counter's suffix and the period's end (ms)
-  local day = math.floor(ms / DAY)
-  if kind == 'day' then return tostring(day), (day + 1) * DAY end
-  local z = day + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local m = mp < 10 and mp + 3 or mp - 9
-  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
-  local finish = m == 12 and days_from_civil(y + 1, 1, 1) or days_from_civil(y, m + 1, 1)
-  return tostring(y * 100 + m), finish * DAY
-end
--- A bucket is one string, "level:time", its level in 1/60000 of a request or token: it refills by its
--- capacity (per minute) each ms, so every quantity is a whole number, exact in a double up to 2^53 (a
--- capacity up to 1.5e11).
-local U = 60000
-local function level(value, cap, now)  -- a bucket's level now, and the time it was last written
-  local l, t
-  if value then l, t = string.match(value, '^(-?%d+):(%d+)$') end
-  l, t = tonumber(l), tonumber(t)
-  if not l then return cap * U, now end
-  if now > t then l = l + (now - t) * cap; t = now end
-  return math.min(l, cap * U), t
-end
-local function write(key, cap, l, t)
-  local full_in = math.ceil((cap * U - math.min(l, cap * U)) / cap)
-  redis.call('SET', key, string.format('%.0f:%.0f', l, t), 'PX', full_in + U)
-end
-local function limits(spec)  -- "rpm=5,day=1000": kinds and capacities
-  local kinds, caps = {}, {}
-  for kind, cap in string.gmatch(spec, '(%a+)=(%d+)') do
-    kinds[#kinds + 1], caps[#caps + 1] = kind, tonumber(cap)
-  end
-  return kinds, caps
-end
-local function names(kinds, ms)  -- each limit's key: a bucket's own, a budget's counter of the period
-  local out, finishes = {}, {}
-  for i = 1, #kinds do
-    if kinds[i] == 'rpm' or kinds[i] == 'tpm' then out[i] = KEYS[i]
-    else
-      local suffix
-      suffix, finishes[i] = period(kinds[i], ms)
-      out[i] = KEYS[i] .. ':' .. suffix
-    end
-  end
-  return out, finishes
-end
-"""
-
-# KEYS: each limit's key. ARGV: the time ('' for Redis's), the request's tokens, the limits ("rpm=5,…",
-# in the order of KEYS). All limits pass, and all are charged, or none is. Answers: the failed limit
-# (1-based, 0 for none), ms until it would pass (-1: never, the request is larger than the limit), the
-# time, then for the headers the requests' limit, remaining and ms to full, and the same for tokens (-1:
-# no limit), as one comma-separated string (cheaper to read than an array). One read (MGET) and one
-# write per limit.
-_ADMIT = (
-    _PRELUDE
-    + """
-local now, tokens = clock(ARGV[1]), tonumber(ARGV[2])
-local kinds, caps = limits(ARGV[3])
-local keys, finishes = names(kinds, now)
-local values = redis.call('MGET', unpack(keys))
-local levels, times, failed, retry = {}, {}, 0, 0
-for i = 1, #kinds do
-  local kind, cap = kinds[i], caps[i]
-  local cost = kind == 'rpm' and 1 or tokens
-  if kind == 'rpm' or kind == 'tpm' then
-    levels[i], times[i] = level(values[i], cap, now)
-    if failed == 0 and cost > 0 and cost * U > levels[i] then
-      failed = i
-      retry = cost > cap and -1 or math.ceil((cost * U - levels[i]) / cap)
-    end
-  else
-    levels[i] = cap - tonumber(values[i] or '0')
-    if failed == 0 and cost > 0 and cost > levels[i] then
-      failed = i
-      retry = cost > cap and -1 or finishes[i] - now
-    end
-  end
-end
-local head = {-1, -1, -1, -1, -1, -1}
-for i = 1, #kinds do
-  local kind, cap = kinds[i], caps[i]
-  local cost = kind == 'rpm' and 1 or tokens
-  if kind == 'rpm' or kind == 'tpm' then
-    if failed == 0 then
-      levels[i] = levels[i] - cost * U
-      write(keys[i], cap, levels[i], times[i])
-    end
-    local at = kind == 'rpm' and 1 or 4
-    local remaining = math.floor(levels[i] / U)
-    if head[at] < 0 or remaining < head[at + 1] then
-      head[at], head[at + 1], head[at + 2] = cap, remaining, math.ceil((cap * U - levels[i]) / cap)
-    end
-  elseif failed == 0 and cost > 0 then
-    if redis.call('INCRBY', keys[i], cost) == cost then  -- the period's first: it goes a day after it ends
-      redis.call('PEXPIREAT', keys[i], finishes[i] + DAY)
-    end
-  end
-end
-return table.concat({failed, retry, string.format('%.0f', now), head[1], head[2], head[3], head[4], head[5],
-  head[6]}, ',')
-"""
-)
-
-# KEYS: the token limits' keys, then the usage stream. ARGV: the time ('' for Redis's), the admission's
-# time, the tokens to give back (negative: to take), the token limits ("tpm=…,day=…"), then the usage
-# entry's fields and values.
-_SETTLE = (
-    _PRELUDE
-    + f"""
-local now, at, back = clock(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local kinds, caps = limits(ARGV[4])
-if back ~= 0 and #kinds > 0 then
-  local keys = names(kinds, at)
-  local values = redis.call('MGET', unpack(keys))
-  for i = 1, #kinds do
-    if kinds[i] == 'tpm' then
-      local l, t = level(values[i], caps[i], now)
-      write(keys[i], caps[i], math.min(l + back * U, caps[i] * U), t)
-    elseif values[i] then
-      redis.call('INCRBY', keys[i], -back)
-    end
-  end
-end
-local entry = {{}}
-for i = 5, #ARGV do entry[#entry + 1] = ARGV[i] end
-redis.call('XADD', KEYS[#kinds + 1], 'MAXLEN', '~', '{USAGE_STREAM_MAX}', '*', unpack(entry))
-return 0
-"""
-)
 
 
 def amount(capacity: int, kind: str) -> str:
@@ -244,6 +93,55 @@ class Policy:
         names the narrowest scope."""
         own = limits_of("key", key.id, key.label or f"#{key.id}", self.keys.get(str(key.id)))
         return own + self.application + self.user
+
+
+UPSTREAM_MAX_TOKENS = 4096  # what an upstream's call without max_tokens reserves (at most its context)
+
+
+def _text_bytes(content) -> int:
+    """The bytes of a message's text: a string, or its text parts (an image's data is not text)."""
+    if isinstance(content, str):
+        return len(content.encode())
+    if isinstance(content, list):
+        parts = [
+            part for part in content if isinstance(part, dict) and part.get("type", "text") in ("text", "input_text")
+        ]
+        return sum(len(str(part.get("text") or "").encode()) for part in parts)
+    return 0
+
+
+def estimated_prompt_tokens(body: dict) -> int:
+    """A prompt's tokens where no tokenizer counted them (an upstream's): about four bytes a token and a
+    few for each message's framing; a prompt of token ids, its length. The settlement corrects it with
+    the engine's own count."""
+    prompt = body.get("prompt")
+    if prompt is not None:
+        prompts = prompt if isinstance(prompt, list) and not all(isinstance(p, int) for p in prompt) else [prompt]
+        total = 0
+        for one in prompts:
+            total += len(one.encode()) // 4 + 1 if isinstance(one, str) else len(one) if isinstance(one, list) else 0
+        return max(total, 1)
+    messages = [message for message in body.get("messages") or () if isinstance(message, dict)]
+    return sum(_text_bytes(message.get("content")) for message in messages) // 4 + 4 * len(messages) + 1
+
+
+def _whole(value, low: int, high: int) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high else None
+
+
+def reservation(body: dict, max_tokens: int, prompt_tokens: int, passthrough: bool, max_context: int):
+    """What a request reserves: (its prompt's tokens, those plus all it may generate). An upstream that
+    judges its own parameters (``passthrough``) is held to what the body asks of it: ``max_tokens`` (or,
+    without one, up to UPSTREAM_MAX_TOKENS) for each of ``n`` choices of each prompt of a batch."""
+    prompt = prompt_tokens or estimated_prompt_tokens(body)
+    if not passthrough:
+        return prompt, prompt + max_tokens
+    limit = _whole(body.get("max_completion_tokens", body.get("max_tokens")), 1, 10**9)
+    limit = limit or min(max_context or UPSTREAM_MAX_TOKENS, UPSTREAM_MAX_TOKENS)
+    choices = _whole(body.get("n"), 1, 128) or 1
+    batch = body.get("prompt")
+    prompts = len(batch) if isinstance(batch, list) and batch and not isinstance(batch[0], int) else 1
+    return prompt, prompt + limit * choices * prompts
 
 
 def duration(ms: int) -> str:
@@ -341,8 +239,8 @@ class Quotas:
         self.policy = Policy()
         self.policy_text: str | None = None
         self.held: dict[tuple, Held] = {}  # key → the limits it is held to, under this policy
-        self._admit = connection.register_script(_ADMIT)
-        self._settle = connection.register_script(_SETTLE)
+        self._admit = connection.register_script(ADMIT)
+        self._settle = connection.register_script(SETTLE)
         self.unreachable_until = 0.0
         self.pending: deque[tuple[list, list]] = deque(maxlen=self.PENDING_MAX)
         self.settling: set[asyncio.Task] = set()
@@ -413,14 +311,29 @@ class Quotas:
         args = [now_ms, charge.at_ms, back, held.token_spec if corrected else ""]
         args += [part for item in entry.items() for part in item]
         self.pending.append((keys, args))
+        if self.sending.locked():
+            return  # the sender under way takes it with its next batch
         async with self.sending:
-            try:
-                while self.pending:
-                    keys, args = self.pending[0]
-                    await self._settle(keys=keys, args=args)
-                    self.pending.popleft()
-            except redis.RedisError as e:
-                log.warning("Redis is unreachable (%s): %d requests' usage kept to record later", e, len(self.pending))
+            while self.pending:
+                await self._send(list(self.pending))
+
+    async def _send(self, batch: list[tuple[list, list]]) -> None:
+        """The settlements waiting, in one round trip (a pipeline): however many requests end at once,
+        one sender keeps up. Kept to send again only when Redis could not be reached (not run at all);
+        a timeout or an error of Redis's drops them (sent twice, they would count twice)."""
+        for _ in batch:
+            self.pending.popleft()
+        try:
+            async with self.connection.pipeline(transaction=False) as pipe:
+                for keys, args in batch:
+                    await self._settle(keys=keys, args=args, client=pipe)
+                await pipe.execute()
+        except redis.ConnectionError as e:
+            self.pending.extendleft(reversed(batch))
+            log.warning("Redis is unreachable (%s): %d requests' usage kept to record later", e, len(self.pending))
+            await asyncio.sleep(self.RETRY_S)
+        except redis.RedisError as e:
+            log.error("Redis refused the usage of %d requests (%s): not recorded", len(batch), e)
 
     async def close(self) -> None:
         """Wait for the settlements under way (at shutdown)."""

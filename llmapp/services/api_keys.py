@@ -16,7 +16,7 @@ from . import NotFound, publish_before_commit, routing
 PUBLISH_LOCK_S = 10  # the longest a publish of one application's keys may hold its lock
 
 
-def _publishing(application_id):
+def publishing(application_id):
     """One publisher of an application's keys at a time: each reads the keys and writes them whole, so a
     publish that read before another's commit must not write after it (it would drop a new key)."""
     return queues.connection().lock(
@@ -28,23 +28,22 @@ def publish_and_commit(application: Application, failure: str) -> None:
     """Publish the keys as the session holds them, then commit, with no other publish in between."""
 
     def publish_then_commit():
-        with _publishing(application.id):
+        with publishing(application.id):
             _publish(application)
             db.session.commit()
 
     publish_before_commit(publish_then_commit, failure)
 
 
-def publish_uncommitted(application: Application) -> None:
-    """Publish the keys as the session holds them, uncommitted (the caller commits, or rolls back on a
-    Redis error: services.publish_before_commit)."""
-    with _publishing(application.id):
-        _publish(application)
+def publish_locked(application: Application) -> None:
+    """Publish the keys as the session holds them, under the application's ``publishing`` lock that the
+    caller holds until it commits (services/quotas.py: a person's limits reach all their applications)."""
+    _publish(application)
 
 
 def publish_keys(application: Application) -> None:
     """Give the running servers and the gateways the application's active keys, as committed."""
-    with _publishing(application.id):
+    with publishing(application.id):
         db.session.commit()  # read what is committed now, not an older snapshot of this session's
         _publish(application)
 

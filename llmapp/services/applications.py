@@ -407,11 +407,9 @@ def update(application: Application, data: dict, author: User | None = None) -> 
             name=data["name"].strip(), description=data.get("description") or "", model_id=data["model_id"],
             config=_config(data),
         )  # fmt: skip
-        audit.record(
-            "application.update",
-            application,
-            audit.diff(before, audit_view(after, application.env_vars if env is None else env)),
-        )
+        changed = audit.diff(before, audit_view(after, application.env_vars if env is None else env))
+        if changed:
+            audit.record("application.update", application, changed)
         if env is None:
             return
         # The conditional UPDATE above holds the row; the environment changes in the same transaction.

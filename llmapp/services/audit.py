@@ -128,9 +128,12 @@ def _plugin_name(row) -> str:
 
 
 def _plugin_secrets(row) -> tuple[str, ...]:
+    """The config is secret when the plugin's type has secret settings, now or before this change (a
+    type changed away from one with a secret must not show the old secret's ciphertext)."""
     from ..runtime import plugins as plugin_types
 
-    return ("config",) if plugin_types.secret_settings(row.type) else ()
+    types = {row.type, *inspect(row).attrs.type.history.deleted}
+    return ("config",) if any(t in plugin_types.TYPES and plugin_types.secret_settings(t) for t in types) else ()
 
 
 AUDITED = {
@@ -166,7 +169,7 @@ AUDITED = {
     ),
     ApplicationPlugin: Audited(
         "attachment",
-        ("plugin_id", "config", "enabled"),
+        ("plugin_id", "position", "config", "enabled"),
         _in_application(_plugin_name),
         _owner_of_application,
         secrets=lambda r: ("config",),  # an override may hold a plugin's setting: its values stay out

@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 from flask import current_app
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from .. import engines
 from ..extensions import db
@@ -135,7 +136,11 @@ def install(name: str, acting, echo: Callable[[str], None] = lambda line: None) 
         _open_to_servers(version_dir)
         _make_current(name, version_dir)
         audit.record("engine.install", ("engine", name), {"version": (None, version)})
-        db.session.commit()
+        try:
+            db.session.commit()
+        except SQLAlchemyError:  # a host that installs before its database is set up
+            db.session.rollback()
+            echo("(not written to the audit log: the database can't be reached)")
         echo(f"{name} {version} installed in {venv_dir(name)} ({marker['seconds']:g} s)")
         return marker
 

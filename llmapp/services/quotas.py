@@ -3,6 +3,8 @@ a user across their applications. Set here (pages, API and CLI alike), published
 by the app servers in Redis (llmapp/runtime/quotas.py), so a change applies to the next request.
 """
 
+import contextlib
+
 from ..extensions import db
 from ..models import ApiKey, Application, Limited, User
 from . import NotFound, publish_before_commit, refuse, require_admin
@@ -73,6 +75,8 @@ def set_key_limits(application: Application, key_id: int, values: dict) -> ApiKe
     :raise ServiceError: Redis is unreachable (nothing changed)."""
     limits = checked(values)
     key = keys_service.find_key(application, key_id)
+    if key.purpose != "user":  # the playground's own keys are the platform's
+        raise NotFound("No such key.")
     if key.revoked_at is not None:
         raise NotFound("No such key: it was revoked.")
     if assign(key, limits):
@@ -96,9 +100,28 @@ def set_user_limits(user: User, values: dict, *, acting) -> User:
     require_admin(acting, ADMIN_ONLY)
     limits = checked(values)
     if assign(user, limits):
-        owned = db.session.scalars(db.select(Application).where(Application.created_by_id == user.id)).all()
-        publish_before_commit(lambda: [keys_service.publish_uncommitted(a) for a in owned], "Nothing changed")
-        db.session.commit()
+        owned = db.session.scalars(
+            db.select(Application).where(Application.created_by_id == user.id).order_by(Application.id)
+        ).all()
+        with contextlib.ExitStack() as held:
+            # Every application's publish lock, in one order, until the commit: no other publish of theirs
+            # writes what it read before this change after it (which would bring back the old limits).
+            for application in owned:
+                held.enter_context(keys_service.publishing(application.id))
+
+            def publish_all():
+                try:
+                    for application in owned:
+                        keys_service.publish_locked(application)
+                except Exception:
+                    db.session.rollback()  # what was published already goes back to what is committed
+                    for application in owned:
+                        with contextlib.suppress(Exception):
+                            keys_service.publish_locked(application)
+                    raise
+
+            publish_before_commit(publish_all, "Nothing changed")
+            db.session.commit()
     return user
 
 

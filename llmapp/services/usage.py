@@ -8,8 +8,10 @@ position already passed). Pages, the API and the CLI collect before they read, s
 request that has ended.
 """
 
+import contextlib
 import csv
 import io
+import logging
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -17,10 +19,12 @@ from datetime import date, timedelta
 
 from .. import keyspace, queues
 from ..extensions import db
-from ..models import ApiKey, Application, UsageCursor, UsageDay, User, utcnow
+from ..models import MAX_ID, ApiKey, Application, UsageCursor, UsageDay, User, utcnow
 
 BATCH = 5000  # stream entries read at a time
+MAX_BATCHES = 20  # a collection's most (the upkeep job's next one goes on)
 COLLECT_LOCK_S = 60
+log = logging.getLogger(__name__)
 COUNTS = ("requests", "input_tokens", "output_tokens", "cached_tokens")
 FIELDS = {"r": "requests", "input": "input_tokens", "output": "output_tokens", "cached": "cached_tokens"}
 CSV_COLUMNS = ("day", "application", "key", "owner", *COUNTS)
@@ -28,45 +32,86 @@ DEFAULT_DAYS = 30
 MAX_DAYS = 366
 
 
-def collect() -> int:
+def collect(wait: bool = False) -> int:
     """Move what the stream holds into the day rows; the number of records moved.
 
-    Best effort when Redis is unreachable (the pages show what the database has).
+    A page does not wait for a collection under way elsewhere (``wait``: the upkeep job does); best effort
+    when Redis or the database fails (the pages show what the database has, and the next one goes on).
     """
     import redis
+    from sqlalchemy.exc import SQLAlchemyError
 
     try:
         connection = queues.connection()
-        with connection.lock(keyspace.usage_lock(), timeout=COLLECT_LOCK_S, blocking_timeout=COLLECT_LOCK_S):
+        lock = connection.lock(keyspace.usage_lock(), timeout=COLLECT_LOCK_S)
+        if not lock.acquire(blocking=wait, blocking_timeout=COLLECT_LOCK_S if wait else None):
+            return 0
+        try:
             return _collect(connection)
+        finally:
+            with contextlib.suppress(redis.RedisError):
+                lock.release()
     except redis.RedisError:
+        return 0
+    except SQLAlchemyError:
+        db.session.rollback()
+        log.exception("the usage records could not be added; the next collection tries again")
         return 0
 
 
+MAX_COUNT = 2**53  # a count past this is no request's (a forged or corrupt record)
+
+
+def _record(fields: dict) -> tuple[tuple, dict] | None:
+    """A stream record's row (day, application, key) and counts; None for one that is malformed."""
+    try:
+        record = {k.decode(): v.decode() for k, v in fields.items()}
+        row_key = (date.fromisoformat(record["d"]), uuid.UUID(record["a"]), int(record.get("k") or 0))
+        counts = {column: int(record.get(field) or 0) for field, column in FIELDS.items()}
+        owner = record.get("u", "")
+        user_id = int(owner) if owner.isdigit() and len(owner) < 12 else None
+    except (KeyError, ValueError, UnicodeDecodeError):
+        return None
+    if not 0 <= row_key[2] <= MAX_ID or not all(0 <= n < MAX_COUNT for n in counts.values()):
+        return None
+    if user_id is not None and user_id > MAX_ID:
+        user_id = None
+    return row_key, {**counts, "user_id": user_id}
+
+
 def _collect(connection) -> int:
-    cursor = db.session.get(UsageCursor, 1) or UsageCursor(id=1, last_id="0-0")
+    """Batches of the stream into the rows. The position moves only from where this collection found it
+    (a conditional UPDATE), in the rows' transaction: a second collector (its lock expired) adds nothing twice."""
     moved = 0
-    while True:
-        entries = connection.xrange(keyspace.usage(), min=f"({cursor.last_id}", count=BATCH)
+    for _ in range(MAX_BATCHES):
+        cursor = db.session.get(UsageCursor, 1)
+        start = cursor.last_id if cursor else "0-0"
+        entries = connection.xrange(keyspace.usage(), min=f"({start}", count=BATCH)
         if not entries:
             break
-        sums: dict[tuple, dict] = defaultdict(lambda: dict.fromkeys(COUNTS, 0))
-        for entry_id, fields in entries:
-            record = {k.decode(): v.decode() for k, v in fields.items()}
-            try:
-                row_key = (date.fromisoformat(record["d"]), uuid.UUID(record["a"]), int(record.get("k") or 0))
-                counts = sums[row_key]
-                for field, column in FIELDS.items():
-                    counts[column] += int(record.get(field) or 0)
-                counts["user_id"] = int(record["u"]) if record.get("u", "").isdigit() else None
-            except (KeyError, ValueError):
-                pass  # a malformed record counts for nothing, and is passed over
-            cursor.last_id = entry_id.decode()
+        sums: dict[tuple, dict] = {}
+        for _, fields in entries:
+            parsed = _record(fields)
+            if parsed is None:
+                continue  # a malformed record counts for nothing, and is passed over
+            row_key, counts = parsed
+            total = sums.setdefault(row_key, {**dict.fromkeys(COUNTS, 0), "user_id": None})
+            for column in COUNTS:
+                total[column] += counts[column]
+            total["user_id"] = total["user_id"] or counts["user_id"]
         _add(sums)
-        db.session.add(cursor)
+        last = entries[-1][0].decode()
+        if cursor is None:
+            db.session.add(UsageCursor(id=1, last_id=last))
+        elif not db.session.execute(
+            db.update(UsageCursor).where(UsageCursor.id == 1, UsageCursor.last_id == start).values(last_id=last)
+        ).rowcount:
+            db.session.rollback()  # another collection moved it meanwhile: its counts stand, not these
+            break
         db.session.commit()
+        db.session.expire_all()
         moved += len(entries)
-        connection.xtrim(keyspace.usage(), minid=cursor.last_id)  # what is counted; the last one stays
+        connection.xtrim(keyspace.usage(), minid=last)  # what is counted; the last one stays
     return moved
 
 
@@ -92,6 +137,8 @@ def _add(sums: dict[tuple, dict]) -> None:
                 **dict.fromkeys(COUNTS, 0),
             )
             db.session.add(row)
+        elif row.user_id is None:
+            row.user_id = counts["user_id"]
         for column in COUNTS:
             setattr(row, column, getattr(row, column) + counts[column])
 
@@ -134,17 +181,18 @@ def span(days: int | str | None) -> tuple[date, date]:
     return today - timedelta(days=count - 1), today
 
 
-def for_application(application: Application, days=None) -> Report:
-    """The application's usage (its owner and admins see it: the caller checked that)."""
+def for_application(application: Application, days=None, wait: bool = False) -> Report:
+    """The application's usage (its owner and admins see it: the caller checked that). ``wait``: for a
+    collection under way elsewhere (a script wants every ended request; a page shows what there is)."""
     since, until = span(days)
-    collect()
+    collect(wait)
     return Report(_rows(UsageDay.application_id == application.id, since, until), since, until)
 
 
-def overview(acting, days=None, user_id: int | None = None) -> Report:
+def overview(acting, days=None, user_id: int | None = None, wait: bool = False) -> Report:
     """Usage across applications: an admin's of everyone (or of ``user_id``), a member's of their own."""
     since, until = span(days)
-    collect()
+    collect(wait)
     if not acting.is_admin:
         user_id = acting.id
     condition = UsageDay.user_id == user_id if user_id is not None else db.true()

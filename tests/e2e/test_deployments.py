@@ -239,7 +239,8 @@ def check_the_playground(app, client, application, owner):
         plain = secrets_box.decrypt(connection.get(keyspace.playground(application.id, owner.id, "key")).decode())
     for text in (sent.text, reply.text, second_reply.text, page, client.get(f"/applications/{application.id}").text):
         assert plain not in text
-    assert "playground ·" not in page.split('id="api-keys"')[1]  # not among the user's keys
+    keys_section = page.split('id="api-keys"')[1].split('id="usage"')[0]
+    assert "playground ·" not in keys_section  # not among the user's keys (its usage is counted, below them)
 
     # A reply streams once; bad input is refused at the field, and nothing is sent.
     assert "This reply has ended" in sse_events(client.get(stream_url).text)[-1][1]

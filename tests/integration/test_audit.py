@@ -147,3 +147,33 @@ def test_entries_are_kept_until_the_retention_setting_says(app, member, factory)
         app.config["AUDIT_RETENTION_DAYS"] = 30
         assert audit.prune() == 1
         assert db.session.scalar(db.select(db.func.count()).select_from(AuditEntry)) == 1
+
+
+def test_a_plugin_whose_type_changes_never_shows_its_old_secret(app, client, auth, member):
+    auth.login(member)
+    webhook = plugin_form(
+        "webhook_audit", name="hook", **{"config-url": "https://audit.example/hook", "config-secret": SECRETS[1]}
+    )
+    assert client.post("/plugins/new", data=webhook).status_code == 303
+    plugin = stored_plugin(app, "hook")
+    from flask import g
+
+    from llmapp.models import Plugin
+
+    with app.test_request_context():  # as an edit that changed the type would store it
+        g.audit_actor = audit.Actor(member.id, member.email, "127.0.0.1")
+        row = db.session.get(Plugin, plugin.id)
+        row.type, row.config = "system_prompt", {"prompt": "Be brief."}
+        db.session.commit()
+    change = [e for e in entries(app) if e.action == "plugin.update"][-1]
+    assert change.changes["config"] == ["changed", "changed"]
+    assert "gAAAA" not in json.dumps(change.changes) and "audit.example" not in json.dumps(change.changes)
+
+
+def test_a_negative_retention_is_refused_at_start_up(tmp_path):
+    import pytest
+
+    from llmapp import config
+
+    with pytest.raises(RuntimeError, match="LLMAPP_AUDIT_RETENTION_DAYS"):
+        config.load(str(tmp_path), {"AUDIT_RETENTION_DAYS": -1, "SECRET_KEY": "x"})

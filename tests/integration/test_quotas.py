@@ -20,7 +20,7 @@ from llmapp import keyspace
 from llmapp.extensions import db
 from llmapp.models import ApiKey, Application, UsageDay
 from llmapp.runtime import keys
-from llmapp.runtime.quotas import Quotas
+from llmapp.runtime.quotas import Quotas, reservation
 from llmapp.services import api_keys, quotas, usage
 
 
@@ -101,6 +101,16 @@ def test_a_policy_the_platform_did_not_sign_limits_nothing_and_a_signed_one_appl
         assert b"key laptop: 1 request per minute" in client.body()
         headers = dict(next(m for m in client.sent if m["type"] == "http.response.start")["headers"])
         assert headers[b"x-ratelimit-limit-requests"] == b"1" and headers[b"retry-after"]
+        # Deleting the entry, or writing junk over it (a signature that is not even ASCII), lifts nothing.
+        for tampered in (None, "\xff\xfe." + json.dumps({}), "junk"):
+            if tampered is None:
+                connection.hdel(keyspace.api_keys(application_id), keys.QUOTAS_FIELD)
+            else:
+                connection.hset(keyspace.api_keys(application_id), keys.QUOTAS_FIELD, tampered)
+            client = Client(chat())
+            ctx = context(state, client)
+            await (await pipeline_run(ctx))(ctx.request.scope, client.receive, client.send)
+            assert ctx.outcome.status == 429, tampered
         await state.quotas.close()
 
     asyncio.run(scenario())
@@ -208,3 +218,31 @@ def test_each_member_sees_their_own_usage_and_the_csv_cannot_run_formulas(app, c
     api = client.get("/api/v1/usage", headers=bearer(token_for(app, member))).get_json()
     assert api["totals"]["requests"] == 1 and api["rows"][0]["application"] == "mine"
     assert quotas.describe({}) == "no limits"
+
+
+def test_malformed_usage_records_are_passed_over_and_the_rest_counted(app, member, factory):
+    application = factory.application(member, factory.model(), name="robust")
+    connection = redis.Redis.from_url(app.config["REDIS_URL"])
+    good = {"a": str(application.id), "k": "0", "u": str(member.id), "d": "2026-12-02", "r": 1, "input": 3, "output": 4}
+    connection.xadd(keyspace.usage(), {**good, "a": b"\xff\xfe"})  # not UTF-8
+    connection.xadd(keyspace.usage(), {**good, "input": str(2**70)})  # past any column
+    connection.xadd(keyspace.usage(), {**good, "k": str(2**40)})  # no key's id
+    connection.xadd(keyspace.usage(), {**good, "u": ""})  # no owner: the next record's names it
+    connection.xadd(keyspace.usage(), good)
+    with app.app_context():
+        assert usage.collect() == 5
+        row = db.session.scalar(db.select(UsageDay).where(UsageDay.application_id == application.id))
+        assert (row.requests, row.input_tokens, row.output_tokens, row.user_id) == (2, 6, 8, member.id)
+
+
+def test_what_an_upstream_request_reserves():
+    """An upstream judges its own parameters: it is held to what the body asks of it."""
+    chat_body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "a" * 400},
+                 {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 100000}}]}]}  # fmt: skip
+    assert reservation(chat_body, 16, 0, True, 8192) == (105, 105 + 4096)  # no max_tokens: up to 4,096
+    assert reservation({**chat_body, "max_tokens": 10, "n": 3}, 16, 0, True, 8192) == (105, 135)
+    batch = {"prompt": ["a" * 40, "b" * 40], "max_tokens": 5}
+    assert reservation(batch, 16, 0, True, 8192) == (22, 22 + 5 * 2)
+    assert reservation({"prompt": [1, 2, 3], "max_tokens": 5}, 16, 0, True, 8192) == (3, 8)
+    assert reservation({"prompt": [[1, 2], [3]], "max_tokens": 5}, 16, 0, True, 100) == (3, 13)
+    assert reservation({"prompt": "x"}, 7, 12, False, 8192) == (12, 19)  # a tokenizer counted: exact
