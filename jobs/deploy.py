@@ -1,7 +1,7 @@
 """Deployment jobs: thin wrappers over the deploy, reconcile and server-process services (the worker
 provides the app context)."""
 
-from llmapp.services import deployments, reconcile, replicas, server_processes, stops
+from llmapp.services import deployments, hosts, reconcile, replicas, server_processes, stops
 
 
 def deploy_application(application_id: str, deploy_id: str, release: int | None = None) -> str:
@@ -22,6 +22,10 @@ def stop_application(application_id: str) -> str:
 
 def reconcile_host(host: str) -> dict:
     return reconcile.reconcile(host)
+
+
+def recover_hosts() -> dict:
+    return hosts.recover_locked()
 
 
 def kill_process(pid: int, application_id: str) -> None:

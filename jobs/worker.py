@@ -8,6 +8,7 @@ Run one or more on every machine that should serve applications (see README, "Mo
 Like the web app it follows LLMAPP_ENV (default production: SECRET_KEY is required).
 """
 
+import contextlib
 import logging
 import os
 import threading
@@ -42,19 +43,30 @@ class AppWorker(Worker):
 
 
 def schedule_reconcile(app, stop: threading.Event) -> None:
-    """Every RECONCILE_INTERVAL_S, queue one reconcile for this host, unless one already waits there
-    (the reconcile clears the mark when it starts; the mark's TTL covers a lost job); and every
-    LOG_TRIM_INTERVAL_S one trim of every application's log, for the whole platform (the same mark).
-    It outlives Redis outages: an error is logged once and the loop carries on."""
+    """Every HOST_HEARTBEAT_S, announce this host (services/hosts.py) and queue one recovery of the
+    replicas of hosts that are down; every RECONCILE_INTERVAL_S, queue one reconcile for this host,
+    unless one already waits there (the reconcile clears the mark when it starts; the mark's TTL covers a
+    lost job); and every LOG_TRIM_INTERVAL_S the platform's upkeep (the same mark). It outlives Redis
+    outages: an error is logged once and the loop carries on."""
     from llmapp import keyspace, queues
+    from llmapp.services import hosts
 
     interval, trim_every = app.config["RECONCILE_INTERVAL_S"], app.config["LOG_TRIM_INTERVAL_S"]
+    heartbeat_every = app.config["HOST_HEARTBEAT_S"]
     failing = False
-    next_trim = time.monotonic()
+    next_trim = next_heartbeat = next_reconcile = time.monotonic()
     with app.app_context():
         host = queues.this_host()
-        while not stop.wait(interval):
+        while not stop.wait(min(interval, heartbeat_every, 1.0)):
             try:
+                if time.monotonic() >= next_heartbeat:  # this host is up; a recovery of those that are not
+                    next_heartbeat = time.monotonic() + heartbeat_every
+                    hosts.announce()
+                    if queues.connection().set(keyspace.recover_queued(), "1", nx=True, ex=60):
+                        queues.queue().enqueue("jobs.deploy.recover_hosts", job_timeout=300, result_ttl=60)
+                if time.monotonic() < next_reconcile:
+                    continue
+                next_reconcile = time.monotonic() + interval
                 if queues.connection().set(
                     keyspace.reconcile_queued(host), "1", nx=True, ex=max(60, int(interval * 10))
                 ):
@@ -98,6 +110,10 @@ def main() -> None:
     logging.basicConfig(level=os.environ.get("LLMAPP_WORKER_LOG_LEVEL", "INFO"))
     with app.app_context():
         names = [queues.host_queue_name(queues.this_host()), queues.DEFAULT_QUEUE]
+        from llmapp.services import hosts
+
+        with contextlib.suppress(redis.RedisError):
+            hosts.announce()  # known before the first deploy is placed
         stop = threading.Event()
         threading.Thread(target=schedule_reconcile, args=(app, stop), daemon=True, name="reconcile").start()
         try:

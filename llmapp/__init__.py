@@ -85,6 +85,7 @@ def register_blueprints(app: Flask) -> None:
     from .api.page import page_bp as api_page_bp
     from .applications import bp as applications_bp
     from .auth import bp as auth_bp
+    from .hosts import bp as hosts_bp
     from .plugins import bp as plugins_bp
     from .prometheus import bp as prometheus_bp
     from .registry import bp as registry_bp
@@ -98,6 +99,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(prometheus_bp)
     app.register_blueprint(users_bp)
     app.register_blueprint(reports_bp)
+    app.register_blueprint(hosts_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(api_page_bp)
 

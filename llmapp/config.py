@@ -66,6 +66,10 @@ DEFAULTS = {
     # them (a log line says so) or "refuse" it (503). Serve: an outage of the counter should not take every
     # application down; the keys themselves still hold (README, "Quotas").
     "QUOTAS_WITHOUT_REDIS": "serve",
+    # Workers announce their host every HOST_HEARTBEAT_S; a host silent for HOST_DOWN_AFTER_S is down
+    # (its replicas lost, their applications placed again elsewhere).
+    "HOST_HEARTBEAT_S": 5,
+    "HOST_DOWN_AFTER_S": 30,
     # Audit log entries older than this many days are deleted (0: kept for ever).
     "AUDIT_RETENTION_DAYS": 0,
 }
@@ -110,6 +114,8 @@ ENVIRONMENT = {
     "LLMAPP_SERVER_MAX_CONNECTIONS": "SERVER_MAX_CONNECTIONS",
     "LLMAPP_QUOTAS_WITHOUT_REDIS": "QUOTAS_WITHOUT_REDIS",
     "LLMAPP_AUDIT_RETENTION_DAYS": "AUDIT_RETENTION_DAYS",
+    "LLMAPP_HOST_HEARTBEAT_S": "HOST_HEARTBEAT_S",
+    "LLMAPP_HOST_DOWN_AFTER_S": "HOST_DOWN_AFTER_S",
 }
 
 REDIS_URL_FILE = "redis.url"  # where `python app.py` publishes its embedded Redis for the CLI and workers
@@ -137,7 +143,7 @@ def load(instance_path: str, overrides: dict | None = None) -> dict:
     for key in (
         "DEPLOY_TIMEOUT_S", "STOP_GRACE_S", "RECONCILE_INTERVAL_S", "MAX_REQUEST_MB", "METRICS_FLUSH_S",
         "LOG_HEARTBEAT_S", "LOG_STREAM_BLOCK_S", "SERVER_HEADER_TIMEOUT_S", "SERVER_KEEP_ALIVE_S",
-        "LOG_TRIM_INTERVAL_S",
+        "LOG_TRIM_INTERVAL_S", "HOST_HEARTBEAT_S", "HOST_DOWN_AFTER_S",
     ):  # fmt: skip
         config[key] = float(config[key])
     for key in (

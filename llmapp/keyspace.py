@@ -123,3 +123,22 @@ def usage() -> str:
 
 def usage_lock() -> str:
     return f"{PREFIX}:usage-lock"
+
+
+def host(name: str) -> str:
+    """A host's announcement (services/hosts.py): JSON, with a day's TTL, renewed every few seconds."""
+    return f"{PREFIX}:host:{name}"
+
+
+def hosts() -> str:
+    """The set of the names of hosts that announced themselves."""
+    return f"{PREFIX}:hosts"
+
+
+def recover_queued() -> str:
+    """Set while a recovery of down hosts' replicas waits in the queue, so at most one waits."""
+    return f"{PREFIX}:recover-queued"
+
+
+def recover_lock() -> str:
+    return f"{PREFIX}:recover-lock"

@@ -114,3 +114,20 @@ class AuditEntryOut(BaseModel):
 
 class AuditPage(BaseModel):
     items: list[AuditEntryOut]
+
+
+class HostOut(BaseModel):
+    name: str
+    address: str
+    up: bool
+    seconds_since: float = Field(description="Since its last announcement (its worker's heartbeat).")
+    cpus: int
+    memory_bytes: int
+    memory_available_bytes: int
+    gpus: list[dict]
+    engines: list[str] = Field(description="The managed engines installed there.")
+    replicas: list[dict] = Field(description="Each replica it runs: application, release, status, port.")
+
+
+class HostList(BaseModel):
+    items: list[HostOut]

@@ -1,15 +1,15 @@
-"""/api/v1/…/limits, …/usage and /audit: an application's and a person's limits, usage per day and key,
-and the audit log."""
+"""/api/v1/…/limits, …/usage, /audit and /hosts: an application's and a person's limits, usage per day and
+key, the audit log, and the hosts."""
 
 from flask import g
 from spectree import Response
 
-from ..services import audit, quotas, users
+from ..services import audit, hosts, quotas, users
 from ..services import usage as usage_service
-from . import ADMIN_BODY_ERRORS, BODY_ERRORS, ERRORS, bp, spec
+from . import ADMIN_BODY_ERRORS, ADMIN_ERRORS, BODY_ERRORS, ERRORS, bp, spec
 from .applications import visible_application
 from .keys import limits_out
-from .quota_schemas import AuditPage, AuditQuery, Limits, LimitsOut, UsageQuery, UsageReport
+from .quota_schemas import AuditPage, AuditQuery, HostList, Limits, LimitsOut, UsageQuery, UsageReport
 from .schemas import Problem
 
 LIMITS, USAGE = ["limits"], ["usage"]
@@ -60,3 +60,10 @@ def audit_log(query: AuditQuery):
     """The audit log, newest first: an admin's of every change, a member's of changes to their own things."""
     filters = audit.Filters(**query.model_dump())
     return AuditPage(items=[audit.as_dict(entry) for entry in audit.entries(g.api_user, filters)])
+
+
+@bp.get("/hosts")
+@spec.validate(resp=Response(HTTP_200=HostList, **ADMIN_ERRORS), tags=["hosts"])
+def list_hosts():
+    """Every host that announced itself: up or down, its CPUs, memory, GPUs, engines and replicas (admins)."""
+    return HostList(items=[host.as_dict() for host in hosts.list_hosts(g.api_user)])

@@ -96,6 +96,11 @@ class ApplicationIn(Strict):
     threads: Whole | None = _bounded("threads")
     gpu_memory_share: Whole | None = _bounded("gpu_memory_share")
     tensor_parallel: Whole | None = _bounded("tensor_parallel")
+    host: str | None = Field(
+        None,
+        json_schema_extra={"pattern": "^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"},
+        description="The host it is pinned to (GET /api/v1/hosts); empty: any host that fits.",
+    )
     log_lines: Whole | None = _bounded("log_lines")
     log_days: Whole | None = _bounded("log_days")
     env: list[EnvVarIn] = Field(default_factory=list, json_schema_extra={"maxItems": applications.MAX_ENV_VARS})

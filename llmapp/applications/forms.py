@@ -101,6 +101,7 @@ class ApplicationForm(PlatformForm):
     threads = _number("threads")
     gpu_memory_share = _number("gpu_memory_share")
     tensor_parallel = _number("tensor_parallel")
+    host = SelectField(applications.LABELS["host"], validate_choice=False)
     log_lines = _number("log_lines")
     log_days = _number("log_days")
     # No max_entries: rows past the limit would be dropped without a word; the service counts them.
@@ -110,10 +111,15 @@ class ApplicationForm(PlatformForm):
     # Which plugins run; their order and per-application settings are on the application's page.
     plugins = SelectMultipleField("Plugins", coerce=_plugin_id, validate_choice=False)
 
-    def __init__(self, *args, owner_id: int, application_id=None, models=(), plugin_choices=(), **kwargs):
+    def __init__(self, *args, owner_id: int, application_id=None, models=(), plugin_choices=(), hosts=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.owner_id, self.application_id = owner_id, application_id
         self.model_id.choices = [(m.id, m.name) for m in models]
+        # Any host that fits, or one that announced itself (a pin to one gone since stays offered).
+        names = [host.name for host in hosts]
+        if self.host.data and self.host.data not in names:
+            names.append(self.host.data)
+        self.host.choices = [("", "Any host that fits")] + [(name, name) for name in names]
         self.plugins.choices = list(plugin_choices)
 
     def validate_plugins(self, field):

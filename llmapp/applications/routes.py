@@ -17,6 +17,7 @@ from ..services import (
     api_keys,
     applications,
     deployments,
+    hosts,
     lifecycle,
     playground,
     plugins,
@@ -55,6 +56,7 @@ def _form(application=None, **kwargs) -> ApplicationForm:
         owner_id=application.created_by_id if application else current_user.id,
         application_id=application.id if application else None,
         models=registry.list_models(),
+        hosts=hosts.offered(),
         plugin_choices=[
             (plugin.id, f"{plugin.name} — {plugin_types.TYPES[plugin.type].title}")
             for plugin in plugins.choosable(application, current_user)

@@ -35,6 +35,7 @@ apps_cli = ServiceCommands("apps", help="Deploy, stop and inspect applications (
 keys_cli = ServiceCommands("keys", help="API keys of an application's endpoint.")
 tokens_cli = ServiceCommands("tokens", help="Personal access tokens for the REST API (/api/v1).")
 audit_cli = ServiceCommands("audit", help="The audit log: who changed what.")
+hosts_cli = ServiceCommands("hosts", help="The hosts whose workers run app servers.")
 engines_cli = ServiceCommands("engines", help="Managed engines (llama.cpp, vLLM, transformers serve) on this host.")
 apps_cli.add_command(keys_cli)
 
@@ -50,4 +51,5 @@ def register(app: Flask) -> None:
     app.cli.add_command(demo_cli)
     app.cli.add_command(engines_cli)
     app.cli.add_command(audit_cli)
+    app.cli.add_command(hosts_cli)
     app.cli.add_command(setup)

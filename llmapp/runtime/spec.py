@@ -35,6 +35,7 @@ class ServingConfig:
     threads: int = 0  # CPU threads; 0: the engine's default
     gpu_memory_share: int = 90  # percent of each GPU's memory the engine may take (vLLM)
     tensor_parallel: int = 1  # GPUs the model is split across (vLLM)
+    host: str = ""  # the host the application is pinned to (services/hosts.py); "": any host that fits
     log_lines: int = 2000  # the application's log keeps at most this many lines…
     log_days: float = 7  # …and none older than this
 

@@ -22,6 +22,7 @@ from . import (
     Taken,
     audit,
     environment,
+    hosts,
     lifecycle,
     recommendations,
     refuse,
@@ -53,6 +54,7 @@ LABELS = {
     "threads": "CPU threads",
     "gpu_memory_share": "GPU memory share (%)",
     "tensor_parallel": "Tensor-parallel GPUs",
+    "host": "Host",
     "log_lines": "Log lines kept",
     "log_days": "Log days kept",
 }
@@ -286,6 +288,10 @@ def check(data: dict, owner_id: int, application_id=None) -> dict:
         if value not in choices:
             errors[field].append("Choose one of: " + ", ".join(choices) + ".")
         clean[field] = value
+    pin_errors: list[str] = []
+    clean["host"] = hosts.checked_pin(data.get("host"), defaults["host"], pin_errors)
+    if pin_errors:
+        errors["host"] = pin_errors
     clean["env"] = _check_env(data.get("env") or [], errors, text)
     refuse(errors, taken={"name"} if errors.get("name") == [taken_message(clean["name"])] else set())
     return clean
@@ -389,7 +395,7 @@ def update(application: Application, data: dict, author: User | None = None) -> 
     :raise Taken: another request took the name meanwhile.
     """
     releases.begin(application)  # the setup before this edit, for one from before releases
-    before = audit_view(application, application.env_vars)
+    before = audit.application_view(application, application.env_vars)
     kept_env = "env" not in data  # left out: the variables stay as they are
     note = data.get("note") or "Edited"
     data = check({"description": application.description, **data}, application.created_by_id, application.id)
@@ -407,7 +413,7 @@ def update(application: Application, data: dict, author: User | None = None) -> 
             name=data["name"].strip(), description=data.get("description") or "", model_id=data["model_id"],
             config=_config(data),
         )  # fmt: skip
-        changed = audit.diff(before, audit_view(after, application.env_vars if env is None else env))
+        changed = audit.diff(before, audit.application_view(after, application.env_vars if env is None else env))
         if changed:
             audit.record("application.update", application, changed)
         if env is None:
@@ -447,18 +453,6 @@ def delete(application: Application) -> None:
     audit.record("application.delete", application)  # committed with the delete, or rolled back with it
     lifecycle.delete_if_editable(application_id)
     replicas.cleanup(application_id, leftovers)
-
-
-def audit_view(application: Application, env: list[EnvVar]) -> dict:
-    """An application's fields as its audit entries compare them (a secret variable as its ciphertext,
-    which audit.diff writes as changed or not, never as a value)."""
-    return {
-        "name": application.name,
-        "description": application.description,
-        "model_id": application.model_id,
-        "config": application.config,
-        "env": {var.name: (audit.SECRET_MARK + var.value if var.is_secret else var.value) for var in env},
-    }
 
 
 def masked_env(application: Application) -> list[dict]:

@@ -282,6 +282,18 @@ def _env(variables) -> dict:
     return {var.name: SECRET if var.is_secret else _value(var.value) for var in variables}
 
 
+def application_view(application, env: list) -> dict:
+    """An application's fields as its audit entries compare them (a secret variable as its ciphertext,
+    which audit.diff writes as changed or not, never as a value)."""
+    return {
+        "name": application.name,
+        "description": application.description,
+        "model_id": application.model_id,
+        "config": application.config,
+        "env": {var.name: (SECRET_MARK + var.value if var.is_secret else var.value) for var in env},
+    }
+
+
 def diff(before: dict, after: dict) -> dict:
     """The fields that differ, as (before, after); within "env", each variable that was added, removed or
     changed, a secret one as "changed" (its ciphertexts compared, never shown)."""

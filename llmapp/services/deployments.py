@@ -1,12 +1,13 @@
 """Deploy, roll out and stop: the lifecycle's transitions as jobs (the real processes behind endpoints).
 
-A deploy runs as an RQ job on any worker. It starts the application's replicas (``replicas`` servers,
-server_processes.py) on that worker's host, each recorded as a Replica row, so the stop and the
-reconcile (reconcile.py) for them go to that host's queue. Replicas always start from a release: a
-deploy of a stopped application starts the newest; deploying a running one rolls it out beside the
-release that serves (a roll-out): the new replicas must be ready before any gateway sends them a
-request, then the old ones drain (they finish what they have) and stop. A roll-out that fails leaves
-the old release serving. Each step reports to the application's log (platform_log.py).
+A deploy runs as an RQ job on the host it is placed on (hosts.py: the engine installed, the memory the
+model needs, or the host it is pinned to; any worker when no host has announced itself). It starts the
+application's replicas (``replicas`` servers, server_processes.py) on that worker's host, each recorded
+as a Replica row, so the stop and the reconcile (reconcile.py) for them go to that host's queue. Replicas
+always start from a release: a deploy of a stopped application starts the newest; deploying a running
+one rolls it out beside the release that serves (a roll-out): the new replicas must be ready before any
+gateway sends them a request, then the old ones drain (they finish what they have) and stop. A roll-out
+that fails leaves the old release serving. Each step reports to the application's log (platform_log.py).
 """
 
 import time
@@ -22,7 +23,7 @@ from .. import engines, keyspace, queues
 from ..extensions import db
 from ..models import Application, Replica, utcnow
 from ..runtime import logs
-from . import NotFound, ServiceError, api_keys, audit, lifecycle, releases, replicas, routing
+from . import NotFound, ServiceError, api_keys, audit, hosts, lifecycle, releases, replicas, routing
 from .platform_log import log_event
 from .server_processes import DeployFailed, Superseded, health, kill_orphan, model_of, server_process, spawn
 from .server_spec import ServingSetup
@@ -106,6 +107,7 @@ def request_deploy(
     application_id = application.id
     try:
         queues.connection().ping()  # before anything changes: no deploy half-done for want of Redis
+        host = hosts.place(application)  # where it fits (ServiceError: nowhere), before anything changes
     except redis.RedisError as e:
         raise ServiceError("The deploy could not be queued: Redis is unreachable. Nothing changed; try again.") from e
     deploy_id = uuid.uuid4().hex
@@ -137,7 +139,7 @@ def request_deploy(
     args = ("jobs.deploy.deploy_application", str(application_id), deploy_id, number)
     options = {"job_id": f"deploy-{deploy_id}", "job_timeout": int(current_app.config["DEPLOY_TIMEOUT_S"]) + 120}
     try:
-        queue = queues.queue()
+        queue = queues.queue(queues.host_queue_name(host)) if host else queues.queue()
         if delay_s:
             queue.enqueue_in(timedelta(seconds=delay_s), *args, **options)
         else:

@@ -208,7 +208,7 @@ def _replace(application: Application, dead: list[tuple[Replica, str]]) -> str:
     remove_replicas(application, [replica for replica, _ in dead], grace_s=0)
     alive = [r for r in application.replicas if r.status in ("ready", "starting")]
     if not any(r.status == "ready" for r in alive):
-        return _restart_or_fail(application, reason)
+        return restart_or_fail(application, reason)
     for release in sorted({replica.release for replica, _ in dead}):  # a canary's are replaced by its own
         wanted = int(get_release(application, release).setup["config"].get("replicas", 1))
         missing = wanted - len([r for r in alive if r.release == release])
@@ -271,7 +271,7 @@ def _follow_replacement(application: Application, replica: Replica) -> str | Non
     return None
 
 
-def _restart_or_fail(application: Application, reason: str) -> str:
+def restart_or_fail(application: Application, reason: str) -> str:
     remove_replicas(application, list(application.replicas), grace_s=0)
     config = {**applications.DEFAULT_CONFIG, **application.config}
     decision = decide_restart(
