@@ -81,7 +81,7 @@ class Served:
         self.cache = self.cache or ResponseCache(self.spec.config.cache_size)
         self.admission = self.admission or Admission(self.spec.config.max_concurrency)
         if self.quotas is None:
-            self.quotas = Quotas(self.keys.connection, self.spec.app_id, self.spec.quota_without_redis)
+            self.quotas = Quotas(self.keys.connection, self.spec.app_id, self.spec.quota_fallback)
         self.keys.quotas = self.quotas
         # As many threads as slots: an admitted request never waits for another's plugins (nor for the
         # default executor's threads, which other work shares).

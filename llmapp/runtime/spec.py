@@ -72,7 +72,7 @@ class ServerSpec:
     webhook_allow: tuple[str, ...] = ()
     # A key with limits while Redis (where they are counted) is unreachable: "serve" it without them, or
     # "refuse" it (503); runtime/quotas.py
-    quota_without_redis: str = "serve"
+    quota_fallback: str = "serve"
     version: int = VERSION
 
     def __post_init__(self):

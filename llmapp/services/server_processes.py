@@ -306,7 +306,11 @@ def server_process(replica: Replica) -> psutil.Process | None:
 
 
 def health(replica: Replica, timeout: float = HEALTH_TIMEOUT_S) -> dict | None:
-    return metrics.server_health(f"http://127.0.0.1:{replica.port}", timeout)
+    """A replica of this host, asked where it listens: the bind address, or loopback when it listens on
+    every address (a server bound to one address, as on a host of several, is not on 127.0.0.1)."""
+    bind = current_app.config["BIND_HOST"]
+    local = "127.0.0.1" if bind in ("", "0.0.0.0", "::") else bind
+    return metrics.server_health(f"http://{'[' + local + ']' if ':' in local else local}:{replica.port}", timeout)
 
 
 def terminate(replicas: list[Replica], grace_s: float) -> dict[str, int | None]:

@@ -70,5 +70,5 @@ def spec_for(application: Application, port: int, setup: ServingSetup | None = N
         keep_alive_s=config["SERVER_KEEP_ALIVE_S"],
         max_connections=config["SERVER_MAX_CONNECTIONS"],
         webhook_allow=config["WEBHOOK_ALLOWED_DESTINATIONS"],
-        quota_without_redis=config["QUOTAS_WITHOUT_REDIS"],
+        quota_fallback=config["QUOTAS_WITHOUT_REDIS"],
     )
