@@ -164,6 +164,7 @@ def test_create_succeeds_flashes_and_lists(logged_in, factory, app, member):
         "threads": 0,
         "gpu_memory_share": 90,
         "tensor_parallel": 1,
+        "host": "",  # left empty: any host that fits
     }
     page = logged_in.get("/applications/")
     assert "Application “support-bot” created." in page.text and ">support-bot</a>" in page.text
