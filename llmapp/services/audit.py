@@ -34,6 +34,7 @@ from ..models import (
     User,
     utcnow,
 )
+from .registry import FIELDS as MODEL_FIELDS  # what a registry model is made of, listed once
 
 SECRET = "(secret)"  # what a secret's value reads as, before and after
 SECRET_MARK = "\x00secret:"  # audit_view's prefix of a secret's ciphertext: diff writes it as changed or not
@@ -176,18 +177,7 @@ AUDITED = {
     ),
     RegistryModel: Audited(
         "model",
-        (
-            "name",
-            "family",
-            "parameters_billions",
-            "precision",
-            "context_length",
-            "engine",
-            "source",
-            "base_url",
-            "upstream_model",
-            "api_key_env",
-        ),
+        MODEL_FIELDS,
         lambda r: ("model", str(r.id), r.name),
         lambda r: None,
     ),  # fmt: skip
