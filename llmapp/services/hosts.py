@@ -206,7 +206,10 @@ def place(application: Application) -> str | None:
         if pin is None:
             raise ServiceError(f"{application.name} is pinned to the host {pinned}, which is not up.")
         hosts = [pin]
-    fitting = [h for h in hosts if h.memory_available_bytes >= need and (engine is None or engine in h.engines)]
+    # The engine installed: where it is, if anywhere (installed nowhere, the deploy's own check fails it
+    # at once, naming the command that installs it).
+    hosts = [h for h in hosts if engine is None or engine in h.engines] or hosts
+    fitting = [h for h in hosts if h.memory_available_bytes >= need]
     if not fitting:
         biggest = max(hosts, key=lambda h: h.memory_available_bytes)
         has = f"{_gib(biggest.memory_available_bytes)} free" + (

@@ -118,7 +118,9 @@ def test_rolling_redeploys_and_rollback_drop_no_request(
     # A model whose directory goes away after it was saved: the release that uses it can't start.
     copy = tmp_path / "gone-model"
     shutil.copytree(tiny_model_dir, copy)
-    gone = factory.model(name="gone-gpt2", engine="transformers", source=str(copy), precision="fp32")
+    gone = factory.model(
+        name="gone-gpt2", engine="transformers", source=str(copy), precision="fp32", parameters_billions=0.0004
+    )  # declared as small as it is: placed, then its deploy finds it gone
 
     with Load(gateway, key, "steady") as load:
         wait_for(lambda: load.every_client_saw(1), 120, 0.2, "every client to be served by release 1")
