@@ -228,7 +228,7 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
         page.click("#playground-form button:has-text('Send')")
         expect(page.locator("#playground .bubble-user")).to_have_text(re.compile("Hello there"))
         expect(page.locator("#playground [data-request-id]")).to_be_visible(timeout=30_000)
-        expect(page.locator("#playground .bubble-assistant .bubble-text")).not_to_be_empty()
+        expect(page.locator("#playground .bubble-assistant .bubble-text")).not_to_be_empty(timeout=30_000)
         expect(page.locator("#playground .turn-stats")).to_contain_text("tokens")
         expect(page.locator("#playground-form textarea[name=message]")).to_have_value("")
         request_id = page.locator("#playground [data-request-id]").inner_text()
