@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from stdnum.cn import ric
 
 from conftest import Receiver
@@ -37,13 +39,40 @@ def test_a_keyword_split_across_chunks_is_masked_wherever_the_split_falls():
     assert stream(matcher, list(text))[0] == whole  # one character at a time
 
 
-def test_text_is_held_back_no_longer_than_the_longest_match():
-    matcher = ContentFilter(keywords=["secret"], patterns=[])
+def test_only_text_that_could_still_start_a_match_is_held_back():
+    matcher = ContentFilter(keywords=["secret", "api key"], patterns=[])
     rewriter = StreamRewriter(matcher)
-    assert rewriter.feed("hello world ").text == "hello w"  # the last 5 characters wait
-    assert rewriter.feed("sec").text == "orl"
-    assert rewriter.feed("ret and more").text == "d *** and"  # the keyword, whole once it is complete
-    assert rewriter.close().text == " more"
+    assert rewriter.feed("hello world ").text == "hello world "  # nothing in it can start a keyword
+    assert rewriter.feed("it is a sec").text == "it is a "  # "sec" could be the start of "secret"
+    assert rewriter.feed("ond").text == "second"  # it was not
+    assert rewriter.feed(" the sec").text == " the "
+    assert rewriter.feed("ret and more").text == "*** and more"  # the keyword, whole once it is complete
+    assert rewriter.feed(" my API\n  ").text == " my "  # a keyword's words, across a run of whitespace
+    assert rewriter.feed("ke").text == ""
+    assert rewriter.feed("y!").text == "***!"
+    assert rewriter.close().text == ""
+    # A letter whose accent may still come (o, then U+0308 in the next chunk) waits for it.
+    accented = StreamRewriter(ContentFilter(keywords=["schön"], patterns=[], accents=True))
+    assert accented.feed("sehr scho").text == "sehr "
+    assert accented.feed("\u0308n!").text == "***!"
+    # Patterns: RE2 cannot say whether a text starts a match, so the last max_match_chars - 1 wait.
+    patterned = StreamRewriter(ContentFilter(keywords=[], patterns=[r"sk-\w+"], max_match_chars=10))
+    assert patterned.feed("hello world, all").text == "hello w"
+
+
+def test_pii_holds_back_only_an_address_or_a_number_in_progress():
+    rewriter = StreamRewriter(PiiRedactor())
+    assert rewriter.feed("Hello, dear ").text == "Hello, dear "
+    assert rewriter.feed("ann").text == ""  # could be an address's local part
+    assert rewriter.feed(", call +86 138").text == "ann, call "  # a number being written
+    assert rewriter.feed(" 1234 5678 today").text == "[PHONE] "
+    assert rewriter.feed(". Mail ann.lee@exa").text == "today. Mail "
+    assert rewriter.feed("mple.com now.").text == "[EMAIL] "
+    assert rewriter.close().text == "now."
+    ids = StreamRewriter(PiiRedactor(entities=["id_number"]))
+    resident_id = valid_resident_id()
+    assert ids.feed(f"ID {resident_id[:9]}").text == "ID "
+    assert ids.feed(f"{resident_id[9:]} ok").text == "[ID] ok"  # (no address is looked for)
 
 
 def test_blocking_a_stream_ends_it_before_the_match_and_lets_nothing_after():
@@ -568,3 +597,61 @@ def test_pii_outside_a_messages_content_is_masked_where_it_is():
     assert function["description"] == "Copy [EMAIL]." and list(function["parameters"]["properties"]) == ["[EMAIL]"]
     # The caller's request is left as it was.
     assert call["function"]["arguments"] == '{"to": "ann@example.com"}' and "ops@" in json.dumps(tools)
+
+
+# Pieces a model's text could be made of: keywords and their starts, addresses, numbers, plain words.
+PIECES = [
+    "secret",
+    "sec",
+    "api",
+    " ",
+    "\n",
+    "key",
+    "API  KEY",
+    "ann.lee@example.com",
+    "ann",
+    "@",
+    "example.com",
+    "13812345678",
+    "+1 650-253-0000",
+    "(010) ",
+    "1234",
+    "5678",
+    "hello",
+    "world",
+    ", ",
+    ".",
+    "ｓｅｃｒｅｔ",
+    "s\u200bec",
+    "ret",
+    "tel ",
+    "x",
+    "ext. 12",
+    valid_resident_id(),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(PIECES), max_size=14),
+    st.lists(st.integers(min_value=1, max_value=12), min_size=1, max_size=30),
+    st.sampled_from(["filter", "pii"]),
+)
+def test_a_stream_cut_anywhere_masks_what_the_whole_text_masks(pieces, sizes, kind):
+    """Keywords: exactly as the whole text. PII: at least what the whole text masks (libphonenumber judges a
+    number by the letter before it, so a number released after a word can be masked where, written on
+    after the word, it would not be)."""
+    matcher = ContentFilter(keywords=["secret", "api key"], patterns=[]) if kind == "filter" else PiiRedactor()
+    text = "".join(pieces)
+    chunks, at = [], 0
+    for size in sizes * (len(text) // max(1, sum(sizes)) + 1):
+        if at >= len(text):
+            break
+        chunks.append(text[at : at + size])
+        at += size
+    out, whole = stream(matcher, chunks)[0], rewrite(text, matcher.find(text))
+    if kind == "filter":
+        assert out == whole
+    for span in matcher.find(text):
+        found = text[span.start : span.end]
+        assert out.count(found) <= whole.count(found), found

@@ -2,8 +2,10 @@
 
 Actions: ``block`` (input: a 400 in OpenAI's error shape; output: the response ends with
 ``finish_reason: "content_filter"``, as OpenAI's API does) or ``mask`` (each match replaced).
-On a stream, a match split across chunks is held back until it is whole (rewrite.StreamRewriter);
-``max_match_chars`` bounds how long a pattern's match may be, so how much text is held back.
+On a stream, a match split across chunks is held back until it is whole (rewrite.StreamRewriter): the
+tail that is still the start of a keyword ("pass" of "password"), and, when there are patterns, the
+last ``max_match_chars`` characters (``max_match_chars`` bounds how long a pattern's match may be; RE2
+cannot say whether a text is the start of one, so that much waits).
 
 Matching reads the text folded (normalise.py: fullwidth, invisible characters, combining marks and
 look-alike letters cannot hide a keyword), and masks the text as written at the places it came from.
@@ -86,6 +88,23 @@ def keyword_regex(folded_keywords: list[str]) -> str:
     return "|".join(sorted(alternatives, key=len, reverse=True))
 
 
+def keyword_prefixes(folded_keywords: list[str]) -> str:
+    """A regular expression for the non-empty starts of the keywords ("p", "pa" … "password"), the words
+    of each separated by any run of whitespace, as in ``keyword_regex``."""
+    alternatives = set()
+    for keyword in folded_keywords:
+        nested = ""
+        for i, word in enumerate(reversed(keyword.split())):
+            for c in reversed(word[1:]):
+                nested = f"{re.escape(c)}(?:{nested})?" if nested else re.escape(c)
+            head = re.escape(word[0])
+            nested = f"{head}(?:{nested})?" if nested else head
+            if i < len(keyword.split()) - 1:
+                nested = f"\\s+(?:{nested})?"
+        alternatives.add(nested)
+    return "|".join(sorted(alternatives))
+
+
 @dataclass
 class ContentFilter:
     keywords: list[str]
@@ -109,7 +128,11 @@ class ContentFilter:
         folded = [k for ks in groups.values() for k in ks]
         longest_keyword = max((len(k) for k in folded), default=1)
         self._runs = any(len(k.split()) > 1 for k in folded)  # a match may be longer than its keyword
-        self.hold = max(longest_keyword, self.max_match_chars if self._patterns else 1)
+        self._longest_keyword = longest_keyword
+        # Held back on a stream: a tail that is the start of a keyword, read without accents (coarser than
+        # either folding, so a letter whose accent is still to come, o + U+0308, is held too).
+        starts = [fold(k).text for k in self.keywords if k and k.split()]
+        self._keyword_starts = re.compile(f"(?:{keyword_prefixes(starts)})\\Z", flags) if starts else None
 
     @classmethod
     def from_config(cls, config: dict) -> "ContentFilter":
@@ -152,12 +175,19 @@ class ContentFilter:
         return Span(*folded.span(start, end), kind, self.mask)
 
     def hold_from(self, text: str) -> int:
-        """The last ``hold - 1`` characters, counted in the folded text (invisible characters do not
-        count, so padding a keyword with them cannot push its start out early) and in the original; a
-        run of whitespace counts as one character when a keyword has words (its match spans the run)."""
-        at = held_back(text, self.hold)
-        for folded in self._foldings(text).values():
-            at = min(at, folded.at(_held_back(folded.text, self.hold, self._runs)))
+        """Where the tail that could still grow into a match begins: the start of a keyword (a run of
+        whitespace counts as one character when a keyword has words, its match spans the run; invisible
+        characters do not count), and the last ``max_match_chars - 1`` characters when there are patterns."""
+        at = len(text)
+        if self._keyword_starts is not None:
+            folded = fold(text)
+            window = _held_back(folded.text, self._longest_keyword + 1, self._runs)  # no start is further back
+            if start := self._keyword_starts.search(folded.text, window):
+                at = folded.at(start.start())
+        if self._patterns:
+            at = min(at, held_back(text, self.max_match_chars))
+            for folded in self._foldings(text).values():
+                at = min(at, folded.at(_held_back(folded.text, self.max_match_chars, self._runs)))
         return at
 
 

@@ -21,7 +21,7 @@ import phonenumbers
 from stdnum.cn import ric
 
 from .normalise import fold
-from .rewrite import Span, checkpoint, held_back
+from .rewrite import Span, checkpoint
 
 ENTITIES = ("email", "phone", "id_number")
 LABELS = {"email": "[EMAIL]", "phone": "[PHONE]", "id_number": "[ID]"}
@@ -31,7 +31,13 @@ DOMAIN = re.compile(r"(?:[^\W_][\w-]*\.)+[^\W\d_][\w-]*[^\W_]")
 ADDRESS_CHAR = re.compile(r"[\w.%+@-]+")
 RUN_ON = re.compile(r"(?:[\w-]|\.(?=[\w-]))+")  # a domain past its limit: to its end, less a final dot
 RESIDENT_ID = re.compile(r"(?<![0-9])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")
-HOLD = 64  # the longest number masked on a stream as it arrives (an address: up to MAX_EMAIL)
+# On a stream, what is held back is only a tail that could still grow into a match: a run of address
+# characters (e-mail), a run of the characters a phone number is written with that starts as a number can
+# (digits, +, an opening bracket), a run of an ID's characters. Each run is looked for in a bounded tail.
+LONGEST_NUMBER = 64  # a phone number with its spaces, brackets and extension; an ID: 18 characters
+PHONE_CHARS = re.compile(r"[\d\s+()\[\].,/~#*\-\u2010-\u2015\u2212\u30fc\uff0d\uff0f\u00adextEXT]+")
+PHONE_START = re.compile(r"[\d+(\[]")
+ID_CHARS = re.compile(r"[0-9Xx]+")
 PHONE_WINDOW, PHONE_CONTEXT = 4096, 128  # phone numbers are looked for in windows this long, overlapping
 
 
@@ -40,7 +46,6 @@ class PiiRedactor:
     entities: list[str] = field(default_factory=lambda: list(ENTITIES))
     region: str = "CN"
     partial: bool = False
-    hold: int = HOLD
 
     @classmethod
     def from_config(cls, config: dict) -> "PiiRedactor":
@@ -67,15 +72,31 @@ class PiiRedactor:
         return Span(start, end, kind, _partial(kind, found) if self.partial else LABELS[kind])
 
     def hold_from(self, text: str) -> int:
-        """The last ``HOLD - 1`` characters, and more while the tail could still be part of an e-mail
-        address (a run of address characters, up to an address's longest): one never leaves in part."""
+        """Where the tail that could still be (part of) an address or a number begins: a run of address
+        characters (up to an address's longest, so one never leaves in part), a number being written."""
         folded = fold(text)
-        at = held_back(folded.text, self.hold)
+        at = len(folded.text)
         if "email" in self.entities:
-            tail = folded.text[-MAX_EMAIL:]
-            run = ADDRESS_CHAR.match(tail[::-1])
-            at = min(at, len(folded.text) - (run.end() if run else 0))
-        return min(held_back(text, self.hold), folded.at(at))
+            at = min(at, _run_start(folded.text, ADDRESS_CHAR, MAX_EMAIL))
+        if "phone" in self.entities:
+            at = min(at, _run_start(folded.text, PHONE_CHARS, LONGEST_NUMBER, PHONE_START))
+        if "id_number" in self.entities:
+            at = min(at, _run_start(folded.text, ID_CHARS, LONGEST_NUMBER, PHONE_START))
+        return folded.at(at)
+
+
+def _run_start(text: str, chars: re.Pattern, longest: int, first: re.Pattern | None = None) -> int:
+    """Where the run of ``chars`` that ends ``text`` begins (looked for in its last ``longest``
+    characters); with ``first``, at the run's first character that a match can start with."""
+    tail = text[-longest:]
+    run = chars.match(tail[::-1])
+    if not run:
+        return len(text)
+    start = len(text) - run.end()
+    if first is None:
+        return start
+    begins = first.search(text, start)
+    return begins.start() if begins else len(text)
 
 
 def emails(text: str) -> list[tuple[int, int]]:
