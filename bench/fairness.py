@@ -1,7 +1,7 @@
 """Does a short request wait behind a long one? The transformers engine in process (no HTTP), on the
 tiny GPT-2 of the tests, today's batcher beside a baseline commit's.
 
-    .venv/bin/python bench/fairness.py [--baseline 0bd8a8d] [--trials 10] [--baseline-trials 3] [--steps 8]
+    .venv/bin/python bench/fairness.py [--baseline 0bd8a8d] [--trials 10] [--baseline-trials 3]
 
 Cases, for each engine:
 - short alone: a 2-token request (sampled, min_tokens=2), latency from submission to its answer;
@@ -9,14 +9,13 @@ Cases, for each engine:
   forcing every token) is 200 tokens in; its latency, and how many tokens the long one generated
   between the short one's submission and its answer (the wait, counted in the long one's steps);
 - two long at once: two 1,000-token requests with different settings sent together, the wall time until
-  both are done (equal requests do not take turns: the second waits no longer than it generates);
+  both are done;
 - closed loop: 8 clients each sending 8 requests of 32 tokens (same settings) one after the other,
-  tokens/s (batching is kept: clients that come back together still share one generate()).
+  tokens/s.
 
 The baseline's engine is read with `git show` (no checkout) and imported beside today's, as a package
 of its own: a revision from before the engines package (runtime/engines.py and runtime/openai_api.py),
-the only layout the baselines of this benchmark have. `--steps` runs today's engine once per
-STEP_TOKENS value given (e.g. `--steps 1 8 32`).
+the only layout the baselines of this benchmark have.
 """
 
 import argparse
@@ -33,7 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from llmapp.runtime.engines import Prepared  # noqa: E402
-from llmapp.runtime.engines.batching import Batcher  # noqa: E402
 from llmapp.runtime.engines.transformers import TransformersEngine  # noqa: E402
 from llmapp.runtime.serving import ENDPOINTS  # noqa: E402
 from llmapp.runtime.tiny_model import build_tiny_model  # noqa: E402
@@ -166,7 +164,6 @@ def main():
     parser.add_argument("--baseline", default="0bd8a8d", help="a commit before the batcher took turns; '' for none")
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--baseline-trials", type=int, default=3, help="each waits for a whole 8,000-token run")
-    parser.add_argument("--steps", type=int, nargs="*", default=[Batcher.STEP_TOKENS])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
@@ -178,9 +175,7 @@ def main():
         print("| --- | --- | --- | --- | --- | --- |")
         if args.baseline:
             run(f"baseline {args.baseline}", Baseline(args.baseline, work), model_dir, args.baseline_trials)
-        for step in args.steps:
-            Batcher.STEP_TOKENS = step
-            run(f"today, STEP_TOKENS={step}", Today, model_dir, args.trials)
+        run("today (continuous batching)", Today, model_dir, args.trials)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""The transformers engine on the tiny GPT-2, in process: how its batcher shares the model between
-requests (no request waits for another to finish), and how prompts are tokenised (client text never
-becomes a control token)."""
+"""The transformers engine on the tiny GPT-2, in process: how its continuous batcher shares the model
+between requests (they join and leave a running batch; none waits for another to finish), and how
+prompts are tokenised (client text never becomes a control token)."""
 
 import asyncio
 import time
@@ -71,77 +71,94 @@ async def start_long(engine, **settings):
     return job
 
 
-async def stop_long(engine, job):
-    job.cancelled.set()
-    await asyncio.wait_for(asyncio.gather(job.done, return_exceptions=True), 120)  # a 499
-    await until(lambda: not engine.batcher.active and engine.batcher.queue.empty(), "the batcher to be idle")
+async def stop_long(engine, *jobs):
+    for job in jobs:
+        job.cancelled.set()
+    await asyncio.wait_for(asyncio.gather(*(job.done for job in jobs), return_exceptions=True), 120)  # 499s
+    await until(lambda: engine.batcher.idle, "the batcher to be idle")
 
 
 @pytest.mark.parametrize(
     "short",
     [
-        {"temperature": 0},  # other sampling settings: another group
-        {"temperature": 0.7, "top_p": 0.9},  # the long one's settings: a group of its own all the same
+        {"temperature": 0},  # other sampling settings than the long one's
+        {"temperature": 0.7, "top_p": 0.9},  # the long one's settings
         {"temperature": 0, "stream": True, "logprobs": 2, "stop": ["zzz"]},
     ],
 )
-def test_a_short_request_is_answered_while_a_long_one_is_still_generating(engine, short):
-    """Item 11: a 2-token request sent while a 6000-token one runs gets its answer after at most one
-    step of the long one, not after all of its thousands of tokens."""
+def test_a_short_request_joins_a_running_long_one_and_is_answered_while_it_runs(engine, short):
+    """A 2-token request sent while a 6000-token one runs joins its batch between two decode steps and
+    is answered when it has its own tokens, whatever its settings: not after the long one's thousands."""
 
     async def scenario():
-        preempted = engine.batcher.preempted
+        joined = engine.batcher.joined
         long = await start_long(engine, temperature=0.7, top_p=0.9)
         text, _ = await asyncio.wait_for(answer(engine, request(engine, max_tokens=2, min_tokens=2, **short)), 120)
         generated = len(long.tokens)  # the long one's tokens so far, when the short one had its answer
         done = long.done.done()
         await stop_long(engine, long)
-        return text, generated, done, engine.batcher.preempted - preempted
+        return text, generated, done, engine.batcher.joined - joined
 
-    text, generated, done, preempted = asyncio.run(scenario())
+    text, generated, done, joined = asyncio.run(scenario())
     assert text and not done and generated < LONG // 10, generated
-    assert preempted >= 1  # the long one paused for it
+    assert joined == 1  # it joined the running batch
 
 
-def test_a_short_request_batched_with_a_long_one_is_answered_when_it_has_its_tokens(engine):
-    """Two requests with the same settings share one generate(): the short one is answered as soon as
-    it has its own tokens, not when the long one's rows end."""
+def test_rows_with_different_settings_share_forward_passes_and_each_gets_its_own_answer(engine):
+    """Greedy, seeded sampling with log-probabilities, a stop string and a streamed row: one batch (decode
+    steps of four rows), and each answer is what the same request gets alone."""
+    requests = [
+        request(engine, prompt="the quick brown fox", max_tokens=24, min_tokens=24, temperature=0),
+        request(engine, max_tokens=20, min_tokens=20, temperature=0.8, top_p=0.9, seed=7, logprobs=2),
+        request(engine, prompt="hello world", max_tokens=30, temperature=0, stop=["e"]),
+        request(engine, prompt="a b c", max_tokens=16, min_tokens=16, temperature=0, stream=True),
+    ]
 
     async def scenario():
-        pairs = engine.batch_sizes[2]
-        engine.batcher.WINDOW_S, engine.batcher.last_group_size = 30, 2  # the batcher waits for both: one batch of two
-        try:
-            # The same settings (greedy, min_tokens=3): the tiny model's greedy text from "hello" has
-            # no end-of-text in its first 6000 tokens, so the long one runs on.
-            long = engine.submit(prepared(engine, request(engine, max_tokens=LONG, min_tokens=3, temperature=0)))
-            short = engine.submit(prepared(engine, request(engine, max_tokens=3, min_tokens=3, temperature=0)))
-            generation = await asyncio.wait_for(short.done, 120)
-        finally:
-            del engine.batcher.WINDOW_S
-        generated, done = len(long.tokens), long.done.done()
-        await stop_long(engine, long)
-        return generation, generated, done, engine.batch_sizes[2] - pairs
+        alone = [await answer(engine, r) for r in requests]
+        fours = engine.batch_sizes[4]
+        together = await asyncio.wait_for(asyncio.gather(*(answer(engine, r) for r in requests)), 120)
+        return alone, together, engine.batch_sizes[4] - fours
 
-    generation, generated, done, pairs = asyncio.run(scenario())
-    assert pairs == 1  # they shared one generate()
-    assert generation.completion_tokens == 3 and not done and generated < LONG // 10, generated
+    alone, together, fours = asyncio.run(scenario())
+    assert together == alone and all(text for text, _ in alone)
+    assert len(alone[1][1]) == 20  # a log-probability for each sampled token
+    assert fours >= 1  # decode steps with all four rows
 
 
-# Known, not yet understood: on a loaded machine the streamed variant's second run (the one paused for
-# others) sometimes diverges from its own unpaused run at its second token, always into the same other
-# text (seen under a CPU hog in about one run in three). Marked so that it is reported (xfailed or
-# xpassed), never counted as passed, until the cause is found.
-STREAMED_DIVERGES = pytest.mark.xfail(
-    reason="a streamed seeded request paused for others sometimes diverges at its 2nd token under load",
-    strict=False,
-)
+def test_a_long_prompt_is_prefilled_in_chunks_between_the_running_rows_steps(engine):
+    """A prompt of several chunks joins a running generation a chunk per step: the running row goes on
+    generating meanwhile, and the long prompt's answer is the one it gets alone."""
+    long_prompt = request(engine, prompt="hello world " * 400, max_tokens=8, min_tokens=8, temperature=0)
+    assert len(engine.prompt_ids(long_prompt)) > 3 * engine.batcher.PREFILL_CHUNK
+
+    async def scenario():
+        alone = await answer(engine, long_prompt)
+        running = await start_long(engine, temperature=0)
+        chunks, before = engine.batcher.prefill_chunks, len(running.tokens)
+        beside = await asyncio.wait_for(answer(engine, long_prompt), 120)
+        chunked = engine.batcher.prefill_chunks - chunks
+        during = len(running.tokens) - before
+        await stop_long(engine, running)
+        return alone, beside, chunked, during
+
+    alone, beside, chunked, during = asyncio.run(scenario())
+    assert beside == alone and alone[0]
+    assert chunked >= 4  # its prompt went in chunk by chunk
+    assert during >= chunked + 6  # a decode step of the running row after each chunk, and beside each new token
 
 
-@pytest.mark.parametrize("stream", [False, pytest.param(True, marks=STREAMED_DIVERGES)])
-def test_a_seeded_request_gives_the_same_tokens_alone_and_paused_for_others(engine, stream):
-    """Pausing and resuming a generation changes none of its tokens: a seeded request gets what the
-    one-shot generate() gives (the engine before steps), alone or paused three times for short sampled
-    requests (which draw random numbers meanwhile)."""
+# Known: logits computed beside other rows can differ in the last bits from those computed alone (the
+# matrix products are split otherwise), which in rare cases tips a sampled token. Marked so that it is
+# reported (xfailed or xpassed), never counted as passed.
+BATCH_BITS = pytest.mark.xfail(reason="a seeded row's logits beside others can differ in their last bits", strict=False)
+
+
+@pytest.mark.parametrize("stream", [False, pytest.param(True, marks=BATCH_BITS)])
+def test_a_seeded_request_gets_generates_tokens_alone_and_beside_others(engine, stream):
+    """A seeded request draws from a random generator of its own: it gets the tokens the one-shot
+    generate() gives, alone or while short sampled requests join and leave its batch (drawing random
+    numbers meanwhile)."""
     torch = engine.torch
     seeded = request(
         engine, max_tokens=120, min_tokens=120, temperature=0.8, top_p=0.9, seed=1234, logprobs=1, stream=stream
@@ -158,40 +175,43 @@ def test_a_seeded_request_gives_the_same_tokens_alone_and_paused_for_others(engi
 
     async def scenario():
         alone = await answer(engine, seeded)
-        preempted = engine.batcher.preempted
+        joined = engine.batcher.joined
         job = engine.submit(prepared(engine, seeded))
         for at in (16, 48, 80):
             await until(lambda at=at: len(job.tokens) >= at, f"the seeded request's token {at}")
             await asyncio.wait_for(answer(engine, request(engine, **SHORT)), 120)
         generation = await asyncio.wait_for(job.done, 120)
-        turns = engine.batcher.preempted - preempted
-        return alone, reply(generation, True), turns
+        return alone, reply(generation, True), engine.batcher.joined - joined
 
-    alone, beside, turns = asyncio.run(scenario())
+    alone, beside, joined = asyncio.run(scenario())
     assert alone[0] == expected and beside == alone and len(alone[1]) == 120
-    assert turns >= 3  # it paused for each short one
+    assert joined >= 3  # each short one joined its batch
 
 
-def test_a_request_waits_for_a_shorter_running_one_but_leaves_at_once(engine):
-    """A request that needs as many tokens as the running one has left waits for it to end (no steps
-    for equal requests), and is answered at once (499) when its client leaves meanwhile."""
+def test_a_full_batch_keeps_newcomers_waiting_and_any_row_leaves_at_once(engine):
+    """With batch_size rows generating, a newcomer waits for a place; it is answered at once (499) when
+    its client leaves meanwhile, and a running row whose client leaves frees its place for the next."""
 
     async def scenario():
         cancelled = engine.batcher.cancelled
-        long = await start_long(engine, temperature=0)
-        job = engine.submit(prepared(engine, request(engine, max_tokens=LONG, min_tokens=LONG, temperature=0.5)))
-        await until(lambda: len(long.tokens) >= 100, "the long generation to go on")
-        waited = len(job.tokens)  # none: it waits for the long one, which has fewer tokens left
-        job.cancelled.set()
+        running = [await start_long(engine, temperature=0) for _ in range(engine.batch_size)]
+        waiting = engine.submit(prepared(engine, request(engine, max_tokens=LONG, min_tokens=LONG, temperature=0.5)))
+        await until(lambda: len(running[0].tokens) >= 100, "the batch to go on")
+        waited = len(waiting.tokens)  # none: the batch is full
+        waiting.cancelled.set()
         with pytest.raises(APIError) as error:
-            await asyncio.wait_for(job.done, 120)
-        generated, done = len(long.tokens), long.done.done()
-        await stop_long(engine, long)
-        return waited, error.value.status, engine.batcher.cancelled - cancelled, generated, done
+            await asyncio.wait_for(waiting.done, 120)
+        running[0].cancelled.set()  # its place goes to the next one
+        nextcomer = engine.submit(prepared(engine, request(engine, max_tokens=2, min_tokens=2, temperature=0)))
+        second = await asyncio.wait_for(nextcomer.done, 120)
+        still = [not job.done.done() for job in running[1:]]
+        await stop_long(engine, *running)
+        return waited, error.value.status, engine.batcher.cancelled - cancelled, second, still
 
-    waited, status, cancelled, generated, done = asyncio.run(scenario())
-    assert waited == 0 and status == 499 and cancelled == 2
-    assert not done and generated < LONG // 2, generated  # answered while the long one ran
+    waited, status, cancelled, second, still = asyncio.run(scenario())
+    assert waited == 0 and status == 499
+    assert second.completion_tokens == 2 and all(still)  # answered while the others ran on
+    assert cancelled == 2 + 3  # the waiting one, the first running one, then the three stopped
 
 
 # --- tokenising: client text is text ----------------------------------------------------------------

@@ -47,12 +47,6 @@ class GenerationRequest:
         """Greedy decoding: the same request always gets the same answer, so it may be cached."""
         return self.greedy
 
-    def sampling_key(self) -> tuple:
-        """Requests with equal keys can share one forward pass."""
-        if self.greedy:
-            return (0.0, 1.0, self.min_tokens, None)
-        return (self.temperature, self.top_p, self.min_tokens, self.seed)
-
 
 @dataclass
 class TokenLogprob:
