@@ -124,6 +124,14 @@ class Batcher:
         self.queue.put(row)
         return row
 
+    @staticmethod
+    def mergeable(cache) -> bool:
+        """Whether rows can join and leave a batch with this kind of cache: plain key/value layers only
+        (a sliding window's or a recurrent layer's state is not a sequence to pad and concatenate)."""
+        from transformers.cache_utils import DynamicLayer
+
+        return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+
     @property
     def idle(self) -> bool:
         return not (self.rows or self.prefilling or self.waiting) and self.queue.empty()

@@ -79,8 +79,17 @@ class TransformersEngine(Engine):
         ids = self.tokenizer("hello", return_tensors="pt").to(self.device)
         with self.torch.inference_mode():
             self.model.generate(**ids, max_new_tokens=2, do_sample=False, pad_token_id=self.pad_id)
+            cache = self.model(**ids, use_cache=True).cache
+        batch_size = self.batch_size
+        if batch_size > 1 and not Batcher.mergeable(cache):
+            log.warning(
+                "%s keeps a KV cache that rows cannot join (a sliding window or a recurrent state): "
+                "one request generates at a time, whatever the batch size",
+                self.path,
+            )
+            batch_size = 1
         self.batcher = Batcher(
-            self.model, self.tokenizer, self.torch, self.device, self.batch_size, self.eos_ids, self.pad_id
+            self.model, self.tokenizer, self.torch, self.device, batch_size, self.eos_ids, self.pad_id
         )
         self.batcher.start()
 
