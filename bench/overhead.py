@@ -1,13 +1,14 @@
 """What the request pipeline and the recording of each request (its log line and metrics) cost,
 before and after: the app server of a baseline commit and today's, side by side in one run.
 
-    .venv/bin/python bench/overhead.py [--baseline 4bd0dda] [--requests 1500]
+    .venv/bin/python bench/overhead.py [--baseline 4bd0dda] [--requests 1500] [--cases "cache hit" …]
 
 Both servers serve the same tiny GPT-2 with the same configuration (INFO log level: one log line per
 request in both), on one embedded Redis. The baseline is checked out into a temporary git worktree and
-started with the spec format it reads. Cases: a cache hit (temperature 0, the same prompt) and a
-1-token request (sampled, never cached); latency at concurrency 1 (p50/p99, a keep-alive client) and
-requests/s at concurrency 8. Rounds alternate between the servers so that drift hits both alike.
+started with the spec format it reads. Cases: a cache hit (temperature 0, the same prompt), a
+1-token request (sampled, never cached) and a 16-token request (sampled, min_tokens forcing all 16);
+latency at concurrency 1 (p50/p99, a keep-alive client) and requests/s at concurrency 8. Rounds
+alternate between the servers so that drift hits both alike.
 Then the recording alone, in-process: request_log.record_request() per call (the log line and the metrics).
 """
 
@@ -163,7 +164,7 @@ def recording_alone(calls: int = 20000) -> float:
         name = "quiet"
 
     spec = ServerSpec(app_id="x", app_name="x", engine="quiet", config=ServingConfig(), port=0)
-    served = pipeline.Served(spec, Quiet("x"), keys.KeyChecker(None, "x"))
+    served = pipeline.Served(spec, Quiet("x"), keys.KeyChecker(None, "x", application_key=b"bench"))
     served.recorder = Recorder("x", served.engine, served.admission)
     writer = logs.StreamWriter(redis.Redis(port=1), "x", capacity=calls + 10)  # never reached: measures the queueing
     logger = logging.getLogger("llmapp.server")
@@ -192,6 +193,7 @@ def main():
     parser.add_argument("--baseline", default="4bd0dda")
     parser.add_argument("--requests", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cases", nargs="*", help="the cases to run (default: all)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="llmapp-overhead-"))
     embedded = EmbeddedRedis(work / "redis", publish=False)
@@ -203,7 +205,9 @@ def main():
         cases = {
             "cache hit": {"prompt": "hello world", "max_tokens": 8, "temperature": 0},
             "1-token request": {"prompt": "hello world", "max_tokens": 1},
+            "16-token request": {"prompt": "hello world", "max_tokens": 16, "min_tokens": 16},
         }
+        cases = {name: body for name, body in cases.items() if not args.cases or name in args.cases}
         print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; {args.requests} requests a round")
         for case, body in cases.items():
             results = {s.name: {"lat": [], "rps": []} for s in servers}

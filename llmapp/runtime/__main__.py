@@ -8,8 +8,11 @@ own account may not read the run folder); the path then only names the server's 
 """
 
 import argparse
+import atexit
 import logging
+import logging.handlers
 import os
+import queue
 import sys
 import threading
 
@@ -36,12 +39,18 @@ def make_engine(spec: ServerSpec) -> Engine:
 
 def configure_logging(spec: ServerSpec, writer: logs.StreamWriter) -> None:
     secrets = [os.environ.get(name, "") for name in spec.secret_names]
+    # Each line also goes to the server's standard error (its log file on the host), written by a thread
+    # of its own: a write on the event loop lets go of the GIL, and the batcher thread would then keep the
+    # loop waiting for it back (up to the interpreter's switch interval) on every request.
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    echoed: queue.SimpleQueue = queue.SimpleQueue()
+    echo = logging.handlers.QueueListener(echoed, to_stderr)
+    echo.start()
+    atexit.register(echo.stop)  # what is queued is written before the process ends (a load failure's lines)
     # The server's own lines, and a managed engine's output (runtime/engines/managed.py) as source "engine".
     for logger, source in ((log, "server"), (logging.getLogger("llmapp.engine"), "engine")):
-        to_redis = logs.RedisStreamHandler(writer, source=source)
-        to_stderr = logging.StreamHandler(sys.stderr)
-        to_stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        for handler in (to_redis, to_stderr):
+        for handler in (logs.RedisStreamHandler(writer, source=source), logging.handlers.QueueHandler(echoed)):
             handler.addFilter(logs.RedactSecrets(secrets))
             logger.addHandler(handler)
         logger.setLevel(spec.config.log_level)  # the application's log level field

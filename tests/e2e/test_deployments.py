@@ -383,7 +383,7 @@ def test_concurrency_timeout_cache_log_level_and_environment(
 
 
 def test_batching_debug_logs_and_cache_off_then_openai_engine_in_front(
-    app, client, auth, member, factory, tiny, workers
+    app, client, auth, member, factory, tiny, workers, tmp_path
 ):
     workers.start(2)
     backend, api, backend_key = running_app(
@@ -418,6 +418,9 @@ def test_batching_debug_logs_and_cache_off_then_openai_engine_in_front(
     text = log_text(app, backend.id)
     assert "batch of 4 request(s)" in text or "batch of 3 request(s)" in text or "batch of 2 request(s)" in text
     assert "DEBUG /v1/completions request:" in text and "/v1/completions 200" in text  # DEBUG shows detail
+    # The same lines reach the server's log file on the host (written by a thread of its own).
+    host_log = tmp_path / "instance" / "run" / f"{backend.id}.log"  # the workers' instance folder
+    wait_for(lambda: "INFO /v1/completions 200" in host_log.read_text(), 30, 0.2, "the host's log file")
 
     # Cache size 0: no cache, no X-Cache header, never a HIT.
     for _ in range(2):

@@ -293,11 +293,13 @@ class Batcher:
         # TopPLogitsWarper's arithmetic with a threshold per row (1 - top_p computed as it does, in Python);
         # a row with top_p = 1 is left alone, as generate() adds no warper for it.
         top_p = [rows[i].request.top_p for i in sampled]
-        ordered, order = torch.sort(chosen, descending=False)
-        remove = ordered.softmax(dim=-1).cumsum(dim=-1) <= torch.tensor([[1 - p] for p in top_p], device=self.device)
-        remove[..., -1:] = False
-        remove &= torch.tensor([[p < 1] for p in top_p], device=self.device)
-        chosen = chosen.masked_fill(remove.scatter(1, order, remove), float("-inf"))
+        if any(p < 1 for p in top_p):
+            ordered, order = torch.sort(chosen, descending=False)
+            thresholds = torch.tensor([[1 - p] for p in top_p], device=self.device)
+            remove = ordered.softmax(dim=-1).cumsum(dim=-1) <= thresholds
+            remove[..., -1:] = False
+            remove &= torch.tensor([[p < 1] for p in top_p], device=self.device)
+            chosen = chosen.masked_fill(remove.scatter(1, order, remove), float("-inf"))
         probabilities = chosen.softmax(dim=-1)
         unseeded = [j for j, i in enumerate(sampled) if rows[i].generator is None]
         if unseeded:
