@@ -772,7 +772,11 @@ class ServedTiny:
         self.url = self.base + "/v1"
         self.headers = {"Authorization": f"Bearer {self.KEY}"}
         self.metrics_headers = {"Authorization": f"Bearer {self.METRICS_TOKEN}"}
-        wait_for(lambda: (self.health() or {}).get("status") == "ready", 120, 0.2, "the tiny server to be ready")
+        try:
+            wait_for(lambda: (self.health() or {}).get("status") == "ready", 120, 0.2, "the tiny server to be ready")
+        except AssertionError:
+            self.stop()  # nobody else will: the test never got it
+            raise
 
     def health(self) -> dict | None:
         import httpx

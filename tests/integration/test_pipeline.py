@@ -33,6 +33,7 @@ class FakeEngine(Engine):
     def __init__(self, delay=0.0, chunks=3):
         super().__init__("app")
         self.delay, self.chunks = delay, chunks
+        self.gate: asyncio.Event | None = None  # when set up, a stream sends nothing before it opens
         self.cancelled = 0
         self.calls = 0
         self.prepared_in = None
@@ -53,6 +54,8 @@ class FakeEngine(Engine):
     async def stream(self, prepared):
         self.calls += 1
         try:
+            if self.gate is not None:
+                await self.gate.wait()
             for _ in range(self.chunks):
                 await asyncio.sleep(self.delay)
                 yield RequestOutput([CompletionOutput(0, "hi", [4])])
@@ -286,9 +289,9 @@ def test_generate_stops_the_engine_at_the_timeout_and_when_the_client_leaves(red
     async def scenario():
         timed_out = await answer(served(redis_url, published, engine, timeout_s=0.2), Client(chat()))
         state = served(redis_url, published, engine, timeout_s=30)
-        client = Client(chat())
+        client, calls = Client(chat()), engine.calls
         task = asyncio.ensure_future(answer(state, client))
-        await asyncio.sleep(0.2)
+        await until(lambda: engine.calls == calls + 1, "the generation to start")
         client.left.set()
         return timed_out, state, await task
 
@@ -304,17 +307,19 @@ def test_a_stream_holds_its_slot_to_its_last_byte_and_frees_it_when_the_client_l
     async def scenario():
         state = served(redis_url, published, engine, max_concurrency=1)
         first = Client(chat(stream=True))
+        engine.gate = asyncio.Event()  # the first stream stays in flight until the second has been refused
         streaming = asyncio.ensure_future(answer(state, first))
-        await asyncio.sleep(0.02)  # admitted, its body not yet sent
+        await until(lambda: state.admission.in_flight == 1, "the first stream to be admitted")
         in_flight = state.admission.in_flight
         refused = await answer(state, Client(chat(stream=True)))
+        engine.gate.set()
         done = await streaming
         with_usage = Client(chat(stream=True, stream_options={"include_usage": True}))
         await answer(state, with_usage)
         engine.delay, engine.chunks = 0.1, 100
-        leaving = Client(chat(stream=True))
+        leaving, calls = Client(chat(stream=True)), engine.calls
         task = asyncio.ensure_future(answer(state, leaving))
-        await asyncio.sleep(0.3)
+        await until(lambda: engine.calls == calls + 1, "the last stream to be generating")
         leaving.left.set()
         gone = await task
         return state, in_flight, first, done, refused, with_usage, gone
