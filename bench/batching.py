@@ -34,15 +34,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from engines import standalone  # noqa: E402
-from serving import BASE, deploy, load, main_with  # noqa: E402
+from serving import BASE, deploy, load, main_with, tiny_platform  # noqa: E402
 
 from llmapp import engines  # noqa: E402
 from llmapp.extensions import db  # noqa: E402
-from llmapp.models import Application, RegistryModel, User  # noqa: E402
+from llmapp.models import Application, RegistryModel  # noqa: E402
 from llmapp.runtime.engines import GenerationRequest, Prepared  # noqa: E402
 from llmapp.runtime.engines.transformers import TransformersEngine  # noqa: E402
 from llmapp.runtime.serving import ENDPOINTS  # noqa: E402
-from llmapp.runtime.tiny_model import build_tiny_model  # noqa: E402
 from llmapp.services import api_keys, engine_installs  # noqa: E402
 
 TOKENS = 16
@@ -147,15 +146,7 @@ def in_process_engine(model_dir: Path, batcher_class) -> TransformersEngine:
 
 
 def run(app, work, args):
-    tiny = build_tiny_model(work / "tiny-gpt2")
-    user = User(email="bench@example.com", is_admin=True)
-    user.set_password("password123")
-    model = RegistryModel(
-        name="tiny", parameters_billions=0.0004, precision="fp32", context_length=8192, engine="transformers",
-        source=str(tiny),
-    )  # fmt: skip
-    db.session.add_all([user, model])
-    db.session.commit()
+    user, model, tiny = tiny_platform(work)
     config = {**BASE, "batch_size": 8, "cache_size": 0, "context_size": 1024, "threads": args.threads}
     row = Application(name="ours", model_id=model.id, created_by_id=user.id, config=config)
     db.session.add(row)

@@ -22,11 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
-from serving import BASE, deploy, main_with, percentile  # noqa: E402
+from serving import BASE, deploy, main_with, percentile, tiny_platform  # noqa: E402
 
 from llmapp.extensions import db  # noqa: E402
-from llmapp.models import Application, RegistryModel, User  # noqa: E402
-from llmapp.runtime.tiny_model import build_tiny_model  # noqa: E402
+from llmapp.models import Application  # noqa: E402
 from llmapp.services import api_keys, plugins  # noqa: E402
 from llmapp.services.demo import PLUGINS  # noqa: E402
 
@@ -50,19 +49,7 @@ def first_token_ms(client: httpx.Client, url: str, key: str, body: dict) -> tupl
 
 
 def run(app, work, requests: int):
-    tiny = build_tiny_model(work / "tiny-gpt2")
-    user = User(email="bench@example.com", is_admin=True)
-    user.set_password("password123")
-    model = RegistryModel(
-        name="tiny",
-        parameters_billions=0.0004,
-        precision="fp32",
-        context_length=8192,
-        engine="transformers",
-        source=str(tiny),
-    )
-    db.session.add_all([user, model])
-    db.session.commit()
+    user, model, _ = tiny_platform(work)
     demo = {name: (type_name, config) for name, type_name, _, config in PLUGINS}
     chain = [plugins.create(user, {"name": n, "type": demo[n][0], "config": demo[n][1]}) for n in CHAIN]
 

@@ -143,7 +143,8 @@ def stop(application, timings):
     transition(application, deployments.request_stop, {"stopped"}, timings)
 
 
-def run(app, work):
+def tiny_platform(work: Path) -> tuple[User, RegistryModel, Path]:
+    """An admin, and the tiny GPT-2 built in ``work`` and registered as the model "tiny"."""
     tiny = build_tiny_model(work / "tiny-gpt2")
     user = User(email="bench@example.com", is_admin=True)
     user.set_password("password123")
@@ -157,6 +158,11 @@ def run(app, work):
     )
     db.session.add_all([user, model])
     db.session.commit()
+    return user, model, tiny
+
+
+def run(app, work):
+    user, model, _ = tiny_platform(work)
 
     def application(name, model_id=model.id, **config):
         row = Application(name=name, model_id=model_id, created_by_id=user.id, config={**BASE, **config})
