@@ -60,6 +60,19 @@ def test_only_text_that_could_still_start_a_match_is_held_back():
     assert patterned.feed("hello world, all").text == "hello w"
 
 
+def test_the_longest_and_the_most_keywords_a_filter_takes_are_held_back_on_a_stream():
+    """A plugin's keywords may be 500 of 200 characters each, and a ligature folds to three letters: their
+    starts are found without a regular expression nested as deep as a keyword is long (one nested 600 deep
+    overflowed Python's recursion limit)."""
+    longest = "z" + "\ufb03" * 198 + "z"  # ﬃ: "ffi" once folded
+    keywords = [longest, *(f"word{i} and {i}" for i in range(499))]
+    text = f"hello {longest} and word7  and\n7!"
+    matcher = ContentFilter(keywords=keywords, patterns=[], mask="[X]")
+    rewriter = StreamRewriter(matcher)
+    assert rewriter.feed(text[:100]).text == "hello "  # the long keyword's start waits
+    assert stream(matcher, list(text))[0] == rewrite(text, matcher.find(text)) == "hello [X] and [X]!"
+
+
 def test_pii_holds_back_only_an_address_or_a_number_in_progress():
     rewriter = StreamRewriter(PiiRedactor())
     assert rewriter.feed("Hello, dear ").text == "Hello, dear "

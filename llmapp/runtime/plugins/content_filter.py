@@ -23,6 +23,7 @@ refused where it is saved (``pattern_errors``). ``\\w``, ``\\d``, ``\\s`` keep P
 script's letters and digits, Unicode spaces); ``\\b`` is RE2's, between ASCII word characters.
 """
 
+import bisect
 import re
 from dataclasses import dataclass
 
@@ -88,21 +89,39 @@ def keyword_regex(folded_keywords: list[str]) -> str:
     return "|".join(sorted(alternatives, key=len, reverse=True))
 
 
-def keyword_prefixes(folded_keywords: list[str]) -> str:
-    """A regular expression for the non-empty starts of the keywords ("p", "pa" … "password"), the words
-    of each separated by any run of whitespace, as in ``keyword_regex``."""
-    alternatives = set()
-    for keyword in folded_keywords:
-        nested = ""
-        for i, word in enumerate(reversed(keyword.split())):
-            for c in reversed(word[1:]):
-                nested = f"{re.escape(c)}(?:{nested})?" if nested else re.escape(c)
-            head = re.escape(word[0])
-            nested = f"{head}(?:{nested})?" if nested else head
-            if i < len(keyword.split()) - 1:
-                nested = f"\\s+(?:{nested})?"
-        alternatives.add(nested)
-    return "|".join(sorted(alternatives))
+class KeywordStarts:
+    """Where the tail of a text that is the start of a keyword begins ("pass" of "password"), the words of a
+    keyword separated by any run of whitespace, as in ``keyword_regex``. Text and keywords are compared
+    folded without accents and, unless case counts, case-folded: coarser than matching, so what can still
+    become a match is always held. Keywords are kept sorted: a tail starts one when the first keyword not
+    below it begins with it (a bisection per place in the tail, however many keywords there are)."""
+
+    def __init__(self, keywords: list[str], case_sensitive: bool):
+        self.case = str if case_sensitive else str.casefold
+        self.keywords = sorted({" ".join(self.case(fold(k).text).split()) for k in keywords if k.split()})
+        self.longest = max(map(len, self.keywords), default=0)
+
+    def start(self, folded: str, window: int) -> int | None:
+        """The index in ``folded`` where the earliest keyword start that ends it begins (looked for from
+        ``window`` on), or None."""
+        chars, at, i = [], [], window  # the tail as compared, and each character's index in ``folded``
+        while i < len(folded):
+            if folded[i].isspace():
+                chars.append(" ")
+                at.append(i)
+                while i < len(folded) and folded[i].isspace():
+                    i += 1
+                continue
+            for c in self.case(folded[i]):
+                chars.append(c)
+                at.append(i)
+            i += 1
+        tail = "".join(chars)
+        for k in range(len(tail)):
+            j = bisect.bisect_left(self.keywords, tail[k:])
+            if j < len(self.keywords) and self.keywords[j].startswith(tail[k:]):
+                return at[k]
+        return None
 
 
 @dataclass
@@ -126,13 +145,10 @@ class ContentFilter:
         self._keywords = [(accents, re.compile(rx, flags)) for accents, rx in regexes.items() if rx]
         self._patterns = [compile_pattern(p, self.case_sensitive) for p in self.patterns if p]
         folded = [k for ks in groups.values() for k in ks]
-        longest_keyword = max((len(k) for k in folded), default=1)
         self._runs = any(len(k.split()) > 1 for k in folded)  # a match may be longer than its keyword
-        self._longest_keyword = longest_keyword
         # Held back on a stream: a tail that is the start of a keyword, read without accents (coarser than
         # either folding, so a letter whose accent is still to come, o + U+0308, is held too).
-        starts = [fold(k).text for k in self.keywords if k and k.split()]
-        self._keyword_starts = re.compile(f"(?:{keyword_prefixes(starts)})\\Z", flags) if starts else None
+        self._starts = KeywordStarts([k for k in self.keywords if k], self.case_sensitive)
 
     @classmethod
     def from_config(cls, config: dict) -> "ContentFilter":
@@ -179,11 +195,11 @@ class ContentFilter:
         whitespace counts as one character when a keyword has words, its match spans the run; invisible
         characters do not count), and the last ``max_match_chars - 1`` characters when there are patterns."""
         at = len(text)
-        if self._keyword_starts is not None:
+        if self._starts.keywords:
             folded = fold(text)
-            window = _held_back(folded.text, self._longest_keyword + 1, self._runs)  # no start is further back
-            if start := self._keyword_starts.search(folded.text, window):
-                at = folded.at(start.start())
+            window = _held_back(folded.text, self._starts.longest + 1, self._runs)  # no start is further back
+            if (start := self._starts.start(folded.text, window)) is not None:
+                at = folded.at(start)
         if self._patterns:
             at = min(at, held_back(text, self.max_match_chars))
             for folded in self._foldings(text).values():
