@@ -352,8 +352,8 @@ async def plugins_out(ctx: Context) -> None:
 
 
 async def rewrite_stream(outputs: AsyncIterator[RequestOutput], run: PluginRun) -> AsyncIterator[RequestOutput]:
-    """A stream through the output side of the chain. Each rewriter holds back as much text as its
-    longest match, so a match split across outputs is still caught; a block ends the stream there, with
+    """A stream through the output side of the chain. Each rewriter holds back the text that could still
+    grow into a match, so a match split across outputs is still caught; a block ends the stream there, with
     finish_reason "content_filter", and stops the generation."""
     rewriters: dict[int, OutputRewriter] = {}
     held: dict[int, dict] = {}  # each choice's other fields (tool calls…), sent rewritten at its end

@@ -348,7 +348,8 @@ class Batcher:
     def _leave(self, indices: list[int]) -> None:
         """Remove rows from the batch; cut the columns that are padding for every row that stays."""
         torch = self.torch
-        keep = [i for i in range(len(self.rows)) if i not in set(indices)]
+        gone = set(indices)
+        keep = [i for i in range(len(self.rows)) if i not in gone]
         if not keep:
             self.rows, self.cache, self.mask = [], None, None
             return

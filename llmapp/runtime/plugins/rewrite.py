@@ -1,11 +1,9 @@
 """Finding spans in text and rewriting them, whole or as a stream arrives in chunks.
 
 A *matcher* finds spans (a keyword, a pattern, an e-mail address…) and says what replaces each. On a
-stream, a span may be split across chunks, so ``StreamRewriter`` holds back the last ``hold - 1``
-characters (``hold``: the longest span the matcher can find) until more text shows whether a span
-starts there: a span never leaves in pieces, and text is delayed by at most ``hold - 1`` characters.
-A matcher that reads text in a normalised form, or whose spans can be longer than ``hold`` (an
-e-mail address), says itself where the held-back tail starts (``hold_from``).
+stream, a span may be split across chunks, so ``StreamRewriter`` holds back the tail of the text that
+could still grow into a span (the matcher says where it starts: ``hold_from``) until more text shows
+whether it does: a span never leaves in pieces, and text that can't start one is never delayed.
 
 Matching on a request's input runs in a worker thread; ``checkpoint`` lets a long scan stop once its
 request has timed out (``cancellable``), rather than burn the CPU for nobody.
@@ -49,8 +47,6 @@ class Span:
 
 
 class Matcher(Protocol):
-    hold: int  # the longest span it can find, in characters
-
     def find(self, text: str) -> list[Span]: ...
 
     def hold_from(self, text: str) -> int:
@@ -59,7 +55,7 @@ class Matcher(Protocol):
 
 
 def held_back(text: str, hold: int) -> int:
-    """The plain hold-back: the last ``hold - 1`` characters."""
+    """A fixed hold-back, for spans that can't be told from their start: the last ``hold - 1`` characters."""
     return max(0, len(text) - (hold - 1))
 
 
