@@ -140,7 +140,7 @@ def deploy(application, timings=None):
 
 
 def stop(application, timings):
-    transition(application, deployments.request_stop, {"stopped"}, timings)
+    transition(application, stops.request_stop, {"stopped"}, timings)
 
 
 def tiny_platform(work: Path) -> tuple[User, RegistryModel, Path]:

@@ -110,7 +110,9 @@ def main() -> None:
     logging.basicConfig(level=os.environ.get("LLMAPP_WORKER_LOG_LEVEL", "INFO"))
     with app.app_context():
         names = [queues.host_queue_name(queues.this_host()), queues.DEFAULT_QUEUE]
-        from llmapp.services import hosts
+        from llmapp.services import hosts, server_processes
+
+        fork_server = server_processes.start_fork_server()  # its jobs' servers start warm (forked)
 
         with contextlib.suppress(redis.RedisError):
             hosts.announce()  # known before the first deploy is placed
@@ -137,6 +139,7 @@ def main() -> None:
                 wait_for_redis(queues.connection())
         finally:
             stop.set()
+            server_processes.stop_fork_server(fork_server)
 
 
 if __name__ == "__main__":

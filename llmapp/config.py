@@ -49,6 +49,11 @@ DEFAULTS = {
     "SERVER_ENV_ALLOW": "",  # more of the worker's environment variables for app servers (comma-separated)
     "SERVER_USER": None,  # one account for every app server (as root); default: an account of its own each
     "SERVER_UID_BASE": 200000,  # as root, a server's own uid: this plus its port's place in SERVER_PORTS
+    # Each worker forks app servers from a process that has imported torch and transformers once
+    # (llmapp/runtime/forkserver.py); off: each server starts a Python of its own. FORK_SERVER_SOCKET:
+    # one already running on this host to use instead (the test suite shares one between its workers).
+    "WARM_START": True,
+    "FORK_SERVER_SOCKET": None,
     # What a client may hold of an app server before its key is checked (llmapp/runtime/http_limits.py)
     "SERVER_MAX_HEADER_KB": 64,
     "SERVER_HEADER_TIMEOUT_S": 10,
@@ -107,6 +112,8 @@ ENVIRONMENT = {
     "LLMAPP_SERVER_ENV_ALLOW": "SERVER_ENV_ALLOW",
     "LLMAPP_SERVER_USER": "SERVER_USER",
     "LLMAPP_SERVER_UID_BASE": "SERVER_UID_BASE",
+    "LLMAPP_WARM_START": "WARM_START",
+    "LLMAPP_FORK_SERVER_SOCKET": "FORK_SERVER_SOCKET",
     "LLMAPP_WEBHOOK_ALLOW": "WEBHOOK_ALLOWED_DESTINATIONS",
     "LLMAPP_SERVER_MAX_HEADER_KB": "SERVER_MAX_HEADER_KB",
     "LLMAPP_SERVER_HEADER_TIMEOUT_S": "SERVER_HEADER_TIMEOUT_S",
@@ -140,6 +147,7 @@ def load(instance_path: str, overrides: dict | None = None) -> dict:
     if not config.get("REDIS_URL") and (instance / REDIS_URL_FILE).exists():
         config["REDIS_URL"] = (instance / REDIS_URL_FILE).read_text().strip()
     config["DEMO"] = _truthy(config["DEMO"])
+    config["WARM_START"] = _truthy(config["WARM_START"])
     for key in (
         "DEPLOY_TIMEOUT_S", "STOP_GRACE_S", "RECONCILE_INTERVAL_S", "MAX_REQUEST_MB", "METRICS_FLUSH_S",
         "LOG_HEARTBEAT_S", "LOG_STREAM_BLOCK_S", "SERVER_HEADER_TIMEOUT_S", "SERVER_KEEP_ALIVE_S",

@@ -5,8 +5,10 @@ an empty Redis database."""
 import http.server
 import os
 import re
+import shutil
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import flask_migrate
 import pytest
@@ -393,13 +395,17 @@ class Workers:
 
 
 def server_processes(application_id=None):
-    """The app server processes running now (of one application or run folder, or all)."""
+    """The app server processes running now (of one application or run folder, or all; not fork servers)."""
     import psutil
 
     found = []
     for process in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(process.info["cmdline"] or [])
-        if "llmapp.runtime" in cmdline and (application_id is None or str(application_id) in cmdline):
+        if (
+            "llmapp.runtime" in cmdline
+            and "--spec" in cmdline
+            and (application_id is None or str(application_id) in cmdline)
+        ):
             if process.status() != psutil.STATUS_ZOMBIE:
                 found.append(process)
     return found
@@ -474,10 +480,32 @@ def gone(process) -> bool:
         return True
 
 
+@pytest.fixture(scope="session")
+def fork_server(schema, database_url, redis_url):
+    """One fork server (llmapp/runtime/forkserver.py) for every worker of the run, as a host's workers may
+    share one: the servers the tests deploy start warm without each test's worker importing torch again.
+    (A worker that starts its own is tested through `python app.py`, tests/e2e/test_app_py.py.)"""
+    import tempfile
+
+    from llmapp.services import server_processes as processes
+
+    app = create_app(make_config(database_url, redis_url))
+    path = Path(tempfile.mkdtemp(prefix="llmapp-fork-")) / "socket"
+    with app.app_context():
+        process = processes.launch_fork_server(path)
+    wait_for(lambda: path.exists() or process.poll() is not None, 180, 0.1, "the fork server to listen")
+    assert process.poll() is None, "the fork server exited"
+    yield SimpleNamespace(path=str(path), pid=process.pid)
+    os.close(process.liveness_fd)
+    process.wait(30)
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
 @pytest.fixture
-def workers(app, database_url, redis_url, tmp_path):
+def workers(app, database_url, redis_url, tmp_path, fork_server):
     started = Workers(database_url, redis_url)
     started.env["LLMAPP_INSTANCE_PATH"] = str(tmp_path / "instance")
+    started.env["LLMAPP_FORK_SERVER_SOCKET"] = fork_server.path
     yield started
     started.stop()
     for process in server_processes(str(tmp_path)):  # no server of this test outlives it

@@ -10,7 +10,6 @@ gen_ai.server.time_per_output_token, the gen_ai.operation.name and gen_ai.token.
 the rest are llmapp_*.
 """
 
-import asyncio
 import time
 from collections import Counter, defaultdict
 
@@ -25,6 +24,7 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 
 from . import metrics
+from .tasks import pause
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 HISTOGRAM_FAMILIES = (
@@ -158,5 +158,5 @@ class Recorder:
     async def run(self, connection) -> None:
         """Flush every flush_s, at the same phase as the 10-second buckets."""
         while True:
-            await asyncio.sleep(self.flush_s - time.time() % self.flush_s)
+            await pause(self.flush_s - time.time() % self.flush_s)
             await self.flush(connection)

@@ -14,6 +14,7 @@ from .. import keyspace
 from .plugins import published
 from .plugins.chain import Chain
 from .served import Served
+from .tasks import pause
 
 log = logging.getLogger("llmapp.server")
 HEARTBEAT_S = 5  # how often a server renews its address in Redis (it expires after 6 beats)
@@ -53,7 +54,7 @@ class ChainWatcher:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(CHAIN_POLL_S)
+            await pause(CHAIN_POLL_S)
             if self.served.engine.status != "ready":
                 continue
             try:
@@ -110,7 +111,7 @@ class Upkeep:
                 if not self.failing:
                     log.warning("Redis is unreachable (%s); the server keeps serving and retries", e)
                 self.failing = True
-            await asyncio.sleep(HEARTBEAT_S if self.served.engine.status == "ready" and not self.failing else 0.5)
+            await pause(HEARTBEAT_S if self.served.engine.status == "ready" and not self.failing else 0.5)
 
     async def leave(self) -> None:
         with contextlib.suppress(redis.RedisError):

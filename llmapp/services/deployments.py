@@ -220,7 +220,10 @@ def wait_ready(
                 raise Superseded("the deploy was ended meanwhile (a stop, a restart or a repair)")
             checked = time.monotonic()
         if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:
-            code = process.wait(0) if process.is_running() else None
+            try:  # a fork server's child is reaped by it: its code is not this job's to read
+                code = process.wait(0) if process.is_running() else None
+            except psutil.TimeoutExpired:
+                code = None
             detail = _last_error_line(application)
             raise DeployFailed(
                 f"The server process exited during start-up{f' (code {code})' if code else ''}"

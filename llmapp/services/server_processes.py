@@ -7,11 +7,13 @@ import itertools
 import os
 import pwd
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from .. import ROOT, engines, queues, secrets_box
 from ..extensions import db
 from ..models import Application, Replica
+from ..runtime import forkserver
 from ..runtime.plugins.published import CHAIN_KEY_VARIABLE
 from ..runtime.spec import REDIS_URL_VARIABLE
 from . import NotFound, environment, metrics, plugins, registry
@@ -45,6 +48,11 @@ INHERITED_ENV = frozenset(
 NOGROUP_GID = 65534  # the group of servers' own accounts (Debian's nogroup): it owns nothing either
 # How a server starts under `python -I` (no current folder on sys.path): the project's root is put first.
 SERVER_LAUNCHER = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from llmapp.runtime.__main__ import main; main()"
+FORK_SERVER_LAUNCHER = (
+    f"import sys; sys.path.insert(0, {str(ROOT)!r}); from llmapp.runtime.forkserver import main; main()"
+)
+FORK_SERVER_WAIT_S = 30.0  # for a fork server still importing torch (about what a cold start spends on it)
+MAX_SOCKET_PATH = 100  # a Unix socket's path is at most 107 bytes
 HEALTH_TIMEOUT_S = 2.0
 
 
@@ -57,11 +65,21 @@ class Superseded(DeployFailed):
     else is changed (whoever ended it settled the application)."""
 
 
+def inherited_environment(home: str | None = None) -> dict:
+    """What every server starts with of the worker's environment: the allow-list (INHERITED_ENV,
+    LLMAPP_SERVER_ENV_ALLOW, LC_*); ``home``: the server account's home folder."""
+    allowed = INHERITED_ENV | set(current_app.config["SERVER_ENV_ALLOW"])
+    env = {k: v for k, v in os.environ.items() if k in allowed or k.startswith("LC_")}
+    if home is not None:
+        env["HOME"] = home
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 def server_environment(application: Application, setup: ServingSetup, user: "ServerUser | None") -> dict:
     """The server's environment: an allow-list of the worker's, the release's own variables, where
     Redis is. A variable of a kind members may not set (stored before the rule existed) fails the deploy."""
-    allowed = INHERITED_ENV | set(current_app.config["SERVER_ENV_ALLOW"])
-    env = {k: v for k, v in os.environ.items() if k in allowed or k.startswith("LC_")}
+    env = inherited_environment()
     for name, value, secret in setup.env:
         if why := environment.refusal(name):
             raise DeployFailed(f"{why} Remove it from the application's environment variables.")
@@ -73,7 +91,6 @@ def server_environment(application: Application, setup: ServingSetup, user: "Ser
         env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
     env[REDIS_URL_VARIABLE] = current_app.config["REDIS_URL"]
     env[CHAIN_KEY_VARIABLE] = secrets_box.application_key(application.id).decode()
-    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
@@ -252,27 +269,23 @@ def spawn(application: Application, replica: Replica, setup: ServingSetup) -> ps
     spec_for(application, port, setup).write(spec_path)
     output = os.open(run_dir() / f"{application.id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     spec_file = open(spec_path, "rb")  # noqa: SIM115 - the server reads it on its standard input
+    # `-I`: the interpreter ignores PYTHON* variables and the user's site-packages (so `-u` stands for
+    # PYTHONUNBUFFERED: what it prints reaches its log file at once). The spec comes on standard input,
+    # opened here: the server's account may not read the run folder.
+    args = ["--spec", str(spec_path), "--spec-on-stdin"]
     try:
-        # A session of its own: the server outlives this job, its worker, and a Ctrl-C of the worker.
-        # `-I`: the interpreter ignores PYTHON* variables and the user's site-packages (so `-u` stands for
-        # PYTHONUNBUFFERED: what it prints reaches its log file at once). The spec comes on
-        # standard input, opened here: the server's account may not read the run folder.
-        process = subprocess.Popen(
-            [sys.executable, "-I", "-u", "-c", SERVER_LAUNCHER, "--spec", str(spec_path), "--spec-on-stdin"],
-            cwd=ROOT,
-            env=server_environment(application, setup, user),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            stdin=spec_file,
-            start_new_session=True,
-            **({"user": user.uid, "group": user.gid, "extra_groups": []} if user else {}),
+        pid, how = start_process(
+            [sys.executable, "-I", "-u", "-c", SERVER_LAUNCHER, *args],
+            args,
+            server_environment(application, setup, user),
+            user,
+            spec_file.fileno(),
+            output,
         )
-    except (OSError, ValueError) as e:  # e.g. a variable the operating system refuses
-        raise DeployFailed(f"The server process could not be started: {e}.") from e
     finally:
         os.close(output)
         spec_file.close()
-    replica.host, replica.pid, replica.port = queues.this_host(), process.pid, port
+    replica.host, replica.pid, replica.port = queues.this_host(), pid, port
     replica.address = current_app.config["ADVERTISE_HOST"]
     if len(application.replicas) == 1:
         application.port = port  # its only server's: the port its endpoint keeps from now on
@@ -280,13 +293,120 @@ def spawn(application: Application, replica: Replica, setup: ServingSetup) -> ps
         db.session.commit()
     except StaleDataError as e:  # its row went meanwhile (a stop): the server it would have recorded goes too
         db.session.rollback()
-        kill_orphan(process.pid, str(application.id))
+        kill_orphan(pid, str(application.id))
         raise Superseded("the deploy was ended while its server started") from e
     log_event(
         application.id,
-        f"server process {process.pid} started on {queues.this_host()}:{port} (release {setup.release})",
+        f"server process {pid} started on {queues.this_host()}:{port} (release {setup.release}; {how})",
     )
-    return psutil.Process(process.pid)
+    return psutil.Process(pid)
+
+
+def start_process(argv: list[str], args: list[str], env: dict, user: ServerUser | None, stdin: int, stdout: int):
+    """Start a server: forked by this worker's fork server when there is one (warm), else as ``argv``, a
+    Python of its own, in a session of its own (it outlives this job, its worker, and a Ctrl-C of the
+    worker). Returns its pid and how it started, in words.
+
+    :raise DeployFailed: it could not be started.
+    """
+    how = "started cold" if current_app.config["WARM_START"] else "started cold (warm starts are off)"
+    if socket_path := fork_server_socket():
+        try:
+            started = forkserver.start(socket_path, args, env, user, stdin, stdout, cwd=str(ROOT))
+        except forkserver.Unavailable as e:
+            current_app.logger.warning("%s: the server starts cold", e)
+        except forkserver.Refused as e:
+            raise DeployFailed(f"The server process could not be started: {e}.") from e
+        else:
+            if started.warm:
+                return started.pid, "forked by the host's fork server"
+            how = f"started cold: {started.why}"
+    try:
+        process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            stdin=stdin,
+            start_new_session=True,
+            **({"user": user.uid, "group": user.gid, "extra_groups": []} if user else {}),
+        )
+    except (OSError, ValueError) as e:  # e.g. a variable the operating system refuses
+        raise DeployFailed(f"The server process could not be started: {e}.") from e
+    return process.pid, how
+
+
+# --- the fork server (llmapp/runtime/forkserver.py) ---------------------------------------------------
+
+
+def fork_server_socket() -> str | None:
+    """Where this worker's fork server listens, once it does (None: warm starts are off, or it is gone)."""
+    config = current_app.config
+    path = config["FORK_SERVER_SOCKET"]
+    if not config["WARM_START"] or not path:
+        return None
+    deadline = time.monotonic() + FORK_SERVER_WAIT_S
+    while not os.path.exists(path):  # still importing: waiting costs less than importing again
+        if time.monotonic() > deadline or not psutil.pid_exists(config.get("FORK_SERVER_PID") or 0):
+            return None
+        time.sleep(0.05)
+    return path
+
+
+def start_fork_server() -> subprocess.Popen | None:
+    """This worker's fork server, unless warm starts are off or the configuration names one running
+    already; the worker's jobs find it in the configuration. It ends when this process does."""
+    config = current_app.config
+    if not config["WARM_START"] or config["FORK_SERVER_SOCKET"]:
+        return None
+    path = run_dir() / f"forkserver.{os.getpid()}.sock"
+    if len(str(path)) > MAX_SOCKET_PATH:
+        path = Path(tempfile.mkdtemp(prefix="llmapp-fork-")) / "socket"  # the platform's user's only (700)
+    process = launch_fork_server(path)
+    config["FORK_SERVER_SOCKET"], config["FORK_SERVER_PID"] = str(path), process.pid
+    return process
+
+
+def launch_fork_server(path: Path) -> subprocess.Popen:
+    """Start a fork server listening at ``path``, with the environment servers inherit (the account's
+    home as a server's: what the libraries read while they are imported). Closing the process's
+    ``liveness_fd`` (or the end of this process) ends it."""
+    home = None
+    if os.geteuid() == 0:
+        try:
+            home = pwd.getpwnam(current_app.config["SERVER_USER"]).pw_dir if current_app.config["SERVER_USER"] else None
+        except KeyError:
+            home = None
+        home = home or "/nonexistent"
+    read_end, write_end = os.pipe()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-u", "-c", FORK_SERVER_LAUNCHER, "--socket", str(path)]
+            + ["--liveness-fd", str(read_end)],
+            cwd=ROOT,
+            env=inherited_environment(home),
+            stdin=subprocess.DEVNULL,
+            pass_fds=(read_end,),
+            start_new_session=True,  # not in the worker's terminal group: it ends when its pipe closes
+        )
+    finally:
+        os.close(read_end)
+    process.liveness_fd = write_end
+    return process
+
+
+def stop_fork_server(process: subprocess.Popen | None) -> None:
+    if process is None:
+        return
+    os.close(process.liveness_fd)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    path = Path(current_app.config["FORK_SERVER_SOCKET"])
+    if path.parent.name.startswith("llmapp-fork-"):  # the folder made for a run folder's path too long
+        shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def server_process(replica: Replica) -> psutil.Process | None:

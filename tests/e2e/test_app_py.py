@@ -25,7 +25,8 @@ def workers_of(platform: subprocess.Popen) -> set[int]:
     found = set()
     for child in psutil.Process(platform.pid).children():
         try:
-            if "jobs.worker" in " ".join(child.cmdline()):
+            command = " ".join(child.cmdline())
+            if "jobs.worker" in command or command.startswith("rq:worker:"):  # rq titles its workers
                 found.add(child.pid)
         except psutil.Error:  # a zombie, not yet reaped
             continue

@@ -362,6 +362,8 @@ def test_concurrency_timeout_cache_log_level_and_environment(
     assert environment["SITE_NAME"] == "lab" and environment["PATH"] and environment["LLMAPP_REDIS_URL"]
     assert "tok-secret-123" not in text
     assert "tok-secret-123" not in client.get(f"/applications/{deployed.id}").text
+    # Variables a library might read while it loads: not forked from the fork server, started cold.
+    assert "started cold: GREETING, SITE_NAME, UPSTREAM_TOKEN may be read while torch and transformers load" in text
     # Started with `python -I`; as root, as the unprivileged account (CI makes the interpreter reachable
     # for it and requires it), else with a warning that says what the account could not read.
     server = psutil.Process(deployed.process_pid)
