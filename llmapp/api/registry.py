@@ -40,6 +40,8 @@ def model_recommendation(model_id):
         model_memory_bytes=found.model_memory_bytes,
         kv_cache_per_sequence_bytes=found.kv_cache_per_sequence_bytes,
         available_memory_bytes=found.available_memory_bytes,
+        cpu_cores=found.cpu_cores,
+        decided_by=dict(found.bounds),
         reasoning=found.reasoning,
     )
 

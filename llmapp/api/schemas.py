@@ -412,4 +412,8 @@ class RecommendationOut(BaseModel):
     model_memory_bytes: int
     kv_cache_per_sequence_bytes: int
     available_memory_bytes: int
+    cpu_cores: int | None = Field(description="The CPU host's cores it was reckoned for; null: an accelerator.")
+    decided_by: dict[str, str] = Field(
+        description="What bounded max_concurrency and batch_size: memory, cores, accelerator or limit."
+    )
     reasoning: str

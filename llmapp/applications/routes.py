@@ -72,6 +72,14 @@ def _recommendation(model_id):
         return None
 
 
+def _model_problem(model_id) -> str | None:
+    """What would stop the chosen model from serving here, said when it is chosen, not at deploy."""
+    try:
+        return applications.serving_problem(registry.get_model(model_id)) if model_id else None
+    except NotFound:
+        return None
+
+
 def _render_form(form, application=None, code=200):
     form.conceal_secrets()
     return render(
@@ -81,6 +89,7 @@ def _render_form(form, application=None, code=200):
         form=form,
         application=application,
         recommendation=_recommendation(form.model_id.data),
+        model_problem=_model_problem(form.model_id.data),
     )
 
 
@@ -97,11 +106,13 @@ def index():
 @bp.route("/new", methods=["GET", "POST"])
 def create():
     """Create an application with the form; errors re-render it inline."""
-    # A new form starts on the first model, with its serving defaults (as the API's create fills them);
-    # a submitted one is what was sent.
+    # A new form starts on the model asked for (?model_id=), else the first this host can serve, with its
+    # serving defaults (as the API's create fills them); a submitted one is what was sent.
     if request.method == "GET":
-        first = next((model.id for model in registry.list_models()), None)
-        form = _form(data={**applications.serving_defaults(first), "model_id": first})
+        models = registry.list_models()
+        asked = int_arg("model_id")
+        chosen = asked if any(m.id == asked for m in models) else applications.preferred_model_id(models)
+        form = _form(data={**applications.serving_defaults(chosen), "model_id": chosen})
     else:
         form = _form()
     if form.is_submitted() and form.judged():
@@ -295,6 +306,7 @@ def recommendation():
     return render_template(
         "applications/_recommendation.html",
         recommendation=_recommendation(int_arg("model_id")),
+        model_problem=_model_problem(int_arg("model_id")),
         model_id=int_arg("model_id"),
     )
 

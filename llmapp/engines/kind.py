@@ -66,8 +66,9 @@ class EngineKind:
 
     # recommendations --------------------------------------------------------------------------------
 
-    def recommend(self, model, memory_bytes: int) -> Recommendation:
-        """A serving configuration for ``model`` on a host with ``memory_bytes`` to serve with."""
+    def recommend(self, model, memory_bytes: int, cpu_cores: int | None = None) -> Recommendation:
+        """A serving configuration for ``model`` on a host with ``memory_bytes`` to serve with
+        (``cpu_cores``: a CPU host's cores, which bound its batch; None: it serves on an accelerator)."""
         raise NotImplementedError
 
     # deploying --------------------------------------------------------------------------------------

@@ -54,13 +54,13 @@ class LlamaCppKind(ManagedKind):
     def detect(self, path):
         return model_detection.detect_gguf(path)
 
-    def recommend(self, model, memory_bytes):
+    def recommend(self, model, memory_bytes, cpu_cores=None):
         """From the file (quantised weights are what is loaded) and the KV cache its header describes."""
         try:
             info = model_detection.read_gguf(model.source)
         except model_detection.NotAModel:
             return recommendations.recommend(
-                model.parameters_billions, model.precision, model.context_length, memory_bytes
+                model.parameters_billions, model.precision, model.context_length, memory_bytes, cpu_cores=cpu_cores
             )
         context = model.context_length or info.context_length or 2048
         shape = (info.layers, info.kv_heads, info.head_size)
@@ -74,6 +74,7 @@ class LlamaCppKind(ManagedKind):
             model.parameters_billions or info.parameters / 1e9,
             context,
             memory_bytes,
+            cpu_cores=cpu_cores,
         )
 
     def preflight(self, model):

@@ -44,7 +44,7 @@ class UpstreamKind(EngineKind):
     def source_summary(self, model):
         return f"{model.base_url} → {model.upstream_model}"
 
-    def recommend(self, model, memory_bytes):
+    def recommend(self, model, memory_bytes, cpu_cores=None):
         # No weights and no KV cache here: this host's memory plays no part.
         return recommendations.recommend_upstream(model.parameters_billions, model.context_length, model.base_url)
 

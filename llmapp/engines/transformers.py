@@ -26,8 +26,16 @@ class HuggingFaceDirectory:
         except model_detection.NotAModel as e:
             errors["source"] = [str(e)]
 
-    def recommend(self, model, memory_bytes):
-        return recommendations.recommend(model.parameters_billions, model.precision, model.context_length, memory_bytes)
+    def recommend(self, model, memory_bytes, cpu_cores=None):
+        """From the model's size, and its KV cache from its config (its KV heads) where it says."""
+        return recommendations.recommend(
+            model.parameters_billions,
+            model.precision,
+            model.context_length,
+            memory_bytes,
+            shape=model_detection.kv_shape(model.source),
+            cpu_cores=cpu_cores,
+        )
 
     def check_model(self, model):
         """:raise NotReady: the directory is not a model (before anything is spawned)."""

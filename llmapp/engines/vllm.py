@@ -30,6 +30,9 @@ def has_nvidia_gpu() -> bool:
     return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
 
 
+VLLM_MAX_NUM_SEQS = 256  # vLLM's default ceiling on sequences in a batch
+
+
 class VllmKind(ManagedDirectoryKind):
     name = "vllm"
     label = "a local Hugging Face model directory, run by vLLM"
@@ -53,22 +56,27 @@ class VllmKind(ManagedDirectoryKind):
     )
     loading_markers = ("Starting to load model", "Loading weights")
 
-    def recommend(self, model, memory_bytes):
+    def recommend(self, model, memory_bytes, cpu_cores=None):
         """From GPU memory, as vLLM uses it: its memory share (90 %) holds the weights, and the rest is KV
         cache; the cache per sequence from the model's own config (its KV heads) where it says. Batch size
-        is vLLM's max_num_seqs: every sequence that fits, at most 256 (its default)."""
-        general = super().recommend(model, memory_bytes)
+        is vLLM's max_num_seqs: every sequence that fits, at most 256 (its default); on a CPU host its
+        cores bound it as for any engine."""
         shape = model_detection.kv_shape(model.source)
-        if not shape:
-            return dataclasses.replace(general, batch_size=min(general.max_concurrency, 256))
-        layers, kv_heads, head_size = shape
-        kv_bytes = 4 if model.precision == "fp32" else 2
-        per_sequence = 2 * layers * kv_heads * head_size * kv_bytes * model.context_length
-        weights = int(model.parameters_billions * 1e9 * recommendations.BYTES_PER_PARAMETER[model.precision])
+        weights = model.parameters_billions * 1e9 * recommendations.BYTES_PER_PARAMETER[model.precision]
         found = recommendations.recommend_for(
-            weights, per_sequence, model.parameters_billions, model.context_length, memory_bytes
+            int(weights if shape else recommendations.OVERHEAD * weights),
+            recommendations.kv_cache_bytes(
+                model.parameters_billions * 1e9, model.precision, model.context_length, shape
+            ),
+            model.parameters_billions,
+            model.context_length,
+            memory_bytes,
+            cpu_cores=cpu_cores,
+            batch_limit=VLLM_MAX_NUM_SEQS,
         )
-        return dataclasses.replace(found, batch_size=min(found.max_concurrency, 256))
+        if cpu_cores:
+            return found
+        return dataclasses.replace(found, batch_size=min(found.max_concurrency, VLLM_MAX_NUM_SEQS))  # any count
 
     def launch_settings(self, spec, options):
         config = spec.config

@@ -1,6 +1,7 @@
 """Applications: who sees what, search, create, edit, delete, and their environment."""
 
 import dataclasses
+import os
 import uuid
 from collections import defaultdict
 
@@ -189,12 +190,17 @@ def name_taken(owner_id: int, name: str, except_id=None) -> bool:
     return db.session.scalar(query) is not None
 
 
-def available_memory_bytes() -> int:
-    """Memory that serving can use: the configured accelerator memory, else this host's RAM."""
+def serving_capacity() -> tuple[int, int | None]:
+    """What this host serves with: memory (the configured accelerator memory, else its first GPU's, else
+    its RAM), and its CPU cores when it serves on the CPU (None on an accelerator)."""
+    from .hosts import gpus
+
     configured = current_app.config.get("ACCELERATOR_MEMORY_GB")
     if configured:
-        return int(configured * recommendations.GB)
-    return psutil.virtual_memory().total
+        return int(configured * recommendations.GB), None
+    if found := gpus():
+        return found[0]["memory_bytes"], None
+    return psutil.virtual_memory().total, os.cpu_count() or 1
 
 
 def recommendation_for(model: RegistryModel) -> recommendations.Recommendation:
@@ -208,9 +214,20 @@ def recommendation_for(model: RegistryModel) -> recommendations.Recommendation:
     except engines.NotReady as e:
         raise Conflict(str(e)) from e
     try:
-        return kind.recommend(model, available_memory_bytes())
+        memory, cpu_cores = serving_capacity()
+        return kind.recommend(model, memory, cpu_cores)
     except ValueError as e:  # a size, context or file that gives no positive figure
         raise Conflict(f"No recommendation for “{model.name}”: {e}.") from e
+
+
+def serving_problem(model: RegistryModel) -> str | None:
+    """Why this host could not serve ``model`` now (its directory or file missing, its engine not
+    installed), as the deploy would say it; None when nothing stands in the way."""
+    try:
+        engines.kind(model.engine).preflight(model)
+    except engines.NotReady as e:
+        return str(e)
+    return None
 
 
 def _env_rows(rows: list[dict], existing: list[EnvVar]) -> list[EnvVar]:
@@ -305,6 +322,19 @@ def serving_defaults(model_id: int | None) -> dict:
     """The configuration a new application of the model starts with (the form's first values, and what
     a field left out on create takes): the model's recommendation over the platform's defaults."""
     return {**default_config(), **(_recommended(model_id) if model_id is not None else {})}
+
+
+def preferred_model_id(models: list[RegistryModel]) -> int | None:
+    """The model a new application starts on: the first this host can serve (its files are here and its
+    weights fit), else the first."""
+    for model in models:
+        if serving_problem(model) is None:
+            try:
+                if recommendation_for(model).fits:
+                    return model.id
+            except ServiceError:
+                continue
+    return models[0].id if models else None
 
 
 def _recommended(model_id: int) -> dict:

@@ -7,6 +7,7 @@ has the engine installed and the memory the model needs, or the one the applicat
 that fits nowhere fails with what it needs and what the biggest host has.
 """
 
+import functools
 import json
 import os
 import re
@@ -45,8 +46,9 @@ class Host:
         return asdict(self)
 
 
-def _gpus() -> list[dict]:
-    """This host's NVIDIA GPUs (name, memory), from nvidia-smi; none where it is missing or fails."""
+@functools.cache
+def gpus() -> list[dict]:
+    """This host's NVIDIA GPUs (name, memory), from nvidia-smi once; none where it is missing or fails."""
     smi = shutil.which("nvidia-smi")
     if not smi:
         return []
@@ -76,7 +78,7 @@ def facts() -> dict:
         "cpus": os.cpu_count() or 1,
         "memory_bytes": memory.total,
         "memory_available_bytes": memory.available,
-        "gpus": _gpus(),
+        "gpus": gpus(),
         "engines": [name for name in engines.managed_names() if engine_installs.installed(name)],
     }
 

@@ -1,19 +1,24 @@
-"""Serving-configuration recommendations from a model's size: a pure function, no I/O.
+"""Serving-configuration recommendations from a model's size and shape: a pure function, no I/O.
 
 The formula (also in README.md, "How recommendations are computed"):
 
 1. Weights:   W = P × bytes_per_parameter(precision)          (fp32 4, bf16/fp16 2, int8 1, int4 0.5)
    Model memory M = 1.2 × W   (20 % for activations, the CUDA/CPU runtime and fragmentation).
-2. KV cache per sequence, estimated from P alone. Decoder transformers have P ≈ 12·L·d² with
-   L ≈ d/128 layers (true of Llama, Mistral, Qwen within ~10 %), so d ≈ (P·128/12)^(1/3) and
-   KV = 2 (K and V) × L × d × kv_bytes × context_length, with kv_bytes 4 for fp32, else 2
-   (quantised weights still keep an fp16 cache). This ignores grouped-query attention,
-   so it errs on the safe side.
-3. Usable memory U = 0.9 × the memory available to serve (a configured accelerator memory, else
-   the host's RAM). Free for the cache F = U − M. If F ≤ 0 the model does not fit.
-4. max concurrency = clamp(⌊F / KV⌋, 1, 1024): every in-flight request may fill its context.
-   batch size      = the largest power of two ≤ min(max concurrency, 64)  (past ~64 a forward
-                     pass is compute-bound and larger batches add latency, not throughput).
+2. KV cache per sequence = 2 (K and V) × layers × KV heads × head size × kv_bytes × context_length,
+   from the model's own config (``num_key_value_heads``: grouped-query attention keeps fewer K/V heads
+   than query heads; Llama-3.1-8B at 128k tokens: 32 × 8 × 128 × 2 × 2 B × 131,072 ≈ 17 GB), kv_bytes 4
+   for fp32, else 2 (quantised weights still keep an fp16 cache). A model whose config does not say is
+   estimated from P alone: P ≈ 12·L·d² with L ≈ d/128 layers, every head a K/V head (the safe side).
+3. Usable memory U = 0.9 × the memory available to serve (a configured accelerator memory, the GPU's,
+   else the host's RAM). Free for the cache F = U − M. If F ≤ 0 the model does not fit.
+4. Each number is the smallest of its bounds, and the recommendation says which one decided it:
+   max concurrency: memory ⌊F / KV⌋ (every in-flight request may fill its context); on a CPU host,
+                    compute: 4 × the batch its cores take (requests past that only wait longer);
+                    the field's limit 1024.
+   batch size:      the largest power of two ≤ max concurrency and ≤ 64 on an accelerator (past ~64 a
+                    forward pass is compute-bound: larger batches add latency, not throughput); on a
+                    CPU host ≤ 4 rows per core (a core does about as many multiply-adds per weight it
+                    reads as four rows need: past that a pass takes longer, it does not serve more).
    timeout (s)     = clamp(⌈30 + 10 × P_billions × context_length / 4096⌉, 30, 3600)
                      (~100 s for a 7B model at 4k context: it may have to generate it all).
    cache size      = clamp(64 × max concurrency, 64, 100 000) entries: cached responses live
@@ -43,6 +48,9 @@ LIMITS = {
 }
 GB = 1024**3
 UPSTREAM_CONCURRENCY = 64
+ACCELERATOR_BATCH = 64
+CPU_ROWS_PER_CORE = 4
+CPU_QUEUE_PER_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,10 @@ class Recommendation:
     timeout_s: int
     cache_size: int
     upstream: str | None = None  # where the model is served, for a model behind the openai engine
+    # What decided max concurrency and batch size: "memory", "cores", "accelerator" (the batch past
+    # which a GPU pass is compute-bound) or "limit" (the field's own).
+    bounds: tuple[tuple[str, str], ...] = ()
+    cpu_cores: int | None = None  # the CPU host's cores it was reckoned for (None: an accelerator)
 
     def as_config(self) -> dict:
         return {
@@ -79,14 +91,38 @@ class Recommendation:
             return f"The model {memory}: it does not fit, so serve one request at a time (or add memory)."
         free = USABLE_FRACTION * self.available_memory_bytes - self.model_memory_bytes
         if free < self.kv_cache_per_sequence_bytes:
+            need, left = _gb_pair(self.kv_cache_per_sequence_bytes, free)
             return (
-                f"The model {memory}; one full-context request needs ~{_gb(self.kv_cache_per_sequence_bytes)} "
-                f"of KV cache, more than the {_gb(free)} left: serve one request at a time."
+                f"The model {memory}; one full-context request needs ~{need} of KV cache, more than the "
+                f"{left} left: serve one request at a time."
             )
+        bounds = dict(self.bounds)
+        cores = f"this host's {self.cpu_cores} CPU core{'s' if self.cpu_cores != 1 else ''}"
+        at_once = {
+            "memory": f"so {self.max_concurrency} fit at once",
+            "cores": f"{self.max_concurrency} at once ({CPU_QUEUE_PER_BATCH} batches' worth: what {cores} can compute, "
+            "though memory would hold more)",
+            "limit": f"{self.max_concurrency} at once (the field's limit)",
+        }[bounds.get("max_concurrency", "memory")]
+        batched = {
+            "cores": f"batched by {self.batch_size} ({CPU_ROWS_PER_CORE} rows per core: a larger pass takes longer)",
+            "accelerator": f"batched by {self.batch_size} (past that a GPU pass is compute-bound)",
+        }.get(bounds.get("batch_size"), f"batched by {self.batch_size}")
         return (
             f"The model {memory}; each full-context request needs ~{_gb(self.kv_cache_per_sequence_bytes)} "
-            f"of KV cache, so {self.max_concurrency} fit at once, batched by {self.batch_size}."
+            f"of KV cache, {at_once}, {batched}."
         )
+
+
+def _gb_pair(a: float, b: float) -> tuple[str, str]:
+    """Two sizes written with enough digits to tell them apart (never "17.2 GB, more than the 17.2 GB")."""
+    for digits in (1, 2, 3):
+        first, second = (
+            f"{n / GB:.{digits}f} GB" if n >= GB / 10 else f"{n / 1024**2:.{digits - 1}f} MB" for n in (a, b)
+        )
+        if first != second:
+            return first, second
+    return first, second
 
 
 def _gb(n: int) -> str:
@@ -97,37 +133,71 @@ def _clamp(value: float, low: int, high: int) -> int:
     return int(max(low, min(high, value)))
 
 
-def kv_cache_bytes(parameters: float, precision: str, context_length: int) -> int:
-    """Estimated KV cache of one sequence that fills ``context_length`` tokens."""
+def kv_cache_bytes(parameters: float, precision: str, context_length: int, shape: tuple | None = None) -> int:
+    """The KV cache of one sequence that fills ``context_length`` tokens: from ``shape`` (layers, KV heads,
+    head size: the model's config) where known, else estimated from the parameter count."""
+    kv_bytes = 4 if precision == "fp32" else 2
+    if shape:
+        layers, kv_heads, head_size = shape
+        return int(2 * layers * kv_heads * head_size * kv_bytes * context_length)
     width = (parameters * LAYER_WIDTH_RATIO / 12) ** (1 / 3)
     layers = max(1.0, width / LAYER_WIDTH_RATIO)
-    kv_bytes = 4 if precision == "fp32" else 2
     return int(2 * layers * width * kv_bytes * context_length)
 
 
-def recommend(parameters_billions: float, precision: str, context_length: int, memory_bytes: int) -> Recommendation:
-    """Recommend a serving configuration for a model of this size on ``memory_bytes`` of memory."""
+def recommend(
+    parameters_billions: float,
+    precision: str,
+    context_length: int,
+    memory_bytes: int,
+    *,
+    shape: tuple | None = None,
+    cpu_cores: int | None = None,
+) -> Recommendation:
+    """Recommend a serving configuration for a model of this size (and ``shape``, where its config says)
+    on ``memory_bytes`` of memory; ``cpu_cores``: a CPU host's cores (None: it serves on an accelerator)."""
     if precision not in BYTES_PER_PARAMETER:
         raise ValueError(f"unknown precision {precision!r}")
     if parameters_billions <= 0 or context_length <= 0 or memory_bytes <= 0:
         raise ValueError("parameters, context length and memory must be positive")
     parameters = parameters_billions * 1e9
     model_memory = int(OVERHEAD * parameters * BYTES_PER_PARAMETER[precision])
-    per_sequence = kv_cache_bytes(parameters, precision, context_length)
-    return recommend_for(model_memory, per_sequence, parameters_billions, context_length, memory_bytes)
+    per_sequence = kv_cache_bytes(parameters, precision, context_length, shape)
+    return recommend_for(
+        model_memory, per_sequence, parameters_billions, context_length, memory_bytes, cpu_cores=cpu_cores
+    )
 
 
 def recommend_for(
-    model_memory: int, per_sequence: int, parameters_billions: float, context_length: int, memory_bytes: int
+    model_memory: int,
+    per_sequence: int,
+    parameters_billions: float,
+    context_length: int,
+    memory_bytes: int,
+    *,
+    cpu_cores: int | None = None,
+    batch_limit: int | None = None,
 ) -> Recommendation:
     """Steps 3 and 4 of the formula, for an engine that knows its model's memory and KV cache itself
-    (llama.cpp: the GGUF file's size and the cache its header describes)."""
+    (llama.cpp: the GGUF file's size and the cache its header describes). ``batch_limit``: the engine's
+    own (vLLM's max_num_seqs, 256), in place of the accelerator's 64."""
     if model_memory <= 0 or per_sequence <= 0 or context_length <= 0 or memory_bytes <= 0:
         raise ValueError("model memory, KV cache, context length and memory must be positive")
     free = USABLE_FRACTION * memory_bytes - model_memory
     fits = free > 0
-    concurrency = _clamp(free // per_sequence if fits else 1, *LIMITS["max_concurrency"])
-    batch = 2 ** int(math.log2(min(concurrency, 64)))
+    low, high = LIMITS["max_concurrency"]
+    batch_bound = (
+        ("cores", 2 ** int(math.log2(CPU_ROWS_PER_CORE * cpu_cores)))
+        if cpu_cores
+        else ("accelerator", batch_limit or ACCELERATOR_BATCH)
+    )
+    concurrency_bounds = [("memory", free // per_sequence if fits else 1), ("limit", high)]
+    if cpu_cores:
+        concurrency_bounds.append(("cores", CPU_QUEUE_PER_BATCH * batch_bound[1]))
+    concurrency_by, concurrency = min(concurrency_bounds, key=lambda bound: bound[1])
+    concurrency = _clamp(concurrency, low, high)
+    batch_by, batch_cap = min((concurrency_by, concurrency), batch_bound, key=lambda bound: bound[1])
+    batch = 2 ** int(math.log2(batch_cap))
     timeout = _clamp(math.ceil(30 + 10 * parameters_billions * context_length / 4096), 30, 3600)
     cache = _clamp(64 * concurrency, 64, LIMITS["cache_size"][1])
     return Recommendation(
@@ -139,6 +209,8 @@ def recommend_for(
         batch_size=batch,
         timeout_s=timeout,
         cache_size=cache,
+        bounds=(("max_concurrency", concurrency_by), ("batch_size", batch_by)),
+        cpu_cores=cpu_cores,
     )
 
 

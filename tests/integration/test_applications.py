@@ -249,6 +249,21 @@ def test_recommendation_fragment_follows_the_model(logged_in, factory):
     assert "max concurrency 64, batch size 1," in remote_text
 
 
+def test_a_model_this_host_cant_serve_is_flagged_when_it_is_chosen(logged_in, factory, tiny_model_dir):
+    missing = factory.model(source="/models/gone")
+    text = logged_in.get(f"/applications/recommendation?model_id={missing.id}", headers=HX).text
+    assert "can't be deployed on this host yet" in text and "/models/gone" in text
+    assert "Recommended for this model" in text  # its recommendation still shows: the directory may come
+    present = factory.model(source=tiny_model_dir, parameters_billions=0.0004, precision="fp32")
+    text = logged_in.get(f"/applications/recommendation?model_id={present.id}", headers=HX).text
+    assert "can't be deployed" not in text and "Recommended for this model" in text
+    # The form says it too, on a page load with that model chosen; unasked, it starts on the one that can.
+    page = logged_in.get(f"/applications/new?model_id={missing.id}").text
+    assert "can't be deployed on this host yet" in page
+    page = logged_in.get("/applications/new").text
+    assert re.search(rf'<option selected value="{present.id}">', page) and "can't be deployed" not in page
+
+
 def test_apply_fills_the_recommended_values_and_keeps_the_log_level(logged_in, factory):
     model = factory.model(parameters_billions=7, precision="bf16", context_length=4096)
     text = logged_in.get(

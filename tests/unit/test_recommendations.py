@@ -84,3 +84,41 @@ def test_an_upstream_model_is_judged_by_its_size_not_this_hosts_memory():
     assert warnings_for({"max_concurrency": 100, "batch_size": 1, "timeout_s": 60, "cache_size": 0}, r) == [
         "Max concurrency 100 is above the 64 recommended for this model."
     ]
+
+
+def test_the_kv_cache_counts_the_models_kv_heads(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from llmapp.engines import transformers
+
+    # Llama-3.1-8B: 32 layers, 32 query heads but 8 KV heads (grouped-query attention), head size 128.
+    config = {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = SimpleNamespace(source=str(tmp_path), parameters_billions=8.0, precision="bf16", context_length=131072)
+    r = transformers.KIND.recommend(model, 80 * GB)
+    assert r.kv_cache_per_sequence_bytes == 2 * 32 * 8 * 128 * 2 * 131072  # about 17 GB
+    assert r.kv_cache_per_sequence_bytes == pytest.approx(17.2e9, rel=0.01)
+    # Without a config to read: the estimate from the size alone, every head a KV head, much larger.
+    (tmp_path / "config.json").unlink()
+    assert transformers.KIND.recommend(model, 80 * GB).kv_cache_per_sequence_bytes > 3 * r.kv_cache_per_sequence_bytes
+
+
+def test_a_cpu_host_bounds_concurrency_and_batch_by_its_cores_and_says_so():
+    on_two_cores = recommend(0.0004, "fp32", 8192, 16 * GB, cpu_cores=2)  # memory would hold 1024
+    assert (on_two_cores.batch_size, on_two_cores.max_concurrency) == (8, 32)  # 4 rows a core, 4 batches queued
+    assert dict(on_two_cores.bounds) == {"max_concurrency": "cores", "batch_size": "cores"}
+    assert "2 CPU cores" in on_two_cores.reasoning and "4 rows per core" in on_two_cores.reasoning
+    on_a_gpu = recommend(0.0004, "fp32", 8192, 16 * GB)
+    assert (on_a_gpu.batch_size, on_a_gpu.max_concurrency) == (64, 1024)
+    assert dict(on_a_gpu.bounds) == {"max_concurrency": "limit", "batch_size": "accelerator"}
+    # Memory still decides where it is the smaller bound.
+    big = recommend(7, "bf16", 4096, 24 * GB, cpu_cores=64)
+    assert (big.max_concurrency, dict(big.bounds)["max_concurrency"]) == (2, "memory")
+
+
+def test_two_sizes_that_round_alike_are_written_apart():
+    from llmapp.services.recommendations import _gb_pair
+
+    assert _gb_pair(17.21 * GB, 17.19 * GB) == ("17.21 GB", "17.19 GB")
+    assert _gb_pair(17.3 * GB, 2 * GB) == ("17.3 GB", "2.0 GB")
