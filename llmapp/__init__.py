@@ -187,6 +187,11 @@ def register_template_helpers(app: Flask) -> None:
         moment = datetime.fromtimestamp(float(ts), UTC)
         return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if full else moment.strftime("%H:%M:%S")
 
+    @app.template_filter("counted")
+    def counted(number, noun: str, plural: str | None = None) -> str:
+        """ "1 error", "2 errors": a count with its noun (``plural`` where adding an s is wrong)."""
+        return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
     @app.template_filter("when")
     def format_when(value):
         return value.strftime("%Y-%m-%d %H:%M UTC") if value else "—"

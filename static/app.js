@@ -43,12 +43,21 @@ function atBottom(viewport) {
   return viewport.scrollTop + viewport.clientHeight >= viewport.scrollHeight - 8;
 }
 
+const lines = (n) => `${n} line${n === 1 ? "" : "s"}`;
+
 function showPaused() {
   const button = document.querySelector("[data-log-resume]");
   if (!button) return;
   button.classList.toggle("hidden", logState.pinned || logState.unseen === 0);
   const count = button.querySelector("[data-new-lines]");
-  if (count) count.textContent = String(logState.unseen);
+  if (count) count.textContent = `${lines(logState.unseen).replace("line", "new line")}`;
+}
+
+// The caption counts the lines the pane shows, as they arrive.
+function countShownLines() {
+  const caption = document.querySelector("[data-log-count]");
+  const viewport = logViewport();
+  if (caption && viewport) caption.textContent = lines(viewport.querySelectorAll("li").length);
 }
 
 function pinToBottom() {
@@ -89,6 +98,7 @@ document.addEventListener("htmx:sseMessage", (event) => {
     lines.setAttribute("sse-connect", url.pathname + url.search);
   }
   document.querySelector(".log-empty")?.remove();
+  countShownLines();
   if (logState.pinned) {
     pinToBottom();
   } else {

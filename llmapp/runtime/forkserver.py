@@ -91,9 +91,7 @@ class Started:
 # --- the client: a worker's deploy job asks for a server ---------------------------------------------
 
 
-def start(
-    socket_path: str, args: list[str], env: dict, user, stdin_fd: int, stdout_fd: int, cwd: str
-) -> Started:
+def start(socket_path: str, args: list[str], env: dict, user, stdin_fd: int, stdout_fd: int, cwd: str) -> Started:
     """Ask the fork server at ``socket_path`` for a server: ``args`` are the server's arguments, ``user``
     a ServerUser or None, ``stdin_fd``/``stdout_fd`` its standard input and output (sent, not inherited),
     ``cwd`` its folder. A ``Started`` that is not warm names no process: start it cold.

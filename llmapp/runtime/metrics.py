@@ -11,9 +11,10 @@ writers never lose an increment, and a reader never sees half a flush. Fields:
 
     n|<outcome>                     requests by outcome (2xx, 400, 401, 404, 4xx, 429, 499, 5xx, 504)
     cache|hit, cache|miss           exact-match cache
-    lat|<i>, lat|sum                whole-request latency: count per bucket i of LATENCY_S, sum of seconds
-    ttft|<i>, ttft|sum              streams: time to first token
-    tpot|<i>, tpot|sum              streams: time per output token after the first
+    lat|<i>, lat|sum, lat|max       whole-request latency: count per bucket i of LATENCY_S, sum of seconds,
+                                    the slowest (a percentile read back never exceeds it)
+    ttft|<i>, ttft|sum, ttft|max    streams: time to first token
+    tpot|<i>, tpot|sum, tpot|max    streams: time per output token after the first
     tok|in, tok|out                 prompt and completion tokens of answered requests
     batch|<size>                    forward passes of the engine, by how many requests they held
     stage|<name>, stage|<name>|n    seconds spent in each pipeline stage, and how many times it ran
@@ -23,6 +24,10 @@ writers never lose an increment, and a reader never sees half a flush. Fields:
     cpu|sum, rss|sum, usage|n       the reconcile's samples of the server process (CPU %, RSS bytes)
     gw|<release>|n|<outcome>,       the gateway's answers by the release that gave them (a canary's
     gw|<release>|lat|<i>, |lat|sum    beside the release deployed): outcomes and latency as seen by clients
+    |lat|max
+
+Every field adds up, but for the |max ones, which keep the larger value (in Redis, one small script in
+the same MULTI/EXEC; read back, `combine`).
 """
 
 import bisect
@@ -80,6 +85,28 @@ def bucket_index(bounds: tuple, value: float) -> int:
     return bisect.bisect_left(bounds, value)
 
 
+# Keep the larger of the value stored and the one given (Redis has no HINCRBY for a maximum).
+HASH_MAX_SCRIPT = """
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+if not current or tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 0
+"""
+
+
+def is_max_field(name: str) -> bool:
+    return name.endswith("|max")
+
+
+def combine(total: Counter, fields: dict) -> None:
+    """Add ``fields`` to ``total``: counts and sums add up, a |max field keeps the larger value."""
+    for name, value in fields.items():
+        if is_max_field(name):
+            if value > total.get(name, 0):
+                total[name] = value
+        else:
+            total[name] += value
+
+
 class Aggregator:
     """What a server counted since its last flush, per 10-second bucket. Touched on the event loop only."""
 
@@ -88,9 +115,7 @@ class Aggregator:
 
     def add(self, fields: dict, at: float | None = None) -> None:
         bucket = int((time.time() if at is None else at) // RESOLUTIONS[0].seconds * RESOLUTIONS[0].seconds)
-        counter = self.pending[bucket]
-        for name, value in fields.items():
-            counter[name] += value
+        combine(self.pending[bucket], fields)
 
     def take(self) -> dict[int, Counter]:
         taken, self.pending = self.pending, defaultdict(Counter)
@@ -99,7 +124,7 @@ class Aggregator:
     def give_back(self, taken: dict[int, Counter]) -> None:
         """A flush that failed: its counts wait for the next one (nothing is lost or counted twice)."""
         for bucket, counter in taken.items():
-            self.pending[bucket].update(counter)
+            combine(self.pending[bucket], counter)
 
 
 _STAGE_FIELDS: dict[str, tuple[str, str]] = {}
@@ -119,17 +144,17 @@ def request_fields(
     """The fields one finished request adds."""
     kind = outcome(status)
     answered = kind == "2xx"
-    fields = {f"n|{kind}": 1, f"lat|{bucket_index(LATENCY_S, seconds)}": 1, "lat|sum": seconds}
+    fields = {f"n|{kind}": 1, f"lat|{bucket_index(LATENCY_S, seconds)}": 1, "lat|sum": seconds, "lat|max": seconds}
     if cache:
         fields[f"cache|{'hit' if cache == 'HIT' else 'miss'}"] = 1
     if answered:
         fields["tok|in"], fields["tok|out"] = prompt_tokens, completion_tokens
     if ttft_s is not None:
         fields[f"ttft|{bucket_index(TTFT_S, ttft_s)}"] = 1
-        fields["ttft|sum"] = ttft_s
+        fields["ttft|sum"] = fields["ttft|max"] = ttft_s
     if tpot_s is not None:
         fields[f"tpot|{bucket_index(TPOT_S, tpot_s)}"] = 1
-        fields["tpot|sum"] = tpot_s
+        fields["tpot|sum"] = fields["tpot|max"] = tpot_s
     for stage, spent in (stages or {}).items():
         names = _STAGE_FIELDS.get(stage) or _STAGE_FIELDS.setdefault(stage, (f"stage|{stage}", f"stage|{stage}|n"))
         fields[names[0]] = spent
@@ -150,6 +175,7 @@ def release_fields(release: int, status: int, seconds: float) -> dict:
         f"{prefix}n|{outcome(status)}": 1,
         f"{prefix}lat|{bucket_index(LATENCY_S, seconds)}": 1,
         f"{prefix}lat|sum": seconds,
+        f"{prefix}lat|max": seconds,
     }
 
 
@@ -171,7 +197,9 @@ def _queue_writes(pipe, application_id, taken: dict[int, Counter]) -> None:
             start = bucket // resolution.seconds * resolution.seconds
             key = keyspace.metrics(application_id, resolution.name, start)
             for name, value in counter.items():
-                if is_float_field(name):
+                if is_max_field(name):
+                    pipe.eval(HASH_MAX_SCRIPT, 1, key, name, repr(float(value)))
+                elif is_float_field(name):
                     pipe.hincrbyfloat(key, name, float(value))
                 elif value:
                     pipe.hincrby(key, name, int(value))
@@ -235,7 +263,7 @@ def histogram(fields: dict, name: str) -> list[float]:
 def merge(buckets: list[dict]) -> Counter:
     total = Counter()
     for fields in buckets:
-        total.update(fields)
+        combine(total, fields)
     return total
 
 

@@ -66,7 +66,7 @@ class Recorder:
         if ctx.plugins is not None:
             fields.update(metrics.plugin_fields(ctx.plugins.seconds, ctx.plugins.events))
         self.aggregator.add(fields)
-        self.totals[ctx.endpoint.operation].update(fields)
+        metrics.combine(self.totals[ctx.endpoint.operation], fields)
 
     # Prometheus -----------------------------------------------------------------------------------
 

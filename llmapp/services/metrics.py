@@ -66,8 +66,16 @@ def _buckets(application_id, win: Window, now: float) -> list[tuple[int, dict]]:
 
 
 def _quantiles(fields: dict, name: str, qs=(0.5, 0.95, 0.99)) -> dict:
+    """Percentiles from the histogram's buckets, never above the slowest value seen (interpolating in a
+    wide bucket would: six requests, the slowest 12.4 s, read p95 24 s), and how many samples they rest on."""
     counts = metrics.histogram(fields, name)
-    return {f"p{round(q * 100)}": metrics.percentile(metrics.HISTOGRAMS[name], counts, q) for q in qs}
+    slowest = fields.get(f"{name}|max")
+    found = {}
+    for q in qs:
+        value = metrics.percentile(metrics.HISTOGRAMS[name], counts, q)
+        found[f"p{round(q * 100)}"] = min(value, slowest) if value is not None and slowest else value
+    found["samples"] = int(sum(counts))
+    return found
 
 
 def _figures(total: Counter, seconds: int) -> dict:
@@ -133,7 +141,7 @@ def by_release(total: Counter) -> list[dict]:
         if field.startswith("gw|"):
             _, release, rest = field.split("|", 2)
             if release.isdigit():
-                counted.setdefault(int(release), Counter())[rest] += value
+                metrics.combine(counted.setdefault(int(release), Counter()), {rest: value})
     rows = []
     for release, fields in sorted(counted.items()):
         outcomes = {o: fields.get(f"n|{o}", 0) for o in metrics.OUTCOMES}

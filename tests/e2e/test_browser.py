@@ -277,6 +277,12 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
         shot(page, "08d-logs-paused")
         page.click("[data-log-resume]")
         expect(page.locator("[data-log-resume]")).to_be_hidden()
+        # The caption counts the lines the pane shows, those that arrived live included.
+        page.wait_for_function(
+            """() => document.querySelector("[data-log-count]").textContent
+                === document.querySelectorAll("#log-lines li").length + " lines" """,
+            timeout=10_000,
+        )
         assert viewport.evaluate("(e) => e.scrollTop + e.clientHeight >= e.scrollHeight - 8")
         # A page opened afresh shows the newest lines, not the oldest.
         page.reload()
