@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import psutil
 
@@ -152,6 +154,17 @@ class RedisServer(Supervised):
         self.embedded.forget()
 
 
+def _answers(url: str) -> bool:
+    """Whether a web server answers ``url`` with anything at all (an error page counts)."""
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def main() -> None:
     from llmapp.embedded import EmbeddedRedis
     from llmapp.services import bootstrap, stops
@@ -192,6 +205,15 @@ def main() -> None:
         for child in children:
             child.start()
         supervised += children
+        # Ready is when the web server answers (gunicorn and its workers take seconds to import the app).
+        waiting_since, said_slow = time.monotonic(), False
+        while not _answers(f"http://{host}:{port}/login"):
+            for each in supervised:
+                each.check()
+            if not said_slow and time.monotonic() - waiting_since > 60:
+                print(f"Still waiting for the web server to answer on {host}:{port} (its messages are above)…")
+                said_slow = True
+            time.sleep(0.2)
         print(f"\n  llmapp is running at http://{host}:{port}/")
         print(f"  Its gateway (OpenAI-compatible, every application): http://{host}:{gateway_port}/v1")
         for line in lines:

@@ -128,3 +128,26 @@ function followChat(event) {
 }
 document.addEventListener("htmx:sseMessage", followChat);
 document.addEventListener("htmx:afterSwap", followChat);
+
+// Copy buttons on code blocks: the whole block, with a word of thanks (or of how, where the browser
+// refuses the clipboard: it is only offered on https and localhost).
+document.addEventListener("click", async (event) => {
+  const button = event.target.closest("[data-copy]");
+  if (!button) return;
+  const code = button.closest(".snippet")?.querySelector("pre");
+  if (!code) return;
+  let copied = false;
+  try {
+    await navigator.clipboard.writeText(code.textContent);
+    copied = true;
+  } catch {
+    const range = document.createRange();
+    range.selectNodeContents(code);
+    const selection = window.getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+    copied = document.execCommand("copy");
+  }
+  button.textContent = copied ? "Copied" : "Selected: press Ctrl-C";
+  setTimeout(() => { button.textContent = "Copy"; }, 2000);
+});

@@ -81,7 +81,11 @@ class ApplicationIn(Strict):
 
     model_config = requiring(*applications.REQUIRED)
 
-    name: str | None = Field(None, json_schema_extra={"maxLength": applications.MAX_NAME, "pattern": NOT_BLANK_PATTERN})
+    name: str | None = Field(
+        None,
+        description=applications.NAME_RULE + " A name stored before this rule is kept while it is not changed.",
+        json_schema_extra={"maxLength": applications.MAX_NAME, "pattern": NOT_BLANK_PATTERN},
+    )
     model_id: Whole | None = Field(None, description="A registry model's id (GET /api/v1/models).")
     description: str | None = Field(None, json_schema_extra={"maxLength": applications.MAX_DESCRIPTION})
     max_concurrency: Whole | None = _bounded("max_concurrency")

@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import re
 import uuid
 from collections import defaultdict
 
@@ -74,6 +75,13 @@ BOUNDS = {
 # recommendation (max_concurrency, batch_size, timeout_s, cache_size) or the platform's default.
 REQUIRED = ("name", "model_id")
 MAX_NAME = 100
+# A name is the `model` id clients send and an argument on the command line: letters (any script),
+# digits and - _ . : / , no spaces or quotes.
+NAME = re.compile(r"^[^\W_][\w.:/-]*$")
+NAME_RULE = (
+    "Use letters, digits and - _ . : / (no spaces), starting with a letter or digit: the name is the "
+    "model clients ask for and an argument on the command line."
+)
 MAX_DESCRIPTION = 2000
 MAX_ENV_VARS = 100
 MAX_ENV_NAME = 128
@@ -277,6 +285,11 @@ def check(data: dict, owner_id: int, application_id=None) -> dict:
         return value
 
     clean["name"] = text("name", data.get("name"), MAX_NAME, "Name is required.").strip()
+    renamed = application_id is None or clean["name"] != db.session.scalar(
+        select(Application.name).where(Application.id == application_id)
+    )  # a name from before the rule stays while it is kept
+    if clean["name"] and "name" not in errors and renamed and not NAME.match(clean["name"]):
+        errors["name"].append(NAME_RULE)
     if "name" not in errors and name_taken(owner_id, clean["name"], except_id=application_id):
         errors["name"].append(taken_message(clean["name"]))
     clean["description"] = text("description", data.get("description"), MAX_DESCRIPTION)

@@ -182,7 +182,9 @@ def test_the_platform_outlives_its_parts_dying_and_only_sigterm_stops_everything
     instance = tmp_path / "instance"
     server, ended = None, []
     try:
-        wait_for(answers, 180, 0.5, "the platform to answer")
+        # It says it is running only once the web server answers: right then, a request is answered.
+        wait_for(lambda: "llmapp is running at" in log.read_text(), 180, 0.2, "app.py to say it is running")
+        assert answers(), "app.py said it was running before its web server answered"
         deployed = flask("apps", "deploy", "hello-tiny", "--wait", "--json")
         assert deployed["status"] == "running"
         created = flask("apps", "keys", "create", "hello-tiny", "--json")

@@ -3,9 +3,10 @@ stored hashed, with an optional expiry and a last-used time; revoked by hand or 
 
 import json
 import re
+import shlex
 from datetime import timedelta
 
-from conftest import HX
+from conftest import HX, call_snippets
 from llmapp.extensions import db
 from llmapp.models import AccessToken, utcnow
 from llmapp.services import OPERATOR, access_tokens, users
@@ -33,6 +34,11 @@ def test_a_token_is_made_on_the_account_page_shown_once_and_stored_hashed(logged
     made = logged_in.post("/users/account/tokens", data={"name": "deploy from CI", "expires_days": "30"}, headers=HX)
     assert made.status_code == 200
     plain = re.search(r"(llmapp_pat_[A-Za-z0-9_-]{40,})", made.text).group(1)
+    # With a ready-to-run line that uses it, as a new API key comes with its snippets.
+    [(lang, curl)] = call_snippets(made.text)
+    assert lang == "sh" and shlex.split(curl.replace("\\\n", " ")) == [
+        "curl", "http://localhost/api/v1/applications", "-H", f"Authorization: Bearer {plain}"
+    ]  # fmt: skip
     (token,) = tokens_of(app, member)
     assert token.token_hash == access_tokens.digest(plain) and plain not in (token.prefix, token.token_hash)
     assert timedelta(days=29) < token.expires_at - utcnow() <= timedelta(days=30)

@@ -211,6 +211,26 @@ def test_required_fields(logged_in, factory, app):
     assert response.status_code == 422 and "Choose a model from the registry." in response.text
 
 
+def test_a_name_says_what_it_may_be_and_a_long_one_is_refused_not_cut(logged_in, factory, member, app):
+    model = factory.model()
+    for name in ("my bot", 'bot"; rm -rf /', "-starts-with-a-dash", "_underscore"):
+        refused = logged_in.post("/applications/new", data=form_data(model, name=name))
+        assert refused.status_code == 422 and "Use letters, digits and - _ . : / (no spaces)" in refused.text, name
+    long = logged_in.post("/applications/new", data=form_data(model, name="a" * 101))
+    assert long.status_code == 422 and "At most 100 characters." in long.text
+    assert 'maxlength="100"' not in logged_in.get("/applications/new").text  # the browser cuts nothing silently
+    assert stored(app, name="a" * 100) == [] and stored(app, name="a" * 101) == []
+    for name in ("客服-助手", "qwen2.5:7b", "team/support_bot.v2"):  # any script; the model ids' punctuation
+        made = logged_in.post("/applications/new", data=form_data(model, name=name))
+        assert made.status_code == 303, (name, made.text)
+    # A name from before the rule is kept through an edit of something else; a new one must follow it.
+    old = factory.application(member, model, name="old name")
+    kept = logged_in.post(f"/applications/{old.id}/edit", data=form_data(model, name="old name", description="x"))
+    assert kept.status_code == 303
+    renamed = logged_in.post(f"/applications/{old.id}/edit", data=form_data(model, name="new name"))
+    assert renamed.status_code == 422 and "(no spaces)" in renamed.text
+
+
 def test_name_unique_per_owner_only(logged_in, factory, member, app):
     model = factory.model()
     factory.application(member, model, name="support-bot")
