@@ -1,5 +1,6 @@
-"""Refresh docs/screenshot.png (the App Center), docs/deployed.png (hello-tiny deployed) and
-docs/monitoring.png (its Monitoring pane after two minutes of mixed traffic) of a demo install.
+"""Refresh docs/screenshot.png (the App Center), docs/create-form.png, docs/deployed.png (hello-tiny
+deployed), docs/monitoring.png (its Monitoring pane after two minutes of mixed traffic) and
+docs/dark.png (hello-tiny's page in dark mode) of a demo install.
 
 LLMAPP_DEMO=1 PORT=5055 .venv/bin/python app.py &     # then:
 .venv/bin/python scripts/screenshot.py http://127.0.0.1:5055
@@ -74,6 +75,11 @@ with sync_playwright() as p:
     page.click("#monitoring nav a:has-text('15m')")
     page.wait_for_selector("#monitoring .charts")
     page.locator("#monitoring").screenshot(path=str(out / "monitoring.png"), caret="initial")
+    dark = browser.new_page(viewport={"width": 1280, "height": 900}, color_scheme="dark")
+    dark.context.add_cookies(page.context.cookies())  # the same login
+    dark.goto(page.url)
+    dark.wait_for_selector("#monitoring .charts")
+    dark.screenshot(path=str(out / "dark.png"), caret="initial")
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#live button:has-text('Stop')")
     page.wait_for_selector("#live h1 .badge-stopped", timeout=30_000)

@@ -151,3 +151,20 @@ document.addEventListener("click", async (event) => {
   button.textContent = copied ? "Copied" : "Selected: press Ctrl-C";
   setTimeout(() => { button.textContent = "Copy"; }, 2000);
 });
+
+// The detail page's menu marks the part being read.
+(() => {
+  const links = document.querySelectorAll(".page-menu a[data-section]");
+  if (!links.length || !("IntersectionObserver" in window)) return;
+  const mark = (id) => links.forEach((link) => link.setAttribute("aria-current", String(link.dataset.section === id)));
+  const seen = new Map();
+  const observer = new IntersectionObserver((entries) => {
+    entries.forEach((entry) => seen.set(entry.target.id, entry.isIntersecting));
+    const first = [...links].find((link) => seen.get(link.dataset.section));
+    if (first) mark(first.dataset.section);
+  }, { rootMargin: "-60px 0px -50% 0px" });
+  links.forEach((link) => {
+    const section = document.getElementById(link.dataset.section);
+    if (section) observer.observe(section);
+  });
+})();
