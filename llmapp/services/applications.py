@@ -338,16 +338,19 @@ def serving_defaults(model_id: int | None) -> dict:
 
 
 def preferred_model_id(models: list[RegistryModel]) -> int | None:
-    """The model a new application starts on: the first this host can serve (its files are here and its
-    weights fit), else the first."""
+    """The model a new application starts on: the first this host serves itself (its files are here and
+    its weights fit), else the first an upstream serves, else the first."""
+    upstream = None
     for model in models:
         if serving_problem(model) is None:
             try:
-                if recommendation_for(model).fits:
-                    return model.id
+                found = recommendation_for(model)
             except ServiceError:
                 continue
-    return models[0].id if models else None
+            if found.fits and not found.upstream:
+                return model.id
+            upstream = upstream or (model.id if found.upstream else None)
+    return upstream or (models[0].id if models else None)
 
 
 def _recommended(model_id: int) -> dict:
