@@ -192,6 +192,13 @@ def register_template_helpers(app: Flask) -> None:
         """ "1 error", "2 errors": a count with its noun (``plural`` where adding an s is wrong)."""
         return f"{number} {noun if number == 1 else plural or noun + 's'}"
 
+    @app.template_filter("shell_json")
+    def shell_json(value) -> str:
+        """``value`` as JSON in one single-quoted shell word (a quote inside it closed and escaped)."""
+        import json
+
+        return "'" + json.dumps(value, ensure_ascii=False, indent=2).replace("'", "'\\''") + "'"
+
     @app.template_filter("when")
     def format_when(value):
         return value.strftime("%Y-%m-%d %H:%M UTC") if value else "—"

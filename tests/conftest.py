@@ -660,6 +660,18 @@ def wait_logged(app, application_id, words: str, timeout=30):
     wait_for(lambda: words in log_text(app, application_id), timeout, 0.2, f"“{words}” in the log")
 
 
+def sse_events(text: str) -> list[tuple[str, str]]:
+    """(event, data) of each server-sent event in ``text``, as EventSource reads them."""
+    events = []
+    for block in text.split("\n\n"):
+        fields = [line.partition(":") for line in block.split("\n") if line and not line.startswith(":")]
+        names = [value.strip() for name, _, value in fields if name == "event"]
+        if names:
+            data = [value[1:] if value.startswith(" ") else value for name, _, value in fields if name == "data"]
+            events.append((names[0], "\n".join(data)))
+    return events
+
+
 def call_snippets(html: str) -> list[tuple[str, str]]:
     """The "call it" snippets of a page, as a person copies them: (language, text)."""
     import html as html_lib

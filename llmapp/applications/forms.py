@@ -11,7 +11,7 @@ from wtforms import (
     StringField,
     TextAreaField,
 )
-from wtforms.validators import InputRequired, NumberRange, StopValidation, ValidationError
+from wtforms.validators import InputRequired, NumberRange, Optional, StopValidation, ValidationError
 
 from .. import secrets_box
 from ..forms import IntegerInput, PlatformForm
@@ -159,6 +159,33 @@ class PlaygroundForm(PlatformForm):
         validators=[InputRequired("Temperature is required."), _parsed, NumberRange(0, 2, "Between 0 and 2.")],
     )
 
+    top_p = FloatField("Top-p", default=1.0, validators=[Optional(), _parsed, NumberRange(0, 1, "Between 0 and 1.")])
+    stop = TextAreaField("Stop sequences", description="One per line, at most 4; \\n for a line break.")
+    system = TextAreaField("System prompt", description="Sent first, before the conversation, on every turn.")
+
     def validate_temperature(self, field):
         if field.data != field.data:  # NaN passes NumberRange
             raise ValidationError("Between 0 and 2.")
+
+    def validate_top_p(self, field):
+        if field.data != field.data:
+            raise ValidationError("Between 0 and 1.")
+
+    def settings(self):
+        """The turn's settings, as the playground service takes them.
+
+        :raise PlaygroundError: the stop sequences break its rules (shown at their field).
+        """
+        from ..services import playground
+
+        return playground.Settings(
+            max_tokens=self.max_tokens.data,
+            temperature=self.temperature.data,
+            top_p=1.0 if self.top_p.data is None else self.top_p.data,
+            stop=playground.stop_sequences(self.stop.data),
+            system=(self.system.data or "").strip(),
+        )
+
+    def kept(self) -> dict:
+        """What the next message's form starts with: the same settings."""
+        return {name: self[name].data for name in ("max_tokens", "temperature", "top_p", "stop", "system")}

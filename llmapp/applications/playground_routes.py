@@ -33,19 +33,22 @@ def playground_pane(application_id):
     form = PlaygroundForm()
     if form.validate():
         try:
-            turn_id = playground.start_turn(
-                application, current_user, form.message.data, form.max_tokens.data, form.temperature.data
-            )
+            settings = form.settings()
         except ServiceError as e:
-            form.message.errors.append(str(e))
+            form.stop.errors = [*form.stop.errors, str(e)]
         else:
-            return render_template(
-                "applications/_playground_turn.html",
-                application=application,
-                message=form.message.data.strip(),
-                turn_id=turn_id,
-                form=PlaygroundForm(formdata=None, max_tokens=form.max_tokens.data, temperature=form.temperature.data),
-            )
+            try:
+                turn_id = playground.start_turn(application, current_user, form.message.data, settings)
+            except ServiceError as e:
+                form.message.errors.append(str(e))
+            else:
+                return render_template(
+                    "applications/_playground_turn.html",
+                    application=application,
+                    message=form.message.data.strip(),
+                    turn_id=turn_id,
+                    form=PlaygroundForm(formdata=None, **form.kept()),
+                )
     response = make_response(
         render_template("applications/_playground_form.html", application=application, form=form), 422
     )

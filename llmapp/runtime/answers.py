@@ -34,11 +34,24 @@ def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
+INPUT_MASKED_HEADER = "X-LLMApp-Input-Masked"
+
+
+def input_masked(ctx) -> str:
+    """What the plugins masked in the request before the model saw it, by kind ("email, phone"): the
+    client learns its words were changed, not what they were changed from ("" when nothing was)."""
+    events = ctx.plugins.events if ctx.plugins is not None else ()
+    kinds = sorted({kind for e in events if e["side"] == "input" and e["action"] == "mask" for kind in e["found"]})
+    return ", ".join(kinds)
+
+
 def respond(ctx) -> Response:
     """The response for a request whose stages are done: its stream, or its whole answer."""
     headers = dict(ctx.charge.headers) if ctx.charge is not None else {}
     if ctx.outcome.cache_status:
         headers["X-Cache"] = ctx.outcome.cache_status
+    if masked := input_masked(ctx):
+        headers[INPUT_MASKED_HEADER] = masked
     if ctx.stream is not None:
         return EventStream(ctx, headers)
     headers["X-Server-Time-Ms"] = f"{(time.perf_counter() - ctx.started) * 1000:.3f}"

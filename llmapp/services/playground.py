@@ -7,6 +7,7 @@ the page then streams the turn's reply over SSE, token by token, from the endpoi
 The conversation lives in Redis for CONVERSATION_TTL after its last turn.
 """
 
+import dataclasses
 import json
 import time
 import uuid
@@ -21,6 +22,7 @@ from .. import keyspace, queues, secrets_box
 from ..extensions import db
 from ..models import ApiKey, Application, User, utcnow
 from ..runtime import keys as runtime_keys
+from ..runtime.answers import INPUT_MASKED_HEADER
 from . import ServiceError, api_keys, lifecycle, replicas
 
 KEY_LIFETIME = timedelta(hours=1)
@@ -96,7 +98,35 @@ def history(application: Application, user: User) -> list[dict]:
     return json.loads(raw) if raw else []
 
 
-def start_turn(application: Application, user: User, message: str, max_tokens: int, temperature: float) -> str:
+@dataclass(frozen=True)
+class Settings:
+    """How a turn is asked for: the sampling people reach for, and a system prompt."""
+
+    max_tokens: int = 128
+    temperature: float = 0.7
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # at most MAX_STOP sequences
+    system: str = ""
+
+
+MAX_STOP = 4  # as OpenAI's API allows
+MAX_STOP_CHARS = 100
+
+
+def stop_sequences(text: str | None) -> tuple[str, ...]:
+    """Stop sequences typed one per line (blank lines ignored; "\\n" stands for a line break).
+
+    :raise PlaygroundError: more than MAX_STOP, or one too long.
+    """
+    found = tuple(line.replace("\\n", "\n") for line in (text or "").splitlines() if line.strip())
+    if len(found) > MAX_STOP:
+        raise PlaygroundError(f"At most {MAX_STOP} stop sequences, one per line.")
+    if any(len(sequence) > MAX_STOP_CHARS for sequence in found):
+        raise PlaygroundError(f"A stop sequence has at most {MAX_STOP_CHARS} characters.")
+    return found
+
+
+def start_turn(application: Application, user: User, message: str, settings: Settings = Settings()) -> str:
     """Keep the user's message as a turn for the page to stream; return the turn's id.
 
     :raise PlaygroundError: the message is empty or too long, or the application is not running.
@@ -104,12 +134,12 @@ def start_turn(application: Application, user: User, message: str, max_tokens: i
     message = (message or "").strip()
     if not message:
         raise PlaygroundError("Type a message.")
-    if len(message) > MAX_MESSAGE_CHARS:
+    if len(message) > MAX_MESSAGE_CHARS or len(settings.system) > MAX_MESSAGE_CHARS:
         raise PlaygroundError(f"At most {MAX_MESSAGE_CHARS:,} characters.")
     if application.status != lifecycle.RUNNING:
         raise PlaygroundError(f"The application is {application.status}: deploy it to talk to it.")
     turn_id = uuid.uuid4().hex
-    turn = {"message": message, "max_tokens": max_tokens, "temperature": temperature}
+    turn = {"message": message, **dataclasses.asdict(settings)}
     try:
         queues.connection().set(
             keyspace.playground(application.id, user.id, f"turn:{turn_id}"), json.dumps(turn), ex=TURN_TTL_S
@@ -159,15 +189,25 @@ def take_turn(application: Application, user: User, turn_id: str) -> Turn | None
         key=_key(application, user),
         request_id=f"playground-{turn_id[:12]}",
         timeout_s=float(application.config.get("timeout_s", 60)) + 10,
-        body={
-            "model": application.name,
-            "messages": [*history(application, user), {"role": "user", "content": turn["message"]}],
-            "max_tokens": turn["max_tokens"],
-            "temperature": turn["temperature"],
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        },
+        body=request_body(application.name, history(application, user), turn),
     )
+
+
+def request_body(model: str, earlier: list[dict], turn: dict) -> dict:
+    """The chat completion a turn asks for (what "this request as code" shows): the system prompt, the
+    conversation so far, the message; the settings left at the API's defaults are not sent."""
+    system = [{"role": "system", "content": turn["system"]}] if turn.get("system") else []
+    body = {
+        "model": model,
+        "messages": [*system, *earlier, {"role": "user", "content": turn["message"]}],
+        "max_tokens": turn["max_tokens"],
+        "temperature": turn["temperature"],
+    }
+    if turn.get("top_p", 1.0) != 1.0:
+        body["top_p"] = turn["top_p"]
+    if turn.get("stop"):
+        body["stop"] = list(turn["stop"])
+    return {**body, "stream": True, "stream_options": {"include_usage": True}}
 
 
 ENDED = TurnEvent("done", stats={"error": "This reply has ended (or expired); send the message again."})
@@ -177,7 +217,7 @@ def stream_turn(turn: Turn) -> Iterator[TurnEvent]:
     """The reply from the application's endpoint as it streams, then how it went. No database access:
     a stream may last the application's whole timeout."""
     started = time.perf_counter()
-    first_token_s, reply, usage, finish, error = None, [], {}, None, None
+    first_token_s, reply, usage, finish, error, input_masked = None, [], {}, None, None, ""
     try:
         with httpx.stream(
             "POST",
@@ -186,6 +226,7 @@ def stream_turn(turn: Turn) -> Iterator[TurnEvent]:
             json=turn.body,
             timeout=httpx.Timeout(turn.timeout_s, connect=5),
         ) as response:
+            input_masked = response.headers.get(INPUT_MASKED_HEADER, "")
             if response.status_code != 200:
                 response.read()
                 error = _error_message(response)
@@ -217,6 +258,8 @@ def stream_turn(turn: Turn) -> Iterator[TurnEvent]:
             "completion_tokens": completion,
             "tokens_per_s": completion / latency_s if completion and latency_s > 0 else None,
             "finish_reason": finish,
+            "input_masked": input_masked,
+            "body": turn.body,
         },
     )
 
@@ -226,7 +269,8 @@ def clear(application: Application, user: User) -> None:
 
 
 def _remember(turn: Turn, reply: str) -> None:
-    kept = [*turn.body["messages"], {"role": "assistant", "content": reply}][-MAX_HISTORY_MESSAGES:]
+    said = [m for m in turn.body["messages"] if m["role"] != "system"]  # the next turn sends its own
+    kept = [*said, {"role": "assistant", "content": reply}][-MAX_HISTORY_MESSAGES:]
     try:
         queues.connection().set(
             keyspace.playground(turn.application_id, turn.user_id, "history"), json.dumps(kept), ex=CONVERSATION_TTL_S

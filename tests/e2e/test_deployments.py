@@ -5,6 +5,7 @@ import concurrent.futures
 import json
 import os
 import pwd
+import shlex
 import signal
 import socket
 import stat
@@ -27,6 +28,7 @@ from conftest import (
     run_snippet,
     running_app,
     server_processes,
+    sse_events,
     status,
     wait_for,
     wait_logged,
@@ -162,18 +164,6 @@ def test_deploy_call_and_stop(app, client, auth, member, factory, tiny, workers,
         assert line in text
 
 
-def sse_events(text: str) -> list[tuple[str, str]]:
-    """(event, data) of each server-sent event in ``text``, as EventSource reads them."""
-    events = []
-    for block in text.split("\n\n"):
-        fields = [line.partition(":") for line in block.split("\n") if line and not line.startswith(":")]
-        names = [value.strip() for name, _, value in fields if name == "event"]
-        if names:
-            data = [value[1:] if value.startswith(" ") else value for name, _, value in fields if name == "data"]
-            events.append((names[0], "\n".join(data)))
-    return events
-
-
 def check_the_playground(app, client, application, owner):
     """A chat through the real endpoint, with a key the platform holds: never in a page, a stream or a list."""
     import html
@@ -181,10 +171,10 @@ def check_the_playground(app, client, application, owner):
 
     from llmapp import keyspace, secrets_box
 
-    def turn(message):
+    def turn(message, extra=None):
         sent = client.post(
             f"/applications/{application.id}/playground",
-            data={"message": message, "max_tokens": 6, "temperature": 0},
+            data={"message": message, "max_tokens": 6, "temperature": 0, **(extra or {})},
             headers=HX,
         )
         assert sent.status_code == 200 and html.escape(message) in sent.text
@@ -228,9 +218,16 @@ def check_the_playground(app, client, application, owner):
     assert httpx.get(running.endpoint.replace("/v1", "/health")).json() == {"status": "ready"}
     assert health_of(running)["config"]["max_concurrency"] == running.config["max_concurrency"]
 
-    # The conversation goes on: the second request carries the first exchange.
-    _, second_reply, _, second = turn("and again")
+    # The conversation goes on: the second request carries the first exchange, and the settings beyond
+    # the sampling people reach for (a system prompt, top-p, stop sequences), shown back as code.
+    extra = {"system": "Be brief.", "top_p": 0.9, "stop": "###\nEND"}
+    _, second_reply, _, second = turn("and again", extra)
     assert int(re.search(r"(\d+) \+ \d+ tokens", second).group(1)) > first_prompt
+    [(lang, curl)] = call_snippets(second)
+    body = json.loads(shlex.split(curl.replace("\\\n", " "))[-1])
+    assert body["messages"][0] == {"role": "system", "content": "Be brief."} and body["top_p"] == 0.9
+    assert body["stop"] == ["###", "END"] and body["messages"][-1] == {"role": "user", "content": "and again"}
+    assert [m["role"] for m in body["messages"][1:3]] == ["user", "assistant"]  # the first exchange
     page = client.get(f"/applications/{application.id}").text
     assert "hi &lt;b&gt;there&lt;/b&gt;" in page and "and again" in page  # kept, and escaped
 
@@ -247,6 +244,8 @@ def check_the_playground(app, client, application, owner):
     for data, words in (
         ({"message": " ", "temperature": 0.5}, "Type a message."),
         ({"message": "x", "temperature": "nan"}, "Between 0 and 2."),
+        ({"message": "x", "temperature": 0, "top_p": 1.5}, "Between 0 and 1."),
+        ({"message": "x", "temperature": 0, "stop": "a\nb\nc\nd\ne"}, "At most 4 stop sequences, one per line."),
     ):
         refused = client.post(f"/applications/{application.id}/playground", data={"max_tokens": 4, **data}, headers=HX)
         assert refused.status_code == 422 and words in refused.text

@@ -1,9 +1,22 @@
 """A running application takes changes to its plugin chain live: attach, detach, overrides and an edit
 on the Plugins tab reach its server without a restart, and the reconcile publishes a chain Redis lost."""
 
+import re
+
 import openai
 
-from conftest import HX, SERVING_CONFIG, deploy, health_of, new_key, plugin_form, stored_plugin, wait_for, wait_logged
+from conftest import (
+    HX,
+    SERVING_CONFIG,
+    deploy,
+    health_of,
+    new_key,
+    plugin_form,
+    sse_events,
+    stored_plugin,
+    wait_for,
+    wait_logged,
+)
 from llmapp import keyspace
 
 
@@ -67,4 +80,18 @@ def test_a_running_application_takes_chain_changes_live(app, client, auth, membe
 
         version = wait_for(republished, 60, 0.5, "the reconcile to publish the chain again").decode()
     assert version == health_of(running)["plugins"]["version"] and not blocked("verboten")
+    # The playground says when a plugin masked the message before the model saw it (what kind, not what).
+    masking = {"config-keywords": "verboten", "config-apply_to": "input", "config-action": "mask"}
+    assert client.post(f"{base}/{blocker.id}/overrides", data=masking, headers=HX).status_code == 200
+
+    def masked_in_the_playground():
+        sent = client.post(
+            f"/applications/{application.id}/playground",
+            data={"message": "say verboten", "max_tokens": 2, "temperature": 0},
+            headers=HX,
+        )
+        done = sse_events(client.get(re.search(r'sse-connect="([^"]+)"', sent.text).group(1)).text)[-1][1]
+        return "A plugin masked your message before the model saw it: keyword." in done and "verboten" not in done
+
+    wait_for(masked_in_the_playground, 60, 0.5, "the playground to say the message was masked")
     client.post(f"/applications/{application.id}/stop", headers=HX)
