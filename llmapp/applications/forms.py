@@ -159,7 +159,7 @@ class PlaygroundForm(PlatformForm):
         validators=[InputRequired("Temperature is required."), _parsed, NumberRange(0, 2, "Between 0 and 2.")],
     )
 
-    top_p = FloatField("Top-p", default=1.0, validators=[Optional(), _parsed, NumberRange(0, 1, "Between 0 and 1.")])
+    top_p = FloatField("Top-p", default=1.0, validators=[Optional(), _parsed])
     stop = TextAreaField("Stop sequences", description="One per line, at most 4; \\n for a line break.")
     system = TextAreaField("System prompt", description="Sent first, before the conversation, on every turn.")
 
@@ -168,8 +168,8 @@ class PlaygroundForm(PlatformForm):
             raise ValidationError("Between 0 and 2.")
 
     def validate_top_p(self, field):
-        if field.data != field.data:
-            raise ValidationError("Between 0 and 1.")
+        if field.data is not None and not 0 < field.data <= 1:  # NaN too; 0 keeps no token at all
+            raise ValidationError("Above 0, at most 1.")
 
     def settings(self):
         """The turn's settings, as the playground service takes them.

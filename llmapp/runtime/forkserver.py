@@ -22,13 +22,16 @@ What keeps it as safe as a cold start:
   the whole command, or one forked after CUDA was initialised. The fork server runs no Python thread and
   computes nothing (a fork copies the locks other threads hold; OpenMP's pool would hang in a child); the
   native threads numpy's and torch's BLAS start at import stop and start again across a fork by themselves.
-- Children are reaped as they exit; the fork server ends when its worker does (its pipe closes). The app
-  servers, in sessions of their own, live on, as cold-started ones do.
+- A child serves only once its worker has its answer and says "go": a worker that gave up waiting (and
+  started the server cold) never does, and the child ends; none serves unrecorded.
+- Children are reaped as they exit; the fork server ends when its worker does (its pipe closes, or the
+  worker's pidfd says it ended). The app servers, in sessions of their own, live on, as cold-started ones do.
 What differs from a cold start, seen from outside: /proc/<pid>/environ of a forked server shows the fork
 server's first environment (the kernel keeps that block; the server's own is in its memory, where getenv
 reads it), and psutil splits its title into one string and empty ones (`ps` shows it whole).
 Left as it is: every forked server shares the fork server's memory layout (address-space randomisation
-happens once per fork server, not per server) and its hash seed. LLMAPP_WARM_START=0 turns it off.
+happens once per fork server, not per server), its stack canary and pointer guard, and its hash seed: a
+memory disclosure in one server tells those of all. LLMAPP_WARM_START=0 turns warm starts off.
 """
 
 import argparse
@@ -57,7 +60,10 @@ PRELOADED = (
     "llmapp.runtime.__main__", "llmapp.runtime.engines.transformers", "setproctitle",
 )  # fmt: skip
 # Variables that may differ between the fork server and a server without a cold start: set per server by
-# the platform, read only when used (not at import), or applied by the child.
+# the platform, read only when used (not at import), or applied by the child. HOME among them: the fork
+# server starts with the home servers' own accounts have (none, or LLMAPP_SERVER_USER's), and a server
+# that runs as the platform's account (its own could not read the model) then finds the libraries'
+# caches and token under that home, not under root's: less than a cold start would reach, never more.
 SET_PER_SERVER = frozenset({REDIS_URL_VARIABLE, CHAIN_KEY_VARIABLE, "HOME", "USER", "LOGNAME", "PYTHONUNBUFFERED"})
 READ_WHEN_USED = frozenset(
     {
@@ -71,6 +77,7 @@ THREADS_VARIABLE = "OMP_NUM_THREADS"  # read by OpenMP when torch loads; the chi
 REQUEST_TIMEOUT_S = 10.0
 MAX_REQUEST_BYTES = 8 << 20
 _LENGTH = struct.Struct("!I")
+GO = b"g"  # the worker's word that it records the child: only then does it serve
 
 
 class Unavailable(Exception):
@@ -114,14 +121,20 @@ def start(socket_path: str, args: list[str], env: dict, user, stdin_fd: int, std
             sent = socket.send_fds(connection, [message[:65536]], [stdin_fd, stdout_fd])
             connection.sendall(message[sent:])
             answer = _read_line(connection)
+            if not answer:
+                raise Unavailable(f"the fork server at {socket_path} closed the connection")
+            try:
+                reply = json.loads(answer)
+                started = None if "error" in reply else Started(int(reply["pid"]), bool(reply["warm"]), reply["why"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise Unavailable(f"the fork server at {socket_path} answered {answer[:80]!r}") from e
+            if started is not None and started.warm:
+                connection.sendall(GO)  # it may serve: the caller records it
     except OSError as e:
         raise Unavailable(f"the fork server at {socket_path} did not answer ({e})") from e
-    if not answer:
-        raise Unavailable(f"the fork server at {socket_path} closed the connection")
-    reply = json.loads(answer)
-    if "error" in reply:
+    if started is None:
         raise Refused(reply["error"])
-    return Started(int(reply["pid"]), bool(reply["warm"]), reply.get("why", ""))
+    return started
 
 
 def _read_line(connection: socket.socket) -> bytes:
@@ -137,16 +150,16 @@ def _read_line(connection: socket.socket) -> bytes:
 # --- the fork server ----------------------------------------------------------------------------------
 
 
-def serve(socket_path: str, liveness_fd: int) -> None:
-    """Preload, then fork a child per connection until ``liveness_fd`` (a pipe from the worker) closes."""
+def serve(socket_path: str, liveness_fd: int, worker_pid: int | None = None) -> None:
+    """Preload, then fork a child per connection until ``liveness_fd`` (a pipe from the worker) closes or
+    the worker (``worker_pid``, which started this process) ends."""
     for name, value in OFFLINE_DEFAULT.items():
         os.environ.setdefault(name, value)
     started_with = dict(os.environ)  # what a cold start starts with, before anything is imported
     for name in PRELOADED:
         __import__(name)
-    # What the imports put in the environment themselves (torch names its compiler's cache folder), which a
-    # cold server's imports would put in its own too.
-    set_by_imports = {k: v for k, v in os.environ.items() if started_with.get(k) != v}
+    # What the imports wrote into the environment themselves (torch: its compiler's cache folder, named
+    # after the fork server's account) is not passed on: a child works it out again as its own account.
     import setproctitle  # its first title finds where the command line lies, which a child's new environment hides
 
     setproctitle.setproctitle(f"{sys.executable} -I -u -m llmapp.runtime.forkserver --socket {socket_path}")
@@ -161,32 +174,55 @@ def serve(socket_path: str, liveness_fd: int) -> None:
     listener.bind(socket_path)
     os.chmod(socket_path, 0o600)
     listener.listen(16)
+    parent = _watch(worker_pid)
+    if worker_pid is not None and os.getppid() != worker_pid:
+        return  # it went while this process was importing
     print(f"fork server {os.getpid()} ready on {socket_path}", file=sys.stderr, flush=True)
     try:
         while True:
-            readable, _, _ = select.select([listener, liveness_fd, woken], [], [])
+            readable, _, _ = select.select([listener, liveness_fd, woken, *([parent] if parent else [])], [], [])
             if woken in readable:
                 while _drained(woken):
                     pass
                 _reap()
             if liveness_fd in readable and not os.read(liveness_fd, 1):
                 return  # the worker went
+            if parent is not None and parent in readable:
+                return  # the worker went (killed: whatever it forked may still hold the pipe)
             if listener not in readable:
                 continue
-            connection, _ = listener.accept()
+            try:
+                connection, _ = listener.accept()
+            except OSError as e:  # out of file descriptors, say: this request fails, the next may not
+                print(f"fork server: accept failed: {e}", file=sys.stderr, flush=True)
+                continue
             if threading.active_count() > 1:  # a fork would copy locks its threads hold: the client starts cold
                 print("fork server: a thread appeared; servers start cold", file=sys.stderr, flush=True)
                 connection.close()
                 continue
-            if os.fork() == 0:
-                os.close(woken)
-                os.close(wake)
-                _become_server(connection, listener, liveness_fd, started_with, set_by_imports)  # never returns
+            try:
+                child = os.fork()
+            except OSError as e:  # out of memory or processes: the client starts this one cold
+                print(f"fork server: fork failed: {e}", file=sys.stderr, flush=True)
+                child = None
+            if child == 0:
+                for fd in (woken, wake, *([parent] if parent else [])):
+                    os.close(fd)
+                _become_server(connection, listener, liveness_fd, started_with)  # never returns
             connection.close()
     finally:
         listener.close()
         if os.path.exists(socket_path):
             os.unlink(socket_path)
+
+
+def _watch(pid: int | None) -> int | None:
+    """A descriptor that becomes readable when the worker ``pid`` ends (None where the system can't say):
+    the pipe alone may outlive it, held open by what the worker forked."""
+    try:
+        return os.pidfd_open(pid) if pid is not None else None
+    except (AttributeError, OSError):
+        return None
 
 
 def _drained(fd: int) -> bool:
@@ -210,9 +246,7 @@ def _reap() -> None:
 # --- the child ------------------------------------------------------------------------------------------
 
 
-def _become_server(
-    connection: socket.socket, listener: socket.socket, liveness_fd: int, started_with: dict, set_by_imports: dict
-):
+def _become_server(connection: socket.socket, listener: socket.socket, liveness_fd: int, started_with: dict):
     """In the forked child: read the request, become the server it describes (or its cold command), and
     exit as the interpreter would. Never returns to the fork server's loop."""
     code = 1
@@ -223,17 +257,28 @@ def _become_server(
         for number in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
             signal.signal(number, signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL)
         os.setsid()
-        try:
+        try:  # a peer that may not ask, or a request cut short: no answer (a worker would start it cold)
             _check_peer(connection)
             request = _receive(connection)
-            why = cold_start_reason(request["env"], started_with) or _take_on(request, set_by_imports)
-        except Exception as e:  # noqa: BLE001 - the reason goes to the worker, which reports it
+        except Exception as e:  # noqa: BLE001
+            print(f"fork server: a request was refused: {e}", file=sys.stderr, flush=True)
+            os._exit(1)
+        try:
+            why = cold_start_reason(request["env"], started_with) or _take_on(request)
+        except Exception as e:  # noqa: BLE001 - what a cold start would hit too: the worker reports it
             _reply(connection, {"error": str(e) or type(e).__name__})
             os._exit(1)
-        _reply(connection, {"pid": os.getpid(), "warm": not why, "why": why})
-        connection.close()
-        if why:  # the worker starts it cold, as it would with no fork server
+        # Only a worker that will record this process may have it serve: it says "go" once it has the
+        # answer; one that gave up waiting (and started the server cold) never does, and this child ends.
+        if not _reply(connection, {"pid": os.getpid(), "warm": not why, "why": why}) or why:
             os._exit(0)
+        try:
+            go = connection.recv(1)
+        except OSError:  # its worker gave up waiting
+            go = b""
+        if go != GO:
+            os._exit(0)
+        connection.close()
         _apply_threads()
         from llmapp.runtime.__main__ import main
 
@@ -280,7 +325,7 @@ def _check_peer(connection: socket.socket) -> None:
         raise PermissionError(f"uid {uid} may not start servers")
 
 
-def _take_on(request: dict, set_by_imports: dict) -> str:
+def _take_on(request: dict) -> str:
     """Become the request's process: its account, folder, environment and title. Returns why it can't
     run warm after all ("" when it can)."""
     uid, gid = request["uid"], request["gid"]
@@ -293,7 +338,7 @@ def _take_on(request: dict, set_by_imports: dict) -> str:
     os.chdir(request["cwd"])
     env = request["env"]
     os.environ.clear()
-    os.environ.update({**set_by_imports, **env})  # ValueError for a NUL in a name or value
+    os.environ.update(env)  # ValueError for a NUL in a name or value
     # What it runs, as a command (its cold command's launcher is longer than the title may be).
     title = " ".join([sys.executable, "-I", "-u", "-m", "llmapp.runtime", *request["args"]])
     import setproctitle
@@ -335,11 +380,12 @@ def _own_command_line() -> str:
         return f.read().rstrip(b"\0").decode(errors="replace")
 
 
-def _reply(connection: socket.socket, reply: dict) -> None:
+def _reply(connection: socket.socket, reply: dict) -> bool:
     try:
         connection.sendall(json.dumps(reply).encode() + b"\n")
     except OSError:
-        pass
+        return False
+    return True
 
 
 def _exit(code: int) -> None:
@@ -357,8 +403,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="The fork server a worker starts (llmapp/runtime/forkserver.py).")
     parser.add_argument("--socket", required=True)
     parser.add_argument("--liveness-fd", type=int, required=True)
+    parser.add_argument("--worker-pid", type=int)
     args = parser.parse_args(argv)
-    serve(args.socket, args.liveness_fd)
+    serve(args.socket, args.liveness_fd, args.worker_pid)
 
 
 if __name__ == "__main__":

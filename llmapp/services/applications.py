@@ -1,6 +1,7 @@
 """Applications: who sees what, search, create, edit, delete, and their environment."""
 
 import dataclasses
+import functools
 import os
 import re
 import uuid
@@ -198,17 +199,23 @@ def name_taken(owner_id: int, name: str, except_id=None) -> bool:
     return db.session.scalar(query) is not None
 
 
+@functools.cache
+def _gpus_seen() -> list[dict]:
+    """This host's GPUs as the first recommendation found them (nvidia-smi takes a while; GPUs stay)."""
+    from .hosts import gpus
+
+    return gpus()
+
+
 def serving_capacity() -> tuple[int, int | None]:
     """What this host serves with: memory (the configured accelerator memory, else its first GPU's, else
     its RAM), and its CPU cores when it serves on the CPU (None on an accelerator)."""
-    from .hosts import gpus
-
     configured = current_app.config.get("ACCELERATOR_MEMORY_GB")
     if configured:
         return int(configured * recommendations.GB), None
-    if found := gpus():
+    if found := _gpus_seen():
         return found[0]["memory_bytes"], None
-    return psutil.virtual_memory().total, os.cpu_count() or 1
+    return psutil.virtual_memory().total, len(os.sched_getaffinity(0)) or 1
 
 
 def recommendation_for(model: RegistryModel) -> recommendations.Recommendation:

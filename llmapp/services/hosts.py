@@ -7,7 +7,6 @@ has the engine installed and the memory the model needs, or the one the applicat
 that fits nowhere fails with what it needs and what the biggest host has.
 """
 
-import functools
 import json
 import os
 import re
@@ -46,9 +45,8 @@ class Host:
         return asdict(self)
 
 
-@functools.cache
 def gpus() -> list[dict]:
-    """This host's NVIDIA GPUs (name, memory), from nvidia-smi once; none where it is missing or fails."""
+    """This host's NVIDIA GPUs (name, memory), from nvidia-smi; none where it is missing or fails."""
     smi = shutil.which("nvidia-smi")
     if not smi:
         return []

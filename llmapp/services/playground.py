@@ -31,6 +31,7 @@ CONVERSATION_TTL_S = 3600
 TURN_TTL_S = 300
 MAX_MESSAGE_CHARS = 8000
 MAX_HISTORY_MESSAGES = 40  # the oldest turns drop out of the context first
+MAX_SHOWN_BODY = 16_000  # characters of a request shown as code under its reply
 
 
 class PlaygroundError(ServiceError):
@@ -259,7 +260,9 @@ def stream_turn(turn: Turn) -> Iterator[TurnEvent]:
             "tokens_per_s": completion / latency_s if completion and latency_s > 0 else None,
             "finish_reason": finish,
             "input_masked": input_masked,
-            "body": turn.body,
+            # The request as code, while it is short enough to read (a long conversation is summed up).
+            "body": turn.body if len(json.dumps(turn.body)) <= MAX_SHOWN_BODY else None,
+            "messages": len(turn.body["messages"]),
         },
     )
 

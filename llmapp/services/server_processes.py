@@ -45,6 +45,7 @@ INHERITED_ENV = frozenset(
         "http_proxy", "https_proxy", "no_proxy",
     }
 )  # fmt: skip
+NO_HOME = "/nonexistent"
 NOGROUP_GID = 65534  # the group of servers' own accounts (Debian's nogroup): it owns nothing either
 # How a server starts under `python -I` (no current folder on sys.path): the project's root is put first.
 SERVER_LAUNCHER = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from llmapp.runtime.__main__ import main; main()"
@@ -149,11 +150,10 @@ def server_user(application: Application, setup: ServingSetup, port: int) -> Ser
             ) from e
         if entry.pw_uid == 0:
             return None  # the operator chose root
-        home = "/nonexistent" if entry.pw_dir in ("", "/") else entry.pw_dir
-        user = ServerUser(entry.pw_name, entry.pw_uid, entry.pw_gid, home)
+        user = ServerUser(entry.pw_name, entry.pw_uid, entry.pw_gid, account_home(entry))
     else:
         uid = current_app.config["SERVER_UID_BASE"] + current_app.config["SERVER_PORTS"].index(port)
-        user = ServerUser(f"llmapp-server-{uid}", uid, NOGROUP_GID, "/nonexistent")
+        user = ServerUser(f"llmapp-server-{uid}", uid, NOGROUP_GID, NO_HOME)
     unreadable = next((path for path in paths_to_read(setup) if not user.can_read(path)), None)
     if unreadable is None:
         return user
@@ -167,6 +167,11 @@ def server_user(application: Application, setup: ServingSetup, port: int) -> Ser
     current_app.logger.warning("application %s: its server runs as root: %s.", application.id, why)
     log_event(application.id, "this server runs with the platform's rights (an operator can change that)", "WARNING")
     return None
+
+
+def account_home(entry) -> str:
+    """A server account's home folder (none for an account whose home is the root or unset)."""
+    return NO_HOME if entry.pw_dir in ("", "/") else entry.pw_dir
 
 
 def paths_to_read(setup: ServingSetup) -> list[Path]:
@@ -348,10 +353,21 @@ def fork_server_socket() -> str | None:
         return None
     deadline = time.monotonic() + FORK_SERVER_WAIT_S
     while not os.path.exists(path):  # still importing: waiting costs less than importing again
-        if time.monotonic() > deadline or not psutil.pid_exists(config.get("FORK_SERVER_PID") or 0):
+        if time.monotonic() > deadline or not _alive(config.get("FORK_SERVER_PID")):
             return None
         time.sleep(0.05)
     return path
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether ``pid`` runs (a zombie, ended but not yet reaped by its worker, does not; None: not ours to
+    watch, a fork server named by the configuration)."""
+    if pid is None:
+        return True
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def start_fork_server() -> subprocess.Popen | None:
@@ -361,7 +377,7 @@ def start_fork_server() -> subprocess.Popen | None:
     if not config["WARM_START"] or config["FORK_SERVER_SOCKET"]:
         return None
     path = run_dir() / f"forkserver.{os.getpid()}.sock"
-    if len(str(path)) > MAX_SOCKET_PATH:
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         path = Path(tempfile.mkdtemp(prefix="llmapp-fork-")) / "socket"  # the platform's user's only (700)
     process = launch_fork_server(path)
     config["FORK_SERVER_SOCKET"], config["FORK_SERVER_PID"] = str(path), process.pid
@@ -375,15 +391,15 @@ def launch_fork_server(path: Path) -> subprocess.Popen:
     home = None
     if os.geteuid() == 0:
         try:
-            home = pwd.getpwnam(current_app.config["SERVER_USER"]).pw_dir if current_app.config["SERVER_USER"] else None
+            configured = current_app.config["SERVER_USER"]
+            home = account_home(pwd.getpwnam(configured)) if configured else NO_HOME
         except KeyError:
-            home = None
-        home = home or "/nonexistent"
+            home = NO_HOME
     read_end, write_end = os.pipe()
     try:
         process = subprocess.Popen(
             [sys.executable, "-I", "-u", "-c", FORK_SERVER_LAUNCHER, "--socket", str(path)]
-            + ["--liveness-fd", str(read_end)],
+            + ["--liveness-fd", str(read_end), "--worker-pid", str(os.getpid())],
             cwd=ROOT,
             env=inherited_environment(home),
             stdin=subprocess.DEVNULL,

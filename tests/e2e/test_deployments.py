@@ -244,7 +244,7 @@ def check_the_playground(app, client, application, owner):
     for data, words in (
         ({"message": " ", "temperature": 0.5}, "Type a message."),
         ({"message": "x", "temperature": "nan"}, "Between 0 and 2."),
-        ({"message": "x", "temperature": 0, "top_p": 1.5}, "Between 0 and 1."),
+        ({"message": "x", "temperature": 0, "top_p": 0}, "Above 0, at most 1."),
         ({"message": "x", "temperature": 0, "stop": "a\nb\nc\nd\ne"}, "At most 4 stop sequences, one per line."),
     ):
         refused = client.post(f"/applications/{application.id}/playground", data={"max_tokens": 4, **data}, headers=HX)

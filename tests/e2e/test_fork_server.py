@@ -1,9 +1,15 @@
 """The fork server (llmapp/runtime/forkserver.py): servers forked warm, as their own account and session,
 with only what they were sent; the fork server holds no application's secret and ends with its worker."""
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -104,4 +110,79 @@ def test_a_forked_child_takes_what_it_is_sent_and_outlives_its_fork_server(app, 
         if liveness_open:
             os.close(process.liveness_fd)
             process.wait(60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def raw_request(path: Path, args: list[str], env: dict, stdin: int, stdout: int) -> tuple[socket.socket, dict]:
+    """A request as a worker sends one (llmapp/runtime/forkserver.py), and the child's answer, the
+    connection left open: what a worker does next (say "go", or not) is the test's."""
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.settimeout(60)
+    connection.connect(str(path))
+    body = json.dumps({"args": args, "env": env, "uid": None, "gid": None, "cwd": "/"}).encode()
+    socket.send_fds(connection, [struct.pack("!I", len(body)) + body], [stdin, stdout])
+    answer = b""
+    while not answer.endswith(b"\n"):
+        answer += connection.recv(4096)
+    return connection, json.loads(answer)
+
+
+def test_a_child_whose_worker_gave_up_on_it_never_serves(app, tmp_path):
+    """A worker that timed out waiting (and started the server cold) never says "go": the forked child
+    ends instead of serving beside the cold one."""
+    folder = Path(tempfile.mkdtemp(prefix="llmapp-fork-"))
+    path = folder / "socket"
+    with app.app_context():
+        process = server_processes.launch_fork_server(path)
+        env = {**server_processes.inherited_environment(), "HF_TOKEN": "hf_t"}
+    try:
+        wait_for(lambda: path.exists() or process.poll() is not None, 180, 0.1, "the fork server to listen")
+        spec_read, spec_write = os.pipe()
+        connection, answer = raw_request(path, ["--spec", "held.json", "--spec-on-stdin"], env, spec_read, 2)
+        assert answer["warm"], answer
+        child = psutil.Process(answer["pid"])
+        connection.close()  # gave up: no "go"
+        wait_for(lambda: gone(child), 60, 0.1, "the child to end without serving")
+        os.close(spec_read)
+        os.close(spec_write)
+    finally:
+        os.close(process.liveness_fd)
+        process.wait(60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+KILLED_WORKER = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from llmapp import create_app
+from llmapp.services import server_processes
+app = create_app({{"LLMAPP_ENV": "testing", "SECRET_KEY": "x", "SQLALCHEMY_DATABASE_URI": "sqlite://"}})
+with app.app_context():
+    process = server_processes.launch_fork_server({path!r})
+if os.fork() == 0:  # what a worker forks (rq's scheduler, a work horse) holds the pipe too
+    time.sleep(600)
+    os._exit(0)
+print(process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_fork_server_ends_when_its_worker_is_killed_though_its_pipe_is_held(tmp_path):
+    folder = Path(tempfile.mkdtemp(prefix="llmapp-fork-"))
+    path = folder / "socket"
+    script = KILLED_WORKER.format(root=str(Path(__file__).resolve().parents[2]), path=str(path))
+    env = {**os.environ, "LLMAPP_INSTANCE_PATH": str(tmp_path / "instance")}
+    worker = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True, env=env
+    )
+    try:
+        fork_server = psutil.Process(int(worker.stdout.readline()))
+        wait_for(lambda: path.exists() or gone(fork_server), 180, 0.1, "the fork server to listen")
+        assert not gone(fork_server)
+        worker.kill()  # as the OOM killer would: its forked child lives on, holding the pipe's write end
+        worker.wait(30)
+        wait_for(lambda: gone(fork_server), 60, 0.1, "the fork server to end with its worker")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
         shutil.rmtree(folder, ignore_errors=True)

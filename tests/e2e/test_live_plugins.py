@@ -91,7 +91,9 @@ def test_a_running_application_takes_chain_changes_live(app, client, auth, membe
             headers=HX,
         )
         done = sse_events(client.get(re.search(r'sse-connect="([^"]+)"', sent.text).group(1)).text)[-1][1]
-        return "A plugin masked your message before the model saw it: keyword." in done and "verboten" not in done
+        notice = re.search(r"<p [^>]*data-input-masked>([^<]*)</p>", done)
+        return notice and notice.group(1)
 
-    wait_for(masked_in_the_playground, 60, 0.5, "the playground to say the message was masked")
+    notice = wait_for(masked_in_the_playground, 60, 0.5, "the playground to say the message was masked")
+    assert notice == "A plugin masked your message before the model saw it: keyword."  # the kind, not the word
     client.post(f"/applications/{application.id}/stop", headers=HX)

@@ -182,6 +182,9 @@ def test_a_killed_embedded_redis_starts_again_with_what_it_saved(tmp_path):
     wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 30, 0.05, "its end")
     with open(pidfile, "w") as f:
         f.write(str(os.getpid()))  # the pid, reused by another program
+    # Its clients drop their dead connections (redis-py does on its next command): until they do, the
+    # killed server's side of each may linger in FIN_WAIT2, which keeps the port from being bound.
+    connection.connection_pool.disconnect()
 
     again = EmbeddedRedis(tmp_path / "redis", publish=False)  # a platform started again
     try:

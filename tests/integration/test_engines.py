@@ -49,7 +49,7 @@ class EchoKind(EngineKind):
     label = "says the prompt back"
     fields = (RegistryField("source", "echo: what it says first.", required="Say what the echo says first."),)
 
-    def recommend(self, model, memory_bytes):
+    def recommend(self, model, memory_bytes, cpu_cores=None):
         return recommendations.recommend_upstream(model.parameters_billions, model.context_length, "echo")
 
     def spec_options(self, model):
