@@ -236,10 +236,11 @@ async def write_async(connection, application_id, taken: dict[int, Counter]) -> 
 # --- reading back ---------------------------------------------------------------------------------
 
 
-def percentile(bounds: tuple, counts: list[float], q: float) -> float | None:
+def percentile(bounds: tuple, counts: list[float], q: float, slowest: float | None = None) -> float | None:
     """The q-quantile (0 < q < 1) of a histogram: per-bucket counts (the last is +Inf), interpolated
-    linearly inside the bucket that holds it, as Prometheus's histogram_quantile does. A quantile in
-    the +Inf bucket is reported as its lower bound. None for an empty histogram."""
+    linearly inside the bucket that holds it, as Prometheus's histogram_quantile does, never above
+    ``slowest`` (the largest value seen, where it is known), which also closes the +Inf bucket; without it,
+    a quantile there is reported as the bucket's lower bound. None for an empty histogram."""
     total = sum(counts)
     if not total:
         return None
@@ -247,10 +248,10 @@ def percentile(bounds: tuple, counts: list[float], q: float) -> float | None:
     seen = 0.0
     for i, count in enumerate(counts):
         if count and seen + count >= rank:
-            if i == len(bounds):
-                return float(bounds[-1])
             lower = 0.0 if i == 0 else bounds[i - 1]
-            return lower + (bounds[i] - lower) * (rank - seen) / count
+            upper = bounds[i] if i < len(bounds) else max(slowest or lower, lower)
+            value = lower + (upper - lower) * (rank - seen) / count
+            return min(value, slowest) if slowest else value
         seen += count
     return float(bounds[-1])
 

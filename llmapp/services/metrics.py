@@ -68,12 +68,8 @@ def _buckets(application_id, win: Window, now: float) -> list[tuple[int, dict]]:
 def _quantiles(fields: dict, name: str, qs=(0.5, 0.95, 0.99)) -> dict:
     """Percentiles from the histogram's buckets, never above the slowest value seen (interpolating in a
     wide bucket would: six requests, the slowest 12.4 s, read p95 24 s), and how many samples they rest on."""
-    counts = metrics.histogram(fields, name)
-    slowest = fields.get(f"{name}|max")
-    found = {}
-    for q in qs:
-        value = metrics.percentile(metrics.HISTOGRAMS[name], counts, q)
-        found[f"p{round(q * 100)}"] = min(value, slowest) if value is not None and slowest else value
+    counts, slowest = metrics.histogram(fields, name), fields.get(f"{name}|max")
+    found = {f"p{round(q * 100)}": metrics.percentile(metrics.HISTOGRAMS[name], counts, q, slowest) for q in qs}
     found["samples"] = int(sum(counts))
     return found
 

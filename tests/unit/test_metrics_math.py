@@ -21,6 +21,10 @@ def test_percentiles_from_buckets_match_a_hand_computation():
     assert metrics.percentile(bounds, counts, 0.10) == pytest.approx(0.05)
     assert metrics.percentile(bounds, [0, 0, 0, 3], 0.5) == 1.0  # in +Inf: its lower bound
     assert metrics.percentile(bounds, [0, 0, 0, 0], 0.5) is None  # no data is not zero
+    # Knowing the slowest: never above it, and the +Inf bucket ends there (3 above 1 s, the slowest 4 s).
+    assert metrics.percentile(bounds, [2, 6, 2, 0], 0.95, slowest=0.6) == pytest.approx(0.6)
+    assert metrics.percentile(bounds, [0, 0, 0, 3], 0.5, slowest=4.0) == pytest.approx(1.0 + 3.0 * 1.5 / 3)
+    assert metrics.percentile(bounds, [0, 0, 0, 3], 0.99, slowest=4.0) <= 4.0
 
 
 def test_one_requests_fields_and_the_aggregator():
