@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 
 from . import config as llmapp_config
 from .extensions import csrf, db, htmx, limiter, login_manager, migrate
+from .i18n import _l
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,11 +54,15 @@ def register_extensions(app: Flask) -> None:
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
-    login_manager.login_message = "Please log in to continue."
+    login_manager.login_message = _l("Please log in to continue.")
     login_manager.login_message_category = "info"
     csrf.init_app(app)
     htmx.init_app(app)
     limiter.init_app(app)
+
+    from . import i18n
+
+    i18n.init_app(app)
 
     from .services import users
 
@@ -157,6 +162,7 @@ def register_template_helpers(app: Flask) -> None:
         gateway_url=routing.gateway_url,
         may_change_plugin=plugins.may_change,  # which buttons a plugin's row shows: the service's rule
         STATUSES=lifecycle.STATUSES,
+        STATUS_LABELS=lifecycle.STATUS_LABELS,
         MASK=MASK,
         ENGINES=engines.ENGINES,  # a registry model's engine kind: ENGINES[model.engine]
         CONFIG_DEFAULTS=applications.DEFAULT_CONFIG,  # a field an older application's config lacks
@@ -187,21 +193,12 @@ def register_template_helpers(app: Flask) -> None:
         moment = datetime.fromtimestamp(float(ts), UTC)
         return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if full else moment.strftime("%H:%M:%S")
 
-    @app.template_filter("counted")
-    def counted(number, noun: str, plural: str | None = None) -> str:
-        """ "1 error", "2 errors": a count with its noun (``plural`` where adding an s is wrong)."""
-        return f"{number} {noun if number == 1 else plural or noun + 's'}"
-
     @app.template_filter("shell_json")
     def shell_json(value) -> str:
         """``value`` as JSON in one single-quoted shell word (a quote inside it closed and escaped)."""
         import json
 
         return "'" + json.dumps(value, ensure_ascii=False, indent=2).replace("'", "'\\''") + "'"
-
-    @app.template_filter("when")
-    def format_when(value):
-        return value.strftime("%Y-%m-%d %H:%M UTC") if value else "—"
 
 
 def register_cli(app: Flask) -> None:

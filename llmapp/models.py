@@ -48,6 +48,7 @@ class User(Limited, UserMixin, db.Model):
     is_admin: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     disabled_at: Mapped[datetime | None]  # a disabled user can't log in; their logins ended when disabled
+    locale: Mapped[str | None] = mapped_column(String(16))  # the pages' language they chose; None: the browser's
 
     @property
     def is_active(self) -> bool:

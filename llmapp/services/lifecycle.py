@@ -16,11 +16,20 @@ from dataclasses import dataclass
 from sqlalchemy import delete, update
 
 from ..extensions import db
+from ..i18n import _l
 from ..models import Application, utcnow
 from . import Conflict, routing
 
 STOPPED, DEPLOYING, RUNNING, STOPPING, FAILED = "stopped", "deploying", "running", "stopping", "failed"
 STATUSES = (STOPPED, DEPLOYING, RUNNING, STOPPING, FAILED)
+# What a page calls each status (the status itself is data: URLs, the API, the CLI keep it as is).
+STATUS_LABELS = {
+    STOPPED: _l("stopped"),
+    DEPLOYING: _l("deploying"),
+    RUNNING: _l("running"),
+    STOPPING: _l("stopping"),
+    FAILED: _l("failed"),
+}
 # An edit of a running application is its next release, a draft until deployed; nothing on its way
 # somewhere is edited. Only what runs nothing can be deleted.
 EDITABLE = frozenset({STOPPED, FAILED, RUNNING})
