@@ -23,7 +23,7 @@ test: $(VENV)/.installed $(COMPILED) browser
 
 # Messages to translate, from the code and the templates, into each catalog (then translate what is new).
 messages: $(VENV)/.installed
-	$(BIN)/pybabel -q extract -F babel.cfg -k _l -k counted:2,3 -o llmapp/translations/messages.pot --no-location --omit-header .
+	$(BIN)/pybabel -q extract -F babel.cfg -k _l -k N_ -k NP_:1c,2 -k counted:2,3 -o llmapp/translations/messages.pot --no-location --omit-header .
 	$(BIN)/pybabel -q update -i llmapp/translations/messages.pot -d llmapp/translations --no-fuzzy-matching --ignore-obsolete
 
 # The browser tests drive Debian's chromium (never a downloaded browser build), with a font for the

@@ -55,6 +55,7 @@ def register_extensions(app: Flask) -> None:
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
     login_manager.login_message = _l("Please log in to continue.")
+    login_manager.localize_callback = str  # the flash is stored in the session: a str, in the reader's language
     login_manager.login_message_category = "info"
     csrf.init_app(app)
     htmx.init_app(app)
@@ -111,14 +112,14 @@ def register_blueprints(app: Flask) -> None:
 
 def register_error_handlers(app: Flask) -> None:
     messages = {
-        400: "The request could not be understood.",
-        401: "This needs credentials that were not given.",
-        403: "You are not allowed to do that.",
-        413: "That was too much to send at once: the request is larger than this platform accepts.",
-        404: "There is nothing here, or it is not yours to see.",
-        405: "That action is not allowed here.",
-        429: "Too many attempts. Wait a minute and try again.",
-        500: "Something went wrong on our side. The error was logged; try again.",
+        400: _l("The request could not be understood."),
+        401: _l("This needs credentials that were not given."),
+        403: _l("You are not allowed to do that."),
+        413: _l("That was too much to send at once: the request is larger than this platform accepts."),
+        404: _l("There is nothing here, or it is not yours to see."),
+        405: _l("That action is not allowed here."),
+        429: _l("Too many attempts. Wait a minute and try again."),
+        500: _l("Something went wrong on our side. The error was logged; try again."),
     }
 
     def render_error(code: int, message: str | None = None):
@@ -126,7 +127,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(CSRFError)
     def csrf_error(e):
-        return render_error(400, "Your form expired or came from elsewhere. Reload the page and try again.")
+        return render_error(400, _l("Your form expired or came from elsewhere. Reload the page and try again."))
 
     from .services import Forbidden
 
@@ -141,7 +142,7 @@ def register_error_handlers(app: Flask) -> None:
         if request.path.startswith("/api/v1/"):  # the REST API answers problem documents, never pages
             from .api import problems
 
-            return problems.from_http_error(e) if code != 500 else problems.problem(500, messages[500])
+            return problems.from_http_error(e) if code != 500 else problems.problem(500, str(messages[500]))
         # A message of ours (abort(404, "...")) is shown; werkzeug's stock descriptions are not.
         custom = getattr(e, "description", None) if code in (403, 404) else None
         if custom == getattr(type(e), "description", None):

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from flask_babel import gettext as _
+
 WIDTH, HEIGHT = 420, 150
 LEFT, RIGHT, TOP, BOTTOM = 56, 8, 10, 22  # the plot's margins, room for the axis labels
 
@@ -100,7 +102,7 @@ def line_chart(
                 f"{name} {fmt(point[key]) if point.get(key) is not None else '—'}" for name, key, _ in series
             )
         else:
-            readings = "no data (not running)"
+            readings = _("no data (not running)")
         chart.hovers.append((round(x(point["at"]), 1), round(column, 1), f"{moment} UTC — {readings}"))
     return chart
 
@@ -142,14 +144,17 @@ def size(value: float) -> str:
 
 
 def monitoring_charts(points: list[dict], point_s: int) -> list[Chart]:
-    """The Monitoring pane's charts of one window."""
+    """The Monitoring pane's charts of one window (titles and series names in the request's language)."""
     return [
         line_chart(
-            "Requests", points, [("answered", "requests_per_s", "series-a"), ("errors", "errors_per_s", "series-bad")],
+            _("Requests"), points,
+            [(_("answered"), "requests_per_s", "series-a"), (_("errors"), "errors_per_s", "series-bad")],
             rate, point_s,
         ),
-        line_chart("Latency", points, [("p50", "p50_s", "series-a"), ("p95", "p95_s", "series-b")], seconds, point_s),
-        line_chart("Output tokens", points, [("tokens", "output_tokens_per_s", "series-a")], rate, point_s),
+        line_chart(
+            _("Latency"), points, [("p50", "p50_s", "series-a"), ("p95", "p95_s", "series-b")], seconds, point_s
+        ),
+        line_chart(_("Output tokens"), points, [(_("tokens"), "output_tokens_per_s", "series-a")], rate, point_s),
         line_chart("CPU", points, [("CPU", "cpu_percent", "series-b")], percent, point_s),
-        line_chart("Memory (RSS)", points, [("RSS", "rss_bytes", "series-a")], size, point_s),
+        line_chart(_("Memory (RSS)"), points, [("RSS", "rss_bytes", "series-a")], size, point_s),
     ]  # fmt: skip

@@ -13,8 +13,10 @@ from babel import Locale
 from babel.dates import format_skeleton
 from babel.numbers import format_decimal
 from flask import Flask, has_request_context, request
-from flask_babel import Babel, get_locale, lazy_gettext, ngettext, refresh
+from flask_babel import Babel, get_locale, gettext, ngettext, pgettext, refresh
+from flask_babel.speaklater import LazyString
 from flask_login import current_user
+from markupsafe import Markup, escape
 
 DEFAULT = "en"
 # The choices, each named in its own language (a reader who can't read the page still finds theirs).
@@ -27,10 +29,18 @@ COOKIE_MAX_AGE = 365 * 24 * 3600
 babel = Babel()
 
 
-def _l(message: str, **variables):
+class LazyText(LazyString):
+    """Flask-Babel's lazy string is taken by Jinja (and WTForms' labels) as ready HTML, unescaped: a
+    message with a name in it would reach the page raw. This one is text, escaped like any other."""
+
+    def __html__(self) -> Markup:
+        return escape(str(self))
+
+
+def _l(message: str, **variables) -> LazyText:
     """A message translated when it is read, not when it is written: form labels and rules defined
-    once for every request, service errors raised in one request and shown in it."""
-    return lazy_gettext(message, **variables)
+    once for every request, module-level messages shown in many."""
+    return LazyText(gettext, message, **variables)
 
 
 def browser_language() -> str:
@@ -85,6 +95,25 @@ def counted(number, singular: str, plural: str) -> str:
     return ngettext(singular, plural, number, count=format_number(number))
 
 
+def N_(text: str) -> str:
+    """Marks a message kept in English where it is stored or sent (a plugin type's title) for `make
+    messages`; the page that shows it translates it with ``translate``."""
+    return text
+
+
+def NP_(context: str, text: str) -> str:
+    """N_ for English that means something else elsewhere ("Created": a release's note, a date's label);
+    the page translates it with ``translate(context)``."""
+    return text
+
+
+def translate(text: str, context: str | None = None) -> str:
+    """A message marked with N_, in the request's language; any other text as it is."""
+    if not text:
+        return text
+    return pgettext(context, text) if context else gettext(text)
+
+
 def init_app(app: Flask) -> None:
     babel.init_app(app, locale_selector=select_locale, default_locale=DEFAULT, default_timezone="UTC")
     # Each request chooses again: under one application context (tests, a shell) Flask-Babel would keep
@@ -96,4 +125,4 @@ def init_app(app: Flask) -> None:
         counted=counted,  # counted(n, "%(count)s error", "%(count)s errors"): extracted as a plural (Makefile)
         html_lang=lambda: HTML_LANG[language()],
     )
-    app.jinja_env.filters.update(number=format_number, when=format_when)
+    app.jinja_env.filters.update(number=format_number, when=format_when, translate=translate)

@@ -1,4 +1,22 @@
 // Small behaviours htmx does not cover, without inline script (our CSP forbids it).
+
+// The words this script writes, in the page's language: base.html gives them as JSON data (English
+// where one is missing). Counts: "{count}" stands for the number.
+const UI_TEXT = (() => {
+  try {
+    return JSON.parse(document.getElementById("ui-text")?.textContent || "{}");
+  } catch {
+    return {};
+  }
+})();
+const ENGLISH = {
+  copy: "Copy", copied: "Copied", selected: "Selected: press Ctrl-C", live: "live", reconnecting: "reconnecting…",
+  plain_secret: "Type the value to keep it as plain text",
+  line_one: "{count} line", line_other: "{count} lines", new_line_one: "{count} new line", new_line_other: "{count} new lines",
+};
+const uiText = (key) => UI_TEXT[key] || ENGLISH[key];
+const uiCount = (n, key) => uiText(`${key}_${n === 1 ? "one" : "other"}`).replace("{count}", String(n));
+
 document.addEventListener("click", (event) => {
   const remove = event.target.closest("[data-remove-row]");
   if (remove) {
@@ -28,7 +46,7 @@ document.addEventListener("change", (event) => {
     replace.previousElementSibling?.remove(); // the mask
     replace.remove();
     input.classList.remove("hidden");
-    input.placeholder = "Type the value to keep it as plain text";
+    input.placeholder = uiText("plain_secret");
     input.focus();
   }
 });
@@ -43,14 +61,14 @@ function atBottom(viewport) {
   return viewport.scrollTop + viewport.clientHeight >= viewport.scrollHeight - 8;
 }
 
-const lines = (n) => `${n} line${n === 1 ? "" : "s"}`;
+const lines = (n) => uiCount(n, "line");
 
 function showPaused() {
   const button = document.querySelector("[data-log-resume]");
   if (!button) return;
   button.classList.toggle("hidden", logState.pinned || logState.unseen === 0);
   const count = button.querySelector("[data-new-lines]");
-  if (count) count.textContent = `${lines(logState.unseen).replace("line", "new line")}`;
+  if (count) count.textContent = uiCount(logState.unseen, "new_line");
 }
 
 // The caption counts the lines the pane shows, as they arrive.
@@ -68,10 +86,10 @@ function pinToBottom() {
   showPaused();
 }
 
-function setLiveState(text, live) {
+function setLiveState(label, live) {
   const state = document.querySelector("[data-live-state]");
   if (state) {
-    state.textContent = text;
+    state.textContent = label;
     state.classList.toggle("is-live", live);
   }
 }
@@ -108,8 +126,8 @@ document.addEventListener("htmx:sseMessage", (event) => {
 });
 
 // (The playground's replies are SSE streams too: only the log's own stream says whether the log is live.)
-document.addEventListener("htmx:sseOpen", (event) => event.target.closest("#logs") && setLiveState("live", true));
-document.addEventListener("htmx:sseError", (event) => event.target.closest("#logs") && setLiveState("reconnecting…", false));
+document.addEventListener("htmx:sseOpen", (event) => event.target.closest("#logs") && setLiveState(uiText("live"), true));
+document.addEventListener("htmx:sseError", (event) => event.target.closest("#logs") && setLiveState(uiText("reconnecting"), false));
 
 // A freshly loaded pane opens on its newest lines.
 document.addEventListener("htmx:load", (event) => {
@@ -148,8 +166,8 @@ document.addEventListener("click", async (event) => {
     selection.addRange(range);
     copied = document.execCommand("copy");
   }
-  button.textContent = copied ? "Copied" : "Selected: press Ctrl-C";
-  setTimeout(() => { button.textContent = "Copy"; }, 2000);
+  button.textContent = copied ? uiText("copied") : uiText("selected");
+  setTimeout(() => { button.textContent = uiText("copy"); }, 2000);
 });
 
 // The detail page's menu marks the part being read.

@@ -1,6 +1,7 @@
 """The API's reference page in the UI: the OpenAPI document, read and rendered by Jinja (no JS)."""
 
 from flask import Blueprint, render_template
+from flask_babel import gettext as _
 from flask_login import login_required
 
 from .openapi import document
@@ -25,24 +26,28 @@ def type_of(schema: dict, components: dict) -> str:
     if "$ref" in schema:
         return schema_name(schema["$ref"])
     if "anyOf" in schema:
-        return " or ".join(type_of(option, components) for option in schema["anyOf"])
+        options = [type_of(option, components) for option in schema["anyOf"]]
+        said = options[0] if options else ""
+        for option in options[1:]:
+            said = _("%(first)s or %(second)s", first=said, second=option)
+        return said
     if schema.get("type") == "array":
-        return "list of " + type_of(schema.get("items", {}), components)
-    return schema.get("type", "any")
+        return _("list of %(type)s", type=type_of(schema.get("items", {}), components))
+    return schema.get("type") or _("any")
 
 
 def constraints(schema: dict) -> str:
     words = []
     if "enum" in schema:
-        words.append("one of " + ", ".join(map(str, schema["enum"])))
+        words.append(_("one of %(values)s", values=", ".join(map(str, schema["enum"]))))
     if "minimum" in schema or "maximum" in schema:
         words.append(f"{schema.get('minimum', '…')}–{schema.get('maximum', '…')}")
     if "maxLength" in schema:
-        words.append(f"at most {schema['maxLength']} characters")
+        words.append(_("at most %(count)s characters", count=schema["maxLength"]))
     if "maxItems" in schema:
-        words.append(f"at most {schema['maxItems']} items")
+        words.append(_("at most %(count)s items", count=schema["maxItems"]))
     if "default" in schema and schema["default"] is not None:
-        words.append(f"default {schema['default']}")
+        words.append(_("default %(value)s", value=schema["default"]))
     return "; ".join(words)
 
 

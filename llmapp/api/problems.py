@@ -1,9 +1,14 @@
-"""Errors of the REST API as RFC 9457 problem details (application/problem+json)."""
+"""Errors of the REST API as RFC 9457 problem details (application/problem+json).
+
+The human ``detail`` (and the messages in ``errors``) speak the request's Accept-Language (llmapp/i18n.py);
+``type``, ``title`` and ``status`` stay the same in every language, for scripts to match on."""
 
 from flask import Response, json
+from flask_babel import gettext as _
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
+from ..i18n import _l
 from ..services import Conflict, FieldErrors, Forbidden, Invalid, NotFound, ServiceError, Taken
 from ..services.lifecycle import TransitionRefused
 
@@ -11,7 +16,18 @@ MEDIA_TYPE = "application/problem+json"
 
 
 def problem_document(status: int, detail: str, **extra) -> dict:
-    body = {"type": "about:blank", "title": HTTP_STATUS_CODES.get(status, "Error"), "status": status, "detail": detail}
+    """The document; ``detail`` and the messages of ``errors`` become plain text here (a lazy message is
+    read in the request's language), never handed to JSON as they are."""
+    body = {
+        "type": "about:blank",
+        "title": HTTP_STATUS_CODES.get(status, "Error"),
+        "status": status,
+        "detail": str(detail),
+    }
+    if extra.get("errors") is not None:
+        extra["errors"] = {
+            str(field): [str(message) for message in messages] for field, messages in extra["errors"].items()
+        }
     body.update({k: v for k, v in extra.items() if v is not None})
     return body
 
@@ -28,8 +44,8 @@ def on_invalid_request(req, resp, error, instance, model_adapter):
     errors: dict[str, list[str]] = {}
     for item in model_adapter.validation_errors(error):
         field = ".".join(str(part) for part in item.get("loc", ()))
-        errors.setdefault(field, []).append(item.get("msg", "Invalid."))
-    answer = problem(422, "The request does not have the expected shape.", errors=errors)
+        errors.setdefault(field, []).append(item.get("msg") or _("Invalid."))
+    answer = problem(422, _("The request does not have the expected shape."), errors=errors)
     resp.set_data(answer.get_data())
     resp.mimetype = MEDIA_TYPE
 
@@ -42,7 +58,7 @@ def from_service_error(error: ServiceError) -> Response:
     if isinstance(error, Taken):  # well formed, but another row holds the value: a conflict
         return problem(409, str(error), errors=error.errors)
     if isinstance(error, FieldErrors):
-        return problem(422, "The request has invalid fields.", errors=error.errors)
+        return problem(422, _("The request has invalid fields."), errors=error.errors)
     if isinstance(error, Invalid) and isinstance(getattr(error, "errors", None), dict):  # a plugin's configuration
         errors = {f"config.{name}" if name else "config": messages for name, messages in error.errors.items()}
         return problem(422, str(error), errors=errors)
@@ -57,14 +73,15 @@ def from_service_error(error: ServiceError) -> Response:
     return problem(503, str(error), headers={"Retry-After": "5"})  # e.g. Redis unreachable
 
 
+# Lazy messages: problem_document reads them in the request's language.
 HTTP_DETAILS = {
-    401: "Send a personal access token: Authorization: Bearer <token> (made on your Account page).",
-    403: "Your account is not allowed to do this.",
-    404: "No such resource, or it is not yours.",
-    405: "This method is not allowed here.",
-    413: "The request body is too large.",
-    415: "Send JSON (Content-Type: application/json).",
-    429: "Too many requests with this token: wait and retry (see Retry-After).",
+    401: _l("Send a personal access token: Authorization: Bearer <token> (made on your Account page)."),
+    403: _l("Your account is not allowed to do this."),
+    404: _l("No such resource, or it is not yours."),
+    405: _l("This method is not allowed here."),
+    413: _l("The request body is too large."),
+    415: _l("Send JSON (Content-Type: application/json)."),
+    429: _l("Too many requests with this token: wait and retry (see Retry-After)."),
 }
 
 
@@ -78,8 +95,9 @@ def from_http_error(error: HTTPException) -> Response:
         headers["Retry-After"] = "60"
     described = error.description if error.description != type(error).description else None
     if code == 429:  # Flask-Limiter's description is the limit itself ("600 per 1 minute")
-        return problem(429, f"Too many requests with this token (at most {described}): retry after the pause "
-                       "Retry-After gives.", headers=headers)  # fmt: skip
+        detail = _("Too many requests with this token (at most %(limit)s): retry after the pause Retry-After gives.",
+                   limit=described)  # fmt: skip
+        return problem(429, detail, headers=headers)
     return problem(code, described or HTTP_DETAILS.get(code, HTTP_STATUS_CODES.get(code, "Error")), headers=headers)
 
 

@@ -38,7 +38,7 @@ def _choice(choices) -> Field:
 
 def _bounded(field: str):
     low, high = applications.BOUNDS[field]
-    extra = {"minimum": low, "maximum": high, "description": applications.LABELS[field]}
+    extra = {"minimum": low, "maximum": high, "description": str(applications.LABELS[field])}  # English: at import
     return Field(None, json_schema_extra=extra)
 
 

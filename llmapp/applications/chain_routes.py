@@ -5,6 +5,7 @@ htmx. Changes reach a running server live (services/plugins.py says how).
 """
 
 from flask import abort, render_template, request, url_for
+from flask_babel import gettext as _
 from flask_login import current_user
 
 from ..plugins import config_form
@@ -51,7 +52,7 @@ def _answer(application, **kwargs):
 def _plugin_id():
     plugin_id = bounded_int(request.form.get("plugin_id"))
     if plugin_id is None:
-        abort(400, "Choose a plugin.")
+        abort(400, _("Choose a plugin."))
     return plugin_id
 
 
@@ -68,7 +69,7 @@ def attach(application_id):
     try:
         plugins.attach(application, current_user, _plugin_id())
     except NotFound:
-        return _answer(application, error="No such plugin, or you can't use it.")
+        return _answer(application, error=_("No such plugin, or you can't use it."))
     except ServiceError as e:
         return _answer(application, error=str(e))
     return _answer(application)
@@ -97,7 +98,7 @@ def change(application_id, plugin_id, action):
 def _save_overrides(application, plugin_id):
     link = next((link for link in plugins.chain(application) if link.plugin_id == plugin_id), None)
     if link is None:
-        raise NotFound("That plugin is not attached to this application.")
+        raise NotFound(_("That plugin is not attached to this application."))
     overrides = {}
     if request.form.get("reset") != "1":
         typed = config_form.read(link.plugin.type, request.form)

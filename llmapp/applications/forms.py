@@ -1,3 +1,4 @@
+from flask_babel import gettext as _
 from wtforms import (
     BooleanField,
     FieldList,
@@ -15,6 +16,7 @@ from wtforms.validators import InputRequired, NumberRange, Optional, StopValidat
 
 from .. import secrets_box
 from ..forms import IntegerInput, PlatformForm
+from ..i18n import _l
 from ..services import applications
 from ..web import bounded_int
 
@@ -24,22 +26,22 @@ class EnvVarForm(Form):
     ``secret_token`` carries, encrypted, a secret typed before the form came back with errors
     (so it is neither echoed into the page nor lost). The rules of a row are the applications service's."""
 
-    name = StringField("Name")
-    value = StringField("Value")
-    secret = BooleanField("Secret")
+    name = StringField(_l("Name"))
+    value = StringField(_l("Value"))
+    secret = BooleanField(_l("Secret"))
     secret_id = HiddenField()
     secret_token = HiddenField()
 
     def validate_secret_id(self, field):
         if field.data and bounded_int(field.data) is None:
-            raise ValidationError("Invalid secret reference.")
+            raise ValidationError(_("Invalid secret reference."))
 
     def validate_secret_token(self, field):
         if field.data and not self.value.data:
             try:
                 self.value.data = secrets_box.decrypt(field.data)  # the value typed before, kept
             except ValueError:
-                self.value.errors.append("Type this secret again.")
+                self.value.errors.append(_("Type this secret again."))
 
     def conceal(self) -> None:
         """Before the row goes back to the browser: a typed secret travels only encrypted."""
@@ -74,6 +76,10 @@ def _number(key: str) -> IntegerInput:
     return IntegerInput(applications.LABELS[key])
 
 
+# The restart policies as the form's choices show them (the values sent are the policies themselves).
+RESTART_POLICY_LABELS = {"on-failure": _l("On failure"), "never": _l("Never")}
+
+
 class ApplicationForm(PlatformForm):
     """The application form parses what was typed (text to numbers); the applications service judges it
     (``check``), and its errors are shown here at their fields, the same words the CLI and the API give."""
@@ -92,7 +98,10 @@ class ApplicationForm(PlatformForm):
     batch_size = _number("batch_size")
     restart_policy = SelectField(
         applications.LABELS["restart_policy"],
-        choices=[(policy, policy.replace("-", " ").capitalize()) for policy in applications.RESTART_POLICIES],
+        choices=[
+            (policy, RESTART_POLICY_LABELS.get(policy, policy.replace("-", " ").capitalize()))
+            for policy in applications.RESTART_POLICIES
+        ],
         validate_choice=False,
     )
     max_restarts = _number("max_restarts")
@@ -107,9 +116,9 @@ class ApplicationForm(PlatformForm):
     # No max_entries: rows past the limit would be dropped without a word; the service counts them.
     env = FieldList(FormField(EnvVarForm))
     # One line saying why, kept with the release this save makes (the service cuts a longer one).
-    note = StringField("Release note")
+    note = StringField(_l("Release note"))
     # Which plugins run; their order and per-application settings are on the application's page.
-    plugins = SelectMultipleField("Plugins", coerce=_plugin_id, validate_choice=False)
+    plugins = SelectMultipleField(_l("Plugins"), coerce=_plugin_id, validate_choice=False)
 
     def __init__(self, *args, owner_id: int, application_id=None, models=(), plugin_choices=(), hosts=(), **kwargs):
         super().__init__(*args, **kwargs)
@@ -119,13 +128,13 @@ class ApplicationForm(PlatformForm):
         names = [host.name for host in hosts]
         if self.host.data and self.host.data not in names:
             names.append(self.host.data)
-        self.host.choices = [("", "Any host that fits")] + [(name, name) for name in names]
+        self.host.choices = [("", _("Any host that fits"))] + [(name, name) for name in names]
         self.plugins.choices = list(plugin_choices)
 
     def validate_plugins(self, field):
-        offered = {plugin_id for plugin_id, _ in field.choices}
+        offered = {plugin_id for plugin_id, _label in field.choices}
         if any(plugin_id not in offered for plugin_id in field.data or ()):
-            raise ValidationError("Choose plugins from the list.")
+            raise ValidationError(_("Choose plugins from the list."))
 
     def judged(self) -> bool:
         return super().judged(lambda data: applications.check(data, self.owner_id, self.application_id))
@@ -147,29 +156,33 @@ class ApplicationForm(PlatformForm):
 class PlaygroundForm(PlatformForm):
     """A message to the running application, with the two sampling settings people reach for."""
 
-    message = TextAreaField("Message", validators=[InputRequired("Type a message.")])
+    message = TextAreaField(_l("Message"), validators=[InputRequired(_l("Type a message."))])
     max_tokens = IntegerField(
-        "Max tokens",
+        _l("Max tokens"),
         default=128,
-        validators=[InputRequired("Max tokens is required."), _parsed, NumberRange(1, 4096, "Between 1 and 4096.")],
+        validators=[
+            InputRequired(_l("Max tokens is required.")),
+            _parsed,
+            NumberRange(1, 4096, _l("Between 1 and 4096.")),
+        ],
     )
     temperature = FloatField(
-        "Temperature",
+        _l("Temperature"),
         default=0.7,
-        validators=[InputRequired("Temperature is required."), _parsed, NumberRange(0, 2, "Between 0 and 2.")],
+        validators=[InputRequired(_l("Temperature is required.")), _parsed, NumberRange(0, 2, _l("Between 0 and 2."))],
     )
 
-    top_p = FloatField("Top-p", default=1.0, validators=[Optional(), _parsed])
-    stop = TextAreaField("Stop sequences", description="One per line, at most 4; \\n for a line break.")
-    system = TextAreaField("System prompt", description="Sent first, before the conversation, on every turn.")
+    top_p = FloatField(_l("Top-p"), default=1.0, validators=[Optional(), _parsed])
+    stop = TextAreaField(_l("Stop sequences"), description=_l("One per line, at most 4; \\n for a line break."))
+    system = TextAreaField(_l("System prompt"), description=_l("Sent first, before the conversation, on every turn."))
 
     def validate_temperature(self, field):
         if field.data != field.data:  # NaN passes NumberRange
-            raise ValidationError("Between 0 and 2.")
+            raise ValidationError(_("Between 0 and 2."))
 
     def validate_top_p(self, field):
         if field.data is not None and not 0 < field.data <= 1:  # NaN too; 0 keeps no token at all
-            raise ValidationError("Above 0, at most 1.")
+            raise ValidationError(_("Above 0, at most 1."))
 
     def settings(self):
         """The turn's settings, as the playground service takes them.

@@ -2,6 +2,7 @@
 section, on the detail page; the usage as CSV."""
 
 from flask import Response, abort, render_template, request
+from flask_babel import gettext as _
 
 from ..services import FieldErrors, Invalid, NotFound, ServiceError, api_keys, quotas
 from ..services import usage as usage_service
@@ -40,7 +41,7 @@ def create_key(application_id):
     application = get_application(application_id)
     label = request.form.get("label", "").strip()[:100]
     try:
-        _, plain = api_keys.create_key(application, label, _limits_form())
+        _key, plain = api_keys.create_key(application, label, _limits_form())
     except ServiceError as e:
         return _keys_section(application, error=_refused(e), code=422 if isinstance(e, Invalid) else 200)
     return _keys_section(application, new_key=plain)
@@ -53,7 +54,7 @@ def revoke_key(application_id, key_id):
     try:
         api_keys.revoke_key(application, key_id)
     except NotFound:
-        abort(404, "No such key.")
+        abort(404, _("No such key."))
     except ServiceError as e:
         return _keys_section(application, error=str(e))
     return _keys_section(application)
@@ -66,7 +67,7 @@ def key_limits(application_id, key_id):
     try:
         quotas.set_key_limits(application, key_id, _limits_form())
     except NotFound:
-        abort(404, "No such key.")
+        abort(404, _("No such key."))
     except ServiceError as e:
         return _keys_section(application, error=_refused(e), code=422 if isinstance(e, Invalid) else 200)
     return _keys_section(application)

@@ -4,10 +4,12 @@ same blueprint: log_routes.py (Logs), playground_routes.py (Playground), chain_r
 release_routes.py (Releases) and key_routes.py (API keys, limits and Usage)."""
 
 from flask import abort, flash, render_template, request, url_for
+from flask_babel import gettext as _
 from flask_login import current_user, login_required
 from werkzeug.datastructures import MultiDict
 
 from .. import charts
+from ..i18n import translate
 from ..runtime import plugins as plugin_types
 from ..services import (
     Conflict,
@@ -48,7 +50,7 @@ def get_application(application_id):
     try:
         return applications.get_for_user(application_id, current_user)
     except NotFound:
-        abort(404, "No such application, or it is not yours.")
+        abort(404, _("No such application, or it is not yours."))
 
 
 def _form(application=None, **kwargs) -> ApplicationForm:
@@ -58,7 +60,7 @@ def _form(application=None, **kwargs) -> ApplicationForm:
         models=registry.list_models(),
         hosts=hosts.offered(),
         plugin_choices=[
-            (plugin.id, f"{plugin.name} — {plugin_types.TYPES[plugin.type].title}")
+            (plugin.id, f"{plugin.name} — {translate(plugin_types.TYPES[plugin.type].title)}")
             for plugin in plugins.choosable(application, current_user)
         ],
         **kwargs,
@@ -123,7 +125,8 @@ def create():
         except (Conflict, NotFound) as e:
             form.form_errors.append(str(e))
         else:
-            return _saved(application, "created", url_for(".index"), form.plugins.data)
+            done = _("Application “%(name)s” created.", name=application.name)
+            return _saved(application, done, url_for(".index"), form.plugins.data)
     return _render_form(form, code=422 if form.errors or form.form_errors else 200)
 
 
@@ -223,7 +226,11 @@ def edit(application_id):
     application = get_application(application_id)
     if "edit" not in lifecycle.allowed_actions(application.status) and request.method == "GET":
         flash(
-            f"{application.name} is {application.status}: wait until it is running, stopped or failed to edit it.",
+            _(
+                "%(name)s is %(status)s: wait until it is running, stopped or failed to edit it.",
+                name=application.name,
+                status=lifecycle.STATUS_LABELS.get(application.status, application.status),
+            ),
             "error",
         )
         return redirect_to(url_for(".detail", application_id=application.id))
@@ -240,7 +247,8 @@ def edit(application_id):
         except (Conflict, NotFound) as e:
             form.form_errors.append(str(e))
             return _render_form(form, application, code=409)
-        return _saved(application, "saved", url_for(".detail", application_id=application.id), form.plugins.data)
+        done = _("Application “%(name)s” saved.", name=application.name)
+        return _saved(application, done, url_for(".detail", application_id=application.id), form.plugins.data)
     return _render_form(form, application, code=422 if form.errors or form.form_errors else 200)
 
 
@@ -265,12 +273,13 @@ def _form_data(application) -> dict:
     }
 
 
-def _saved(application, verb: str, then: str, chosen_plugins: list[int]):
+def _saved(application, done: str, then: str, chosen_plugins: list[int]):
+    """After a save: attach the chosen plugins, say ``done`` (and the configuration's warnings), go on."""
     try:
         plugins.set_attached(application, current_user, chosen_plugins)
     except ServiceError as e:  # a plugin disabled or unshared since the form was shown
-        flash(f"The plugins were not all attached: {e}", "error")
-    flash(f"Application “{application.name}” {verb}.", "success")
+        flash(_("The plugins were not all attached: %(reason)s", reason=str(e)), "error")
+    flash(done, "success")
     for warning in applications.config_warnings(application):
         flash(warning, "warning")
     return redirect_to(then)
@@ -286,7 +295,7 @@ def delete(application_id):
     except Conflict as e:
         flash(str(e), "error")
         return redirect_to(url_for(".detail", application_id=application_id))
-    flash(f"Application “{name}” deleted.", "success")
+    flash(_("Application “%(name)s” deleted.", name=name), "success")
     return redirect_to(url_for(".index"))
 
 

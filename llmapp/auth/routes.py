@@ -1,10 +1,12 @@
 from urllib.parse import urlsplit
 
 from flask import current_app, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from flask_login import current_user, login_required, login_user, logout_user
 
+from .. import i18n
 from ..extensions import limiter
-from ..services import users
+from ..services import Invalid, users
 from . import bp
 from .forms import LoginForm
 
@@ -41,12 +43,12 @@ def login():
         user = users.authenticate(form.email.data, form.password.data)
         if user is not None:
             if not user.is_active:
-                form.email.errors.append("This account is disabled. Ask an admin to enable it.")
+                form.email.errors.append(_("This account is disabled. Ask an admin to enable it."))
                 return render_template("auth/login.html", form=form), 403
             users.start_session(user)
             login_user(user, remember=form.remember.data)
             return redirect(_safe_next(request.args.get("next")))
-        form.password.errors.append("Wrong email or password.")
+        form.password.errors.append(_("Wrong email or password."))
     return render_template("auth/login.html", form=form), 422 if form.errors else 200
 
 
@@ -56,7 +58,7 @@ def logout():
     """Log the current user out: this login ends on the server too (its cookies let nobody in again)."""
     users.end_session(current_user)
     logout_user()
-    flash("You are logged out.", "info")
+    flash(_("You are logged out."), "info")
     return redirect(url_for("auth.login"), code=303)
 
 
@@ -64,3 +66,32 @@ def logout():
 def home():
     """The App Center opens on its Applications tab."""
     return redirect(url_for("applications.index"))
+
+
+@bp.post("/language")
+def language():
+    """The pages' language, for everyone (the login page's switch, the Account page's form): ``language``
+    "en", "zh", or "" (follow the browser), kept in a cookie and, for a signed-in user, on their account;
+    then back to ``next`` (a path on this site). Nothing is flashed: the page itself changes language."""
+    code = request.form.get("language", "").strip()
+    response = redirect(_safe_next(request.form.get("next")), code=303)
+    try:
+        if current_user.is_authenticated:
+            users.set_language(current_user, code)
+        elif code and code not in i18n.LANGUAGES:
+            raise Invalid(_("Unknown language."), "language")
+    except Invalid as e:
+        flash(str(e), "error")
+        return response
+    if code:
+        response.set_cookie(
+            i18n.COOKIE,
+            code,
+            max_age=i18n.COOKIE_MAX_AGE,
+            httponly=True,
+            samesite="Lax",
+            secure=request.is_secure,
+        )
+    else:
+        response.delete_cookie(i18n.COOKIE, httponly=True, samesite="Lax", secure=request.is_secure)
+    return response

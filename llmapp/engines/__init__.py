@@ -6,6 +6,8 @@ names an engine. Adding an engine is a module with an ``EngineKind`` (llmapp/eng
 one entry in ``ENGINES``.
 """
 
+from flask_babel import gettext as _
+
 from ..services.model_detection import Detected, NotAModel
 from . import llamacpp, openai, transformers, transformers_serve, vllm
 from .kind import ENGINE_COLUMNS, EngineKind, NotReady, RegistryField
@@ -39,7 +41,11 @@ def kind(name: str) -> EngineKind:
         return ENGINES[name]
     except KeyError:
         raise NotReady(
-            f"The model's engine “{name}” is not one this platform serves (it serves {', '.join(ENGINES)})."
+            _(
+                "The model's engine “%(engine)s” is not one this platform serves (it serves %(engines)s).",
+                engine=name,
+                engines=", ".join(ENGINES),
+            )
         ) from None
 
 
@@ -58,13 +64,14 @@ def detect(path: str) -> Detected:
         if found is not None:
             found.engine = engine.name
             return found
-    raise NotAModel(reasons[0] if reasons else "No engine serves a model from a path on this host.")
+    raise NotAModel(reasons[0] if reasons else _("No engine serves a model from a path on this host."))
 
 
 def column_hints() -> dict[str, str]:
-    """Each engine column's hint for the registry form: what it holds for each kind that uses it."""
+    """Each engine column's hint for the registry form: what it holds for each kind that uses it (in the
+    request's language; at import time, as the API's document reads them, in English)."""
     hints: dict[str, list[str]] = {}
     for engine in ENGINES.values():
         for field in engine.fields:
-            hints.setdefault(field.column, []).append(field.hint)
+            hints.setdefault(field.column, []).append(str(field.hint))
     return {column: " ".join(dict.fromkeys(parts)) for column, parts in hints.items()}

@@ -27,17 +27,17 @@ class RegistryField:
     """A registry column as one engine kind uses it."""
 
     column: str  # one of ENGINE_COLUMNS
-    hint: str  # what the column holds for this kind, shown beside the field
-    required: str | None = None  # the message when it is left empty; None: optional
+    hint: str  # what the column holds for this kind, shown beside the field (a lazy message: llmapp.i18n._l)
+    required: str | None = None  # the message when it is left empty (lazy too); None: optional
 
 
 class EngineKind:
     """One engine kind (subclass it, then add an instance to the table in llmapp/engines/__init__.py)."""
 
     name: str  # stored in the registry, in specs, shown in tags
-    label: str  # what it serves, in a few words, for the engine choice
+    label: str  # what it serves, in a few words, for the engine choice (a lazy message)
     fields: tuple[RegistryField, ...] = ()
-    notes: dict[str, str] = {}  # a configuration field → what it means under this kind, if not the usual
+    notes: dict[str, str] = {}  # a configuration field → what it means under this kind, if not the usual (lazy)
 
     # the registry -----------------------------------------------------------------------------------
 
@@ -50,7 +50,7 @@ class EngineKind:
         values; a column that failed those is not judged again."""
         for field in self.fields:
             if field.required and not values.get(field.column) and field.column not in errors:
-                errors.setdefault(field.column, []).append(field.required)
+                errors.setdefault(field.column, []).append(str(field.required))
 
     def detect(self, path: str):
         """What this kind reads of the model at a path on this host (model_detection.Detected); None when

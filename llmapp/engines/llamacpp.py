@@ -10,6 +10,9 @@ minutes on two cores) and serves through its own Python server.
 
 import math
 
+from flask_babel import gettext as _
+
+from ..i18n import _l
 from ..services import model_detection, recommendations
 from .kind import NotReady, RegistryField
 from .managed import Gauge, ManagedKind, Package
@@ -20,20 +23,20 @@ FILE_OVERHEAD = 1.1  # compute buffers and the runtime beside the mapped weights
 
 class LlamaCppKind(ManagedKind):
     name = "llama.cpp"
-    label = "a local GGUF file, run by llama.cpp"
+    label = _l("a local GGUF file, run by llama.cpp")
     fields = (
         RegistryField(
             "source",
-            "llama.cpp: the path of a local .gguf file (checked on this host).",
+            _l("llama.cpp: the path of a local .gguf file (checked on this host)."),
             required=model_detection.NO_GGUF,
         ),
     )
     notes = {
-        "batch_size": "llama.cpp's parallel slots (continuous batching)",
-        "context_size": "each slot's context",
-        "threads": "llama.cpp's CPU threads",
-        "gpu_memory_share": "not used: this build runs on the CPU",
-        "tensor_parallel": "not used: one process",
+        "batch_size": _l("llama.cpp's parallel slots (continuous batching)"),
+        "context_size": _l("each slot's context"),
+        "threads": _l("llama.cpp's CPU threads"),
+        "gpu_memory_share": _l("not used: this build runs on the CPU"),
+        "tensor_parallel": _l("not used: one process"),
     }
     package = Package(requirements=("xllamacpp==2026.10.11549",), module="xllamacpp", distribution="xllamacpp")
     gauges = (
@@ -81,7 +84,7 @@ class LlamaCppKind(ManagedKind):
         try:
             model_detection.check_gguf(model.source)
         except model_detection.NotAModel as e:
-            raise NotReady(f"The model could not be loaded: {e}") from e
+            raise NotReady(_("The model could not be loaded: %(reason)s", reason=e)) from e
         super().preflight(model)
 
     def launch_settings(self, spec, options):

@@ -12,6 +12,8 @@ read from its output.
 from dataclasses import dataclass
 from pathlib import Path
 
+from flask_babel import gettext as _
+
 from .kind import EngineKind, NotReady
 from .transformers import HuggingFaceDirectory
 
@@ -53,8 +55,12 @@ class ManagedKind(EngineKind):
 
         if not engine_installs.installed(self.name):
             raise NotReady(
-                f"The {self.name} engine is not installed on {this_host()}: run "
-                f"`{engine_installs.install_command(self.name)}` there, then deploy again."
+                _(
+                    "The %(engine)s engine is not installed on %(host)s: run `%(command)s` there, then deploy again.",
+                    engine=self.name,
+                    host=this_host(),
+                    command=engine_installs.install_command(self.name),
+                )
             )
 
     def paths_to_read(self, model):

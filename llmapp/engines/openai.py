@@ -1,6 +1,9 @@
 """The openai engine kind: a model an OpenAI-compatible upstream serves (vLLM, Ollama, TGI, llama.cpp,
 a cloud API), forwarded by runtime/engines/upstream.py with the upstream's model name and API key."""
 
+from flask_babel import gettext as _
+
+from ..i18n import _l
 from ..netguard import url_shape_error
 from ..services import environment, recommendations
 from .kind import ENGINE_COLUMNS, EngineKind, RegistryField
@@ -10,20 +13,26 @@ DEFAULT_KEY_VARIABLE = ENGINE_COLUMNS["api_key_env"]
 
 class UpstreamKind(EngineKind):
     name = "openai"
-    label = "an OpenAI-compatible upstream"
+    label = _l("an OpenAI-compatible upstream")
     fields = (
-        RegistryField("source", "openai: where the upstream runs (optional note)."),
+        RegistryField("source", _l("openai: where the upstream runs (optional note).")),
         RegistryField(
-            "base_url", "openai engine only", required="Give the upstream's base URL, e.g. http://vllm:8000/v1."
+            "base_url",
+            _l("openai engine only"),
+            required=_l("Give the upstream's base URL, e.g. http://vllm:8000/v1."),
         ),
-        RegistryField("upstream_model", "openai engine only", required="Give the model name the upstream serves."),
+        RegistryField(
+            "upstream_model", _l("openai engine only"), required=_l("Give the model name the upstream serves.")
+        ),
         RegistryField(
             "api_key_env",
-            "openai engine: the server sends the value of this variable (set it in the application's "
-            "environment) as the upstream's API key",
+            _l(
+                "openai engine: the server sends the value of this variable (set it in the application's "
+                "environment) as the upstream's API key"
+            ),
         ),
     )
-    notes = {"batch_size": "the upstream batches"}
+    notes = {"batch_size": _l("the upstream batches")}
 
     def check(self, values, errors):
         super().check(values, errors)
@@ -37,9 +46,10 @@ class UpstreamKind(EngineKind):
                 error("base_url", shape)
         values["api_key_env"] = values["api_key_env"] or DEFAULT_KEY_VARIABLE
         if not environment.ENV_NAME.match(values["api_key_env"]):
-            error("api_key_env", "An environment variable name: letters, digits and _, not starting with a digit.")
+            error("api_key_env", _("An environment variable name: letters, digits and _, not starting with a digit."))
         elif why := environment.refusal(values["api_key_env"]):
-            error("api_key_env", f"{why} Members could not give the key in it.")  # it is one of their variables
+            # it is one of their variables
+            error("api_key_env", _("%(refusal)s Members could not give the key in it.", refusal=why))
 
     def source_summary(self, model):
         return f"{model.base_url} → {model.upstream_model}"

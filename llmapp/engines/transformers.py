@@ -3,6 +3,9 @@
 
 from pathlib import Path
 
+from flask_babel import gettext as _
+
+from ..i18n import _l
 from ..services import model_detection, recommendations
 from .kind import EngineKind, NotReady, RegistryField
 
@@ -14,7 +17,9 @@ class HuggingFaceDirectory:
     def source_field(self) -> RegistryField:
         return RegistryField(
             "source",
-            f"{self.name}: the path of a local Hugging Face model directory (checked on this host).",
+            _l(
+                "%(engine)s: the path of a local Hugging Face model directory (checked on this host).", engine=self.name
+            ),
             required=model_detection.NO_DIRECTORY,  # check_directory says it (check below judges it whole)
         )
 
@@ -42,20 +47,22 @@ class HuggingFaceDirectory:
         try:
             model_detection.check_directory(model.source)
         except model_detection.NotAModel as e:
-            raise NotReady(f"The model could not be loaded: {e}") from e
+            raise NotReady(_("The model could not be loaded: %(reason)s", reason=e)) from e
 
     def model_paths(self, model):
         folder = Path(model.source)
         try:  # the weights may be owner-only; what is in sub-folders (rare) is found by the load
             return [folder, *(path for path in folder.iterdir() if path.is_file())]
         except OSError as e:
-            raise NotReady(f"The model directory {folder} could not be read: {e.strerror}.") from e
+            raise NotReady(
+                _("The model directory %(path)s could not be read: %(reason)s.", path=folder, reason=e.strerror)
+            ) from e
 
 
 class TransformersKind(HuggingFaceDirectory, EngineKind):
     name = "transformers"
-    label = "a local Hugging Face model directory"
-    notes = {"gpu_memory_share": "not used", "tensor_parallel": "not used: one process"}
+    label = _l("a local Hugging Face model directory")
+    notes = {"gpu_memory_share": _l("not used"), "tensor_parallel": _l("not used: one process")}
 
     def __init__(self):
         self.fields = (self.source_field(),)

@@ -7,6 +7,7 @@ launch.py puts the engine's token in front of it (the server has no API key sett
 
 import math
 
+from ..i18n import _l
 from .managed import ManagedDirectoryKind, Package
 
 BLOCK_TOKENS = 32  # transformers' default KV-cache block for continuous batching
@@ -14,13 +15,13 @@ BLOCK_TOKENS = 32  # transformers' default KV-cache block for continuous batchin
 
 class TransformersServeKind(ManagedDirectoryKind):
     name = "transformers-serve"
-    label = "a local Hugging Face model directory, run by transformers serve"
+    label = _l("a local Hugging Face model directory, run by transformers serve")
     notes = {
-        "batch_size": "sequences in its continuous batch (sets its KV-cache blocks)",
-        "context_size": "each sequence's share of the KV cache",
-        "threads": "torch's CPU threads",
-        "gpu_memory_share": "not used",
-        "tensor_parallel": "not used: one process",
+        "batch_size": _l("sequences in its continuous batch (sets its KV-cache blocks)"),
+        "context_size": _l("each sequence's share of the KV cache"),
+        "threads": _l("torch's CPU threads"),
+        "gpu_memory_share": _l("not used"),
+        "tensor_parallel": _l("not used: one process"),
     }
     package = Package(
         requirements=("transformers[serving]==5.24.0", "torch==2.13.0"),

@@ -11,6 +11,7 @@ import math
 import shutil
 from pathlib import Path
 
+from ..i18n import _l
 from ..services import model_detection, recommendations
 from .managed import Gauge, ManagedDirectoryKind, Package
 
@@ -35,13 +36,13 @@ VLLM_MAX_NUM_SEQS = 256  # vLLM's default ceiling on sequences in a batch
 
 class VllmKind(ManagedDirectoryKind):
     name = "vllm"
-    label = "a local Hugging Face model directory, run by vLLM"
+    label = _l("a local Hugging Face model directory, run by vLLM")
     notes = {
-        "batch_size": "vLLM's max_num_seqs (continuous batching)",
-        "context_size": "vLLM's max_model_len",
-        "threads": "CPU build: OpenMP threads",
-        "gpu_memory_share": "vLLM's gpu_memory_utilization",
-        "tensor_parallel": "vLLM's tensor_parallel_size (GPUs)",
+        "batch_size": _l("vLLM's max_num_seqs (continuous batching)"),
+        "context_size": _l("vLLM's max_model_len"),
+        "threads": _l("CPU build: OpenMP threads"),
+        "gpu_memory_share": _l("vLLM's gpu_memory_utilization"),
+        "tensor_parallel": _l("vLLM's tensor_parallel_size (GPUs)"),
     }
 
     @property

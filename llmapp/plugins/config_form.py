@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from werkzeug.datastructures import MultiDict
 
+from ..i18n import translate
 from ..runtime import plugins as plugin_types
 
 PREFIX = "config-"
@@ -57,8 +58,8 @@ def fields(type_name: str, config: dict, errors: dict | None = None, stored: dic
         result.append(
             ConfigField(
                 name=name,
-                title=spec.get("title", name),
-                description=spec.get("description", ""),
+                title=translate(spec.get("title", name)),
+                description=translate(spec.get("description", "")),
                 widget=widget,
                 value="" if widget == "secret" else value,
                 options=list(spec.get("enum") or spec.get("items", {}).get("enum") or []),

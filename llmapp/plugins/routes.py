@@ -1,4 +1,5 @@
 from flask import abort, flash, render_template, request, url_for
+from flask_babel import gettext as _
 from flask_login import current_user, login_required
 
 from ..runtime import plugins as plugin_types
@@ -25,7 +26,7 @@ def get_plugin(plugin_id: int, *, to_change: bool = False):
             return plugins.get_changeable(plugin_id, current_user)
         return plugins.get_for_user(plugin_id, current_user)
     except NotFound:
-        abort(404, "No such plugin.")
+        abort(404, _("No such plugin."))
 
 
 @bp.get("/")
@@ -74,7 +75,10 @@ def _save(form, plugin=None):
     except ServiceError as e:
         form.form_errors.append(str(e))
         return _render_form(form, plugin, code=409)
-    flash(f"Plugin “{saved.name}” {'saved' if plugin else 'created'}.", "success")
+    if plugin:
+        flash(_("Plugin “%(name)s” saved.", name=saved.name), "success")
+    else:
+        flash(_("Plugin “%(name)s” created.", name=saved.name), "success")
     return redirect_to(url_for(".index"))
 
 
@@ -94,7 +98,7 @@ def config_fields():
     """The configuration fields of the chosen type (the form swaps them in when the type changes)."""
     type_name = request.args.get("type")
     if type_name not in plugin_types.TYPES:
-        abort(404, "No such plugin type.")
+        abort(404, _("No such plugin type."))
     return render_template(
         "plugins/_config_fields.html",
         type=plugin_types.TYPES[type_name],
@@ -132,7 +136,7 @@ def delete(plugin_id):
     except ServiceError as e:
         flash(str(e), "error")
     else:
-        flash(f"Plugin “{name}” deleted.", "success")
+        flash(_("Plugin “%(name)s” deleted.", name=name), "success")
     return redirect_to(url_for(".index"))
 
 
@@ -151,7 +155,7 @@ def add_document(plugin_id):
     plugin = get_plugin(plugin_id, to_change=True)
     upload = request.files.get("document")
     if upload is None or not upload.filename:
-        return _documents_section(plugin, "Choose a file to upload.", 422)
+        return _documents_section(plugin, _("Choose a file to upload."), 422)
     try:
         data = upload.read(plugin_documents.MAX_DOCUMENT_BYTES + 1)  # one byte more: too large is refused
         plugin_documents.add_document(plugin, current_user, upload.filename, data)
@@ -166,7 +170,7 @@ def delete_document(plugin_id, document_id):
     try:
         plugin_documents.delete_document(plugin, current_user, document_id)
     except NotFound:
-        abort(404, "No such document.")
+        abort(404, _("No such document."))
     except ServiceError as e:
         return _documents_section(plugin, str(e), 409)
     return _documents_section(plugin)

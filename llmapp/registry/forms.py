@@ -2,6 +2,7 @@ from wtforms import SelectField, StringField, URLField
 
 from .. import engines
 from ..forms import DecimalInput, IntegerInput, PlatformForm
+from ..i18n import _l
 from ..models import RegistryModel
 from ..services import registry
 
@@ -9,16 +10,16 @@ from ..services import registry
 class RegistryModelForm(PlatformForm):
     """The registry form parses what was typed; the registry service's ``check`` judges it."""
 
-    name = StringField("Name")
-    family = StringField("Family")
-    parameters_billions = DecimalInput("Parameters (billions)")
-    precision = SelectField("Precision", choices=[(p, p) for p in RegistryModel.PRECISIONS], validate_choice=False)
-    context_length = IntegerInput("Context length (tokens)")
-    engine = SelectField("Engine", validate_choice=False)  # choices: the engine table's, in __init__
-    source = StringField("Source")
-    base_url = URLField("Upstream base URL")
-    upstream_model = StringField("Upstream model name")
-    api_key_env = StringField("Upstream API key variable", default=engines.ENGINE_COLUMNS["api_key_env"])
+    name = StringField(_l("Name"))
+    family = StringField(_l("Family"))
+    parameters_billions = DecimalInput(_l("Parameters (billions)"))
+    precision = SelectField(_l("Precision"), choices=[(p, p) for p in RegistryModel.PRECISIONS], validate_choice=False)
+    context_length = IntegerInput(_l("Context length (tokens)"))
+    engine = SelectField(_l("Engine"), validate_choice=False)  # choices: the engine table's, in __init__
+    source = StringField(_l("Source"))
+    base_url = URLField(_l("Upstream base URL"))
+    upstream_model = StringField(_l("Upstream model name"))
+    api_key_env = StringField(_l("Upstream API key variable"), default=engines.ENGINE_COLUMNS["api_key_env"])
 
     def __init__(self, *args, model_id=None, **kwargs):
         super().__init__(*args, **kwargs)

@@ -1,6 +1,8 @@
 from flask import abort, flash, render_template, request, url_for
+from flask_babel import gettext as _
 from flask_login import current_user, login_required
 
+from ..i18n import _l
 from ..services import Conflict, NotFound, engine_installs, model_detection, registry
 from ..web import admin_required, redirect_to, render
 from . import bp
@@ -18,7 +20,7 @@ def get_model(model_id: int):
     try:
         return registry.get_model(model_id)
     except NotFound:
-        abort(404, "No such model in the registry.")
+        abort(404, _("No such model in the registry."))
 
 
 @bp.get("/")
@@ -34,7 +36,7 @@ def create():
     form = RegistryModelForm()
     if form.is_submitted() and form.judged():
         model = registry.create_model(form.service_data(), acting=current_user)
-        flash(f"Model “{model.name}” registered.", "success")
+        flash(_("Model “%(name)s” registered.", name=model.name), "success")
         return redirect_to(url_for(".index"))
     return _form_page(form, None)
 
@@ -53,7 +55,7 @@ def edit(model_id):
     form = RegistryModelForm(obj=model, model_id=model.id)
     if form.is_submitted() and form.judged():
         registry.update_model(model.id, form.service_data(), acting=current_user)
-        flash(f"Model “{model.name}” saved.", "success")
+        flash(_("Model “%(name)s” saved.", name=model.name), "success")
         return redirect_to(url_for(".index"))
     return _form_page(form, model)
 
@@ -87,12 +89,12 @@ def delete(model_id):
     except Conflict as e:
         flash(str(e), "error")
     else:
-        flash(f"Model “{name}” removed.", "success")
+        flash(_("Model “%(name)s” removed.", name=name), "success")
     return redirect_to(url_for(".index"))
 
 
 @bp.get("/engines")
-@admin_required("Only admins see the engines.")
+@admin_required(_l("Only admins see the engines."))
 def engines():
     """The engines on this host: installed or not (and the command that installs one), versions, users."""
     return render_template("registry/engines.html", engines=engine_installs.overview(current_user))

@@ -4,10 +4,12 @@ import re
 from collections.abc import Callable
 
 import redis
+from flask_babel import gettext as _
 
 from ..extensions import db
+from ..i18n import _l
 
-REDIS_UNREACHABLE = (
+REDIS_UNREACHABLE = _l(
     "Redis is unreachable, so the running servers could not learn of the change; nothing changed. Try again."
 )
 
@@ -45,7 +47,7 @@ class FieldErrors(Invalid):
     """
 
     def __init__(self, errors: dict[str, list[str]]):
-        super().__init__("Some fields are not valid.", next(iter(errors), None))
+        super().__init__(_("Some fields are not valid."), next(iter(errors), None))
         self.errors = errors
 
 
@@ -70,7 +72,7 @@ def require_admin(acting, message: str) -> None:
     :raise Forbidden: ``message``, when ``acting`` is not an admin (or is nobody).
     """
     if acting is None or not acting.is_admin:
-        raise Forbidden(message)
+        raise Forbidden(str(message))
 
 
 class Taken(FieldErrors):
@@ -92,7 +94,7 @@ def refuse(errors: dict[str, list[str]], taken: set[str] = frozenset()) -> None:
         raise (Taken if set(errors) <= set(taken) else FieldErrors)(dict(errors))
 
 
-NUL_ERROR = "Contains a NUL character, which can't be stored or passed on."
+NUL_ERROR = _l("Contains a NUL character, which can't be stored or passed on.")
 # The same rule for a reader of the API's document: a string of any length without a NUL (JSON Schema).
 NO_NUL_PATTERN = "^[^\\u0000]*$"
 
@@ -111,6 +113,14 @@ def any_case(text: str) -> str:
     return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in text)
 
 
+def listing(items) -> str:
+    """Items (names, limits) as the request's language lists them: "a, b, c" in English, "a、b、c" in Chinese."""
+    text = ""
+    for item in items:
+        text = _("%(items)s, %(item)s", items=text, item=item) if text else str(item)
+    return text
+
+
 def publish_before_commit(publish: Callable[[], None], failure: str) -> None:
     """Give the running servers what the session holds (flushed, not yet committed) with ``publish``,
     so that the database and the servers never disagree; the caller commits after it.
@@ -123,5 +133,5 @@ def publish_before_commit(publish: Callable[[], None], failure: str) -> None:
         publish()
     except (redis.RedisError, ServiceError) as e:
         db.session.rollback()
-        reason = REDIS_UNREACHABLE if isinstance(e, redis.RedisError) else str(e)
-        raise ServiceError(f"{failure}: {reason}") from e
+        reason = REDIS_UNREACHABLE if isinstance(e, redis.RedisError) else e
+        raise ServiceError(_("%(failure)s: %(reason)s", failure=failure, reason=reason)) from e

@@ -9,6 +9,7 @@ import hashlib
 import secrets
 from datetime import timedelta
 
+from flask_babel import gettext as _
 from sqlalchemy import select
 
 from ..extensions import db
@@ -31,11 +32,11 @@ def create(user: User, name: str, expires_days: int | None) -> tuple[AccessToken
     """
     name = (name or "").strip()
     if not name:
-        raise Invalid("Give the token a name, e.g. the script or CI job that uses it.", "name")
+        raise Invalid(_("Give the token a name, e.g. the script or CI job that uses it."), "name")
     if len(name) > 100:
-        raise Invalid("At most 100 characters.", "name")
+        raise Invalid(_("At most %(count)s characters.", count=100), "name")
     if expires_days is not None and not 1 <= expires_days <= MAX_EXPIRY_DAYS:
-        raise Invalid(f"Between 1 and {MAX_EXPIRY_DAYS} days, or no expiry.", "expires_days")
+        raise Invalid(_("Between 1 and %(count)s days, or no expiry.", count=MAX_EXPIRY_DAYS), "expires_days")
     plain = PREFIX + secrets.token_urlsafe(32)
     token = AccessToken(
         user_id=user.id,
@@ -59,7 +60,7 @@ def revoke(user: User, token_id: int) -> AccessToken:
     """:raise NotFound: no such token of ``user``'s (another user's looks the same)."""
     token = db.session.scalar(select(AccessToken).where(AccessToken.id == token_id, AccessToken.user_id == user.id))
     if token is None:
-        raise NotFound("No such token.")
+        raise NotFound(_("No such token."))
     if token.revoked_at is None:
         token.revoked_at = utcnow()
         db.session.commit()

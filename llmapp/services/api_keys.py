@@ -7,6 +7,8 @@ told so (no key that nobody saw, no revoked key still accepted).
 
 from datetime import UTC
 
+from flask_babel import gettext as _
+
 from .. import keyspace, queues, secrets_box
 from ..extensions import db
 from ..models import MAX_ID, ApiKey, Application, utcnow
@@ -101,7 +103,7 @@ def create_key(application: Application, label: str = "", limits: dict | None = 
     )
     assign(key, checked_limits)
     db.session.add(key)
-    publish_and_commit(application, "The key was not created")
+    publish_and_commit(application, _("The key was not created"))
     return key, plain
 
 
@@ -112,7 +114,7 @@ def revoke_key(application: Application, key_id: int) -> ApiKey:
     key = find_key(application, key_id)
     if key.revoked_at is None:
         key.revoked_at = utcnow()
-        publish_and_commit(application, "The key was not revoked")
+        publish_and_commit(application, _("The key was not revoked"))
     return key
 
 
@@ -122,7 +124,7 @@ def find_key(application: Application, key_id: int) -> ApiKey:
     if 1 <= key_id <= MAX_ID:  # a larger id names no key (and would overflow the column)
         key = db.session.scalar(db.select(ApiKey).where(ApiKey.id == key_id, ApiKey.application_id == application.id))
     if key is None:
-        raise NotFound("No such key.")
+        raise NotFound(_("No such key."))
     return key
 
 

@@ -9,12 +9,14 @@ from collections import defaultdict
 
 import psutil
 from flask import current_app
+from flask_babel import gettext as _
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload, selectinload
 
 from .. import engines, secrets_box
 from ..extensions import db
+from ..i18n import NP_, _l, format_number
 from ..models import Application, EnvVar, RegistryModel, User
 from ..runtime.spec import ServingConfig
 from . import (
@@ -42,24 +44,24 @@ RESTART_POLICIES = ("on-failure", "never")
 # --- the rules of an application's fields: one statement, rendered by the forms, the CLI and the API ---
 
 LABELS = {
-    "name": "Name",
-    "model_id": "Model",
-    "description": "Description",
-    "max_concurrency": "Max concurrency",
-    "timeout_s": "Timeout (seconds)",
-    "log_level": "Log level",
-    "cache_size": "Cache size (entries)",
-    "batch_size": "Batch size",
-    "restart_policy": "Restart policy",
-    "max_restarts": "Max restarts",
-    "replicas": "Replicas",
-    "context_size": "Context size (tokens)",
-    "threads": "CPU threads",
-    "gpu_memory_share": "GPU memory share (%)",
-    "tensor_parallel": "Tensor-parallel GPUs",
-    "host": "Host",
-    "log_lines": "Log lines kept",
-    "log_days": "Log days kept",
+    "name": _l("Name"),
+    "model_id": _l("Model"),
+    "description": _l("Description"),
+    "max_concurrency": _l("Max concurrency"),
+    "timeout_s": _l("Timeout (seconds)"),
+    "log_level": _l("Log level"),
+    "cache_size": _l("Cache size (entries)"),
+    "batch_size": _l("Batch size"),
+    "restart_policy": _l("Restart policy"),
+    "max_restarts": _l("Max restarts"),
+    "replicas": _l("Replicas"),
+    "context_size": _l("Context size (tokens)"),
+    "threads": _l("CPU threads"),
+    "gpu_memory_share": _l("GPU memory share (%)"),
+    "tensor_parallel": _l("Tensor-parallel GPUs"),
+    "host": _l("Host"),
+    "log_lines": _l("Log lines kept"),
+    "log_days": _l("Log days kept"),
 }
 # Integer fields: (lowest, highest). The engine fields (context size … tensor parallel) are what a
 # kind maps onto its engine's settings (llmapp/engines); 0 means "the model's / the engine's own".
@@ -79,7 +81,7 @@ MAX_NAME = 100
 # A name is the `model` id clients send and an argument on the command line: letters (any script),
 # digits and - _ . : / , no spaces or quotes.
 NAME = re.compile(r"^[^\W_][\w.:/-]*$")
-NAME_RULE = (
+NAME_RULE = _l(
     "Use letters, digits and - _ . : / (no spaces), starting with a letter or digit: the name is the "
     "model clients ask for and an argument on the command line."
 )
@@ -136,7 +138,7 @@ def get_for_user(application_id, user: User) -> Application:
     try:
         application_id = uuid.UUID(str(application_id))
     except ValueError as e:
-        raise NotFound("No such application.") from e
+        raise NotFound(_("No such application.")) from e
     application = db.session.scalar(
         visible_to(user)
         .where(Application.id == application_id)
@@ -148,7 +150,7 @@ def get_for_user(application_id, user: User) -> Application:
         )
     )
     if application is None:
-        raise NotFound("No such application.")
+        raise NotFound(_("No such application."))
     return application
 
 
@@ -232,7 +234,7 @@ def recommendation_for(model: RegistryModel) -> recommendations.Recommendation:
         memory, cpu_cores = serving_capacity()
         return kind.recommend(model, memory, cpu_cores)
     except ValueError as e:  # a size, context or file that gives no positive figure
-        raise Conflict(f"No recommendation for “{model.name}”: {e}.") from e
+        raise Conflict(_("No recommendation for “%(model)s”: %(reason)s.", model=model.name, reason=e)) from e
 
 
 def serving_problem(model: RegistryModel) -> str | None:
@@ -283,28 +285,28 @@ def check(data: dict, owner_id: int, application_id=None) -> dict:
                 errors[field].append(required)
             return ""
         if not isinstance(value, str):
-            errors[field].append("Must be text.")
+            errors[field].append(_("Must be text."))
             return ""
         if "\x00" in value:
-            errors[field].append(NUL_ERROR)
+            errors[field].append(str(NUL_ERROR))
         elif len(value) > limit:
-            errors[field].append(f"At most {limit:,} characters.")
+            errors[field].append(_("At most %(count)s characters.", count=format_number(limit)))
         return value
 
-    clean["name"] = text("name", data.get("name"), MAX_NAME, "Name is required.").strip()
+    clean["name"] = text("name", data.get("name"), MAX_NAME, _("Name is required.")).strip()
     renamed = application_id is None or clean["name"] != db.session.scalar(
         select(Application.name).where(Application.id == application_id)
     )  # a name from before the rule stays while it is kept
     if clean["name"] and "name" not in errors and renamed and not NAME.match(clean["name"]):
-        errors["name"].append(NAME_RULE)
+        errors["name"].append(str(NAME_RULE))
     if "name" not in errors and name_taken(owner_id, clean["name"], except_id=application_id):
         errors["name"].append(taken_message(clean["name"]))
     clean["description"] = text("description", data.get("description"), MAX_DESCRIPTION)
     model_id = data.get("model_id")
     if model_id is None or model_id == "":
-        errors["model_id"].append("Choose a model.")
+        errors["model_id"].append(_("Choose a model."))
     elif not _is_int(model_id) or not registry.exists(model_id):
-        errors["model_id"].append("Choose a model from the registry.")
+        errors["model_id"].append(_("Choose a model from the registry."))
     clean["model_id"] = model_id
     stored = db.session.get(Application, application_id) if application_id is not None else None
     if stored is not None:  # an edit: a field left out keeps what it holds
@@ -316,14 +318,14 @@ def check(data: dict, owner_id: int, application_id=None) -> dict:
         if value is None or value == "":
             value = defaults[field]
         elif not _is_int(value):
-            errors[field].append("Must be a whole number.")
+            errors[field].append(_("Must be a whole number."))
         elif not low <= value <= high:
-            errors[field].append(f"Must be between {low} and {high}.")
+            errors[field].append(_("Must be between %(low)s and %(high)s.", low=low, high=high))
         clean[field] = value
     for field, choices in (("log_level", LOG_LEVELS), ("restart_policy", RESTART_POLICIES)):
         value = data.get(field) if data.get(field) not in (None, "") else defaults[field]
         if value not in choices:
-            errors[field].append("Choose one of: " + ", ".join(choices) + ".")
+            errors[field].append(_("Choose one of: %(choices)s.", choices=", ".join(choices)))
         clean[field] = value
     pin_errors: list[str] = []
     clean["host"] = hosts.checked_pin(data.get("host"), defaults["host"], pin_errors)
@@ -335,7 +337,7 @@ def check(data: dict, owner_id: int, application_id=None) -> dict:
 
 
 def taken_message(name: str) -> str:
-    return f"You already have an application named “{name}”."
+    return _("You already have an application named “%(name)s”.", name=name)
 
 
 def serving_defaults(model_id: int | None) -> dict:
@@ -374,35 +376,43 @@ def _is_int(value) -> bool:
 
 def _check_env(rows, errors, text) -> list[dict]:
     if not isinstance(rows, list):
-        errors["env"].append("Must be a list of variables (name, value, secret).")
+        errors["env"].append(_("Must be a list of variables (name, value, secret)."))
         return []
     if len(rows) > MAX_ENV_VARS:
-        errors["env"].append(f"At most {MAX_ENV_VARS} environment variables; there are {len(rows)}. Remove some.")
-    seen, clean = set(), []
+        errors["env"].append(
+            _(
+                "At most %(limit)s environment variables; there are %(count)s. Remove some.",
+                limit=MAX_ENV_VARS,
+                count=len(rows),
+            )
+        )
+    seen, clean, once = set(), [], _("Each variable name may appear only once.")
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            errors[f"env.{i}"].append("Must be a variable: name, value, secret.")
+            errors[f"env.{i}"].append(_("Must be a variable: name, value, secret."))
             continue
-        name = text(f"env.{i}.name", row.get("name"), MAX_ENV_NAME, "Give the variable a name.").strip()
+        name = text(f"env.{i}.name", row.get("name"), MAX_ENV_NAME, _("Give the variable a name.")).strip()
         if name and f"env.{i}.name" not in errors and not environment.ENV_NAME.match(name):
-            errors[f"env.{i}.name"].append(environment.ENV_NAME_RULE)
+            errors[f"env.{i}.name"].append(str(environment.ENV_NAME_RULE))
         elif name and (why := environment.refusal(name)):
             errors[f"env.{i}.name"].append(why)
         if name in seen:
-            errors[f"env.{i}.name"].append(f"{name} is defined twice.")
-            if "Each variable name may appear only once." not in errors["env"]:
-                errors["env"].append("Each variable name may appear only once.")
+            errors[f"env.{i}.name"].append(_("%(name)s is defined twice.", name=name))
+            if once not in errors["env"]:
+                errors["env"].append(once)
         seen.add(name)
         value = text(f"env.{i}.value", row.get("value"), MAX_ENV_VALUE)
         secret, secret_id = row.get("secret", False), row.get("secret_id")
         if not isinstance(secret, bool):
-            errors[f"env.{i}.secret"].append("Must be true or false.")
+            errors[f"env.{i}.secret"].append(_("Must be true or false."))
         if secret_id is not None and not _is_int(secret_id):
-            errors[f"env.{i}.secret_id"].append("Invalid secret reference.")
+            errors[f"env.{i}.secret_id"].append(_("Invalid secret reference."))
         if secret_id and not secret and not value:
             errors[f"env.{i}.value"].append(
-                "This variable holds a secret. Type its value to keep it as plain text, "
-                "or tick Secret to keep the stored value."
+                _(
+                    "This variable holds a secret. Type its value to keep it as plain text, "
+                    "or tick Secret to keep the stored value."
+                )
             )
         clean.append({"name": name, "value": value, "secret": secret is True, "secret_id": secret_id})
     return clean
@@ -419,7 +429,7 @@ def create(owner: User, data: dict) -> Application:
     :raise FieldErrors: a rule is broken (see check).
     :raise Taken: another request took the name meanwhile.
     """
-    note = data.get("note") or "Created"
+    note = data.get("note") or NP_("release note", "Created")
     data = check(data, owner.id)
     application = Application(
         name=data["name"].strip(),
@@ -450,7 +460,7 @@ def update(application: Application, data: dict, author: User | None = None) -> 
     releases.begin(application)  # the setup before this edit, for one from before releases
     before = audit.application_view(application, application.env_vars)
     kept_env = "env" not in data  # left out: the variables stay as they are
-    note = data.get("note") or "Edited"
+    note = data.get("note") or NP_("release note", "Edited")
     data = check({"description": application.description, **data}, application.created_by_id, application.id)
     env = None if kept_env else _env_rows(data.get("env", []), application.env_vars)
 

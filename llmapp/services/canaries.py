@@ -9,6 +9,8 @@ both serve, split by the share (``Application.canary_release``, ``canary_percent
 
 import uuid
 
+from flask_babel import gettext as _
+
 from ..extensions import db
 from ..models import Application, utcnow
 from . import Conflict, FieldErrors, audit, deployments, lifecycle, releases, replicas, routing
@@ -21,7 +23,9 @@ def check_share(share) -> int:
     """:raise FieldErrors: not a whole percentage within SHARES."""
     low, high = SHARES
     if isinstance(share, bool) or not isinstance(share, int) or not low <= share <= high:
-        raise FieldErrors({"share": [f"A canary takes between {low} and {high} % of the requests."]})
+        raise FieldErrors(
+            {"share": [_("A canary takes between %(low)s and %(high)s %% of the requests.", low=low, high=high)]}
+        )
     return share
 
 
@@ -38,16 +42,27 @@ def start(application: Application, share: int) -> str:
         return ""
     if application.status != lifecycle.RUNNING:
         raise lifecycle.TransitionRefused(
-            f"Only a running application can try a release as a canary; this one is {application.status}.",
+            _(
+                "Only a running application can try a release as a canary; this one is %(status)s.",
+                status=lifecycle.STATUS_LABELS.get(application.status, application.status),
+            ),
             application.status,
         )
     if application.deployed_release is None:
-        raise Conflict(f"{application.name} runs a release from before releases: deploy it once, then try a canary.")
+        raise Conflict(
+            _(
+                "%(name)s runs a release from before releases: deploy it once, then try a canary.",
+                name=application.name,
+            )
+        )
     newest = releases.record(application, None, releases.DEPLOYED_NOTE)
     if newest.number == application.deployed_release:
         raise Conflict(
-            f"Release {newest.number} is the one serving: save a change first (an edit makes the next release), "
-            "then try that release as a canary."
+            _(
+                "Release %(release)s is the one serving: save a change first (an edit makes the next release), "
+                "then try that release as a canary.",
+                release=newest.number,
+            )
         )
     return deployments.request_deploy(application, canary_percent=share)
 
@@ -63,7 +78,7 @@ def set_share(application: Application, share: int) -> None:
     ).rowcount
     if done != 1:
         db.session.rollback()
-        raise Conflict(f"{application.name} runs no canary.")
+        raise Conflict(_("%(name)s runs no canary.", name=application.name))
     audit.record("application.canary_share", application, {"canary_percent": (application.canary_percent, share)})
     db.session.commit()
     db.session.expire(application)
@@ -79,7 +94,7 @@ def promote(application: Application) -> None:
     canary, old_release = application.canary_release, application.deployed_release
     keep = [r for r in application.replicas if r.release == canary and r.status == "ready"]
     if canary is None or not keep:
-        raise Conflict(f"{application.name} has no canary serving to promote.")
+        raise Conflict(_("%(name)s has no canary serving to promote.", name=application.name))
     audit.record("application.canary_promote", application, {"release": (old_release, canary)})
     ended = _end(application, canary, deployed_release=canary, endpoint=replicas.endpoint_url(keep[0]))
     releases.mark_served(application.id, canary)
@@ -99,8 +114,12 @@ def abort(application: Application) -> None:
     serving = [r for r in application.replicas if r.release == application.deployed_release and r.status == "ready"]
     if canary is None or not serving:
         raise Conflict(
-            f"{application.name} has no canary to abort beside a serving release"
-            + (": promote it, or stop the application." if canary is not None else ".")
+            _(
+                "%(name)s has no canary to abort beside a serving release: promote it, or stop the application.",
+                name=application.name,
+            )
+            if canary is not None
+            else _("%(name)s has no canary to abort beside a serving release.", name=application.name)
         )
     audit.record("application.canary_abort", application, {"canary_release": (canary, None)})
     ended = _end(application, canary)
@@ -125,7 +144,7 @@ def _end(application: Application, canary: int, **values) -> str:
     ).rowcount
     if done != 1:
         db.session.rollback()
-        raise Conflict(f"{application.name} runs no canary to end.")
+        raise Conflict(_("%(name)s runs no canary to end.", name=application.name))
     return deploy_id
 
 

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 import psutil
 import redis
 from flask import current_app
+from flask_babel import gettext as _
 from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 
 from .. import engines, keyspace, queues
@@ -109,7 +110,9 @@ def request_deploy(
         queues.connection().ping()  # before anything changes: no deploy half-done for want of Redis
         host = hosts.place(application)  # where it fits (ServiceError: nowhere), before anything changes
     except redis.RedisError as e:
-        raise ServiceError("The deploy could not be queued: Redis is unreachable. Nothing changed; try again.") from e
+        raise ServiceError(
+            _("The deploy could not be queued: Redis is unreachable. Nothing changed; try again.")
+        ) from e
     deploy_id = uuid.uuid4().hex
     values = {"deploy_id": deploy_id, "deploy_phases": _advance([], "queued"), "last_error": None}
     current = db.session.get(Application, application_id)  # in this session (the caller's may be detached)
@@ -149,7 +152,7 @@ def request_deploy(
             end_roll_failed(db.session.get(Application, application_id), deploy_id, "The job queue was unreachable.")
         else:
             lifecycle.transition(application_id, "deploy_failed", last_error="The job queue (Redis) was unreachable.")
-        raise ServiceError("The deploy could not be queued: Redis is unreachable. Try again shortly.") from e
+        raise ServiceError(_("The deploy could not be queued: Redis is unreachable. Try again shortly.")) from e
     return deploy_id
 
 
@@ -161,16 +164,26 @@ def rollback(application: Application, number: int | None, author) -> str:
     """
     if application.rolling_to is not None:
         raise lifecycle.TransitionRefused(
-            f"Release {application.rolling_to} is being rolled out; wait until it serves or fails.", application.status
+            _(
+                "Release %(release)s is being rolled out; wait until it serves or fails.",
+                release=application.rolling_to,
+            ),
+            application.status,
         )
     if application.canary_release is not None:  # refused before the row changes: no release made for nothing
         raise lifecycle.TransitionRefused(
-            f"Release {application.canary_release} runs as a canary: promote or abort it first.", application.status
+            _("Release %(release)s runs as a canary: promote or abort it first.", release=application.canary_release),
+            application.status,
         )
     if number is None:
         number = releases.served_before(application)
         if number is None:
-            raise NotFound(f"{application.name} has served no other release to roll back to; name one (--to).")
+            raise NotFound(
+                _(
+                    "%(name)s has served no other release to roll back to; name one (--to).",
+                    name=application.name,
+                )
+            )
     releases.restore(application, number, author)
     audit.record("application.rollback", application, {"release": (application.deployed_release, number)})
     return request_deploy(application)  # its transition commits the entry
@@ -333,7 +346,7 @@ def _abandon(application_id, deploy_id: str, started: list) -> None:
     """A deploy ended meanwhile: kill the servers it started (their rows may be gone already) and
     forget what is left of them."""
     db.session.rollback()
-    for _, process in started:
+    for _replica, process in started:
         kill_orphan(process.pid, str(application_id))
     application_uuid = uuid.UUID(str(application_id))
     mine = db.select(Replica).where(Replica.application_id == application_uuid, Replica.deploy_id == deploy_id)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 from flask import current_app
+from flask_babel import gettext as _
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -202,7 +203,7 @@ def _open_to_servers(folder: Path) -> None:
 
 def overview(acting) -> list[dict]:
     """Every engine kind with its install on this host and the applications that use it (admins only)."""
-    require_admin(acting, "Only admins see the engines.")
+    require_admin(acting, _("Only admins see the engines."))
     users: dict[str, list[str]] = {}
     for engine, application in db.session.execute(
         select(RegistryModel.engine, Application.name)
@@ -217,10 +218,10 @@ def overview(acting) -> list[dict]:
         listed.append(
             {
                 "name": kind.name,
-                "label": kind.label,
+                "label": str(kind.label),
                 "managed": managed,
                 "installed": bool(marker) if managed else True,
-                "version": marker["version"] if marker else (None if managed else "built in"),
+                "version": marker["version"] if marker else (None if managed else _("built in")),
                 "pinned": list(kind.package.requirements) if managed else [],
                 "path": str(venv_dir(kind.name)) if managed else None,
                 "install_command": install_command(kind.name) if managed else None,

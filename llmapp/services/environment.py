@@ -11,36 +11,46 @@ the platform runs as root, as an unprivileged user (see server_processes.server_
 
 import re
 
+from ..i18n import _l
 from . import any_case
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # a variable's name, for every program that reads one
-ENV_NAME_RULE = "Use letters, digits and _, not starting with a digit."
+ENV_NAME_RULE = _l("Use letters, digits and _, not starting with a digit.")
 
 # (why, exact names, name prefixes), each list written as words: names compare upper-cased, since some
-# libraries read the lower-case spelling too (http_proxy).
+# libraries read the lower-case spelling too (http_proxy). Each why is the whole refusal, %(name)s the name.
 _CLASSES = (
-    ("it changes how Python starts (servers ignore PYTHON* variables)", "", "PYTHON"),
     (
-        "the dynamic loader or the C library reads it at start-up",
+        _l(
+            "%(name)s can't be set for an application: it changes how Python starts (servers ignore PYTHON* variables)."
+        ),
+        "",
+        "PYTHON",
+    ),
+    (
+        _l("%(name)s can't be set for an application: the dynamic loader or the C library reads it at start-up."),
         "GLIBC_TUNABLES GCONV_PATH LOCPATH NLSPATH HOSTALIASES RES_OPTIONS RESOLV_HOST_CONF LOCALDOMAIN TZDIR "
         "TERMINFO TERMINFO_DIRS TERMCAP",
         "LD_ MALLOC_ DYLD_",
     ),
     (
-        "it picks which program or shell runs",
+        _l("%(name)s can't be set for an application: it picks which program or shell runs."),
         "PATH SHELL BASH_ENV ENV IFS PS4 SHELLOPTS BASHOPTS CDPATH BROWSER EDITOR VISUAL PAGER MANPAGER "
         "SUDO_ASKPASS HOME USER LOGNAME TMPDIR TEMP TMP CC CXX CPP LD CUDACXX LDSHARED CFLAGS CXXFLAGS CPPFLAGS "
         "LDFLAGS CPLUS_INCLUDE_PATH C_INCLUDE_PATH CONDA_EXE CONDA_PREFIX",
         "BASH_FUNC_ GIT_ SSH_",
     ),
     (
-        "it makes another interpreter run code",
+        _l("%(name)s can't be set for an application: it makes another interpreter run code."),
         "PERL5OPT PERL5LIB PERLLIB PERL5DB RUBYOPT RUBYLIB NODE_OPTIONS NODE_PATH JAVA_TOOL_OPTIONS _JAVA_OPTIONS "
         "JDK_JAVA_OPTIONS CLASSPATH TCLLIBPATH R_PROFILE R_PROFILE_USER",
         "LUA_",
     ),
     (
-        "a library loads code, configuration or trusted certificates from it",
+        _l(
+            "%(name)s can't be set for an application: a library loads code, configuration or trusted "
+            "certificates from it."
+        ),
         "SSL_CERT_FILE SSL_CERT_DIR SSLKEYLOGFILE REQUESTS_CA_BUNDLE CURL_CA_BUNDLE MPLCONFIGDIR VIRTUAL_ENV NETRC "
         "SETUPTOOLS_USE_DISTUTILS PROMETHEUS_MULTIPROC_DIR DISPLAY WAYLAND_DISPLAY FORWARDED_ALLOW_IPS "
         "USE_HUB_KERNELS USE_TORCH_XLA EAGER_IMPORT TRUST_REMOTE_CODE",
@@ -50,7 +60,10 @@ _CLASSES = (
         # The engines' own settings, whole namespaces (torch alone reads more than a hundred, one of
         # which imports a module named in it; vLLM's and llama.cpp's are free-form flags, where the serving
         # fields are the validated way): what a member may tune is named in ALLOWED below.
-        "the engine's libraries read it to decide what they load or where they write",
+        _l(
+            "%(name)s can't be set for an application: the engine's libraries read it to decide what they load "
+            "or where they write."
+        ),
         "",
         "TORCH PYTORCH_ CUDA_ CUDNN_ NCCL_ NVTOOLSEXT ROCM_ ROCR_ HIP_ HSA_ ROCP_ ZE_ KINETO_ PT_HPU_ FX_ "
         "COMPILE_STROBELIGHT ENABLE_PYTORCH_ OMP_ KMP_ GOMP_ MKL_ HF_ HUGGINGFACE_ HUGGING_FACE_ TRANSFORMERS_ "
@@ -58,13 +71,13 @@ _CLASSES = (
         "HALIDE_ QUACK_ CUTLASS_ CUTEDSL_ NVSHMEM_ ROCSHMEM_ NPY_ VLLM_ LLAMA_ GGML_ XLLAMACPP",
     ),
     (
-        "it sends the server's traffic or data elsewhere",
+        _l("%(name)s can't be set for an application: it sends the server's traffic or data elsewhere."),
         "HF_ENDPOINT OPENAI_BASE_URL OPENAI_API_BASE MASTER_ADDR MASTER_PORT",
         "HTTP_PROXY HTTPS_PROXY ALL_PROXY NO_PROXY FTP_PROXY WS_PROXY WSS_PROXY MLFLOW_ WANDB_ CLEARML_ COMET_ "
         "SWANLAB_ TENSORBOARD_ NEPTUNE_ DVCLIVE_",
     ),
     (
-        "the platform sets it",
+        _l("%(name)s can't be set for an application: the platform sets it."),
         "REDIS_URL DATABASE_URL SECRET_KEY GUNICORN_CMD_ARGS WEB_CONCURRENCY",
         "LLMAPP_ UVICORN_",
     ),
@@ -100,5 +113,5 @@ def refusal(name: str) -> str | None:
         return None
     for why, names, prefixes in REFUSED:
         if upper in names or upper.startswith(prefixes):
-            return f"{name} can't be set for an application: {why}."
+            return str(why) % {"name": name}
     return None

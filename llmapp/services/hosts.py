@@ -17,14 +17,16 @@ from dataclasses import asdict, dataclass, field
 import psutil
 import redis
 from flask import current_app
+from flask_babel import gettext as _
 
 from .. import engines, keyspace, queues
 from ..extensions import db
+from ..i18n import _l
 from ..models import Application, Replica
 from . import ServiceError, require_admin
 
 KEEP_S = 24 * 3600  # a host gone this long leaves the list
-ADMIN_ONLY = "Only admins see the hosts."
+ADMIN_ONLY = _l("Only admins see the hosts.")
 
 
 @dataclass
@@ -127,10 +129,10 @@ def checked_pin(value, default: str, errors: list[str]) -> str:
     the deploy says so then). A broken rule is added to ``errors``."""
     value = default if value is None else value
     if not isinstance(value, str):
-        errors.append("Must be text.")
+        errors.append(_("Must be text."))
         return ""
     if value.strip() and not HOST_NAME.match(value.strip()):
-        errors.append("A host's name: letters, digits, “.”, “_” and “-”, at most 63 characters.")
+        errors.append(_("A host's name: letters, digits, “.”, “_” and “-”, at most 63 characters."))
     return value.strip()
 
 
@@ -187,6 +189,40 @@ def _gib(value: int) -> str:
     return f"{value / 2**30:.1f} GiB"
 
 
+def _fits_nowhere(name: str, need: int, engine: str | None, pinned: str, biggest: Host) -> str:
+    """Why an application fits on no host: what it needs, and what the biggest host (or its pinned one) has."""
+    values = {
+        "name": name,
+        "memory": _gib(need),
+        "engine": engine,
+        "host": pinned or biggest.name,
+        "free": _gib(biggest.memory_available_bytes),
+        "engines": ", ".join(biggest.engines) or _("none installed"),
+    }
+    if pinned and engine:
+        return _(
+            "%(name)s fits on no host: it needs %(memory)s of memory and the %(engine)s engine; its pinned host "
+            "%(host)s has %(free)s free, engines: %(engines)s.",
+            **values,
+        )
+    if pinned:
+        return _(
+            "%(name)s fits on no host: it needs %(memory)s of memory; its pinned host %(host)s has %(free)s free.",
+            **values,
+        )
+    if engine:
+        return _(
+            "%(name)s fits on no host: it needs %(memory)s of memory and the %(engine)s engine; the biggest host "
+            "that is up, %(host)s, has %(free)s free, engines: %(engines)s.",
+            **values,
+        )
+    return _(
+        "%(name)s fits on no host: it needs %(memory)s of memory; the biggest host that is up, %(host)s, has "
+        "%(free)s free.",
+        **values,
+    )
+
+
 def place(application: Application) -> str | None:
     """The host the application's next deploy runs on; None when no host has announced itself (workers
     from before hosts: any worker takes it).
@@ -200,11 +236,12 @@ def place(application: Application) -> str | None:
     per_replica, engine = _need(application)
     need = per_replica * int(application.config.get("replicas") or 1)
     pinned = application.config.get("host") or ""
-    wants = f"{_gib(need)} of memory" + (f" and the {engine} engine" if engine else "")
     if pinned:
         pin = next((host for host in hosts if host.name == pinned), None)
         if pin is None:
-            raise ServiceError(f"{application.name} is pinned to the host {pinned}, which is not up.")
+            raise ServiceError(
+                _("%(name)s is pinned to the host %(host)s, which is not up.", name=application.name, host=pinned)
+            )
         hosts = [pin]
     # The engine installed: where it is, if anywhere (installed nowhere, the deploy's own check fails it
     # at once, naming the command that installs it).
@@ -212,11 +249,7 @@ def place(application: Application) -> str | None:
     fitting = [h for h in hosts if h.memory_available_bytes >= need]
     if not fitting:
         biggest = max(hosts, key=lambda h: h.memory_available_bytes)
-        has = f"{_gib(biggest.memory_available_bytes)} free" + (
-            f", engines: {', '.join(biggest.engines) or 'none installed'}" if engine else ""
-        )
-        where = f"its pinned host {pinned}" if pinned else f"the biggest host that is up, {biggest.name},"
-        raise ServiceError(f"{application.name} fits on no host: it needs {wants}; {where} has {has}.")
+        raise ServiceError(_fits_nowhere(application.name, need, engine, pinned, biggest))
     # The most memory left over after it: deploys spread over the hosts.
     return max(fitting, key=lambda h: (h.memory_available_bytes - need, -len(h.replicas))).name
 

@@ -13,6 +13,7 @@ two browsers can never perform it twice: the second UPDATE matches no row and is
 
 from dataclasses import dataclass
 
+from flask_babel import gettext as _
 from sqlalchemy import delete, update
 
 from ..extensions import db
@@ -40,20 +41,34 @@ DELETABLE = frozenset({STOPPED, FAILED})
 class Transition:
     sources: frozenset[str]
     target: str
-    refusal: str  # why it is refused, completed with the current status
+    refusal: str  # why it is refused, %(status)s the current status (what a page calls it)
 
 
 TRANSITIONS = {
     "deploy": Transition(
-        frozenset({STOPPED, FAILED}), DEPLOYING, "Only a stopped or failed application can be deployed"
+        frozenset({STOPPED, FAILED}),
+        DEPLOYING,
+        _l("Only a stopped or failed application can be deployed; this one is %(status)s."),
     ),
-    "deployed": Transition(frozenset({DEPLOYING}), RUNNING, "Only a deploying application can become running"),
-    "deploy_failed": Transition(frozenset({DEPLOYING}), FAILED, "Only a deploying application can fail to deploy"),
-    "stop": Transition(frozenset({RUNNING}), STOPPING, "Only a running application can be stopped"),
-    "stopped": Transition(frozenset({STOPPING}), STOPPED, "Only a stopping application can become stopped"),
-    "crashed": Transition(frozenset({RUNNING}), FAILED, "Only a running application can crash"),
+    "deployed": Transition(
+        frozenset({DEPLOYING}), RUNNING, _l("Only a deploying application can become running; this one is %(status)s.")
+    ),
+    "deploy_failed": Transition(
+        frozenset({DEPLOYING}), FAILED, _l("Only a deploying application can fail to deploy; this one is %(status)s.")
+    ),
+    "stop": Transition(
+        frozenset({RUNNING}), STOPPING, _l("Only a running application can be stopped; this one is %(status)s.")
+    ),
+    "stopped": Transition(
+        frozenset({STOPPING}), STOPPED, _l("Only a stopping application can become stopped; this one is %(status)s.")
+    ),
+    "crashed": Transition(
+        frozenset({RUNNING}), FAILED, _l("Only a running application can crash; this one is %(status)s.")
+    ),
     # The restart policy brings a crashed server back through a new deploy.
-    "restart": Transition(frozenset({RUNNING}), DEPLOYING, "Only a running application can be restarted"),
+    "restart": Transition(
+        frozenset({RUNNING}), DEPLOYING, _l("Only a running application can be restarted; this one is %(status)s.")
+    ),
 }
 
 
@@ -79,10 +94,11 @@ def allowed_actions(status: str) -> frozenset[str]:
 
 
 def _refusal(application_id, message: str) -> TransitionRefused:
+    """``message``: the refusal, with %(status)s for the application's status now (as a page calls it)."""
     current = db.session.scalar(db.select(Application.status).where(Application.id == application_id))
     if current is None:
-        return TransitionRefused("This application no longer exists.")
-    return TransitionRefused(f"{message}; this one is {current}.", current)
+        return TransitionRefused(_("This application no longer exists."))
+    return TransitionRefused(str(message) % {"status": STATUS_LABELS.get(current, current)}, current)
 
 
 def _audit(action: str, application_id, changes: dict | None = None) -> None:
@@ -133,13 +149,20 @@ def begin_roll(application_id, **values) -> None:
         current = db.session.get(Application, application_id)
         if current is not None and current.status == RUNNING and current.canary_release is not None:
             raise TransitionRefused(
-                f"Release {current.canary_release} runs as a canary: promote or abort it first.", RUNNING
+                _("Release %(release)s runs as a canary: promote or abort it first.", release=current.canary_release),
+                RUNNING,
             )
         if current is not None and current.status == RUNNING:
             raise TransitionRefused(
-                f"Release {current.rolling_to} is being rolled out; wait until it serves or fails.", RUNNING
+                _(
+                    "Release %(release)s is being rolled out; wait until it serves or fails.",
+                    release=current.rolling_to,
+                ),
+                RUNNING,
             )
-        raise _refusal(application_id, "Only a running application can be rolled out to a release")
+        raise _refusal(
+            application_id, _("Only a running application can be rolled out to a release; this one is %(status)s.")
+        )
     changes = {"release": (None, values.get("rolling_to"))}
     if values.get("canary_percent"):
         changes["canary_percent"] = (0, values["canary_percent"])
@@ -178,7 +201,10 @@ def claim_for_edit(application_id, **values) -> None:
     )
     if result.rowcount != 1:
         db.session.rollback()
-        raise _refusal(application_id, "An application can be edited only while stopped, failed or running")
+        raise _refusal(
+            application_id,
+            _("An application can be edited only while stopped, failed or running; this one is %(status)s."),
+        )
 
 
 def delete_if_editable(application_id) -> None:
@@ -193,6 +219,8 @@ def delete_if_editable(application_id) -> None:
     )
     if result.rowcount != 1:
         db.session.rollback()
-        raise _refusal(application_id, "An application can be deleted only while stopped or failed")
+        raise _refusal(
+            application_id, _("An application can be deleted only while stopped or failed; this one is %(status)s.")
+        )
     db.session.commit()
     routing.publish(application_id)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import redis
 from flask import current_app
+from flask_babel import gettext as _
 
 from .. import keyspace, queues
 from ..extensions import db
@@ -97,7 +98,7 @@ def parse_since(value: str | None) -> float | None:
         return None
     match = SINCE.match(value.strip().lower())
     if not match:
-        raise ServiceError(f"“{value}” is not a duration: write e.g. 30s, 10m, 2h or 7d.")
+        raise ServiceError(_("“%(value)s” is not a duration: write e.g. 30s, 10m, 2h or 7d.", value=value))
     return int(match.group(1)) * UNITS[match.group(2)]
 
 
@@ -110,7 +111,9 @@ def level_at_least(level: str | None) -> set[str] | None:
         return None
     level = level.upper()
     if level not in LEVELS:
-        raise ServiceError(f"“{level}” is not a log level: choose one of {', '.join(LEVELS[:4])}.")
+        raise ServiceError(
+            _("“%(level)s” is not a log level: choose one of %(levels)s.", level=level, levels=", ".join(LEVELS[:4]))
+        )
     return set(LEVELS[LEVELS.index(level) :])
 
 

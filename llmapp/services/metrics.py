@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from .. import keyspace, queues
 from ..extensions import db
+from ..i18n import _l
 from ..models import Application, Replica, User
 from ..runtime import metrics
 from ..runtime.pipeline import STAGES
@@ -27,7 +28,7 @@ from . import applications, lifecycle
 @dataclass(frozen=True)
 class Window:
     name: str
-    label: str
+    label: str  # a lazy message (llmapp.i18n._l): what the page calls the window
     seconds: int
     resolution: str  # which stored series it reads
     point_s: int  # one chart point per this many seconds
@@ -37,10 +38,10 @@ class Window:
 WINDOWS = {
     w.name: w
     for w in (
-        Window("15m", "15 min", 15 * 60, "10s", 10, 10),
-        Window("1h", "1 hour", 3600, "10s", 30, 10),
-        Window("24h", "24 hours", 24 * 3600, "1m", 300, 60),
-        Window("7d", "7 days", 7 * 24 * 3600, "1h", 3600, 300),
+        Window("15m", _l("15 min"), 15 * 60, "10s", 10, 10),
+        Window("1h", _l("1 hour"), 3600, "10s", 30, 10),
+        Window("24h", _l("24 hours"), 24 * 3600, "1m", 300, 60),
+        Window("7d", _l("7 days"), 7 * 24 * 3600, "1h", 3600, 300),
     )
 }
 DEFAULT_WINDOW = "1h"

@@ -13,6 +13,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flask_babel import gettext as _
+
+from ..i18n import _l
+
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_sequence_length")
 TORCH_DTYPES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
 SAFETENSORS_DTYPES = {"F32": "fp32", "BF16": "bf16", "F16": "fp16", "I8": "int8", "U8": "int8"}
@@ -51,7 +55,7 @@ class Detected:
         return {key: value for key, value in values.items() if value not in (None, "")}
 
 
-NO_DIRECTORY = "Give the path of a local Hugging Face model directory."
+NO_DIRECTORY = _l("Give the path of a local Hugging Face model directory.")
 
 
 def check_directory(path: str | Path) -> Path:
@@ -61,15 +65,15 @@ def check_directory(path: str | Path) -> Path:
     """
     directory = Path(path).expanduser()
     if not str(path).strip():
-        raise NotAModel(NO_DIRECTORY)
+        raise NotAModel(str(NO_DIRECTORY))
     if not directory.exists():
-        raise NotAModel(f"{directory} does not exist on this host.")
+        raise NotAModel(_("%(path)s does not exist on this host.", path=directory))
     if not directory.is_dir():
-        raise NotAModel(f"{directory} is a file: give the model's directory.")
+        raise NotAModel(_("%(path)s is a file: give the model's directory.", path=directory))
     if not (directory / "config.json").is_file():
-        raise NotAModel(f"{directory} has no config.json: it is not a Hugging Face model directory.")
+        raise NotAModel(_("%(path)s has no config.json: it is not a Hugging Face model directory.", path=directory))
     if not _weight_files(directory):
-        raise NotAModel(f"{directory} has no weights (*.safetensors or pytorch_model*.bin).")
+        raise NotAModel(_("%(path)s has no weights (*.safetensors or pytorch_model*.bin).", path=directory))
     return directory
 
 
@@ -82,9 +86,9 @@ def detect(path: str | Path) -> Detected:
     try:
         config = json.loads((directory / "config.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise NotAModel(f"{directory / 'config.json'} can't be read as JSON: {e}.") from e
+        raise NotAModel(_("%(path)s can't be read as JSON: %(error)s.", path=directory / "config.json", error=e)) from e
     if not isinstance(config, dict):
-        raise NotAModel(f"{directory / 'config.json'} is not a JSON object.")
+        raise NotAModel(_("%(path)s is not a JSON object.", path=directory / "config.json"))
     text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
     detected = Detected(
         family=str(config.get("model_type") or ""),
@@ -96,7 +100,7 @@ def detect(path: str | Path) -> Detected:
     counts = _safetensors_counts(directory)
     if counts:
         detected.parameters = sum(counts.values())
-        detected.sources.append(f"{len(_safetensors_files(directory))} safetensors header(s)")
+        detected.sources.append(_("%(count)s safetensors header(s)", count=len(_safetensors_files(directory))))
         if detected.precision is None:
             dominant = counts.most_common(1)[0][0]
             detected.precision = SAFETENSORS_DTYPES.get(dominant)
@@ -162,10 +166,16 @@ def _safetensors_counts(directory: Path) -> Counter:
             with file.open("rb") as f:
                 (length,) = struct.unpack("<Q", f.read(8))
                 if length > MAX_HEADER_BYTES:
-                    raise NotAModel(f"{file.name} has a header of {length} bytes: not a safetensors file.")
+                    raise NotAModel(
+                        _(
+                            "%(file)s has a header of %(length)s bytes: not a safetensors file.",
+                            file=file.name,
+                            length=length,
+                        )
+                    )
                 header = json.loads(f.read(length))
         except (OSError, struct.error, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise NotAModel(f"{file.name} can't be read as safetensors: {e}.") from e
+            raise NotAModel(_("%(file)s can't be read as safetensors: %(error)s.", file=file.name, error=e)) from e
         for name, tensor in header.items():
             if name == "__metadata__" or not isinstance(tensor, dict):
                 continue
@@ -173,7 +183,7 @@ def _safetensors_counts(directory: Path) -> Counter:
     return counts
 
 
-NO_GGUF = "Give the path of a local GGUF model file (*.gguf)."
+NO_GGUF = _l("Give the path of a local GGUF model file (*.gguf).")
 # GGUF's file types (llama.cpp's LLAMA_FTYPE) as the registry's precision: what a weight takes, roughly.
 GGUF_PRECISION = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "Q8_0": "int8"}
 
@@ -185,18 +195,22 @@ def check_gguf(path: str | Path) -> Path:
     """
     file = Path(path).expanduser()
     if not str(path).strip():
-        raise NotAModel(NO_GGUF)
+        raise NotAModel(str(NO_GGUF))
     if file.suffix.lower() != ".gguf":
-        raise NotAModel(f"{file} is not a .gguf file.")
+        raise NotAModel(_("%(path)s is not a .gguf file.", path=file))
     if not file.is_file():
-        raise NotAModel(f"{file} does not exist on this host." if not file.exists() else f"{file} is not a file.")
+        raise NotAModel(
+            _("%(path)s does not exist on this host.", path=file)
+            if not file.exists()
+            else _("%(path)s is not a file.", path=file)
+        )
     try:
         with file.open("rb") as f:
             magic = f.read(4)
     except OSError as e:
-        raise NotAModel(f"{file} can't be read: {e.strerror}.") from e
+        raise NotAModel(_("%(path)s can't be read: %(error)s.", path=file, error=e.strerror)) from e
     if magic != b"GGUF":
-        raise NotAModel(f"{file} is not a GGUF file (it does not start with GGUF's magic bytes).")
+        raise NotAModel(_("%(path)s is not a GGUF file (it does not start with GGUF's magic bytes).", path=file))
     return file
 
 
@@ -222,7 +236,7 @@ def read_gguf(path: str | Path) -> GGUFInfo:
     try:
         reader = gguf.GGUFReader(str(file))
     except Exception as e:  # noqa: BLE001 - any malformed header is the same answer to the user
-        raise NotAModel(f"{file}'s GGUF header can't be read: {e}.") from e
+        raise NotAModel(_("%(path)s's GGUF header can't be read: %(error)s.", path=file, error=e)) from e
 
     def value(key: str):
         field_ = reader.fields.get(key)
@@ -268,6 +282,6 @@ def detect_gguf(path: str | Path) -> Detected:
         context_length=info.context_length,
         precision=precision,
         parameters=info.parameters,
-        sources=[f"GGUF header ({info.quantization})"],
+        sources=[_("GGUF header (%(type)s)", type=info.quantization)],
         quantization=info.quantization,
     )

@@ -17,9 +17,11 @@ from datetime import timedelta
 
 import httpx
 import redis
+from flask_babel import gettext as _
 
 from .. import keyspace, queues, secrets_box
 from ..extensions import db
+from ..i18n import _l, format_number
 from ..models import ApiKey, Application, User, utcnow
 from ..runtime import keys as runtime_keys
 from ..runtime.answers import INPUT_MASKED_HEADER
@@ -82,7 +84,7 @@ def _key(application: Application, user: User) -> str:
             expires_at=now + KEY_LIFETIME,
         )
     )
-    api_keys.publish_and_commit(application, "The playground could not get a key")
+    api_keys.publish_and_commit(application, _("The playground could not get a key"))
     usable_s = int((KEY_LIFETIME - KEY_RENEW_BEFORE).total_seconds())
     connection.set(keyspace.playground(application.id, user.id, "key"), secrets_box.encrypt(plain), ex=usable_s)
     return plain
@@ -121,9 +123,9 @@ def stop_sequences(text: str | None) -> tuple[str, ...]:
     """
     found = tuple(line.replace("\\n", "\n") for line in (text or "").splitlines() if line.strip())
     if len(found) > MAX_STOP:
-        raise PlaygroundError(f"At most {MAX_STOP} stop sequences, one per line.")
+        raise PlaygroundError(_("At most %(count)s stop sequences, one per line.", count=MAX_STOP))
     if any(len(sequence) > MAX_STOP_CHARS for sequence in found):
-        raise PlaygroundError(f"A stop sequence has at most {MAX_STOP_CHARS} characters.")
+        raise PlaygroundError(_("A stop sequence has at most %(count)s characters.", count=MAX_STOP_CHARS))
     return found
 
 
@@ -134,11 +136,16 @@ def start_turn(application: Application, user: User, message: str, settings: Set
     """
     message = (message or "").strip()
     if not message:
-        raise PlaygroundError("Type a message.")
+        raise PlaygroundError(_("Type a message."))
     if len(message) > MAX_MESSAGE_CHARS or len(settings.system) > MAX_MESSAGE_CHARS:
-        raise PlaygroundError(f"At most {MAX_MESSAGE_CHARS:,} characters.")
+        raise PlaygroundError(_("At most %(count)s characters.", count=format_number(MAX_MESSAGE_CHARS)))
     if application.status != lifecycle.RUNNING:
-        raise PlaygroundError(f"The application is {application.status}: deploy it to talk to it.")
+        raise PlaygroundError(
+            _(
+                "The application is %(status)s: deploy it to talk to it.",
+                status=lifecycle.STATUS_LABELS.get(application.status, application.status),
+            )
+        )
     turn_id = uuid.uuid4().hex
     turn = {"message": message, **dataclasses.asdict(settings)}
     try:
@@ -146,7 +153,7 @@ def start_turn(application: Application, user: User, message: str, settings: Set
             keyspace.playground(application.id, user.id, f"turn:{turn_id}"), json.dumps(turn), ex=TURN_TTL_S
         )
     except redis.RedisError as e:
-        raise PlaygroundError("Redis is unreachable; try again shortly.") from e
+        raise PlaygroundError(_("Redis is unreachable; try again shortly.")) from e
     return turn_id
 
 
@@ -170,7 +177,7 @@ def _replica_url(application: Application) -> str:
     """
     serving = application.serving_replicas
     if not serving:
-        raise ServiceError(f"{application.name} has no server ready now; try again once it runs.")
+        raise ServiceError(_("%(name)s has no server ready now; try again once it runs.", name=application.name))
     return replicas.endpoint_url(serving[0])
 
 
@@ -211,7 +218,8 @@ def request_body(model: str, earlier: list[dict], turn: dict) -> dict:
     return {**body, "stream": True, "stream_options": {"include_usage": True}}
 
 
-ENDED = TurnEvent("done", stats={"error": "This reply has ended (or expired); send the message again."})
+# Its error is a lazy message (the page renders it); turn it into text with str() before sending it as JSON.
+ENDED = TurnEvent("done", stats={"error": _l("This reply has ended (or expired); send the message again.")})
 
 
 def stream_turn(turn: Turn) -> Iterator[TurnEvent]:
@@ -243,7 +251,7 @@ def stream_turn(turn: Turn) -> Iterator[TurnEvent]:
                             yield TurnEvent("token", text)
                         finish = choice.get("finish_reason") or finish
     except (httpx.HTTPError, ServiceError, ValueError) as e:  # ValueError: a chunk that is not JSON
-        error = f"The endpoint could not be reached: {e}"
+        error = _("The endpoint could not be reached: %(reason)s", reason=e)
     latency_s = time.perf_counter() - started
     if reply and not error:
         _remember(turn, "".join(reply))

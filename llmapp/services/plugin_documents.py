@@ -5,6 +5,7 @@ change reaches the running applications that use the plugin live, published befo
 as every change of a plugin does (services/plugins.py).
 """
 
+from flask_babel import gettext as _
 from sqlalchemy.exc import IntegrityError
 
 from .. import netguard
@@ -30,34 +31,49 @@ def add_document(plugin: Plugin, user: User, filename: str, data: bytes) -> Plug
     """
     require_change(plugin, user)
     if plugin.type != "knowledge_retrieval":  # the request is sound; the plugin is of another kind
-        raise Conflict("Only a knowledge-retrieval plugin has documents.")
+        raise Conflict(_("Only a knowledge-retrieval plugin has documents."))
     name = _document_name(filename)
     if not name.lower().endswith(DOCUMENT_SUFFIXES):
-        raise Invalid(f"Upload a text or Markdown file ({', '.join(DOCUMENT_SUFFIXES)}).", "document")
+        raise Invalid(
+            _("Upload a text or Markdown file (%(suffixes)s).", suffixes=", ".join(DOCUMENT_SUFFIXES)), "document"
+        )
     if not data.strip(BLANK):
-        raise Invalid(f"“{name}” is empty.", "document")
+        raise Invalid(_("“%(name)s” is empty.", name=name), "document")
     if len(data) > MAX_DOCUMENT_BYTES:
-        raise Invalid(f"“{name}” is larger than {MAX_DOCUMENT_BYTES // (1024 * 1024)} MiB.", "document")
+        raise Invalid(
+            _("“%(name)s” is larger than %(size)s MiB.", name=name, size=MAX_DOCUMENT_BYTES // (1024 * 1024)),
+            "document",
+        )
     stored = sum(document.size for document in plugin.documents)
     if stored + len(data) > MAX_PLUGIN_DOCUMENTS_BYTES:
+        stored_mib = f"{stored / (1024 * 1024):.1f}"
         raise Invalid(
-            f"A plugin holds at most {MAX_PLUGIN_DOCUMENTS_BYTES // (1024 * 1024)} MiB of documents; "
-            f"this one has {stored / (1024 * 1024):.1f} MiB.",
+            _(
+                "A plugin holds at most %(limit)s MiB of documents; this one has %(stored)s MiB.",
+                limit=MAX_PLUGIN_DOCUMENTS_BYTES // (1024 * 1024),
+                stored=stored_mib,
+            ),
             "document",
         )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise Invalid(f"“{name}” is not UTF-8 text.", "document") from e
+        raise Invalid(_("“%(name)s” is not UTF-8 text.", name=name), "document") from e
     if "\x00" in text:
-        raise Invalid(f"“{name}” is not a text file.", "document")
-    taken = Taken({"document": [f"The plugin already has a document named “{name}”: delete it first to replace it."]})
+        raise Invalid(_("“%(name)s” is not a text file.", name=name), "document")
+    taken = Taken(
+        {
+            "document": [
+                _("The plugin already has a document named “%(name)s”: delete it first to replace it.", name=name)
+            ]
+        }
+    )
     if any(document.name == name for document in plugin.documents):
         raise taken
     document = PluginDocument(plugin=plugin, name=name, text=text, size=len(data))
     db.session.add(document)
     try:
-        publish_chains_before_commit(users_of(plugin, LIVE), "The document was not added")  # flushes first
+        publish_chains_before_commit(users_of(plugin, LIVE), _("The document was not added"))  # flushes first
         db.session.commit()
     except IntegrityError as e:  # a concurrent request added one of that name
         db.session.rollback()
@@ -71,15 +87,17 @@ def _document_name(name) -> str:
     :raise Invalid: at "document"; the message never repeats the name.
     """
     if not isinstance(name, str) or not name:
-        raise Invalid("Give the document a name.", "document")
+        raise Invalid(_("Give the document a name."), "document")
     if netguard.has_control_characters(name):
-        raise Invalid("A document's name can't contain line breaks, tabs or other control characters.", "document")
+        raise Invalid(_("A document's name can't contain line breaks, tabs or other control characters."), "document")
     if name != name.strip():
-        raise Invalid("A document's name can't begin or end with a space.", "document")
+        raise Invalid(_("A document's name can't begin or end with a space."), "document")
     if "/" in name or "\\" in name:
-        raise Invalid("A document's name can't contain / or \\: give the file's name without its folder.", "document")
+        raise Invalid(
+            _("A document's name can't contain / or \\: give the file's name without its folder."), "document"
+        )
     if len(name) > MAX_DOCUMENT_NAME:
-        raise Invalid(f"A document's name has at most {MAX_DOCUMENT_NAME} characters.", "document")
+        raise Invalid(_("A document's name has at most %(count)s characters.", count=MAX_DOCUMENT_NAME), "document")
     return name
 
 
@@ -88,7 +106,7 @@ def delete_document(plugin: Plugin, user: User, document_id: int) -> None:
     require_change(plugin, user)
     document = next((d for d in plugin.documents if d.id == document_id), None)
     if document is None:
-        raise NotFound("No such document.")
+        raise NotFound(_("No such document."))
     plugin.documents.remove(document)
-    publish_chains_before_commit(users_of(plugin, LIVE), "The document was not deleted")
+    publish_chains_before_commit(users_of(plugin, LIVE), _("The document was not deleted"))
     db.session.commit()

@@ -24,19 +24,33 @@ import hashlib
 import json
 
 from flask import current_app
+from flask_babel import gettext as _
+from flask_babel import ngettext
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from .. import netguard, queues, secrets_box
 from ..extensions import db
+from ..i18n import _l
 from ..models import MAX_ID, Application, ApplicationPlugin, Plugin, User
 from ..runtime import plugins as plugin_types
 from ..runtime.plugins import published
-from . import Conflict, Forbidden, Invalid, NotFound, ServiceError, Taken, lifecycle, publish_before_commit, releases
+from . import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    ServiceError,
+    Taken,
+    lifecycle,
+    listing,
+    publish_before_commit,
+    releases,
+)
 
 LIVE = (lifecycle.RUNNING, lifecycle.DEPLOYING)
 DESTINATIONS = {"webhook_audit": ("url",)}  # per type: the settings that decide where its data goes
-NOT_YOURS = "Only its owner or an admin can change this plugin."
+NOT_YOURS = _l("Only its owner or an admin can change this plugin.")
 MAX_NAME = 100
 REQUIRED = ("name", "type")  # what a plugin must be given
 
@@ -45,7 +59,7 @@ class ConfigInvalid(Invalid):
     """The configuration breaks its type's schema: ``errors`` per setting ("" for the whole)."""
 
     def __init__(self, errors: dict[str, list[str]]):
-        super().__init__("The configuration has errors.", "config")
+        super().__init__(_("The configuration has errors."), "config")
         self.errors = errors
 
 
@@ -70,10 +84,10 @@ def search(user: User, q: str = "", type_name: str = "", enabled: str = "") -> l
 def get_for_user(plugin_id: int, user: User) -> Plugin:
     """:raise NotFound: no such plugin, or one ``user`` can't see (the two look the same)."""
     if not 1 <= plugin_id <= MAX_ID:  # names nothing (and would overflow the column)
-        raise NotFound("No such plugin.")
+        raise NotFound(_("No such plugin."))
     plugin = db.session.scalar(visible_to(user).where(Plugin.id == plugin_id))
     if plugin is None:
-        raise NotFound("No such plugin.")
+        raise NotFound(_("No such plugin."))
     return plugin
 
 
@@ -85,7 +99,7 @@ def may_change(plugin: Plugin, user: User) -> bool:
 def require_change(plugin: Plugin, user: User) -> None:
     """:raise Forbidden: ``user`` sees ``plugin`` (an admin's published one) but may not change it."""
     if not may_change(plugin, user):
-        raise Forbidden(NOT_YOURS)
+        raise Forbidden(str(NOT_YOURS))
 
 
 def get_changeable(plugin_id: int, user: User) -> Plugin:
@@ -108,12 +122,12 @@ def _clean(data: dict, user: User, stored: dict | None = None) -> dict:
     typed = data.get("name") or ""
     name = typed.strip()
     if not name:
-        raise Invalid("Name is required.", "name")
+        raise Invalid(_("Name is required."), "name")
     if len(typed) > MAX_NAME:  # as typed: the API's document bounds what is sent
-        raise Invalid(f"At most {MAX_NAME} characters.", "name")
+        raise Invalid(_("At most %(count)s characters.", count=MAX_NAME), "name")
     type_name = data.get("type")
     if type_name not in plugin_types.TYPES:
-        raise Invalid("Choose a plugin type.", "type")
+        raise Invalid(_("Choose a plugin type."), "type")
     config = dict(data.get("config") or {})
     secrets = plugin_types.secret_settings(type_name)
     for setting in secrets:  # a secret left empty keeps the one stored
@@ -168,7 +182,7 @@ def update(plugin: Plugin, user: User, data: dict) -> Plugin:
     for key, value in values.items():
         setattr(plugin, key, value)
     _commit_or_name_taken(
-        plugin.name, before=lambda: publish_chains_before_commit(users_of(plugin, LIVE), "The plugin was not saved")
+        plugin.name, before=lambda: publish_chains_before_commit(users_of(plugin, LIVE), _("The plugin was not saved"))
     )
     releases.record_live(users_of(plugin), user, f"Plugin “{plugin.name}” changed")  # their setups changed
     return plugin
@@ -193,7 +207,13 @@ def delete(plugin: Plugin, user: User) -> None:
     _refuse_if_live(plugin, "deleted")
     attached = users_of(plugin)
     if attached:
-        raise Conflict(f"“{plugin.name}” is attached to {_names(attached)}: detach it there first, then delete it.")
+        raise Conflict(
+            _(
+                "“%(name)s” is attached to %(applications)s: detach it there first, then delete it.",
+                name=plugin.name,
+                applications=_names(attached),
+            )
+        )
     db.session.delete(plugin)
     db.session.commit()
 
@@ -212,17 +232,30 @@ def users_of(plugin: Plugin, statuses=None) -> list[Application]:
 
 
 def _names(applications: list[Application]) -> str:
-    return ", ".join(f"“{a.name}”" for a in applications)
+    return listing(f"“{a.name}”" for a in applications)
 
 
 def _refuse_if_live(plugin: Plugin, verb: str) -> None:
+    """``verb``: "disabled" or "deleted" (what was asked)."""
     live = users_of(plugin, LIVE)
-    if live:
-        one = len(live) == 1
-        raise Conflict(
-            f"“{plugin.name}” can't be {verb} while {_names(live)} use{'s' if one else ''} it: "
-            f"stop {'it' if one else 'them'} first."
+    if not live:
+        return
+    values = {"name": plugin.name, "applications": _names(live)}
+    if verb == "disabled":
+        message = ngettext(
+            "“%(name)s” can't be disabled while %(applications)s uses it: stop it first.",
+            "“%(name)s” can't be disabled while %(applications)s use it: stop them first.",
+            len(live),
+            **values,
         )
+    else:
+        message = ngettext(
+            "“%(name)s” can't be deleted while %(applications)s uses it: stop it first.",
+            "“%(name)s” can't be deleted while %(applications)s use it: stop them first.",
+            len(live),
+            **values,
+        )
+    raise Conflict(message)
 
 
 def _commit_or_name_taken(name: str, before=None) -> None:
@@ -234,7 +267,7 @@ def _commit_or_name_taken(name: str, before=None) -> None:
         db.session.commit()
     except IntegrityError as e:
         db.session.rollback()
-        raise Taken({"name": [f"You already have a plugin named “{name}”."]}) from e
+        raise Taken({"name": [_("You already have a plugin named “%(name)s”.", name=name)]}) from e
 
 
 # --- an application's chain ---------------------------------------------------------------------
@@ -284,7 +317,7 @@ def attached(application: Application, plugin_id: int) -> ApplicationPlugin:
     """
     found = db.session.get(ApplicationPlugin, (application.id, plugin_id)) if 1 <= plugin_id <= MAX_ID else None
     if found is None:
-        raise NotFound("That plugin is not attached to this application.")
+        raise NotFound(_("That plugin is not attached to this application."))
     return found
 
 
@@ -296,15 +329,15 @@ def attach(application: Application, user: User, plugin_id: int) -> ApplicationP
     releases.begin(application)  # each chain change below: the setup before it, for one from before releases
     plugin = get_for_user(plugin_id, user)
     if not plugin.enabled:
-        raise Conflict(f"“{plugin.name}” is disabled: enable it on the Plugins tab first.")
+        raise Conflict(_("“%(name)s” is disabled: enable it on the Plugins tab first.", name=plugin.name))
     if db.session.get(ApplicationPlugin, (application.id, plugin.id)) is not None:
-        raise Conflict(f"“{plugin.name}” is attached already.")
+        raise Conflict(_("“%(name)s” is attached already.", name=plugin.name))
     last = db.session.scalar(
         select(func.max(ApplicationPlugin.position)).where(ApplicationPlugin.application_id == application.id)
     )
     link = ApplicationPlugin(application=application, plugin=plugin, position=(last or 0) + 1, config={})
     db.session.add(link)
-    _apply(application, f"“{plugin.name}” was not attached", user, f"Attached “{plugin.name}”")
+    _apply(application, _("“%(name)s” was not attached", name=plugin.name), user, f"Attached “{plugin.name}”")
     return link
 
 
@@ -313,7 +346,7 @@ def detach(application: Application, plugin_id: int, author: User | None = None)
     link = attached(application, plugin_id)
     name = link.plugin.name
     db.session.delete(link)
-    _apply(application, f"“{name}” was not detached", author, f"Detached “{name}”")
+    _apply(application, _("“%(name)s” was not detached", name=name), author, f"Detached “{name}”")
 
 
 def move(application: Application, plugin_id: int, direction: str, author: User | None = None) -> None:
@@ -322,7 +355,7 @@ def move(application: Application, plugin_id: int, direction: str, author: User 
     links = chain(application)
     at = next((i for i, link in enumerate(links) if link.plugin_id == plugin_id), None)
     if at is None:
-        raise NotFound("That plugin is not attached to this application.")
+        raise NotFound(_("That plugin is not attached to this application."))
     to = at - 1 if direction == "up" else at + 1
     if direction not in ("up", "down") or not 0 <= to < len(links):
         return
@@ -330,14 +363,16 @@ def move(application: Application, plugin_id: int, direction: str, author: User 
     moved = links[to].plugin.name
     for position, link in enumerate(links, 1):
         link.position = position
-    _apply(application, "The order was not changed", author, f"Moved “{moved}” {direction}")
+    _apply(application, _("The order was not changed"), author, f"Moved “{moved}” {direction}")
 
 
 def set_link_enabled(application: Application, plugin_id: int, enabled: bool, author: User | None = None) -> None:
     releases.begin(application)
     link = attached(application, plugin_id)
     link.enabled = enabled
-    _apply(application, "The change was not saved", author, f"“{link.plugin.name}” turned {'on' if enabled else 'off'}")
+    _apply(
+        application, _("The change was not saved"), author, f"“{link.plugin.name}” turned {'on' if enabled else 'off'}"
+    )
 
 
 def overridable(type_name: str) -> dict:
@@ -367,11 +402,11 @@ def set_overrides(
     allowed = overridable(link.plugin.type)
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
-        raise ConfigInvalid({name: ["This setting can't be overridden per application."] for name in unknown})
+        raise ConfigInvalid({name: [_("This setting can't be overridden per application.")] for name in unknown})
     base = _plugin_config(link.plugin)
     locked = [name for name in _locked(link) if name in overrides and overrides[name] != base.get(name)]
     if locked:
-        message = (
+        message = _(
             "Where this plugin sends its data is set by its owner, for every application: "
             "use a plugin of your own to send it elsewhere."
         )
@@ -380,7 +415,7 @@ def set_overrides(
     if errors:
         raise ConfigInvalid(errors)
     link.config = {name: value for name, value in overrides.items() if base.get(name) != value}
-    _apply(application, "The overrides were not saved", author, f"Overrides of “{link.plugin.name}” changed")
+    _apply(application, _("The overrides were not saved"), author, f"Overrides of “{link.plugin.name}” changed")
     return link
 
 
@@ -438,7 +473,7 @@ def publish_chains_before_commit(applications: list[Application], failure: str) 
             for application in applications:
                 publish_chain(application)
         except ValueError as e:  # a secret that can't be decrypted
-            raise ServiceError(f"{e}; enter the webhook's secret again.") from e
+            raise ServiceError(_("%(reason)s; enter the webhook's secret again.", reason=e)) from e
 
     publish_before_commit(publish, failure)
 

@@ -5,22 +5,25 @@ by the app servers in Redis (llmapp/runtime/quotas.py), so a change applies to t
 
 import contextlib
 
+from flask_babel import gettext as _
+
 from ..extensions import db
+from ..i18n import _l, counted, format_number
 from ..models import ApiKey, Application, Limited, User
-from . import NotFound, publish_before_commit, refuse, require_admin
+from . import NotFound, listing, publish_before_commit, refuse, require_admin
 from . import api_keys as keys_service
 
 # Each limit: its short name (the runtime's, the API's and the CLI's), its column, and what it reads as.
 FIELDS = {"rpm": "limit_rpm", "tpm": "limit_tpm", "day": "limit_daily_tokens", "month": "limit_monthly_tokens"}
 LABELS = {
-    "rpm": "Requests per minute",
-    "tpm": "Tokens per minute",
-    "day": "Tokens per day",
-    "month": "Tokens per month",
+    "rpm": _l("Requests per minute"),
+    "tpm": _l("Tokens per minute"),
+    "day": _l("Tokens per day"),
+    "month": _l("Tokens per month"),
 }
 MAX_LIMIT = 10**11  # past this a limit limits nothing (and a rate's bucket would lose exactness)
-CACHE_HIT_COST = "A cache hit counts as a request, and costs no tokens: no model ran for it."
-ADMIN_ONLY = "Only an admin can set a person's limits."
+CACHE_HIT_COST = _l("A cache hit counts as a request, and costs no tokens: no model ran for it.")
+ADMIN_ONLY = _l("Only an admin can set a person's limits.")
 
 
 def checked(values: dict) -> dict[str, int | None]:
@@ -42,7 +45,13 @@ def checked(values: dict) -> dict[str, int | None]:
         except ValueError:
             number = None
         if number is None or not 0 <= number <= MAX_LIMIT:
-            errors[kind] = [f"{LABELS[kind]}: a whole number from 1 to {MAX_LIMIT:,}, or empty for no limit."]
+            errors[kind] = [
+                _(
+                    "%(limit)s: a whole number from 1 to %(max)s, or empty for no limit.",
+                    limit=LABELS[kind],
+                    max=format_number(MAX_LIMIT),
+                )
+            ]
         else:
             limits[kind] = number or None
     refuse(errors)
@@ -76,11 +85,11 @@ def set_key_limits(application: Application, key_id: int, values: dict) -> ApiKe
     limits = checked(values)
     key = keys_service.find_key(application, key_id)
     if key.purpose != "user":  # the playground's own keys are the platform's
-        raise NotFound("No such key.")
+        raise NotFound(_("No such key."))
     if key.revoked_at is not None:
-        raise NotFound("No such key: it was revoked.")
+        raise NotFound(_("No such key: it was revoked."))
     if assign(key, limits):
-        keys_service.publish_and_commit(application, "The key's limits were not changed")
+        keys_service.publish_and_commit(application, _("The key's limits were not changed"))
     return key
 
 
@@ -88,7 +97,7 @@ def set_application_limits(application: Application, values: dict) -> Applicatio
     """:raise FieldErrors: a limit out of range. :raise ServiceError: Redis is unreachable (nothing changed)."""
     limits = checked(values)
     if assign(application, limits):
-        keys_service.publish_and_commit(application, "The application's limits were not changed")
+        keys_service.publish_and_commit(application, _("The application's limits were not changed"))
     return application
 
 
@@ -120,13 +129,23 @@ def set_user_limits(user: User, values: dict, *, acting) -> User:
                             keys_service.publish_locked(application)
                     raise
 
-            publish_before_commit(publish_all, "Nothing changed")
+            publish_before_commit(publish_all, _("Nothing changed"))
             db.session.commit()
     return user
 
 
+def amount(value: int, kind: str) -> str:
+    """ "5 requests per minute", "1 token per day", as the page's language writes it (the app servers'
+    own, runtime/quotas.amount, stays English: it is in their answers and logs)."""
+    if kind == "rpm":
+        return counted(value, "%(count)s request per minute", "%(count)s requests per minute")
+    if kind == "tpm":
+        return counted(value, "%(count)s token per minute", "%(count)s tokens per minute")
+    if kind == "day":
+        return counted(value, "%(count)s token per day", "%(count)s tokens per day")
+    return counted(value, "%(count)s token per month", "%(count)s tokens per month")
+
+
 def describe(limits: dict[str, int]) -> str:
     """ "5 requests per minute, 10,000 tokens per day"; "no limits"."""
-    from ..runtime.quotas import amount
-
-    return ", ".join(amount(value, kind) for kind, value in limits.items()) or "no limits"
+    return listing(amount(value, kind) for kind, value in limits.items()) or _("no limits")

@@ -34,6 +34,11 @@ is 1 (the upstream batches; the field has no effect there).
 import math
 from dataclasses import dataclass
 
+from flask_babel import gettext as _
+from flask_babel import ngettext
+
+from ..i18n import _l
+
 BYTES_PER_PARAMETER = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
 OVERHEAD = 1.2
 USABLE_FRACTION = 0.9
@@ -79,38 +84,67 @@ class Recommendation:
 
     @property
     def reasoning(self) -> str:
-        """The recommendation's why, in one line."""
+        """The recommendation's why, in one line (what decided each number, as the page's language says it)."""
         if self.upstream:
-            return (
-                f"Served by {self.upstream}: its memory and batching are the upstream's, not this host's. "
-                f"The timeout follows the model's size and context; {self.max_concurrency} requests are "
-                "forwarded at once (the upstream queues the rest)."
+            return _(
+                "Served by %(upstream)s: its memory and batching are the upstream's, not this host's. "
+                "The timeout follows the model's size and context; %(count)s requests are "
+                "forwarded at once (the upstream queues the rest).",
+                upstream=self.upstream,
+                count=self.max_concurrency,
             )
-        memory = f"needs ~{_gb(self.model_memory_bytes)} for weights of {_gb(self.available_memory_bytes)} available"
+        memory = {"weights": _gb(self.model_memory_bytes), "available": _gb(self.available_memory_bytes)}
         if not self.fits:
-            return f"The model {memory}: it does not fit, so serve one request at a time (or add memory)."
+            return _(
+                "The model needs ~%(weights)s for weights of %(available)s available: it does not fit, so serve "
+                "one request at a time (or add memory).",
+                **memory,
+            )
         free = USABLE_FRACTION * self.available_memory_bytes - self.model_memory_bytes
         if free < self.kv_cache_per_sequence_bytes:
             need, left = _gb_pair(self.kv_cache_per_sequence_bytes, free)
-            return (
-                f"The model {memory}; one full-context request needs ~{need} of KV cache, more than the "
-                f"{left} left: serve one request at a time."
+            return _(
+                "The model needs ~%(weights)s for weights of %(available)s available; one full-context request "
+                "needs ~%(need)s of KV cache, more than the %(left)s left: serve one request at a time.",
+                need=need,
+                left=left,
+                **memory,
             )
         bounds = dict(self.bounds)
-        cores = f"this host's {self.cpu_cores} CPU core{'s' if self.cpu_cores != 1 else ''}"
-        at_once = {
-            "memory": f"so {self.max_concurrency} fit at once",
-            "cores": f"{self.max_concurrency} at once ({CPU_QUEUE_PER_BATCH} batches' worth: what {cores} can compute, "
-            "though memory would hold more)",
-            "limit": f"{self.max_concurrency} at once (the field's limit)",
-        }[bounds.get("max_concurrency", "memory")]
-        batched = {
-            "cores": f"batched by {self.batch_size} ({CPU_ROWS_PER_CORE} rows per core: a larger pass takes longer)",
-            "accelerator": f"batched by {self.batch_size} (past that a GPU pass is compute-bound)",
-        }.get(bounds.get("batch_size"), f"batched by {self.batch_size}")
-        return (
-            f"The model {memory}; each full-context request needs ~{_gb(self.kv_cache_per_sequence_bytes)} "
-            f"of KV cache, {at_once}, {batched}."
+        concurrency_by = bounds.get("max_concurrency", "memory")
+        if concurrency_by == "cores":
+            at_once = ngettext(
+                "%(count)s at once (%(batches)s batches' worth: what this host's %(num)s CPU core can compute, "
+                "though memory would hold more)",
+                "%(count)s at once (%(batches)s batches' worth: what this host's %(num)s CPU cores can compute, "
+                "though memory would hold more)",
+                self.cpu_cores,
+                count=self.max_concurrency,
+                batches=CPU_QUEUE_PER_BATCH,
+            )
+        elif concurrency_by == "limit":
+            at_once = _("%(count)s at once (the field's limit)", count=self.max_concurrency)
+        else:
+            at_once = _("so %(count)s fit at once", count=self.max_concurrency)
+        batch_by = bounds.get("batch_size")
+        if batch_by == "cores":
+            batched = _(
+                "batched by %(size)s (%(rows)s rows per core: a larger pass takes longer)",
+                size=self.batch_size,
+                rows=CPU_ROWS_PER_CORE,
+            )
+        elif batch_by == "accelerator":
+            batched = _("batched by %(size)s (past that a GPU pass is compute-bound)", size=self.batch_size)
+        else:
+            batched = _("batched by %(size)s", size=self.batch_size)
+        # The two bounds are clauses of one sentence, each a message of its own (what decided the number).
+        return _(
+            "The model needs ~%(weights)s for weights of %(available)s available; each full-context request "
+            "needs ~%(kv)s of KV cache, %(at_once)s, %(batched)s.",
+            kv=_gb(self.kv_cache_per_sequence_bytes),
+            at_once=at_once,
+            batched=batched,
+            **memory,
         )
 
 
@@ -157,9 +191,9 @@ def recommend(
     """Recommend a serving configuration for a model of this size (and ``shape``, where its config says)
     on ``memory_bytes`` of memory; ``cpu_cores``: a CPU host's cores (None: it serves on an accelerator)."""
     if precision not in BYTES_PER_PARAMETER:
-        raise ValueError(f"unknown precision {precision!r}")
+        raise ValueError(_("unknown precision %(precision)s", precision=repr(precision)))
     if parameters_billions <= 0 or context_length <= 0 or memory_bytes <= 0:
-        raise ValueError("parameters, context length and memory must be positive")
+        raise ValueError(_("parameters, context length and memory must be positive"))
     parameters = parameters_billions * 1e9
     model_memory = int(OVERHEAD * parameters * BYTES_PER_PARAMETER[precision])
     per_sequence = kv_cache_bytes(parameters, precision, context_length, shape)
@@ -182,7 +216,7 @@ def recommend_for(
     (llama.cpp: the GGUF file's size and the cache its header describes). ``batch_limit``: the engine's
     own (vLLM's max_num_seqs, 256), in place of the accelerator's 64."""
     if model_memory <= 0 or per_sequence <= 0 or context_length <= 0 or memory_bytes <= 0:
-        raise ValueError("model memory, KV cache, context length and memory must be positive")
+        raise ValueError(_("model memory, KV cache, context length and memory must be positive"))
     free = USABLE_FRACTION * memory_bytes - model_memory
     fits = free > 0
     low, high = LIMITS["max_concurrency"]
@@ -217,7 +251,7 @@ def recommend_for(
 def recommend_upstream(parameters_billions: float, context_length: int, upstream: str) -> Recommendation:
     """Recommend a configuration for a model that an upstream OpenAI-compatible server runs."""
     if parameters_billions <= 0 or context_length <= 0:
-        raise ValueError("parameters and context length must be positive")
+        raise ValueError(_("parameters and context length must be positive"))
     timeout = _clamp(math.ceil(30 + 10 * parameters_billions * context_length / 4096), 30, 3600)
     return Recommendation(
         model_memory_bytes=0,
@@ -233,10 +267,10 @@ def recommend_upstream(parameters_billions: float, context_length: int, upstream
 
 
 FIELD_LABELS = {
-    "max_concurrency": "Max concurrency",
-    "batch_size": "Batch size",
-    "timeout_s": "Timeout",
-    "cache_size": "Cache size",
+    "max_concurrency": _l("Max concurrency"),
+    "batch_size": _l("Batch size"),
+    "timeout_s": _l("Timeout"),
+    "cache_size": _l("Cache size"),
 }
 
 
@@ -246,7 +280,12 @@ def warnings_for(config: dict, recommendation: Recommendation) -> list[str]:
     # Behind an upstream the batch size has no effect: no warning about it.
     keys = ("max_concurrency", "timeout_s", "cache_size") if recommendation.upstream else tuple(FIELD_LABELS)
     return [
-        f"{FIELD_LABELS[key]} {config[key]} is above the {recommended[key]} recommended for this model."
+        _(
+            "%(field)s %(value)s is above the %(recommended)s recommended for this model.",
+            field=FIELD_LABELS[key],
+            value=config[key],
+            recommended=recommended[key],
+        )
         for key in keys
         if key in config and config[key] > recommended[key]
     ]

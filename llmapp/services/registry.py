@@ -1,14 +1,17 @@
 """The model registry (the "training center"): models that applications can serve."""
 
+from flask_babel import gettext as _
+from flask_babel import ngettext
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from .. import engines
 from ..extensions import db
+from ..i18n import _l, format_number
 from ..models import MAX_ID, Application, RegistryModel, User
 from . import NUL_ERROR, Conflict, NotFound, Operator, Taken, refuse, require_admin
 
-ADMIN_ONLY = "Only an admin can change the model registry."
+ADMIN_ONLY = _l("Only an admin can change the model registry.")
 
 FIELDS = (
     "name",
@@ -38,7 +41,7 @@ def get_model(model_id: int) -> RegistryModel:
     """:raise NotFound: no such model (an id out of the database's range names none)."""
     model = db.session.get(RegistryModel, model_id) if 1 <= model_id <= MAX_ID else None
     if model is None:
-        raise NotFound("No such model in the registry.")
+        raise NotFound(_("No such model in the registry."))
     return model
 
 
@@ -78,35 +81,35 @@ def check(data: dict, model_id: int | None = None) -> dict:
     for field, limit in LIMITS.items():
         value = data.get(field)
         if value is not None and not isinstance(value, str):
-            error(field, "Must be text.")
+            error(field, _("Must be text."))
             value = ""
         typed = value or ""
         if "\x00" in typed:
-            error(field, NUL_ERROR)
+            error(field, str(NUL_ERROR))
         elif len(typed) > limit:  # as typed: the API's document bounds what is sent
-            error(field, f"At most {limit:,} characters.")
+            error(field, _("At most %(count)s characters.", count=format_number(limit)))
         values[field] = typed.strip()
     if not values["name"]:
-        error("name", "Name is required.")
+        error("name", _("Name is required."))
     elif "name" not in errors and name_taken(values["name"], except_id=model_id):
         error("name", taken_message(values["name"]))
     for field, (low, high), missing, whole in (
-        ("parameters_billions", PARAMETERS_BILLIONS, "Give the parameter count.", False),
-        ("context_length", CONTEXT_LENGTH, "Give the context length.", True),
+        ("parameters_billions", PARAMETERS_BILLIONS, _("Give the parameter count."), False),
+        ("context_length", CONTEXT_LENGTH, _("Give the context length."), True),
     ):
-        out_of_range = f"Between {_figure(low)} and {_figure(high)}."
+        out_of_range = _("Between %(low)s and %(high)s.", low=_figure(low), high=_figure(high))
         value = data.get(field)
         if value is None or value == "":
             error(field, missing)
         elif isinstance(value, bool) or not isinstance(value, int | float) or (whole and not isinstance(value, int)):
-            error(field, "Must be a whole number." if whole else "Must be a number.")
+            error(field, _("Must be a whole number.") if whole else _("Must be a number."))
         elif not low <= value <= high or value != value:
             error(field, out_of_range)
         values[field] = value
     for field, choices in (("precision", RegistryModel.PRECISIONS), ("engine", engines.names())):
         values[field] = data.get(field)
         if values[field] not in choices:
-            error(field, "Choose one of: " + ", ".join(choices) + ".")
+            error(field, _("Choose one of: %(choices)s.", choices=", ".join(choices)))
     if "engine" not in errors:
         kind = engines.kind(values["engine"])
         for column, unused in engines.ENGINE_COLUMNS.items():  # what this engine does not read is not kept
@@ -119,7 +122,7 @@ def check(data: dict, model_id: int | None = None) -> dict:
 
 
 def taken_message(name: str) -> str:
-    return f"A model named “{name}” is already registered."
+    return _("A model named “%(name)s” is already registered.", name=name)
 
 
 def create_model(data: dict, *, acting: "User | Operator") -> RegistryModel:
@@ -158,15 +161,21 @@ def delete_model(model_id: int, *, acting: "User | Operator") -> None:
     used = db.session.scalar(select(func.count()).select_from(Application).where(Application.model_id == model_id))
     if used:
         raise Conflict(
-            f"“{model.name}” is used by {used} application{'s' if used != 1 else ''}; "
-            "change or delete those applications first."
+            ngettext(
+                "“%(name)s” is used by %(num)s application; change or delete those applications first.",
+                "“%(name)s” is used by %(num)s applications; change or delete those applications first.",
+                used,
+                name=model.name,
+            )
         )
     db.session.delete(model)
     try:
         db.session.commit()
     except IntegrityError as e:  # an application chose it between the count and the delete
         db.session.rollback()
-        raise Conflict(f"“{model.name}” is now used by an application; try again after changing it.") from e
+        raise Conflict(
+            _("“%(name)s” is now used by an application; try again after changing it.", name=model.name)
+        ) from e
 
 
 def detect(source: str, *, acting: "User | Operator") -> "engines.Detected":

@@ -11,10 +11,12 @@ its stored ciphertext and a keyed fingerprint, so two releases can be compared (
 import unicodedata
 from dataclasses import dataclass
 
+from flask_babel import gettext as _
 from sqlalchemy.exc import IntegrityError
 
 from .. import secrets_box
 from ..extensions import db
+from ..i18n import NP_
 from ..models import (
     MAX_ID,
     Application,
@@ -31,8 +33,8 @@ from ..runtime import plugins as plugin_types
 from . import FieldErrors, NotFound, lifecycle, routing
 
 MAX_NOTE = 200  # a longer note is cut: it is one line
-FIRST_NOTE = "The setup when releases began"
-DEPLOYED_NOTE = "The setup as deployed"  # what a deploy records, when no release holds it yet
+FIRST_NOTE = NP_("release note", "The setup when releases began")
+DEPLOYED_NOTE = NP_("release note", "The setup as deployed")  # what a deploy records, when no release holds it yet
 
 
 def _secret(stored: str) -> dict:
@@ -104,7 +106,7 @@ def record(application: Application, author: User | None, note: str = "", setup:
     """The release of the application's setup now (or of ``setup``): a new number when it differs
     from the newest one."""
     setup = setup if setup is not None else setup_of(application)
-    for _ in range(3):  # two saves at once may pick the same number: the loser takes the next
+    for _attempt in range(3):  # two saves at once may pick the same number: the loser takes the next
         latest = newest(application.id)
         if latest is not None and _comparable(latest.setup) == _comparable(setup):
             return latest
@@ -171,7 +173,9 @@ def restore(application: Application, number: int, author: User | None) -> Relea
     target = get(application, number)
     setup = target.setup
     if db.session.get(RegistryModel, setup["model"]["id"]) is None:
-        raise FieldErrors({"model_id": [f"Release {number}'s model is no longer in the registry."]})
+        raise FieldErrors(
+            {"model_id": [_("Release %(release)s's model is no longer in the registry.", release=number)]}
+        )
     begin(application)
     lifecycle.claim_for_edit(application.id, model_id=setup["model"]["id"], config=dict(setup["config"]))
     db.session.execute(db.delete(EnvVar).where(EnvVar.application_id == application.id))
@@ -252,7 +256,7 @@ def get(application: Application, number) -> Release:
             db.select(Release).where(Release.application_id == application.id, Release.number == number)
         )
     if found is None:
-        raise NotFound(f"{application.name} has no release {number}.")
+        raise NotFound(_("%(name)s has no release %(release)s.", name=application.name, release=number))
     return found
 
 

@@ -7,6 +7,7 @@ import uuid
 
 import redis
 from flask import current_app
+from flask_babel import gettext as _
 
 from .. import keyspace, queues
 from ..extensions import db
@@ -34,7 +35,7 @@ def request_stop(application: Application) -> None:
         )
     except redis.RedisError as e:  # the reconcile finishes the stop once Redis is back
         raise ServiceError(
-            "Stopping, but the stop job could not be queued (Redis is unreachable); it completes when Redis is back."
+            _("Stopping, but the stop job could not be queued (Redis is unreachable); it completes when Redis is back.")
         ) from e
 
 

@@ -169,6 +169,8 @@ def span(days: int | str | None) -> tuple[date, date]:
 
     :raise Invalid: not a number of days from 1 to 366.
     """
+    from flask_babel import gettext as _
+
     from . import Invalid
 
     try:
@@ -176,7 +178,7 @@ def span(days: int | str | None) -> tuple[date, date]:
     except (TypeError, ValueError):
         count = 0
     if not 1 <= count <= MAX_DAYS:
-        raise Invalid(f"Days: a whole number from 1 to {MAX_DAYS}.", "days")
+        raise Invalid(_("Days: a whole number from 1 to %(max)s.", max=MAX_DAYS), "days")
     today = utcnow().date()
     return today - timedelta(days=count - 1), today
 

@@ -16,11 +16,13 @@ import re
 import secrets
 
 import redis
+from flask_babel import gettext as _
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from ..extensions import db
+from ..i18n import _l, format_number
 from ..models import MAX_ID, ApiKey, LoginSession, User, utcnow
 from ..web import bounded_int
 from . import OPERATOR, Conflict, Invalid, NotFound, Operator, Taken, access_tokens, require_admin
@@ -34,8 +36,11 @@ EDGE = " \t\n\r\f\v"
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024  # far above any passphrase; the hash reads it all
 MAX_EMAIL = 254
-REQUIRED = {"email": "Give the user's email.", "password": f"Give a password (at least {MIN_PASSWORD} characters)."}
-ADMIN_ONLY = "Only an admin can manage users."
+REQUIRED = {
+    "email": _l("Give the user's email."),
+    "password": _l("Give a password (at least %(count)s characters).", count=MIN_PASSWORD),
+}
+ADMIN_ONLY = _l("Only an admin can manage users.")
 
 
 def find_by_email(email: str) -> User | None:
@@ -64,12 +69,12 @@ def create_user(email: str | None, password: str | None, *, admin: bool = False,
     require_admin(acting, ADMIN_ONLY)
     for field, value in (("email", email), ("password", password)):
         if not value:
-            raise Invalid(REQUIRED[field], field)
+            raise Invalid(str(REQUIRED[field]), field)
     typed, email = email, email.strip(EDGE).lower()
     if not EMAIL.match(email) or max(len(typed), len(email)) > MAX_EMAIL:
-        raise Invalid(f"“{email}” is not an email address.", "email")
+        raise Invalid(_("“%(email)s” is not an email address.", email=email), "email")
     check_password_rules(password)
-    taken = Taken({"email": [f"A user with the email {email} already exists."]})
+    taken = Taken({"email": [_("A user with the email %(email)s already exists.", email=email)]})
     if find_by_email(email):
         raise taken
     user = User(email=email, is_admin=admin)
@@ -144,9 +149,11 @@ def end_session(user: User) -> None:
 def check_password_rules(password: str) -> None:
     """:raise Invalid: the password is too short (or too long to hash sensibly)."""
     if len(password) < MIN_PASSWORD:
-        raise Invalid(f"The password must have at least {MIN_PASSWORD} characters.", "password")
+        raise Invalid(_("The password must have at least %(count)s characters.", count=MIN_PASSWORD), "password")
     if len(password) > MAX_PASSWORD:
-        raise Invalid(f"The password must have at most {MAX_PASSWORD:,} characters.", "password")
+        raise Invalid(
+            _("The password must have at most %(count)s characters.", count=format_number(MAX_PASSWORD)), "password"
+        )
 
 
 def list_users(*, acting: "User | Operator") -> list[tuple[User, object]]:
@@ -180,7 +187,7 @@ def get_user(user_id: int, *, acting: "User | Operator") -> User:
     require_admin(acting, ADMIN_ONLY)
     user = db.session.get(User, user_id) if 1 <= user_id <= MAX_ID else None
     if user is None:
-        raise NotFound("No such user.")
+        raise NotFound(_("No such user."))
     return user
 
 
@@ -196,7 +203,7 @@ def set_admin(user: User, admin: bool, *, acting: "User | Operator") -> None:
     """:raise Forbidden: ``acting`` is not an admin. :raise Conflict: it would leave no active admin."""
     require_admin(acting, ADMIN_ONLY)
     if not admin and user.is_admin and not _other_active_admins(user):
-        raise Conflict(f"{user.email} is the last admin: make another user an admin first.")
+        raise Conflict(_("%(email)s is the last admin: make another user an admin first.", email=user.email))
     user.is_admin = admin
     db.session.commit()
 
@@ -216,9 +223,9 @@ def disable(user: User, *, acting: "User | Operator") -> None:
     """
     require_admin(acting, ADMIN_ONLY)
     if acting is not OPERATOR and user.id == acting.id:
-        raise Conflict("You can't disable your own account.")
+        raise Conflict(_("You can't disable your own account."))
     if user.is_admin and not _other_active_admins(user):
-        raise Conflict(f"{user.email} is the last admin: make another user an admin first.")
+        raise Conflict(_("%(email)s is the last admin: make another user an admin first.", email=user.email))
     if user.disabled_at is not None:
         return
     from . import api_keys, playground
@@ -268,11 +275,27 @@ def change_password(user: User, current: str, new: str) -> None:
     :raise Invalid: the current password is wrong, or the new one breaks the rules.
     """
     if not user.check_password(current):
-        raise Invalid("That is not your current password.", "current")
+        raise Invalid(_("That is not your current password."), "current")
     try:
         check_password_rules(new)
     except Invalid as e:
         raise Invalid(str(e), "new") from e
     user.set_password(new)
     _end_logins(user, keep_token=user.session_token)
+    db.session.commit()
+
+
+def set_language(user: User, code: str | None) -> None:
+    """The language the user's pages speak: a code of llmapp.i18n.LANGUAGES, or None (or "") to follow the
+    browser's.
+
+    :raise Invalid: a language the platform doesn't speak.
+    """
+    from flask_babel import gettext as _
+
+    from ..i18n import LANGUAGES
+
+    if code and code not in LANGUAGES:
+        raise Invalid(_("Unknown language."), "language")
+    user.locale = code or None
     db.session.commit()

@@ -1,10 +1,11 @@
 from flask import abort, flash, render_template, request, url_for
+from flask_babel import gettext as _
 from flask_login import current_user, login_required
 
 from ..services import FieldErrors, Invalid, NotFound, ServiceError, access_tokens, quotas, users
 from ..web import admin_required, bounded_int, redirect_to, render, wants_fragment
 from . import bp
-from .forms import ChangePasswordForm, NewTokenForm, NewUserForm
+from .forms import ChangePasswordForm, LanguageForm, NewTokenForm, NewUserForm
 
 
 @bp.before_request
@@ -19,7 +20,7 @@ def get_user(user_id: int):
     try:
         return users.get_user(user_id, acting=current_user)
     except NotFound:
-        abort(404, "No such user.")
+        abort(404, _("No such user."))
 
 
 def _page(form, code=200):
@@ -38,7 +39,13 @@ def index():
         except Invalid as e:
             form[e.field or "email"].errors.append(str(e))
         else:
-            flash(f"User {user.email} created. Give them their password; they can change it under Account.", "success")
+            flash(
+                _(
+                    "User %(email)s created. Give them their password; they can change it under Account.",
+                    email=user.email,
+                ),
+                "success",
+            )
             return redirect_to(url_for(".index"))
     return _page(form, 422 if form.errors else 200)
 
@@ -71,7 +78,7 @@ def _change(user_id, change, done: str):
 def make_admin(user_id):
     """Make a user an admin, or (admin=0) an ordinary member."""
     admin = request.form.get("admin") == "1"
-    done = "Now an admin." if admin else "Now a member."
+    done = _("Now an admin.") if admin else _("Now a member.")
     return _change(user_id, lambda u: users.set_admin(u, admin, acting=current_user), done)
 
 
@@ -79,13 +86,14 @@ def make_admin(user_id):
 @admin_required(users.ADMIN_ONLY)
 def disable(user_id):
     """Disable an account: its logins end at once."""
-    return _change(user_id, lambda u: users.disable(u, acting=current_user), "Disabled: their logins have ended.")
+    done = _("Disabled: their logins have ended.")
+    return _change(user_id, lambda u: users.disable(u, acting=current_user), done)
 
 
 @bp.post("/<id:user_id>/enable")
 @admin_required(users.ADMIN_ONLY)
 def enable(user_id):
-    return _change(user_id, lambda u: users.enable(u, acting=current_user), "Enabled: they can log in again.")
+    return _change(user_id, lambda u: users.enable(u, acting=current_user), _("Enabled: they can log in again."))
 
 
 @bp.post("/<id:user_id>/limits")
@@ -93,20 +101,21 @@ def enable(user_id):
 def limits(user_id):
     """A person's limits, across all their applications: their servers obey them from the next request."""
     values = {kind: request.form.get(kind, "").strip() for kind in quotas.FIELDS if kind in request.form}
-    return _change(user_id, lambda u: quotas.set_user_limits(u, values, acting=current_user), "Limits saved.")
+    return _change(user_id, lambda u: quotas.set_user_limits(u, values, acting=current_user), _("Limits saved."))
 
 
 @bp.post("/<id:user_id>/reset-password")
 @admin_required(users.ADMIN_ONLY)
 def reset_password(user_id):
     """A new password, shown once to the admin to hand over; the user's logins end."""
-    done = "Password reset: their logins have ended."
+    done = _("Password reset: their logins have ended.")
     return _change(user_id, lambda u: users.reset_password(u, acting=current_user), done)
 
 
 @bp.route("/account", methods=["GET", "POST"])
 def account():
-    """The signed-in user's own account: change the password (their other logins end)."""
+    """The signed-in user's own account: change the password (their other logins end), choose the pages'
+    language (its form posts to auth.language)."""
     form = ChangePasswordForm()
     if form.validate_on_submit():
         try:
@@ -114,9 +123,13 @@ def account():
         except Invalid as e:
             form[e.field or "new"].errors.append(str(e))
         else:
-            flash("Password changed. Your other logins have ended.", "success")
+            flash(_("Password changed. Your other logins have ended."), "success")
             return redirect_to(url_for(".account"))
-    return render_template("users/account.html", form=form, **_tokens_context()), 422 if form.errors else 200
+    language_form = LanguageForm(
+        formdata=None, data={"language": current_user.locale or "", "next": url_for(".account")}
+    )
+    context = {"form": form, "language_form": language_form, **_tokens_context()}
+    return render_template("users/account.html", **context), 422 if form.errors else 200
 
 
 def _tokens_context(form=None, new_token=None) -> dict:
@@ -141,7 +154,7 @@ def create_token():
     if not form.validate_on_submit():
         return _tokens_section(form, code=422)
     try:
-        _, plain = access_tokens.create(current_user, form.name.data, bounded_int(form.expires_days.data))
+        _token, plain = access_tokens.create(current_user, form.name.data, bounded_int(form.expires_days.data))
     except Invalid as e:
         form[e.field or "name"].errors.append(str(e))
         return _tokens_section(form, code=422)
@@ -153,5 +166,5 @@ def revoke_token(token_id):
     try:
         access_tokens.revoke(current_user, token_id)
     except NotFound:
-        abort(404, "No such token.")
+        abort(404, _("No such token."))
     return _tokens_section()

@@ -17,7 +17,9 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture
-def browser_page():
+def browser_page(request):
+    """A chromium page at 1400 px; parametrized indirectly with a locale ("zh-CN"), the browser's language
+    (its Accept-Language), else English."""
     if not os.path.exists(CHROMIUM):
         if os.environ.get("LLMAPP_REQUIRE_BROWSER"):
             pytest.fail("chromium is required here (LLMAPP_REQUIRE_BROWSER=1) but is not installed")
@@ -36,7 +38,7 @@ def browser_page():
                 "--no-first-run",
             ],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page = browser.new_page(viewport={"width": 1400, "height": 900}, locale=getattr(request, "param", None))
         errors = []
         # A 422 is how a form with errors comes back; chromium logs every 4xx, so those are expected.
         page.on("console", lambda m: m.type == "error" and "status of 422" not in m.text and errors.append(m.text))
@@ -178,6 +180,149 @@ def test_create_validate_recommend_save_find_delete(app, factory, browser_page, 
         expect(page.locator(".flash-success")).to_contain_text("Application “browser-bot” deleted.")
         expect(page.locator("#app-table")).not_to_contain_text("browser-bot")
         shot(page, "06-deleted")
+
+
+def chinese():
+    """The compiled Chinese catalog the platform reads: gettext(message, **values) as a page writes it."""
+    from babel.support import Translations
+
+    catalog = Translations.load(str(Path(__file__).resolve().parents[2] / "llmapp" / "translations"), ["zh"])
+    assert isinstance(catalog, Translations), "the Chinese catalog is not compiled (make does it)"
+    return lambda message, **values: catalog.gettext(message) % values if values else catalog.gettext(message)
+
+
+# What may stay in Latin letters on a Chinese page besides its data: product, format and technical names,
+# the OpenAI field `model`, log levels. Anything else is English a Chinese reader would meet: a message
+# nobody marked.
+LATIN_ALLOWED = {
+    "llmapp",
+    "API",
+    "REST",
+    "OpenAI",
+    "vLLM",
+    "token",
+    "tokens",
+    "URL",
+    "JSON",
+    "GPU",
+    "CPU",
+    "UTC",
+    "CSV",
+    "txt",
+    "ndjson",
+    "English",
+    "model",
+    "INFO",
+}
+
+
+def english_left(page, *data: str) -> dict[str, str]:
+    """Latin words a Chinese page shows as text, beyond ``data`` (names, emails), paths and LATIN_ALLOWED, each
+    with the line it is on; code samples and the choices of selects are not looked at."""
+    text = page.evaluate(
+        """() => { const body = document.body.cloneNode(true);
+                   const skipped = "pre, code, script, style, noscript, .mono, option, [hidden]";
+                   body.querySelectorAll(skipped).forEach((e) => e.remove());
+                   return body.innerText; }"""
+    )
+    for value in data:
+        text = text.replace(value, " ")
+    text = re.sub(r"(?<!\w)/[\w./-]+", " ", text)  # paths: data too
+    return {
+        word: line.strip()[:160]
+        for line in text.splitlines()
+        for word in re.findall(r"[A-Za-z][A-Za-z-]{2,}", line)
+        if word not in LATIN_ALLOWED
+    }
+
+
+@pytest.mark.parametrize("browser_page", ["zh-CN"], indirect=True)
+@pytest.mark.parametrize("config_overrides", [{"WTF_CSRF_ENABLED": True}])
+def test_the_main_walk_in_chinese(app, factory, browser_page, config_overrides):
+    """A browser that asks for zh-CN gets every page of the main walk in Simplified Chinese, with the spec's
+    terms, Chinese field errors and dates; the Account page switches the language and keeps the choice."""
+    from playwright.sync_api import expect
+
+    zh = chinese()
+    user = factory.user("person@example.com")
+    factory.model(name="Llama-70B", parameters_billions=70, precision="bf16", context_length=8192)
+    factory.model(name="Qwen-0.5B", parameters_billions=0.5, precision="bf16", context_length=4096)
+    page = browser_page
+    data = ("person@example.com", "browser-bot", "Llama-70B", "Qwen-0.5B", "bf16", "transformers")
+    leaks = {}
+    with LiveServer(app) as server:
+        page.goto(server.url + "/login")
+        expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+        expect(page.locator("h1")).to_have_text(zh("Log in to llmapp"))
+        expect(page.locator(".language-switch button[aria-current]")).to_have_text("简体中文")
+        leaks["login"] = english_left(page, *data)
+        shot(page, "zh-01-login")
+        log_in(page, server, user)
+        expect(page.locator("h1")).to_have_text("应用中心")
+        expect(page.locator(".mainnav")).to_contain_text("应用中心")
+        expect(page.locator("[role=tab]").first).to_have_text("应用管理")
+        expect(page.locator("[role=tab]").nth(1)).to_have_text("插件管理")
+        leaks["list"] = english_left(page, *data)
+
+        page.get_by_role("link", name="创建应用").click()
+        expect(page.locator("h1")).to_have_text("创建应用")
+        for label in ("最大并发数", "超时设置", "日志级别", "缓存大小", "批处理大小"):
+            expect(page.locator("#application-form label", has_text=label)).to_have_count(1)
+        expect(page.locator("#application-form")).to_contain_text("环境变量")
+        page.fill("#batch_size", "999")
+        page.get_by_role("button", name="创建应用").click()
+        expect(page.locator("#name-error")).to_have_text(zh("Name is required."))
+        expect(page.locator("#batch_size-error")).to_have_text(
+            zh("Must be between %(low)s and %(high)s.", low=1, high=256)
+        )
+        page.select_option("#model_id", label="Qwen-0.5B")
+        expect(page.locator("#recommendation")).to_contain_text(zh("Recommended for this model:"))
+        page.locator("#recommendation").get_by_role("button", name=zh("Apply")).click()
+        expect(page.locator("#batch_size")).not_to_have_value("999")
+        leaks["form"] = english_left(page, *data)
+        shot(page, "zh-02-form-errors-and-recommendation")
+        page.fill("#name", "browser-bot")
+        page.get_by_role("button", name="创建应用").click()
+        expect(page.locator(".flash-success")).to_have_text(zh("Application “%(name)s” created.", name="browser-bot"))
+        row = page.locator("tr", has_text="browser-bot")
+        expect(row).to_contain_text("已停止")
+        expect(row.get_by_role("button", name="部署")).to_be_visible()
+        leaks["list with an application"] = english_left(page, *data)
+        shot(page, "zh-03-list")
+
+        page.click("#app-table a:has-text('browser-bot')")
+        for heading in ("基本信息", "配置信息", "监控信息", "日志信息", "插件信息"):
+            expect(page.locator("h2", has_text=heading)).to_have_count(1)
+        # Dates as Chinese writes them: 2026年12月6日 05:20 UTC
+        expect(page.locator("dl").first).to_contain_text(re.compile(r"\d{4}年\d{1,2}月\d{1,2}日 \d\d:\d\d UTC"))
+        leaks["detail"] = english_left(page, *data)
+        shot(page, "zh-04-detail")
+
+        # The Account page's choice wins over the browser's, is kept on the account, and can be undone.
+        page.goto(server.url + "/users/account")
+        page.select_option("#language", "en")
+        page.locator("form", has=page.locator("#language")).get_by_role("button").click()
+        expect(page.locator("html")).to_have_attribute("lang", "en")
+        expect(page.locator("h1")).to_have_text("Account")
+        with app.app_context():
+            from llmapp.models import User
+
+            assert db.session.get(User, user.id).locale == "en"
+        page.goto(server.url + "/applications/")
+        expect(page.locator("h1")).to_have_text("App Center")
+        page.goto(server.url + "/users/account")
+        page.select_option("#language", "")
+        page.locator("form", has=page.locator("#language")).get_by_role("button").click()
+        expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+        leaks["account"] = english_left(page, *data)
+        shot(page, "zh-05-account")
+
+        page.goto(server.url + "/applications/")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator("tr", has_text="browser-bot").get_by_role("button", name="删除").click()
+        expect(page.locator(".flash-success")).to_have_text(zh("Application “%(name)s” deleted.", name="browser-bot"))
+    leaked = {name: words for name, words in leaks.items() if words}
+    assert not leaked, f"English left on Chinese pages: {leaked}"
 
 
 @pytest.mark.parametrize("config_overrides", [{"WTF_CSRF_ENABLED": True}])

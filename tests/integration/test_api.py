@@ -457,3 +457,39 @@ def test_a_name_another_of_yours_holds_is_409_at_its_field_wherever_it_is_caught
     assert made.status_code == 201  # the serving fields: the model's recommendation
     twin = client.post(f"{API}/applications", json={"name": "BOT", "model_id": model.id}, headers=token)
     assert problem(twin, 409)["errors"] == {"name": ["You already have an application named “BOT”."]}
+
+
+def test_a_refusal_speaks_the_requests_language_and_keeps_what_scripts_match_on(app, client, member, factory):
+    """Accept-Language chooses the words of a problem document (its detail, its fields' messages): the
+    Chinese catalog's (compiled, as `make test` does); its type, title, status, field names and
+    current_status stay what they are in English."""
+    token = bearer(token_for(app, member))
+    chinese = {**token, "Accept-Language": "zh-CN,zh;q=0.9,en;q=0.5"}
+    bad = application_body(factory.model(), max_concurrency=0, env=[{"name": "1BAD"}])
+    in_english = problem(client.post(f"{API}/applications", json=bad, headers=token), 422)
+    in_chinese = problem(client.post(f"{API}/applications", json=bad, headers=chinese), 422)
+    stable = ("type", "title", "status")
+    assert {key: in_chinese[key] for key in stable} == {key: in_english[key] for key in stable}
+    assert set(in_chinese["errors"]) == set(in_english["errors"]) == {"max_concurrency", "env.0.name"}
+    assert in_english["detail"] == "The request has invalid fields."
+    assert in_english["errors"]["max_concurrency"] == ["Must be between 1 and 1024."]
+    stopped = factory.application(member, factory.model(), name="idle")
+    refused = problem(client.post(f"{API}/applications/{stopped.id}/stop", headers=chinese), 409)
+    assert refused["current_status"] == "stopped"  # data, in every language
+    with app.test_request_context(f"{API}/applications", headers={"Accept-Language": "zh-CN"}):
+        from flask_babel import gettext
+
+        expected = {
+            "detail": gettext("The request has invalid fields."),
+            "max_concurrency": gettext("Must be between %(low)s and %(high)s.", low=1, high=1024),
+            "env.0.name": gettext("Use letters, digits and _, not starting with a digit."),
+            "refused": gettext("Only a running application can be stopped; this one is %(status)s.")
+            % {"status": gettext("stopped")},
+        }
+    assert all(re.search("[\u4e00-\u9fff]", text) for text in expected.values()), expected  # the catalog is built
+    assert in_chinese["detail"] == expected["detail"]
+    assert in_chinese["errors"] == {
+        "max_concurrency": [expected["max_concurrency"]],
+        "env.0.name": [expected["env.0.name"]],
+    }
+    assert refused["detail"] == expected["refused"] and "stopped" not in refused["detail"]  # the status in words

@@ -545,7 +545,7 @@ def test_detail_polls_its_live_fragment_while_deploying(logged_in, factory, memb
         db.session.commit()
     polled = logged_in.get(f"/applications/{application.id}?seen=deploying", headers=HX)
     assert polled.headers["HX-Trigger"] == "application-status-changed"
-    assert "Deployed 2026-01-01 00:00" in polled.text and "Deploying" not in polled.text
+    assert "Deployed Jan 1, 2026, 00:00 UTC" in polled.text and "Deploying" not in polled.text
     seen = re.search(r"seen=([^\"&]+)", polled.text).group(1)  # what this poll saw, for the next one
     assert seen.startswith("running.")
     assert "HX-Trigger" not in logged_in.get(f"/applications/{application.id}?seen={seen}", headers=HX).headers

@@ -134,7 +134,7 @@ def test_the_engine_fields_are_checked_and_shown_with_what_they_mean_for_the_eng
         application = db.session.scalar(db.select(Application))
         assert application.config["context_size"] == 2048 and application.config["threads"] == 2
     page = client.get(f"/applications/{application.id}").text
-    assert "2048 tokens" in page and "each slot&#39;s context" in page and "llama.cpp&#39;s CPU threads" in page
+    assert "2,048 tokens" in page and "each slot&#39;s context" in page and "llama.cpp&#39;s CPU threads" in page
 
 
 def test_a_new_install_becomes_current_in_one_step_and_running_versions_keep_their_files(app, tmp_path):

@@ -3,7 +3,10 @@
 import json
 import re
 
+from flask import template_rendered
+
 from conftest import HX, Auth
+from llmapp import i18n
 from llmapp.extensions import db
 from llmapp.models import User
 
@@ -129,3 +132,52 @@ def test_a_user_changes_their_own_password(client, auth, member, app):
     assert "Password changed." in client.get("/users/account").text  # this login goes on
     assert other_browser.get("/applications/").status_code == 302  # the other one has ended
     second_client(app, member, "a new password")
+
+
+def test_anyone_switches_the_language_and_a_cookie_keeps_it(client):
+    switched = client.post("/language", data={"language": "zh", "next": "/login"})
+    assert switched.status_code == 303 and switched.headers["Location"] == "/login"
+    cookie = client.get_cookie(i18n.COOKIE)
+    assert cookie.value == "zh" and cookie.http_only and cookie.same_site == "Lax"
+    assert cookie.expires is not None  # kept across browser restarts (COOKIE_MAX_AGE)
+    # The cookie's choice wins over the browser's Accept-Language.
+    assert '<html lang="zh-CN">' in client.get("/login", headers={"Accept-Language": "en"}).text
+    # "" follows the browser again; a next on another site is refused (no open redirect).
+    back = client.post("/language", data={"language": "", "next": "https://elsewhere.example/"})
+    assert back.status_code == 303 and "elsewhere" not in back.headers["Location"]
+    assert client.get_cookie(i18n.COOKIE) is None
+    assert '<html lang="en">' in client.get("/login", headers={"Accept-Language": "en"}).text
+    refused = client.post("/language", data={"language": "xx", "next": "/login"})
+    assert refused.status_code == 303 and client.get_cookie(i18n.COOKIE) is None
+    assert "Unknown language." in client.get("/login").text
+
+
+def test_a_signed_in_users_language_is_saved_on_their_account(client, auth, member, app):
+    auth.login(member)
+    saved = client.post("/language", data={"language": "zh", "next": "/users/account"})
+    assert saved.status_code == 303 and saved.headers["Location"] == "/users/account"
+    assert user_row(app, member.email).locale == "zh" and client.get_cookie(i18n.COOKIE).value == "zh"
+    # The Account page's form starts on the saved choice; the account's choice wins over the browser's.
+    shown = []
+
+    def record(sender, template, context, **extra):
+        shown.append(context)
+
+    with template_rendered.connected_to(record, app):
+        page = client.get("/users/account", headers={"Accept-Language": "en"})
+    assert page.status_code == 200 and '<html lang="zh-CN">' in page.text
+    form = next(context["language_form"] for context in shown if "language_form" in context)
+    assert form.language.data == "zh" and form.next.data == "/users/account"
+    assert [value for value, _label in form.language.choices] == ["", "en", "zh"]
+    # Another browser of theirs, without the cookie, speaks it too.
+    other = second_client(app, member)
+    assert '<html lang="zh-CN">' in other.get("/applications/", headers={"Accept-Language": "en"}).text
+    # A language the platform doesn't speak is refused, not a 500; nothing changes.
+    refused = client.post("/language", data={"language": "klingon", "next": "/users/account"})
+    assert refused.status_code == 303 and user_row(app, member.email).locale == "zh"
+    # "" follows the browser again: cleared on the account, the cookie deleted.
+    client.post("/language", data={"language": "", "next": "/users/account"})
+    assert user_row(app, member.email).locale is None and client.get_cookie(i18n.COOKIE) is None
+    client.post("/language", data={"language": "\x00zh", "next": "/users/account"})
+    page = client.get("/users/account", headers={"Accept-Language": "en"})
+    assert '<html lang="en">' in page.text and "Unknown language." in page.text

@@ -17,12 +17,19 @@ from jsonschema import Draft202012Validator
 
 from .content_filter import pattern_errors
 
+
+def N_(text: str) -> str:
+    """Marks a title or description for the pages' translation (extracted by `make messages`; the pages
+    translate it when they show it). The app servers and the API's schemas keep the English."""
+    return text
+
+
 APPLY_TO = {
     "type": "string",
-    "title": "Applies to",
+    "title": N_("Applies to"),
     "enum": ["input", "output", "both"],
     "default": "both",
-    "description": "The request's messages, the model's reply, or both.",
+    "description": N_("The request's messages, the model's reply, or both."),
 }
 
 
@@ -49,35 +56,37 @@ TYPES = {
     for t in (
         PluginType(
             "system_prompt",
-            "System prompt / template",
-            "Adds a system message to every chat, and wraps the user's message in a template with variables.",
+            N_("System prompt / template"),
+            N_("Adds a system message to every chat, and wraps the user's message in a template with variables."),
             _schema(
                 {
                     "system_prompt": {
                         "type": "string",
-                        "title": "System message",
+                        "title": N_("System message"),
                         "maxLength": 20000,
                         "default": "",
                         "x-widget": "textarea",
                     },
                     "mode": {
                         "type": "string",
-                        "title": "When the request has its own system message",
+                        "title": N_("When the request has its own system message"),
                         "enum": ["prepend", "replace"],
                         "default": "prepend",
                     },
                     "template": {
                         "type": "string",
-                        "title": "User message template",
-                        "description": "{input} is the user's message; {name} is a variable below. Empty: unchanged.",
+                        "title": N_("User message template"),
+                        "description": N_(
+                            "{input} is the user's message; {name} is a variable below. Empty: unchanged."
+                        ),
                         "maxLength": 20000,
                         "default": "",
                         "x-widget": "textarea",
                     },
                     "variables": {
                         "type": "array",
-                        "title": "Variables",
-                        "description": "One NAME=value per line.",
+                        "title": N_("Variables"),
+                        "description": N_("One NAME=value per line."),
                         "items": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*=", "maxLength": 2000},
                         "maxItems": 50,
                         "default": [],
@@ -87,50 +96,55 @@ TYPES = {
         ),
         PluginType(
             "content_filter",
-            "Content filter",
-            "Keyword and regular-expression rules on the input and/or the output: block or mask.",
+            N_("Content filter"),
+            N_("Keyword and regular-expression rules on the input and/or the output: block or mask."),
             _schema(
                 {
                     "keywords": {
                         "type": "array",
-                        "title": "Keywords",
+                        "title": N_("Keywords"),
                         "items": {"type": "string", "minLength": 1, "maxLength": 200},
                         "maxItems": 500,
                         "default": [],
                     },
                     "patterns": {
                         "type": "array",
-                        "title": "Regular expressions",
-                        "description": "RE2 syntax (matched in linear time): no backreferences or lookaround.",
+                        "title": N_("Regular expressions"),
+                        "description": N_("RE2 syntax (matched in linear time): no backreferences or lookaround."),
                         "items": {"type": "string", "minLength": 1, "maxLength": 500},
                         "maxItems": 100,
                         "default": [],
                     },
-                    "case_sensitive": {"type": "boolean", "title": "Case sensitive", "default": False},
+                    "case_sensitive": {"type": "boolean", "title": N_("Case sensitive"), "default": False},
                     "accents": {
                         "type": "string",
-                        "title": "Accents",
+                        "title": N_("Accents"),
                         "enum": ["ignore", "match"],
                         "default": "ignore",
-                        "description": "ignore: a keyword typed without accents also matches accented text "
-                        "(password: pässwörd; but ban also blocks Vietnamese bạn). match: a letter's accents "
-                        "count. A keyword typed with accents always matches only them.",
+                        "description": N_(
+                            "ignore: a keyword typed without accents also matches accented text "
+                            "(password: pässwörd; but ban also blocks Vietnamese bạn). match: a letter's accents "
+                            "count. A keyword typed with accents always matches only them."
+                        ),
                     },
                     "apply_to": APPLY_TO,
                     "action": {
                         "type": "string",
-                        "title": "Action",
+                        "title": N_("Action"),
                         "enum": ["block", "mask"],
                         "default": "block",
-                        "description": "Block: the input is refused (400) or the output ends (finish_reason "
-                        "content_filter). Mask: each match is replaced.",
+                        "description": N_(
+                            "Block: the input is refused (400) or the output ends (finish_reason "
+                            "content_filter). Mask: each match is replaced."
+                        ),
                     },
-                    "mask": {"type": "string", "title": "Mask", "default": "***", "maxLength": 50},
+                    "mask": {"type": "string", "title": N_("Mask"), "default": "***", "maxLength": 50},
                     "max_match_chars": {
                         "type": "integer",
-                        "title": "Longest pattern match (characters)",
-                        "description": "How much streamed text is held back so that a match split across "
-                        "chunks is still caught.",
+                        "title": N_("Longest pattern match (characters)"),
+                        "description": N_(
+                            "How much streamed text is held back so that a match split across chunks is still caught."
+                        ),
                         "minimum": 1,
                         "maximum": 1000,
                         "default": 100,
@@ -140,14 +154,16 @@ TYPES = {
         ),
         PluginType(
             "pii_redaction",
-            "PII redaction",
-            "Masks e-mail addresses, phone numbers and ID numbers (the 18-digit resident ID, checksum "
-            "verified) in the input and/or the output.",
+            N_("PII redaction"),
+            N_(
+                "Masks e-mail addresses, phone numbers and ID numbers (the 18-digit resident ID, checksum "
+                "verified) in the input and/or the output."
+            ),
             _schema(
                 {
                     "entities": {
                         "type": "array",
-                        "title": "What to redact",
+                        "title": N_("What to redact"),
                         "items": {"type": "string", "enum": ["email", "phone", "id_number"]},
                         "uniqueItems": True,
                         "default": ["email", "phone", "id_number"],
@@ -155,45 +171,45 @@ TYPES = {
                     "apply_to": APPLY_TO,
                     "region": {
                         "type": "string",
-                        "title": "Phone region",
-                        "description": "How numbers without a country code are read (ISO code, e.g. CN, US).",
+                        "title": N_("Phone region"),
+                        "description": N_("How numbers without a country code are read (ISO code, e.g. CN, US)."),
                         "pattern": "^[A-Za-z]{2}$",
                         "default": "CN",
                     },
                     "mask_style": {
                         "type": "string",
-                        "title": "Mask",
+                        "title": N_("Mask"),
                         "enum": ["label", "partial"],
                         "default": "label",
-                        "description": "label: [EMAIL], [PHONE], [ID]. partial: j***@example.com, *******5678.",
+                        "description": N_("label: [EMAIL], [PHONE], [ID]. partial: j***@example.com, *******5678."),
                     },
                 }
             ),
         ),
         PluginType(
             "knowledge_retrieval",
-            "Knowledge retrieval (RAG)",
-            "Adds the passages of its documents that best match the question (BM25) as context.",
+            N_("Knowledge retrieval (RAG)"),
+            N_("Adds the passages of its documents that best match the question (BM25) as context."),
             _schema(
                 {
                     "top_k": {
                         "type": "integer",
-                        "title": "Passages per request",
+                        "title": N_("Passages per request"),
                         "minimum": 1,
                         "maximum": 20,
                         "default": 3,
                     },
                     "passage_chars": {
                         "type": "integer",
-                        "title": "Passage size (characters)",
+                        "title": N_("Passage size (characters)"),
                         "minimum": 200,
                         "maximum": 4000,
                         "default": 800,
                     },
                     "template": {
                         "type": "string",
-                        "title": "Context template",
-                        "description": "{passages} is replaced by the passages found.",
+                        "title": N_("Context template"),
+                        "description": N_("{passages} is replaced by the passages found."),
                         "default": "Answer from these passages when they help:\n\n{passages}",
                         "maxLength": 5000,
                         "x-widget": "textarea",
@@ -203,32 +219,32 @@ TYPES = {
         ),
         PluginType(
             "webhook_audit",
-            "Webhook audit",
-            "POSTs a signed JSON summary of each completion to a URL, off the request path.",
+            N_("Webhook audit"),
+            N_("POSTs a signed JSON summary of each completion to a URL, off the request path."),
             _schema(
                 {
-                    "url": {"type": "string", "title": "URL", "pattern": "^https?://", "maxLength": 2000},
+                    "url": {"type": "string", "title": N_("URL"), "pattern": "^https?://", "maxLength": 2000},
                     "secret": {
                         "type": "string",
                         "x-secret": True,  # stored encrypted, never shown again
-                        "title": "Signing secret",
-                        "description": "Signs each body (HMAC-SHA256, X-LLMApp-Signature).",
+                        "title": N_("Signing secret"),
+                        "description": N_("Signs each body (HMAC-SHA256, X-LLMApp-Signature)."),
                         "minLength": 16,
                         "maxLength": 200,
                     },
                     "include_content": {
                         "type": "boolean",
-                        "title": "Include the prompt and the reply",
+                        "title": N_("Include the prompt and the reply"),
                         "default": False,
                     },
                     "timeout_s": {
                         "type": "number",
-                        "title": "Timeout (s)",
+                        "title": N_("Timeout (s)"),
                         "minimum": 0.5,
                         "maximum": 30,
                         "default": 5,
                     },
-                    "retries": {"type": "integer", "title": "Retries", "minimum": 0, "maximum": 10, "default": 3},
+                    "retries": {"type": "integer", "title": N_("Retries"), "minimum": 0, "maximum": 10, "default": 3},
                 },
                 required=("url", "secret"),
             ),
