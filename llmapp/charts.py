@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from babel.dates import format_skeleton
+from flask_babel import get_locale
 from flask_babel import gettext as _
 
 WIDTH, HEIGHT = 420, 150
@@ -50,8 +52,11 @@ def nice_ceiling(value: float) -> float:
 
 
 def _time_label(at: float, span_s: float) -> str:
+    """An axis's time, in UTC: with its day ("6 Dec 05:20", "12月6日 05:20") when the chart spans days."""
     moment = datetime.fromtimestamp(at, UTC)
-    return moment.strftime("%d %b %H:%M") if span_s > 24 * 3600 else moment.strftime("%H:%M")
+    locale = get_locale() or "en"
+    time = format_skeleton("Hm", moment, tzinfo=UTC, locale=locale)
+    return f"{format_skeleton('MMMd', moment, tzinfo=UTC, locale=locale)} {time}" if span_s > 24 * 3600 else time
 
 
 def line_chart(

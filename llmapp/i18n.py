@@ -59,7 +59,7 @@ def chosen_language() -> str | None:
 def select_locale() -> str:
     if not has_request_context():
         return DEFAULT
-    if request.path.startswith("/api/"):  # a script's language is the one it asks for, never a cookie's
+    if request.path.startswith("/api/v1/"):  # a script's language is the one it asks for, never a cookie's
         return browser_language()
     return chosen_language() or browser_language()
 

@@ -1,6 +1,7 @@
 """Refresh docs/screenshot.png (the App Center), docs/create-form.png, docs/deployed.png (hello-tiny
 deployed), docs/monitoring.png (its Monitoring pane after two minutes of mixed traffic) and
-docs/dark.png (hello-tiny's page in dark mode) of a demo install.
+docs/dark.png (hello-tiny's page in dark mode), docs/zh-app-center.png and docs/zh-deployed.png (the
+same in Chinese) of a demo install.
 
 LLMAPP_DEMO=1 PORT=5055 .venv/bin/python app.py &     # then:
 .venv/bin/python scripts/screenshot.py http://127.0.0.1:5055
@@ -80,6 +81,15 @@ with sync_playwright() as p:
     dark.goto(page.url)
     dark.wait_for_selector("#monitoring .charts")
     dark.screenshot(path=str(out / "dark.png"), caret="initial")
+    # The same install read by a browser that asks for Chinese (Accept-Language: zh-CN).
+    chinese = browser.new_page(viewport={"width": 1280, "height": 900}, locale="zh-CN")
+    chinese.context.add_cookies(page.context.cookies())
+    chinese.goto(url + "/applications/")
+    chinese.wait_for_selector("#app-table")
+    chinese.screenshot(path=str(out / "zh-app-center.png"), caret="initial")
+    chinese.goto(page.url)
+    chinese.wait_for_selector("#monitoring .charts")
+    chinese.screenshot(path=str(out / "zh-deployed.png"), full_page=True, caret="initial")
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#live button:has-text('Stop')")
     page.wait_for_selector("#live h1 .badge-stopped", timeout=30_000)

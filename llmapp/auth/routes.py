@@ -78,8 +78,8 @@ def language():
     try:
         if current_user.is_authenticated:
             users.set_language(current_user, code)
-        elif code and code not in i18n.LANGUAGES:
-            raise Invalid(_("Unknown language."), "language")
+        else:
+            users.check_language(code)
     except Invalid as e:
         flash(str(e), "error")
         return response

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from ..extensions import db
-from ..i18n import _l, format_number
+from ..i18n import LANGUAGES, _l, format_number
 from ..models import MAX_ID, ApiKey, LoginSession, User, utcnow
 from ..web import bounded_int
 from . import OPERATOR, Conflict, Invalid, NotFound, Operator, Taken, access_tokens, require_admin
@@ -285,17 +285,18 @@ def change_password(user: User, current: str, new: str) -> None:
     db.session.commit()
 
 
+def check_language(code: str | None) -> None:
+    """:raise Invalid: ``code`` is not a language the pages speak (None or "": follow the browser's)."""
+    if code and code not in LANGUAGES:
+        raise Invalid(_("Unknown language."), "language")
+
+
 def set_language(user: User, code: str | None) -> None:
     """The language the user's pages speak: a code of llmapp.i18n.LANGUAGES, or None (or "") to follow the
     browser's.
 
     :raise Invalid: a language the platform doesn't speak.
     """
-    from flask_babel import gettext as _
-
-    from ..i18n import LANGUAGES
-
-    if code and code not in LANGUAGES:
-        raise Invalid(_("Unknown language."), "language")
+    check_language(code)
     user.locale = code or None
     db.session.commit()
