@@ -156,7 +156,7 @@ def register_error_handlers(app: Flask) -> None:
 def register_template_helpers(app: Flask) -> None:
     from . import engines
     from .secrets_box import MASK
-    from .services import applications, lifecycle, plugins, quotas, routing
+    from .services import applications, deployments, lifecycle, plugins, quotas, releases, routing
 
     app.jinja_env.globals.update(
         allowed_actions=lifecycle.allowed_actions,
@@ -164,6 +164,9 @@ def register_template_helpers(app: Flask) -> None:
         may_change_plugin=plugins.may_change,  # which buttons a plugin's row shows: the service's rule
         STATUSES=lifecycle.STATUSES,
         STATUS_LABELS=lifecycle.STATUS_LABELS,
+        PHASE_LABELS=deployments.PHASE_LABELS,
+        REPLICA_LABELS=deployments.REPLICA_LABELS,
+        shown_note=releases.shown_note,  # a release's note in the page's language
         MASK=MASK,
         ENGINES=engines.ENGINES,  # a registry model's engine kind: ENGINES[model.engine]
         CONFIG_DEFAULTS=applications.DEFAULT_CONFIG,  # a field an older application's config lacks

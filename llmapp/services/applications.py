@@ -16,7 +16,7 @@ from sqlalchemy.orm import joinedload, selectinload
 
 from .. import engines, secrets_box
 from ..extensions import db
-from ..i18n import NP_, _l, format_number
+from ..i18n import _l, format_number
 from ..models import Application, EnvVar, RegistryModel, User
 from ..runtime.spec import ServingConfig
 from . import (
@@ -429,7 +429,7 @@ def create(owner: User, data: dict) -> Application:
     :raise FieldErrors: a rule is broken (see check).
     :raise Taken: another request took the name meanwhile.
     """
-    note = data.get("note") or NP_("release note", "Created")
+    note = data.get("note") or releases.note("created")
     data = check(data, owner.id)
     application = Application(
         name=data["name"].strip(),
@@ -460,7 +460,7 @@ def update(application: Application, data: dict, author: User | None = None) -> 
     releases.begin(application)  # the setup before this edit, for one from before releases
     before = audit.application_view(application, application.env_vars)
     kept_env = "env" not in data  # left out: the variables stay as they are
-    note = data.get("note") or NP_("release note", "Edited")
+    note = data.get("note") or releases.note("edited")
     data = check({"description": application.description, **data}, application.created_by_id, application.id)
     env = None if kept_env else _env_rows(data.get("env", []), application.env_vars)
 

@@ -22,6 +22,7 @@ from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 
 from .. import engines, keyspace, queues
 from ..extensions import db
+from ..i18n import _l
 from ..models import Application, Replica, utcnow
 from ..runtime import logs
 from . import NotFound, ServiceError, api_keys, audit, hosts, lifecycle, releases, replicas, routing
@@ -32,6 +33,17 @@ from .server_spec import ServingSetup
 PHASES = ("queued", "starting process", "loading model", "warming up", "ready")
 # A managed engine's (llmapp/engines/managed.py): the server starts the engine, which loads the weights.
 ENGINE_PHASES = ("queued", "starting process", "starting engine", "loading weights", "warming up", "ready")
+# What a page calls each phase and a replica's state (the values are data: the API and the CLI keep them).
+PHASE_LABELS = {
+    "queued": _l("queued"),
+    "starting process": _l("starting process"),
+    "loading model": _l("loading model"),
+    "starting engine": _l("starting engine"),
+    "loading weights": _l("loading weights"),
+    "warming up": _l("warming up"),
+    "ready": _l("ready"),
+}
+REPLICA_LABELS = {"starting": _l("starting"), "ready": _l("ready"), "draining": _l("draining")}
 HEALTH_PHASES = {
     "starting_engine": "starting engine",
     "loading_weights": "loading weights",

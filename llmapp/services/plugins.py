@@ -184,7 +184,9 @@ def update(plugin: Plugin, user: User, data: dict) -> Plugin:
     _commit_or_name_taken(
         plugin.name, before=lambda: publish_chains_before_commit(users_of(plugin, LIVE), _("The plugin was not saved"))
     )
-    releases.record_live(users_of(plugin), user, f"Plugin “{plugin.name}” changed")  # their setups changed
+    releases.record_live(
+        users_of(plugin), user, releases.note("plugin changed", name=plugin.name)
+    )  # their setups changed
     return plugin
 
 
@@ -197,7 +199,9 @@ def set_enabled(plugin: Plugin, user: User, enabled: bool) -> None:
     releases.begin(*users_of(plugin))
     plugin.enabled = enabled
     db.session.commit()
-    releases.record_live(users_of(plugin), user, f"Plugin “{plugin.name}” turned {'on' if enabled else 'off'}")
+    releases.record_live(
+        users_of(plugin), user, releases.note("plugin on" if enabled else "plugin off", name=plugin.name)
+    )
 
 
 def delete(plugin: Plugin, user: User) -> None:
@@ -337,7 +341,12 @@ def attach(application: Application, user: User, plugin_id: int) -> ApplicationP
     )
     link = ApplicationPlugin(application=application, plugin=plugin, position=(last or 0) + 1, config={})
     db.session.add(link)
-    _apply(application, _("“%(name)s” was not attached", name=plugin.name), user, f"Attached “{plugin.name}”")
+    _apply(
+        application,
+        _("“%(name)s” was not attached", name=plugin.name),
+        user,
+        releases.note("attached", name=plugin.name),
+    )
     return link
 
 
@@ -346,7 +355,7 @@ def detach(application: Application, plugin_id: int, author: User | None = None)
     link = attached(application, plugin_id)
     name = link.plugin.name
     db.session.delete(link)
-    _apply(application, _("“%(name)s” was not detached", name=name), author, f"Detached “{name}”")
+    _apply(application, _("“%(name)s” was not detached", name=name), author, releases.note("detached", name=name))
 
 
 def move(application: Application, plugin_id: int, direction: str, author: User | None = None) -> None:
@@ -363,7 +372,7 @@ def move(application: Application, plugin_id: int, direction: str, author: User 
     moved = links[to].plugin.name
     for position, link in enumerate(links, 1):
         link.position = position
-    _apply(application, _("The order was not changed"), author, f"Moved “{moved}” {direction}")
+    _apply(application, _("The order was not changed"), author, releases.note(f"moved {direction}", name=moved))
 
 
 def set_link_enabled(application: Application, plugin_id: int, enabled: bool, author: User | None = None) -> None:
@@ -371,7 +380,10 @@ def set_link_enabled(application: Application, plugin_id: int, enabled: bool, au
     link = attached(application, plugin_id)
     link.enabled = enabled
     _apply(
-        application, _("The change was not saved"), author, f"“{link.plugin.name}” turned {'on' if enabled else 'off'}"
+        application,
+        _("The change was not saved"),
+        author,
+        releases.note("link on" if enabled else "link off", name=link.plugin.name),
     )
 
 

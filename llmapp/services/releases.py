@@ -8,10 +8,12 @@ its stored ciphertext and a keyed fingerprint, so two releases can be compared (
 ``Application.deployed_release``: the newest one when its deploy reached running.
 """
 
+import re
 import unicodedata
 from dataclasses import dataclass
 
 from flask_babel import gettext as _
+from flask_babel import pgettext
 from sqlalchemy.exc import IntegrityError
 
 from .. import secrets_box
@@ -35,6 +37,38 @@ from . import FieldErrors, NotFound, lifecycle, routing
 MAX_NOTE = 200  # a longer note is cut: it is one line
 FIRST_NOTE = NP_("release note", "The setup when releases began")
 DEPLOYED_NOTE = NP_("release note", "The setup as deployed")  # what a deploy records, when no release holds it yet
+# The notes the platform writes itself: stored in English (the API and the CLI show them as stored), shown
+# on a page in its language by ``shown_note``.
+NOTES = {
+    "created": NP_("release note", "Created"),
+    "edited": NP_("release note", "Edited"),
+    "attached": NP_("release note", "Attached “%(name)s”"),
+    "detached": NP_("release note", "Detached “%(name)s”"),
+    "moved up": NP_("release note", "Moved “%(name)s” up"),
+    "moved down": NP_("release note", "Moved “%(name)s” down"),
+    "link on": NP_("release note", "“%(name)s” turned on"),
+    "link off": NP_("release note", "“%(name)s” turned off"),
+    "plugin changed": NP_("release note", "Plugin “%(name)s” changed"),
+    "plugin on": NP_("release note", "Plugin “%(name)s” turned on"),
+    "plugin off": NP_("release note", "Plugin “%(name)s” turned off"),
+}
+_NOTE_PATTERNS = [
+    (re.compile(re.escape(message).replace(re.escape("%(name)s"), "(?P<name>.+)") + r"\Z"), message)
+    for message in (*NOTES.values(), FIRST_NOTE, DEPLOYED_NOTE)
+]
+
+
+def note(kind: str, **values) -> str:
+    """A note the platform writes (``kind`` of NOTES), in English, as it is stored."""
+    return NOTES[kind] % values
+
+
+def shown_note(text: str) -> str:
+    """A stored note in the page's language: the platform's own notes translated, a person's as written."""
+    for pattern, message in _NOTE_PATTERNS:
+        if found := pattern.match(text):
+            return pgettext("release note", message, **found.groupdict())
+    return text
 
 
 def _secret(stored: str) -> dict:

@@ -121,3 +121,22 @@ def test_the_login_page_follows_the_browser_then_the_switch(client):
     client.post("/language", data={"language": "en", "next": "/login"}, headers=ZH)
     page = client.get("/login", headers=ZH).text
     assert '<html lang="en">' in page and "Log in to llmapp" in page
+
+
+def test_a_release_note_the_platform_wrote_is_shown_in_chinese_and_a_persons_as_written(app, client, world):
+    from llmapp.models import User
+    from llmapp.services import releases
+
+    ids, _model = world
+    with app.app_context():
+        application = db.session.get(Application, ids["stopped"])
+        admin = db.session.scalar(db.select(User).filter_by(email="root@example.com"))
+        releases.record(application, admin, releases.note("attached", name="pii-mask"))
+    pane = client.get(f"/applications/{ids['stopped']}/releases", headers={**ZH, "HX-Request": "true"}).text
+    assert "挂载了“pii-mask”" in pane
+    assert "Attached “pii-mask”" in client.get(f"/applications/{ids['stopped']}/releases").text
+    with app.test_request_context(headers=ZH):
+        assert releases.shown_note(releases.note("moved down", name="a “b”")) == "将“a “b””下移"
+        assert releases.shown_note("Created") == "已创建"
+        person = "Attached “pii-mask” by hand, for the audit"
+        assert releases.shown_note(person) == person

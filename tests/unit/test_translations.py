@@ -67,3 +67,11 @@ def test_translations_keep_every_placeholder(path):
         catalog = read_po(file)
     problems = [f"{message.id!r}: {error}" for message, errors in catalog.check() for error in errors if message.id]
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("path", CATALOGS, ids=lambda path: path.parts[-3])
+def test_the_compiled_catalog_is_the_current_one(path):
+    """The pages read the compiled .mo: one older than its .po shows yesterday's words (`make` compiles it)."""
+    compiled = path.with_suffix(".mo")
+    assert compiled.exists(), f"{compiled} is missing: run `make test` (or `make {compiled}`)"
+    assert compiled.stat().st_mtime >= path.stat().st_mtime, f"{compiled} is older than {path.name}: run make"
