@@ -51,6 +51,7 @@ NOTES = {
     "plugin changed": NP_("release note", "Plugin “%(name)s” changed"),
     "plugin on": NP_("release note", "Plugin “%(name)s” turned on"),
     "plugin off": NP_("release note", "Plugin “%(name)s” turned off"),
+    "rollback": NP_("release note", "Rollback to release %(name)s"),
 }
 _NOTE_PATTERNS = [
     (re.compile(re.escape(message).replace(re.escape("%(name)s"), "(?P<name>.+)") + r"\Z"), message)
@@ -239,7 +240,7 @@ def restore(application: Application, number: int, author: User | None) -> Relea
         )
     db.session.commit()
     db.session.expire(application)
-    return record(application, author, f"Rollback to release {number}")
+    return record(application, author, note("rollback", name=number))
 
 
 def mark_served(application_id, number: int) -> None:
