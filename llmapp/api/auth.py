@@ -2,6 +2,7 @@
 token's rate limit (429), and, for a body, JSON (415) without a NUL character anywhere (422)."""
 
 from flask import current_app, g, request
+from flask_babel import gettext as _
 
 from ..extensions import limiter
 from ..runtime.keys import authorization, bearer_token
@@ -11,7 +12,7 @@ from . import bp, problems
 
 def _token_key() -> str:
     """Rate limits count per token (per address for requests without one)."""
-    _, token = authorization(request.headers.get("Authorization"))  # any scheme: each is counted
+    _scheme, token = authorization(request.headers.get("Authorization"))  # any scheme: each is counted
     return "token:" + access_tokens.digest(token) if token else "addr:" + (request.remote_addr or "")
 
 
@@ -23,11 +24,11 @@ def authenticate():
     """The user a personal access token acts as (401 for none, an unknown, revoked or expired one)."""
     if request.endpoint in ("api.openapi",):
         return None
-    _, credentials = authorization(request.headers.get("Authorization"))
+    _scheme, credentials = authorization(request.headers.get("Authorization"))
     token = bearer_token(request.headers.get("Authorization"))
     user = access_tokens.authenticate(token) if token else None
     if user is None:
-        detail = problems.HTTP_DETAILS[401] if not credentials else "This token is unknown, revoked or expired."
+        detail = problems.HTTP_DETAILS[401] if not credentials else _("This token is unknown, revoked or expired.")
         return problems.problem(401, detail, headers={"WWW-Authenticate": 'Bearer realm="llmapp"'})
     g.api_user = user
     audit.acting_as(user, audit.request_address(), user.token_name)
@@ -36,13 +37,13 @@ def authenticate():
             return problems.problem(415, problems.HTTP_DETAILS[415])
         body = request.get_json(silent=True)  # None: not JSON (or `null`)
         if body is None and request.get_data(cache=True).strip() != b"null":
-            return problems.problem(400, "The request body is not valid JSON.")
+            return problems.problem(400, _("The request body is not valid JSON."))
         if not isinstance(body, dict):  # nor `false`: a body is not an empty one
-            return problems.problem(400, "The request body must be a JSON object.")
+            return problems.problem(400, _("The request body must be a JSON object."))
     # As the pages' forms do: no NUL character reaches a service (PostgreSQL can't store one).
     nul = _nul_at(dict(request.args)) or _nul_at(request.get_json(silent=True) if request.is_json else None)
     if nul is not None:
-        return problems.problem(422, "The request has invalid fields.", errors={nul: [NUL_ERROR]})
+        return problems.problem(422, _("The request has invalid fields."), errors={nul: [str(NUL_ERROR)]})
     return None
 
 

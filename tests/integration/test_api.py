@@ -493,3 +493,8 @@ def test_a_refusal_speaks_the_requests_language_and_keeps_what_scripts_match_on(
         "env.0.name": [expected["env.0.name"]],
     }
     assert refused["detail"] == expected["refused"] and "stopped" not in refused["detail"]  # the status in words
+    # The API's own refusals too, before any service runs: an unknown token, a body that isn't JSON.
+    unknown = problem(client.get(f"{API}/applications", headers={**chinese, "Authorization": "Bearer nope"}), 401)
+    assert unknown["detail"] == "此令牌不存在、已吊销或已过期。"
+    not_json = client.post(f"{API}/applications", data="{", headers={**chinese, "Content-Type": "application/json"})
+    assert problem(not_json, 400)["detail"] == "请求体不是有效的 JSON。"
