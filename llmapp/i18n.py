@@ -123,6 +123,6 @@ def init_app(app: Flask) -> None:
         LANGUAGES=LANGUAGES,
         language=language,
         counted=counted,  # counted(n, "%(count)s error", "%(count)s errors"): extracted as a plural (Makefile)
-        html_lang=lambda: HTML_LANG[language()],
+        html_lang=lambda code=None: HTML_LANG[code or language()],  # <html lang>, or a choice's lang
     )
     app.jinja_env.filters.update(number=format_number, when=format_when, translate=translate)
