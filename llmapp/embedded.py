@@ -37,11 +37,13 @@ def wait_until_free(port: int, timeout: float = 10.0) -> bool:
     """Whether ``port`` is free within ``timeout`` seconds. A port a killed server held can be busy for a
     moment after its end (CI saw it taken at the restart and free a second later, nothing listed on it):
     a restart waits for it rather than moving the platform's Redis to another address at once."""
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
     while not port_free(port):
-        if time.monotonic() >= deadline:
+        if time.monotonic() - started >= timeout:
             return False
         time.sleep(0.1)
+    if (waited := time.monotonic() - started) >= 0.1:
+        log.info("Port %d was busy for %.1f s; the embedded Redis starts on it again", port, waited)
     return True
 
 
