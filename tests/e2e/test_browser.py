@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SERVING_CONFIG, LiveServer, wait_for
+from conftest import SERVING_CONFIG, LiveServer, log_text, wait_for
 from llmapp.extensions import db
 
 pytestmark = pytest.mark.browser
@@ -61,6 +61,22 @@ def shot(page, name):
 
 
 @pytest.mark.parametrize("config_overrides", [{"WTF_CSRF_ENABLED": True}])
+def expect_running(page, app, name: str, timeout: int) -> None:
+    """The detail page's badge turns to running; a deploy that did not says why (its status, its reason and
+    the end of its log), where Playwright would show only the badge's word."""
+    from playwright.sync_api import expect
+
+    from llmapp.models import Application
+
+    try:
+        expect(page.locator("#live h1 .badge")).to_have_text("running", timeout=timeout)
+    except AssertionError as error:
+        with app.app_context():
+            row = db.session.scalar(db.select(Application).filter_by(name=name))
+            lines = log_text(app, row.id).splitlines()[-30:]
+        raise AssertionError(f"{name} is {row.status}: {row.last_error}; its log ends:\n" + "\n".join(lines)) from error
+
+
 def test_create_validate_recommend_save_find_delete(app, factory, browser_page, config_overrides):
     from playwright.sync_api import expect
 
@@ -344,7 +360,7 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
         expect(page.locator("#live .phases")).to_contain_text("starting process", timeout=15_000)
         shot(page, "07-deploying")
         # No reload: the live part polls until the server is ready.
-        expect(page.locator("#live h1 .badge")).to_have_text("running", timeout=60_000)
+        expect_running(page, app, "hello-tiny", timeout=60_000)
         expect(page.locator("#live .phases")).to_contain_text("warming up")
         expect(page.locator("#live")).to_contain_text("Call it")
 
@@ -445,7 +461,7 @@ def test_deploy_watch_call_and_stop(app, factory, browser_page, workers, tiny, c
             pid = db.session.scalar(db.select(Replica.pid).join(Application).filter(Application.name == "hello-tiny"))
         os.kill(pid, signal.SIGKILL)
         expect(page.locator("#live")).to_contain_text("Restarts (1)", timeout=30_000)
-        expect(page.locator("#live h1 .badge")).to_have_text("running", timeout=60_000)
+        expect_running(page, app, "hello-tiny", timeout=60_000)
         expect(page.locator("#live code.mono").first).to_have_text(endpoint)
         assert api.completions.create(model="hello-tiny", prompt="back", max_tokens=2).usage.completion_tokens >= 1
         shot(page, "08f-restarted")
@@ -622,7 +638,7 @@ def test_canary_promote_and_rollback_in_one_click_each(app, factory, browser_pag
         page.goto(f"{server.url}/applications/{application.id}")
         page.once("dialog", lambda dialog: dialog.accept())
         page.click("#live button:has-text('Deploy')")
-        expect(page.locator("#live h1 .badge")).to_have_text("running", timeout=90_000)
+        expect_running(page, app, "versioned", timeout=90_000)
 
         page.goto(f"{server.url}/applications/{application.id}/edit")
         expect(page.locator(".flash-info")).to_contain_text("a draft that serves nothing until you Redeploy it")
