@@ -72,12 +72,18 @@ def register_extensions(app: Flask) -> None:
         return users.user_of_session(session_id)
 
 
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
 @event.listens_for(Engine, "connect")
 def _sqlite_foreign_keys(dbapi_connection, _record):
     # SQLite enforces ON DELETE CASCADE / RESTRICT only when asked, per connection.
     if type(dbapi_connection).__module__.startswith("sqlite3"):
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
+        # The web server, the workers, their jobs and the CLI write one file: a write waits for another's
+        # this long, not sqlite3's 5 s, which a busy host's descheduled writer can outlast.
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
         # SQLite's own lower() knows ASCII only: "Äpp" and "äpp" would be two names to the unique
         # indexes on lower(name), one to the services (and to PostgreSQL). Python's is the one rule.
