@@ -235,6 +235,8 @@ class QuietHTTPServer(http.server.ThreadingHTTPServer):
 class LiveServer:
     """The app on a real HTTP server in a thread, for the browser tests."""
 
+    serving = 0  # how many are up: what a page asks once its server has stopped fails by design
+
     def __init__(self, app):
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
         self.server.handle_error = quiet_handle_error.__get__(self.server)
@@ -243,9 +245,11 @@ class LiveServer:
 
     def __enter__(self):
         self.thread.start()
+        LiveServer.serving += 1
         return self
 
     def __exit__(self, *exc):
+        LiveServer.serving -= 1
         self.server.shutdown()
         self.thread.join(5)
 
